@@ -1,0 +1,154 @@
+"""The error tree of GenAI Spine.
+
+Every error the platform raises on purpose derives from :class:`SpineError`. Adapters translate
+third-party errors (nats, SQLAlchemy, LiteLLM, httpx, neo4j) into this tree with
+``raise ... from exc``; the HTTP layer renders any of them as one JSON shape.
+
+```
+SpineError                      retryable  http
+├── ConfigurationError          no         500   a setting is missing or invalid
+├── BadRequest                  no         400   the caller asked for something impossible
+│   ├── UnknownAgent            no         400
+│   └── IdempotencyConflict     no         409   same Idempotency-Key, other body
+├── Unauthorized                no         401
+├── NotFound                    no         404   (also for another tenant's objects)
+├── Conflict                    no         409   e.g. cancelling a finished task
+├── ServiceUnavailable          yes        503   a backing service (NATS, database, ...) is down
+└── TaskFailure                 per kind   -     raised while running a task
+    ├── TransientTaskError      yes              redeliver with backoff
+    ├── PermanentTaskError      no               fail at once, dead-letter
+    │   └── ProviderNotConfigured no             no model provider can be reached
+    └── TaskCancelled           no               a cancel was requested
+```
+
+``retryable`` decides nak (redeliver later) versus dead-letter for a task.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+__all__ = [
+    "BadRequest",
+    "ConfigurationError",
+    "Conflict",
+    "IdempotencyConflict",
+    "NotFound",
+    "PermanentTaskError",
+    "ProviderNotConfigured",
+    "ServiceUnavailable",
+    "SpineError",
+    "TaskCancelled",
+    "TaskFailure",
+    "TransientTaskError",
+    "Unauthorized",
+    "UnknownAgent",
+]
+
+
+class SpineError(Exception):
+    """Root of every error the platform raises on purpose."""
+
+    status_code: ClassVar[int] = 500
+    error_type: ClassVar[str] = "internal_error"
+    retryable: bool = False
+
+    def __init__(self, message: str, *, field: str | None = None, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        self.details = details
+
+    def to_dict(self) -> dict[str, Any]:
+        """Render the error as the body of the one JSON error shape."""
+        body: dict[str, Any] = {"type": self.error_type, "message": self.message}
+        if self.field is not None:
+            body["field"] = self.field
+        body.update(self.details)
+        return body
+
+
+class ConfigurationError(SpineError):
+    """A setting is missing or invalid."""
+
+    error_type = "configuration_error"
+
+
+class BadRequest(SpineError):
+    """The request cannot be carried out as asked."""
+
+    status_code = 400
+    error_type = "invalid_request"
+
+
+class UnknownAgent(BadRequest):
+    """The task names an agent that no worker knows."""
+
+    error_type = "unknown_agent"
+
+
+class IdempotencyConflict(BadRequest):
+    """An Idempotency-Key was reused with a different request body."""
+
+    status_code = 409
+    error_type = "idempotency_conflict"
+
+
+class Unauthorized(SpineError):
+    """The API key is missing, unknown or revoked."""
+
+    status_code = 401
+    error_type = "unauthorized"
+
+
+class NotFound(SpineError):
+    """The object does not exist for this tenant."""
+
+    status_code = 404
+    error_type = "not_found"
+
+
+class Conflict(SpineError):
+    """The object is in a state that does not allow the operation."""
+
+    status_code = 409
+    error_type = "conflict"
+
+
+class ServiceUnavailable(SpineError):
+    """A backing service cannot be reached; trying again later may work."""
+
+    status_code = 503
+    error_type = "service_unavailable"
+    retryable = True
+
+
+class TaskFailure(SpineError):
+    """A task could not be completed by this attempt."""
+
+    error_type = "task_failed"
+
+
+class TransientTaskError(TaskFailure):
+    """The attempt failed for a reason that may pass: redeliver with backoff."""
+
+    error_type = "transient_error"
+    retryable = True
+
+
+class PermanentTaskError(TaskFailure):
+    """The attempt failed for a reason that will not pass: fail and dead-letter."""
+
+    error_type = "permanent_error"
+
+
+class ProviderNotConfigured(PermanentTaskError):
+    """No model provider is reachable; the message says what to configure."""
+
+    error_type = "provider_not_configured"
+
+
+class TaskCancelled(TaskFailure):
+    """The task was cancelled while it ran."""
+
+    error_type = "cancelled"

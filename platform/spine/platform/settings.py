@@ -1,0 +1,182 @@
+"""The one configuration tree, read from ``GENAI_*`` environment variables and ``.env``.
+
+The seed's names (``GENAI_DEFAULT_PROVIDER``, ``GENAI_OLLAMA_URL``, ``GENAI_DATABASE_URL``, ...)
+are top-level fields; groups of new settings are nested sections addressed with a double
+underscore (``GENAI_WORKER__CONCURRENCY=4``). A service whose URL is left unset is started by
+``spine up`` from its pip package (see :mod:`spine.platform.embedded`).
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from spine.platform.errors import ConfigurationError
+
+__all__ = [
+    "ENV_PREFIX",
+    "ApiSettings",
+    "EmbeddedSettings",
+    "Provider",
+    "Settings",
+    "WorkerSettings",
+    "load_settings",
+]
+
+ENV_PREFIX = "GENAI_"
+NESTED_DELIMITER = "__"
+
+Provider = Literal["ollama", "openai", "anthropic", "bedrock", "groq"]
+
+
+class ApiSettings(BaseModel):
+    """The HTTP API process."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8100, ge=1, le=65535)
+    max_body_bytes: int = Field(1024 * 1024, ge=1024)
+    key_cache_seconds: float = Field(5.0, ge=0, description="How long a verified key is trusted.")
+    sweep_interval: float = Field(2.0, gt=0, description="Seconds between outbox sweeps.")
+    republish_after: float = Field(
+        300.0, gt=0, description="Re-publish a task still queued this long after its publish."
+    )
+
+
+class WorkerSettings(BaseModel):
+    """Agent workers: JetStream pull consumers."""
+
+    concurrency: int = Field(8, ge=1, le=1024)
+    ack_wait: float = Field(30.0, ge=1, description="Seconds before an unacked task is redelivered.")
+    max_attempts: int = Field(5, ge=1, le=100)
+    backoff: Annotated[list[float], NoDecode] = Field(
+        default_factory=lambda: [1.0, 5.0, 15.0, 60.0],
+        description="Seconds to wait before attempt 2, 3, ...; the last value repeats.",
+    )
+
+    @field_validator("backoff", mode="before")
+    @classmethod
+    def _split_backoff(cls, value: Any) -> Any:
+        return _split_commas(value)
+
+    def delay_before(self, attempt: int) -> float:
+        """Return the backoff before the given attempt number (2 is the first retry)."""
+        index = max(attempt - 2, 0)
+        return self.backoff[min(index, len(self.backoff) - 1)] if self.backoff else 0.0
+
+
+class ModelSettings(BaseModel):
+    """Default model per provider and the call limits."""
+
+    ollama: str = "llama3.2"
+    openai: str = "gpt-4o-mini"
+    anthropic: str = "claude-3-5-haiku-latest"
+    bedrock: str = "anthropic.claude-3-haiku-20240307-v1:0"
+    groq: str = "llama-3.1-8b-instant"
+    timeout: float = Field(120.0, gt=0)
+
+
+class EmbeddedSettings(BaseModel):
+    """Ports for servers that ``spine up`` starts itself; 0 picks a free port."""
+
+    nats_port: int = Field(0, ge=0, le=65535)
+    postgres_port: int = Field(0, ge=0, le=65535)
+    redis_port: int = Field(0, ge=0, le=65535)
+    bolt_port: int = Field(0, ge=0, le=65535)
+    start_timeout: float = Field(30.0, gt=0)
+
+
+class Settings(BaseSettings):
+    """The effective configuration of one process."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=NESTED_DELIMITER,
+        env_file=".env",
+        extra="ignore",
+        validate_default=True,
+    )
+
+    # The seed's public names.
+    default_provider: Provider = "ollama"
+    ollama_url: str | None = None
+    database_url: str | None = None
+    openai_api_key: SecretStr | None = None
+    anthropic_api_key: SecretStr | None = None
+    fallback_chain: Annotated[list[Provider], NoDecode] = Field(default_factory=list)
+    redis_url: str | None = None
+    budget_daily: Decimal | None = Field(None, ge=0)
+
+    # New names, same prefix.
+    openai_base_url: str | None = None
+    groq_api_key: SecretStr | None = None
+    aws_region: str | None = None
+    nats_url: str | None = None
+    neo4j_uri: str | None = None
+    neo4j_user: str | None = None
+    neo4j_password: SecretStr | None = None
+    data_dir: Path = Path("data")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    api: ApiSettings = Field(default_factory=ApiSettings)  # type: ignore[arg-type]
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)  # type: ignore[arg-type]
+    models: ModelSettings = Field(default_factory=ModelSettings)
+    embedded: EmbeddedSettings = Field(default_factory=EmbeddedSettings)  # type: ignore[arg-type]
+
+    @field_validator("fallback_chain", mode="before")
+    @classmethod
+    def _split_chain(cls, value: Any) -> Any:
+        return _split_commas(value)
+
+    @field_validator("database_url", "nats_url", "redis_url", "neo4j_uri", "ollama_url")
+    @classmethod
+    def _blank_is_unset(cls, value: str | None) -> str | None:
+        return value.strip() or None if value is not None else None
+
+    def embedded_services(self) -> list[str]:
+        """Name the backing services that ``spine up`` would start itself."""
+        wanted = {
+            "nats": self.nats_url,
+            "postgres": self.database_url,
+            "graph": self.neo4j_uri,
+            "redis": self.redis_url,
+        }
+        return [name for name, url in wanted.items() if url is None]
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the settings, turning a validation error into one naming the variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = [
+            f"{env_name(err['loc'])}: {err['msg']} (got {_shown_input(err)})"
+            for err in exc.errors()
+        ]
+        raise ConfigurationError(
+            "invalid configuration: " + "; ".join(problems),
+            field=env_name(exc.errors()[0]["loc"]),
+        ) from None
+
+
+def env_name(loc: tuple[int | str, ...]) -> str:
+    """Return the environment variable that sets the field at ``loc``."""
+    parts = [str(part) for part in loc if isinstance(part, str)]
+    return ENV_PREFIX + NESTED_DELIMITER.join(parts).upper()
+
+
+def _shown_input(err: Any) -> str:
+    # Inputs of secret fields never reach a message.
+    loc = [str(part) for part in err["loc"]]
+    if any(name.endswith(("_key", "password")) for name in loc):
+        return "a value"
+    return repr(err.get("input"))
+
+
+def _split_commas(value: Any) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
