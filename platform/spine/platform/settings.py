@@ -50,7 +50,9 @@ class WorkerSettings(BaseModel):
     """Agent workers: JetStream pull consumers."""
 
     concurrency: int = Field(8, ge=1, le=1024)
-    ack_wait: float = Field(30.0, ge=1, description="Seconds before an unacked task is redelivered.")
+    ack_wait: float = Field(
+        30.0, ge=1, description="Seconds before an unacked task is redelivered."
+    )
     max_attempts: int = Field(5, ge=1, le=100)
     backoff: Annotated[list[float], NoDecode] = Field(
         default_factory=lambda: [1.0, 5.0, 15.0, 60.0],
@@ -121,10 +123,10 @@ class Settings(BaseSettings):
     data_dir: Path = Path("data")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
-    api: ApiSettings = Field(default_factory=ApiSettings)  # type: ignore[arg-type]
-    worker: WorkerSettings = Field(default_factory=WorkerSettings)  # type: ignore[arg-type]
+    api: ApiSettings = Field(default_factory=ApiSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
     models: ModelSettings = Field(default_factory=ModelSettings)
-    embedded: EmbeddedSettings = Field(default_factory=EmbeddedSettings)  # type: ignore[arg-type]
+    embedded: EmbeddedSettings = Field(default_factory=EmbeddedSettings)
 
     @field_validator("fallback_chain", mode="before")
     @classmethod

@@ -1,0 +1,116 @@
+"""Submitting tasks: commit first, then publish; the sweeper publishes what JetStream missed.
+
+A task is committed to the database before anything else, so an accepted task exists even if
+NATS is down. Publishing uses the task id as ``Nats-Msg-Id``, so a re-publish within the
+stream's duplicate window is dropped by JetStream, and a later duplicate is dropped by the
+worker's claim (a finished task is acked without running).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+
+from spine.agents.catalog import AgentCatalog
+from spine.events.bus import NatsBus
+from spine.events.progress import ProgressFeed
+from spine.events.subjects import cancel_subject, lane_subject
+from spine.platform.errors import ServiceUnavailable
+from spine.platform.keys import Principal
+from spine.platform.schema import utcnow
+from spine.platform.settings import ApiSettings
+from spine.platform.tasks import Task, TaskStore, TaskSubmission
+
+__all__ = ["TaskDispatcher"]
+
+logger = logging.getLogger(__name__)
+
+
+class TaskDispatcher:
+    """Accepts tasks, publishes them to JetStream and keeps the outbox drained."""
+
+    def __init__(
+        self,
+        *,
+        store: TaskStore,
+        bus: NatsBus,
+        feed: ProgressFeed,
+        catalog: AgentCatalog,
+        settings: ApiSettings,
+    ) -> None:
+        self._store = store
+        self._bus = bus
+        self._feed = feed
+        self._catalog = catalog
+        self._settings = settings
+
+    async def submit(
+        self, submission: TaskSubmission, *, principal: Principal, idempotency_key: str | None
+    ) -> tuple[Task, bool]:
+        """Validate, commit and publish a task; return it and whether it is new."""
+        self._catalog.parse_input(submission.agent, submission.input)
+        task, events, created = await self._store.submit(
+            submission,
+            tenant=principal.tenant,
+            key_id=principal.key_id,
+            idempotency_key=idempotency_key,
+        )
+        if created:
+            await self._feed.announce(events)
+            await self.publish([task])
+        return task, created
+
+    async def cancel(self, task_id: str, *, principal: Principal) -> Task:
+        """Cancel a task, and tell the worker running it to stop now."""
+        task, events = await self._store.cancel(task_id, tenant=principal.tenant)
+        await self._feed.announce(events)
+        await self._bus.signal(cancel_subject(task_id), b"")
+        return task
+
+    async def publish(self, tasks: list[Task], *, stalled: bool = False) -> int:
+        """Publish tasks to their lanes; those JetStream does not ack stay for the sweeper."""
+        published: list[str] = []
+        for task in tasks:
+            payload = json.dumps({"task_id": task.id, "tenant": task.tenant, "agent": task.agent})
+            # A re-publish of a lost message comes after the duplicate window and must get past
+            # JetStream's dedupe; the worker's claim still runs each task once.
+            msg_id = f"{task.id}:{utcnow().isoformat()}" if stalled else task.id
+            try:
+                await self._bus.publish_durable(
+                    lane_subject(task.priority),
+                    payload.encode(),
+                    msg_id=msg_id,
+                    headers={"Spine-Tenant": task.tenant},
+                )
+            except ServiceUnavailable as exc:
+                logger.warning("task %s committed, not yet published: %s", task.id, exc.message)
+                break
+            published.append(task.id)
+        await self._store.mark_published(published)
+        return len(published)
+
+    async def sweep_once(self) -> int:
+        """Publish committed tasks that JetStream never acknowledged or lost; return how many."""
+        if not self._bus.connected:
+            return 0
+        waiting = await self._store.unpublished(grace=self._settings.sweep_interval, limit=500)
+        count = await self.publish(waiting)
+        stalled = await self._store.stalled(after=self._settings.republish_after, limit=500)
+        count += await self.publish(stalled, stalled=True)
+        if count:
+            logger.info("sweeper published %d tasks (%d stalled)", count, len(stalled))
+        return count
+
+    async def run_sweeper(self, stop: asyncio.Event) -> None:
+        """Sweep every ``sweep_interval`` seconds until ``stop`` is set."""
+        while not stop.is_set():
+            try:
+                await self.sweep_once()
+            except ServiceUnavailable as exc:
+                logger.warning("sweep skipped: %s", exc.message)
+            except Exception:
+                logger.exception("sweep failed; trying again")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self._settings.sweep_interval)

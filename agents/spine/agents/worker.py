@@ -1,0 +1,338 @@
+"""Agent workers: JetStream pull consumers that run tasks at least once, and finish them once.
+
+For each delivered message the worker claims the task in the database (which tells it whether
+the task is already finished, held by a live worker, or free), runs the agent while it keeps the
+message and the claim alive, commits the outcome, and only then acks. Failures are typed:
+retryable ones are nakked with backoff until ``max_attempts``; permanent ones fail the task; both
+copy the message and the reason to the dead-letter stream. Nothing is acked before its outcome
+is committed, so a worker killed at any point leaves a task that JetStream will redeliver.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from nats.aio.msg import Msg
+from nats.errors import ConnectionClosedError
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js import JetStreamContext
+
+from spine.agents.base import RunContext
+from spine.agents.catalog import AgentCatalog
+from spine.events.bus import NatsBus
+from spine.events.progress import ProgressFeed
+from spine.events.streams import TASKS_STREAM, StreamLayout, consumer_name
+from spine.events.subjects import CANCEL_ALL, DLQ_TASKS, LANES
+from spine.platform.errors import (
+    PermanentTaskError,
+    ServiceUnavailable,
+    SpineError,
+    TaskCancelled,
+    TransientTaskError,
+)
+from spine.platform.llm import ModelClient
+from spine.platform.schema import utcnow
+from spine.platform.settings import WorkerSettings
+from spine.platform.tasks import Task, TaskStore
+
+__all__ = ["TaskWorker", "WorkerStats"]
+
+logger = logging.getLogger(__name__)
+
+_FETCH_TIMEOUT = 2.0
+_LOST_CONNECTION = (ConnectionClosedError, ServiceUnavailable, OSError)
+
+
+@dataclass(slots=True, kw_only=True)
+class WorkerStats:
+    """Counters a worker keeps for its logs and tests."""
+
+    succeeded: int = 0
+    failed: int = 0
+    retried: int = 0
+    dead_lettered: int = 0
+    skipped: int = 0
+    running: set[str] = field(default_factory=set)
+
+
+class TaskWorker:
+    """Runs delivered tasks with bounded concurrency until told to stop."""
+
+    def __init__(
+        self,
+        *,
+        store: TaskStore,
+        bus: NatsBus,
+        feed: ProgressFeed,
+        catalog: AgentCatalog,
+        models: ModelClient,
+        settings: WorkerSettings,
+        layout: StreamLayout,
+    ) -> None:
+        self._store = store
+        self._bus = bus
+        self._feed = feed
+        self._catalog = catalog
+        self._models = models
+        self._settings = settings
+        self._layout = layout
+        self._slots = asyncio.Semaphore(settings.concurrency)
+        # Low-priority work (batches) may take at most half the slots, so it never starves
+        # interactive tasks.
+        self._low_slots = asyncio.Semaphore(max(1, settings.concurrency // 2))
+        self._cancel_events: dict[str, asyncio.Event] = {}
+        self._handlers: set[asyncio.Task[None]] = set()
+        self.stats = WorkerStats()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume every lane until ``stop`` is set, then finish the tasks in hand."""
+        await self._bus.wait_connected()
+        await self._layout.ensure(self._bus.js)
+        await self._bus.subscribe(CANCEL_ALL, self._on_cancel)
+        lanes = [
+            asyncio.create_task(self._consume(lane, stop), name=f"lane-{lane}") for lane in LANES
+        ]
+        await stop.wait()
+        for lane_task in lanes:
+            lane_task.cancel()
+        await asyncio.gather(*lanes, return_exceptions=True)
+        if self._handlers:
+            logger.info("finishing %d tasks in hand before stopping", len(self._handlers))
+            await asyncio.gather(*self._handlers, return_exceptions=True)
+
+    async def _consume(self, lane: str, stop: asyncio.Event) -> None:
+        js: JetStreamContext = self._bus.js
+        subscription = await js.pull_subscribe_bind(
+            durable=consumer_name(lane), stream=TASKS_STREAM
+        )
+        while not stop.is_set():
+            await self._acquire(lane)
+            try:
+                messages = await subscription.fetch(1, timeout=_FETCH_TIMEOUT)
+            except NatsTimeout:
+                self._release(lane)
+                continue
+            except _LOST_CONNECTION as exc:
+                self._release(lane)
+                logger.debug("fetch on lane %s failed: %r", lane, exc)
+                await asyncio.sleep(0.5)
+                continue
+            except BaseException:
+                self._release(lane)
+                raise
+            handler = asyncio.create_task(self._handle_and_release(lane, messages[0]))
+            self._handlers.add(handler)
+            handler.add_done_callback(self._handlers.discard)
+
+    async def _acquire(self, lane: str) -> None:
+        if lane == "low":
+            await self._low_slots.acquire()
+        await self._slots.acquire()
+
+    def _release(self, lane: str) -> None:
+        self._slots.release()
+        if lane == "low":
+            self._low_slots.release()
+
+    async def _handle_and_release(self, lane: str, msg: Msg) -> None:
+        try:
+            await self.handle(msg)
+        except _LOST_CONNECTION as exc:
+            # The message stays unacked; JetStream redelivers it after ack_wait.
+            logger.warning("left a task for redelivery: %r", exc)
+        except Exception:
+            logger.exception("unexpected error handling a task message; it will be redelivered")
+        finally:
+            self._release(lane)
+
+    async def handle(self, msg: Msg) -> None:
+        """Claim, run, record and acknowledge one delivered task message."""
+        try:
+            task_id = str(json.loads(msg.data)["task_id"])
+        except (ValueError, KeyError, TypeError):
+            await self._dead_letter_message(
+                msg, None, {"type": "malformed_message", "message": "not a task message"}
+            )
+            return
+        try:
+            claim = await self._store.claim(task_id, lease=self._settings.ack_wait)
+        except ServiceUnavailable:
+            await msg.nak(delay=self._settings.delay_before(2))
+            return
+        await self._feed.announce(claim.events)
+        if claim.outcome == "missing":
+            await self._dead_letter_message(
+                msg, task_id, {"type": "unknown_task", "message": "no such task in the database"}
+            )
+        elif claim.outcome == "finished":
+            self.stats.skipped += 1
+            await msg.ack_sync()
+        elif claim.outcome == "busy":
+            await msg.nak(delay=max(claim.retry_in, 0.5))
+        else:
+            assert claim.task is not None
+            await self._attempt(msg, claim.task, claim.attempt)
+
+    async def _attempt(self, msg: Msg, task: Task, attempt: int) -> None:
+        if attempt > self._settings.max_attempts:
+            await self._give_up(msg, task, attempt, _too_many(attempt - 1))
+            return
+        cancelled = self._cancel_events.setdefault(task.id, asyncio.Event())
+        heartbeat = asyncio.create_task(self._keep_alive(msg, task.id, attempt))
+        self.stats.running.add(task.id)
+        try:
+            result = await self._run_agent(task, attempt, cancelled)
+        except TaskCancelled:
+            await self._finish(
+                msg,
+                task,
+                attempt,
+                "cancelled",
+                error=_error_dict(TaskCancelled("the task was cancelled")),
+            )
+        except SpineError as exc:
+            await self._failed(msg, task, attempt, exc)
+        except Exception as exc:
+            # An unexpected error may pass (or be a poison task): retry, then dead-letter.
+            logger.exception("task %s raised unexpectedly", task.id)
+            await self._failed(msg, task, attempt, TransientTaskError(f"internal error: {exc!r}"))
+        else:
+            self.stats.succeeded += 1
+            await self._finish(msg, task, attempt, "succeeded", result=result)
+        finally:
+            heartbeat.cancel()
+            self.stats.running.discard(task.id)
+            self._cancel_events.pop(task.id, None)
+
+    async def _run_agent(
+        self, task: Task, attempt: int, cancelled: asyncio.Event
+    ) -> dict[str, Any]:
+        agent = self._catalog.get(task.agent)
+        request = self._catalog.parse_input(task.agent, task.input)
+
+        async def emit(type_: str, data: dict[str, Any]) -> object:
+            return await self._feed.emit(task.id, type_, data)
+
+        async def cancel_requested() -> bool:
+            return await self._store.cancel_requested(task.id)
+
+        ctx = RunContext(
+            task=task,
+            attempt=attempt,
+            models=self._models,
+            emit=emit,
+            cancelled=cancelled,
+            cancel_requested=cancel_requested,
+        )
+        if task.deadline is None:
+            return await agent.run(ctx, request)
+        remaining = (task.deadline - utcnow()).total_seconds()
+        try:
+            async with asyncio.timeout(max(remaining, 0.001)):
+                return await agent.run(ctx, request)
+        except TimeoutError:
+            raise PermanentTaskError("the task's deadline passed while it ran") from None
+
+    async def _failed(self, msg: Msg, task: Task, attempt: int, exc: SpineError) -> None:
+        error = _error_dict(exc)
+        if not exc.retryable:
+            self.stats.failed += 1
+            await self._publish_dead_letter(msg, task.id, error, attempt)
+            await self._finish(msg, task, attempt, "failed", error=error)
+        elif attempt >= self._settings.max_attempts:
+            await self._give_up(
+                msg, task, attempt, {**error, "attempts": attempt, "reason": "too many attempts"}
+            )
+        else:
+            self.stats.retried += 1
+            delay = self._settings.delay_before(attempt + 1)
+            events = await self._store.finish(
+                task.id, attempt=attempt, state="queued", error=error, retry_in=delay
+            )
+            await self._feed.announce(events)
+            await msg.nak(delay=delay)
+
+    async def _finish(
+        self,
+        msg: Msg,
+        task: Task,
+        attempt: int,
+        state: Any,
+        *,
+        result: dict[str, Any] | None = None,
+        error: dict[str, Any] | None = None,
+    ) -> None:
+        events = await self._store.finish(
+            task.id, attempt=attempt, state=state, result=result, error=error
+        )
+        await self._feed.announce(events)
+        await msg.ack_sync()
+
+    async def _give_up(self, msg: Msg, task: Task, attempt: int, reason: dict[str, Any]) -> None:
+        self.stats.dead_lettered += 1
+        await self._publish_dead_letter(msg, task.id, reason, attempt)
+        events = await self._store.dead_letter(task.id, reason=reason)
+        await self._feed.announce(events)
+        await msg.ack_sync()
+
+    async def _dead_letter_message(
+        self, msg: Msg, task_id: str | None, reason: dict[str, Any]
+    ) -> None:
+        await self._publish_dead_letter(msg, task_id, reason, 0)
+        await msg.ack_sync()
+
+    async def _publish_dead_letter(
+        self, msg: Msg, task_id: str | None, reason: dict[str, Any], attempt: int
+    ) -> None:
+        # Copy first, ack after: if this publish fails the message is redelivered, not lost.
+        body = {
+            "task_id": task_id,
+            "reason": reason,
+            "attempts": attempt,
+            "subject": msg.subject,
+            "payload": msg.data.decode("utf-8", errors="replace"),
+            "dead_lettered_at": utcnow().isoformat(),
+        }
+        await self._bus.publish_durable(
+            DLQ_TASKS, json.dumps(body).encode(), msg_id=f"dlq:{task_id or msg.reply}:{attempt}"
+        )
+        logger.warning("dead-lettered task %s: %s", task_id, reason.get("message"))
+
+    async def _keep_alive(self, msg: Msg, task_id: str, attempt: int) -> None:
+        # Tell JetStream and the database that this attempt is alive, well inside ack_wait.
+        interval = self._settings.ack_wait / 3
+        while True:
+            await asyncio.sleep(interval)
+            with contextlib.suppress(*_LOST_CONNECTION, NatsTimeout):
+                await msg.in_progress()
+            with contextlib.suppress(ServiceUnavailable):
+                owned = await self._store.extend_lease(
+                    task_id, attempt=attempt, lease=self._settings.ack_wait
+                )
+                if not owned:
+                    logger.warning("task %s attempt %d lost its claim", task_id, attempt)
+                    return
+
+    async def _on_cancel(self, msg: Msg) -> None:
+        task_id = msg.subject.rsplit(".", 1)[-1]
+        event = self._cancel_events.get(task_id)
+        if event is not None:
+            event.set()
+
+
+def _error_dict(exc: SpineError) -> dict[str, Any]:
+    return {**exc.to_dict(), "retryable": exc.retryable}
+
+
+def _too_many(attempts: int) -> dict[str, Any]:
+    return {
+        "type": "too_many_attempts",
+        "retryable": False,
+        "attempts": attempts,
+        "message": f"the task was delivered {attempts} times without finishing",
+    }

@@ -1,0 +1,156 @@
+"""The NATS connection every process shares: JetStream publishing and core signals.
+
+nats-py and JetStream errors are translated here into :class:`ServiceUnavailable`, so callers
+decide with one ``except`` whether to answer 503, leave a task to the outbox sweeper, or nak.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+import nats
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.errors import ConnectionClosedError, NoRespondersError, OutboundBufferLimitError
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js import JetStreamContext
+from nats.js.api import PubAck
+from nats.js.errors import APIError, NoStreamResponseError
+
+from spine.platform.errors import ServiceUnavailable
+
+__all__ = ["NatsBus"]
+
+logger = logging.getLogger(__name__)
+
+_PUBLISH_ERRORS = (
+    NatsTimeout,
+    asyncio.TimeoutError,
+    NoRespondersError,
+    NoStreamResponseError,
+    ConnectionClosedError,
+    OutboundBufferLimitError,
+    APIError,
+    OSError,
+)
+
+
+class NatsBus:
+    """One NATS connection that reconnects forever and reports its state."""
+
+    def __init__(self, url: str, *, name: str, publish_timeout: float = 2.0) -> None:
+        self.url = url
+        self._name = name
+        self._publish_timeout = publish_timeout
+        self._nc: Client | None = None
+        self._js: JetStreamContext | None = None
+        self._ready = asyncio.Event()
+        self._connecting: asyncio.Task[None] | None = None
+
+    @property
+    def connected(self) -> bool:
+        """Tell whether the connection is up right now."""
+        return self._nc is not None and self._nc.is_connected
+
+    @property
+    def js(self) -> JetStreamContext:
+        """Return the JetStream context; only valid after :meth:`wait_connected`."""
+        if self._js is None:
+            raise ServiceUnavailable(f"not connected to NATS at {self.url}")
+        return self._js
+
+    @property
+    def client(self) -> Client:
+        """Return the raw nats-py client; only valid after :meth:`wait_connected`."""
+        if self._nc is None:
+            raise ServiceUnavailable(f"not connected to NATS at {self.url}")
+        return self._nc
+
+    def start(self) -> None:
+        """Begin connecting in the background; a server that is down is retried forever."""
+        if self._connecting is None:
+            self._connecting = asyncio.create_task(self._connect(), name="nats-connect")
+
+    async def wait_connected(self, timeout: float | None = None) -> None:
+        """Start connecting if needed and wait until the first connection is made."""
+        self.start()
+        try:
+            await asyncio.wait_for(self._ready.wait(), timeout)
+        except TimeoutError as exc:
+            raise ServiceUnavailable(
+                f"NATS at {self.url} does not answer; start it or set GENAI_NATS_URL"
+            ) from exc
+
+    async def _connect(self) -> None:
+        self._nc = await nats.connect(
+            servers=[self.url],
+            name=self._name,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            connect_timeout=2,
+            error_cb=self._on_error,
+            disconnected_cb=self._on_disconnected,
+            reconnected_cb=self._on_reconnected,
+        )
+        self._js = self._nc.jetstream(timeout=self._publish_timeout)
+        self._ready.set()
+        logger.info("connected to NATS at %s", self.url)
+
+    async def publish_durable(
+        self,
+        subject: str,
+        payload: bytes,
+        *,
+        msg_id: str,
+        headers: dict[str, str] | None = None,
+    ) -> PubAck:
+        """Publish to JetStream and wait for its acknowledgement; deduplicated by ``msg_id``."""
+        if not self.connected:
+            raise ServiceUnavailable(f"NATS at {self.url} is not connected")
+        all_headers = {"Nats-Msg-Id": msg_id, **(headers or {})}
+        try:
+            return await self.js.publish(subject, payload, headers=all_headers)
+        except _PUBLISH_ERRORS as exc:
+            raise ServiceUnavailable(f"JetStream did not acknowledge {subject}: {exc!r}") from exc
+
+    async def signal(self, subject: str, payload: bytes) -> None:
+        """Publish a core NATS message; best effort, since its durable copy is elsewhere."""
+        if not self.connected:
+            return
+        try:
+            await self.client.publish(subject, payload)
+        except _PUBLISH_ERRORS as exc:
+            logger.debug("dropped live signal on %s: %r", subject, exc)
+
+    async def subscribe(
+        self, subject: str, handler: Callable[[Msg], Awaitable[None]]
+    ) -> Subscription:
+        """Subscribe to a core subject; raises :class:`ServiceUnavailable` when disconnected."""
+        if not self.connected:
+            raise ServiceUnavailable(f"NATS at {self.url} is not connected")
+        try:
+            return await self.client.subscribe(subject, cb=handler)
+        except _PUBLISH_ERRORS as exc:
+            raise ServiceUnavailable(f"cannot subscribe to {subject}: {exc!r}") from exc
+
+    async def close(self) -> None:
+        """Drain and close the connection, or stop trying to make one."""
+        if self._connecting is not None and not self._connecting.done():
+            self._connecting.cancel()
+        if self._nc is not None and not self._nc.is_closed:
+            try:
+                await asyncio.wait_for(self._nc.drain(), 5)
+            except (TimeoutError, ConnectionClosedError, OSError):
+                await self._nc.close()
+
+    async def _on_error(self, exc: Exception) -> None:
+        logger.warning("NATS error: %r", exc)
+
+    async def _on_disconnected(self) -> None:
+        logger.warning("disconnected from NATS at %s; reconnecting", self.url)
+
+    async def _on_reconnected(self) -> None:
+        logger.info("reconnected to NATS at %s", self.url)

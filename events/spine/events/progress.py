@@ -1,0 +1,92 @@
+"""Task progress: stored in the database, announced live on NATS, replayed to followers.
+
+The database copy is the record; the NATS message is only a nudge so followers need not poll.
+A follower subscribes first, then reads what is stored, then takes live events, filling any gap
+(a lost or reordered live message) from the database, so nothing is skipped or repeated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from pydantic import ValidationError
+
+from spine.events.bus import NatsBus
+from spine.events.subjects import progress_subject
+from spine.platform.errors import ServiceUnavailable
+from spine.platform.tasks import TaskEvent, TaskStore
+
+__all__ = ["ProgressFeed"]
+
+logger = logging.getLogger(__name__)
+
+
+class ProgressFeed:
+    """Writes, announces and follows the progress events of tasks."""
+
+    def __init__(self, store: TaskStore, bus: NatsBus, *, poll_interval: float = 1.0) -> None:
+        self._store = store
+        self._bus = bus
+        self._poll_interval = poll_interval
+
+    async def announce(self, events: list[TaskEvent]) -> None:
+        """Tell live followers about events already stored."""
+        for event in events:
+            await self._bus.signal(
+                progress_subject(event.task_id), event.model_dump_json().encode()
+            )
+
+    async def emit(self, task_id: str, type_: str, data: dict[str, Any]) -> TaskEvent:
+        """Store a new event and announce it."""
+        event = await self._store.append_event(task_id, type_, data)
+        await self.announce([event])
+        return event
+
+    async def follow(
+        self, task_id: str, *, tenant: str | None, after_seq: int = 0
+    ) -> AsyncIterator[TaskEvent]:
+        """Yield the task's events after ``after_seq``, live, until its final state."""
+        live: asyncio.Queue[TaskEvent] = asyncio.Queue()
+        subscription = await self._subscribe(task_id, live)
+        last = after_seq
+        try:
+            while True:
+                for event in await self._store.events(task_id, tenant=tenant, after_seq=last):
+                    yield event
+                    last = event.seq
+                    if event.is_final:
+                        return
+                # Wait for a nudge; on a timeout the loop re-reads the database anyway.
+                with contextlib.suppress(TimeoutError):
+                    event = await asyncio.wait_for(live.get(), self._poll_interval)
+                    while event.seq == last + 1:
+                        yield event
+                        last = event.seq
+                        if event.is_final:
+                            return
+                        if live.empty():
+                            break
+                        event = live.get_nowait()
+        finally:
+            if subscription is not None:
+                with contextlib.suppress(Exception):
+                    await subscription.unsubscribe()
+
+    async def _subscribe(self, task_id: str, live: asyncio.Queue[TaskEvent]) -> Subscription | None:
+        async def on_message(msg: Msg) -> None:
+            try:
+                live.put_nowait(TaskEvent.model_validate_json(msg.data))
+            except ValidationError:
+                logger.warning("ignored a malformed progress message on %s", msg.subject)
+
+        try:
+            return await self._bus.subscribe(progress_subject(task_id), on_message)
+        except ServiceUnavailable:
+            # Without NATS the follower still works, by polling the database.
+            return None

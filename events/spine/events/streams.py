@@ -1,0 +1,91 @@
+"""JetStream streams and consumers, declared once and created idempotently at start-up."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import BadRequestError
+
+from spine.events.subjects import DLQ_TASKS, LANES, TASKS_ALL, lane_subject
+
+__all__ = ["DLQ_STREAM", "TASKS_STREAM", "StreamLayout", "consumer_name"]
+
+logger = logging.getLogger(__name__)
+
+TASKS_STREAM = "TASKS"
+DLQ_STREAM = "TASKS_DLQ"
+_DAY = 24 * 3600.0
+
+
+def consumer_name(lane: str) -> str:
+    """Return the durable consumer that workers share for a lane."""
+    return f"workers-{lane}"
+
+
+@dataclass(slots=True, kw_only=True)
+class StreamLayout:
+    """The streams and worker consumers, sized from the settings."""
+
+    replicas: int = 1
+    ack_wait: float = 30.0
+    max_deliver: int = 6
+    duplicate_window: float = 120.0
+
+    def task_stream(self) -> StreamConfig:
+        """Describe TASKS: a work queue, so an acked task leaves the stream."""
+        return StreamConfig(
+            name=TASKS_STREAM,
+            subjects=[TASKS_ALL],
+            retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.FILE,
+            num_replicas=self.replicas,
+            duplicate_window=self.duplicate_window,
+            discard=DiscardPolicy.OLD,
+        )
+
+    def dlq_stream(self) -> StreamConfig:
+        """Describe TASKS_DLQ: dead letters kept for 30 days for inspection and replay."""
+        return StreamConfig(
+            name=DLQ_STREAM,
+            subjects=[DLQ_TASKS],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            num_replicas=self.replicas,
+            max_age=30 * _DAY,
+        )
+
+    def worker_consumer(self, lane: str) -> ConsumerConfig:
+        """Describe the pull consumer of one lane; explicit acks, bounded deliveries."""
+        return ConsumerConfig(
+            durable_name=consumer_name(lane),
+            filter_subject=lane_subject(lane),
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=self.ack_wait,
+            # The worker dead-letters at max_attempts itself; this cap is the backstop for a
+            # task that kills its worker every time before it can be judged.
+            max_deliver=self.max_deliver,
+            max_ack_pending=10_000,
+        )
+
+    async def ensure(self, js: JetStreamContext) -> None:
+        """Create or update the streams and consumers; safe from any number of processes."""
+        for config in (self.task_stream(), self.dlq_stream()):
+            try:
+                await js.add_stream(config)
+            except BadRequestError:
+                await js.update_stream(config)
+        for lane in LANES:
+            await js.add_consumer(TASKS_STREAM, self.worker_consumer(lane))
+        logger.info("JetStream streams ready: %s, %s", TASKS_STREAM, DLQ_STREAM)

@@ -1,0 +1,237 @@
+"""State file, ports, logs and process identity for :mod:`spine.platform.embedded`.
+
+The state file (``<data>/run/stack.json``) outlives the process that wrote it: it lets a later
+start reuse the same ports (so URLs stay stable) and lets ``spine status`` / ``spine down`` find
+a detached stack. A pid alone is not an identity (pids are reused), so every record carries the
+process's creation time as well.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+logger = logging.getLogger(__name__)
+
+STATE_VERSION = 1
+LOG_TAIL_LINES = 20
+# psutil derives creation times from boot time and clock ticks; allow for rounding.
+_CREATE_TIME_TOLERANCE = 1.0
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """Where the embedded servers answer; ``None`` for a service that was not started."""
+
+    nats_url: str | None = None
+    database_url: str | None = None
+    redis_url: str | None = None
+    neo4j_uri: str | None = None
+    nats_monitor_url: str | None = None
+
+
+@dataclass
+class ServerRecord:
+    """One server process as recorded in the state file."""
+
+    name: str
+    ports: dict[str, int]
+    log: Path
+    pid: int | None = None
+    create_time: float | None = None
+    started_at: str | None = None
+
+
+@dataclass
+class StackState:
+    """The content of ``<data>/run/stack.json``."""
+
+    data_dir: Path
+    servers: dict[str, ServerRecord] = field(default_factory=dict)
+    endpoints: Endpoints = field(default_factory=Endpoints)
+    detached: bool = False
+    owner_pid: int | None = None
+    started_at: str | None = None
+
+
+def now_iso() -> str:
+    """Return the current UTC time as ISO 8601."""
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def state_path(data_dir: Path) -> Path:
+    """Return the path of the state file for a data directory."""
+    return data_dir / "run" / "stack.json"
+
+
+def load_state(data_dir: Path) -> StackState | None:
+    """Read the state file; ``None`` when there is none or it cannot be understood."""
+    path = state_path(data_dir)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        logger.warning("ignoring unreadable embedded stack state %s: %s", path, exc)
+        return None
+    try:
+        return _state_from_json(raw, data_dir)
+    except (KeyError, TypeError, ValueError) as exc:
+        logger.warning("ignoring malformed embedded stack state %s: %s", path, exc)
+        return None
+
+
+def save_state(state: StackState) -> None:
+    """Write the state file atomically, so a reader never sees half of it."""
+    path = state_path(state.data_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = {
+        "version": STATE_VERSION,
+        "data_dir": str(state.data_dir),
+        "started_at": state.started_at,
+        "detached": state.detached,
+        "owner_pid": state.owner_pid,
+        "endpoints": asdict(state.endpoints),
+        "servers": {
+            name: {**asdict(record), "log": str(record.log)}
+            for name, record in state.servers.items()
+        },
+    }
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".stack.", suffix=".json")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            json.dump(body, out, indent=2)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _state_from_json(raw: dict[str, Any], data_dir: Path) -> StackState:
+    known = {f.name for f in fields(Endpoints)}
+    endpoints = Endpoints(**{k: v for k, v in raw.get("endpoints", {}).items() if k in known})
+    servers = {
+        name: ServerRecord(
+            name=name,
+            ports={str(k): int(v) for k, v in item.get("ports", {}).items()},
+            log=Path(item["log"]),
+            pid=item.get("pid"),
+            create_time=item.get("create_time"),
+            started_at=item.get("started_at"),
+        )
+        for name, item in raw.get("servers", {}).items()
+    }
+    return StackState(
+        data_dir=data_dir,
+        servers=servers,
+        endpoints=endpoints,
+        detached=bool(raw.get("detached", False)),
+        owner_pid=raw.get("owner_pid"),
+        started_at=raw.get("started_at"),
+    )
+
+
+def process_create_time(pid: int) -> float | None:
+    """Return the creation time of a process, or ``None`` if it does not exist."""
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
+def find_process(pid: int | None, create_time: float | None) -> psutil.Process | None:
+    """Return the live process recorded as (pid, creation time), or ``None``.
+
+    A zombie counts as gone; a process with the same pid but another creation time is a
+    different process that reused the pid, and is never touched.
+    """
+    if pid is None:
+        return None
+    try:
+        proc = psutil.Process(pid)
+        if create_time is not None and abs(proc.create_time() - create_time) > (
+            _CREATE_TIME_TOLERANCE
+        ):
+            return None
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+    except psutil.Error:
+        return None
+    return proc
+
+
+def terminate_process(
+    proc: psutil.Process, stop_signal: signal.Signals, timeout: float
+) -> int | None:
+    """Stop a process: ``stop_signal``, wait up to ``timeout``, then SIGKILL.
+
+    Returns:
+        The exit code when the process is our child (psutil reaps it), else ``None``.
+    """
+    try:
+        proc.send_signal(stop_signal)
+        return proc.wait(timeout)
+    except psutil.TimeoutExpired:
+        logger.warning("pid %d ignored %s for %.0fs; killing it", proc.pid, stop_signal.name, timeout)
+    except psutil.NoSuchProcess:
+        return None
+    try:
+        proc.kill()
+        return proc.wait(timeout)
+    except (psutil.NoSuchProcess, psutil.TimeoutExpired):
+        return None
+
+
+def port_is_free(port: int) -> bool:
+    """Tell whether a TCP port on 127.0.0.1 can be bound right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # Servers bind with SO_REUSEADDR, so a port in TIME_WAIT is free for them too.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(taken: set[int]) -> int:
+    """Ask the kernel for a free TCP port on 127.0.0.1 that is not in ``taken``."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port: int = sock.getsockname()[1]
+        if port not in taken:
+            return port
+    raise OSError("no free TCP port found on 127.0.0.1")
+
+
+def log_tail(path: Path, offset: int = 0, lines: int = LOG_TAIL_LINES) -> str:
+    """Return the last ``lines`` lines of a log written after ``offset``."""
+    try:
+        with path.open("rb") as log:
+            log.seek(offset)
+            data = log.read()
+    except OSError:
+        return ""
+    text = data.decode("utf-8", errors="replace")
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def wait_port_closed(port: int, timeout: float) -> None:
+    """Wait until nothing listens on 127.0.0.1:``port`` (best effort)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not port_is_free(port):
+        time.sleep(0.05)

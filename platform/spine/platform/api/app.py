@@ -1,0 +1,81 @@
+"""The HTTP API: an ASGI app built around one :class:`Platform`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from spine.platform.api import tasks
+from spine.platform.api.auth import Caller, platform_of
+from spine.platform.api.errors import BodySizeLimit, install_error_handlers
+from spine.platform.settings import Settings
+from spine.platform.wiring import Platform
+
+__all__ = ["create_app"]
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """Build the API app; services connect when the app starts."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        platform = Platform.build(settings, name="spine-api")
+        await platform.start()
+        app.state.platform = platform
+        stop = asyncio.Event()
+        background = [
+            asyncio.create_task(platform.ensure_streams_when_connected(), name="streams"),
+            asyncio.create_task(platform.dispatcher.run_sweeper(stop), name="sweeper"),
+        ]
+        try:
+            yield
+        finally:
+            stop.set()
+            for job in background:
+                job.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            await platform.close()
+
+    app = FastAPI(title="GenAI Spine", version="0.1.0", lifespan=lifespan)
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.api.max_body_bytes)
+    app.include_router(tasks.router)
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, str]:
+        """Answer while the process is alive."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"])
+    async def readyz(request: Request) -> JSONResponse:
+        """Answer 200 when every backing service answers, 503 naming the ones that don't."""
+        status = await platform_of(request).ready()
+        ok = all(value == "ok" for value in status.values())
+        return JSONResponse(
+            {"status": "ok" if ok else "degraded", "services": status},
+            status_code=200 if ok else 503,
+        )
+
+    @app.get("/v1/agents", tags=["agents"])
+    async def list_agents(request: Request, _: Caller) -> dict[str, object]:
+        """List the agents tasks may name."""
+        catalog = platform_of(request).catalog
+        return {
+            "data": [
+                {
+                    "name": name,
+                    "description": catalog.get(name).description,
+                    "input_schema": catalog.get(name).input_model.model_json_schema(),
+                }
+                for name in catalog.names()
+            ]
+        }
+
+    return app

@@ -1,0 +1,120 @@
+"""The composition root: builds every long-lived object of a process from the settings.
+
+Only the API app and the CLI import this module; nothing below them does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+
+from spine.agents.catalog import AgentCatalog, default_catalog
+from spine.agents.dispatch import TaskDispatcher
+from spine.agents.worker import TaskWorker
+from spine.events.bus import NatsBus
+from spine.events.progress import ProgressFeed
+from spine.events.streams import StreamLayout
+from spine.platform.db import Database
+from spine.platform.errors import ConfigurationError, ServiceUnavailable
+from spine.platform.keys import KeyStore
+from spine.platform.llm import LiteLLMClient, ModelClient
+from spine.platform.settings import Settings
+from spine.platform.tasks import TaskStore
+
+__all__ = ["Platform"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True, kw_only=True)
+class Platform:
+    """The services one process uses, wired together."""
+
+    settings: Settings
+    db: Database
+    tasks: TaskStore
+    keys: KeyStore
+    bus: NatsBus
+    feed: ProgressFeed
+    catalog: AgentCatalog
+    layout: StreamLayout
+    dispatcher: TaskDispatcher
+
+    @classmethod
+    def build(cls, settings: Settings, *, name: str) -> Platform:
+        """Wire the services; nothing connects until :meth:`start`."""
+        if settings.database_url is None or settings.nats_url is None:
+            raise ConfigurationError(
+                "GENAI_DATABASE_URL and GENAI_NATS_URL must be set (`spine up` sets them for "
+                "the servers it starts)",
+                field="GENAI_DATABASE_URL" if settings.database_url is None else "GENAI_NATS_URL",
+            )
+        db = Database(settings.database_url)
+        tasks = TaskStore(db)
+        bus = NatsBus(settings.nats_url, name=name)
+        feed = ProgressFeed(tasks, bus)
+        catalog = default_catalog()
+        layout = StreamLayout(
+            ack_wait=settings.worker.ack_wait,
+            max_deliver=settings.worker.max_attempts + 1,
+        )
+        dispatcher = TaskDispatcher(
+            store=tasks, bus=bus, feed=feed, catalog=catalog, settings=settings.api
+        )
+        return cls(
+            settings=settings,
+            db=db,
+            tasks=tasks,
+            keys=KeyStore(db, cache_seconds=settings.api.key_cache_seconds),
+            bus=bus,
+            feed=feed,
+            catalog=catalog,
+            layout=layout,
+            dispatcher=dispatcher,
+        )
+
+    async def start(self) -> None:
+        """Migrate the database and begin connecting to NATS (which may still be down)."""
+        await self.db.migrate()
+        self.bus.start()
+
+    async def ensure_streams_when_connected(self) -> None:
+        """Create the streams once NATS answers; runs in the background of the API."""
+        await self.bus.wait_connected()
+        while True:
+            try:
+                await self.layout.ensure(self.bus.js)
+                return
+            except Exception as exc:  # JetStream may still be starting
+                logger.warning("JetStream not ready (%r); retrying", exc)
+                await asyncio.sleep(1)
+
+    def worker(self, *, models: ModelClient | None = None) -> TaskWorker:
+        """Build a worker on these services."""
+        return TaskWorker(
+            store=self.tasks,
+            bus=self.bus,
+            feed=self.feed,
+            catalog=self.catalog,
+            models=models or LiteLLMClient(self.settings),
+            settings=self.settings.worker,
+            layout=self.layout,
+        )
+
+    async def ready(self) -> dict[str, str]:
+        """Check each backing service this process uses."""
+        status = {"nats": "ok" if self.bus.connected else "disconnected"}
+        try:
+            await self.db.ping()
+            status["database"] = "ok"
+        except ServiceUnavailable as exc:
+            status["database"] = exc.message
+        return status
+
+    async def close(self) -> None:
+        """Close connections."""
+        with contextlib.suppress(Exception):
+            await self.bus.close()
+        await self.db.dispose()
