@@ -352,10 +352,11 @@ class FakeModelServer:
         return self.add(Rule(**fields))
 
     def reset(self) -> None:
-        """Forget all rules and records."""
+        """Forget all rules and records, and restart the request numbering."""
         with self._lock:
             self._rules.clear()
             self._records.clear()
+            self._seq = itertools.count(1)
 
     @property
     def rules(self) -> list[Rule]:

@@ -36,6 +36,7 @@ from spine.platform.errors import (
     TransientTaskError,
 )
 from spine.platform.llm import ModelClient
+from spine.platform.logs import current_task
 from spine.platform.schema import utcnow
 from spine.platform.settings import WorkerSettings
 from spine.platform.tasks import Task, TaskStore
@@ -182,6 +183,7 @@ class TaskWorker:
         if attempt > self._settings.max_attempts:
             await self._give_up(msg, task, attempt, _too_many(attempt - 1))
             return
+        current_task.set(task.id)
         cancelled = self._cancel_events.setdefault(task.id, asyncio.Event())
         heartbeat = asyncio.create_task(self._keep_alive(msg, task.id, attempt))
         self.stats.running.add(task.id)

@@ -185,7 +185,9 @@ def terminate_process(
         proc.send_signal(stop_signal)
         return proc.wait(timeout)
     except psutil.TimeoutExpired:
-        logger.warning("pid %d ignored %s for %.0fs; killing it", proc.pid, stop_signal.name, timeout)
+        logger.warning(
+            "pid %d ignored %s for %.0fs; killing it", proc.pid, stop_signal.name, timeout
+        )
     except psutil.NoSuchProcess:
         return None
     try:

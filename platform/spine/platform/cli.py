@@ -1,0 +1,371 @@
+"""The ``spine`` command: run the platform, submit and inspect tasks, manage keys, diagnose."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from typing import Annotated, Any
+
+import httpx
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from spine.platform.doctor import run_checks
+from spine.platform.errors import ConfigurationError, SpineError
+from spine.platform.logs import configure_logging
+from spine.platform.settings import Settings, load_settings
+from spine.platform.stack import (
+    ADMIN_KEY_FILE,
+    StackRunner,
+    attach_detached_stack,
+    describe_config,
+)
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+app = typer.Typer(help="GenAI Spine: an event-driven agentic platform.", no_args_is_help=True)
+tasks_app = typer.Typer(help="Inspect tasks.", no_args_is_help=True)
+keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
+app.add_typer(tasks_app, name="tasks")
+app.add_typer(keys_app, name="keys")
+console = Console()
+err_console = Console(stderr=True)
+
+
+def main() -> None:
+    """Run the CLI, turning platform errors into one clear line and exit code 1."""
+    try:
+        app()
+    except SpineError as exc:
+        err_console.print(f"[red]error:[/red] {exc.message}")
+        sys.exit(1)
+
+
+def _settings(*, attach: bool = True) -> Settings:
+    settings = load_settings()
+    configure_logging(settings.log_level)
+    return attach_detached_stack(settings) if attach else settings
+
+
+# -- running the platform ---------------------------------------------------------------------
+
+
+@app.command()
+def up(
+    workers: Annotated[int, typer.Option(help="Worker processes to run.")] = 1,
+    concurrency: Annotated[int | None, typer.Option(help="Tasks per worker process.")] = None,
+    detach: Annotated[bool, typer.Option(help="Start only the backing servers, detached.")] = False,
+) -> None:
+    """Start every backing service that is not configured, then the API and the workers."""
+    settings = load_settings()
+    configure_logging(settings.log_level)
+    runner = StackRunner(settings, console=console)
+    raise typer.Exit(runner.run(workers=workers, concurrency=concurrency, detach=detach))
+
+
+@app.command()
+def down() -> None:
+    """Stop backing servers started with ``spine up --detach``."""
+    settings = load_settings()
+    stopped = StackRunner(settings, console=console).stop_detached()
+    console.print(f"stopped {stopped}" if stopped else "no detached servers were running")
+
+
+@app.command()
+def status() -> None:
+    """Show the backing servers started by ``spine up`` in this data dir."""
+    settings = load_settings()
+    rows = StackRunner(settings, console=console).status()
+    if not rows:
+        console.print(f"no embedded servers recorded under {settings.data_dir}")
+        return
+    table = Table("service", "state", "pid", "address")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+
+@app.command()
+def api() -> None:
+    """Run the HTTP API (port 8100 by default)."""
+    import uvicorn
+
+    from spine.platform.api import create_app
+
+    settings = _settings()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(settings),
+            host=settings.api.host,
+            port=settings.api.port,
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=10,
+        )
+    )
+    server.run()
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[int | None, typer.Option(help="Tasks run at once.")] = None,
+) -> None:
+    """Run an agent worker until SIGINT or SIGTERM, then finish the tasks in hand."""
+    settings = _settings()
+    if concurrency is not None:
+        settings = settings.model_copy(
+            update={"worker": settings.worker.model_copy(update={"concurrency": concurrency})}
+        )
+    asyncio.run(_run_worker(settings))
+
+
+async def _run_worker(settings: Settings) -> None:
+    from spine.platform.wiring import Platform
+
+    platform = Platform.build(settings, name=f"spine-worker-{os.getpid()}")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await platform.start()
+    try:
+        await platform.worker().run(stop)
+    finally:
+        await platform.close()
+
+
+@app.command()
+def migrate() -> None:
+    """Bring the database schema up to date."""
+    settings = _settings()
+
+    async def go() -> None:
+        from spine.platform.db import Database
+
+        db = Database(_require(settings.database_url, "GENAI_DATABASE_URL"))
+        await db.migrate()
+        await db.dispose()
+
+    asyncio.run(go())
+    console.print("database schema is up to date")
+
+
+# -- configuration and diagnosis --------------------------------------------------------------
+
+
+@app.command()
+def config(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show the effective configuration (secrets masked) and what ``spine up`` would embed."""
+    settings = load_settings()
+    rows, embedded = describe_config(settings)
+    if as_json:
+        console.print_json(json.dumps({"settings": dict(rows), "embedded": embedded}))
+        return
+    table = Table("variable", "value")
+    for name, value in rows:
+        table.add_row(name, value)
+    console.print(table)
+    console.print(
+        "embedded by `spine up`: " + (", ".join(embedded) if embedded else "nothing (all set)")
+    )
+
+
+@app.command()
+def doctor() -> None:
+    """Check each backing service and the model provider; say what is wrong and how to fix it."""
+    settings = _settings()
+    results = asyncio.run(run_checks(settings))
+    table = Table("check", "status", "detail")
+    for result in results:
+        mark = "[green]ok[/green]" if result.ok else "[red]FAIL[/red]"
+        table.add_row(result.name, mark, result.detail)
+    console.print(table)
+    failed = [r for r in results if not r.ok]
+    for result in failed:
+        if result.fix:
+            console.print(f"[yellow]{result.name}[/yellow]: {result.fix}")
+    raise typer.Exit(1 if failed else 0)
+
+
+# -- keys -------------------------------------------------------------------------------------
+
+
+@keys_app.command("create")
+def keys_create(
+    tenant: Annotated[str, typer.Option(help="The tenant the key belongs to.")],
+    name: Annotated[str, typer.Option(help="A label for the key.")] = "",
+    admin: Annotated[bool, typer.Option(help="May administer the tenant.")] = False,
+) -> None:
+    """Create an API key; its secret is printed once."""
+
+    async def go(keys: Any) -> Any:
+        return await keys.create(tenant=tenant, name=name, role="admin" if admin else "member")
+
+    issued = _with_keys(go)
+    console.print(
+        f"key id {issued.key.id} for tenant {tenant!r}; store it now, it is not shown again:"
+    )
+    console.print(issued.secret, soft_wrap=True)
+
+
+@keys_app.command("list")
+def keys_list(tenant: Annotated[str | None, typer.Option()] = None) -> None:
+    """List keys (never their secrets)."""
+
+    async def go(keys: Any) -> Any:
+        return await keys.list_keys(tenant=tenant)
+
+    table = Table("id", "tenant", "role", "name", "created", "revoked")
+    for key in _with_keys(go):
+        table.add_row(
+            key.id,
+            key.tenant,
+            key.role,
+            key.name,
+            key.created_at.isoformat(" ", "seconds"),
+            key.revoked_at.isoformat(" ", "seconds") if key.revoked_at else "",
+        )
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str) -> None:
+    """Revoke a key."""
+
+    async def go(keys: Any) -> Any:
+        return await keys.revoke(key_id)
+
+    _with_keys(go)
+    console.print(f"revoked {key_id}")
+
+
+def _with_keys(action: Any) -> Any:
+    settings = _settings()
+
+    async def go() -> Any:
+        from spine.platform.db import Database
+        from spine.platform.keys import KeyStore
+
+        db = Database(_require(settings.database_url, "GENAI_DATABASE_URL"))
+        try:
+            await db.migrate()
+            return await action(KeyStore(db))
+        finally:
+            await db.dispose()
+
+    return asyncio.run(go())
+
+
+# -- tasks over the HTTP API ------------------------------------------------------------------
+
+
+@app.command()
+def submit(
+    prompt: str,
+    agent: Annotated[str, typer.Option(help="The agent to run.")] = "chat",
+    follow: Annotated[bool, typer.Option(help="Show live progress until the task ends.")] = False,
+    priority: Annotated[str, typer.Option(help="high, normal or low.")] = "normal",
+) -> None:
+    """Submit a task over the HTTP API."""
+    with _client() as client:
+        response = client.post(
+            "/v1/tasks", json={"agent": agent, "input": {"prompt": prompt}, "priority": priority}
+        )
+        task = _json_or_exit(response)
+        console.print(f"task [bold]{task['id']}[/bold] {task['state']}")
+        if follow:
+            _follow(client, task["id"])
+
+
+def _follow(client: httpx.Client, task_id: str) -> None:
+    from httpx_sse import connect_sse
+
+    final: dict[str, Any] = {}
+    with (
+        console.status("waiting for a worker..."),
+        connect_sse(client, "GET", f"/v1/tasks/{task_id}/events", timeout=None) as source,
+    ):
+        for sse in source.iter_sse():
+            data = json.loads(sse.data)
+            detail = data.get("state") or ", ".join(
+                f"{k}={v}" for k, v in data.items() if k not in {"seq", "type", "at"}
+            )
+            console.print(f"  [dim]{data['seq']:>3}[/dim] {sse.event}: {detail}")
+            if data.get("error"):
+                console.print(f"      [red]{data['error'].get('message')}[/red]")
+            final = data
+    task = _json_or_exit(client.get(f"/v1/tasks/{task_id}"))
+    if task.get("result"):
+        console.print(task["result"].get("text", task["result"]))
+    raise typer.Exit(0 if final.get("state") == "succeeded" else 1)
+
+
+@tasks_app.command("list")
+def tasks_list(
+    state: Annotated[str | None, typer.Option()] = None,
+    limit: Annotated[int, typer.Option()] = 20,
+) -> None:
+    """List your recent tasks."""
+    params: dict[str, Any] = {"limit": limit}
+    if state:
+        params["state"] = state
+    with _client() as client:
+        page = _json_or_exit(client.get("/v1/tasks", params=params))
+    table = Table("id", "agent", "state", "attempts", "created")
+    for task in page["data"]:
+        table.add_row(
+            task["id"], task["agent"], task["state"], str(task["attempts"]), task["created_at"]
+        )
+    console.print(table)
+
+
+@tasks_app.command("show")
+def tasks_show(task_id: str) -> None:
+    """Show one task."""
+    with _client() as client:
+        console.print_json(json.dumps(_json_or_exit(client.get(f"/v1/tasks/{task_id}"))))
+
+
+def _client() -> httpx.Client:
+    settings = load_settings()
+    key = os.environ.get("GENAI_API_KEY") or _saved_key(settings)
+    if not key:
+        raise ConfigurationError(
+            "no API key: set GENAI_API_KEY (create one with `spine keys create --tenant T`)",
+            field="GENAI_API_KEY",
+        )
+    host = "127.0.0.1" if settings.api.host in {"0.0.0.0", "::"} else settings.api.host
+    base = os.environ.get("GENAI_API_URL") or f"http://{host}:{settings.api.port}"
+    return httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+
+
+def _saved_key(settings: Settings) -> str | None:
+    path = settings.data_dir / ADMIN_KEY_FILE
+    return path.read_text().strip() if path.exists() else None
+
+
+def _json_or_exit(response: httpx.Response) -> Any:
+    body = response.json()
+    if response.is_error:
+        error = body.get("error", {})
+        err_console.print(
+            f"[red]{response.status_code} {error.get('type')}:[/red] {error.get('message')}"
+        )
+        raise typer.Exit(1)
+    return body
+
+
+def _require(value: str | None, name: str) -> str:
+    if value is None:
+        raise ConfigurationError(f"{name} is not set; run `spine up` or set it", field=name)
+    return value
+
+
+if __name__ == "__main__":
+    main()

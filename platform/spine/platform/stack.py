@@ -1,0 +1,235 @@
+"""``spine up``: the embedded servers, then the API and worker processes, watched until Ctrl-C."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+from pydantic import BaseModel, SecretStr
+from rich.console import Console
+from rich.panel import Panel
+
+from spine.platform.db import Database
+from spine.platform.embedded import (
+    EmbeddedStack,
+    apply_endpoints,
+    read_state,
+    stack_status,
+    stop_stack,
+)
+from spine.platform.keys import KeyStore
+from spine.platform.settings import ENV_PREFIX, NESTED_DELIMITER, Settings
+
+__all__ = ["StackRunner", "attach_detached_stack", "describe_config"]
+
+ADMIN_KEY_FILE = "admin.key"
+_URL_ENV = {
+    "database_url": "GENAI_DATABASE_URL",
+    "nats_url": "GENAI_NATS_URL",
+    "redis_url": "GENAI_REDIS_URL",
+    "neo4j_uri": "GENAI_NEO4J_URI",
+}
+_PASSWORD_IN_URL = re.compile(r"(://[^:/@]+):[^@/]+@")
+
+
+def describe_config(settings: Settings) -> tuple[list[tuple[str, str]], list[str]]:
+    """List every setting as (variable, shown value), secrets masked; and what is embedded."""
+    rows: list[tuple[str, str]] = []
+
+    def walk(model: BaseModel, prefix: str) -> None:
+        for name in type(model).model_fields:
+            value = getattr(model, name)
+            variable = prefix + name.upper()
+            if isinstance(value, BaseModel):
+                walk(value, variable + NESTED_DELIMITER)
+            else:
+                rows.append((variable, _shown(value)))
+
+    walk(settings, ENV_PREFIX)
+    return rows, settings.embedded_services()
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, SecretStr):
+        return "********" if value.get_secret_value() else ""
+    if value is None:
+        return "(unset)"
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    return _PASSWORD_IN_URL.sub(r"\1:***@", str(value))
+
+
+def attach_detached_stack(settings: Settings) -> Settings:
+    """Fill unset URLs from servers that ``spine up --detach`` left running in the data dir."""
+    if not settings.embedded_services():
+        return settings
+    state = read_state(settings.data_dir)
+    if state is None or not any(s.alive for s in stack_status(settings.data_dir)):
+        return settings
+    return apply_endpoints(settings, state.endpoints)
+
+
+class StackRunner:
+    """Runs the whole platform on one machine, starting what is not configured."""
+
+    def __init__(self, settings: Settings, *, console: Console) -> None:
+        self.settings = settings
+        self.console = console
+        self._children: dict[str, subprocess.Popen[bytes]] = {}
+
+    def run(self, *, workers: int, concurrency: int | None, detach: bool) -> int:
+        """Start everything, watch it, and stop it all on Ctrl-C; return the exit code."""
+        settings = attach_detached_stack(self.settings)
+        stack = None
+        wanted = settings.embedded_services()
+        if wanted:
+            stack = EmbeddedStack.from_settings(settings, services=wanted, detach=detach)
+            with self.console.status("starting embedded servers...") as status:
+                endpoints = stack.start(
+                    lambda server, message: status.update(f"{server}: {message}")
+                )
+            for service in wanted:
+                self.console.print(
+                    f"[green]✓[/green] {service} (embedded, data in {settings.data_dir})"
+                )
+            settings = apply_endpoints(settings, endpoints)
+        else:
+            self.console.print("every backing service is configured; nothing embedded")
+        if detach:
+            for field, env in _URL_ENV.items():
+                self.console.print(f"{env}={getattr(settings, field)}")
+            self.console.print("servers run detached; `spine down` stops them")
+            return 0
+        try:
+            self._first_admin_key(settings)
+            self._spawn(settings, workers=workers, concurrency=concurrency)
+            return self._watch(stack)
+        except KeyboardInterrupt:
+            self.console.print("stopping...")
+            return 0
+        finally:
+            self._stop_children()
+            if stack is not None:
+                stack.stop()
+                self.console.print(f"embedded servers stopped; data kept in {settings.data_dir}")
+
+    def stop_detached(self) -> list[str]:
+        """Stop servers started with ``--detach``."""
+        return stop_stack(self.settings.data_dir)
+
+    def status(self) -> list[tuple[str, str, str, str]]:
+        """Describe the recorded servers of the data dir."""
+        return [
+            (
+                s.name,
+                "running" if s.alive else "stopped",
+                str(s.pid or ""),
+                ", ".join(f"{k} 127.0.0.1:{v}" for k, v in s.ports.items()),
+            )
+            for s in stack_status(self.settings.data_dir)
+        ]
+
+    def _first_admin_key(self, settings: Settings) -> None:
+        secret = asyncio.run(_prepare_database(settings))
+        if secret is None:
+            return
+        path = settings.data_dir / ADMIN_KEY_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(secret + "\n")
+        self.console.print(
+            Panel(
+                f"{secret}\n\nShown once. The CLI reads it from {path} (mode 600); other clients "
+                "send it as 'Authorization: Bearer <key>'.",
+                title="first admin key (tenant 'default')",
+            )
+        )
+
+    def _spawn(self, settings: Settings, *, workers: int, concurrency: int | None) -> None:
+        env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+        for field, name in _URL_ENV.items():
+            value = getattr(settings, field)
+            if value is not None:
+                env[name] = value
+        command = [sys.executable, "-m", "spine.platform.cli"]
+        self._children["api"] = subprocess.Popen([*command, "api"], env=env)
+        for index in range(workers):
+            extra = ["--concurrency", str(concurrency)] if concurrency else []
+            self._children[f"worker-{index + 1}"] = subprocess.Popen(
+                [*command, "worker", *extra], env=env
+            )
+        host = "127.0.0.1" if settings.api.host in {"0.0.0.0", "::"} else settings.api.host
+        url = f"http://{host}:{settings.api.port}"
+        with self.console.status(f"waiting for the API at {url}..."):
+            self._wait_healthy(url)
+        self.console.print(f"[green]✓[/green] API at {url}, {workers} worker process(es)")
+        self.console.print("try: spine submit 'Say hello' --follow    (Ctrl-C stops everything)")
+
+    def _wait_healthy(self, url: str, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            api = self._children["api"]
+            if api.poll() is not None:
+                raise SystemExit(f"the API process exited with code {api.returncode}")
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise SystemExit(f"the API did not answer at {url} within {timeout:.0f} s")
+
+    def _watch(self, stack: EmbeddedStack | None) -> int:
+        while True:
+            time.sleep(1)
+            for dead in stack.dead() if stack is not None else []:
+                self.console.print(
+                    f"[red]embedded {dead.name} died (exit code "
+                    f"{dead.exit_code})[/red]; end of {dead.log_path}:\n"
+                    f"{dead.log_tail}"
+                )
+                return 1
+            for name, child in self._children.items():
+                if child.poll() is not None:
+                    self.console.print(f"[red]{name} exited with code {child.returncode}[/red]")
+                    return 1
+
+    def _stop_children(self) -> None:
+        for child in self._children.values():
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        for child in self._children.values():
+            try:
+                child.wait(max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+        self._children.clear()
+
+
+async def _prepare_database(settings: Settings) -> str | None:
+    """Migrate, and on a fresh database issue the first admin key; return its secret."""
+    assert settings.database_url is not None
+    db = Database(settings.database_url)
+    try:
+        await db.migrate()
+        keys = KeyStore(db)
+        if await keys.any_exist():
+            return None
+        issued = await keys.create(tenant="default", role="admin", name="first admin key")
+        return issued.secret
+    finally:
+        await db.dispose()
+
+
+def admin_key_path(data_dir: Path) -> Path:
+    """Return where ``spine up`` keeps the first admin key for the CLI."""
+    return data_dir / ADMIN_KEY_FILE

@@ -1,0 +1,230 @@
+"""The task backbone end to end: HTTP → database → JetStream → worker → fake model → result."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import httpx
+import nats
+import pytest
+
+from conftest import RunningPlatform, make_settings, run_platform
+from support.fake_models import FakeModelServer, Rule
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clean_jetstream")]
+
+
+@pytest.fixture
+async def spine(services: Any, pg_url: str, models: FakeModelServer) -> Any:
+    async with run_platform(make_settings(services, pg_url, models)) as running:
+        yield running
+
+
+async def submit(spine: RunningPlatform, prompt: str, **extra: Any) -> dict[str, Any]:
+    response = await spine.client.post(
+        "/v1/tasks", json={"agent": "chat", "input": {"prompt": prompt}, **extra}
+    )
+    assert response.status_code == 202, response.text
+    return dict(response.json())
+
+
+async def sse_events(spine: RunningPlatform, task_id: str, **headers: str) -> list[dict[str, Any]]:
+    events = []
+    async with spine.client.stream("GET", f"/v1/tasks/{task_id}/events", headers=headers) as resp:
+        assert resp.status_code == 200
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        event_id = None
+        async for line in resp.aiter_lines():
+            if line.startswith("id:"):
+                event_id = int(line[3:].strip())
+            elif line.startswith("data:"):
+                data = json.loads(line[5:].strip())
+                assert data["seq"] == event_id
+                events.append(data)
+    return events
+
+
+async def test_a_task_runs_and_its_result_and_progress_are_visible(
+    spine: RunningPlatform, models: FakeModelServer
+) -> None:
+    models.add(Rule(containing="capital of France", reply="Paris."))
+    task = await submit(spine, "What is the capital of France?")
+    assert task["state"] == "queued"
+    assert task["links"]["events"] == f"/v1/tasks/{task['id']}/events"
+
+    events = await sse_events(spine, task["id"])
+    done = await spine.wait_for(task["id"])
+
+    assert done["state"] == "succeeded"
+    assert done["result"]["text"] == "Paris."
+    assert done["attempts"] == 1
+    assert done["started_at"] and done["finished_at"]
+    states = [e["state"] for e in events if e["type"] == "state"]
+    assert states == ["queued", "running", "succeeded"]
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    assert any(e["type"] == "model_call" and e["model"] == "llama3.2" for e in events)
+    assert models.count(containing="capital of France") == 1
+
+
+async def test_sse_resumes_after_last_event_id(spine: RunningPlatform) -> None:
+    task = await submit(spine, "resume me")
+    await spine.wait_for(task["id"])
+    everything = await sse_events(spine, task["id"])
+    rest = await sse_events(spine, task["id"], **{"Last-Event-ID": "2"})
+    assert [e["seq"] for e in rest] == [e["seq"] for e in everything if e["seq"] > 2]
+
+
+async def test_sse_follows_live_events_of_a_running_task(
+    spine: RunningPlatform, models: FakeModelServer
+) -> None:
+    models.add(Rule(containing="slow", reply="done slowly", latency=1.0))
+    task = await submit(spine, "slow one")
+    events = await sse_events(spine, task["id"])
+    assert events[-1]["state"] == "succeeded"
+
+
+async def test_transient_errors_are_retried_with_backoff(
+    spine: RunningPlatform, models: FakeModelServer
+) -> None:
+    models.add(Rule(containing="flaky", status=500, times=2))
+    task = await submit(spine, "flaky call")
+    done = await spine.wait_for(task["id"])
+    assert done["state"] == "succeeded"
+    assert done["attempts"] == 3
+    assert models.count(containing="flaky") == 3
+
+
+async def test_permanent_error_fails_the_task_and_copies_it_to_the_dlq(
+    spine: RunningPlatform, models: FakeModelServer, services: Any
+) -> None:
+    models.add(Rule(containing="too long", status=400))
+    task = await submit(spine, "a prompt far too long")
+    done = await spine.wait_for(task["id"])
+    assert done["state"] == "failed"
+    assert done["attempts"] == 1
+    assert done["error"]["retryable"] is False
+    dead = await dlq_messages(services)
+    assert [d["task_id"] for d in dead] == [task["id"]]
+    assert json.loads(dead[0]["payload"])["task_id"] == task["id"]
+
+
+async def test_poison_task_is_dead_lettered_after_the_configured_attempts(
+    spine: RunningPlatform, models: FakeModelServer, services: Any
+) -> None:
+    models.add(Rule(containing="poison", status=503))
+    poison = await submit(spine, "poison pill")
+    healthy = [await submit(spine, f"healthy {i}") for i in range(5)]
+    done = await spine.wait_for(poison["id"])
+    assert done["state"] == "dead_lettered"
+    assert done["attempts"] == spine.settings.worker.max_attempts
+    assert models.count(containing="poison") == spine.settings.worker.max_attempts
+    for task in healthy:
+        assert (await spine.wait_for(task["id"]))["state"] == "succeeded"
+    dead = await dlq_messages(services)
+    assert [d["task_id"] for d in dead] == [poison["id"]]
+    assert dead[0]["reason"]["reason"] == "too many attempts"
+
+
+async def test_cancel_a_running_task_stops_it(
+    spine: RunningPlatform, models: FakeModelServer
+) -> None:
+    models.add(Rule(containing="forever", hang=True))
+    task = await submit(spine, "think forever")
+    await models_called(models, "forever")
+    response = await spine.client.post(f"/v1/tasks/{task['id']}/cancel")
+    assert response.status_code == 202
+    done = await spine.wait_for(task["id"])
+    assert done["state"] == "cancelled"
+    again = await spine.client.post(f"/v1/tasks/{task['id']}/cancel")
+    assert again.status_code == 409
+    assert again.json()["error"]["type"] == "conflict"
+
+
+async def test_provider_not_configured_fails_with_what_to_set(
+    services: Any, pg_url: str, models: FakeModelServer
+) -> None:
+    settings = make_settings(services, pg_url, models, ollama_url=None)
+    async with run_platform(settings) as spine:
+        task = await submit(spine, "hello")
+        done = await spine.wait_for(task["id"])
+    assert done["state"] == "failed"
+    assert done["error"]["type"] == "provider_not_configured"
+    assert "GENAI_OLLAMA_URL" in done["error"]["message"]
+
+
+async def test_unreachable_provider_is_retried_then_dead_lettered_naming_the_setting(
+    services: Any, pg_url: str, models: FakeModelServer
+) -> None:
+    settings = make_settings(
+        services, pg_url, models, ollama_url="http://127.0.0.1:9", worker={"max_attempts": 2}
+    )
+    async with run_platform(settings) as spine:
+        task = await submit(spine, "hello")
+        done = await spine.wait_for(task["id"])
+    assert done["state"] == "dead_lettered"
+    assert "GENAI_OLLAMA_URL" in done["error"]["message"]
+
+
+async def test_listing_filters_and_paginates_within_the_tenant(spine: RunningPlatform) -> None:
+    ids = [(await submit(spine, f"list {i}"))["id"] for i in range(5)]
+    for task_id in ids:
+        await spine.wait_for(task_id)
+    other = await spine.new_key("other-tenant")
+    async with httpx.AsyncClient(
+        base_url=spine.url, headers={"Authorization": f"Bearer {other}"}
+    ) as client:
+        assert (await client.get("/v1/tasks")).json()["data"] == []
+        assert (await client.get(f"/v1/tasks/{ids[0]}")).status_code == 404
+        assert (await client.get(f"/v1/tasks/{ids[0]}/events")).status_code == 404
+        assert (await client.post(f"/v1/tasks/{ids[0]}/cancel")).status_code == 404
+    seen: list[str] = []
+    cursor = None
+    while True:
+        params: dict[str, Any] = {"limit": 2, "state": "succeeded"}
+        if cursor:
+            params["cursor"] = cursor
+        page = (await spine.client.get("/v1/tasks", params=params)).json()
+        seen += [t["id"] for t in page["data"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == list(reversed(ids))
+
+
+async def test_idempotency_key_returns_the_same_task_or_409(spine: RunningPlatform) -> None:
+    body = {"agent": "chat", "input": {"prompt": "once"}}
+    headers = {"Idempotency-Key": "order-42"}
+    first = await spine.client.post("/v1/tasks", json=body, headers=headers)
+    second = await spine.client.post("/v1/tasks", json=body, headers=headers)
+    assert first.status_code == second.status_code == 202
+    assert first.json()["id"] == second.json()["id"]
+    assert second.headers["Idempotent-Replayed"] == "true"
+    other = await spine.client.post(
+        "/v1/tasks", json={**body, "input": {"prompt": "twice"}}, headers=headers
+    )
+    assert other.status_code == 409
+    assert other.json()["error"]["field"] == "Idempotency-Key"
+
+
+async def models_called(models: FakeModelServer, containing: str, timeout: float = 10) -> None:
+    for _ in range(int(timeout / 0.05)):
+        if models.count(containing=containing):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the model never saw {containing!r}")
+
+
+async def dlq_messages(services: Any) -> list[dict[str, Any]]:
+    nc = await nats.connect(services.nats_url)
+    try:
+        js = nc.jetstream()
+        sub = await js.pull_subscribe("spine.dlq.tasks", stream="TASKS_DLQ")
+        try:
+            messages = await sub.fetch(100, timeout=1)
+        except nats.errors.TimeoutError:
+            return []
+        return [json.loads(m.data) for m in messages]
+    finally:
+        await nc.close()
