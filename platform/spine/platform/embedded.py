@@ -358,20 +358,27 @@ class EmbeddedStack:
         ports: dict[str, int] = {}
         for port_name in spec.port_names:
             configured = self._configured.get((spec.name, port_name), 0)
+            highest = spec.max_port.get(port_name, 65535)
             last = old.get(port_name)
             if configured:
+                setting = _PORT_SETTING[(spec.name, port_name)]
+                if configured > highest:
+                    raise ConfigurationError(
+                        f"the embedded {spec.name} cannot use port {configured} for {port_name}: "
+                        f"it must be at most {highest}; change {setting}",
+                        field=setting,
+                    )
                 if configured in taken or not port_is_free(configured):
-                    setting = _PORT_SETTING[(spec.name, port_name)]
                     raise ConfigurationError(
                         f"port {configured} for the embedded {spec.name} is already in use; "
                         f"free it or change {setting}",
                         field=setting,
                     )
                 port = configured
-            elif last and last not in taken and port_is_free(last):
+            elif last and last <= highest and last not in taken and port_is_free(last):
                 port = last
             else:
-                port = free_port(taken)
+                port = free_port(taken, highest=spec.max_port.get(port_name))
             taken.add(port)
             ports[port_name] = port
         return ports

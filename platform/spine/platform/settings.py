@@ -100,6 +100,7 @@ class Settings(BaseSettings):
         env_file=".env",
         extra="ignore",
         validate_default=True,
+        env_ignore_empty=True,
     )
 
     # The seed's public names.

@@ -73,6 +73,12 @@ def user(text: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": text}]
 
 
+async def drain(stream: Any, received: list[str]) -> None:
+    """Collect streamed text deltas into ``received`` until the stream ends or fails."""
+    async for chunk in stream:
+        received.append(chunk.choices[0].delta.content or "")
+
+
 # -- LiteLLM ---------------------------------------------------------------------------------
 
 
@@ -101,7 +107,9 @@ async def test_litellm_streams_token_by_token(server: FakeModelServer, provider:
     )
     chunks = [chunk async for chunk in stream]
 
-    pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    pieces = [
+        c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content
+    ]
     assert pieces == ["one", " two", " three"]
     assert chunks[-1].usage.completion_tokens == 3
     assert server.last_call.stream
@@ -200,6 +208,18 @@ async def test_openai_client_embeddings_are_deterministic(client: openai.AsyncOp
     assert sum(v * v for v in small.data[0].embedding) == pytest.approx(1.0, abs=1e-6)
 
 
+async def test_embedding_rules_leave_chat_alone(
+    server: FakeModelServer, client: openai.AsyncOpenAI
+) -> None:
+    server.add(Rule(kind="embed", status=429, retry_after=0.01))
+
+    with pytest.raises(openai.RateLimitError):
+        await client.embeddings.create(model="text-embedding-3-small", input="x")
+    chat = await client.chat.completions.create(model="gpt-4o-mini", messages=user("x"))
+
+    assert chat.choices[0].message.content == "echo: x"
+
+
 @pytest.mark.parametrize(
     ("status", "error", "code"),
     [
@@ -245,7 +265,9 @@ async def test_litellm_sees_scripted_errors(
         await litellm.acompletion(**route(server, provider), messages=user("x"), max_retries=0)
 
 
-async def test_openai_context_length_error_is_recognised_by_litellm(server: FakeModelServer) -> None:
+async def test_openai_context_length_error_is_recognised_by_litellm(
+    server: FakeModelServer,
+) -> None:
     server.add(Rule(status=400))
 
     with pytest.raises(litellm.ContextWindowExceededError):
@@ -271,7 +293,9 @@ async def test_times_fails_twice_then_the_retrying_client_succeeds(
 
 
 @pytest.mark.parametrize("provider", ["ollama", "openai"])
-async def test_hang_is_cut_off_by_the_client_timeout(server: FakeModelServer, provider: str) -> None:
+async def test_hang_is_cut_off_by_the_client_timeout(
+    server: FakeModelServer, provider: str
+) -> None:
     server.add(Rule(hang=True))
 
     with pytest.raises(litellm.Timeout):
@@ -299,8 +323,7 @@ async def test_openai_client_sees_a_mid_stream_disconnect_after_n_tokens(
 
     stream = await client.chat.completions.create(model="m", messages=user("x"), stream=True)
     with pytest.raises(openai.APIConnectionError):
-        async for chunk in stream:
-            received.append(chunk.choices[0].delta.content or "")
+        await drain(stream, received)
 
     assert "".join(received) == "one two three"
 
@@ -314,8 +337,7 @@ async def test_litellm_sees_a_mid_stream_disconnect(server: FakeModelServer, pro
         **route(server, provider), messages=user("x"), stream=True, max_retries=0
     )
     with pytest.raises(MidStreamFallbackError, match="APIConnectionError"):
-        async for chunk in stream:
-            received.append(chunk.choices[0].delta.content or "")
+        await drain(stream, received)
 
     assert "".join(received) == "one two"
 
@@ -328,17 +350,16 @@ async def test_non_streamed_disconnect_is_a_connection_error(server: FakeModelSe
 
 
 async def test_stop_ends_a_hanging_request_promptly() -> None:
-    server = FakeModelServer().start()
-    server.add(Rule(hang=True))
-    async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
-        pending = asyncio.create_task(
-            http.post("/api/chat", json={"model": "m", "messages": user("x"), "stream": False})
-        )
-        await server.await_calls(1)
-        started = time.monotonic()
-        await asyncio.to_thread(server.stop)
-        stopped_in = time.monotonic() - started
-        response = await asyncio.wait_for(pending, 5)
+    with FakeModelServer() as server:
+        server.add(Rule(hang=True))
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+            body = {"model": "m", "messages": user("x"), "stream": False}
+            pending = asyncio.create_task(http.post("/api/chat", json=body))
+            await server.await_calls(1)
+            started = time.monotonic()
+            await asyncio.to_thread(server.stop)
+            stopped_in = time.monotonic() - started
+            response = await asyncio.wait_for(pending, 5)
 
     assert stopped_in < 3  # far below the 30 s the client would have waited
     assert response.status_code == 503
@@ -346,16 +367,16 @@ async def test_stop_ends_a_hanging_request_promptly() -> None:
 
 
 async def test_stop_ends_a_slow_stream() -> None:
-    server = FakeModelServer(token_delay=10).start()
-    async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
-        body = {"model": "m", "messages": user("a b c")}
-        async with http.stream("POST", "/api/chat", json=body) as response:
-            lines = response.aiter_lines()
+    with FakeModelServer(token_delay=10) as server:
+        async with (
+            httpx.AsyncClient(base_url=server.url, timeout=30) as http,
+            http.stream("POST", "/api/chat", json={"model": "m", "messages": user("a b")}) as reply,
+        ):
+            lines = reply.aiter_lines()
             first = json.loads(await anext(lines))
             await asyncio.to_thread(server.stop)
             with pytest.raises(httpx.RemoteProtocolError):
-                async for _ in lines:
-                    pass
+                await anext(lines)
 
     assert first["message"]["content"] == "echo:"
 

