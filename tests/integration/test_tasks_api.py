@@ -228,3 +228,70 @@ async def dlq_messages(services: Any) -> list[dict[str, Any]]:
         return [json.loads(m.data) for m in messages]
     finally:
         await nc.close()
+
+
+async def test_long_work_is_kept_alive_past_ack_wait(
+    spine: RunningPlatform, models: FakeModelServer
+) -> None:
+    ack_wait = spine.settings.worker.ack_wait
+    models.add(Rule(containing="marathon", reply="finished", latency=ack_wait * 2))
+    task = await submit(spine, "run a marathon")
+    done = await spine.wait_for(task["id"], timeout=ack_wait * 6)
+    assert done["state"] == "succeeded"
+    assert done["attempts"] == 1
+    assert models.count(containing="marathon") == 1
+
+
+async def test_cancel_a_queued_task_ends_it_before_it_runs(
+    services: Any, pg_url: str, models: FakeModelServer
+) -> None:
+    settings = make_settings(services, pg_url, models)
+    async with run_platform(settings, workers=0) as spine:
+        task = await submit(spine, "never run me")
+        response = await spine.client.post(f"/v1/tasks/{task['id']}/cancel")
+        assert response.status_code == 202
+        assert response.json()["state"] == "cancelled"
+    async with run_platform(settings) as spine:
+        await asyncio.sleep(1.0)  # a worker now receives the message and must not run it
+        body = (await spine.client.get(f"/v1/tasks/{task['id']}")).json()
+    assert body["state"] == "cancelled"
+    assert body["attempts"] == 0
+    assert models.count(containing="never run me") == 0
+
+
+async def test_chat_reaches_an_openai_compatible_provider(
+    services: Any, pg_url: str, models: FakeModelServer
+) -> None:
+    settings = make_settings(
+        services,
+        pg_url,
+        models,
+        default_provider="openai",
+        openai_api_key="sk-test",
+        openai_base_url=models.openai_url,
+    )
+    models.add(Rule(model="gpt-4o-mini", reply="from openai"))
+    async with run_platform(settings) as spine:
+        task = await submit(spine, "hello openai")
+        done = await spine.wait_for(task["id"])
+    assert done["result"]["text"] == "from openai"
+    assert done["result"]["provider"] == "openai"
+    assert models.last_call.request.protocol == "openai"
+
+
+async def test_high_priority_work_overtakes_a_low_priority_backlog(
+    services: Any, pg_url: str, models: FakeModelServer
+) -> None:
+    settings = make_settings(services, pg_url, models, worker={"concurrency": 2})
+    models.add(Rule(containing="batch", latency=0.2))
+    async with run_platform(settings, workers=0) as spine:
+        backlog = [await submit(spine, f"batch {i}", priority="low") for i in range(8)]
+        urgent = await submit(spine, "urgent", priority="high")
+    async with run_platform(settings) as spine:
+        done = await spine.wait_for(urgent["id"])
+        finished_low = [
+            (await spine.client.get(f"/v1/tasks/{t['id']}")).json()["state"] for t in backlog
+        ]
+    assert done["state"] == "succeeded"
+    # Low-priority work may use half the slots: the urgent task is not stuck behind the backlog.
+    assert finished_low.count("succeeded") < len(backlog)

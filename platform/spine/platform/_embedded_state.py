@@ -43,6 +43,8 @@ class Endpoints:
     redis_url: str | None = None
     neo4j_uri: str | None = None
     nats_monitor_url: str | None = None
+    falkordb_url: str | None = None
+    """FalkorDB's Redis-protocol URL, for ``GRAPH.RO_QUERY`` and other ``GRAPH.*`` commands."""
 
 
 @dataclass

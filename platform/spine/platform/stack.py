@@ -86,6 +86,8 @@ class StackRunner:
 
     def run(self, *, workers: int, concurrency: int | None, detach: bool) -> int:
         """Start everything, watch it, and stop it all on Ctrl-C; return the exit code."""
+        # `kill <pid>` stops as cleanly as Ctrl-C: workers, then the API, then the servers.
+        signal.signal(signal.SIGTERM, _interrupt)
         settings = attach_detached_stack(self.settings)
         stack = None
         wanted = settings.embedded_services()
@@ -202,17 +204,39 @@ class StackRunner:
                     return 1
 
     def _stop_children(self) -> None:
-        for child in self._children.values():
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 20
-        for child in self._children.values():
-            try:
-                child.wait(max(deadline - time.monotonic(), 0.1))
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
+        # Workers first, so they finish their tasks while the API and the servers still run.
+        workers = [c for name, c in self._children.items() if name != "api"]
+        api = [c for name, c in self._children.items() if name == "api"]
+        for group in (workers, api):
+            for child in group:
+                if child.poll() is None:
+                    child.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + 20
+            for child in group:
+                try:
+                    child.wait(max(deadline - time.monotonic(), 0.1))
+                except subprocess.TimeoutExpired:
+                    child.kill()
+                    child.wait()
         self._children.clear()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _child(command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    # Its own process group, so Ctrl-C reaches only `spine up`, which stops children in order;
+    # and on Linux the child gets SIGTERM if `spine up` itself dies.
+    return subprocess.Popen(command, env=env, process_group=0, preexec_fn=_die_with_parent)
+
+
+def _die_with_parent() -> None:
+    if sys.platform == "linux":
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 async def _prepare_database(settings: Settings) -> str | None:

@@ -512,6 +512,9 @@ def _encode_cursor(row: TaskRow) -> str:
 def _decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         created_at, last_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
-        return datetime.fromisoformat(created_at), last_id
+        when = datetime.fromisoformat(created_at)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest("invalid cursor", field="cursor") from exc
+    if when.tzinfo is None:  # our cursors carry +00:00; a naive time cannot be compared
+        raise BadRequest("invalid cursor", field="cursor")
+    return when, last_id

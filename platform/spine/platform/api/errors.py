@@ -55,7 +55,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = [{"field": _field(e["loc"]), "message": e["msg"]} for e in exc.errors()]
+        problems = [_problem(e) for e in exc.errors()]
         first = problems[0] if problems else {"field": None, "message": "invalid request"}
         return error_response(
             422,
@@ -75,6 +75,16 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error")
         return error_response(500, "internal_error", "an internal error occurred; see the logs")
+
+
+def _problem(error: Any) -> dict[str, Any]:
+    if error.get("type") == "json_invalid":
+        # FastAPI puts the character offset where a field name would be: name the body instead.
+        loc = error.get("loc") or ()
+        where = f" at character {loc[-1]}" if len(loc) > 1 else ""
+        reason = (error.get("ctx") or {}).get("error") or error["msg"]
+        return {"field": "body", "message": f"the body is not valid JSON ({reason}{where})"}
+    return {"field": _field(error["loc"]), "message": error["msg"]}
 
 
 def _field(loc: tuple[Any, ...] | list[Any]) -> str:
@@ -106,7 +116,7 @@ class BodySizeLimit:
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > self.max_bytes:
-                raise _TooLarge
+                raise _TooLarge(self.max_bytes)
             return message
 
         try:
@@ -121,5 +131,8 @@ class BodySizeLimit:
         await response(scope, receive, send)
 
 
-class _TooLarge(Exception):
-    pass
+class _TooLarge(HTTPException):
+    # An HTTPException, because FastAPI turns any other error raised while it reads the body
+    # into "400 There was an error parsing the body"; this one it lets through to `_http`.
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(413, f"the request body is over {max_bytes} bytes")
