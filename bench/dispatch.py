@@ -39,7 +39,7 @@ import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -319,7 +319,23 @@ def cpu_snapshot(harness: Harness) -> dict[int, tuple[str, float]]:
     return found
 
 
-def cpu_delta(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> dict[str, float]:
+def machine_busy() -> float:
+    """CPU seconds the whole machine has spent busy (not idle, not waiting for I/O)."""
+    import psutil
+
+    t = psutil.cpu_times()
+    return float(
+        sum(t)
+        - t.idle
+        - getattr(t, "iowait", 0.0)
+        - getattr(t, "guest", 0.0)
+        - getattr(t, "guest_nice", 0.0)
+    )
+
+
+def cpu_delta(
+    before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]
+) -> dict[str, float]:
     """CPU seconds spent per process group between two snapshots."""
     spent: dict[str, float] = defaultdict(float)
     for pid, (group, seconds) in after.items():
@@ -357,17 +373,21 @@ class Meter:
     nats0: dict[str, int] = field(default_factory=dict)
     own_queries: int = 0  # transactions the bench itself runs while metering
     wall0: float = 0.0
+    busy0: float = 0.0
 
-    async def start(self) -> None:
-        await asyncio.sleep(1.2)  # let PostgreSQL flush its per-backend statistics
+    async def start(self, *, settle: bool = True) -> None:
+        if settle:
+            await asyncio.sleep(1.2)  # let PostgreSQL flush its per-backend statistics
         self.xact0 = await pg_transactions(self.conn)
         self.nats0 = await nats_counters(self.harness.endpoints.nats_monitor_url)
         self.cpu0 = cpu_snapshot(self.harness)
+        self.busy0 = machine_busy()
         self.wall0 = time.perf_counter()
         self.own_queries = 0
 
     async def stop(self, tasks: int) -> dict[str, Any]:
         cpu1 = cpu_snapshot(self.harness)
+        busy = machine_busy() - self.busy0
         wall = time.perf_counter() - self.wall0
         await asyncio.sleep(1.2)
         xact = await pg_transactions(self.conn) - self.xact0 - self.own_queries - 1
@@ -378,10 +398,14 @@ class Meter:
             "wall_s": round(wall, 3),
             "cpu_s": {k: round(v, 3) for k, v in sorted(spent.items(), key=lambda kv: -kv[1])},
             "cpu_ms_per_task": {
-                k: round(v * 1000 / tasks, 3) for k, v in sorted(spent.items(), key=lambda kv: -kv[1])
+                k: round(v * 1000 / tasks, 3)
+                for k, v in sorted(spent.items(), key=lambda kv: -kv[1])
             },
             "cpu_ms_per_task_total": round(total * 1000 / tasks, 3),
             "cpu_utilisation_cores": round(total / wall, 2) if wall else None,
+            # Other processes on the machine (e.g. a test suite) during the phase; figures
+            # taken while this is well above zero are disturbed.
+            "foreign_cpu_cores": round(max(busy - total, 0.0) / wall, 2) if wall else None,
             "pg_transactions_per_task": round(xact / tasks, 2),
             "nats_msgs_per_task": {
                 k: round((counters.get(k, 0) - self.nats0.get(k, 0)) / tasks, 2) for k in counters
@@ -426,44 +450,38 @@ async def baseline(harness: Harness, requests: int, conn: Any) -> dict[str, Any]
             raise RuntimeError(f"the echo responder did not start:\n{responder.tail()}")
         await asyncio.sleep(0.05)
     payload = json.dumps({"task_id": "0" * 36, "tenant": "bench", "agent": "chat"}).encode()
+    out: dict[str, Any] = {}
     nc = await nats.connect(harness.endpoints.nats_url)
     try:
-        for _ in range(200):
+
+        async def request() -> None:
             await nc.request(ECHO_SUBJECT, payload, timeout=2)
-        rtts = []
-        for _ in range(requests):
-            began = time.perf_counter()
-            await nc.request(ECHO_SUBJECT, payload, timeout=2)
-            rtts.append(time.perf_counter() - began)
+
+        out["nats_request_reply"] = await timed_calls(request, requests)
         # References on the dispatch path: a JetStream publish acked after fsync (the embedded
         # NATS runs with sync_interval: always) and one committed PostgreSQL row.
         js = nc.jetstream()
         await js.add_stream(
             StreamConfig(name="BENCH_REF", subjects=["bench.ref"], storage=StorageType.FILE)
         )
-        publishes = []
-        for i in range(550):
-            began = time.perf_counter()
-            await js.publish("bench.ref", payload, headers={"Nats-Msg-Id": f"ref-{i}"})
-            if i >= 50:
-                publishes.append(time.perf_counter() - began)
+        sequence = iter(range(10**9))
+
+        async def publish() -> None:
+            await js.publish("bench.ref", payload, headers={"Nats-Msg-Id": f"ref-{next(sequence)}"})
+
+        out["jetstream_publish_fsync"] = await timed_calls(publish, 500)
         await js.delete_stream("BENCH_REF")
     finally:
         await nc.close()
     harness.stop_children(["responder"])
     await conn.execute("CREATE TABLE bench_ref (id bigserial PRIMARY KEY, body jsonb)")
-    commits = []
-    for i in range(550):
-        began = time.perf_counter()
+
+    async def commit() -> None:
         await conn.execute("INSERT INTO bench_ref (body) VALUES ($1)", payload.decode())
-        if i >= 50:
-            commits.append(time.perf_counter() - began)
+
+    out["postgres_insert_commit"] = await timed_calls(commit, 500)
     await conn.execute("DROP TABLE bench_ref")
-    return {
-        "nats_request_reply": summary_ms(rtts),
-        "jetstream_publish_fsync": summary_ms(publishes),
-        "postgres_insert_commit": summary_ms(commits),
-    }
+    return out
 
 
 # -- phase 2: latency ------------------------------------------------------------------------
@@ -509,8 +527,47 @@ async def run_latency(api_url: str, key: str, count: int, warmup: int) -> dict[s
     return {"samples": samples}
 
 
+async def follow_cost(harness: Harness, conn: Any, key: str, task_ids: list[str]) -> dict[str, Any]:
+    """What watching a task costs the API: one GET poll versus one SSE follow (ended tasks)."""
+    import httpx
+    from httpx_sse import aconnect_sse
+
+    out: dict[str, Any] = {}
+    async with httpx.AsyncClient(
+        base_url=harness.api_url, timeout=30, headers={"Authorization": f"Bearer {key}"}
+    ) as client:
+
+        async def poll(task_id: str) -> None:
+            (await client.get(f"/v1/tasks/{task_id}")).raise_for_status()
+
+        async def follow(task_id: str) -> None:
+            async with aconnect_sse(client, "GET", f"/v1/tasks/{task_id}/events") as source:
+                async for _ in source.aiter_sse():
+                    pass
+
+        for name, call in (("get_poll", poll), ("sse_follow_ended_task", follow)):
+            meter = Meter(harness, conn)
+            await meter.start()
+            walls = []
+            for task_id in task_ids:
+                began = time.perf_counter()
+                await call(task_id)
+                walls.append(time.perf_counter() - began)
+            used = await meter.stop(len(task_ids))
+            out[name] = {
+                **summary_ms(walls),
+                "api_cpu_ms_per_request": used["cpu_ms_per_task"].get("api", 0.0),
+                "foreign_cpu_cores": used["foreign_cpu_cores"],
+            }
+    return out
+
+
 async def latency_breakdown(conn: Any, samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """Split each task's time at its stored events (same clock: one machine)."""
+    """Split each task's time at its stored events (same clock: one machine).
+
+    An event's ``created_at`` is stamped inside its transaction, after the row lock and before
+    the commit, so each commit falls into the stage after its stamp.
+    """
     ids = [s["id"] for s in samples]
     rows = await conn.fetch(
         "SELECT task_id, seq, type, data::text AS data, created_at FROM task_events "
@@ -527,17 +584,19 @@ async def latency_breakdown(conn: Any, samples: list[dict[str, Any]]) -> dict[st
         m = marks[s["id"]]
         if not {"queued", "running", "model_call", "succeeded"} <= m.keys():
             continue
-        stages["1 client -> queued row (HTTP in, auth, validate)"].append(m["queued"] - s["wall0"])
-        stages["2 queued -> running (commit, publish, fetch, claim)"].append(
+        stages["1 POST sent -> queued stamped (HTTP, auth, validation, session)"].append(
+            m["queued"] - s["wall0"]
+        )
+        stages["2 queued -> running stamped (commit, publish, fetch, claim lock)"].append(
             m["running"] - m["queued"]
         )
-        stages["3 running -> model_call (cancel check, LiteLLM call)"].append(
+        stages["3 running -> model_call stamped (commit, cancel check, LiteLLM)"].append(
             m["model_call"] - m["running"]
         )
-        stages["4 model_call -> succeeded (event tx, finish tx start)"].append(
+        stages["4 model_call -> succeeded stamped (event commit, finish lock)"].append(
             m["succeeded"] - m["model_call"]
         )
-        stages["5 succeeded -> client sees it (commit, nudge, SSE)"].append(
+        stages["5 succeeded -> client has it (commit, nudge, SSE)"].append(
             s["wall_done"] - m["succeeded"]
         )
     return {name: summary_ms(values) for name, values in sorted(stages.items())}
@@ -546,17 +605,25 @@ async def latency_breakdown(conn: Any, samples: list[dict[str, Any]]) -> dict[st
 # -- phase 3: throughput ---------------------------------------------------------------------
 
 
-async def run_throughput(
-    harness: Harness, conn: Any, key: str, tenant: str, count: int, clients: int,
-    meter: Meter | None = None, timeout: float = 300.0,
-) -> dict[str, Any]:  # fmt: skip
-    """Submit ``count`` tasks from ``clients`` concurrent connections; wait until all end."""
+@dataclass
+class Submitted:
+    first_wall: float  # time.time() when the first POST began
+    seconds: float  # first POST began -> last POST answered
+    latencies: list[float]
+
+
+async def submit_many(api_url: str, key: str, count: int, clients: int) -> Submitted:
+    """POST ``count`` chat tasks from ``clients`` concurrent keep-alive connections.
+
+    The load generator is aiohttp, not httpx: on two cores every client CPU millisecond is
+    taken from the platform, and aiohttp costs a fraction of httpx per request.
+    """
     import aiohttp
 
     body = json.dumps({"agent": "chat", "input": {"prompt": "ping"}})
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
     next_index = 0
-    submit_latencies: list[float] = []
+    latencies: list[float] = []
     errors: Counter[str] = Counter()
 
     async def client_loop(session: aiohttp.ClientSession) -> None:
@@ -564,45 +631,44 @@ async def run_throughput(
         while next_index < count:
             next_index += 1
             began = time.perf_counter()
-            async with session.post(f"{harness.api_url}/v1/tasks", data=body) as response:
+            async with session.post(f"{api_url}/v1/tasks", data=body) as response:
                 await response.read()
                 if response.status != 202:
-                    errors[str(response.status)] += 1
-            submit_latencies.append(time.perf_counter() - began)
+                    errors[f"{response.status} {(await response.text())[:200]}"] += 1
+            latencies.append(time.perf_counter() - began)
 
-    if meter is not None:
-        await meter.start()
     connector = aiohttp.TCPConnector(limit=clients)
     async with aiohttp.ClientSession(
         headers=headers, connector=connector, timeout=aiohttp.ClientTimeout(total=60)
     ) as session:
-        first_submit = time.time()
+        first = time.time()
         t0 = time.perf_counter()
         await asyncio.gather(*(client_loop(session) for _ in range(clients)))
-        submit_s = time.perf_counter() - t0
+        seconds = time.perf_counter() - t0
     if errors:
         raise RuntimeError(f"submissions failed: {dict(errors)}")
+    return Submitted(first, seconds, latencies)
+
+
+async def wait_finished(conn: Any, tenant: str, count: int, timeout: float) -> int:
+    """Poll the database until the tenant's ``count`` tasks ended; return the polls made."""
     deadline = time.monotonic() + timeout
-    finished = 0
     polls = 0
     while True:
         row = await conn.fetchrow(
-            "SELECT count(*) FILTER (WHERE state = 'succeeded') AS ok, "
-            "count(*) FILTER (WHERE state IN ('failed', 'cancelled', 'dead_lettered')) AS bad "
-            "FROM tasks WHERE tenant = $1",
+            "SELECT count(*) FILTER (WHERE state IN ('succeeded', 'failed', 'cancelled', "
+            "'dead_lettered')) AS ended FROM tasks WHERE tenant = $1",
             tenant,
         )
         polls += 1
-        finished = row["ok"] + row["bad"]
-        if finished >= count:
-            break
+        if row["ended"] >= count:
+            return polls
         if time.monotonic() > deadline:
-            raise RuntimeError(f"only {finished} of {count} tasks ended within {timeout:.0f} s")
+            raise RuntimeError(f"only {row['ended']} of {count} tasks ended within {timeout:.0f} s")
         await asyncio.sleep(0.1)
-    drained_s = time.perf_counter() - t0
-    if meter is not None:
-        meter.own_queries = polls
-    metered = await meter.stop(count) if meter is not None else None
+
+
+async def finished_stats(conn: Any, tenant: str, count: int) -> dict[str, Any]:
     row = await conn.fetchrow(
         "SELECT count(*) AS ok, max(finished_at) AS last, "
         "percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - created_at)) "
@@ -613,45 +679,174 @@ async def run_throughput(
     )
     if row["ok"] != count:
         raise RuntimeError(f"{count - row['ok']} of {count} tasks did not succeed")
-    span = row["last"].timestamp() - first_submit
-    result = {
+    return {
+        "last_finished": row["last"].timestamp(),
+        "created_to_finished": {
+            "p50_ms": round(float(row["p50"]) * 1000, 1),
+            "p99_ms": round(float(row["p99"]) * 1000, 1),
+        },
+    }
+
+
+async def run_throughput(
+    harness: Harness,
+    conn: Any,
+    key: str,
+    tenant: str,
+    count: int,
+    clients: int,
+    meter: Meter | None = None,
+    timeout: float = 300.0,
+) -> dict[str, Any]:
+    """Submit ``count`` tasks while the workers run; completed tasks/s and submit rate."""
+    if meter is not None:
+        await meter.start()
+    sent = await submit_many(harness.api_url, key, count, clients)
+    polls = await wait_finished(conn, tenant, count, timeout)
+    metered = None
+    if meter is not None:
+        meter.own_queries = polls
+        metered = await meter.stop(count)
+    stats = await finished_stats(conn, tenant, count)
+    span = stats["last_finished"] - sent.first_wall
+    result: dict[str, Any] = {
         "tasks": count,
         "clients": clients,
         "completed_per_s": round(count / span, 1),
         "first_submit_to_last_finished_s": round(span, 3),
-        "submit_rate_per_s": round(count / submit_s, 1),
-        "submit_phase_s": round(submit_s, 3),
-        "submit_latency": summary_ms(submit_latencies),
-        "created_to_finished": {"p50_ms": round(row["p50"] * 1000, 1), "p99_ms": round(row["p99"] * 1000, 1)},
-        "drain_wall_s": round(drained_s, 3),
+        "submit_rate_per_s": round(count / sent.seconds, 1),
+        "submit_phase_s": round(sent.seconds, 3),
+        "submit_latency": summary_ms(sent.latencies),
+        "created_to_finished": stats["created_to_finished"],
     }
     if metered is not None:
         result["resources"] = metered
     return result
 
 
+def signal_workers(harness: Harness, sig: signal.Signals) -> None:
+    for child in harness.children:
+        if child.name.startswith("worker"):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.popen.pid, sig)
+
+
+async def run_split(
+    harness: Harness,
+    conn: Any,
+    key: str,
+    tenant: str,
+    count: int,
+    clients: int,
+    timeout: float = 300.0,
+) -> dict[str, Any]:
+    """The two halves alone: submit with the workers frozen, then let them drain the queue."""
+    api_meter = Meter(harness, conn)
+    await api_meter.start()
+    drain_meter = Meter(harness, conn)
+    signal_workers(harness, signal.SIGSTOP)
+    try:
+        sent = await submit_many(harness.api_url, key, count, clients)
+        api_only = await api_meter.stop(count)
+        await drain_meter.start(settle=False)
+    finally:
+        signal_workers(harness, signal.SIGCONT)
+    resumed = time.time()
+    polls = await wait_finished(conn, tenant, count, timeout)
+    drain_meter.own_queries = polls
+    workers_only = await drain_meter.stop(count)
+    stats = await finished_stats(conn, tenant, count)
+    drain_s = stats["last_finished"] - resumed
+    return {
+        "tasks": count,
+        "api_alone": {
+            "submit_rate_per_s": round(count / sent.seconds, 1),
+            "submit_latency": summary_ms(sent.latencies),
+            "resources": api_only,
+        },
+        "workers_alone": {
+            "completed_per_s": round(count / drain_s, 1),
+            "drain_s": round(drain_s, 3),
+            "resources": workers_only,
+        },
+    }
+
+
 # -- phase 4: profile ------------------------------------------------------------------------
 
-# (file suffix, function) -> operation, matched leaf-most first, so nested operations win.
+# (file suffix, qualified function) -> operation. A sample counts for the leaf-most operation
+# on its stack, so nested operations (a transaction inside the dispatcher) win.
 OPERATIONS: list[tuple[str, str, str]] = [
     # worker
-    ("spine/platform/llm.py", "complete", "model call (LiteLLM acompletion)"),
-    ("spine/platform/tasks.py", "claim", "db: TaskStore.claim (SELECT FOR UPDATE, UPDATE, INSERT event)"),
-    ("spine/platform/tasks.py", "cancel_requested", "db: TaskStore.cancel_requested (SELECT)"),
-    ("spine/platform/tasks.py", "append_event", "db: TaskStore.append_event (model_call event tx)"),
-    ("spine/platform/tasks.py", "finish", "db: TaskStore.finish (result tx)"),
-    ("spine/events/progress.py", "announce", "nats: progress nudges (core publish)"),
-    ("nats/js/client.py", "fetch", "nats: pull fetch"),
-    ("nats/aio/msg.py", "ack_sync", "nats: ack_sync (request/reply)"),
-    ("spine/agents/worker.py", "handle", "worker: other per-task code"),
+    (
+        "spine/platform/llm.py",
+        "LiteLLMClient.complete",
+        "model call: LiteLLM acompletion (event loop side)",
+    ),
+    (
+        "spine/platform/tasks.py",
+        "TaskStore.claim",
+        "db: TaskStore.claim (SELECT FOR UPDATE, UPDATE, INSERT event)",
+    ),
+    (
+        "spine/platform/tasks.py",
+        "TaskStore.cancel_requested",
+        "db: TaskStore.cancel_requested (SELECT before the step)",
+    ),
+    (
+        "spine/platform/tasks.py",
+        "TaskStore.append_event",
+        "db: TaskStore.append_event (model_call event, own tx)",
+    ),
+    ("spine/platform/tasks.py", "TaskStore.finish", "db: TaskStore.finish (result, own tx)"),
+    ("nats/js/client.py", "PullSubscription.fetch", "nats: pull fetch(1)"),
+    ("nats/aio/msg.py", "Msg.ack_sync", "nats: ack_sync (request/reply)"),
+    (
+        "spine/agents/worker.py",
+        "TaskWorker._run_agent",
+        "worker: agent glue (input parse, RunContext.step)",
+    ),
+    ("spine/agents/worker.py", "TaskWorker.handle", "worker: other per-task code"),
     # API
-    ("spine/platform/tasks.py", "submit", "db: TaskStore.submit (INSERT task + event)"),
-    ("spine/platform/tasks.py", "mark_published", "db: TaskStore.mark_published (UPDATE)"),
-    ("spine/events/bus.py", "publish_durable", "nats: JetStream publish (await ack)"),
-    ("spine/platform/keys.py", "verify", "api: key check (cached)"),
-    ("spine/agents/dispatch.py", "submit", "api: dispatcher other (validation)"),
-    ("spine/platform/api/tasks.py", "submit_task", "api: response model (TaskResponse)"),
-    ("spine/agents/dispatch.py", "sweep_once", "api: outbox sweeper"),
+    ("spine/platform/tasks.py", "TaskStore.submit", "db: TaskStore.submit (INSERT task + event)"),
+    (
+        "spine/platform/tasks.py",
+        "TaskStore.mark_published",
+        "db: TaskStore.mark_published (UPDATE, own tx)",
+    ),
+    ("spine/events/bus.py", "NatsBus.publish_durable", "nats: JetStream publish (await ack)"),
+    ("spine/platform/keys.py", "KeyStore.verify", "api: key check (cached)"),
+    (
+        "spine/agents/dispatch.py",
+        "TaskDispatcher.submit",
+        "api: dispatcher other (input validation)",
+    ),
+    ("spine/agents/dispatch.py", "TaskDispatcher.sweep_once", "api: outbox sweeper"),
+    ("spine/platform/api/tasks.py", "submit_task", "api: route body (TaskResponse.of)"),
+    (
+        "fastapi/routing.py",
+        "serialize_response",
+        "api: FastAPI response validation + serialisation",
+    ),
+    ("fastapi/dependencies/utils.py", "request_body_to_args", "api: FastAPI body validation"),
+    # both
+    ("spine/events/progress.py", "ProgressFeed.announce", "nats: progress nudges (core publish)"),
+]
+# For samples outside every operation: the first library found anywhere on the stack.
+FALLBACKS: list[tuple[str, str]] = [
+    (
+        "/litellm/",
+        "LiteLLM off the awaited path (sync completion() in the thread pool, logging tasks)",
+    ),
+    ("concurrent/futures/thread.py", "thread pool (other)"),
+    # SQLAlchemy runs the ORM's flush/commit/execute in greenlets, whose stacks do not show
+    # the TaskStore method that started them.
+    ("/sqlalchemy/", "db: SQLAlchemy ORM in greenlets (flush, commit, execute of any call)"),
+    ("/asyncpg/", "db: asyncpg protocol callbacks"),
+    ("/nats/", "nats: client read loop, flusher"),
+    ("/uvicorn/", "HTTP server (uvicorn, Starlette, middleware)"),
+    ("/starlette/", "HTTP server (uvicorn, Starlette, middleware)"),
+    ("/fastapi/", "HTTP server (uvicorn, Starlette, middleware)"),
 ]
 LIBRARIES = [
     ("/litellm/", "litellm"),
@@ -670,13 +865,17 @@ LIBRARIES = [
     ("/json/", "json"),
     ("/logging/", "logging"),
     ("/asyncio/", "asyncio"),
-    ("selectors.py", "asyncio"),
+    ("/selectors.py", "asyncio"),
+    ("/concurrent/", "threads"),
+    ("/threading.py", "threads"),
+    ("/socket.py", "socket"),
     ("/spine/", "spine"),
 ]
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?)(?::\d+)?\)$")
 
 
 def parse_collapsed(path: Path) -> list[tuple[list[tuple[str, str]], int]]:
+    """Read py-spy's raw (collapsed) stacks: ``frame;frame;... count``, root first."""
     stacks = []
     for line in path.read_text(errors="replace").splitlines():
         head, _, count = line.rpartition(" ")
@@ -690,35 +889,63 @@ def parse_collapsed(path: Path) -> list[tuple[list[tuple[str, str]], int]]:
     return stacks
 
 
-def attribute(stacks: list[tuple[list[tuple[str, str]], int]]) -> tuple[Counter[str], Counter[str], int]:
-    """Count samples per operation (leaf-most match) and per library of the leaf frame."""
+AREAS = [
+    ("db:", "database: SQLAlchemy ORM + asyncpg"),
+    ("model call", "model call: LiteLLM"),
+    ("LiteLLM", "model call: LiteLLM"),
+    ("nats:", "NATS client"),
+    ("HTTP server", "HTTP server + FastAPI"),
+    ("api: FastAPI", "HTTP server + FastAPI"),
+    ("api:", "platform code"),
+    ("worker:", "platform code"),
+]
+
+
+def area_of(operation: str) -> str:
+    return next((a for prefix, a in AREAS if operation.startswith(prefix)), "event loop, other")
+
+
+def _is(func: str, file: str, suffix: str, qualname: str) -> bool:
+    return file.endswith(suffix) and (func == qualname or func.endswith("." + qualname))
+
+
+def attribute(
+    stacks: list[tuple[list[tuple[str, str]], int]],
+) -> tuple[Counter[str], Counter[str], int]:
+    """Count samples per operation and per library of the leaf frame."""
     ops: Counter[str] = Counter()
     libs: Counter[str] = Counter()
     total = 0
     for frames, count in stacks:
         total += count
-        op = "outside any task operation (event loop, protocol callbacks, HTTP server)"
+        op = None
         for func, file in reversed(frames):
-            hit = next(
-                (name for suffix, fn, name in OPERATIONS if file.endswith(suffix) and func == fn),
-                None,
-            )
-            if hit:
-                op = hit
+            op = next((n for sfx, q, n in OPERATIONS if _is(func, file, sfx, q)), None)
+            if op:
                 break
+        if op is None:
+            files = [file for _, file in frames]
+            op = next(
+                (name for needle, name in FALLBACKS if any(needle in f for f in files)),
+                "event loop and other",
+            )
         ops[op] += count
-        leaf_file = frames[-1][1] if frames else ""
-        lib = next((name for needle, name in LIBRARIES if needle in leaf_file), "other")
-        if "site-packages" not in leaf_file and lib == "other" and leaf_file:
-            lib = "stdlib/other"
-        libs[lib] += count
+        leaf = frames[-1][1] if frames else ""
+        libs[next((name for needle, name in LIBRARIES if needle in leaf), "other")] += count
     return ops, libs, total
 
 
 async def run_profile(
-    harness: Harness, conn: Any, key: str, tenant: str, count: int, clients: int, rate: int,
+    harness: Harness,
+    measured: dict[str, float],
+    conn: Any,
+    key: str,
+    tenant: str,
+    count: int,
+    clients: int,
+    rate: int,
     keep: Path | None,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
     if spy is None:
         return {"skipped": "py-spy is not installed (.venv/bin/pip install py-spy)"}
@@ -734,10 +961,24 @@ async def run_profile(
                 output,
                 harness.spawn(
                     f"py-spy-{target.name}",
-                    [spy, "record", "--pid", str(target.popen.pid), "--rate", str(rate),
-                     "--format", "raw", "--output", str(output)],
+                    # --gil: only samples holding the GIL, i.e. Python CPU time, so threads
+                    # parked in a pool are not counted as busy.
+                    [
+                        spy,
+                        "record",
+                        "--pid",
+                        str(target.popen.pid),
+                        "--rate",
+                        str(rate),
+                        "--gil",
+                        "--full-filenames",
+                        "--format",
+                        "raw",
+                        "--output",
+                        str(output),
+                    ],
                     env=os.environ.copy(),
-                ),  # fmt: skip
+                ),
             )
         )
     await asyncio.sleep(1.0)  # py-spy attaches
@@ -763,18 +1004,126 @@ async def run_profile(
     for role, files in per_role.items():
         stacks = [s for f in files for s in parse_collapsed(f)]
         ops, libs, total = attribute(stacks)
-        scale = 1000 / rate / count  # samples -> CPU ms per task (idle samples excluded)
+        if not total:
+            continue
+        # Sampling slows the processes, so its own ms are high; shares of the samples are
+        # applied to the CPU per task measured without py-spy (the throughput phase).
+        base = measured.get(role, 0.0)
+        areas: Counter[str] = Counter()
+        for op, n in ops.items():
+            areas[area_of(op)] += n
+
+        def shares(counts: Counter[str], base: float = base, total: int = total) -> dict[str, Any]:
+            return {
+                k: {
+                    "share_pct": round(100 * v / total, 1),
+                    "ms_per_task": round(base * v / total, 3),
+                }
+                for k, v in counts.most_common()
+            }
+
         report[role] = {
             "samples": total,
-            "cpu_ms_per_task": round(total * scale, 3),
-            "by_operation_ms_per_task": {k: round(v * scale, 3) for k, v in ops.most_common()},
-            "by_leaf_library_ms_per_task": {k: round(v * scale, 3) for k, v in libs.most_common()},
+            "sampled_cpu_ms_per_task": round(total * 1000 / rate / count, 3),
+            "measured_cpu_ms_per_task": base,
+            "by_area": shares(areas),
+            "by_operation": shares(ops),
+            "by_leaf_library": shares(libs),
         }
         if keep is not None:
             keep.mkdir(parents=True, exist_ok=True)
             for f in files:
                 shutil.copy(f, keep / f"dispatch-{f.name}")
     return report
+
+
+async def timed_calls(call: Callable[[], Awaitable[Any]], calls: int) -> dict[str, Any]:
+    """Wall time per call, and this process's CPU per call, after a warm-up."""
+    for _ in range(max(calls // 10, 10)):
+        await call()
+    walls = []
+    cpu0 = time.process_time()
+    for _ in range(calls):
+        began = time.perf_counter()
+        await call()
+        walls.append(time.perf_counter() - began)
+    cpu = time.process_time() - cpu0
+    return {**summary_ms(walls), "client_cpu_ms_per_call": round(cpu * 1000 / calls, 3)}
+
+
+async def db_call_costs(database_url: str, task_id: str, calls: int = 300) -> dict[str, Any]:
+    """One worker-side database call, as shipped and leaner, run from the bench process.
+
+    ``append_event`` is a whole transaction (lock the task row, bump its event counter, insert
+    the event); ``cancel_requested`` is the one-column read before each agent step. They are
+    repeated on an ended task of the latency phase, which nobody follows any more.
+    """
+    import asyncpg
+    from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+
+    from spine.platform.db import Database
+    from spine.platform.tasks import TaskStore
+
+    out: dict[str, Any] = {}
+    shipped = Database(database_url)
+    # The same engine without pool_pre_ping (which costs one extra round trip per session).
+    no_ping = Database(database_url)
+    no_ping.engine = create_async_engine(no_ping.url, pool_size=10, max_overflow=10)
+    no_ping._sessions = async_sessionmaker(no_ping.engine, expire_on_commit=False)
+    conn = await asyncpg.connect(pg_dsn(database_url))
+    try:
+        for name, db in (("orm_as_shipped", shipped), ("orm_without_pool_pre_ping", no_ping)):
+            store = TaskStore(db)
+
+            async def append(store: TaskStore = store) -> None:
+                await store.append_event(task_id, "bench", {"n": 1})
+
+            async def read(store: TaskStore = store) -> None:
+                await store.cancel_requested(task_id)
+
+            out[f"append_event_{name}"] = await timed_calls(append, calls)
+            out[f"cancel_requested_{name}"] = await timed_calls(read, calls)
+
+        async def append_raw() -> None:
+            async with conn.transaction():
+                row = await conn.fetchrow(
+                    "SELECT tenant, event_seq FROM tasks WHERE id = $1 FOR UPDATE", task_id
+                )
+                await conn.execute(
+                    "UPDATE tasks SET event_seq = $2, updated_at = now() WHERE id = $1",
+                    task_id,
+                    row["event_seq"] + 1,
+                )
+                await conn.execute(
+                    "INSERT INTO task_events (task_id, tenant, seq, type, data, created_at) "
+                    "VALUES ($1, $2, $3, 'bench', $4::jsonb, now())",
+                    task_id,
+                    row["tenant"],
+                    row["event_seq"] + 1,
+                    '{"n": 1}',
+                )
+
+        async def append_one_statement() -> None:
+            await conn.execute(
+                "WITH t AS (UPDATE tasks SET event_seq = event_seq + 1, updated_at = now() "
+                "WHERE id = $1 RETURNING id, tenant, event_seq) "
+                "INSERT INTO task_events (task_id, tenant, seq, type, data, created_at) "
+                "SELECT id, tenant, event_seq, 'bench', $2::jsonb, now() FROM t",
+                task_id,
+                '{"n": 1}',
+            )
+
+        async def read_raw() -> None:
+            await conn.fetchval("SELECT cancel_requested FROM tasks WHERE id = $1", task_id)
+
+        out["append_event_asyncpg_same_3_statements"] = await timed_calls(append_raw, calls)
+        out["append_event_asyncpg_one_statement"] = await timed_calls(append_one_statement, calls)
+        out["cancel_requested_asyncpg"] = await timed_calls(read_raw, calls)
+    finally:
+        await conn.close()
+        await shipped.dispose()
+        await no_ping.dispose()
+    return out
 
 
 async def model_call_overhead(fake_url: str, calls: int = 300) -> dict[str, Any]:
@@ -787,9 +1136,12 @@ async def model_call_overhead(fake_url: str, calls: int = 300) -> dict[str, Any]
 
     async def via_litellm() -> None:
         await litellm.acompletion(
-            model="ollama_chat/llama3.2", messages=messages, api_base=fake_url,
-            timeout=120, num_retries=0,
-        )  # fmt: skip
+            model="ollama_chat/llama3.2",
+            messages=messages,
+            api_base=fake_url,
+            timeout=120,
+            num_retries=0,
+        )
 
     async with httpx.AsyncClient(base_url=fake_url, timeout=30) as client:
 
@@ -799,21 +1151,25 @@ async def model_call_overhead(fake_url: str, calls: int = 300) -> dict[str, Any]
             )
             response.raise_for_status()
 
-        for name, call in (("litellm_acompletion", via_litellm), ("plain_httpx_post", via_httpx)):
-            for _ in range(30):
-                await call()
-            walls = []
-            cpu0 = time.process_time()
-            for _ in range(calls):
-                began = time.perf_counter()
-                await call()
-                walls.append(time.perf_counter() - began)
-            cpu = time.process_time() - cpu0
-            out[name] = {**summary_ms(walls), "client_cpu_ms_per_call": round(cpu * 1000 / calls, 3)}
+        out["litellm_acompletion"] = await timed_calls(via_litellm, calls)
+        out["plain_httpx_post"] = await timed_calls(via_httpx, calls)
     return out
 
 
 # -- the run ---------------------------------------------------------------------------------
+
+
+async def wait_quiet(harness: Harness, timeout: float, limit: float = 0.3) -> float:
+    """Wait (at most ``timeout`` s) until other processes use under ``limit`` cores; return it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        cpu0, busy0, t0 = cpu_snapshot(harness), machine_busy(), time.perf_counter()
+        await asyncio.sleep(2.0)
+        ours = sum(cpu_delta(cpu0, cpu_snapshot(harness)).values())
+        foreign = max(machine_busy() - busy0 - ours, 0.0) / (time.perf_counter() - t0)
+        if foreign < limit or time.monotonic() > deadline:
+            return round(foreign, 2)
+        say(f"  other processes use {foreign:.2f} cores; waiting for a quieter machine ...")
 
 
 async def run_all(harness: Harness, args: argparse.Namespace) -> dict[str, Any]:
@@ -822,21 +1178,54 @@ async def run_all(harness: Harness, args: argparse.Namespace) -> dict[str, Any]:
     await wait_ready(harness, args.workers)
     conn = await asyncpg.connect(pg_dsn(harness.endpoints.database_url))
     try:
-        keys = {t: await create_key(harness.endpoints.database_url, t) for t in
-                ("bench-prime", "bench-latency", "bench-throughput", "bench-profile")}  # fmt: skip
+        keys = {
+            t: await create_key(harness.endpoints.database_url, t)
+            for t in (
+                "bench-prime",
+                "bench-latency",
+                "bench-throughput",
+                "bench-split",
+                "bench-profile",
+            )
+        }
 
         say("priming both workers (first model call imports LiteLLM) ...")
         await run_throughput(harness, conn, keys["bench-prime"], "bench-prime", 64, 32, timeout=120)
 
+        if args.quiet_timeout > 0:
+            foreign = await wait_quiet(harness, args.quiet_timeout)
+            say(f"  load from other processes before measuring: {foreign:.2f} cores")
         say(f"baseline: {args.baseline_requests} bare NATS request/reply round trips ...")
         base = await baseline(harness, args.baseline_requests, conn)
         rr_p50 = base["nats_request_reply"]["p50_ms"]
-        say(f"  request/reply p50 {rr_p50:.3f} ms, p99 {base['nats_request_reply']['p99_ms']:.3f} ms")
+        say("baseline: one model call to the fake model, via LiteLLM and via plain httpx ...")
+        calls = await model_call_overhead(harness.fake.url)
+        base["model_call_litellm"] = calls["litellm_acompletion"]
+        base["model_call_plain_httpx"] = calls["plain_httpx_post"]
+        # What the current design cannot go below even with no Python overhead at all: its
+        # sequential commits, the JetStream publish, two NATS hops and one model HTTP call.
+        floor = (
+            4 * base["postgres_insert_commit"]["p50_ms"]
+            + base["jetstream_publish_fsync"]["p50_ms"]
+            + 2 * rr_p50
+            + base["model_call_plain_httpx"]["p50_ms"]
+        )
+        base["design_floor"] = {
+            "what": "4 PostgreSQL commits (submit, claim, model_call event, finish) + 1 "
+            "JetStream publish + 2 NATS hops (delivery, progress nudge) + 1 plain model call",
+            "p50_ms": round(floor, 3),
+            "ratio_to_request_reply": round(floor / rr_p50, 1),
+        }
+        say(
+            f"  request/reply p50 {rr_p50:.3f} ms, p99 {base['nats_request_reply']['p99_ms']:.3f} ms"
+        )
 
         say(f"latency: {args.warmup} warm-up + {args.latency_tasks} sequential tasks ...")
         meter = Meter(harness, conn)
         await meter.start()
-        lat = await run_latency(harness.api_url, keys["bench-latency"], args.latency_tasks, args.warmup)
+        lat = await run_latency(
+            harness.api_url, keys["bench-latency"], args.latency_tasks, args.warmup
+        )
         lat_resources = await meter.stop(args.latency_tasks + args.warmup)
         samples = lat.pop("samples")
         latency = {
@@ -848,25 +1237,54 @@ async def run_all(harness: Harness, args: argparse.Namespace) -> dict[str, Any]:
         latency["ratio_p50_to_request_reply_p50"] = round(
             latency["end_to_end"]["p50_ms"] / rr_p50, 1
         )
+        say("latency: what following a task costs the API (GET poll versus SSE) ...")
+        latency["follow_cost"] = await follow_cost(
+            harness, conn, keys["bench-latency"], [s["id"] for s in samples[:200]]
+        )
 
         say(f"throughput: {args.throughput_tasks} tasks from {args.clients} clients ...")
+        say("call costs: one database call, as shipped and leaner ...")
+        call_costs = await db_call_costs(harness.endpoints.database_url, samples[-1]["id"])
         tput = await run_throughput(
-            harness, conn, keys["bench-throughput"], "bench-throughput",
-            args.throughput_tasks, args.clients, meter=Meter(harness, conn),
-        )  # fmt: skip
+            harness,
+            conn,
+            keys["bench-throughput"],
+            "bench-throughput",
+            args.throughput_tasks,
+            args.clients,
+            meter=Meter(harness, conn),
+        )
+        if args.split_tasks:
+            say(
+                f"split: {args.split_tasks} tasks submitted with the workers frozen, then drained ..."
+            )
+            tput["split"] = await run_split(
+                harness, conn, keys["bench-split"], "bench-split", args.split_tasks, args.clients
+            )
 
         profile: dict[str, Any] = {"skipped": "--no-profile"}
         if not args.no_profile:
             say(f"profile: {args.profile_tasks} more tasks sampled with py-spy ...")
             profile = await run_profile(
-                harness, conn, keys["bench-profile"], "bench-profile", args.profile_tasks,
-                args.clients, args.profile_rate, args.keep_profiles,
-            )  # fmt: skip
-            say("profile: LiteLLM call versus a plain HTTP call to the fake model ...")
-            profile["model_call_overhead"] = await model_call_overhead(harness.fake.url)
+                harness,
+                tput["resources"]["cpu_ms_per_task"],
+                conn,
+                keys["bench-profile"],
+                "bench-profile",
+                args.profile_tasks,
+                args.clients,
+                args.profile_rate,
+                args.keep_profiles,
+            )
     finally:
         await conn.close()
-    return {"baseline": base, "latency": latency, "throughput": tput, "profile": profile}
+    return {
+        "baseline": base,
+        "latency": latency,
+        "throughput": tput,
+        "db_call_costs": call_costs,
+        "profile": profile,
+    }
 
 
 def verdicts(results: dict[str, Any]) -> dict[str, Any]:
@@ -890,38 +1308,101 @@ def print_report(doc: dict[str, Any]) -> None:
     r = doc
     line = "-" * 78
     print(line)
-    print(f"dispatch benchmark  {r['machine']['cpus']} CPUs, Python {r['machine']['python']}, "
-          f"{r['config']['workers']} workers x {r['config']['concurrency']}")  # fmt: skip
+    print(
+        f"dispatch benchmark  {r['machine']['cpus']} CPUs, Python {r['machine']['python']}, "
+        f"{r['config']['workers']} workers x {r['config']['concurrency']}"
+    )
     print(line)
     for name, s in r["baseline"].items():
-        print(f"{name:<34} p50 {s['p50_ms']:8.3f} ms   p99 {s['p99_ms']:8.3f} ms   (n={s['n']})")
+        if name == "design_floor":
+            print(
+                f"{'floor of this design (sum of p50s)':<34} p50 {s['p50_ms']:8.3f} ms   "
+                f"= {s['ratio_to_request_reply']}x request/reply"
+            )
+            continue
+        cpu = s.get("client_cpu_ms_per_call")
+        extra = f", {cpu:.2f} CPU ms/call" if cpu is not None else ""
+        print(
+            f"{name:<34} p50 {s['p50_ms']:8.3f} ms   p99 {s['p99_ms']:8.3f} ms   "
+            f"(n={s['n']}{extra})"
+        )
     lat = r["latency"]
     e2e = lat["end_to_end"]
     print(line)
-    print(f"{'task submit -> final SSE event':<34} p50 {e2e['p50_ms']:8.3f} ms   "
-          f"p99 {e2e['p99_ms']:8.3f} ms   (n={e2e['n']}, sequential)")  # fmt: skip
+    print(
+        f"{'task submit -> final SSE event':<34} p50 {e2e['p50_ms']:8.3f} ms   "
+        f"p99 {e2e['p99_ms']:8.3f} ms   (n={e2e['n']}, sequential)"
+    )
     sub = lat["submit_only"]
-    print(f"{'  of which POST /v1/tasks':<34} p50 {sub['p50_ms']:8.3f} ms   p99 {sub['p99_ms']:8.3f} ms")
+    print(
+        f"{'  of which POST /v1/tasks':<34} p50 {sub['p50_ms']:8.3f} ms   p99 {sub['p99_ms']:8.3f} ms"
+    )
     for stage, s in lat["breakdown"].items():
         print(f"    {stage:<58} p50 {s['p50_ms']:7.2f} ms")
-    print(f"  CPU per task (sequential): {lat['resources']['cpu_ms_per_task_total']:.2f} ms   "
-          f"{_fmt_groups(lat['resources']['cpu_ms_per_task'])}")  # fmt: skip
+    print(
+        f"  CPU per task (sequential): {lat['resources']['cpu_ms_per_task_total']:.2f} ms   "
+        f"{_fmt_groups(lat['resources']['cpu_ms_per_task'])}"
+    )
+    for name, s in lat.get("follow_cost", {}).items():
+        print(
+            f"  watching cost, {name:<22} API CPU {s['api_cpu_ms_per_request']:.2f} ms/request, "
+            f"p50 {s['p50_ms']:.2f} ms"
+        )
     tp = r["throughput"]
     print(line)
-    print(f"{'completed tasks/s':<34} {tp['completed_per_s']:8.1f}   "
-          f"({tp['tasks']} tasks, {tp['clients']} clients, "
-          f"{tp['first_submit_to_last_finished_s']:.2f} s first submit -> last finished)")  # fmt: skip
-    print(f"{'submit rate alone':<34} {tp['submit_rate_per_s']:8.1f}/s  "
-          f"(POST p50 {tp['submit_latency']['p50_ms']:.1f} ms, p99 {tp['submit_latency']['p99_ms']:.1f} ms)")  # fmt: skip
+    print(
+        f"{'completed tasks/s':<34} {tp['completed_per_s']:8.1f}   "
+        f"({tp['tasks']} tasks, {tp['clients']} clients, "
+        f"{tp['first_submit_to_last_finished_s']:.2f} s first submit -> last finished)"
+    )
+    print(
+        f"{'submit rate alone':<34} {tp['submit_rate_per_s']:8.1f}/s  "
+        f"(POST p50 {tp['submit_latency']['p50_ms']:.1f} ms, p99 {tp['submit_latency']['p99_ms']:.1f} ms)"
+    )
     res = tp["resources"]
-    print(f"  CPU per task: {res['cpu_ms_per_task_total']:.2f} ms on {res['cpu_utilisation_cores']} "
-          f"busy cores   {_fmt_groups(res['cpu_ms_per_task'])}")  # fmt: skip
-    print(f"  PostgreSQL transactions/task {res['pg_transactions_per_task']}, NATS msgs/task "
-          f"{res['nats_msgs_per_task']}")  # fmt: skip
+    print(
+        f"  CPU per task: {res['cpu_ms_per_task_total']:.2f} ms on {res['cpu_utilisation_cores']} "
+        f"busy cores   {_fmt_groups(res['cpu_ms_per_task'])}"
+    )
+    print(
+        f"  PostgreSQL transactions/task {res['pg_transactions_per_task']}, NATS msgs/task "
+        f"{res['nats_msgs_per_task']}"
+    )
+    if "split" in tp:
+        api, wk = tp["split"]["api_alone"], tp["split"]["workers_alone"]
+        print(
+            f"{'submit rate, workers frozen':<34} {api['submit_rate_per_s']:8.1f}/s  "
+            f"CPU/task {api['resources']['cpu_ms_per_task_total']:.2f} ms  "
+            f"{_fmt_groups(api['resources']['cpu_ms_per_task'])}"
+        )
+        print(
+            f"{'drain rate, API idle':<34} {wk['completed_per_s']:8.1f}/s  "
+            f"CPU/task {wk['resources']['cpu_ms_per_task_total']:.2f} ms  "
+            f"{_fmt_groups(wk['resources']['cpu_ms_per_task'])}"
+        )
+    foreign = [
+        ("latency", lat["resources"]["foreign_cpu_cores"]),
+        ("throughput", res["foreign_cpu_cores"]),
+    ]
+    if "split" in tp:
+        foreign += [
+            ("api alone", tp["split"]["api_alone"]["resources"]["foreign_cpu_cores"]),
+            ("workers alone", tp["split"]["workers_alone"]["resources"]["foreign_cpu_cores"]),
+        ]
+    if any(v and v > 0.2 for _, v in foreign):
+        print(
+            f"WARNING: other processes used CPU during the run (cores): {dict(foreign)}; "
+            "the figures are disturbed"
+        )
     print(line)
     for name, v in r["targets"].items():
         mark = "PASS" if v["pass"] else "MISS"
         print(f"{mark}  {name:<20} {v['value']:>8}   target {v['target']}")
+    print(line)
+    for name, s in r["db_call_costs"].items():
+        print(
+            f"{name:<46} p50 {s['p50_ms']:6.3f} ms, {s['client_cpu_ms_per_call']:6.3f} CPU ms/call"
+        )
     prof = r["profile"]
     print(line)
     if "skipped" in prof:
@@ -931,14 +1412,14 @@ def print_report(doc: dict[str, Any]) -> None:
             if role not in prof:
                 continue
             p = prof[role]
-            print(f"py-spy {role}: {p['cpu_ms_per_task']:.2f} CPU ms per task")
-            for op, ms in list(p["by_operation_ms_per_task"].items())[:10]:
-                print(f"    {ms:7.3f} ms  {op}")
-            libs = ", ".join(f"{k} {v:.2f}" for k, v in list(p["by_leaf_library_ms_per_task"].items())[:8])
-            print(f"    by leaf library (ms): {libs}")
-        mco = prof.get("model_call_overhead", {})
-        for name, s in mco.items():
-            print(f"{name:<22} p50 {s['p50_ms']:7.3f} ms wall, {s['client_cpu_ms_per_call']:.3f} CPU ms/call")
+            print(
+                f"py-spy {role}: shares of {p['samples']} samples applied to the measured "
+                f"{p['measured_cpu_ms_per_task']:.2f} CPU ms per task"
+            )
+            for area, v in p["by_area"].items():
+                print(f"  {v['ms_per_task']:7.3f} ms {v['share_pct']:5.1f}%  {area}")
+            for op, v in list(p["by_operation"].items())[:12]:
+                print(f"      {v['ms_per_task']:7.3f} ms  {op}")
     print(line)
     print(f"results written to {RESULTS.relative_to(ROOT)}")
 
@@ -961,11 +1442,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=30)
     p.add_argument("--throughput-tasks", type=int, default=3000)
     p.add_argument("--clients", type=int, default=32)
+    p.add_argument("--split-tasks", type=int, default=1000, help="0 skips the split phase")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--profile-tasks", type=int, default=1500)
     p.add_argument("--profile-rate", type=int, default=200, help="py-spy samples per second")
     p.add_argument("--no-profile", action="store_true")
+    p.add_argument(
+        "--quiet-timeout",
+        type=float,
+        default=60.0,
+        help="seconds to wait for other processes to go quiet before measuring (0: no wait)",
+    )
     p.add_argument("--keep-profiles", type=Path, default=None, help="copy py-spy stacks here")
     p.add_argument("--responder", metavar="NATS_URL", help=argparse.SUPPRESS)
     return p.parse_args(argv)

@@ -454,6 +454,10 @@ async def test_nats_down_at_submit_still_accepts_and_runs_the_task_later(
             services, pg_url, models, nats_url=f"nats://127.0.0.1:{proxy.port}"
         )
         async with run_platform(settings) as spine:
+            # A first task proves the worker is consuming before NATS goes away.
+            warm = await submit(spine)
+            assert (await spine.wait_for(warm["id"]))["state"] == "succeeded"
+
             await proxy.shut()
             await eventually(lambda: not spine.platform.bus.connected)
 

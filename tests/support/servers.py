@@ -14,7 +14,10 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import os
+import shutil
 import socket
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -88,9 +91,39 @@ def _check_service(service: str) -> None:
 
 
 @contextlib.contextmanager
-def _embedded(workdir: Path) -> Iterator[BackingServices]:
-    stack = EmbeddedStack(workdir / "embedded", SERVICES, start_timeout=60.0)
+def embedded_data_dir(workdir: Path, name: str = "embedded") -> Iterator[Path]:
+    """Yield a fresh data directory for an embedded stack, removed afterwards.
 
+    As root, PostgreSQL runs as another user that must traverse every parent of its data
+    directory. pytest resets ``/tmp/pytest-of-root`` to mode 0700 whenever any pytest session
+    starts, which would lock that user out mid-run; so as root the data lives in a directory
+    of its own under the system temp dir, with a symlink ``workdir/name`` pointing at it.
+    """
+    if os.geteuid() != 0:
+        path = workdir / name
+        path.mkdir(parents=True, exist_ok=True)
+        yield path
+        return
+    path = Path(tempfile.mkdtemp(prefix=f"spine-{name}-"))
+    link = workdir / name
+    with contextlib.suppress(OSError):
+        link.symlink_to(path, target_is_directory=True)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _embedded(workdir: Path) -> Iterator[BackingServices]:
+    with embedded_data_dir(workdir) as data_dir:
+        stack = EmbeddedStack(data_dir, SERVICES, start_timeout=60.0)
+        with _running(stack) as services:
+            yield services
+
+
+@contextlib.contextmanager
+def _running(stack: EmbeddedStack) -> Iterator[BackingServices]:
     def restart(name: str, kill: bool) -> None:
         stack.restart(name, kill=kill)
 

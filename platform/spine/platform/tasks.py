@@ -457,7 +457,16 @@ class TaskStore:
 
 
 async def _locked(session: AsyncSession, task_id: str) -> TaskRow | None:
-    # FOR UPDATE serialises writers of one task on PostgreSQL; SQLite locks the whole file.
+    # FOR UPDATE serialises writers of one task on PostgreSQL. SQLite ignores it, and its driver
+    # begins the transaction only at the first write, so two writers would both read the same
+    # event_seq: a no-op write first takes the database's write lock before the row is read.
+    if session.bind is not None and session.bind.dialect.name == "sqlite":
+        await session.execute(
+            sa.update(TaskRow)
+            .where(TaskRow.id == task_id)
+            .values(event_seq=TaskRow.event_seq)
+            .execution_options(synchronize_session=False)
+        )
     query = sa.select(TaskRow).where(TaskRow.id == task_id).with_for_update()
     return (await session.execute(query)).scalar_one_or_none()
 

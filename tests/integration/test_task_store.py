@@ -1,0 +1,452 @@
+"""The state layer on its own: TaskStore and Database, on SQLite and on PostgreSQL alike."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+
+from spine.platform.db import Database
+from spine.platform.errors import BadRequest, Conflict, IdempotencyConflict, NotFound
+from spine.platform.schema import Base, TaskEventRow, TaskRow
+from spine.platform.tasks import TaskStore, TaskSubmission
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[Database]:
+    database = Database(database_url)
+    await database.migrate()
+    yield database
+    await database.dispose()
+
+
+@pytest.fixture
+def store(db: Database) -> TaskStore:
+    return TaskStore(db)
+
+
+def chat(prompt: str = "hello", **extra: Any) -> TaskSubmission:
+    return TaskSubmission(agent="chat", input={"prompt": prompt}, **extra)
+
+
+async def event_seqs(store: TaskStore, task_id: str) -> list[tuple[int, str, Any]]:
+    events = await store.events(task_id, tenant=None)
+    return [(e.seq, e.type, e.data.get("state")) for e in events]
+
+
+# -- migrations -------------------------------------------------------------------------------
+
+
+async def test_migrations_apply_twice_and_match_the_declared_schema(db: Database) -> None:
+    await db.migrate()  # the fixture ran it once already: a second run changes nothing
+
+    def inspect(conn: sa.Connection) -> tuple[dict[str, dict[str, Any]], list[Any], str | None]:
+        inspector = sa.inspect(conn)
+        tables = {
+            name: {c["name"]: c for c in inspector.get_columns(name)}
+            for name in inspector.get_table_names()
+        }
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+        version = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+        return tables, diff, version
+
+    async with db.engine.connect() as conn:
+        tables, diff, version = await conn.run_sync(inspect)
+
+    assert version == "0001"
+    assert set(tables) == {*Base.metadata.tables, "alembic_version"}
+    for name, table in Base.metadata.tables.items():
+        assert set(tables[name]) == {c.name for c in table.columns}, name
+        for column in table.columns:
+            assert tables[name][column.name]["nullable"] == column.nullable, (name, column.name)
+    assert diff == [], diff
+
+
+# -- submit, get, list ------------------------------------------------------------------------
+
+
+async def test_submit_commits_a_queued_task_with_its_first_event(store: TaskStore) -> None:
+    deadline = datetime.now(UTC) + timedelta(hours=1)
+    task, events, created = await store.submit(
+        chat("hi", metadata={"user": "u1"}, priority="high", deadline=deadline),
+        tenant="acme",
+        key_id="k1",
+    )
+    assert created is True
+    assert task.state == "queued"
+    assert (task.tenant, task.agent, task.priority) == ("acme", "chat", "high")
+    assert task.metadata == {"user": "u1"}
+    assert task.attempts == 0
+    assert [(e.seq, e.type, e.data) for e in events] == [(1, "state", {"state": "queued"})]
+
+    again = await store.get(task.id, tenant="acme")
+    assert again.model_dump() == task.model_dump()
+    assert again.deadline == deadline
+    assert (await store.get(task.id, tenant=None)).id == task.id
+
+
+async def test_get_of_a_missing_or_foreign_task_is_not_found(store: TaskStore) -> None:
+    task, _, _ = await store.submit(chat(), tenant="acme")
+    with pytest.raises(NotFound) as missing:
+        await store.get("no-such-id", tenant="acme")
+    assert missing.value.field == "task_id"
+    with pytest.raises(NotFound):
+        await store.get(task.id, tenant="globex")
+    assert await store.events(task.id, tenant="globex") == []
+
+
+async def test_deadline_in_the_past_is_refused(store: TaskStore) -> None:
+    past = datetime.now(UTC) - timedelta(seconds=1)
+    with pytest.raises(BadRequest) as refused:
+        await store.submit(chat(deadline=past), tenant="acme")
+    assert refused.value.field == "deadline"
+    assert (await store.list_page(tenant="acme")).tasks == []
+
+
+async def test_list_page_paginates_newest_first_and_filters(store: TaskStore) -> None:
+    ids = []
+    for i in range(7):
+        agent = "chat" if i % 2 == 0 else "other"
+        task, _, _ = await store.submit(
+            TaskSubmission(agent=agent, input={"prompt": f"p{i}"}), tenant="acme"
+        )
+        ids.append(task.id)
+    await store.submit(chat("foreign"), tenant="globex")
+    await store.cancel(ids[0], tenant="acme")
+
+    seen: list[str] = []
+    cursor = None
+    pages = 0
+    while True:
+        page = await store.list_page(tenant="acme", limit=3, cursor=cursor)
+        pages += 1
+        assert len(page.tasks) <= 3
+        seen += [t.id for t in page.tasks]
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    assert pages == 3
+    assert seen == list(reversed(ids))
+
+    exact = await store.list_page(tenant="acme", limit=7)
+    assert len(exact.tasks) == 7
+    assert exact.next_cursor is None
+
+    chats = await store.list_page(tenant="acme", agent="chat")
+    assert [t.id for t in chats.tasks] == [ids[6], ids[4], ids[2], ids[0]]
+    cancelled = await store.list_page(tenant="acme", state="cancelled")
+    assert [t.id for t in cancelled.tasks] == [ids[0]]
+    queued_chats = await store.list_page(tenant="acme", state="queued", agent="chat", limit=2)
+    assert [t.id for t in queued_chats.tasks] == [ids[6], ids[4]]
+    rest = await store.list_page(
+        tenant="acme", state="queued", agent="chat", cursor=queued_chats.next_cursor
+    )
+    assert [t.id for t in rest.tasks] == [ids[2]]
+    assert rest.next_cursor is None
+    assert [t.tenant for t in (await store.list_page(tenant="globex")).tasks] == ["globex"]
+    assert (await store.list_page(tenant="nobody")).tasks == []
+
+
+async def test_a_garbled_cursor_is_a_bad_request(store: TaskStore) -> None:
+    with pytest.raises(BadRequest) as refused:
+        await store.list_page(tenant="acme", cursor="%%%")
+    assert refused.value.field == "cursor"
+
+
+# -- idempotency ------------------------------------------------------------------------------
+
+
+async def test_idempotency_key_returns_the_same_task_or_conflicts(store: TaskStore) -> None:
+    first, events, created = await store.submit(chat("once"), tenant="acme", idempotency_key="k")
+    assert created is True
+    assert len(events) == 1
+    second, events, created = await store.submit(chat("once"), tenant="acme", idempotency_key="k")
+    assert created is False
+    assert events == []
+    assert second.id == first.id
+    with pytest.raises(IdempotencyConflict) as conflict:
+        await store.submit(chat("twice"), tenant="acme", idempotency_key="k")
+    assert conflict.value.field == "Idempotency-Key"
+    assert conflict.value.status_code == 409
+    # The same key is free in another tenant, and without a key every submit is new.
+    other, _, created = await store.submit(chat("once"), tenant="globex", idempotency_key="k")
+    assert created is True
+    assert other.id != first.id
+    a, _, _ = await store.submit(chat("once"), tenant="acme")
+    b, _, _ = await store.submit(chat("once"), tenant="acme")
+    assert a.id != b.id
+    assert await event_seqs(store, first.id) == [(1, "state", "queued")]
+
+
+async def test_concurrent_submits_with_one_idempotency_key_make_one_task(
+    store: TaskStore, db: Database
+) -> None:
+    results = await asyncio.gather(
+        *(store.submit(chat("race"), tenant="acme", idempotency_key="race") for _ in range(20))
+    )
+    assert len({task.id for task, _, _ in results}) == 1
+    assert sum(created for _, _, created in results) == 1
+    async with db.session() as session:
+        count = await session.scalar(sa.select(sa.func.count()).select_from(TaskRow))
+        events = await session.scalar(sa.select(sa.func.count()).select_from(TaskEventRow))
+    assert count == 1
+    assert events == 1
+
+
+# -- claims -----------------------------------------------------------------------------------
+
+
+async def test_claim_outcomes(store: TaskStore) -> None:
+    assert (await store.claim("no-such-id", lease=30)).outcome == "missing"
+
+    task, _, _ = await store.submit(chat(), tenant="acme")
+    claim = await store.claim(task.id, lease=30)
+    assert claim.outcome == "claimed"
+    assert claim.attempt == 1
+    assert claim.task is not None and claim.task.state == "running"
+    assert claim.task.started_at is not None
+    assert [(e.seq, e.data) for e in claim.events] == [(2, {"state": "running", "attempt": 1})]
+
+    busy = await store.claim(task.id, lease=30)
+    assert busy.outcome == "busy"
+    assert 25 < busy.retry_in <= 30
+    assert busy.events == []
+
+    await store.finish(task.id, attempt=1, state="succeeded", result={"text": "ok"})
+    finished = await store.claim(task.id, lease=30)
+    assert finished.outcome == "finished"
+    assert finished.task is not None and finished.task.state == "succeeded"
+    assert finished.events == []
+    assert (await store.get(task.id, tenant=None)).attempts == 1
+
+
+async def test_concurrent_claims_let_exactly_one_attempt_run(store: TaskStore) -> None:
+    task, _, _ = await store.submit(chat(), tenant="acme")
+    claims = await asyncio.gather(*(store.claim(task.id, lease=30) for _ in range(8)))
+    assert sorted(c.outcome for c in claims) == ["busy"] * 7 + ["claimed"]
+    assert (await store.get(task.id, tenant=None)).attempts == 1
+    assert await event_seqs(store, task.id) == [(1, "state", "queued"), (2, "state", "running")]
+
+
+async def test_claim_of_a_task_whose_cancel_was_requested_cancels_it(store: TaskStore) -> None:
+    task, _, _ = await store.submit(chat(), tenant="acme")
+    claim = await store.claim(task.id, lease=0)  # the lease lapses at once
+    await store.cancel(task.id, tenant="acme")  # running: only a request
+    assert await store.cancel_requested(task.id)
+    again = await store.claim(task.id, lease=30)
+    assert again.outcome == "finished"
+    assert again.task is not None and again.task.state == "cancelled"
+    assert again.task.error is not None and again.task.error["type"] == "cancelled"
+    assert [e.data["state"] for e in again.events] == ["cancelled"]
+    assert claim.attempt == 1
+    assert (await store.get(task.id, tenant=None)).attempts == 1
+
+
+async def test_claim_after_the_deadline_fails_the_task(store: TaskStore) -> None:
+    deadline = datetime.now(UTC) + timedelta(seconds=0.3)
+    task, _, _ = await store.submit(chat(deadline=deadline), tenant="acme")
+    await asyncio.sleep(0.4)
+    claim = await store.claim(task.id, lease=30)
+    assert claim.outcome == "finished"
+    assert claim.task is not None and claim.task.state == "failed"
+    assert claim.task.error is not None
+    assert claim.task.error["type"] == "deadline_exceeded"
+    assert claim.task.error["retryable"] is False
+    assert claim.task.attempts == 0
+    assert claim.task.finished_at is not None
+
+
+async def test_a_stale_attempt_cannot_finish_or_extend(store: TaskStore) -> None:
+    task, _, _ = await store.submit(chat(), tenant="acme")
+    first = await store.claim(task.id, lease=0)
+    await asyncio.sleep(0.01)
+    second = await store.claim(task.id, lease=30)
+    assert (first.attempt, second.attempt) == (1, 2)
+
+    assert await store.extend_lease(task.id, attempt=1, lease=30) is False
+    assert await store.extend_lease(task.id, attempt=2, lease=30) is True
+    stale = await store.finish(task.id, attempt=1, state="succeeded", result={"text": "stale"})
+    assert stale == []
+    current = await store.get(task.id, tenant=None)
+    assert current.state == "running"
+    assert current.result is None
+
+    done = await store.finish(task.id, attempt=2, state="succeeded", result={"text": "fresh"})
+    assert [(e.data["state"], e.data["attempt"]) for e in done] == [("succeeded", 2)]
+    final = await store.get(task.id, tenant=None)
+    assert (final.state, final.result, final.attempts) == ("succeeded", {"text": "fresh"}, 2)
+    # Once ended, even the owning attempt writes nothing more.
+    assert await store.finish(task.id, attempt=2, state="failed") == []
+    assert await store.extend_lease(task.id, attempt=2, lease=30) is False
+    assert (await store.get(task.id, tenant=None)).state == "succeeded"
+
+
+async def test_finish_queued_hands_the_task_back_for_a_retry(store: TaskStore) -> None:
+    task, _, _ = await store.submit(chat(), tenant="acme")
+    await store.claim(task.id, lease=30)
+    error = {"type": "transient_error", "message": "try later", "retryable": True}
+    events = await store.finish(task.id, attempt=1, state="queued", error=error, retry_in=0.5)
+    assert events[0].data == {"state": "queued", "attempt": 1, "retry_in": 0.5, "error": error}
+    again = await store.claim(task.id, lease=30)
+    assert (again.outcome, again.attempt) == ("claimed", 2)
+    dead = await store.dead_letter(task.id, reason={"reason": "too many attempts"})
+    assert [e.data["state"] for e in dead] == ["dead_lettered"]
+    assert await store.dead_letter(task.id, reason={"reason": "again"}) == []
+
+
+# -- cancel -----------------------------------------------------------------------------------
+
+
+async def test_cancel_queued_running_finished_and_foreign(store: TaskStore) -> None:
+    queued, _, _ = await store.submit(chat(), tenant="acme")
+    cancelled, events = await store.cancel(queued.id, tenant="acme")
+    assert cancelled.state == "cancelled"
+    assert cancelled.finished_at is not None
+    assert [e.data["state"] for e in events] == ["cancelled"]
+    with pytest.raises(Conflict) as conflict:
+        await store.cancel(queued.id, tenant="acme")
+    assert conflict.value.details == {"state": "cancelled"}
+
+    running, _, _ = await store.submit(chat(), tenant="acme")
+    await store.claim(running.id, lease=30)
+    with pytest.raises(NotFound):
+        await store.cancel(running.id, tenant="globex")
+    assert await store.cancel_requested(running.id) is False
+    asked, events = await store.cancel(running.id, tenant="acme")
+    assert asked.state == "running"
+    assert asked.cancel_requested is True
+    assert [e.type for e in events] == ["cancel_requested"]
+    with pytest.raises(NotFound):
+        await store.cancel("no-such-id", tenant="acme")
+
+
+# -- events -----------------------------------------------------------------------------------
+
+
+async def test_event_seq_is_gap_free_and_ordered_across_every_writer(store: TaskStore) -> None:
+    task, _, _ = await store.submit(chat(), tenant="acme")
+    claim = await store.claim(task.id, lease=30)
+    step = await store.append_event(task.id, "step", {"n": 1})
+    await store.cancel(task.id, tenant="acme")
+    await store.finish(task.id, attempt=claim.attempt, state="cancelled", error={"type": "x"})
+    assert step.seq == 3
+    assert await event_seqs(store, task.id) == [
+        (1, "state", "queued"),
+        (2, "state", "running"),
+        (3, "step", None),
+        (4, "cancel_requested", None),
+        (5, "state", "cancelled"),
+    ]
+    after = await store.events(task.id, tenant="acme", after_seq=3)
+    assert [e.seq for e in after] == [4, 5]
+    assert after[-1].is_final
+    assert [e.seq for e in await store.events(task.id, tenant="acme", limit=2)] == [1, 2]
+    with pytest.raises(NotFound):
+        await store.append_event("no-such-id", "step", {})
+
+
+async def test_concurrent_event_writers_never_share_a_seq(store: TaskStore) -> None:
+    task, _, _ = await store.submit(chat(), tenant="acme")
+    await store.claim(task.id, lease=30)
+    await asyncio.gather(*(store.append_event(task.id, "step", {"n": i}) for i in range(15)))
+    seqs = [e.seq for e in await store.events(task.id, tenant=None)]
+    assert seqs == list(range(1, 18))
+
+
+# -- the outbox -------------------------------------------------------------------------------
+
+
+async def test_unpublished_mark_published_and_stalled(store: TaskStore) -> None:
+    first, _, _ = await store.submit(chat("one"), tenant="acme")
+    second, _, _ = await store.submit(chat("two"), tenant="acme")
+    await asyncio.sleep(0.01)
+    assert [t.id for t in await store.unpublished(grace=0, limit=10)] == [first.id, second.id]
+    assert [t.id for t in await store.unpublished(grace=0, limit=1)] == [first.id]
+    assert await store.unpublished(grace=60, limit=10) == []  # too young to be missed
+
+    await store.mark_published([first.id])
+    await store.mark_published([])
+    assert [t.id for t in await store.unpublished(grace=0, limit=10)] == [second.id]
+    await store.mark_published([second.id])
+    assert await store.unpublished(grace=0, limit=10) == []
+
+    assert await store.stalled(after=60, limit=10) == []
+    await asyncio.sleep(0.01)
+    stalled = await store.stalled(after=0, limit=10)
+    assert [t.id for t in stalled] == [first.id, second.id]
+    # The clock restarts, so the next sweep does not publish them again at once.
+    assert await store.stalled(after=5, limit=10) == []
+
+    # A running task whose lease lapsed long ago is stalled too; a finished one never is.
+    await store.claim(first.id, lease=0)
+    await store.finish(
+        (await store.claim(second.id, lease=30)).task.id,  # type: ignore[union-attr]
+        attempt=1,
+        state="succeeded",
+    )
+    await asyncio.sleep(0.01)
+    assert [t.id for t in await store.stalled(after=0, limit=10)] == [first.id]
+    # A cancelled queued task is neither unpublished nor stalled.
+    third, _, _ = await store.submit(chat("three"), tenant="acme")
+    await store.cancel(third.id, tenant="acme")
+    await asyncio.sleep(0.01)
+    assert await store.unpublished(grace=0, limit=10) == []
+
+
+# -- time -------------------------------------------------------------------------------------
+
+
+async def test_timestamps_are_timezone_aware_utc(store: TaskStore, db: Database) -> None:
+    deadline = datetime.now(UTC).astimezone(
+        __import__("datetime").timezone(timedelta(hours=5))
+    ) + timedelta(hours=1)
+    task, _, _ = await store.submit(chat(deadline=deadline), tenant="acme")
+    claim = await store.claim(task.id, lease=30)
+    await store.finish(task.id, attempt=claim.attempt, state="succeeded")
+    await store.mark_published([task.id])
+
+    stored = await store.get(task.id, tenant=None)
+    stamps = {
+        "created_at": stored.created_at,
+        "updated_at": stored.updated_at,
+        "started_at": stored.started_at,
+        "finished_at": stored.finished_at,
+        "deadline": stored.deadline,
+    }
+    async with db.session() as session:
+        row = await session.get(TaskRow, task.id)
+        assert row is not None
+        stamps["published_at"] = row.published_at
+        events = (await session.execute(sa.select(TaskEventRow))).scalars().all()
+    stamps |= {f"event {e.seq}": e.created_at for e in events}
+    now = datetime.now(UTC)
+    for name, stamp in stamps.items():
+        assert stamp is not None, name
+        assert stamp.tzinfo is not None, name
+        assert stamp.utcoffset() == timedelta(0), (name, stamp)
+        assert abs(stamp - now) < timedelta(hours=2), (name, stamp)
+    assert stored.deadline == deadline
+    assert stored.created_at <= stored.started_at <= stored.finished_at  # type: ignore[operator]
+
+
+async def test_naive_datetimes_are_refused(db: Database) -> None:
+    row = TaskRow(
+        id="naive",
+        tenant="acme",
+        agent="chat",
+        input={},
+        state="queued",
+        created_at=datetime.now(),  # noqa: DTZ005 - the point of the test
+        updated_at=datetime.now(UTC),
+    )
+    with pytest.raises(sa.exc.StatementError, match="naive datetime"):
+        async with db.session() as session, session.begin():
+            session.add(row)
