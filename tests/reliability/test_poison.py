@@ -199,13 +199,31 @@ async def test_a_task_that_kills_its_worker_every_time_is_dead_lettered_after_it
             c.workers[holder].kill()
             kills.append(c.workers[holder].name)
             c.workers[holder].start()
-        final = await wait_until(
+        try:
+          final = await wait_until(
             db,
             lambda counts: sum(counts[s] for s in TERMINAL) >= HEALTHY // 2 + 1,
-            timeout=60,
+            timeout=25,
             what="crasher and bystanders ended",
             workers=c.workers,
-        )
+          )
+        except AssertionError:
+            import nats as _n, sqlalchemy as sa
+            from spine.platform.schema import TaskEventRow, TaskRow
+            nc = await _n.connect(c.nats_url); js = nc.jetstream()
+            for lane in ("high","normal","low"):
+                ci = await js.consumer_info("TASKS", f"workers-{lane}")
+                print("DEBUG consumer", lane, ci.delivered, ci.ack_floor, ci.num_ack_pending, ci.num_redelivered, ci.num_pending, ci.num_waiting)
+            await nc.close()
+            async with db.session() as ses:
+                stuck = [r for r in (await ses.execute(sa.select(TaskRow))).scalars() if r.state not in TERMINAL or r.id == crasher]
+                for r in stuck:
+                    print("DEBUG stuck", r.id, r.state, r.attempts, r.lease_expires_at, "crasher" if r.id == crasher else "")
+                    for e in (await ses.execute(sa.select(TaskEventRow).where(TaskEventRow.task_id == r.id).order_by(TaskEventRow.seq))).scalars():
+                        print("DEBUG   ev", e.seq, e.type, e.data, e.created_at.time())
+            for w in c.workers:
+                print("DEBUG LOG", w.name); print(w.full_log())
+            raise
         print("DEBUG final", time.monotonic() - T0)
         ledger = await read_ledger(db)
         dead = await dlq_messages(c.nats_url)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, TypeVar
 
 from pydantic import BaseModel
@@ -40,12 +41,25 @@ class RunContext:
     emit: Callable[[str, dict[str, Any]], Awaitable[object]]
     cancelled: asyncio.Event
     cancel_requested: Callable[[], Awaitable[bool]]
+    # The live cancel signal is immediate; the database is asked at most this often, to catch
+    # a signal that was missed (NATS down) without a query per step.
+    durable_check_interval: float = 1.0
+    _checked_at: float = field(default_factory=time.monotonic)
 
     async def checkpoint(self) -> None:
         """Stop here if a cancel was requested; agents call this between steps."""
-        if self.cancelled.is_set() or await self.cancel_requested():
+        durable_check = not self.cancelled.is_set() and self._durable_check_due()
+        if durable_check and await self.cancel_requested():
             self.cancelled.set()
+        if self.cancelled.is_set():
             raise TaskCancelled("the task was cancelled")
+
+    def _durable_check_due(self) -> bool:
+        now = time.monotonic()
+        if now - self._checked_at < self.durable_check_interval:
+            return False
+        self._checked_at = now
+        return True
 
     async def step(self, work: Awaitable[T]) -> T:
         """Run one step, abandoning it as soon as a cancel arrives."""

@@ -23,6 +23,7 @@ __all__ = [
     "EmbeddedSettings",
     "Provider",
     "Settings",
+    "StreamSettings",
     "WorkerSettings",
     "load_settings",
 ]
@@ -81,13 +82,21 @@ class ModelSettings(BaseModel):
     timeout: float = Field(120.0, gt=0)
 
 
+class StreamSettings(BaseModel):
+    """JetStream streams; use 3 replicas on a NATS cluster (Jepsen 2025: R1 loses acked writes)."""
+
+    replicas: int = Field(1, ge=1, le=5)
+    duplicate_window: float = Field(120.0, ge=1, description="Seconds Nats-Msg-Id dedupes.")
+
+
 class EmbeddedSettings(BaseModel):
     """Ports for servers that ``spine up`` starts itself; 0 picks a free port."""
 
     nats_port: int = Field(0, ge=0, le=65535)
     postgres_port: int = Field(0, ge=0, le=65535)
     redis_port: int = Field(0, ge=0, le=65535)
-    bolt_port: int = Field(0, ge=0, le=65535)
+    # FalkorDB 4.16 silently starts no Bolt listener on a port above 32767.
+    bolt_port: int = Field(0, ge=0, le=32767)
     start_timeout: float = Field(30.0, gt=0)
 
 
@@ -127,6 +136,7 @@ class Settings(BaseSettings):
     api: ApiSettings = Field(default_factory=ApiSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     models: ModelSettings = Field(default_factory=ModelSettings)
+    streams: StreamSettings = Field(default_factory=StreamSettings)
     embedded: EmbeddedSettings = Field(default_factory=EmbeddedSettings)
 
     @field_validator("fallback_chain", mode="before")

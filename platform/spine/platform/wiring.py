@@ -57,6 +57,8 @@ class Platform:
         feed = ProgressFeed(tasks, bus)
         catalog = default_catalog()
         layout = StreamLayout(
+            replicas=settings.streams.replicas,
+            duplicate_window=settings.streams.duplicate_window,
             ack_wait=settings.worker.ack_wait,
             max_deliver=settings.worker.max_attempts + 1,
         )
