@@ -352,6 +352,11 @@ async def pg_transactions(conn: Any) -> int:
     return int(row["n"])
 
 
+async def pg_xid(conn: Any) -> int:
+    """Assign and return a transaction id; the ids between two calls went to write transactions."""
+    return int(await conn.fetchval("SELECT pg_current_xact_id()::text::bigint"))
+
+
 async def nats_counters(monitor_url: str | None) -> dict[str, int]:
     if not monitor_url:
         return {}
@@ -370,6 +375,7 @@ class Meter:
     conn: Any
     cpu0: dict[int, tuple[str, float]] = field(default_factory=dict)
     xact0: int = 0
+    xid0: int = 0
     nats0: dict[str, int] = field(default_factory=dict)
     own_queries: int = 0  # transactions the bench itself runs while metering
     wall0: float = 0.0
@@ -379,6 +385,7 @@ class Meter:
         if settle:
             await asyncio.sleep(1.2)  # let PostgreSQL flush its per-backend statistics
         self.xact0 = await pg_transactions(self.conn)
+        self.xid0 = await pg_xid(self.conn)
         self.nats0 = await nats_counters(self.harness.endpoints.nats_monitor_url)
         self.cpu0 = cpu_snapshot(self.harness)
         self.busy0 = machine_busy()
@@ -389,8 +396,9 @@ class Meter:
         cpu1 = cpu_snapshot(self.harness)
         busy = machine_busy() - self.busy0
         wall = time.perf_counter() - self.wall0
+        writes = await pg_xid(self.conn) - self.xid0 - 1
         await asyncio.sleep(1.2)
-        xact = await pg_transactions(self.conn) - self.xact0 - self.own_queries - 1
+        xact = await pg_transactions(self.conn) - self.xact0 - self.own_queries - 3
         counters = await nats_counters(self.harness.endpoints.nats_monitor_url)
         spent = cpu_delta(self.cpu0, cpu1)
         total = sum(spent.values())
@@ -406,6 +414,10 @@ class Meter:
             # Other processes on the machine (e.g. a test suite) during the phase; figures
             # taken while this is well above zero are disturbed.
             "foreign_cpu_cores": round(max(busy - total, 0.0) / wall, 2) if wall else None,
+            # Exact: each write transaction takes one transaction id.
+            "pg_write_transactions_per_task": round(writes / tasks, 2),
+            # All transactions, reads and pool pre-pings included; from pg_stat_database,
+            # which backends flush lazily, so approximate.
             "pg_transactions_per_task": round(xact / tasks, 2),
             "nats_msgs_per_task": {
                 k: round((counters.get(k, 0) - self.nats0.get(k, 0)) / tasks, 2) for k in counters
@@ -1070,6 +1082,7 @@ async def db_call_costs(database_url: str, task_id: str, calls: int = 300) -> di
     no_ping = Database(database_url)
     no_ping.engine = create_async_engine(no_ping.url, pool_size=10, max_overflow=10)
     no_ping._sessions = async_sessionmaker(no_ping.engine, expire_on_commit=False)
+    out["pool_pre_ping_as_shipped"] = bool(getattr(shipped.engine.pool, "_pre_ping", None))
     conn = await asyncpg.connect(pg_dsn(database_url))
     try:
         for name, db in (("orm_as_shipped", shipped), ("orm_without_pool_pre_ping", no_ping)):
@@ -1151,8 +1164,45 @@ async def model_call_overhead(fake_url: str, calls: int = 300) -> dict[str, Any]
             )
             response.raise_for_status()
 
-        out["litellm_acompletion"] = await timed_calls(via_litellm, calls)
+        # LiteLLM also makes synchronous side requests from its thread pool (for Ollama it looks
+        # the model up with POST /api/show); count them and where they go.
+        side = litellm.module_level_client
+        original_post = side.post
+        side_requests: Counter[str] = Counter()
+
+        def counting_post(*args: Any, **kwargs: Any) -> Any:
+            url = str(kwargs.get("url", args[0] if args else "?"))
+            try:
+                response = original_post(*args, **kwargs)
+            except Exception as exc:
+                side_requests[f"{url} -> {type(exc).__name__}"] += 1
+                raise
+            side_requests[f"{url} -> {response.status_code}"] += 1
+            return response
+
+        side.post = counting_post
+        try:
+            out["litellm_acompletion"] = await timed_calls(via_litellm, calls)
+        finally:
+            side.post = original_post
+        total = calls + max(calls // 10, 10)
+        out["litellm_acompletion"]["side_requests_per_call"] = {
+            k: round(v / total, 2) for k, v in side_requests.items()
+        }
         out["plain_httpx_post"] = await timed_calls(via_httpx, calls)
+        # With the model in LiteLLM's price map, the /api/show look-ups are skipped.
+        litellm.register_model(
+            {
+                "ollama_chat/llama3.2": {
+                    "litellm_provider": "ollama_chat",
+                    "mode": "chat",
+                    "input_cost_per_token": 0.0,
+                    "output_cost_per_token": 0.0,
+                    "max_tokens": 8192,
+                }
+            }
+        )
+        out["litellm_acompletion_model_registered"] = await timed_calls(via_litellm, calls)
     return out
 
 
@@ -1192,9 +1242,16 @@ async def run_all(harness: Harness, args: argparse.Namespace) -> dict[str, Any]:
         say("priming both workers (first model call imports LiteLLM) ...")
         await run_throughput(harness, conn, keys["bench-prime"], "bench-prime", 64, 32, timeout=120)
 
-        if args.quiet_timeout > 0:
-            foreign = await wait_quiet(harness, args.quiet_timeout)
-            say(f"  load from other processes before measuring: {foreign:.2f} cores")
+        quiet: dict[str, float] = {}
+
+        async def settle(phase: str) -> None:
+            # Other sessions' test suites come and go on a shared machine: before each
+            # measured phase, wait a little for them to pause.
+            if args.quiet_timeout > 0:
+                quiet[phase] = await wait_quiet(harness, args.quiet_timeout)
+                say(f"  load from other processes before the {phase}: {quiet[phase]:.2f} cores")
+
+        await settle("baseline")
         say(f"baseline: {args.baseline_requests} bare NATS request/reply round trips ...")
         base = await baseline(harness, args.baseline_requests, conn)
         rr_p50 = base["nats_request_reply"]["p50_ms"]
@@ -1202,6 +1259,7 @@ async def run_all(harness: Harness, args: argparse.Namespace) -> dict[str, Any]:
         calls = await model_call_overhead(harness.fake.url)
         base["model_call_litellm"] = calls["litellm_acompletion"]
         base["model_call_plain_httpx"] = calls["plain_httpx_post"]
+        base["model_call_litellm_model_registered"] = calls["litellm_acompletion_model_registered"]
         # What the current design cannot go below even with no Python overhead at all: its
         # sequential commits, the JetStream publish, two NATS hops and one model HTTP call.
         floor = (
@@ -1220,6 +1278,7 @@ async def run_all(harness: Harness, args: argparse.Namespace) -> dict[str, Any]:
             f"  request/reply p50 {rr_p50:.3f} ms, p99 {base['nats_request_reply']['p99_ms']:.3f} ms"
         )
 
+        await settle("latency")
         say(f"latency: {args.warmup} warm-up + {args.latency_tasks} sequential tasks ...")
         meter = Meter(harness, conn)
         await meter.start()
@@ -1242,9 +1301,10 @@ async def run_all(harness: Harness, args: argparse.Namespace) -> dict[str, Any]:
             harness, conn, keys["bench-latency"], [s["id"] for s in samples[:200]]
         )
 
-        say(f"throughput: {args.throughput_tasks} tasks from {args.clients} clients ...")
         say("call costs: one database call, as shipped and leaner ...")
         call_costs = await db_call_costs(harness.endpoints.database_url, samples[-1]["id"])
+        await settle("throughput")
+        say(f"throughput: {args.throughput_tasks} tasks from {args.clients} clients ...")
         tput = await run_throughput(
             harness,
             conn,
@@ -1255,6 +1315,7 @@ async def run_all(harness: Harness, args: argparse.Namespace) -> dict[str, Any]:
             meter=Meter(harness, conn),
         )
         if args.split_tasks:
+            await settle("split")
             say(
                 f"split: {args.split_tasks} tasks submitted with the workers frozen, then drained ..."
             )
@@ -1283,6 +1344,7 @@ async def run_all(harness: Harness, args: argparse.Namespace) -> dict[str, Any]:
         "latency": latency,
         "throughput": tput,
         "db_call_costs": call_costs,
+        "foreign_cpu_cores_before_phase": quiet,
         "profile": profile,
     }
 
@@ -1322,6 +1384,8 @@ def print_report(doc: dict[str, Any]) -> None:
             continue
         cpu = s.get("client_cpu_ms_per_call")
         extra = f", {cpu:.2f} CPU ms/call" if cpu is not None else ""
+        for url, n in s.get("side_requests_per_call", {}).items():
+            extra += f"; +{n} x {url}"
         print(
             f"{name:<34} p50 {s['p50_ms']:8.3f} ms   p99 {s['p99_ms']:8.3f} ms   "
             f"(n={s['n']}{extra})"
@@ -1365,7 +1429,8 @@ def print_report(doc: dict[str, Any]) -> None:
         f"busy cores   {_fmt_groups(res['cpu_ms_per_task'])}"
     )
     print(
-        f"  PostgreSQL transactions/task {res['pg_transactions_per_task']}, NATS msgs/task "
+        f"  PostgreSQL transactions/task {res['pg_write_transactions_per_task']} writing, "
+        f"~{res['pg_transactions_per_task']} in all; NATS msgs/task "
         f"{res['nats_msgs_per_task']}"
     )
     if "split" in tp:
@@ -1400,6 +1465,9 @@ def print_report(doc: dict[str, Any]) -> None:
         print(f"{mark}  {name:<20} {v['value']:>8}   target {v['target']}")
     print(line)
     for name, s in r["db_call_costs"].items():
+        if not isinstance(s, dict):
+            print(f"{name}: {s}")
+            continue
         print(
             f"{name:<46} p50 {s['p50_ms']:6.3f} ms, {s['client_cpu_ms_per_call']:6.3f} CPU ms/call"
         )
@@ -1428,6 +1496,21 @@ def _fmt_groups(groups: dict[str, float]) -> str:
     return ", ".join(f"{k} {v:.2f}" for k, v in groups.items() if v >= 0.005)
 
 
+def code_version() -> dict[str, Any]:
+    """The commit measured, and whether the work tree had changes on top of it."""
+
+    def git(*args: str) -> str:
+        done = subprocess.run(
+            ["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10, check=False
+        )
+        return done.stdout.strip()
+
+    try:
+        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain"))}
+    except (OSError, subprocess.TimeoutExpired):
+        return {"commit": None, "dirty": None}
+
+
 def write_results(doc: dict[str, Any]) -> None:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     tmp = RESULTS.with_suffix(".json.tmp")
@@ -1451,8 +1534,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--quiet-timeout",
         type=float,
-        default=60.0,
-        help="seconds to wait for other processes to go quiet before measuring (0: no wait)",
+        default=45.0,
+        help="seconds to wait, before each phase, for other processes to go quiet (0: no wait)",
     )
     p.add_argument("--keep-profiles", type=Path, default=None, help="copy py-spy stacks here")
     p.add_argument("--responder", metavar="NATS_URL", help=argparse.SUPPRESS)
@@ -1486,6 +1569,7 @@ def main(argv: list[str] | None = None) -> int:
         "started_at": started.isoformat(timespec="seconds"),
         "duration_s": round((datetime.now(UTC) - started).total_seconds(), 1),
         "command": ".venv/bin/python bench/dispatch.py " + " ".join(argv or sys.argv[1:]),
+        "code": code_version(),
         "machine": {
             "cpus": os.cpu_count(),
             "python": platform.python_version(),

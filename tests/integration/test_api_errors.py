@@ -11,7 +11,7 @@ import asyncio
 import base64
 import contextlib
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -132,8 +132,9 @@ async def spine(
 
 
 @pytest.fixture
-def anonymous(spine: RunningPlatform) -> Iterator[httpx.AsyncClient]:
-    yield httpx.AsyncClient(base_url=spine.url, timeout=30)
+async def anonymous(spine: RunningPlatform) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=spine.url, timeout=30) as client:
+        yield client
 
 
 async def submit(spine: RunningPlatform, **body: Any) -> dict[str, Any]:
@@ -227,7 +228,9 @@ async def test_chunked_body_over_one_mib_without_content_length_is_413(
 
 async def test_a_body_just_under_the_limit_is_accepted(spine: RunningPlatform) -> None:
     prompt = "y" * (MiB - 100)
-    response = await spine.client.post("/v1/tasks", json={"agent": "chat", "input": {"prompt": prompt}})
+    response = await spine.client.post(
+        "/v1/tasks", json={"agent": "chat", "input": {"prompt": prompt}}
+    )
     assert response.status_code == 202, response.text[:300]
 
 
@@ -248,18 +251,17 @@ async def test_deadline_without_a_timezone_is_422(spine: RunningPlatform) -> Non
 async def test_missing_authorization_is_401_with_www_authenticate(
     spine: RunningPlatform, anonymous: httpx.AsyncClient
 ) -> None:
-    async with anonymous:
-        for response in (
-            await anonymous.post("/v1/tasks", json=CHAT),
-            await anonymous.get("/v1/tasks"),
-            await anonymous.get("/v1/agents"),
-        ):
-            error = assert_error(response, 401, "unauthorized", field="Authorization")
-            assert response.headers["www-authenticate"] == "Bearer"
-            assert "Authorization: Bearer" in error["message"]
-        # A non-bearer scheme is the same as no key.
-        basic = await anonymous.get("/v1/tasks", headers={"Authorization": "Basic dTpw"})
-        assert_error(basic, 401, "unauthorized", field="Authorization")
+    for response in (
+        await anonymous.post("/v1/tasks", json=CHAT),
+        await anonymous.get("/v1/tasks"),
+        await anonymous.get("/v1/agents"),
+    ):
+        error = assert_error(response, 401, "unauthorized", field="Authorization")
+        assert response.headers["www-authenticate"] == "Bearer"
+        assert "Authorization: Bearer" in error["message"]
+    # A non-bearer scheme is the same as no key.
+    basic = await anonymous.get("/v1/tasks", headers={"Authorization": "Basic dTpw"})
+    assert_error(basic, 401, "unauthorized", field="Authorization")
 
 
 @pytest.mark.parametrize(
@@ -273,8 +275,7 @@ async def test_missing_authorization_is_401_with_www_authenticate(
 async def test_malformed_key_is_401(
     spine: RunningPlatform, anonymous: httpx.AsyncClient, key: str
 ) -> None:
-    async with anonymous:
-        response = await anonymous.get("/v1/tasks", headers={"Authorization": f"Bearer {key}"})
+    response = await anonymous.get("/v1/tasks", headers={"Authorization": f"Bearer {key}"})
     error = assert_error(response, 401, "unauthorized", field="Authorization")
     assert "malformed" in error["message"]
     assert response.headers["www-authenticate"] == "Bearer"
@@ -286,20 +287,18 @@ async def test_wrong_or_unknown_key_is_401(
     _, key_id, secret = spine.key.split("_", 2)
     wrong_secret = f"spn_{key_id}_{'A' * len(secret)}"
     unknown_id = f"spn_000000000000_{secret}"
-    async with anonymous:
-        for key in (wrong_secret, unknown_id):
-            response = await anonymous.get("/v1/tasks", headers={"Authorization": f"Bearer {key}"})
-            assert_error(response, 401, "unauthorized", field="Authorization")
-            assert response.headers["www-authenticate"] == "Bearer"
+    for key in (wrong_secret, unknown_id):
+        response = await anonymous.get("/v1/tasks", headers={"Authorization": f"Bearer {key}"})
+        assert_error(response, 401, "unauthorized", field="Authorization")
+        assert response.headers["www-authenticate"] == "Bearer"
 
 
 async def test_revoked_key_is_401(spine: RunningPlatform, anonymous: httpx.AsyncClient) -> None:
     issued = await spine.platform.keys.create(tenant="acme")
     headers = {"Authorization": f"Bearer {issued.secret}"}
-    async with anonymous:
-        assert (await anonymous.get("/v1/tasks", headers=headers)).status_code == 200
-        await spine.platform.keys.revoke(issued.key.id)
-        response = await anonymous.get("/v1/tasks", headers=headers)
+    assert (await anonymous.get("/v1/tasks", headers=headers)).status_code == 200
+    await spine.platform.keys.revoke(issued.key.id)
+    response = await anonymous.get("/v1/tasks", headers=headers)
     assert_error(response, 401, "unauthorized", field="Authorization")
 
 
@@ -481,4 +480,3 @@ async def test_nats_down_at_submit_still_accepts_and_runs_the_task_later(
             assert done["result"]["text"] == "published by the sweeper"
             assert await spine.platform.tasks.unpublished(grace=0, limit=10) == []
             assert (await spine.client.get("/readyz")).status_code == 200
-

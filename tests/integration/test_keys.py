@@ -158,4 +158,3 @@ async def test_keys_are_listed_per_tenant_oldest_first(keys: KeyStore) -> None:
 async def test_a_tenant_name_must_be_1_to_128_characters(keys: KeyStore, tenant: str) -> None:
     with pytest.raises(ValueError, match="tenant"):
         await keys.create(tenant=tenant)
-

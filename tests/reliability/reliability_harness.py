@@ -142,7 +142,9 @@ class WorkerProcess:
         while self.READY_LINE not in self.log():
             assert self.proc is not None
             if self.proc.poll() is not None:
-                raise AssertionError(f"{self.name} exited with {self.proc.returncode}:\n{self.log()}")
+                raise AssertionError(
+                    f"{self.name} exited with {self.proc.returncode}:\n{self.log()}"
+                )
             if time.monotonic() > deadline:
                 raise AssertionError(f"{self.name} not ready after {timeout}s:\n{self.log()}")
             await asyncio.sleep(0.05)
@@ -156,11 +158,16 @@ class WorkerProcess:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def terminate(self) -> None:
+        """SIGTERM: the worker finishes the tasks in hand and exits."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+
     def stop(self, timeout: float = 15.0) -> None:
-        """SIGTERM (finish the tasks in hand), SIGKILL if it takes too long."""
+        """SIGTERM, and SIGKILL if the worker takes too long to exit."""
         if self.proc is None or self.proc.poll() is not None:
             return
-        self.proc.send_signal(signal.SIGTERM)
+        self.terminate()
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -185,6 +192,8 @@ def running_workers(workers: Iterable[WorkerProcess]) -> Iterator[list[WorkerPro
             started.append(worker.start())
         yield started
     finally:
+        for worker in started:
+            worker.terminate()
         for worker in started:
             worker.stop()
 

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import make_settings, run_platform
 from reliability_harness import (
     WorkerProcess,
     nats_url_of,
@@ -23,6 +22,7 @@ from reliability_harness import (
     worker_env,
 )
 
+from conftest import make_settings, run_platform
 from spine.platform.schema import utcnow
 from support.fake_models import FakeModelServer
 
@@ -56,9 +56,9 @@ async def test_tasks_accepted_while_nats_is_killed_and_restarted_all_complete(
             database_url=pg_url, nats_url=nats_url, ollama_url=models.url, data_dir=tmp_path
         )
         workers = [WorkerProcess(f"worker-{n}", env, tmp_path / f"w{n}") for n in (1, 2)]
-        async with run_platform(settings, workers=0) as spine:
-            db = spine.platform.db
-            with running_workers(workers):
+        with running_workers(workers):
+            async with run_platform(settings, workers=0) as spine:
+                db = spine.platform.db
                 await asyncio.gather(*(w.wait_ready() for w in workers))
                 run = uuid.uuid4().hex[:8]
                 submissions: list[Submission] = []
@@ -73,7 +73,9 @@ async def test_tasks_accepted_while_nats_is_killed_and_restarted_all_complete(
                         response = await submit(spine.client, prompt)
                         task_id = response.json().get("id") if response.status_code == 202 else None
                         submissions.append(
-                            Submission(prompt, response.status_code, task_id, sent, time.monotonic())
+                            Submission(
+                                prompt, response.status_code, task_id, sent, time.monotonic()
+                            )
                         )
                         await asyncio.sleep(PACE)
 
@@ -93,8 +95,9 @@ async def test_tasks_accepted_while_nats_is_killed_and_restarted_all_complete(
                 accepted = {s.task_id: s for s in submissions if s.task_id is not None}
                 final = await wait_until(
                     db,
-                    lambda c: sum(c[s] for s in ("succeeded", "failed", "dead_lettered"))
-                    >= len(accepted),
+                    lambda c: (
+                        sum(c[s] for s in ("succeeded", "failed", "dead_lettered")) >= len(accepted)
+                    ),
                     timeout=60,
                     what="every accepted task finished",
                     workers=workers,

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import make_settings, run_platform
 from reliability_harness import (
     WorkerProcess,
     nats_url_of,
@@ -22,6 +21,7 @@ from reliability_harness import (
     worker_env,
 )
 
+from conftest import make_settings, run_platform
 from support.fake_models import FakeModelServer
 
 pytestmark = pytest.mark.reliability
@@ -53,9 +53,10 @@ async def test_sigkill_of_a_worker_mid_run_loses_nothing_and_finishes_nothing_tw
             return WorkerProcess(name, env, tmp_path / name, concurrency=8)
 
         victim, survivor = worker("worker-a", model_a), worker("worker-b", model_b)
-        async with run_platform(settings, workers=0) as spine:
-            db = spine.platform.db
-            with running_workers([victim, survivor]):
+        # Workers boot (seconds: LiteLLM's import) while the API starts and takes the tasks.
+        with running_workers([victim, survivor]):
+            async with run_platform(settings, workers=0) as spine:
+                db = spine.platform.db
                 run = uuid.uuid4().hex[:8]
                 prompts = [f"crash test {run} task {i:03d}" for i in range(TASKS)]
                 task_prompt = await submit_all(spine.client, prompts)
@@ -89,9 +90,7 @@ async def test_sigkill_of_a_worker_mid_run_loses_nothing_and_finishes_nothing_tw
                 done_at_kill = at_kill.states()["succeeded"]
                 running_at_kill = {t for t, row in at_kill.tasks.items() if row.state == "running"}
                 victim_held = {t for t in running_at_kill if task_prompt[t] in called_by_victim}
-                survivor_held = {
-                    t for t in running_at_kill if task_prompt[t] in called_by_survivor
-                }
+                survivor_held = {t for t in running_at_kill if task_prompt[t] in called_by_survivor}
                 assert KILL_AFTER <= done_at_kill < TASKS
                 assert victim_held, "the victim held no task mid-call when it was killed"
 

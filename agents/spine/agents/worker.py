@@ -92,9 +92,8 @@ class TaskWorker:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume every lane until ``stop`` is set, then finish the tasks in hand."""
-        await self._bus.wait_connected()
-        await self._layout.ensure(self._bus.js)
-        await self._bus.subscribe(CANCEL_ALL, self._on_cancel)
+        await self._layout.ensure_when_ready(self._bus)
+        await self._subscribe_to_cancels()
         lanes = [
             asyncio.create_task(self._consume(lane, stop), name=f"lane-{lane}") for lane in LANES
         ]
@@ -106,11 +105,17 @@ class TaskWorker:
             logger.info("finishing %d tasks in hand before stopping", len(self._handlers))
             await asyncio.gather(*self._handlers, return_exceptions=True)
 
+    async def _subscribe_to_cancels(self) -> None:
+        # nats-py re-subscribes by itself after a reconnect; only the first subscribe may fail.
+        while True:
+            try:
+                await self._bus.subscribe(CANCEL_ALL, self._on_cancel)
+                return
+            except ServiceUnavailable:
+                await asyncio.sleep(0.5)
+
     async def _consume(self, lane: str, stop: asyncio.Event) -> None:
-        js: JetStreamContext = self._bus.js
-        subscription = await js.pull_subscribe_bind(
-            durable=consumer_name(lane), stream=TASKS_STREAM
-        )
+        subscription = await self._bind(lane)
         while not stop.is_set():
             await self._acquire(lane)
             try:
@@ -129,6 +134,17 @@ class TaskWorker:
             handler = asyncio.create_task(self._handle_and_release(lane, messages[0]))
             self._handlers.add(handler)
             handler.add_done_callback(self._handlers.discard)
+
+    async def _bind(self, lane: str) -> JetStreamContext.PullSubscription:
+        while True:
+            try:
+                js: JetStreamContext = self._bus.js
+                return await js.pull_subscribe_bind(
+                    durable=consumer_name(lane), stream=TASKS_STREAM
+                )
+            except (*_LOST_CONNECTION, NatsTimeout) as exc:
+                logger.warning("cannot bind lane %s yet (%r); retrying", lane, exc)
+                await asyncio.sleep(0.5)
 
     async def _acquire(self, lane: str) -> None:
         if lane == "low":

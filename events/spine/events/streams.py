@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 
@@ -17,6 +18,7 @@ from nats.js.api import (
 )
 from nats.js.errors import BadRequestError
 
+from spine.events.bus import NatsBus
 from spine.events.subjects import DLQ_TASKS, LANES, TASKS_ALL, lane_subject
 
 __all__ = ["DLQ_STREAM", "TASKS_STREAM", "StreamLayout", "consumer_name"]
@@ -89,3 +91,14 @@ class StreamLayout:
         for lane in LANES:
             await js.add_consumer(TASKS_STREAM, self.worker_consumer(lane))
         logger.info("JetStream streams ready: %s, %s", TASKS_STREAM, DLQ_STREAM)
+
+    async def ensure_when_ready(self, bus: NatsBus, *, retry_every: float = 1.0) -> None:
+        """Wait for NATS, then create the streams, retrying while JetStream is not answering."""
+        while True:
+            await bus.wait_connected()
+            try:
+                await self.ensure(bus.js)
+                return
+            except Exception as exc:  # NATS may drop or JetStream still be starting
+                logger.warning("JetStream not ready (%r); retrying", exc)
+                await asyncio.sleep(retry_every)

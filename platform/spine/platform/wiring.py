@@ -5,7 +5,6 @@ Only the API app and the CLI import this module; nothing below them does.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
@@ -60,7 +59,11 @@ class Platform:
             replicas=settings.streams.replicas,
             duplicate_window=settings.streams.duplicate_window,
             ack_wait=settings.worker.ack_wait,
-            max_deliver=settings.worker.max_attempts + 1,
+            # After a worker dies, the redelivery (ack_wait after delivery) usually comes just
+            # before the dead attempt's lease (ack_wait after its claim) runs out, and is nakked
+            # as "busy": an attempt can take two deliveries, and so can the one that finally
+            # dead-letters. A tighter cap let JetStream drop a twice-crashed task silently.
+            max_deliver=2 * (settings.worker.max_attempts + 1),
         )
         dispatcher = TaskDispatcher(
             store=tasks, bus=bus, feed=feed, catalog=catalog, settings=settings.api
@@ -84,14 +87,7 @@ class Platform:
 
     async def ensure_streams_when_connected(self) -> None:
         """Create the streams once NATS answers; runs in the background of the API."""
-        await self.bus.wait_connected()
-        while True:
-            try:
-                await self.layout.ensure(self.bus.js)
-                return
-            except Exception as exc:  # JetStream may still be starting
-                logger.warning("JetStream not ready (%r); retrying", exc)
-                await asyncio.sleep(1)
+        await self.layout.ensure_when_ready(self.bus)
 
     def worker(self, *, models: ModelClient | None = None) -> TaskWorker:
         """Build a worker on these services."""

@@ -80,7 +80,7 @@ def install_error_handlers(app: FastAPI) -> None:
 def _problem(error: Any) -> dict[str, Any]:
     if error.get("type") == "json_invalid":
         # FastAPI puts the character offset where a field name would be: name the body instead.
-        loc = error.get("loc") or ()
+        loc = list(error.get("loc") or [])
         where = f" at character {loc[-1]}" if len(loc) > 1 else ""
         reason = (error.get("ctx") or {}).get("error") or error["msg"]
         return {"field": "body", "message": f"the body is not valid JSON ({reason}{where})"}
