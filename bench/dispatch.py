@@ -6,16 +6,19 @@ own process, the API and two worker processes exactly as ``spine api`` / ``spine
 Then, in one run on this machine:
 
 1. **Baseline**: a bare nats-py request/reply round trip, the responder in another process.
-   Also, for reference, one JetStream publish (ack after fsync) and one PostgreSQL commit.
+   For reference also one JetStream publish (ack after fsync), one PostgreSQL commit, and
+   one model call through LiteLLM (counting its side requests) and through plain httpx.
 2. **Latency**: sequential tasks, each ``POST /v1/tasks`` then follow
    ``GET /v1/tasks/{id}/events`` (SSE) until the final state event; p50/p99 and the ratio to
-   the bare request/reply p50, with a per-stage breakdown from the stored event timestamps.
+   the bare request/reply p50, a per-stage split from the stored event timestamps, and what a
+   GET poll and an SSE follow each cost the API.
 3. **Throughput**: many tasks from concurrent HTTP clients against two workers; completed
-   tasks/s (first submit to last ``finished_at`` in the database) and the submit rate alone,
-   with CPU time per task of every process, database transactions and NATS messages per task.
-4. **Profile** (needs ``py-spy`` in the venv; skipped otherwise or with ``--no-profile``): a
-   second throughput pass sampled with py-spy, reported as CPU ms per task per operation, and
-   a LiteLLM-versus-plain-HTTP call to the same fake model.
+   tasks/s (first submit to last ``finished_at`` in the database) and the submit rate, with
+   CPU time per task of every process, database transactions and NATS messages per task. Then
+   the halves alone: submitting with the workers frozen, and the workers draining the queue.
+4. **Call costs**: worker database calls as shipped (SQLAlchemy ORM) and through asyncpg.
+5. **Profile** (needs ``py-spy`` in the venv; skipped otherwise or with ``--no-profile``): a
+   second throughput pass sampled with py-spy, reported as CPU ms per task per operation.
 
 Figures are printed and written to ``bench/results/dispatch.json``. This is not a test: it
 fails only when the platform does not work (a task that does not succeed).

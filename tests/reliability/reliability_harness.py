@@ -271,15 +271,23 @@ async def wait_until(
     what: str,
     workers: Iterable[WorkerProcess] = (),
 ) -> Counter[str]:
-    """Poll the task states until ``done(counts)`` holds; fail with the counts and worker logs."""
+    """Poll the task states until ``done(counts)`` holds; fail with the counts and worker logs.
+
+    Every worker in ``workers`` must stay alive meanwhile (the test restarts those it kills).
+    """
+    workers = list(workers)
     deadline = time.monotonic() + timeout
     while True:
         counts = await state_counts(db)
         if done(counts):
             return counts
-        if time.monotonic() > deadline:
+        dead = [w for w in workers if not w.alive()]
+        if dead or time.monotonic() > deadline:
+            problem = (
+                f"{[w.name for w in dead]} exited" if dead else f"not reached after {timeout}s"
+            )
             logs = "\n".join(f"== {w.name}:\n{w.full_log()[-4000:]}" for w in workers)
-            raise AssertionError(f"{what}: not reached after {timeout}s; states {counts}\n{logs}")
+            raise AssertionError(f"{what}: {problem}; states {counts}\n{logs}")
         await asyncio.sleep(0.1)
 
 

@@ -74,10 +74,12 @@ async def test_sigkill_of_a_worker_mid_run_loses_nothing_and_finishes_nothing_tw
                     what=f"{KILL_AFTER} tasks succeeded",
                     workers=[victim, survivor],
                 )
+                deadline = time.monotonic() + 30
                 while True:
                     recent = model_a.calls()
                     if recent and recent[-1].at > time.time() - MODEL_LATENCY / 3:
                         break
+                    assert time.monotonic() < deadline, "worker-a makes no model calls"
                     await asyncio.sleep(0.002)
                 victim.kill()
                 killed_at = time.monotonic() - started

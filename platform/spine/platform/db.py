@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -83,10 +84,26 @@ class Database:
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
-        """Open a session; connection failures become :class:`ServiceUnavailable`."""
-        try:
+        """Open an ORM session; connection failures become :class:`ServiceUnavailable`."""
+        with self._translated():
             async with self._sessions() as session:
                 yield session
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncConnection]:
+        """Run Core statements in one transaction, committed when the block ends.
+
+        Hot paths use this instead of a session: the ORM's unit of work costs about 1 ms of
+        CPU per transaction here, Core statements a tenth of that.
+        """
+        with self._translated():
+            async with self.engine.begin() as conn:
+                yield conn
+
+    @contextmanager
+    def _translated(self) -> Iterator[None]:
+        try:
+            yield
         except (OperationalError, InterfaceError) as exc:
             if self.is_sqlite and "locked" in str(exc):
                 raise ServiceUnavailable("the SQLite database is busy; try again") from exc

@@ -97,6 +97,7 @@ class LiteLLMClient:
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
+        self._described: set[str] = set()
         # LiteLLM otherwise downloads a price list on import.
         os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
@@ -107,6 +108,7 @@ class LiteLLMClient:
         import litellm  # a 4 s import that only model-calling processes pay
 
         target = resolve_provider(self._settings, model)
+        self._describe(litellm, target)
         started = time.perf_counter()
         try:
             response = await litellm.acompletion(
@@ -131,6 +133,23 @@ class LiteLLMClient:
             output_tokens=getattr(usage, "completion_tokens", 0) or 0,
             latency_ms=latency_ms,
         )
+
+    def _describe(self, litellm: Any, target: ProviderTarget) -> None:
+        # LiteLLM asks Ollama about a model it has no price entry for on every call, and asks
+        # localhost:11434 whatever api_base says. A local model costs nothing: say so once.
+        if target.provider != "ollama" or target.litellm_model in self._described:
+            return
+        litellm.register_model(
+            {
+                target.litellm_model: {
+                    "litellm_provider": "ollama_chat",
+                    "mode": "chat",
+                    "input_cost_per_token": 0.0,
+                    "output_cost_per_token": 0.0,
+                }
+            }
+        )
+        self._described.add(target.litellm_model)
 
 
 def _translate(exc: Exception, target: ProviderTarget, settings: Settings) -> Exception:

@@ -19,11 +19,11 @@ from typing import Any, Literal
 import sqlalchemy as sa
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from spine.platform.db import Database
 from spine.platform.errors import BadRequest, Conflict, IdempotencyConflict, NotFound
-from spine.platform.schema import TaskEventRow, TaskRow, utcnow
+from spine.platform.schema import TaskEventRow, TaskRow, UtcDateTime, utcnow
 
 __all__ = [
     "TERMINAL_STATES",
@@ -84,28 +84,6 @@ class Task(BaseModel):
         """Tell whether the task has reached an end state."""
         return self.state in TERMINAL_STATES
 
-    @classmethod
-    def from_row(cls, row: TaskRow) -> Task:
-        """Build the client view of a row."""
-        return cls(
-            id=row.id,
-            tenant=row.tenant,
-            agent=row.agent,
-            state=row.state,
-            input=row.input,
-            metadata=row.meta,
-            priority=row.priority,
-            deadline=row.deadline,
-            attempts=row.attempts,
-            result=row.result,
-            error=row.error,
-            cancel_requested=row.cancel_requested,
-            created_at=row.created_at,
-            updated_at=row.updated_at,
-            started_at=row.started_at,
-            finished_at=row.finished_at,
-        )
-
 
 class TaskEvent(BaseModel):
     """A progress event; ``seq`` is its position in the task's feed, starting at 1."""
@@ -143,7 +121,7 @@ class Claim:
 
 
 class TaskStore:
-    """Reads and writes tasks and their events."""
+    """Reads and writes tasks and their events, with Core statements (see ``Database``)."""
 
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -167,57 +145,61 @@ class TaskStore:
         now = utcnow()
         if submission.deadline is not None and submission.deadline <= now:
             raise BadRequest("deadline is in the past", field="deadline")
-        row = TaskRow(
-            id=str(uuid.uuid4()),
-            tenant=tenant,
-            key_id=key_id,
-            agent=submission.agent,
-            input=submission.input,
-            meta=submission.metadata,
-            priority=submission.priority,
-            deadline=submission.deadline,
-            state="queued",
-            attempts=0,
-            event_seq=0,
-            idempotency_key=idempotency_key,
-            request_hash=fingerprint,
-            cancel_requested=False,
-            created_at=now,
-            updated_at=now,
-        )
+        values: dict[str, Any] = {
+            "id": str(uuid.uuid4()),
+            "tenant": tenant,
+            "key_id": key_id,
+            "agent": submission.agent,
+            "input": submission.input,
+            "metadata": submission.metadata,
+            "priority": submission.priority,
+            "deadline": submission.deadline,
+            "state": "queued",
+            "attempts": 0,
+            "event_seq": 1,
+            "error": None,
+            "result": None,
+            "idempotency_key": idempotency_key,
+            "request_hash": fingerprint,
+            "cancel_requested": False,
+            "published_at": None,
+            "lease_expires_at": None,
+            "created_at": now,
+            "updated_at": now,
+            "started_at": None,
+            "finished_at": None,
+        }
+        event = _event_values(values["id"], tenant, 1, "state", {"state": "queued"}, now)
         try:
-            async with self._db.session() as session, session.begin():
-                session.add(row)
-                event = _next_event(row, "state", {"state": "queued"})
-                session.add(event)
+            async with self._db.transaction() as conn:
+                await conn.execute(sa.insert(_TASKS).values(values))
+                await conn.execute(sa.insert(_EVENTS).values(event))
         except IntegrityError:
             if idempotency_key is None:
                 raise
             existing = await self._by_idempotency_key(tenant, idempotency_key)
-            if existing.request_hash != fingerprint:
+            if existing["request_hash"] != fingerprint:
                 raise IdempotencyConflict(
                     "this Idempotency-Key was used with a different request body",
                     field="Idempotency-Key",
                 ) from None
-            return Task.from_row(existing), [], False
-        return Task.from_row(row), [_event_view(event)], True
+            return _task(existing), [], False
+        return _task(values), [TaskEvent(**event)], True
 
-    async def _by_idempotency_key(self, tenant: str, key: str) -> TaskRow:
-        async with self._db.session() as session:
-            query = sa.select(TaskRow).where(
-                TaskRow.tenant == tenant, TaskRow.idempotency_key == key
-            )
-            return (await session.execute(query)).scalar_one()
+    async def _by_idempotency_key(self, tenant: str, key: str) -> sa.RowMapping:
+        query = sa.select(_TASKS).where(_TASKS.c.tenant == tenant, _TASKS.c.idempotency_key == key)
+        async with self._db.transaction() as conn:
+            return (await conn.execute(query)).mappings().one()
 
     # -- reading ------------------------------------------------------------------------------
 
     async def get(self, task_id: str, *, tenant: str | None) -> Task:
         """Return one task; another tenant's task is reported as not found."""
-        async with self._db.session() as session:
-            row = await session.get(TaskRow, task_id)
-        if row is None or (tenant is not None and row.tenant != tenant):
+        async with self._db.transaction() as conn:
+            row = (await conn.execute(_select_task(task_id))).mappings().one_or_none()
+        if row is None or (tenant is not None and row["tenant"] != tenant):
             raise NotFound(f"no task {task_id!r}", field="task_id")
-        return Task.from_row(row)
+        return _task(row)
 
     async def list_page(
         self,
@@ -229,42 +211,54 @@ class TaskStore:
         cursor: str | None = None,
     ) -> TaskPage:
         """List a tenant's tasks, newest first, ``limit`` at a time."""
-        query = sa.select(TaskRow).where(TaskRow.tenant == tenant)
+        query = sa.select(_TASKS).where(_TASKS.c.tenant == tenant)
         if state is not None:
-            query = query.where(TaskRow.state == state)
+            query = query.where(_TASKS.c.state == state)
         if agent is not None:
-            query = query.where(TaskRow.agent == agent)
+            query = query.where(_TASKS.c.agent == agent)
         if cursor is not None:
             created_at, last_id = _decode_cursor(cursor)
             query = query.where(
                 sa.or_(
-                    TaskRow.created_at < created_at,
-                    sa.and_(TaskRow.created_at == created_at, TaskRow.id < last_id),
+                    _TASKS.c.created_at < created_at,
+                    sa.and_(_TASKS.c.created_at == created_at, _TASKS.c.id < last_id),
                 )
             )
-        query = query.order_by(TaskRow.created_at.desc(), TaskRow.id.desc()).limit(limit + 1)
-        async with self._db.session() as session:
-            rows = list((await session.execute(query)).scalars())
+        query = query.order_by(_TASKS.c.created_at.desc(), _TASKS.c.id.desc()).limit(limit + 1)
+        async with self._db.transaction() as conn:
+            rows = list((await conn.execute(query)).mappings())
         more = len(rows) > limit
         rows = rows[:limit]
         next_cursor = _encode_cursor(rows[-1]) if more and rows else None
-        return TaskPage(tasks=[Task.from_row(r) for r in rows], next_cursor=next_cursor)
+        return TaskPage(tasks=[_task(r) for r in rows], next_cursor=next_cursor)
 
     async def events(
         self, task_id: str, *, tenant: str | None, after_seq: int = 0, limit: int = 500
     ) -> list[TaskEvent]:
         """Return a task's events after ``after_seq``, in order."""
         query = (
-            sa.select(TaskEventRow)
-            .where(TaskEventRow.task_id == task_id, TaskEventRow.seq > after_seq)
-            .order_by(TaskEventRow.seq)
+            sa.select(
+                _EVENTS.c.task_id,
+                _EVENTS.c.tenant,
+                _EVENTS.c.seq,
+                _EVENTS.c.type,
+                _EVENTS.c.data,
+                _EVENTS.c.created_at,
+            )
+            .where(_EVENTS.c.task_id == task_id, _EVENTS.c.seq > after_seq)
+            .order_by(_EVENTS.c.seq)
             .limit(limit)
         )
         if tenant is not None:
-            query = query.where(TaskEventRow.tenant == tenant)
-        async with self._db.session() as session:
-            rows = (await session.execute(query)).scalars()
-            return [_event_view(r) for r in rows]
+            query = query.where(_EVENTS.c.tenant == tenant)
+        async with self._db.transaction() as conn:
+            return [TaskEvent(**r) for r in (await conn.execute(query)).mappings()]
+
+    async def cancel_requested(self, task_id: str) -> bool:
+        """Tell whether someone asked this task to stop."""
+        query = sa.select(_TASKS.c.cancel_requested).where(_TASKS.c.id == task_id)
+        async with self._db.transaction() as conn:
+            return bool((await conn.execute(query)).scalar())
 
     # -- the outbox ---------------------------------------------------------------------------
 
@@ -272,10 +266,10 @@ class TaskStore:
         """Record that JetStream acknowledged these tasks."""
         if not task_ids:
             return
-        async with self._db.session() as session, session.begin():
-            await session.execute(
-                sa.update(TaskRow)
-                .where(TaskRow.id.in_(task_ids), TaskRow.published_at.is_(None))
+        async with self._db.transaction() as conn:
+            await conn.execute(
+                sa.update(_TASKS)
+                .where(_TASKS.c.id.in_(task_ids), _TASKS.c.published_at.is_(None))
                 .values(published_at=utcnow())
             )
 
@@ -283,17 +277,17 @@ class TaskStore:
         """Find queued tasks that JetStream never acknowledged (NATS was down at submit)."""
         cutoff = utcnow() - timedelta(seconds=grace)
         query = (
-            sa.select(TaskRow)
+            sa.select(_TASKS)
             .where(
-                TaskRow.state == "queued",
-                TaskRow.published_at.is_(None),
-                TaskRow.created_at < cutoff,
+                _TASKS.c.state == "queued",
+                _TASKS.c.published_at.is_(None),
+                _TASKS.c.created_at < cutoff,
             )
-            .order_by(TaskRow.created_at)
+            .order_by(_TASKS.c.created_at)
             .limit(limit)
         )
-        async with self._db.session() as session:
-            return [Task.from_row(r) for r in (await session.execute(query)).scalars()]
+        async with self._db.transaction() as conn:
+            return [_task(r) for r in (await conn.execute(query)).mappings()]
 
     async def stalled(self, *, after: float, limit: int) -> list[Task]:
         """Find tasks whose message JetStream seems to have lost.
@@ -301,84 +295,101 @@ class TaskStore:
         These are tasks published but still queued long after, or running with a lease that
         expired long ago (its worker died and no redelivery came).
         """
-        cutoff = utcnow() - timedelta(seconds=after)
+        now = utcnow()
+        cutoff = now - timedelta(seconds=after)
         query = (
-            sa.select(TaskRow)
+            sa.select(_TASKS)
             .where(
                 sa.or_(
-                    sa.and_(TaskRow.state == "queued", TaskRow.published_at < cutoff),
-                    sa.and_(TaskRow.state == "running", TaskRow.lease_expires_at < cutoff),
+                    sa.and_(_TASKS.c.state == "queued", _TASKS.c.published_at < cutoff),
+                    sa.and_(_TASKS.c.state == "running", _TASKS.c.lease_expires_at < cutoff),
                 )
             )
-            .order_by(TaskRow.created_at)
+            .order_by(_TASKS.c.created_at)
             .limit(limit)
         )
-        async with self._db.session() as session:
-            rows = list((await session.execute(query)).scalars())
+        async with self._db.transaction() as conn:
+            rows = list((await conn.execute(query)).mappings())
             if rows:
                 # Restart the clock so the next sweep does not publish them again at once.
-                await session.execute(
-                    sa.update(TaskRow)
-                    .where(TaskRow.id.in_([r.id for r in rows]), TaskRow.state == "queued")
-                    .values(published_at=utcnow())
+                await conn.execute(
+                    sa.update(_TASKS)
+                    .where(_TASKS.c.id.in_([r["id"] for r in rows]), _TASKS.c.state == "queued")
+                    .values(published_at=now)
                 )
-                await session.commit()
-            return [Task.from_row(r) for r in rows]
+        return [_task(r) for r in rows]
 
     # -- the worker's side --------------------------------------------------------------------
 
     async def claim(self, task_id: str, *, lease: float) -> Claim:
         """Start an attempt, unless the task is finished or another worker holds its lease."""
         now = utcnow()
-        async with self._db.session() as session, session.begin():
-            row = await _locked(session, task_id)
+        claimable = sa.and_(
+            _TASKS.c.cancel_requested == sa.false(),
+            sa.or_(_TASKS.c.deadline.is_(None), _TASKS.c.deadline > now),
+            sa.or_(
+                _TASKS.c.state == "queued",
+                sa.and_(_TASKS.c.state == "running", _TASKS.c.lease_expires_at <= now),
+            ),
+        )
+        async with self._db.transaction() as conn:
+            # The common case is one conditional UPDATE; the rest is decided below.
+            claimed = await _change(
+                conn,
+                task_id,
+                now,
+                where=claimable,
+                event={"state": "running"},
+                values={
+                    "state": "running",
+                    "attempts": _TASKS.c.attempts + 1,
+                    "started_at": sa.func.coalesce(
+                        _TASKS.c.started_at, sa.literal(now, UtcDateTime())
+                    ),
+                    "lease_expires_at": now + timedelta(seconds=lease),
+                },
+            )
+            if claimed is not None:
+                task, event = claimed
+                event.data["attempt"] = task.attempts
+                await conn.execute(sa.insert(_EVENTS).values(event.model_dump()))
+                return Claim(outcome="claimed", task=task, attempt=task.attempts, events=[event])
+            row = await _read_locked(conn, task_id)
             if row is None:
                 return Claim(outcome="missing")
-            if row.state in TERMINAL_STATES:
-                return Claim(outcome="finished", task=Task.from_row(row))
-            if row.state == "running" and row.lease_expires_at and row.lease_expires_at > now:
-                remaining = (row.lease_expires_at - now).total_seconds()
-                return Claim(outcome="busy", task=Task.from_row(row), retry_in=remaining)
-            if row.cancel_requested:
-                event = _transition(row, "cancelled", now, error=_cancel_error())
-                session.add(event)
-                return Claim(
-                    outcome="finished", task=Task.from_row(row), events=[_event_view(event)]
+            if row["state"] in TERMINAL_STATES:
+                return Claim(outcome="finished", task=_task(row))
+            if row["state"] == "running" and not row["cancel_requested"]:
+                remaining = (row["lease_expires_at"] - now).total_seconds()
+                return Claim(outcome="busy", task=_task(row), retry_in=remaining)
+            if row["cancel_requested"]:
+                state, error = "cancelled", _cancel_error()
+            else:
+                state, error = (
+                    "failed",
+                    {
+                        "type": "deadline_exceeded",
+                        "retryable": False,
+                        "message": "the deadline passed before the task could run",
+                    },
                 )
-            if row.deadline is not None and row.deadline <= now:
-                error = {
-                    "type": "deadline_exceeded",
-                    "message": "the deadline passed before the task could run",
-                    "retryable": False,
-                }
-                event = _transition(row, "failed", now, error=error)
-                session.add(event)
-                return Claim(
-                    outcome="finished", task=Task.from_row(row), events=[_event_view(event)]
-                )
-            row.attempts += 1
-            row.started_at = row.started_at or now
-            row.lease_expires_at = now + timedelta(seconds=lease)
-            event = _transition(row, "running", now, attempt=row.attempts)
-            session.add(event)
-            return Claim(
-                outcome="claimed",
-                task=Task.from_row(row),
-                attempt=row.attempts,
-                events=[_event_view(event)],
-            )
+            ended = await _transition(conn, task_id, now, state=state, error=error)
+            assert ended is not None
+            return Claim(outcome="finished", task=ended[0], events=[ended[1]])
 
     async def extend_lease(self, task_id: str, *, attempt: int, lease: float) -> bool:
         """Keep the claim of a running attempt alive; False if the attempt lost it."""
-        async with self._db.session() as session, session.begin():
-            updated = await session.execute(
-                sa.update(TaskRow)
+        async with self._db.transaction() as conn:
+            updated = await conn.execute(
+                sa.update(_TASKS)
                 .where(
-                    TaskRow.id == task_id, TaskRow.attempts == attempt, TaskRow.state == "running"
+                    _TASKS.c.id == task_id,
+                    _TASKS.c.attempts == attempt,
+                    _TASKS.c.state == "running",
                 )
                 .values(lease_expires_at=utcnow() + timedelta(seconds=lease))
             )
-            return bool(updated.rowcount)  # type: ignore[attr-defined]
+            return bool(updated.rowcount)
 
     async def finish(
         self,
@@ -395,126 +406,204 @@ class TaskStore:
         Returns:
             The events written; empty when the attempt no longer owns the task.
         """
-        now = utcnow()
-        async with self._db.session() as session, session.begin():
-            row = await _locked(session, task_id)
-            if row is None or row.attempts != attempt or row.state != "running":
-                return []
-            row.result = result
-            row.lease_expires_at = None
-            extra: dict[str, Any] = {"attempt": attempt}
-            if retry_in is not None:
-                extra["retry_in"] = retry_in
-            event = _transition(row, state, now, error=error, **extra)
-            session.add(event)
-            return [_event_view(event)]
+        extra: dict[str, Any] = {"attempt": attempt}
+        if retry_in is not None:
+            extra["retry_in"] = retry_in
+        owned = sa.and_(_TASKS.c.attempts == attempt, _TASKS.c.state == "running")
+        async with self._db.transaction() as conn:
+            ended = await _transition(
+                conn,
+                task_id,
+                utcnow(),
+                state=state,
+                error=error,
+                where=owned,
+                result=result,
+                **extra,
+            )
+        return [ended[1]] if ended is not None else []
 
     async def dead_letter(self, task_id: str, *, reason: dict[str, Any]) -> list[TaskEvent]:
         """Mark a task dead-lettered whatever attempt holds it; the DLQ holds its message."""
-        now = utcnow()
-        async with self._db.session() as session, session.begin():
-            row = await _locked(session, task_id)
-            if row is None or row.state in TERMINAL_STATES:
-                return []
-            row.lease_expires_at = None
-            event = _transition(row, "dead_lettered", now, error=reason, attempt=row.attempts)
-            session.add(event)
-            return [_event_view(event)]
+        alive = _TASKS.c.state.notin_(TERMINAL_STATES)
+        async with self._db.transaction() as conn:
+            ended = await _transition(
+                conn, task_id, utcnow(), state="dead_lettered", error=reason, where=alive
+            )
+        return [ended[1]] if ended is not None else []
 
     async def cancel(self, task_id: str, *, tenant: str) -> tuple[Task, list[TaskEvent]]:
         """Cancel a queued task at once, or ask a running one to stop at its next step."""
         now = utcnow()
-        async with self._db.session() as session, session.begin():
-            row = await _locked(session, task_id)
-            if row is None or row.tenant != tenant:
+        async with self._db.transaction() as conn:
+            row = await _read_locked(conn, task_id)
+            if row is None or row["tenant"] != tenant:
                 raise NotFound(f"no task {task_id!r}", field="task_id")
-            if row.state in TERMINAL_STATES:
-                raise Conflict(f"task {task_id} already ended as {row.state}", state=row.state)
-            row.cancel_requested = True
-            row.updated_at = now
-            if row.state == "queued":
-                event = _transition(row, "cancelled", now, error=_cancel_error())
+            if row["state"] in TERMINAL_STATES:
+                raise Conflict(
+                    f"task {task_id} already ended as {row['state']}", state=row["state"]
+                )
+            if row["state"] == "queued":
+                ended = await _transition(
+                    conn,
+                    task_id,
+                    now,
+                    state="cancelled",
+                    error=_cancel_error(),
+                    cancel_requested=True,
+                )
             else:
-                event = _next_event(row, "cancel_requested", {})
-            session.add(event)
-            return Task.from_row(row), [_event_view(event)]
-
-    async def cancel_requested(self, task_id: str) -> bool:
-        """Tell whether someone asked this task to stop."""
-        async with self._db.session() as session:
-            query = sa.select(TaskRow.cancel_requested).where(TaskRow.id == task_id)
-            return bool((await session.execute(query)).scalar())
+                ended = await _change(
+                    conn,
+                    task_id,
+                    now,
+                    event_type="cancel_requested",
+                    event={},
+                    values={"cancel_requested": True},
+                )
+                if ended is not None:
+                    await conn.execute(sa.insert(_EVENTS).values(ended[1].model_dump()))
+            assert ended is not None
+            return ended[0], [ended[1]]
 
     async def append_event(self, task_id: str, type_: str, data: dict[str, Any]) -> TaskEvent:
         """Store a progress event that changes no state (a step, a token batch, usage)."""
-        async with self._db.session() as session, session.begin():
-            row = await _locked(session, task_id)
-            if row is None:
+        async with self._db.transaction() as conn:
+            changed = await _change(
+                conn, task_id, utcnow(), event_type=type_, event=data, values={}, touch=False
+            )
+            if changed is None:
                 raise NotFound(f"no task {task_id!r}", field="task_id")
-            event = _next_event(row, type_, data)
-            session.add(event)
-            return _event_view(event)
+            await conn.execute(sa.insert(_EVENTS).values(changed[1].model_dump()))
+            return changed[1]
 
 
-async def _locked(session: AsyncSession, task_id: str) -> TaskRow | None:
-    # FOR UPDATE serialises writers of one task on PostgreSQL. SQLite ignores it, and its driver
-    # begins the transaction only at the first write, so two writers would both read the same
-    # event_seq: a no-op write first takes the database's write lock before the row is read.
-    if session.bind is not None and session.bind.dialect.name == "sqlite":
-        await session.execute(
-            sa.update(TaskRow)
-            .where(TaskRow.id == task_id)
-            .values(event_seq=TaskRow.event_seq)
-            .execution_options(synchronize_session=False)
-        )
-    query = sa.select(TaskRow).where(TaskRow.id == task_id).with_for_update()
-    return (await session.execute(query)).scalar_one_or_none()
+_TASKS: sa.Table = TaskRow.__table__  # type: ignore[assignment]
+_EVENTS: sa.Table = TaskEventRow.__table__  # type: ignore[assignment]
 
 
-def _transition(
-    row: TaskRow, state: str, now: datetime, *, error: dict[str, Any] | None = None, **data: Any
-) -> TaskEventRow:
-    row.state = state
-    row.updated_at = now
+async def _change(
+    conn: AsyncConnection,
+    task_id: str,
+    now: datetime,
+    *,
+    values: dict[str, Any],
+    event: dict[str, Any],
+    event_type: str = "state",
+    where: sa.ColumnElement[bool] | None = None,
+    touch: bool = True,
+) -> tuple[Task, TaskEvent] | None:
+    """Update a task and number its next event in one statement; the caller inserts the event.
+
+    The UPDATE takes the row lock (on SQLite, the database lock), so concurrent writers of
+    one task get consecutive event numbers.
+    """
+    condition = _TASKS.c.id == task_id if where is None else sa.and_(_TASKS.c.id == task_id, where)
+    changes = {**values, "event_seq": _TASKS.c.event_seq + 1}
+    if touch:
+        changes["updated_at"] = now
+    result = await conn.execute(
+        sa.update(_TASKS).where(condition).values(changes).returning(*_TASKS.c)
+    )
+    row = result.mappings().one_or_none()
+    if row is None:
+        return None
+    task = _task(row)
+    return task, TaskEvent(
+        **_event_values(task_id, task.tenant, row["event_seq"], event_type, dict(event), now)
+    )
+
+
+async def _transition(
+    conn: AsyncConnection,
+    task_id: str,
+    now: datetime,
+    *,
+    state: str,
+    error: dict[str, Any] | None = None,
+    where: sa.ColumnElement[bool] | None = None,
+    result: dict[str, Any] | None = None,
+    cancel_requested: bool | None = None,
+    **data: Any,
+) -> tuple[Task, TaskEvent] | None:
+    """Move a task to ``state`` and write its state event; None if ``where`` does not hold."""
+    values: dict[str, Any] = {"state": state, "result": result, "lease_expires_at": None}
     if error is not None:
-        row.error = error
+        values["error"] = error
     if state in TERMINAL_STATES:
-        row.finished_at = now
+        values["finished_at"] = now
+    if cancel_requested is not None:
+        values["cancel_requested"] = cancel_requested
     payload: dict[str, Any] = {"state": state, **data}
     if error is not None:
         payload["error"] = error
-    return _next_event(row, "state", payload)
+    changed = await _change(conn, task_id, now, values=values, event=payload, where=where)
+    if changed is None:
+        return None
+    task, event = changed
+    if task.attempts:
+        event.data.setdefault("attempt", task.attempts)
+    await conn.execute(sa.insert(_EVENTS).values(event.model_dump()))
+    return task, event
 
 
-def _next_event(row: TaskRow, type_: str, data: dict[str, Any]) -> TaskEventRow:
-    row.event_seq += 1
-    return TaskEventRow(
-        task_id=row.id,
-        tenant=row.tenant,
-        seq=row.event_seq,
-        type=type_,
-        data=data,
-        created_at=utcnow(),
+async def _read_locked(conn: AsyncConnection, task_id: str) -> sa.RowMapping | None:
+    # FOR UPDATE serialises writers of one task on PostgreSQL. SQLite ignores it, and its driver
+    # begins the transaction only at the first write: a no-op write first takes the database's
+    # write lock before the row is read.
+    if conn.dialect.name == "sqlite":
+        await conn.execute(
+            sa.update(_TASKS).where(_TASKS.c.id == task_id).values(event_seq=_TASKS.c.event_seq)
+        )
+    query = _select_task(task_id).with_for_update()
+    row: sa.RowMapping | None = (await conn.execute(query)).mappings().one_or_none()
+    return row
+
+
+def _select_task(task_id: str) -> sa.Select[Any]:
+    return sa.select(_TASKS).where(_TASKS.c.id == task_id)
+
+
+def _task(row: Any) -> Task:
+    return Task(
+        id=row["id"],
+        tenant=row["tenant"],
+        agent=row["agent"],
+        state=row["state"],
+        input=row["input"],
+        metadata=row["metadata"],
+        priority=row["priority"],
+        deadline=row["deadline"],
+        attempts=row["attempts"],
+        result=row["result"],
+        error=row["error"],
+        cancel_requested=row["cancel_requested"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
     )
 
 
-def _event_view(row: TaskEventRow) -> TaskEvent:
-    return TaskEvent(
-        task_id=row.task_id,
-        tenant=row.tenant,
-        seq=row.seq,
-        type=row.type,
-        data=row.data,
-        created_at=row.created_at,
-    )
+def _event_values(
+    task_id: str, tenant: str, seq: int, type_: str, data: dict[str, Any], now: datetime
+) -> dict[str, Any]:
+    return {
+        "task_id": task_id,
+        "tenant": tenant,
+        "seq": seq,
+        "type": type_,
+        "data": data,
+        "created_at": now,
+    }
 
 
 def _cancel_error() -> dict[str, Any]:
     return {"type": "cancelled", "message": "the task was cancelled", "retryable": False}
 
 
-def _encode_cursor(row: TaskRow) -> str:
-    raw = f"{row.created_at.isoformat()}|{row.id}"
+def _encode_cursor(row: Any) -> str:
+    raw = f"{row['created_at'].isoformat()}|{row['id']}"
     return base64.urlsafe_b64encode(raw.encode()).decode()
 
 
