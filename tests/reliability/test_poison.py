@@ -234,6 +234,6 @@ async def test_a_task_that_kills_its_worker_every_time_is_dead_lettered_after_it
         assert ledger.count_state_events(task_id, "succeeded") == 1
     print(
         f"\n[crash every time] crasher killed its worker {len(kills)} times ({', '.join(kills)});"
-        f" dead-lettered on delivery {row.attempts} with {crasher_calls} model calls; "
+        f" dead-lettered by its claim number {row.attempts} with {crasher_calls} model calls; "
         f"{HEALTHY // 2} bystanders succeeded once"
     )
