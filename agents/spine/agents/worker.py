@@ -39,7 +39,7 @@ from spine.platform.llm import ModelClient
 from spine.platform.logs import current_task
 from spine.platform.schema import utcnow
 from spine.platform.settings import WorkerSettings
-from spine.platform.tasks import Task, TaskStore
+from spine.platform.tasks import Task, TaskEvent, TaskStore
 
 __all__ = ["TaskWorker", "WorkerStats"]
 
@@ -89,9 +89,13 @@ class TaskWorker:
         self._cancel_events: dict[str, asyncio.Event] = {}
         self._handlers: set[asyncio.Task[None]] = set()
         self.stats = WorkerStats()
+        # The claim is made a moment after JetStream starts its ack_wait clock; a lease a bit
+        # shorter than ack_wait has expired when the redelivery of a dead worker's task comes.
+        self._lease = settings.ack_wait - min(1.0, settings.ack_wait / 10)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume every lane until ``stop`` is set, then finish the tasks in hand."""
+        await self._models.warm_up()
         await self._layout.ensure_when_ready(self._bus)
         await self._subscribe_to_cancels()
         lanes = [
@@ -177,7 +181,7 @@ class TaskWorker:
             )
             return
         try:
-            claim = await self._store.claim(task_id, lease=self._settings.ack_wait)
+            claim = await self._store.claim(task_id, lease=self._lease)
         except ServiceUnavailable:
             await msg.nak(delay=self._settings.delay_before(2))
             return
@@ -272,8 +276,9 @@ class TaskWorker:
             events = await self._store.finish(
                 task.id, attempt=attempt, state="queued", error=error, retry_in=delay
             )
-            await self._feed.announce(events)
-            await msg.nak(delay=delay)
+            if self._still_owned(task, attempt, events):
+                await self._feed.announce(events)
+                await msg.nak(delay=delay)
 
     async def _finish(
         self,
@@ -288,8 +293,19 @@ class TaskWorker:
         events = await self._store.finish(
             task.id, attempt=attempt, state=state, result=result, error=error
         )
-        await self._feed.announce(events)
-        await msg.ack_sync()
+        if self._still_owned(task, attempt, events):
+            await self._feed.announce(events)
+            await msg.ack_sync()
+
+    def _still_owned(self, task: Task, attempt: int, events: list[TaskEvent]) -> bool:
+        # No event written: a newer attempt took the task over (this one stalled past its
+        # lease). Its delivery is the live one; acking this stale one would remove the message
+        # that attempt still needs if it dies too.
+        if not events:
+            logger.warning(
+                "task %s attempt %d lost its claim; leaving the message alone", task.id, attempt
+            )
+        return bool(events)
 
     async def _give_up(self, msg: Msg, task: Task, attempt: int, reason: dict[str, Any]) -> None:
         self.stats.dead_lettered += 1
@@ -329,9 +345,7 @@ class TaskWorker:
             with contextlib.suppress(*_LOST_CONNECTION, NatsTimeout):
                 await msg.in_progress()
             with contextlib.suppress(ServiceUnavailable):
-                owned = await self._store.extend_lease(
-                    task_id, attempt=attempt, lease=self._settings.ack_wait
-                )
+                owned = await self._store.extend_lease(task_id, attempt=attempt, lease=self._lease)
                 if not owned:
                     logger.warning("task %s attempt %d lost its claim", task_id, attempt)
                     return

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import importlib
 import json
 import os
 import signal
@@ -133,10 +132,6 @@ async def _run_worker(settings: Settings) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await platform.start()
-    # LiteLLM's import takes seconds. Done lazily inside the first task, it would block the
-    # event loop, and every heartbeat, for longer than a short ack_wait: JetStream would then
-    # redeliver tasks that are still running to another worker, which runs them again.
-    await asyncio.to_thread(importlib.import_module, "litellm")
     try:
         await platform.worker().run(stop)
     finally:

@@ -8,6 +8,8 @@ everything else is permanent, and a provider that is not configured says what to
 
 from __future__ import annotations
 
+import asyncio
+import importlib
 import logging
 import os
 import time
@@ -43,6 +45,10 @@ class Completion:
 
 class ModelClient(Protocol):
     """The seam agents call to reach a model."""
+
+    async def warm_up(self) -> None:
+        """Do slow one-time set-up before the first call, off the event loop."""
+        ...
 
     async def complete(
         self, messages: list[dict[str, Any]], *, model: str | None = None, **params: Any
@@ -100,6 +106,15 @@ class LiteLLMClient:
         self._described: set[str] = set()
         # LiteLLM otherwise downloads a price list on import.
         os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+    async def warm_up(self) -> None:
+        """Import LiteLLM in a thread.
+
+        The import takes seconds; done lazily inside the first task it would block the event
+        loop, and every heartbeat, past a short ack_wait, and JetStream would redeliver tasks
+        that are still running.
+        """
+        await asyncio.to_thread(importlib.import_module, "litellm")
 
     async def complete(
         self, messages: list[dict[str, Any]], *, model: str | None = None, **params: Any
