@@ -28,13 +28,12 @@ import uvicorn
 sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from support.servers import backing_services
-
 from spine.platform.api import create_app
 from spine.platform.keys import KeyStore
 from spine.platform.settings import Settings, load_settings
 from spine.platform.wiring import Platform
 from support.fake_models import FakeModelServer
+from support.servers import backing_services
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
