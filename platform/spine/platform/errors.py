@@ -17,7 +17,8 @@ SpineError                      retryable  http
 └── TaskFailure                 per kind   -     raised while running a task
     ├── TransientTaskError      yes              redeliver with backoff
     ├── PermanentTaskError      no               fail at once, dead-letter
-    │   └── ProviderNotConfigured no             no model provider can be reached
+    │   ├── ProviderNotConfigured no             no model provider can be reached
+    │   └── ContextWindowExceeded no       400   the prompt does not fit the model's context
     └── TaskCancelled           no               a cancel was requested
 ```
 
@@ -32,6 +33,7 @@ __all__ = [
     "BadRequest",
     "ConfigurationError",
     "Conflict",
+    "ContextWindowExceeded",
     "IdempotencyConflict",
     "NotFound",
     "PermanentTaskError",
@@ -146,6 +148,17 @@ class ProviderNotConfigured(PermanentTaskError):
     """No model provider is reachable; the message says what to configure."""
 
     error_type = "provider_not_configured"
+
+
+class ContextWindowExceeded(PermanentTaskError):
+    """The prompt and the answer asked for do not fit the model's context window.
+
+    Permanent for that model, yet another model with a larger window may answer: the model
+    router falls back on it.
+    """
+
+    status_code = 400
+    error_type = "context_length_exceeded"
 
 
 class TaskCancelled(TaskFailure):

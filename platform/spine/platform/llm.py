@@ -1,9 +1,11 @@
-"""Model calls through LiteLLM to the configured default provider.
+"""Model calls through LiteLLM: one call to one provider, and the default provider's client.
 
-This is the seam agents call (:class:`ModelClient`); the full router with strategies, fallback
-chains, caching and budgets replaces what sits behind it without changing the seam. LiteLLM's
-errors are translated here: transient ones (connection, timeout, 429, 5xx) are retryable,
-everything else is permanent, and a provider that is not configured says what to set.
+This is the seam agents call (:class:`ModelClient`); the model router
+(:mod:`spine.platform.router`) implements the same seam and makes each of its calls through
+:meth:`LiteLLMClient.call`. LiteLLM's errors are translated here: transient ones (connection,
+timeout, 429, 5xx) are retryable, a prompt too long for the model is
+:class:`~spine.platform.errors.ContextWindowExceeded`, everything else is permanent, and a
+provider that is not configured says what to set.
 """
 
 from __future__ import annotations
@@ -14,12 +16,28 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
-from spine.platform.errors import PermanentTaskError, ProviderNotConfigured, TransientTaskError
+from spine.platform.errors import (
+    ContextWindowExceeded,
+    PermanentTaskError,
+    ProviderNotConfigured,
+    TransientTaskError,
+)
 from spine.platform.settings import Provider, Settings
 
-__all__ = ["Completion", "LiteLLMClient", "ModelClient", "ProviderTarget", "resolve_provider"]
+__all__ = [
+    "Attempt",
+    "Completion",
+    "LiteLLMClient",
+    "ModelClient",
+    "ModelProvider",
+    "ProviderTarget",
+    "configured_providers",
+    "known_model_facts",
+    "provider_target",
+    "resolve_provider",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -29,10 +47,28 @@ HOW_TO_CONFIGURE = (
     "GENAI_GROQ_API_KEY; GENAI_AWS_REGION for bedrock)"
 )
 
+# The providers a model can live at: the settings' providers plus any OpenAI-compatible server.
+ModelProvider = Literal["ollama", "openai", "anthropic", "bedrock", "groq", "openai-compatible"]
+
+_PROVIDERS: tuple[Provider, ...] = ("ollama", "openai", "anthropic", "bedrock", "groq")
+
+
+@dataclass(slots=True, kw_only=True, frozen=True)
+class Attempt:
+    """One model the router tried for a call, and why it moved on (None: it answered)."""
+
+    model: str
+    provider: str
+    error: str | None = None
+
 
 @dataclass(slots=True, kw_only=True)
 class Completion:
-    """What a model answered, and what it cost in tokens and time."""
+    """What a model answered, and what it cost in tokens and time.
+
+    ``fallback_path`` lists every model tried for the call in order, the one that answered
+    last; ``strategy`` is the routing strategy that ordered them (None without a router).
+    """
 
     text: str
     model: str
@@ -41,6 +77,8 @@ class Completion:
     output_tokens: int = 0
     latency_ms: float = 0.0
     raw: dict[str, Any] = field(default_factory=dict)
+    strategy: str | None = None
+    fallback_path: list[Attempt] = field(default_factory=list)
 
 
 class ModelClient(Protocol):
@@ -61,45 +99,105 @@ class ModelClient(Protocol):
 class ProviderTarget:
     """Where LiteLLM should send a call: its model string and connection arguments."""
 
-    provider: Provider
+    provider: ModelProvider
     model: str
     kwargs: dict[str, Any]
 
     @property
     def litellm_model(self) -> str:
         """Return the ``provider/model`` string LiteLLM routes on."""
-        prefix = "ollama_chat" if self.provider == "ollama" else self.provider
+        prefix = {"ollama": "ollama_chat", "openai-compatible": "openai"}.get(
+            self.provider, self.provider
+        )
         return f"{prefix}/{self.model}"
+
+
+def configured_providers(settings: Settings) -> list[Provider]:
+    """Name the providers whose URL, key or region is set, in a fixed order."""
+    return [p for p in _PROVIDERS if _provider_setting(settings, p) is not None]
+
+
+def _provider_setting(settings: Settings, provider: Provider) -> object | None:
+    if provider == "ollama":
+        return settings.ollama_url
+    if provider == "bedrock":
+        return settings.aws_region
+    key: object | None = getattr(settings, f"{provider}_api_key")
+    return key
+
+
+def provider_target(
+    settings: Settings,
+    provider: ModelProvider,
+    model: str,
+    *,
+    api_base: str | None = None,
+    api_key: str | None = None,
+) -> ProviderTarget:
+    """Return the target for ``model`` at ``provider``, or say exactly what is missing.
+
+    ``api_base`` and ``api_key`` (from a models file) override the settings' connection.
+    """
+    kwargs: dict[str, Any] = {}
+    if provider == "ollama":
+        base = api_base or settings.ollama_url
+        if base is None:
+            raise ProviderNotConfigured(f"no model provider is configured: {HOW_TO_CONFIGURE}")
+        kwargs["api_base"] = base
+    elif provider == "bedrock":
+        if settings.aws_region is None:
+            raise ProviderNotConfigured(f"bedrock needs GENAI_AWS_REGION; or {HOW_TO_CONFIGURE}")
+        kwargs["aws_region_name"] = settings.aws_region
+    elif provider == "openai-compatible":
+        if api_base is None:
+            raise ProviderNotConfigured(
+                f"model {model!r} at an OpenAI-compatible server needs api_base"
+            )
+        kwargs["api_base"] = api_base
+        # The OpenAI client insists on a key even where the server wants none.
+        kwargs["api_key"] = api_key or "none"
+    else:
+        secret = getattr(settings, f"{provider}_api_key")
+        key = api_key or (secret.get_secret_value() if secret is not None else None)
+        if not key:
+            raise ProviderNotConfigured(
+                f"GENAI_DEFAULT_PROVIDER={provider} needs GENAI_{provider.upper()}_API_KEY; "
+                f"or {HOW_TO_CONFIGURE}"
+            )
+        kwargs["api_key"] = key
+        base = api_base or (settings.openai_base_url if provider == "openai" else None)
+        if base:
+            kwargs["api_base"] = base
+    return ProviderTarget(provider=provider, model=model, kwargs=kwargs)
+
+
+def known_model_facts(provider: str, model: str) -> dict[str, Any] | None:
+    """Return LiteLLM's bundled facts on a model (prices, context window), None if unknown.
+
+    Imports LiteLLM (seconds): call it after :meth:`LiteLLMClient.warm_up`.
+    """
+    import litellm
+
+    prefix = {"ollama": "ollama_chat", "openai-compatible": "openai"}.get(provider, provider)
+    for key in (f"{prefix}/{model}", f"{provider}/{model}", model):
+        facts = litellm.model_cost.get(key)
+        if isinstance(facts, dict) and facts.get("litellm_provider", prefix) in {prefix, provider}:
+            return facts
+    return None
 
 
 def resolve_provider(settings: Settings, model: str | None = None) -> ProviderTarget:
     """Choose the default provider's target, or say exactly what is missing."""
     provider = settings.default_provider
-    name = model or getattr(settings.models, provider)
-    kwargs: dict[str, Any] = {}
-    if provider == "ollama":
-        if settings.ollama_url is None:
-            raise ProviderNotConfigured(f"no model provider is configured: {HOW_TO_CONFIGURE}")
-        kwargs["api_base"] = settings.ollama_url
-    elif provider == "bedrock":
-        if settings.aws_region is None:
-            raise ProviderNotConfigured(f"bedrock needs GENAI_AWS_REGION; or {HOW_TO_CONFIGURE}")
-        kwargs["aws_region_name"] = settings.aws_region
-    else:
-        key = getattr(settings, f"{provider}_api_key")
-        if key is None:
-            raise ProviderNotConfigured(
-                f"GENAI_DEFAULT_PROVIDER={provider} needs GENAI_{provider.upper()}_API_KEY; "
-                f"or {HOW_TO_CONFIGURE}"
-            )
-        kwargs["api_key"] = key.get_secret_value()
-        if provider == "openai" and settings.openai_base_url:
-            kwargs["api_base"] = settings.openai_base_url
-    return ProviderTarget(provider=provider, model=name, kwargs=kwargs)
+    return provider_target(settings, provider, model or getattr(settings.models, provider))
 
 
 class LiteLLMClient:
-    """A :class:`ModelClient` that calls the default provider through LiteLLM."""
+    """A :class:`ModelClient` that calls the default provider through LiteLLM.
+
+    :meth:`call` makes one call to any target; the model router calls it for each model it
+    tries, so both share the call, its logging and its error translation.
+    """
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
@@ -120,16 +218,25 @@ class LiteLLMClient:
         self, messages: list[dict[str, Any]], *, model: str | None = None, **params: Any
     ) -> Completion:
         """Answer a chat conversation with one call; errors come back typed."""
+        return await self.call(resolve_provider(self._settings, model), messages, **params)
+
+    async def call(
+        self, target: ProviderTarget, messages: list[dict[str, Any]], **params: Any
+    ) -> Completion:
+        """Make one call to ``target`` without retries; errors come back typed.
+
+        ``timeout`` (seconds) overrides ``GENAI_MODELS__TIMEOUT`` for this call.
+        """
         import litellm  # a 4 s import that only model-calling processes pay
 
-        target = resolve_provider(self._settings, model)
         self._describe(litellm, target)
+        timeout = params.pop("timeout", None) or self._settings.models.timeout
         started = time.perf_counter()
         try:
             response = await litellm.acompletion(
                 model=target.litellm_model,
                 messages=messages,
-                timeout=self._settings.models.timeout,
+                timeout=timeout,
                 num_retries=0,
                 **target.kwargs,
                 **params,
@@ -171,7 +278,7 @@ def _translate(exc: Exception, target: ProviderTarget, settings: Settings) -> Ex
     from litellm import exceptions as llm
 
     where = target.kwargs.get("api_base") or target.provider
-    message = _without_secrets(str(exc), settings)
+    message = _without_secrets(str(exc), settings, target.kwargs.get("api_key"))
     transient = (
         llm.APIConnectionError,
         llm.Timeout,
@@ -184,6 +291,15 @@ def _translate(exc: Exception, target: ProviderTarget, settings: Settings) -> Ex
         hint = f" ({HOW_TO_CONFIGURE})" if isinstance(exc, llm.APIConnectionError) else ""
         return TransientTaskError(
             f"{target.provider} at {where} failed: {message}{hint}",
+            provider=target.provider,
+            cause=type(exc).__name__,
+        )
+    if isinstance(exc, llm.ContextWindowExceededError) or (
+        # LiteLLM maps OpenAI's context_length_exceeded, not Ollama's plain 400 saying the same.
+        isinstance(exc, llm.BadRequestError) and "context length" in message.lower()
+    ):
+        return ContextWindowExceeded(
+            f"{target.provider} model {target.model} cannot take the prompt: {message}",
             provider=target.provider,
             cause=type(exc).__name__,
         )
@@ -200,8 +316,10 @@ def _translate(exc: Exception, target: ProviderTarget, settings: Settings) -> Ex
     )
 
 
-def _without_secrets(text: str, settings: Settings) -> str:
-    for secret in (settings.openai_api_key, settings.anthropic_api_key, settings.groq_api_key):
-        if secret is not None and secret.get_secret_value():
-            text = text.replace(secret.get_secret_value(), "***")
+def _without_secrets(text: str, settings: Settings, key: str | None = None) -> str:
+    secrets = [settings.openai_api_key, settings.anthropic_api_key, settings.groq_api_key]
+    values = [s.get_secret_value() for s in secrets if s is not None] + [key or ""]
+    for value in values:
+        if value:
+            text = text.replace(value, "***")
     return text[:500]

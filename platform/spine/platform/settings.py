@@ -22,6 +22,7 @@ __all__ = [
     "ApiSettings",
     "EmbeddedSettings",
     "Provider",
+    "RoutingStrategy",
     "Settings",
     "StreamSettings",
     "WorkerSettings",
@@ -32,6 +33,7 @@ ENV_PREFIX = "GENAI_"
 NESTED_DELIMITER = "__"
 
 Provider = Literal["ollama", "openai", "anthropic", "bedrock", "groq"]
+RoutingStrategy = Literal["local_first", "cost_optimized", "quality", "speed"]
 
 
 class ApiSettings(BaseModel):
@@ -131,6 +133,16 @@ class Settings(BaseSettings):
     neo4j_user: str | None = None
     neo4j_password: SecretStr | None = None
     data_dir: Path = Path("data")
+    models_file: Path | None = Field(
+        None,
+        description="YAML file describing models (name, provider, prices, quality, context "
+        "window, capabilities, tags) beside each configured provider's default model.",
+    )
+    routing_strategy: RoutingStrategy = Field(
+        "local_first",
+        description="How the model router orders models when a call names none: local_first, "
+        "cost_optimized, quality or speed.",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     api: ApiSettings = Field(default_factory=ApiSettings)

@@ -9,6 +9,7 @@ from spine.platform.errors import (
     BadRequest,
     ConfigurationError,
     Conflict,
+    ContextWindowExceeded,
     IdempotencyConflict,
     NotFound,
     PermanentTaskError,
@@ -36,6 +37,7 @@ TREE = [
     (TransientTaskError, TaskFailure, True, 500, "transient_error"),
     (PermanentTaskError, TaskFailure, False, 500, "permanent_error"),
     (ProviderNotConfigured, PermanentTaskError, False, 500, "provider_not_configured"),
+    (ContextWindowExceeded, PermanentTaskError, False, 400, "context_length_exceeded"),
     (TaskCancelled, TaskFailure, False, 500, "cancelled"),
 ]
 

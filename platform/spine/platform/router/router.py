@@ -1,0 +1,221 @@
+"""The model router: one :class:`~spine.platform.llm.ModelClient` over every configured model.
+
+For each call it builds a plan — the explicit model (then the ``GENAI_FALLBACK_CHAIN``
+providers' models), or else every model that meets the request in the strategy's order — and
+tries the models in turn through :meth:`LiteLLMClient.call`. It moves on after a timeout, a
+connection error, a 429, a 5xx (the retryable errors) or a context-window overflow, and stops
+at any other error. A model whose breaker is open is skipped without a call.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from spine.platform.errors import (
+    BadRequest,
+    ContextWindowExceeded,
+    ProviderNotConfigured,
+    ServiceUnavailable,
+    SpineError,
+    TransientTaskError,
+)
+from spine.platform.llm import (
+    HOW_TO_CONFIGURE,
+    Attempt,
+    Completion,
+    LiteLLMClient,
+    ProviderTarget,
+    configured_providers,
+    known_model_facts,
+    provider_target,
+)
+from spine.platform.router.catalogue import (
+    ModelCatalogue,
+    ModelSpec,
+    Requirements,
+    discover_ollama,
+)
+from spine.platform.router.health import ModelHealth
+from spine.platform.router.strategies import RoutingContext, order_candidates
+from spine.platform.settings import Settings
+
+__all__ = ["CIRCUIT_OPEN", "ModelCaller", "ModelRouter", "RoutePlan"]
+
+logger = logging.getLogger(__name__)
+
+CIRCUIT_OPEN = "circuit_open"
+
+
+class ModelCaller(Protocol):
+    """Makes one call to one provider target; :class:`LiteLLMClient` is the real one."""
+
+    async def warm_up(self) -> None:
+        """Do slow one-time set-up before the first call."""
+        ...
+
+    async def call(
+        self, target: ProviderTarget, messages: list[dict[str, Any]], **params: Any
+    ) -> Completion:
+        """Call ``target`` once, raising translated errors."""
+        ...
+
+
+@dataclass(slots=True, kw_only=True, frozen=True)
+class RoutePlan:
+    """The models one call will try, in order, and the strategy that ordered them."""
+
+    strategy: str
+    models: list[ModelSpec]
+
+
+class ModelRouter:
+    """Routes chat calls across the catalogue with a strategy, fallbacks and circuit breakers.
+
+    Per-call parameters besides LiteLLM's: ``strategy`` (overrides
+    ``GENAI_ROUTING_STRATEGY``) and ``min_quality`` (0 to 1).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        catalogue: ModelCatalogue | None = None,
+        health: ModelHealth | None = None,
+        client: ModelCaller | None = None,
+    ) -> None:
+        self._settings = settings
+        self.catalogue = (
+            catalogue if catalogue is not None else ModelCatalogue.from_settings(settings)
+        )
+        self.health = health if health is not None else ModelHealth()
+        self._client: ModelCaller = client if client is not None else LiteLLMClient(settings)
+
+    async def warm_up(self) -> None:
+        """Import LiteLLM off the event loop, add the models Ollama lists, fill in prices.
+
+        Prices and context windows no setting or models file gave come from LiteLLM's
+        bundled price map, where it knows the model.
+        """
+        await self._client.warm_up()
+        if self._settings.ollama_url is not None:
+            try:
+                await discover_ollama(self.catalogue, self._settings.ollama_url)
+            except ServiceUnavailable as exc:
+                logger.warning("model discovery skipped: %s", exc.message)
+        self.catalogue.fill_unknown(known_model_facts)
+
+    def plan(
+        self, requirements: Requirements, *, model: str | None = None, strategy: str | None = None
+    ) -> RoutePlan:
+        """Return the models a call with ``requirements`` would try, in order.
+
+        Raises:
+            ProviderNotConfigured: No provider is configured.
+            BadRequest: The model or strategy is unknown, or no model meets the request.
+        """
+        if not len(self.catalogue):
+            raise ProviderNotConfigured(f"no model provider is configured: {HOW_TO_CONFIGURE}")
+        chosen = strategy or self._settings.routing_strategy
+        preference = [self._settings.default_provider, *self._settings.fallback_chain]
+        ctx = RoutingContext(health=self.health, requirements=requirements, preference=preference)
+        ordered = order_candidates(chosen, self.catalogue.candidates(requirements), ctx)
+        if model is not None:
+            first = self._explicit(model)
+            chain = [
+                spec
+                for provider in dict.fromkeys(self._settings.fallback_chain)
+                for spec in ordered
+                if spec.provider == provider and spec.name != first.name
+            ]
+            return RoutePlan(strategy=chosen, models=[first, *chain])
+        if not ordered:
+            reasons = "; ".join(
+                f"{name}: {why}" for name, why in self.catalogue.refusals(requirements).items()
+            )
+            raise BadRequest(f"no configured model meets the request ({reasons})")
+        return RoutePlan(strategy=chosen, models=ordered)
+
+    async def complete(
+        self, messages: list[dict[str, Any]], *, model: str | None = None, **params: Any
+    ) -> Completion:
+        """Answer with the first model of the plan that can; errors come back typed.
+
+        Raises:
+            TransientTaskError: Every model failed transiently or is cooling down.
+            ContextWindowExceeded: No model of the plan could take the prompt.
+            SpineError: A model refused the call for a reason another model would share.
+        """
+        strategy = params.pop("strategy", None)
+        min_quality = float(params.pop("min_quality", None) or 0.0)
+        requirements = Requirements.of(messages, params, min_quality=min_quality)
+        plan = self.plan(requirements, model=model, strategy=strategy)
+        path: list[Attempt] = []
+        last_error: SpineError | None = None
+        for spec in plan.models:
+            target = provider_target(
+                self._settings,
+                spec.provider,
+                spec.model,
+                api_base=spec.api_base,
+                api_key=spec.api_key.get_secret_value() if spec.api_key else None,
+            )
+            breaker = self.health.breaker(spec.name)
+            permit = breaker.acquire()
+            if permit is None:
+                path.append(Attempt(model=spec.name, provider=spec.provider, error=CIRCUIT_OPEN))
+                continue
+            try:
+                answer = await self._client.call(target, messages, **params)
+            except SpineError as exc:
+                # Only a failure to answer counts against the model's health; a refusal
+                # (4xx, context overflow) shows the model is up.
+                (breaker.failed if exc.retryable else breaker.succeeded)(permit)
+                cause = str(exc.details.get("cause") or type(exc).__name__)
+                path.append(Attempt(model=spec.name, provider=spec.provider, error=cause))
+                if not (exc.retryable or isinstance(exc, ContextWindowExceeded)):
+                    raise
+                logger.warning("model %s failed (%s); trying the next", spec.name, cause)
+                last_error = exc
+                continue
+            except BaseException:
+                breaker.abandoned(permit)
+                raise
+            breaker.succeeded(permit)
+            self.health.observe_latency(spec.name, answer.latency_ms)
+            path.append(Attempt(model=spec.name, provider=spec.provider))
+            answer.model = spec.name
+            answer.strategy = plan.strategy
+            answer.fallback_path = path
+            return answer
+        raise self._exhausted(path, last_error)
+
+    def _explicit(self, name: str) -> ModelSpec:
+        found = self.catalogue.get(name)
+        if found is not None:
+            return found
+        provider, _, upstream = name.partition("/")
+        if upstream and provider in configured_providers(self._settings):
+            # "provider/model" reaches a model of a configured provider that no one listed.
+            return ModelSpec.for_provider(provider, upstream, name=name)
+        raise BadRequest(
+            f"unknown model {name!r}; known models: {', '.join(self.catalogue.names)} "
+            "(or give provider/model for a configured provider)",
+            field="model",
+        )
+
+    def _exhausted(self, path: list[Attempt], last_error: SpineError | None) -> SpineError:
+        tried = ", ".join(f"{a.model} ({a.provider}: {a.error})" for a in path)
+        shown = [f"{a.model}: {a.error}" for a in path]
+        if last_error is None:
+            waits = [self.health.breaker(a.model).retry_in() for a in path]
+            return TransientTaskError(
+                f"every model that could answer is cooling down after failures ({tried}); "
+                f"the next probe is in {min(waits, default=0.0):.1f} s",
+                fallback_path=shown,
+            )
+        details = {**last_error.details, "fallback_path": shown}
+        return type(last_error)(
+            f"{last_error.message} [tried: {tried}]", field=last_error.field, **details
+        )

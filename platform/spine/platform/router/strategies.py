@@ -1,0 +1,129 @@
+"""Routing strategies: pure functions that order the candidate models for one request.
+
+Every strategy puts the models whose breaker would refuse a call after the others, so a dead
+model is never first; among equals the provider preference (the default provider, then the
+fallback chain) decides, then the name, so the order is deterministic.
+
+- ``local_first``: local models (best first) while they are healthy, then hosted ones in
+  provider preference order.
+- ``cost_optimized``: the cheapest model for this request (prompt and ``max_tokens`` at the
+  model's prices); an unknown price ranks after every known one.
+- ``quality``: the highest quality score, regardless of cost.
+- ``speed``: the lowest moving-average latency; a model never measured ranks after measured ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, get_args
+
+from spine.platform.errors import BadRequest
+from spine.platform.router.catalogue import ModelSpec, Requirements
+from spine.platform.router.health import HealthView
+from spine.platform.settings import RoutingStrategy
+
+__all__ = [
+    "STRATEGIES",
+    "RoutingContext",
+    "Strategy",
+    "cost_optimized",
+    "local_first",
+    "order_candidates",
+    "quality",
+    "speed",
+]
+
+
+@dataclass(slots=True, kw_only=True, frozen=True)
+class RoutingContext:
+    """What a strategy may consider besides the candidates themselves."""
+
+    health: HealthView
+    requirements: Requirements = field(default_factory=Requirements)
+    preference: Sequence[str] = ()
+
+    def rank(self, spec: ModelSpec) -> int:
+        """Return the provider's place in the preference order (unlisted ones last)."""
+        try:
+            return list(self.preference).index(spec.provider)
+        except ValueError:
+            return len(self.preference)
+
+
+Strategy = Callable[[Sequence[ModelSpec], RoutingContext], list[ModelSpec]]
+
+
+def _ordered(
+    candidates: Sequence[ModelSpec], ctx: RoutingContext, key: Callable[[ModelSpec], Any]
+) -> list[ModelSpec]:
+    def full_key(spec: ModelSpec) -> tuple[Any, ...]:
+        return (not ctx.health.available(spec.name), key(spec), ctx.rank(spec), spec.name)
+
+    return sorted(candidates, key=full_key)
+
+
+def local_first(candidates: Sequence[ModelSpec], ctx: RoutingContext) -> list[ModelSpec]:
+    """Order local models first while they are healthy, then hosted ones by preference."""
+    return _ordered(
+        candidates,
+        ctx,
+        lambda s: (not s.local, 0 if s.local else ctx.rank(s), -s.quality),
+    )
+
+
+def cost_optimized(candidates: Sequence[ModelSpec], ctx: RoutingContext) -> list[ModelSpec]:
+    """Order by the request's estimated cost, cheapest first; unknown prices last."""
+
+    def cost(spec: ModelSpec) -> tuple[bool, Decimal, float]:
+        estimate = spec.estimated_cost(ctx.requirements)
+        return (estimate is None, estimate or Decimal(0), -spec.quality)
+
+    return _ordered(candidates, ctx, cost)
+
+
+def quality(candidates: Sequence[ModelSpec], ctx: RoutingContext) -> list[ModelSpec]:
+    """Order by quality score, best first; cost breaks ties."""
+
+    def best(spec: ModelSpec) -> tuple[float, bool, Decimal]:
+        estimate = spec.estimated_cost(ctx.requirements)
+        return (-spec.quality, estimate is None, estimate or Decimal(0))
+
+    return _ordered(candidates, ctx, best)
+
+
+def speed(candidates: Sequence[ModelSpec], ctx: RoutingContext) -> list[ModelSpec]:
+    """Order by moving-average latency, fastest first; unmeasured models last."""
+
+    def fastest(spec: ModelSpec) -> tuple[bool, float]:
+        latency = ctx.health.latency_ms(spec.name)
+        return (latency is None, latency or 0.0)
+
+    return _ordered(candidates, ctx, fastest)
+
+
+STRATEGIES: Mapping[str, Strategy] = {
+    "local_first": local_first,
+    "cost_optimized": cost_optimized,
+    "quality": quality,
+    "speed": speed,
+}
+
+
+def order_candidates(
+    strategy: str, candidates: Sequence[ModelSpec], ctx: RoutingContext
+) -> list[ModelSpec]:
+    """Order ``candidates`` by the strategy named ``strategy``.
+
+    Raises:
+        BadRequest: No strategy has that name.
+    """
+    chosen = STRATEGIES.get(strategy)
+    if chosen is None:
+        raise BadRequest(
+            f"unknown routing strategy {strategy!r}; use one of "
+            f"{', '.join(get_args(RoutingStrategy))}",
+            field="strategy",
+        )
+    return chosen(candidates, ctx)
