@@ -61,7 +61,7 @@ async def test_migrations_apply_twice_and_match_the_declared_schema(db: Database
     async with db.engine.connect() as conn:
         tables, diff, version = await conn.run_sync(inspect)
 
-    assert version == "0001"
+    assert version == "0002"
     assert set(tables) == {*Base.metadata.tables, "alembic_version"}
     for name, table in Base.metadata.tables.items():
         assert set(tables[name]) == {c.name for c in table.columns}, name

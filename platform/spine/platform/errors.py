@@ -9,10 +9,12 @@ SpineError                      retryable  http
 ├── ConfigurationError          no         500   a setting is missing or invalid
 ├── BadRequest                  no         400   the caller asked for something impossible
 │   ├── UnknownAgent            no         400
+│   ├── UnknownModel            no         404   no configured model has that name
 │   └── IdempotencyConflict     no         409   same Idempotency-Key, other body
 ├── Unauthorized                no         401
 ├── NotFound                    no         404   (also for another tenant's objects)
 ├── Conflict                    no         409   e.g. cancelling a finished task
+├── BudgetExceeded              no         429   a daily budget is spent (resets at UTC midnight)
 ├── ServiceUnavailable          yes        503   a backing service (NATS, database, ...) is down
 └── TaskFailure                 per kind   -     raised while running a task
     ├── TransientTaskError      yes              redeliver with backoff
@@ -31,6 +33,7 @@ from typing import Any, ClassVar
 
 __all__ = [
     "BadRequest",
+    "BudgetExceeded",
     "ConfigurationError",
     "Conflict",
     "ContextWindowExceeded",
@@ -45,6 +48,7 @@ __all__ = [
     "TransientTaskError",
     "Unauthorized",
     "UnknownAgent",
+    "UnknownModel",
 ]
 
 
@@ -89,6 +93,13 @@ class UnknownAgent(BadRequest):
     error_type = "unknown_agent"
 
 
+class UnknownModel(BadRequest):
+    """The request names a model the router does not know."""
+
+    status_code = 404
+    error_type = "model_not_found"
+
+
 class IdempotencyConflict(BadRequest):
     """An Idempotency-Key was reused with a different request body."""
 
@@ -115,6 +126,19 @@ class Conflict(SpineError):
 
     status_code = 409
     error_type = "conflict"
+
+
+class BudgetExceeded(SpineError):
+    """A daily budget cannot cover the call.
+
+    ``details`` name the ``scope`` (``global``, ``tenant:<t>`` or ``key:<id>``), its ``budget``,
+    what is ``spent`` and ``reserved`` by calls in flight (amounts as decimal strings), and
+    ``resets_at``, the next UTC midnight. Not retryable: a task would only burn its attempts
+    before the reset.
+    """
+
+    status_code = 429
+    error_type = "budget_exceeded"
 
 
 class ServiceUnavailable(SpineError):

@@ -15,6 +15,7 @@ import importlib
 import logging
 import os
 import time
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -29,6 +30,7 @@ from spine.platform.settings import Provider, Settings
 __all__ = [
     "Attempt",
     "Completion",
+    "CompletionDelta",
     "LiteLLMClient",
     "ModelClient",
     "ModelProvider",
@@ -68,6 +70,7 @@ class Completion:
 
     ``fallback_path`` lists every model tried for the call in order, the one that answered
     last; ``strategy`` is the routing strategy that ordered them (None without a router).
+    ``cache_hit`` says the answer came from the response cache, not from a model call.
     """
 
     text: str
@@ -79,6 +82,30 @@ class Completion:
     raw: dict[str, Any] = field(default_factory=dict)
     strategy: str | None = None
     fallback_path: list[Attempt] = field(default_factory=list)
+    finish_reason: str | None = None
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    cache_hit: bool = False
+
+
+@dataclass(slots=True, kw_only=True)
+class CompletionDelta:
+    """One piece of a streamed answer, in provider-independent form.
+
+    ``tool_calls`` holds OpenAI-shaped tool call deltas (``index``, and ``id``, ``type``,
+    ``function.name``/``function.arguments`` where given); the usage counts arrive once, on
+    the delta that carries them.
+    """
+
+    text: str = ""
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    finish_reason: str | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+
+    @property
+    def has_output(self) -> bool:
+        """Tell whether the delta carries text or a tool call (what a client sees)."""
+        return bool(self.text or self.tool_calls)
 
 
 class ModelClient(Protocol):
@@ -245,7 +272,8 @@ class LiteLLMClient:
             raise _translate(exc, target, self._settings) from exc
         latency_ms = (time.perf_counter() - started) * 1000
         usage = getattr(response, "usage", None)
-        text = response.choices[0].message.content or ""
+        choice = response.choices[0]
+        text = choice.message.content or ""
         logger.info("model call %s answered in %.0f ms", target.litellm_model, latency_ms)
         return Completion(
             text=text,
@@ -254,6 +282,43 @@ class LiteLLMClient:
             input_tokens=getattr(usage, "prompt_tokens", 0) or 0,
             output_tokens=getattr(usage, "completion_tokens", 0) or 0,
             latency_ms=latency_ms,
+            finish_reason=getattr(choice, "finish_reason", None),
+            tool_calls=_tool_calls(getattr(choice.message, "tool_calls", None)),
+        )
+
+    async def stream(
+        self, target: ProviderTarget, messages: list[dict[str, Any]], **params: Any
+    ) -> AsyncGenerator[CompletionDelta, None]:
+        """Stream one call to ``target`` without retries; errors come back typed.
+
+        A failure before the first delta and one in the middle of the stream both raise the
+        translated error from the iteration; usage comes on a delta near the end.
+        """
+        import litellm
+
+        self._describe(litellm, target)
+        timeout = params.pop("timeout", None) or self._settings.models.timeout
+        params.pop("stream_options", None)
+        started = time.perf_counter()
+        try:
+            response = await litellm.acompletion(
+                model=target.litellm_model,
+                messages=messages,
+                timeout=timeout,
+                num_retries=0,
+                stream=True,
+                stream_options={"include_usage": True},
+                **target.kwargs,
+                **params,
+            )
+            async for chunk in response:
+                yield _delta(chunk)
+        except Exception as exc:
+            raise _translate(exc, target, self._settings) from exc
+        logger.info(
+            "model stream %s ended after %.0f ms",
+            target.litellm_model,
+            (time.perf_counter() - started) * 1000,
         )
 
     def _describe(self, litellm: Any, target: ProviderTarget) -> None:
@@ -272,6 +337,51 @@ class LiteLLMClient:
             }
         )
         self._described.add(target.litellm_model)
+
+
+def _tool_calls(calls: Any, *, delta: bool = False) -> list[dict[str, Any]]:
+    """Render LiteLLM's tool calls (or tool call deltas) as OpenAI-shaped dicts."""
+    rendered: list[dict[str, Any]] = []
+    for position, call in enumerate(calls or []):
+        function = getattr(call, "function", None)
+        name = getattr(function, "name", None)
+        arguments = getattr(function, "arguments", None)
+        if not delta:
+            rendered.append(
+                {
+                    "id": getattr(call, "id", None) or f"call_{position}",
+                    "type": "function",
+                    "function": {"name": name or "", "arguments": arguments or ""},
+                }
+            )
+            continue
+        part: dict[str, Any] = {"index": getattr(call, "index", None) or position}
+        if getattr(call, "id", None):
+            part["id"] = call.id
+            part["type"] = "function"
+        fn: dict[str, Any] = {}
+        if name:
+            fn["name"] = name
+        if arguments is not None:
+            fn["arguments"] = arguments
+        if fn:
+            part["function"] = fn
+        rendered.append(part)
+    return rendered
+
+
+def _delta(chunk: Any) -> CompletionDelta:
+    usage = getattr(chunk, "usage", None)
+    found = CompletionDelta(
+        input_tokens=getattr(usage, "prompt_tokens", None) if usage else None,
+        output_tokens=getattr(usage, "completion_tokens", None) if usage else None,
+    )
+    if chunk.choices:
+        choice = chunk.choices[0]
+        found.text = getattr(choice.delta, "content", None) or ""
+        found.tool_calls = _tool_calls(getattr(choice.delta, "tool_calls", None), delta=True)
+        found.finish_reason = choice.finish_reason
+    return found
 
 
 def _translate(exc: Exception, target: ProviderTarget, settings: Settings) -> Exception:

@@ -1,4 +1,4 @@
-"""The relational schema: API keys, tasks and their progress events.
+"""The relational schema: API keys, tasks and their progress events, model calls and budgets.
 
 The database is the source of truth for tasks; JetStream only carries work. Alembic migrations
 under ``migrations/`` create exactly these tables; a test compares the two.
@@ -6,7 +6,8 @@ under ``migrations/`` create exactly these tables; a test compares the two.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
+from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
@@ -14,7 +15,17 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-__all__ = ["ApiKeyRow", "Base", "TaskEventRow", "TaskRow", "UtcDateTime", "utcnow"]
+__all__ = [
+    "ApiKeyRow",
+    "Base",
+    "BudgetSpendRow",
+    "ModelCallRow",
+    "Money",
+    "TaskEventRow",
+    "TaskRow",
+    "UtcDateTime",
+    "utcnow",
+]
 
 JsonType = sa.JSON().with_variant(JSONB(), "postgresql")
 
@@ -41,10 +52,48 @@ class UtcDateTime(TypeDecorator[datetime]):
         return value
 
 
+class Money(TypeDecorator[Decimal]):
+    """An exact amount with 8 decimal places: NUMERIC(18, 8), or integer units on SQLite.
+
+    SQLite keeps NUMERIC values as binary floats, so sums and budget comparisons would drift;
+    there the column holds whole units of 10^-8 instead. Statements that compute with amounts
+    must give their parameters this type (``sa.bindparam(..., type_=Money())``).
+    """
+
+    impl = sa.Numeric(18, 8)
+    cache_ok = True
+    SCALE = 8
+
+    def load_dialect_impl(self, dialect: sa.Dialect) -> sa.types.TypeEngine[Any]:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(sa.BigInteger())
+        return dialect.type_descriptor(sa.Numeric(18, self.SCALE, asdecimal=True))
+
+    def process_bind_param(self, value: Any, dialect: sa.Dialect) -> Any:
+        if value is None:
+            return None
+        amount = value if isinstance(value, Decimal) else Decimal(str(value))
+        if dialect.name == "sqlite":
+            return int(amount.scaleb(self.SCALE).to_integral_value())
+        return amount
+
+    def process_result_value(self, value: Any, dialect: sa.Dialect) -> Decimal | None:
+        if value is None:
+            return None
+        if dialect.name == "sqlite":
+            return Decimal(int(value)).scaleb(-self.SCALE)
+        return Decimal(value)
+
+
 class Base(DeclarativeBase):
     """Declarative base of all tables."""
 
-    type_annotation_map = {datetime: UtcDateTime(), dict[str, Any]: JsonType}
+    type_annotation_map = {
+        datetime: UtcDateTime(),
+        dict[str, Any]: JsonType,
+        Decimal: Money(),
+        date: sa.Date(),
+    }
 
 
 class ApiKeyRow(Base):
@@ -110,3 +159,36 @@ class TaskEventRow(Base):
     type: Mapped[str] = mapped_column(sa.String(64))
     data: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ModelCallRow(Base):
+    """One model call: who made it, what it cost, how it went (see :mod:`spine.platform.usage`)."""
+
+    __tablename__ = "model_calls"
+    __table_args__ = (sa.Index("ix_model_calls_tenant_created", "tenant", "created_at"),)
+
+    id: Mapped[str] = mapped_column(sa.String(36), primary_key=True)
+    tenant: Mapped[str] = mapped_column(sa.String(128))
+    key_id: Mapped[str | None] = mapped_column(sa.String(32), default=None)
+    task_id: Mapped[str | None] = mapped_column(sa.String(36), default=None)
+    model: Mapped[str] = mapped_column(sa.String(200))
+    provider: Mapped[str] = mapped_column(sa.String(64))
+    input_tokens: Mapped[int] = mapped_column(default=0)
+    output_tokens: Mapped[int] = mapped_column(default=0)
+    cost: Mapped[Decimal] = mapped_column(default=Decimal(0))
+    latency_ms: Mapped[float] = mapped_column(sa.Float(), default=0.0)
+    cache_hit: Mapped[bool] = mapped_column(default=False)
+    fallback_path: Mapped[list[str]] = mapped_column(JsonType, default=list)
+    outcome: Mapped[str] = mapped_column(sa.String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class BudgetSpendRow(Base):
+    """What one budget scope spent and holds reserved on one UTC day."""
+
+    __tablename__ = "budget_spend"
+
+    scope: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    day: Mapped[date] = mapped_column(primary_key=True)
+    spent: Mapped[Decimal] = mapped_column(default=Decimal(0))
+    reserved: Mapped[Decimal] = mapped_column(default=Decimal(0))

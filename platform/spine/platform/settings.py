@@ -8,7 +8,7 @@ underscore (``GENAI_WORKER__CONCURRENCY=4``). A service whose URL is left unset 
 
 from __future__ import annotations
 
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -20,6 +20,7 @@ from spine.platform.errors import ConfigurationError
 __all__ = [
     "ENV_PREFIX",
     "ApiSettings",
+    "CacheSettings",
     "EmbeddedSettings",
     "Provider",
     "RoutingStrategy",
@@ -102,6 +103,51 @@ class EmbeddedSettings(BaseModel):
     start_timeout: float = Field(30.0, gt=0)
 
 
+class CacheSettings(BaseModel):
+    """The exact-match response cache: Redis when ``GENAI_REDIS_URL`` is set, else in-process."""
+
+    enabled: bool = True
+    ttl_seconds: int = Field(3600, ge=1, description="How long a cached answer is served.")
+    max_entries: int = Field(
+        10_000, ge=1, description="Answers the in-process cache holds (least recently used go)."
+    )
+
+
+class BudgetSettings(BaseModel):
+    """Daily spending limits per tenant and per API key, beside ``GENAI_BUDGET_DAILY``.
+
+    Both read ``name=amount`` pairs separated by commas, e.g.
+    ``GENAI_BUDGETS__TENANTS=acme=25,globex=2.50``; a key is named by its id. Days are UTC.
+    """
+
+    tenants: Annotated[dict[str, Decimal], NoDecode] = Field(default_factory=dict)
+    keys: Annotated[dict[str, Decimal], NoDecode] = Field(default_factory=dict)
+
+    @field_validator("tenants", "keys", mode="before")
+    @classmethod
+    def _split_pairs(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        pairs: dict[str, Decimal] = {}
+        for part in _split_commas(value):
+            name, sep, amount = (text.strip() for text in part.partition("="))
+            if not sep or not name or not amount:
+                raise ValueError(f"expected name=amount, got {part!r}")
+            try:
+                pairs[name] = Decimal(amount)
+            except InvalidOperation:
+                raise ValueError(f"{amount!r} is not an amount (in {part!r})") from None
+        return pairs
+
+    @field_validator("tenants", "keys")
+    @classmethod
+    def _not_negative(cls, value: dict[str, Decimal]) -> dict[str, Decimal]:
+        for name, amount in value.items():
+            if amount < 0 or not amount.is_finite():
+                raise ValueError(f"the budget of {name!r} must be a finite amount >= 0")
+        return value
+
+
 class Settings(BaseSettings):
     """The effective configuration of one process."""
 
@@ -150,6 +196,8 @@ class Settings(BaseSettings):
     models: ModelSettings = Field(default_factory=ModelSettings)
     streams: StreamSettings = Field(default_factory=StreamSettings)
     embedded: EmbeddedSettings = Field(default_factory=EmbeddedSettings)
+    budgets: BudgetSettings = Field(default_factory=BudgetSettings)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
 
     @field_validator("fallback_chain", mode="before")
     @classmethod

@@ -5,9 +5,10 @@ Only the API app and the CLI import this module; nothing below them does.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from spine.agents.catalog import AgentCatalog, default_catalog
 from spine.agents.dispatch import TaskDispatcher
@@ -19,6 +20,7 @@ from spine.platform.db import Database
 from spine.platform.errors import ConfigurationError, ServiceUnavailable
 from spine.platform.keys import KeyStore
 from spine.platform.llm import LiteLLMClient, ModelClient
+from spine.platform.router import ModelRouter
 from spine.platform.settings import Settings
 from spine.platform.tasks import TaskStore
 
@@ -40,6 +42,8 @@ class Platform:
     catalog: AgentCatalog
     layout: StreamLayout
     dispatcher: TaskDispatcher
+    router: ModelRouter
+    _warming: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
 
     @classmethod
     def build(cls, settings: Settings, *, name: str) -> Platform:
@@ -78,6 +82,7 @@ class Platform:
             catalog=catalog,
             layout=layout,
             dispatcher=dispatcher,
+            router=ModelRouter(settings),
         )
 
     async def start(self) -> None:
@@ -88,6 +93,18 @@ class Platform:
     async def ensure_streams_when_connected(self) -> None:
         """Create the streams once NATS answers; runs in the background of the API."""
         await self.layout.ensure_when_ready(self.bus)
+
+    def start_router_warm_up(self) -> None:
+        """Warm the model router up in the background (LiteLLM import, Ollama discovery)."""
+        if self._warming is None:
+            self._warming = asyncio.create_task(self.router.warm_up(), name="router-warm-up")
+
+    async def models(self) -> ModelRouter:
+        """Return the model router once it is warm; the first caller may wait for it."""
+        self.start_router_warm_up()
+        assert self._warming is not None
+        await asyncio.shield(self._warming)
+        return self.router
 
     def worker(self, *, models: ModelClient | None = None) -> TaskWorker:
         """Build a worker on these services."""
@@ -113,6 +130,9 @@ class Platform:
 
     async def close(self) -> None:
         """Close connections."""
+        if self._warming is not None and not self._warming.done():
+            self._warming.cancel()
+            await asyncio.gather(self._warming, return_exceptions=True)
         with contextlib.suppress(Exception):
             await self.bus.close()
         await self.db.dispose()

@@ -7,6 +7,7 @@ import pytest
 from spine.platform import errors
 from spine.platform.errors import (
     BadRequest,
+    BudgetExceeded,
     ConfigurationError,
     Conflict,
     ContextWindowExceeded,
@@ -21,6 +22,7 @@ from spine.platform.errors import (
     TransientTaskError,
     Unauthorized,
     UnknownAgent,
+    UnknownModel,
 )
 
 # class, parent, retryable, HTTP status, error type
@@ -28,10 +30,12 @@ TREE = [
     (ConfigurationError, SpineError, False, 500, "configuration_error"),
     (BadRequest, SpineError, False, 400, "invalid_request"),
     (UnknownAgent, BadRequest, False, 400, "unknown_agent"),
+    (UnknownModel, BadRequest, False, 404, "model_not_found"),
     (IdempotencyConflict, BadRequest, False, 409, "idempotency_conflict"),
     (Unauthorized, SpineError, False, 401, "unauthorized"),
     (NotFound, SpineError, False, 404, "not_found"),
     (Conflict, SpineError, False, 409, "conflict"),
+    (BudgetExceeded, SpineError, False, 429, "budget_exceeded"),
     (ServiceUnavailable, SpineError, True, 503, "service_unavailable"),
     (TaskFailure, SpineError, False, 500, "task_failed"),
     (TransientTaskError, TaskFailure, True, 500, "transient_error"),

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from spine.platform.api import tasks
 from spine.platform.api.auth import Caller, platform_of
 from spine.platform.api.errors import BodySizeLimit, install_error_handlers
+from spine.platform.api.gateway import router as gateway_router
 from spine.platform.settings import Settings
 from spine.platform.wiring import Platform
 
@@ -28,6 +29,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         platform = Platform.build(settings, name="spine-api")
         await platform.start()
+        platform.start_router_warm_up()
         app.state.platform = platform
         stop = asyncio.Event()
         background = [
@@ -47,6 +49,7 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.api.max_body_bytes)
     app.include_router(tasks.router)
+    app.include_router(gateway_router)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

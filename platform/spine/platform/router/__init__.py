@@ -34,6 +34,7 @@ from spine.platform.router.strategies import (
     quality,
     speed,
 )
+from spine.platform.router.streaming import CompletionStream, first_output
 
 __all__ = [
     "CIRCUIT_OPEN",
@@ -43,6 +44,7 @@ __all__ = [
     "Capabilities",
     "CircuitBreaker",
     "Clock",
+    "CompletionStream",
     "HealthView",
     "LatencyAverage",
     "ModelCaller",
@@ -58,6 +60,7 @@ __all__ = [
     "Strategy",
     "cost_optimized",
     "discover_ollama",
+    "first_output",
     "load_models_file",
     "local_first",
     "order_candidates",

@@ -10,6 +10,8 @@ at any other error. A model whose breaker is open is skipped without a call.
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -20,11 +22,13 @@ from spine.platform.errors import (
     ServiceUnavailable,
     SpineError,
     TransientTaskError,
+    UnknownModel,
 )
 from spine.platform.llm import (
     HOW_TO_CONFIGURE,
     Attempt,
     Completion,
+    CompletionDelta,
     LiteLLMClient,
     ProviderTarget,
     configured_providers,
@@ -37,8 +41,9 @@ from spine.platform.router.catalogue import (
     Requirements,
     discover_ollama,
 )
-from spine.platform.router.health import ModelHealth
+from spine.platform.router.health import ModelHealth, Permit
 from spine.platform.router.strategies import RoutingContext, order_candidates
+from spine.platform.router.streaming import CompletionStream, StreamOutcome, first_output
 from spine.platform.settings import Settings
 
 __all__ = ["CIRCUIT_OPEN", "ModelCaller", "ModelRouter", "RoutePlan"]
@@ -59,6 +64,12 @@ class ModelCaller(Protocol):
         self, target: ProviderTarget, messages: list[dict[str, Any]], **params: Any
     ) -> Completion:
         """Call ``target`` once, raising translated errors."""
+        ...
+
+    def stream(
+        self, target: ProviderTarget, messages: list[dict[str, Any]], **params: Any
+    ) -> AsyncGenerator[CompletionDelta, None]:
+        """Stream one call to ``target``, raising translated errors from the iteration."""
         ...
 
 
@@ -191,6 +202,84 @@ class ModelRouter:
             return answer
         raise self._exhausted(path, last_error)
 
+    async def stream(
+        self, messages: list[dict[str, Any]], *, model: str | None = None, **params: Any
+    ) -> CompletionStream:
+        """Open a streamed answer from the first model of the plan that produces output.
+
+        A model that fails before its first text or tool call is treated as in
+        :meth:`complete` (the next one is tried); the returned stream is bound to the model
+        that produced output, and raises a mid-stream failure from its iteration.
+
+        Raises:
+            TransientTaskError: Every model failed transiently or is cooling down.
+            ContextWindowExceeded: No model of the plan could take the prompt.
+            SpineError: A model refused the call for a reason another model would share.
+        """
+        strategy = params.pop("strategy", None)
+        min_quality = float(params.pop("min_quality", None) or 0.0)
+        requirements = Requirements.of(messages, params, min_quality=min_quality)
+        plan = self.plan(requirements, model=model, strategy=strategy)
+        path: list[Attempt] = []
+        last_error: SpineError | None = None
+        for spec in plan.models:
+            target = provider_target(
+                self._settings,
+                spec.provider,
+                spec.model,
+                api_base=spec.api_base,
+                api_key=spec.api_key.get_secret_value() if spec.api_key else None,
+            )
+            breaker = self.health.breaker(spec.name)
+            permit = breaker.acquire()
+            if permit is None:
+                path.append(Attempt(model=spec.name, provider=spec.provider, error=CIRCUIT_OPEN))
+                continue
+            started = time.perf_counter()
+            deltas = self._client.stream(target, messages, **params)
+            try:
+                buffered, ended = await first_output(deltas)
+            except SpineError as exc:
+                (breaker.failed if exc.retryable else breaker.succeeded)(permit)
+                cause = str(exc.details.get("cause") or type(exc).__name__)
+                path.append(Attempt(model=spec.name, provider=spec.provider, error=cause))
+                if not (exc.retryable or isinstance(exc, ContextWindowExceeded)):
+                    raise
+                logger.warning("model %s failed to stream (%s); trying the next", spec.name, cause)
+                last_error = exc
+                continue
+            except BaseException:
+                breaker.abandoned(permit)
+                await deltas.aclose()
+                raise
+            path.append(Attempt(model=spec.name, provider=spec.provider))
+
+            def settle(
+                outcome: StreamOutcome,
+                name: str = spec.name,
+                granted: Permit = permit,
+                t0: float = started,
+            ) -> None:
+                held = self.health.breaker(name)
+                if outcome == "failed":
+                    held.failed(granted)
+                elif outcome == "abandoned":
+                    held.abandoned(granted)
+                else:
+                    held.succeeded(granted)
+                    self.health.observe_latency(name, (time.perf_counter() - t0) * 1000)
+
+            return CompletionStream(
+                model=spec.name,
+                provider=spec.provider,
+                strategy=plan.strategy,
+                fallback_path=path,
+                buffered=buffered,
+                rest=None if ended else deltas,
+                settle=settle,
+            )
+        raise self._exhausted(path, last_error)
+
     def _explicit(self, name: str) -> ModelSpec:
         found = self.catalogue.get(name)
         if found is not None:
@@ -199,7 +288,7 @@ class ModelRouter:
         if upstream and provider in configured_providers(self._settings):
             # "provider/model" reaches a model of a configured provider that no one listed.
             return ModelSpec.for_provider(provider, upstream, name=name)
-        raise BadRequest(
+        raise UnknownModel(
             f"unknown model {name!r}; known models: {', '.join(self.catalogue.names)} "
             "(or give provider/model for a configured provider)",
             field="model",

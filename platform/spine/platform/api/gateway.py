@@ -1,0 +1,166 @@
+"""The OpenAI-compatible gateway: ``POST /v1/chat/completions`` and ``GET /v1/models``.
+
+Every call goes through the process's one :class:`~spine.platform.router.ModelRouter`: an
+explicit ``model`` wins, ``model: "auto"`` lets the strategy choose (``spine_strategy`` in the
+body or the ``X-Spine-Strategy`` header, else ``GENAI_ROUTING_STRATEGY``). The answer says who
+answered and why in ``X-Spine-Model``, ``X-Spine-Provider``, ``X-Spine-Strategy`` and
+``X-Spine-Fallback`` (the models tried, ``llama3.2>gpt-4o-mini``).
+
+A streamed answer falls back while no token has been sent; a failure after that ends the
+stream with ``data: {"error": {...}}`` and ``data: [DONE]``. Errors are in OpenAI's shape.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from spine.platform.api._openai import (
+    DONE,
+    ChatCompletionRequest,
+    GatewayError,
+    chunk,
+    completion_body,
+    error_body,
+    fallback_header,
+    new_completion_id,
+    sse,
+    usage_body,
+)
+from spine.platform.api.auth import authenticate, platform_of
+from spine.platform.errors import SpineError
+from spine.platform.llm import Attempt, CompletionDelta
+from spine.platform.router import CompletionStream, ModelRouter
+
+__all__ = ["router"]
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/v1", tags=["gateway"])
+
+STRATEGY_HEADER = "x-spine-strategy"
+EXPLICIT = "explicit"
+
+
+@router.post("/chat/completions", response_model=None)
+async def chat_completions(request: Request) -> Response:
+    """Answer a chat completion, streamed or not, through the model router."""
+    try:
+        await authenticate(request)
+        chat = ChatCompletionRequest.parse(await request.body())
+        models = await platform_of(request).models()
+        params = chat.params()
+        strategy = request.headers.get(STRATEGY_HEADER) or chat.spine_strategy
+        if strategy:
+            params["strategy"] = strategy
+        if chat.stream:
+            opened = await models.stream(chat.messages_out(), model=chat.routed_model, **params)
+            return _streamed(opened, chat)
+        answer = await models.complete(chat.messages_out(), model=chat.routed_model, **params)
+    except SpineError as exc:
+        return _error(GatewayError.of(exc))
+    except GatewayError as exc:
+        return _error(exc)
+    completion_id, created = new_completion_id()
+    headers = _headers(answer.model, answer.provider, answer.strategy, answer.fallback_path, chat)
+    return JSONResponse(
+        completion_body(answer, completion_id=completion_id, created=created), headers=headers
+    )
+
+
+@router.get("/models", response_model=None)
+async def list_models(request: Request) -> Response:
+    """List the catalogue in OpenAI's shape, with our facts under ``spine``."""
+    try:
+        await authenticate(request)
+        models: ModelRouter = await platform_of(request).models()
+    except SpineError as exc:
+        return _error(GatewayError.of(exc))
+    data = [
+        {
+            "id": spec.name,
+            "object": "model",
+            "created": 0,
+            "owned_by": spec.provider,
+            "spine": {
+                "provider": spec.provider,
+                "model": spec.model,
+                "tags": sorted(spec.tags),
+                "capabilities": spec.capabilities.model_dump(),
+                "quality": spec.quality,
+                "context_window": spec.context_window,
+                "input_price": _price(spec.input_price),
+                "output_price": _price(spec.output_price),
+            },
+        }
+        for spec in sorted(models.catalogue, key=lambda s: s.name)
+    ]
+    return JSONResponse({"object": "list", "data": data})
+
+
+def _streamed(opened: CompletionStream, chat: ChatCompletionRequest) -> Response:
+    completion_id, created = new_completion_id()
+    frame: dict[str, Any] = {
+        "completion_id": completion_id,
+        "created": created,
+        "model": opened.model,
+        "include_usage": chat.include_usage,
+    }
+
+    async def frames() -> AsyncIterator[bytes]:
+        deltas = opened.__aiter__()
+        finished = False
+        try:
+            yield chunk({"role": "assistant", "content": ""}, **frame)
+            async for delta in deltas:
+                if delta.has_output or delta.finish_reason:
+                    finished = finished or delta.finish_reason is not None
+                    yield chunk(delta, **frame)
+        except SpineError as exc:
+            # Tokens were sent: no fallback now, only a clean end the client can read.
+            yield sse(error_body(GatewayError.of(exc)))
+            yield DONE
+            return
+        finally:
+            # Also when the client went away: stop reading the model and free its breaker.
+            await deltas.aclose()
+        if not finished:
+            yield chunk(CompletionDelta(finish_reason="stop"), **frame)
+        if chat.include_usage:
+            usage = usage_body(opened.input_tokens, opened.output_tokens)
+            yield chunk(None, **frame, usage=usage)
+        yield DONE
+
+    headers = _headers(opened.model, opened.provider, opened.strategy, opened.fallback_path, chat)
+    headers["Cache-Control"] = "no-cache"
+    return StreamingResponse(frames(), media_type="text/event-stream", headers=headers)
+
+
+def _headers(
+    model: str,
+    provider: str,
+    strategy: str | None,
+    path: list[Attempt],
+    chat: ChatCompletionRequest,
+) -> dict[str, str]:
+    return {
+        "X-Spine-Model": model,
+        "X-Spine-Provider": provider,
+        "X-Spine-Strategy": EXPLICIT if chat.routed_model else (strategy or ""),
+        "X-Spine-Fallback": fallback_header(path),
+    }
+
+
+def _error(error: GatewayError) -> JSONResponse:
+    if error.status >= 500:
+        logger.warning("gateway answered %d: %s", error.status, error.body["message"])
+    headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else None
+    return JSONResponse(error_body(error), status_code=error.status, headers=headers)
+
+
+def _price(value: object) -> str | None:
+    return None if value is None else str(value)

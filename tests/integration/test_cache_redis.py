@@ -1,0 +1,156 @@
+"""The Redis response cache against the real Redis of the session fixtures, and against none."""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from conftest import free_port
+from spine.platform.llm import Attempt, Completion
+from spine.platform.router.cache import KEY_PREFIX, CacheKey, RedisResponseCache
+
+pytestmark = pytest.mark.integration
+
+MESSAGES = [{"role": "user", "content": "what is the capital of France?"}]
+PARAMS: dict[str, Any] = {"temperature": 0.0, "max_tokens": 16, "seed": 1}
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def now(self) -> float:
+        return self.t
+
+
+def key(tenant: str, **params: Any) -> CacheKey:
+    return CacheKey.of(
+        tenant=tenant, model="llama3.2", messages=MESSAGES, params={**PARAMS, **params}
+    )
+
+
+def answer(text: str = "Paris.") -> Completion:
+    return Completion(
+        text=text,
+        model="llama3.2",
+        provider="ollama",
+        input_tokens=14,
+        output_tokens=2,
+        latency_ms=80.0,
+        strategy="local_first",
+        fallback_path=[
+            Attempt(model="gpt-4o-mini", provider="openai", error="Timeout"),
+            Attempt(model="llama3.2", provider="ollama"),
+        ],
+        finish_reason="stop",
+    )
+
+
+@pytest.fixture
+async def redis(services: Any) -> AsyncIterator[Redis]:
+    client = Redis.from_url(services.redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def cache(services: Any) -> AsyncIterator[RedisResponseCache]:
+    cache = RedisResponseCache.from_url(services.redis_url, ttl=120)
+    yield cache
+    await cache.close()
+
+
+def tenant() -> str:
+    return f"t-{uuid.uuid4().hex[:8]}"
+
+
+async def test_round_trip(cache: RedisResponseCache, redis: Redis) -> None:
+    acme = tenant()
+    assert await cache.get(key(acme)) is None
+    assert await cache.put(key(acme), answer())
+    hit = await cache.get(key(acme))
+    assert hit is not None
+    assert hit.cache_hit is True
+    expected = answer()
+    expected.cache_hit = True
+    assert hit == expected
+    stored = await redis.get(KEY_PREFIX + key(acme).digest)
+    assert stored is not None
+    assert json.loads(stored)["text"] == "Paris."
+    assert "cache_hit" not in json.loads(stored)
+
+
+async def test_a_changed_parameter_misses(cache: RedisResponseCache) -> None:
+    acme = tenant()
+    await cache.put(key(acme), answer())
+    assert await cache.get(key(acme, temperature=0.7)) is None
+    assert await cache.get(key(acme, max_tokens=17)) is None
+    assert await cache.get(key(acme)) is not None
+
+
+async def test_the_ttl_is_set_on_the_key(cache: RedisResponseCache, redis: Redis) -> None:
+    acme = tenant()
+    await cache.put(key(acme), answer())
+    await cache.put(key(acme, seed=2), answer(), ttl=30)
+    assert 110 < await redis.ttl(cache.redis_key(key(acme))) <= 120
+    assert 20 < await redis.ttl(cache.redis_key(key(acme, seed=2))) <= 30
+
+
+async def test_tenant_a_never_reads_tenant_b(cache: RedisResponseCache) -> None:
+    a, b = tenant(), tenant()
+    await cache.put(key(a), answer("for A"))
+    assert await cache.get(key(b)) is None
+    await cache.put(key(b), answer("for B"))
+    hit_a, hit_b = await cache.get(key(a)), await cache.get(key(b))
+    assert hit_a is not None and hit_a.text == "for A"
+    assert hit_b is not None and hit_b.text == "for B"
+
+
+async def test_a_hit_is_not_stored_again(cache: RedisResponseCache, redis: Redis) -> None:
+    acme = tenant()
+    await cache.put(key(acme), answer())
+    hit = await cache.get(key(acme))
+    assert hit is not None
+    assert await cache.put(key(acme, seed=3), hit) is False
+    assert await redis.exists(cache.redis_key(key(acme, seed=3))) == 0
+
+
+async def test_an_unreadable_entry_is_a_miss(cache: RedisResponseCache, redis: Redis) -> None:
+    acme = tenant()
+    await redis.set(cache.redis_key(key(acme)), b'{"not": "a completion"}', ex=60)
+    assert await cache.get(key(acme)) is None
+
+
+async def test_redis_down_is_a_miss_and_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    clock = FakeClock()
+    cache = RedisResponseCache.from_url(
+        f"redis://127.0.0.1:{free_port()}/0", cooldown=5.0, clock=clock
+    )
+    logger = "spine.platform.router.cache"
+    try:
+        with caplog.at_level(logging.WARNING, logger=logger):
+            assert await cache.get(key("acme")) is None
+        warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1
+        assert "Redis read failed" in warnings[0].getMessage()
+
+        # While it cools down, Redis is not asked again, and no warning floods the log.
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger=logger):
+            assert await cache.put(key("acme"), answer()) is False
+            assert await cache.get(key("acme")) is None
+        assert caplog.records == []
+
+        # After the cooldown one call probes it again.
+        clock.t += 5.0
+        with caplog.at_level(logging.WARNING, logger=logger):
+            assert await cache.put(key("acme"), answer()) is False
+        assert ["Redis write failed" in r.getMessage() for r in caplog.records] == [True]
+    finally:
+        await cache.close()

@@ -1,0 +1,286 @@
+"""The OpenAI-compatible gateway, driven by the official ``openai`` client.
+
+The fake model server is Ollama (``llama3.2``, and what ``/api/tags`` lists, such as
+``ollama/gpt-4o-mini``), OpenAI (``gpt-4o-mini`` at its ``/v1``) and an OpenAI-compatible
+provider from a models file (``compat``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from openai import AsyncOpenAI
+
+from conftest import RunningPlatform, make_settings, run_platform
+from support.fake_models import FakeModelServer, Rule, ToolCall
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clean_jetstream")]
+
+LOCAL, CLOUD = "llama3.2", "gpt-4o-mini"
+HELLO = [{"role": "user", "content": "hello gateway"}]
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
+
+
+@pytest.fixture
+async def spine(
+    services: Any, pg_url: str, models: FakeModelServer, tmp_path: Path
+) -> AsyncIterator[RunningPlatform]:
+    models_file = tmp_path / "models.yaml"
+    models_file.write_text(
+        "models:\n"
+        "  - name: compat\n"
+        "    provider: openai-compatible\n"
+        f"    model: {CLOUD}\n"
+        f"    api_base: {models.openai_url}\n"
+    )
+    settings = make_settings(
+        services,
+        pg_url,
+        models,
+        openai_api_key="sk-test-dummy",
+        openai_base_url=models.openai_url,
+        fallback_chain="ollama,openai",
+        models_file=models_file,
+    )
+    async with run_platform(settings) as running:
+        yield running
+
+
+@pytest.fixture
+async def client(spine: RunningPlatform) -> AsyncIterator[AsyncOpenAI]:
+    async with AsyncOpenAI(base_url=f"{spine.url}/v1", api_key=spine.key, max_retries=0) as c:
+        yield c
+
+
+def ollama_fails(request: Any) -> bool:
+    return bool(request.protocol == "ollama")
+
+
+async def test_a_plain_completion_names_who_answered(
+    client: AsyncOpenAI, models: FakeModelServer
+) -> None:
+    raw = await client.chat.completions.with_raw_response.create(model=LOCAL, messages=HELLO)
+    answer = raw.parse()
+    assert answer.object == "chat.completion"
+    assert answer.id.startswith("chatcmpl-")
+    assert answer.model == LOCAL
+    assert answer.choices[0].message.content == "echo: hello gateway"
+    assert answer.choices[0].message.role == "assistant"
+    assert answer.choices[0].finish_reason == "stop"
+    assert answer.usage is not None
+    assert answer.usage.prompt_tokens > 0
+    assert answer.usage.completion_tokens == 3
+    assert raw.headers["x-spine-model"] == LOCAL
+    assert raw.headers["x-spine-provider"] == "ollama"
+    assert raw.headers["x-spine-strategy"] == "explicit"
+    assert raw.headers["x-spine-fallback"] == LOCAL
+    assert models.last_call.request.protocol == "ollama"
+
+
+async def test_auto_follows_the_strategy_from_the_body_or_the_header(
+    client: AsyncOpenAI,
+) -> None:
+    raw = await client.chat.completions.with_raw_response.create(
+        model="auto", messages=HELLO, extra_body={"spine_strategy": "quality"}
+    )
+    assert (raw.headers["x-spine-model"], raw.headers["x-spine-provider"]) == (CLOUD, "openai")
+    assert raw.headers["x-spine-strategy"] == "quality"
+    raw = await client.chat.completions.with_raw_response.create(
+        model="auto", messages=HELLO, extra_headers={"X-Spine-Strategy": "local_first"}
+    )
+    assert raw.headers["x-spine-model"] == LOCAL
+    assert raw.headers["x-spine-strategy"] == "local_first"
+    answer = await client.chat.completions.create(model="compat", messages=HELLO)
+    assert (answer.model, answer.choices[0].message.content) == ("compat", "echo: hello gateway")
+
+
+async def test_a_streamed_completion_assembles_and_ends_with_usage(client: AsyncOpenAI) -> None:
+    stream = await client.chat.completions.create(
+        model=CLOUD, messages=HELLO, stream=True, stream_options={"include_usage": True}
+    )
+    chunks = [c async for c in stream]
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "echo: hello gateway"
+    assert {c.object for c in chunks} == {"chat.completion.chunk"}
+    assert {c.model for c in chunks} == {CLOUD}
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].choices == []
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == 3
+
+
+@pytest.mark.parametrize("model", [LOCAL, CLOUD])
+async def test_tool_calls_come_back(
+    client: AsyncOpenAI, models: FakeModelServer, model: str
+) -> None:
+    models.add(
+        Rule(
+            containing="weather",
+            tool_calls=[ToolCall(name="get_weather", arguments={"city": "Paris"})],
+        )
+    )
+    answer = await client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": "weather in Paris?"}],
+        tools=[WEATHER_TOOL],  # type: ignore[list-item]
+        tool_choice="auto",
+    )
+    choice = answer.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.tool_calls is not None
+    call = choice.message.tool_calls[0]
+    assert call.function.name == "get_weather"  # type: ignore[union-attr]
+    assert json.loads(call.function.arguments) == {"city": "Paris"}  # type: ignore[union-attr]
+    assert models.last_call.request.tools[0]["function"]["name"] == "get_weather"
+
+
+async def test_streamed_tool_calls_assemble(client: AsyncOpenAI, models: FakeModelServer) -> None:
+    models.add(
+        Rule(
+            containing="weather",
+            tool_calls=[ToolCall(name="get_weather", arguments={"city": "Oslo"})],
+        )
+    )
+    stream = await client.chat.completions.create(
+        model=CLOUD,
+        messages=[{"role": "user", "content": "weather in Oslo?"}],
+        tools=[WEATHER_TOOL],  # type: ignore[list-item]
+        stream=True,
+    )
+    name, arguments, finish = "", "", None
+    async for c in stream:
+        for part in c.choices[0].delta.tool_calls or []:
+            name += (part.function and part.function.name) or ""
+            arguments += (part.function and part.function.arguments) or ""
+        finish = c.choices[0].finish_reason or finish
+    assert (name, json.loads(arguments), finish) == ("get_weather", {"city": "Oslo"}, "tool_calls")
+
+
+async def test_falls_back_across_providers_on_a_500(
+    client: AsyncOpenAI, models: FakeModelServer
+) -> None:
+    models.add(Rule(when=ollama_fails, status=500))
+    raw = await client.chat.completions.with_raw_response.create(model=LOCAL, messages=HELLO)
+    assert raw.parse().choices[0].message.content == "echo: hello gateway"
+    assert raw.headers["x-spine-fallback"] == f"{LOCAL}>ollama/{CLOUD}>{CLOUD}"
+    assert raw.headers["x-spine-provider"] == "openai"
+
+
+async def test_a_stream_failing_before_its_first_token_falls_back(
+    client: AsyncOpenAI, models: FakeModelServer
+) -> None:
+    models.add(Rule(when=ollama_fails, status=500))
+    raw = await client.chat.completions.with_raw_response.create(
+        model=LOCAL, messages=HELLO, stream=True
+    )
+    assert raw.headers["x-spine-fallback"] == f"{LOCAL}>ollama/{CLOUD}>{CLOUD}"
+    assert raw.headers["content-type"].startswith("text/event-stream")
+    text = "".join([c.choices[0].delta.content or "" async for c in raw.parse() if c.choices])
+    assert text == "echo: hello gateway"
+    assert models.count(model=LOCAL) == 1
+
+
+async def test_a_stream_failing_after_tokens_ends_with_an_error_event(
+    spine: RunningPlatform, client: AsyncOpenAI, models: FakeModelServer
+) -> None:
+    models.add(Rule(model=CLOUD, disconnect_after=2, reply="one two three four five"))
+    stream = await client.chat.completions.create(model=CLOUD, messages=HELLO, stream=True)
+    seen = ""
+    with pytest.raises(openai.APIError) as caught:
+        async for c in stream:
+            seen += c.choices[0].delta.content or ""
+    assert seen == "one two"
+    assert caught.value.body["code"] == "provider_error"  # type: ignore[index]
+    assert models.count(model=CLOUD) == 1  # no second answer spliced on
+
+    async with spine.client.stream(
+        "POST", "/v1/chat/completions", json={"model": CLOUD, "messages": HELLO, "stream": True}
+    ) as resp:
+        lines = [line async for line in resp.aiter_lines() if line.startswith("data:")]
+    assert lines[-1] == "data: [DONE]"
+    assert json.loads(lines[-2][5:])["error"]["type"] == "upstream_error"
+
+
+async def test_bad_requests_are_4xx_naming_the_problem(
+    spine: RunningPlatform, client: AsyncOpenAI, models: FakeModelServer
+) -> None:
+    with pytest.raises(openai.NotFoundError) as missing:
+        await client.chat.completions.create(model="no-such-model", messages=HELLO)
+    assert (missing.value.code, missing.value.param) == ("model_not_found", "model")
+    assert "no-such-model" in missing.value.message
+
+    with pytest.raises(openai.BadRequestError) as empty:
+        await client.chat.completions.create(model=LOCAL, messages=[])
+    assert empty.value.param == "messages"
+
+    with pytest.raises(openai.BadRequestError) as bad_format:
+        await client.chat.completions.create(
+            model=LOCAL,
+            messages=HELLO,
+            response_format={"type": "xml"},  # type: ignore[typeddict-item]
+        )
+    assert bad_format.value.param == "response_format"
+
+    with pytest.raises(openai.BadRequestError) as unknown:
+        await client.chat.completions.create(
+            model=LOCAL, messages=HELLO, extra_body={"frobnicate": 1}
+        )
+    assert (unknown.value.param, unknown.value.code) == ("frobnicate", "unknown_parameter")
+
+    models.add(Rule(status=400))  # every model: "maximum context length is 8192 tokens"
+    with pytest.raises(openai.BadRequestError) as overflow:
+        await client.chat.completions.create(model=CLOUD, messages=HELLO)
+    assert overflow.value.code == "context_length_exceeded"
+
+    raw = await spine.client.post(
+        "/v1/chat/completions", json={"model": LOCAL, "messages": HELLO, "temperature": 9}
+    )
+    assert raw.status_code == 400
+    assert raw.json()["error"]["param"] == "temperature"
+    assert set(raw.json()["error"]) == {"message", "type", "param", "code"}
+
+
+async def test_provider_failures_are_502(client: AsyncOpenAI, models: FakeModelServer) -> None:
+    models.add(Rule(status=500))
+    with pytest.raises(openai.InternalServerError) as caught:
+        await client.chat.completions.create(model=CLOUD, messages=HELLO)
+    assert caught.value.status_code == 502
+    assert "sk-test-dummy" not in caught.value.message
+
+
+async def test_a_key_is_required(spine: RunningPlatform, models: FakeModelServer) -> None:
+    async with httpx.AsyncClient(base_url=spine.url) as anonymous:
+        for method, path in (("POST", "/v1/chat/completions"), ("GET", "/v1/models")):
+            resp = await anonymous.request(method, path, json={"model": LOCAL, "messages": HELLO})
+            assert resp.status_code == 401
+            assert resp.json()["error"]["code"] == "invalid_api_key"
+    async with AsyncOpenAI(base_url=f"{spine.url}/v1", api_key="spn_nope_nope") as wrong:
+        with pytest.raises(openai.AuthenticationError):
+            await wrong.chat.completions.create(model=LOCAL, messages=HELLO)
+    assert models.count() == 0
+
+
+async def test_models_lists_the_catalogue(spine: RunningPlatform, client: AsyncOpenAI) -> None:
+    listed = [m.id async for m in client.models.list()]
+    assert {LOCAL, CLOUD, "compat", f"ollama/{CLOUD}", "nomic-embed-text"} <= set(listed)
+    body = (await spine.client.get("/v1/models")).json()
+    assert body["object"] == "list"
+    by_id = {m["id"]: m for m in body["data"]}
+    assert by_id[LOCAL]["object"] == "model"
+    assert by_id[LOCAL]["owned_by"] == "ollama"
+    assert by_id[LOCAL]["spine"]["tags"] == ["local"]
+    assert by_id["nomic-embed-text"]["spine"]["capabilities"]["embeddings"] is True
+    assert by_id["compat"]["spine"]["provider"] == "openai-compatible"
+    assert by_id[CLOUD]["spine"]["context_window"] == 128_000
