@@ -130,6 +130,8 @@ def make_settings(
         "default_provider": "ollama",
         "api": {"port": free_port(), "sweep_interval": 0.5, "key_cache_seconds": 0},
         "worker": {"ack_wait": 3, "max_attempts": 3, "backoff": [0.2, 0.5], "concurrency": 8},
+        # Tests share one Redis: each gets its own response cache, never an earlier test's.
+        "cache": {"prefix": f"spine:test:{uuid.uuid4().hex}:"},
     }
     for key, value in env.items():
         if isinstance(value, dict) and isinstance(overrides.get(key), dict):

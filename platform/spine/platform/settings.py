@@ -111,6 +111,11 @@ class CacheSettings(BaseModel):
     max_entries: int = Field(
         10_000, ge=1, description="Answers the in-process cache holds (least recently used go)."
     )
+    prefix: str = Field(
+        "spine:cache:",
+        min_length=1,
+        description="Prefix of the Redis keys, to keep deployments sharing a Redis apart.",
+    )
 
 
 class BudgetSettings(BaseModel):

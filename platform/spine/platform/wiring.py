@@ -16,13 +16,17 @@ from spine.agents.worker import TaskWorker
 from spine.events.bus import NatsBus
 from spine.events.progress import ProgressFeed
 from spine.events.streams import StreamLayout
+from spine.platform.budgets import BudgetLedger, BudgetLimits
+from spine.platform.calls import ModelCalls
 from spine.platform.db import Database
 from spine.platform.errors import ConfigurationError, ServiceUnavailable
 from spine.platform.keys import KeyStore
 from spine.platform.llm import LiteLLMClient, ModelClient
 from spine.platform.router import ModelRouter
+from spine.platform.router.cache import response_cache
 from spine.platform.settings import Settings
 from spine.platform.tasks import TaskStore
+from spine.platform.usage import UsageLedger
 
 __all__ = ["Platform"]
 
@@ -43,6 +47,7 @@ class Platform:
     layout: StreamLayout
     dispatcher: TaskDispatcher
     router: ModelRouter
+    calls: ModelCalls
     _warming: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
 
     @classmethod
@@ -72,6 +77,13 @@ class Platform:
         dispatcher = TaskDispatcher(
             store=tasks, bus=bus, feed=feed, catalog=catalog, settings=settings.api
         )
+        router = ModelRouter(settings)
+        calls = ModelCalls(
+            router,
+            budgets=BudgetLedger(db, BudgetLimits.from_settings(settings)),
+            usage=UsageLedger(db),
+            cache=response_cache(settings),
+        )
         return cls(
             settings=settings,
             db=db,
@@ -82,7 +94,8 @@ class Platform:
             catalog=catalog,
             layout=layout,
             dispatcher=dispatcher,
-            router=ModelRouter(settings),
+            router=router,
+            calls=calls,
         )
 
     async def start(self) -> None:
@@ -105,6 +118,11 @@ class Platform:
         assert self._warming is not None
         await asyncio.shield(self._warming)
         return self.router
+
+    async def model_calls(self) -> ModelCalls:
+        """Return the metered model calls once the router is warm (see :meth:`models`)."""
+        await self.models()
+        return self.calls
 
     def worker(self, *, models: ModelClient | None = None) -> TaskWorker:
         """Build a worker on these services."""
@@ -135,4 +153,6 @@ class Platform:
             await asyncio.gather(self._warming, return_exceptions=True)
         with contextlib.suppress(Exception):
             await self.bus.close()
+        with contextlib.suppress(Exception):
+            await self.calls.close()
         await self.db.dispose()

@@ -8,15 +8,19 @@ raise the exception a caller expects (404 ``model_not_found``, 400 naming the pa
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import time
 import uuid
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from spine.platform.errors import (
     BadRequest,
+    BudgetExceeded,
     ContextWindowExceeded,
     PermanentTaskError,
     ProviderNotConfigured,
@@ -78,10 +82,19 @@ class GatewayError(Exception):
         type: str = "invalid_request_error",
         param: str | None = None,
         code: str | None = None,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
     ) -> None:
         super().__init__(message)
         self.status = status
-        self.body = {"message": message, "type": type, "param": param, "code": code}
+        self.body: dict[str, Any] = {
+            "message": message,
+            "type": type,
+            "param": param,
+            "code": code,
+            **extra,
+        }
+        self.headers = headers or {}
 
     @classmethod
     def of(cls, exc: SpineError) -> GatewayError:
@@ -94,6 +107,8 @@ class GatewayError(Exception):
             return cls(400, exc.message, param="messages", code="context_length_exceeded")
         if isinstance(exc, Unauthorized):
             return cls(401, exc.message, code="invalid_api_key")
+        if isinstance(exc, BudgetExceeded):
+            return cls._budget(exc)
         if isinstance(exc, BadRequest):
             code = None if exc.error_type == "invalid_request" else exc.error_type
             return cls(exc.status_code, exc.message, param=param, code=code)
@@ -113,6 +128,30 @@ class GatewayError(Exception):
             return cls(502, exc.message, type="upstream_error", code="provider_error")
         return cls(
             exc.status_code, exc.message, type=exc.error_type, param=param, code=exc.error_type
+        )
+
+    @classmethod
+    def _budget(cls, exc: BudgetExceeded) -> GatewayError:
+        # OpenAI's own "quota spent" type; our fields say which budget, its spend and reset.
+        # Clients must not retry before the reset: x-should-retry stops the official ones.
+        headers = {"x-should-retry": "false"}
+        resets_at = exc.details.get("resets_at")
+        if isinstance(resets_at, str):
+            with contextlib.suppress(ValueError):
+                wait = datetime.fromisoformat(resets_at) - datetime.now(UTC)
+                headers["Retry-After"] = str(max(math.ceil(wait.total_seconds()), 1))
+        fields = {
+            name: exc.details[name]
+            for name in ("scope", "budget", "spent", "reserved", "requested", "resets_at")
+            if name in exc.details
+        }
+        return cls(
+            429,
+            exc.message,
+            type="insufficient_quota",
+            code="budget_exceeded",
+            headers=headers,
+            **fields,
         )
 
 

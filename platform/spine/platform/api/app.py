@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from spine.platform.api import tasks
+from spine.platform.api import tasks, usage
 from spine.platform.api.auth import Caller, platform_of
 from spine.platform.api.errors import BodySizeLimit, install_error_handlers
 from spine.platform.api.gateway import router as gateway_router
@@ -50,6 +50,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(BodySizeLimit, max_bytes=settings.api.max_body_bytes)
     app.include_router(tasks.router)
     app.include_router(gateway_router)
+    app.include_router(usage.router)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

@@ -6,6 +6,14 @@ body or the ``X-Spine-Strategy`` header, else ``GENAI_ROUTING_STRATEGY``). The a
 answered and why in ``X-Spine-Model``, ``X-Spine-Provider``, ``X-Spine-Strategy`` and
 ``X-Spine-Fallback`` (the models tried, ``llama3.2>gpt-4o-mini``).
 
+Calls are metered by :class:`~spine.platform.calls.ModelCalls`: answered from the response
+cache when possible, reserved against the caller's daily budgets and recorded in the usage
+ledger. ``X-Spine-Cost`` says what the answer cost (USD; 0 for a cache hit) and
+``X-Spine-Cache`` whether it was a ``hit``, a ``miss`` or a ``bypass`` (a request with
+``Cache-Control: no-cache`` or ``X-Spine-Cache: bypass``). A stream's cost is known only at its
+end, so its headers carry ``X-Spine-Cost`` only for a hit (0); the usage ledger has it. A spent
+budget is a 429 with code ``budget_exceeded``, naming the budget, the spend and when it resets.
+
 A streamed answer falls back while no token has been sent; a failure after that ends the
 stream with ``data: {"error": {...}}`` and ``data: [DONE]``. Errors are in OpenAI's shape.
 """
@@ -14,6 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from decimal import Decimal
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -32,9 +41,10 @@ from spine.platform.api._openai import (
     usage_body,
 )
 from spine.platform.api.auth import authenticate, platform_of
+from spine.platform.calls import CallContext, MeteredStream
 from spine.platform.errors import SpineError
 from spine.platform.llm import Attempt, CompletionDelta
-from spine.platform.router import CompletionStream, ModelRouter
+from spine.platform.router import ModelRouter
 
 __all__ = ["router"]
 
@@ -43,6 +53,7 @@ logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["gateway"])
 
 STRATEGY_HEADER = "x-spine-strategy"
+CACHE_HEADER = "x-spine-cache"
 EXPLICIT = "explicit"
 
 
@@ -50,23 +61,30 @@ EXPLICIT = "explicit"
 async def chat_completions(request: Request) -> Response:
     """Answer a chat completion, streamed or not, through the model router."""
     try:
-        await authenticate(request)
+        caller = await authenticate(request)
         chat = ChatCompletionRequest.parse(await request.body())
-        models = await platform_of(request).models()
+        calls = await platform_of(request).model_calls()
         params = chat.params()
         strategy = request.headers.get(STRATEGY_HEADER) or chat.spine_strategy
         if strategy:
             params["strategy"] = strategy
+        context = CallContext(
+            tenant=caller.tenant, key_id=caller.key_id, use_cache=not _bypasses_cache(request)
+        )
+        messages = chat.messages_out()
         if chat.stream:
-            opened = await models.stream(chat.messages_out(), model=chat.routed_model, **params)
+            opened = await calls.stream(messages, context, model=chat.routed_model, **params)
             return _streamed(opened, chat)
-        answer = await models.complete(chat.messages_out(), model=chat.routed_model, **params)
+        metered = await calls.complete(messages, context, model=chat.routed_model, **params)
     except SpineError as exc:
         return _error(GatewayError.of(exc))
     except GatewayError as exc:
         return _error(exc)
+    answer = metered.completion
     completion_id, created = new_completion_id()
     headers = _headers(answer.model, answer.provider, answer.strategy, answer.fallback_path, chat)
+    headers["X-Spine-Cost"] = _amount(metered.cost)
+    headers["X-Spine-Cache"] = metered.cache
     return JSONResponse(
         completion_body(answer, completion_id=completion_id, created=created), headers=headers
     )
@@ -102,7 +120,7 @@ async def list_models(request: Request) -> Response:
     return JSONResponse({"object": "list", "data": data})
 
 
-def _streamed(opened: CompletionStream, chat: ChatCompletionRequest) -> Response:
+def _streamed(opened: MeteredStream, chat: ChatCompletionRequest) -> Response:
     completion_id, created = new_completion_id()
     frame: dict[str, Any] = {
         "completion_id": completion_id,
@@ -137,6 +155,10 @@ def _streamed(opened: CompletionStream, chat: ChatCompletionRequest) -> Response
 
     headers = _headers(opened.model, opened.provider, opened.strategy, opened.fallback_path, chat)
     headers["Cache-Control"] = "no-cache"
+    # The cost of a stream is known at its end: in the usage ledger, not in a header.
+    headers["X-Spine-Cache"] = opened.cache
+    if opened.cache == "hit":
+        headers["X-Spine-Cost"] = "0"
     return StreamingResponse(frames(), media_type="text/event-stream", headers=headers)
 
 
@@ -155,11 +177,24 @@ def _headers(
     }
 
 
+def _bypasses_cache(request: Request) -> bool:
+    directives = request.headers.get("cache-control", "").lower()
+    if any(d.strip() in {"no-cache", "no-store"} for d in directives.split(",")):
+        return True
+    return request.headers.get(CACHE_HEADER, "").strip().lower() == "bypass"
+
+
 def _error(error: GatewayError) -> JSONResponse:
     if error.status >= 500:
         logger.warning("gateway answered %d: %s", error.status, error.body["message"])
-    headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else None
+    headers = dict(error.headers)
+    if error.status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
     return JSONResponse(error_body(error), status_code=error.status, headers=headers)
+
+
+def _amount(cost: Decimal) -> str:
+    return format(cost.normalize(), "f") if cost else "0"
 
 
 def _price(value: object) -> str | None:

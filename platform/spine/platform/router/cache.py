@@ -364,7 +364,7 @@ def response_cache(settings: Settings, *, clock: Clock | None = None) -> Respons
     if settings.redis_url is not None:
         try:
             return RedisResponseCache.from_url(
-                settings.redis_url, ttl=config.ttl_seconds, clock=clock
+                settings.redis_url, ttl=config.ttl_seconds, prefix=config.prefix, clock=clock
             )
         except ValueError as exc:
             raise ConfigurationError(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -85,7 +85,8 @@ class ModelRouter:
     """Routes chat calls across the catalogue with a strategy, fallbacks and circuit breakers.
 
     Per-call parameters besides LiteLLM's: ``strategy`` (overrides
-    ``GENAI_ROUTING_STRATEGY``) and ``min_quality`` (0 to 1).
+    ``GENAI_ROUTING_STRATEGY``), ``min_quality`` (0 to 1) and ``admit`` (a predicate on
+    :class:`ModelSpec` that narrows the plan, see :meth:`plan`).
     """
 
     def __init__(
@@ -103,6 +104,11 @@ class ModelRouter:
         self.health = health if health is not None else ModelHealth()
         self._client: ModelCaller = client if client is not None else LiteLLMClient(settings)
 
+    @property
+    def default_strategy(self) -> str:
+        """The strategy of calls that name none (``GENAI_ROUTING_STRATEGY``)."""
+        return self._settings.routing_strategy
+
     async def warm_up(self) -> None:
         """Import LiteLLM off the event loop, add the models Ollama lists, fill in prices.
 
@@ -118,13 +124,22 @@ class ModelRouter:
         self.catalogue.fill_unknown(known_model_facts)
 
     def plan(
-        self, requirements: Requirements, *, model: str | None = None, strategy: str | None = None
+        self,
+        requirements: Requirements,
+        *,
+        model: str | None = None,
+        strategy: str | None = None,
+        admit: Callable[[ModelSpec], bool] | None = None,
     ) -> RoutePlan:
         """Return the models a call with ``requirements`` would try, in order.
 
+        ``admit`` narrows the plan to the models it accepts (the caller's budget may only
+        admit free models, for example).
+
         Raises:
             ProviderNotConfigured: No provider is configured.
-            BadRequest: The model or strategy is unknown, or no model meets the request.
+            BadRequest: The model or strategy is unknown, or no model meets the request (or
+                ``admit`` accepts none).
         """
         if not len(self.catalogue):
             raise ProviderNotConfigured(f"no model provider is configured: {HOW_TO_CONFIGURE}")
@@ -140,13 +155,13 @@ class ModelRouter:
                 for spec in ordered
                 if spec.provider == provider and spec.name != first.name
             ]
-            return RoutePlan(strategy=chosen, models=[first, *chain])
+            return _admitted(RoutePlan(strategy=chosen, models=[first, *chain]), admit)
         if not ordered:
             reasons = "; ".join(
                 f"{name}: {why}" for name, why in self.catalogue.refusals(requirements).items()
             )
             raise BadRequest(f"no configured model meets the request ({reasons})")
-        return RoutePlan(strategy=chosen, models=ordered)
+        return _admitted(RoutePlan(strategy=chosen, models=ordered), admit)
 
     async def complete(
         self, messages: list[dict[str, Any]], *, model: str | None = None, **params: Any
@@ -159,9 +174,10 @@ class ModelRouter:
             SpineError: A model refused the call for a reason another model would share.
         """
         strategy = params.pop("strategy", None)
+        admit = params.pop("admit", None)
         min_quality = float(params.pop("min_quality", None) or 0.0)
         requirements = Requirements.of(messages, params, min_quality=min_quality)
-        plan = self.plan(requirements, model=model, strategy=strategy)
+        plan = self.plan(requirements, model=model, strategy=strategy, admit=admit)
         path: list[Attempt] = []
         last_error: SpineError | None = None
         for spec in plan.models:
@@ -217,9 +233,10 @@ class ModelRouter:
             SpineError: A model refused the call for a reason another model would share.
         """
         strategy = params.pop("strategy", None)
+        admit = params.pop("admit", None)
         min_quality = float(params.pop("min_quality", None) or 0.0)
         requirements = Requirements.of(messages, params, min_quality=min_quality)
-        plan = self.plan(requirements, model=model, strategy=strategy)
+        plan = self.plan(requirements, model=model, strategy=strategy, admit=admit)
         path: list[Attempt] = []
         last_error: SpineError | None = None
         for spec in plan.models:
@@ -308,3 +325,15 @@ class ModelRouter:
         return type(last_error)(
             f"{last_error.message} [tried: {tried}]", field=last_error.field, **details
         )
+
+
+def _admitted(plan: RoutePlan, admit: Callable[[ModelSpec], bool] | None) -> RoutePlan:
+    if admit is None:
+        return plan
+    kept = [spec for spec in plan.models if admit(spec)]
+    if not kept:
+        raise BadRequest(
+            "none of the models that could answer may be used for this call: "
+            + ", ".join(spec.name for spec in plan.models)
+        )
+    return RoutePlan(strategy=plan.strategy, models=kept)

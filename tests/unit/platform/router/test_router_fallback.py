@@ -327,3 +327,21 @@ async def test_a_cancelled_probe_frees_the_breaker_for_the_next_caller(
     with pytest.raises(asyncio.CancelledError):
         await probe
     assert router.health.available("local")
+
+
+async def test_admit_narrows_the_plan_and_never_calls_a_model_left_out(
+    caller: ScriptedCaller, clock: FakeClock
+) -> None:
+    router = make_router(caller, clock)
+    assert plan(router, strategy="quality") == ["claude", "mini", "local"]
+
+    def free(s: ModelSpec) -> bool:
+        return s.input_price == 0
+
+    assert plan(router, strategy="quality", admit=free) == ["local"]
+    caller.script["local"] = transient()
+    with pytest.raises(TransientTaskError):
+        await router.complete(USER, strategy="quality", admit=free)
+    assert caller.calls == ["local"]
+    with pytest.raises(BadRequest, match="none of the models"):
+        router.plan(Requirements(), strategy="quality", admit=lambda s: False)
