@@ -105,7 +105,7 @@ async def clean_jetstream(services: Any) -> None:
     """Delete the platform's streams so no message of an earlier test is delivered."""
     nc = await nats.connect(services.nats_url)
     js = nc.jetstream()
-    for stream in ("TASKS", "TASKS_DLQ"):
+    for stream in ("TASKS", "TASKS_DLQ", "OUTCOMES"):
         with contextlib.suppress(Exception):
             await js.delete_stream(stream)
     await nc.close()

@@ -19,14 +19,15 @@ from nats.js.api import (
 from nats.js.errors import BadRequestError
 
 from spine.events.bus import NatsBus
-from spine.events.subjects import DLQ_TASKS, LANES, TASKS_ALL, lane_subject
+from spine.events.subjects import DLQ_TASKS, LANES, OUTCOMES_ALL, TASKS_ALL, lane_subject
 
-__all__ = ["DLQ_STREAM", "TASKS_STREAM", "StreamLayout", "consumer_name"]
+__all__ = ["DLQ_STREAM", "OUTCOMES_STREAM", "TASKS_STREAM", "StreamLayout", "consumer_name"]
 
 logger = logging.getLogger(__name__)
 
 TASKS_STREAM = "TASKS"
 DLQ_STREAM = "TASKS_DLQ"
+OUTCOMES_STREAM = "OUTCOMES"
 _DAY = 24 * 3600.0
 
 
@@ -43,6 +44,7 @@ class StreamLayout:
     ack_wait: float = 30.0
     max_deliver: int = 6
     duplicate_window: float = 120.0
+    outcomes_max_age: float = 7 * _DAY
 
     def task_stream(self) -> StreamConfig:
         """Describe TASKS: a work queue, so an acked task leaves the stream."""
@@ -67,6 +69,22 @@ class StreamLayout:
             max_age=30 * _DAY,
         )
 
+    def outcomes_stream(self) -> StreamConfig:
+        """Describe OUTCOMES: one event per routed model call, kept ``outcomes_max_age`` seconds.
+
+        For the learning consumer; the usage rows in the database are the durable record.
+        """
+        return StreamConfig(
+            name=OUTCOMES_STREAM,
+            subjects=[OUTCOMES_ALL],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            num_replicas=self.replicas,
+            max_age=self.outcomes_max_age,
+            duplicate_window=min(self.duplicate_window, self.outcomes_max_age),
+            discard=DiscardPolicy.OLD,
+        )
+
     def worker_consumer(self, lane: str) -> ConsumerConfig:
         """Describe the pull consumer of one lane; explicit acks, bounded deliveries."""
         return ConsumerConfig(
@@ -83,14 +101,16 @@ class StreamLayout:
 
     async def ensure(self, js: JetStreamContext) -> None:
         """Create or update the streams and consumers; safe from any number of processes."""
-        for config in (self.task_stream(), self.dlq_stream()):
+        for config in (self.task_stream(), self.dlq_stream(), self.outcomes_stream()):
             try:
                 await js.add_stream(config)
             except BadRequestError:
                 await js.update_stream(config)
         for lane in LANES:
             await js.add_consumer(TASKS_STREAM, self.worker_consumer(lane))
-        logger.info("JetStream streams ready: %s, %s", TASKS_STREAM, DLQ_STREAM)
+        logger.info(
+            "JetStream streams ready: %s, %s, %s", TASKS_STREAM, DLQ_STREAM, OUTCOMES_STREAM
+        )
 
     async def ensure_when_ready(self, bus: NatsBus, *, retry_every: float = 1.0) -> None:
         """Wait for NATS, then create the streams, retrying while JetStream is not answering."""

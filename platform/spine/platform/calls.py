@@ -14,7 +14,9 @@
 3. calls the router;
 4. settles the reservation with the actual cost (the answer's tokens at the answering model's
    prices), or releases it when the call failed;
-5. records one usage row: for answers, failures, budget refusals and cache hits alike.
+5. records one usage row: for answers, failures, budget refusals and cache hits alike;
+6. hands that row to the outcome hook, if one was given (:class:`OutcomeHook`: the API wires
+   a publisher of outcome events to JetStream there; this module knows nothing of NATS).
 
 A stream is reserved when it opens and settled and recorded when it ends: with the usage of its
 final chunk, or an estimate (4 characters a token) when the provider sent none. A stream that
@@ -31,7 +33,7 @@ import time
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from spine.platform.budgets import BudgetLedger, Reservation, budget_scopes, estimate_cost
 from spine.platform.errors import BudgetExceeded, SpineError
@@ -40,13 +42,23 @@ from spine.platform.router import CompletionStream, ModelRouter, ModelSpec, Requ
 from spine.platform.router.cache import CacheKey, ResponseCache
 from spine.platform.usage import OK, ModelCallRecord, UsageLedger
 
-__all__ = ["CacheStatus", "CallContext", "MeteredCompletion", "MeteredStream", "ModelCalls"]
+__all__ = [
+    "EXPLICIT",
+    "CacheStatus",
+    "CallContext",
+    "MeteredCompletion",
+    "MeteredStream",
+    "ModelCalls",
+    "OutcomeHook",
+]
 
 logger = logging.getLogger(__name__)
 
 CacheStatus = Literal["hit", "miss", "bypass"]
 _ZERO = Decimal(0)
 _CHARS_PER_TOKEN = 4
+EXPLICIT = "explicit"
+"""The strategy reported for a call that named its model."""
 
 
 @dataclass(slots=True, kw_only=True, frozen=True)
@@ -56,7 +68,22 @@ class CallContext:
     tenant: str
     key_id: str | None = None
     task_id: str | None = None
+    task_category: str | None = None
     use_cache: bool = True
+
+
+class OutcomeHook(Protocol):
+    """Told of every routed call once its usage row was written (or failed to be).
+
+    Called in the caller's task, so it must return at once (hand the work to a background
+    task) and should not raise; an exception it raises is logged and otherwise ignored.
+    ``strategy`` is the routing strategy of the call, or ``"explicit"`` when it named a model.
+    """
+
+    def __call__(
+        self, record: ModelCallRecord, *, strategy: str, task_category: str | None
+    ) -> None:
+        """Take note of one call."""
 
 
 @dataclass(slots=True, kw_only=True)
@@ -87,11 +114,13 @@ class ModelCalls:
         budgets: BudgetLedger,
         usage: UsageLedger,
         cache: ResponseCache | None = None,
+        outcomes: OutcomeHook | None = None,
     ) -> None:
         self.router = router
         self.budgets = budgets
         self.usage = usage
         self.cache = cache
+        self.outcomes = outcomes
         self._pending: set[asyncio.Task[None]] = set()
 
     async def complete(
@@ -109,11 +138,14 @@ class ModelCalls:
             SpineError: What the router raises (unknown model, every model failed, ...).
         """
         started = time.perf_counter()
+        strategy = self._strategy(model, params)
         key = self._cache_key(messages, context, model, params)
         if key is not None and self.cache is not None:
             hit = await self.cache.get(key)
             if hit is not None:
                 await self._record(
+                    context,
+                    strategy,
                     ModelCallRecord(
                         tenant=context.tenant,
                         key_id=context.key_id,
@@ -122,7 +154,7 @@ class ModelCalls:
                         provider=hit.provider,
                         latency_ms=_since(started),
                         cache_hit=True,
-                    )
+                    ),
                 )
                 return MeteredCompletion(completion=hit, cost=_ZERO, cache="hit")
         requirements = _requirements(messages, params)
@@ -134,7 +166,7 @@ class ModelCalls:
         except BaseException as exc:
             await self._settle(budgeted.reservation, None)
             if isinstance(exc, SpineError):
-                await self._record_failure(exc, context, model, budgeted.plan, started)
+                await self._record_failure(exc, context, model, params, budgeted.plan, started)
             raise
         cost = _cost(
             _spec(answer.model, budgeted.plan, self.router),
@@ -143,6 +175,8 @@ class ModelCalls:
         )
         await self._settle(budgeted.reservation, cost)
         await self._record(
+            context,
+            strategy,
             ModelCallRecord(
                 tenant=context.tenant,
                 key_id=context.key_id,
@@ -154,7 +188,7 @@ class ModelCalls:
                 cost=cost,
                 latency_ms=_since(started),
                 fallback_path=_tried_before(answer.fallback_path),
-            )
+            ),
         )
         if key is not None and self.cache is not None:
             await self.cache.put(key, answer)
@@ -194,6 +228,7 @@ class ModelCalls:
                     prompt_tokens=requirements.prompt_tokens,
                     started=started,
                     cache="hit",
+                    routing=self._strategy(model, params),
                 )
         budgeted = await self._reserve(messages, context, model, params, requirements, started)
         try:
@@ -201,7 +236,7 @@ class ModelCalls:
         except BaseException as exc:
             await self._settle(budgeted.reservation, None)
             if isinstance(exc, SpineError):
-                await self._record_failure(exc, context, model, budgeted.plan, started)
+                await self._record_failure(exc, context, model, params, budgeted.plan, started)
             raise
         return MeteredStream(
             calls=self,
@@ -213,6 +248,7 @@ class ModelCalls:
             started=started,
             cache="miss" if key is not None else "bypass",
             key=key,
+            routing=self._strategy(model, params),
         )
 
     async def close(self) -> None:
@@ -223,6 +259,11 @@ class ModelCalls:
             await self.cache.close()
 
     # -- steps ------------------------------------------------------------------------------
+
+    def _strategy(self, model: str | None, params: dict[str, Any]) -> str:
+        if model is not None:
+            return EXPLICIT
+        return str(params.get("strategy") or self.router.default_strategy)
 
     def _cache_key(
         self,
@@ -276,6 +317,8 @@ class ModelCalls:
                 )
             first = plan[0] if plan else None
             await self._record(
+                context,
+                self._strategy(model, params),
                 ModelCallRecord(
                     tenant=context.tenant,
                     key_id=context.key_id,
@@ -284,7 +327,7 @@ class ModelCalls:
                     provider=first.provider if first else "",
                     latency_ms=_since(started),
                     outcome=exc.error_type,
-                )
+                ),
             )
             raise
         return _Budgeted(reservation=reservation, admit=None, plan=plan)
@@ -294,6 +337,7 @@ class ModelCalls:
         exc: SpineError,
         context: CallContext,
         model: str | None,
+        params: dict[str, Any],
         plan: list[ModelSpec],
         started: float,
     ) -> None:
@@ -301,6 +345,8 @@ class ModelCalls:
         last = tried[-1] if tried else (plan[0].name if plan else (model or ""))
         spec = _spec(last, plan, self.router)
         await self._record(
+            context,
+            self._strategy(model, params),
             ModelCallRecord(
                 tenant=context.tenant,
                 key_id=context.key_id,
@@ -310,7 +356,7 @@ class ModelCalls:
                 latency_ms=_since(started),
                 fallback_path=tried[:-1],
                 outcome=exc.error_type,
-            )
+            ),
         )
 
     async def _settle(self, reservation: Reservation, cost: Decimal | None) -> None:
@@ -327,12 +373,17 @@ class ModelCalls:
         except Exception as exc:
             logger.warning("budget of %s not settled: %s", ", ".join(reservation.scopes), exc)
 
-    async def _record(self, record: ModelCallRecord) -> None:
+    async def _record(self, context: CallContext, strategy: str, record: ModelCallRecord) -> None:
         # Losing a usage row must not fail a call that was made (and maybe paid for).
         try:
             await asyncio.shield(self.usage.record(record))
         except Exception as exc:
             logger.warning("usage of a %s call not recorded: %s", record.model, exc)
+        if self.outcomes is not None:
+            try:
+                self.outcomes(record, strategy=strategy, task_category=context.task_category)
+            except Exception:
+                logger.warning("outcome of a %s call not reported", record.model, exc_info=True)
 
     async def _finish_stream(self, stream: MeteredStream, outcome: str) -> None:
         inner = stream.inner
@@ -340,6 +391,8 @@ class ModelCalls:
         if stream.cache == "hit":
             stream.cost = _ZERO
             await self._record(
+                context,
+                stream.routing,
                 ModelCallRecord(
                     tenant=context.tenant,
                     key_id=context.key_id,
@@ -349,7 +402,7 @@ class ModelCalls:
                     latency_ms=_since(stream.started),
                     cache_hit=True,
                     outcome=outcome,
-                )
+                ),
             )
             return
         input_tokens, output_tokens = inner.input_tokens, inner.output_tokens
@@ -362,6 +415,8 @@ class ModelCalls:
         if stream.reservation is not None:
             await self._settle(stream.reservation, cost)
         await self._record(
+            context,
+            stream.routing,
             ModelCallRecord(
                 tenant=context.tenant,
                 key_id=context.key_id,
@@ -374,7 +429,7 @@ class ModelCalls:
                 latency_ms=_since(stream.started),
                 fallback_path=_tried_before(inner.fallback_path),
                 outcome=outcome,
-            )
+            ),
         )
         if outcome == OK and stream.key is not None and self.cache is not None:
             answer = Completion(
@@ -414,6 +469,7 @@ class MeteredStream:
     started: float
     cache: CacheStatus = "bypass"
     key: CacheKey | None = None
+    routing: str = ""
     cost: Decimal | None = None
     chars: int = 0
     texts: list[str] = field(default_factory=list)

@@ -90,6 +90,16 @@ class StreamSettings(BaseModel):
 
     replicas: int = Field(1, ge=1, le=5)
     duplicate_window: float = Field(120.0, ge=1, description="Seconds Nats-Msg-Id dedupes.")
+    outcomes_max_age: float = Field(
+        7 * 24 * 3600.0,
+        ge=60,
+        description="Seconds the OUTCOMES stream keeps a model-call outcome event.",
+    )
+    outcomes_queue: int = Field(
+        10_000,
+        ge=1,
+        description="Outcome events waiting to be published before new ones are dropped.",
+    )
 
 
 class EmbeddedSettings(BaseModel):

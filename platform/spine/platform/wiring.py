@@ -14,6 +14,7 @@ from spine.agents.catalog import AgentCatalog, default_catalog
 from spine.agents.dispatch import TaskDispatcher
 from spine.agents.worker import TaskWorker
 from spine.events.bus import NatsBus
+from spine.events.outcomes import OutcomePublisher
 from spine.events.progress import ProgressFeed
 from spine.events.streams import StreamLayout
 from spine.platform.budgets import BudgetLedger, BudgetLimits
@@ -48,6 +49,7 @@ class Platform:
     dispatcher: TaskDispatcher
     router: ModelRouter
     calls: ModelCalls
+    outcomes: OutcomePublisher
     _warming: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
 
     @classmethod
@@ -67,6 +69,7 @@ class Platform:
         layout = StreamLayout(
             replicas=settings.streams.replicas,
             duplicate_window=settings.streams.duplicate_window,
+            outcomes_max_age=settings.streams.outcomes_max_age,
             ack_wait=settings.worker.ack_wait,
             # After a worker dies, the redelivery (ack_wait after delivery) usually comes just
             # before the dead attempt's lease (ack_wait after its claim) runs out, and is nakked
@@ -78,11 +81,13 @@ class Platform:
             store=tasks, bus=bus, feed=feed, catalog=catalog, settings=settings.api
         )
         router = ModelRouter(settings)
+        outcomes = OutcomePublisher(bus, max_queued=settings.streams.outcomes_queue)
         calls = ModelCalls(
             router,
             budgets=BudgetLedger(db, BudgetLimits.from_settings(settings)),
             usage=UsageLedger(db),
             cache=response_cache(settings),
+            outcomes=outcomes,
         )
         return cls(
             settings=settings,
@@ -96,6 +101,7 @@ class Platform:
             dispatcher=dispatcher,
             router=router,
             calls=calls,
+            outcomes=outcomes,
         )
 
     async def start(self) -> None:
@@ -151,8 +157,12 @@ class Platform:
         if self._warming is not None and not self._warming.done():
             self._warming.cancel()
             await asyncio.gather(self._warming, return_exceptions=True)
-        with contextlib.suppress(Exception):
-            await self.bus.close()
+        # Streams still settling report their outcomes before the publisher drains, and the
+        # publisher drains before the connection closes.
         with contextlib.suppress(Exception):
             await self.calls.close()
+        with contextlib.suppress(Exception):
+            await self.outcomes.close()
+        with contextlib.suppress(Exception):
+            await self.bus.close()
         await self.db.dispose()

@@ -1,0 +1,88 @@
+"""The outcome publisher never blocks a call: a full queue or a dead NATS drops and counts."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import pytest
+
+from spine.events.outcomes import ModelOutcome, OutcomePublisher
+from spine.events.streams import StreamLayout
+from spine.events.subjects import outcome_subject
+from spine.platform.errors import ServiceUnavailable
+from spine.platform.usage import ModelCallRecord
+
+
+class SlowBus:
+    """Acknowledges each publish after a while, or refuses them all."""
+
+    def __init__(self, *, down: bool = False, delay: float = 0.05) -> None:
+        self.down = down
+        self.delay = delay
+        self.published: list[tuple[str, bytes, str]] = []
+
+    async def publish_durable(self, subject: str, payload: bytes, *, msg_id: str) -> None:
+        if self.down:
+            raise ServiceUnavailable("NATS is not connected")
+        await asyncio.sleep(self.delay)
+        self.published.append((subject, payload, msg_id))
+
+
+def record(tenant: str = "acme") -> ModelCallRecord:
+    return ModelCallRecord(tenant=tenant, model="m", provider="p", latency_ms=1.5)
+
+
+def publisher(bus: SlowBus, **kwargs: Any) -> OutcomePublisher:
+    return OutcomePublisher(bus, **kwargs)  # type: ignore[arg-type]
+
+
+async def test_a_full_queue_drops_and_counts_instead_of_waiting(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    bus = SlowBus()
+    outcomes = publisher(bus, max_queued=2)
+    with caplog.at_level(logging.WARNING):
+        for _ in range(5):
+            outcomes(record(), strategy="explicit", task_category=None)
+    assert outcomes.dropped == 3
+    assert "not published" in caplog.text
+    await outcomes.close()
+    assert (outcomes.published, len(bus.published)) == (2, 2)
+    subject, payload, msg_id = bus.published[0]
+    event = ModelOutcome.model_validate_json(payload)
+    assert (subject, event.id, event.type, event.outcome) == (
+        "spine.outcomes.acme",
+        msg_id,
+        "model.outcome",
+        "ok",
+    )
+
+
+async def test_nats_down_drops_every_event_and_warns_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    outcomes = publisher(SlowBus(down=True))
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            outcomes(record(), strategy="quality", task_category="chat")
+        await asyncio.sleep(0.05)
+    assert (outcomes.dropped, outcomes.published) == (3, 0)
+    assert caplog.text.count("not published") == 1
+    await outcomes.close()
+
+
+def test_a_tenant_name_becomes_one_subject_token() -> None:
+    assert outcome_subject("acme") == "spine.outcomes.acme"
+    assert outcome_subject("a.b *>c") == "spine.outcomes.a_b___c"
+
+
+def test_the_outcomes_stream_keeps_events_for_a_limited_time() -> None:
+    config = StreamLayout(replicas=3, outcomes_max_age=3600).outcomes_stream()
+    assert (config.name, config.subjects, config.num_replicas, config.max_age) == (
+        "OUTCOMES",
+        ["spine.outcomes.>"],
+        3,
+        3600,
+    )
