@@ -41,7 +41,7 @@ from spine.platform.router.catalogue import (
     Requirements,
     discover_ollama,
 )
-from spine.platform.router.health import ModelHealth, Permit
+from spine.platform.router.health import CircuitBreaker, ModelHealth, Permit
 from spine.platform.router.strategies import RoutingContext, order_candidates
 from spine.platform.router.streaming import CompletionStream, StreamOutcome, first_output
 from spine.platform.settings import Settings
@@ -173,21 +173,11 @@ class ModelRouter:
             ContextWindowExceeded: No model of the plan could take the prompt.
             SpineError: A model refused the call for a reason another model would share.
         """
-        strategy = params.pop("strategy", None)
-        admit = params.pop("admit", None)
-        min_quality = float(params.pop("min_quality", None) or 0.0)
-        requirements = Requirements.of(messages, params, min_quality=min_quality)
-        plan = self.plan(requirements, model=model, strategy=strategy, admit=admit)
+        plan = self._plan_call(messages, model, params)
         path: list[Attempt] = []
         last_error: SpineError | None = None
         for spec in plan.models:
-            target = provider_target(
-                self._settings,
-                spec.provider,
-                spec.model,
-                api_base=spec.api_base,
-                api_key=spec.api_key.get_secret_value() if spec.api_key else None,
-            )
+            target = self._target(spec)
             breaker = self.health.breaker(spec.name)
             permit = breaker.acquire()
             if permit is None:
@@ -196,14 +186,7 @@ class ModelRouter:
             try:
                 answer = await self._client.call(target, messages, **params)
             except SpineError as exc:
-                # Only a failure to answer counts against the model's health; a refusal
-                # (4xx, context overflow) shows the model is up.
-                (breaker.failed if exc.retryable else breaker.succeeded)(permit)
-                cause = str(exc.details.get("cause") or type(exc).__name__)
-                path.append(Attempt(model=spec.name, provider=spec.provider, error=cause))
-                if not (exc.retryable or isinstance(exc, ContextWindowExceeded)):
-                    raise
-                logger.warning("model %s failed (%s); trying the next", spec.name, cause)
+                _record_failure(exc, spec, breaker, permit, path)
                 last_error = exc
                 continue
             except BaseException:
@@ -232,21 +215,11 @@ class ModelRouter:
             ContextWindowExceeded: No model of the plan could take the prompt.
             SpineError: A model refused the call for a reason another model would share.
         """
-        strategy = params.pop("strategy", None)
-        admit = params.pop("admit", None)
-        min_quality = float(params.pop("min_quality", None) or 0.0)
-        requirements = Requirements.of(messages, params, min_quality=min_quality)
-        plan = self.plan(requirements, model=model, strategy=strategy, admit=admit)
+        plan = self._plan_call(messages, model, params)
         path: list[Attempt] = []
         last_error: SpineError | None = None
         for spec in plan.models:
-            target = provider_target(
-                self._settings,
-                spec.provider,
-                spec.model,
-                api_base=spec.api_base,
-                api_key=spec.api_key.get_secret_value() if spec.api_key else None,
-            )
+            target = self._target(spec)
             breaker = self.health.breaker(spec.name)
             permit = breaker.acquire()
             if permit is None:
@@ -257,12 +230,7 @@ class ModelRouter:
             try:
                 buffered, ended = await first_output(deltas)
             except SpineError as exc:
-                (breaker.failed if exc.retryable else breaker.succeeded)(permit)
-                cause = str(exc.details.get("cause") or type(exc).__name__)
-                path.append(Attempt(model=spec.name, provider=spec.provider, error=cause))
-                if not (exc.retryable or isinstance(exc, ContextWindowExceeded)):
-                    raise
-                logger.warning("model %s failed to stream (%s); trying the next", spec.name, cause)
+                _record_failure(exc, spec, breaker, permit, path)
                 last_error = exc
                 continue
             except BaseException:
@@ -297,6 +265,25 @@ class ModelRouter:
             )
         raise self._exhausted(path, last_error)
 
+    def _plan_call(
+        self, messages: list[dict[str, Any]], model: str | None, params: dict[str, Any]
+    ) -> RoutePlan:
+        # Routing options travel with the call's parameters; none of them reaches the model.
+        strategy = params.pop("strategy", None)
+        admit = params.pop("admit", None)
+        min_quality = float(params.pop("min_quality", None) or 0.0)
+        requirements = Requirements.of(messages, params, min_quality=min_quality)
+        return self.plan(requirements, model=model, strategy=strategy, admit=admit)
+
+    def _target(self, spec: ModelSpec) -> ProviderTarget:
+        return provider_target(
+            self._settings,
+            spec.provider,
+            spec.model,
+            api_base=spec.api_base,
+            api_key=spec.api_key.get_secret_value() if spec.api_key else None,
+        )
+
     def _explicit(self, name: str) -> ModelSpec:
         found = self.catalogue.get(name)
         if found is not None:
@@ -325,6 +312,26 @@ class ModelRouter:
         return type(last_error)(
             f"{last_error.message} [tried: {tried}]", field=last_error.field, **details
         )
+
+
+def _record_failure(
+    exc: SpineError,
+    spec: ModelSpec,
+    breaker: CircuitBreaker,
+    permit: Permit,
+    path: list[Attempt],
+) -> None:
+    """Note a failed attempt; re-raise unless the next model may succeed where this one failed.
+
+    Only a failure to answer counts against the model's health; a refusal (4xx, context
+    overflow) shows the model is up.
+    """
+    (breaker.failed if exc.retryable else breaker.succeeded)(permit)
+    cause = str(exc.details.get("cause") or type(exc).__name__)
+    path.append(Attempt(model=spec.name, provider=spec.provider, error=cause))
+    if not (exc.retryable or isinstance(exc, ContextWindowExceeded)):
+        raise exc
+    logger.warning("model %s failed (%s); trying the next", spec.name, cause)
 
 
 def _admitted(plan: RoutePlan, admit: Callable[[ModelSpec], bool] | None) -> RoutePlan:
