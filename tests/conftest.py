@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from spine.platform.api import create_app
+from spine.platform.db import Database
 from spine.platform.keys import KeyStore
 from spine.platform.settings import Settings, load_settings
 from spine.platform.wiring import Platform
@@ -98,6 +99,15 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/genai.db"
     return create_database(request.getfixturevalue("services").database_url)
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[Database]:
+    """A migrated database of each kind (see ``database_url``)."""
+    database = Database(database_url)
+    await database.migrate()
+    yield database
+    await database.dispose()
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator
 
 import pytest
 import sqlalchemy as sa
@@ -14,14 +13,6 @@ from spine.platform.errors import NotFound, Unauthorized
 from spine.platform.keys import KeyStore
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[Database]:
-    database = Database(database_url)
-    await database.migrate()
-    yield database
-    await database.dispose()
 
 
 @pytest.fixture

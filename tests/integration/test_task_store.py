@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -18,14 +17,6 @@ from spine.platform.schema import Base, TaskEventRow, TaskRow
 from spine.platform.tasks import TaskStore, TaskSubmission
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[Database]:
-    database = Database(database_url)
-    await database.migrate()
-    yield database
-    await database.dispose()
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -20,14 +19,6 @@ pytestmark = pytest.mark.integration
 
 DAY_ONE = datetime(2026, 11, 24, 23, 59, 59, 999999, tzinfo=UTC)
 DAY_TWO = datetime(2026, 11, 25, 0, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[Database]:
-    database = Database(database_url)
-    await database.migrate()
-    yield database
-    await database.dispose()
 
 
 @pytest.fixture
