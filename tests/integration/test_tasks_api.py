@@ -22,10 +22,12 @@ async def spine(services: Any, pg_url: str, models: FakeModelServer) -> Any:
         yield running
 
 
-async def submit(spine: RunningPlatform, prompt: str, **extra: Any) -> dict[str, Any]:
-    response = await spine.client.post(
-        "/v1/tasks", json={"agent": "chat", "input": {"prompt": prompt}, **extra}
-    )
+async def submit(
+    spine: RunningPlatform, prompt: str, *, model: str | None = None, **extra: Any
+) -> dict[str, Any]:
+    """Submit a chat task; a named model has no fallback (the tests set no chain)."""
+    chat: dict[str, Any] = {"prompt": prompt} | ({"model": model} if model else {})
+    response = await spine.client.post("/v1/tasks", json={"agent": "chat", "input": chat, **extra})
     assert response.status_code == 202, response.text
     return dict(response.json())
 
@@ -88,12 +90,32 @@ async def test_sse_follows_live_events_of_a_running_task(
 async def test_transient_errors_are_retried_with_backoff(
     spine: RunningPlatform, models: FakeModelServer
 ) -> None:
+    # A named model with no fallback chain: the router has nothing else to try, the task
+    # is retried.
     models.add(Rule(containing="flaky", status=500, times=2))
-    task = await submit(spine, "flaky call")
+    task = await submit(spine, "flaky call", model="llama3.2")
     done = await spine.wait_for(task["id"])
     assert done["state"] == "succeeded"
     assert done["attempts"] == 3
     assert models.count(containing="flaky") == 3
+
+
+async def test_agents_share_the_router_and_fall_back_within_one_attempt(
+    spine: RunningPlatform, models: FakeModelServer
+) -> None:
+    models.add(Rule(containing="wobbly", model="llama3.2", status=500))
+    task = await submit(spine, "wobbly call")
+    done = await spine.wait_for(task["id"])
+    assert done["state"] == "succeeded"
+    assert done["attempts"] == 1
+    assert done["result"]["model"] == "gpt-4o-mini"
+    events = await sse_events(spine, task["id"])
+    call = next(e for e in events if e["type"] == "model_call")
+    assert call["fallback_path"] == ["llama3.2"]
+    assert call["strategy"] == "local_first"
+    usage = await spine.client.get("/v1/usage", params={"group_by": "model"})
+    assert usage.status_code == 200, usage.text
+    assert "gpt-4o-mini" in usage.text
 
 
 async def test_permanent_error_fails_the_task_and_copies_it_to_the_dlq(
@@ -114,7 +136,7 @@ async def test_poison_task_is_dead_lettered_after_the_configured_attempts(
     spine: RunningPlatform, models: FakeModelServer, services: Any
 ) -> None:
     models.add(Rule(containing="poison", status=503))
-    poison = await submit(spine, "poison pill")
+    poison = await submit(spine, "poison pill", model="llama3.2")
     healthy = [await submit(spine, f"healthy {i}") for i in range(5)]
     done = await spine.wait_for(poison["id"])
     assert done["state"] == "dead_lettered"
@@ -269,6 +291,7 @@ async def test_chat_reaches_an_openai_compatible_provider(
         default_provider="openai",
         openai_api_key="sk-test",
         openai_base_url=models.openai_url,
+        ollama_url=None,  # else local_first would rightly answer from the local model
     )
     models.add(Rule(model="gpt-4o-mini", reply="from openai"))
     async with run_platform(settings) as spine:

@@ -202,10 +202,16 @@ def running_workers(workers: Iterable[WorkerProcess]) -> Iterator[list[WorkerPro
 
 
 async def submit(
-    client: httpx.AsyncClient, prompt: str, *, headers: dict[str, str] | None = None
+    client: httpx.AsyncClient,
+    prompt: str,
+    *,
+    model: str | None = None,
+    headers: dict[str, str] | None = None,
 ) -> httpx.Response:
+    """Submit a chat task; a named model has no fallback, so each attempt makes one call."""
+    chat: dict[str, Any] = {"prompt": prompt} | ({"model": model} if model else {})
     return await client.post(
-        "/v1/tasks", json={"agent": "chat", "input": {"prompt": prompt}}, headers=headers or {}
+        "/v1/tasks", json={"agent": "chat", "input": chat}, headers=headers or {}
     )
 
 

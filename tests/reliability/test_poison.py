@@ -114,7 +114,7 @@ async def test_a_poison_task_is_dead_lettered_after_its_attempts_although_its_wo
     rule = Rule(containing=poison_text, status=500, latency=1.0)
     async with crew(services, pg_url, tmp_path, rule) as c:
         db = c.spine.platform.db
-        response = await submit(c.spine.client, poison_text)
+        response = await submit(c.spine.client, poison_text, model="llama3.2")
         assert response.status_code == 202
         poison = response.json()["id"]
         healthy = await submit_all(
@@ -186,7 +186,7 @@ async def test_a_task_that_kills_its_worker_every_time_is_dead_lettered_after_it
     rule = Rule(containing=crasher_text, hang=True)
     async with crew(services, pg_url, tmp_path, rule) as c:
         db = c.spine.platform.db
-        response = await submit(c.spine.client, crasher_text)
+        response = await submit(c.spine.client, crasher_text, model="llama3.2")
         assert response.status_code == 202
         crasher = response.json()["id"]
         healthy: dict[str, str] = {}

@@ -10,11 +10,12 @@ from typing import Any, ClassVar, Protocol, TypeVar
 
 from pydantic import BaseModel
 
+from spine.platform.calls import CallContext
 from spine.platform.errors import TaskCancelled
 from spine.platform.llm import ModelClient
 from spine.platform.tasks import Task
 
-__all__ = ["Agent", "RunContext"]
+__all__ = ["Agent", "CallerModelSource", "RunContext"]
 
 T = TypeVar("T")
 
@@ -28,6 +29,22 @@ class Agent(Protocol):
 
     async def run(self, ctx: RunContext, request: BaseModel) -> dict[str, Any]:
         """Carry out the task and return its result."""
+        ...
+
+
+class CallerModelSource(Protocol):
+    """Where a worker gets the model client of each task (:class:`~spine.platform.calls.ModelCalls`).
+
+    Every call of a task is metered as that task's: its tenant's and key's budgets, its usage
+    rows and outcome events.
+    """
+
+    async def warm_up(self) -> None:
+        """Do slow one-time set-up before the first task."""
+        ...
+
+    def for_caller(self, context: CallContext) -> ModelClient:
+        """Return the model client for one caller."""
         ...
 
 

@@ -1,4 +1,4 @@
-"""The ``chat`` agent: one model call with the task's prompt or messages."""
+"""The ``chat`` agent: one routed model call with the task's prompt or messages."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ class ChatInput(BaseModel):
 
 
 class ChatAgent:
-    """Answers a prompt with one call to the default model."""
+    """Answers a prompt with one routed model call (the router picks the model unless named)."""
 
     name: ClassVar[str] = "chat"
     description: ClassVar[str] = "Answer a prompt or a conversation with one model call."
@@ -66,12 +66,19 @@ class ChatAgent:
         answer = await ctx.step(
             ctx.models.complete(request.conversation(), model=request.model, **params)
         )
-        usage = {"input_tokens": answer.input_tokens, "output_tokens": answer.output_tokens}
+        usage = {
+            "input_tokens": answer.input_tokens,
+            "output_tokens": answer.output_tokens,
+            "cost_usd": str(answer.cost) if answer.cost is not None else None,
+        }
         await ctx.emit(
             "model_call",
             {
                 "model": answer.model,
                 "provider": answer.provider,
+                "strategy": answer.strategy,
+                "fallback_path": [a.model for a in answer.fallback_path[:-1]],
+                "cached": answer.cache_hit,
                 "latency_ms": round(answer.latency_ms, 1),
                 **usage,
             },

@@ -22,12 +22,13 @@ from nats.errors import ConnectionClosedError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 
-from spine.agents.base import RunContext
+from spine.agents.base import CallerModelSource, RunContext
 from spine.agents.catalog import AgentCatalog
 from spine.events.bus import NatsBus
 from spine.events.progress import ProgressFeed
 from spine.events.streams import TASKS_STREAM, StreamLayout, consumer_name
 from spine.events.subjects import CANCEL_ALL, DLQ_TASKS, LANES
+from spine.platform.calls import CallContext
 from spine.platform.errors import (
     PermanentTaskError,
     ServiceUnavailable,
@@ -35,7 +36,6 @@ from spine.platform.errors import (
     TaskCancelled,
     TransientTaskError,
 )
-from spine.platform.llm import ModelClient
 from spine.platform.logs import current_task
 from spine.platform.schema import utcnow
 from spine.platform.settings import WorkerSettings
@@ -71,7 +71,7 @@ class TaskWorker:
         bus: NatsBus,
         feed: ProgressFeed,
         catalog: AgentCatalog,
-        models: ModelClient,
+        models: CallerModelSource,
         settings: WorkerSettings,
         layout: StreamLayout,
     ) -> None:
@@ -246,7 +246,14 @@ class TaskWorker:
         ctx = RunContext(
             task=task,
             attempt=attempt,
-            models=self._models,
+            models=self._models.for_caller(
+                CallContext(
+                    tenant=task.tenant,
+                    key_id=task.key_id,
+                    task_id=task.id,
+                    task_category=task.agent,
+                )
+            ),
             emit=emit,
             cancelled=cancelled,
             cancel_requested=cancel_requested,

@@ -46,6 +46,7 @@ __all__ = [
     "EXPLICIT",
     "CacheStatus",
     "CallContext",
+    "CallerModels",
     "MeteredCompletion",
     "MeteredStream",
     "ModelCalls",
@@ -250,6 +251,14 @@ class ModelCalls:
             key=key,
             routing=self._strategy(model, params),
         )
+
+    def for_caller(self, context: CallContext) -> CallerModels:
+        """Return a :class:`~spine.platform.llm.ModelClient` whose calls are metered as ``context``."""
+        return CallerModels(self, context)
+
+    async def warm_up(self) -> None:
+        """Warm the router up (once per process, however often it is asked)."""
+        await self.router.warm_up()
 
     async def close(self) -> None:
         """Wait for streams being settled, then close the cache."""
@@ -555,6 +564,31 @@ class MeteredStream:
         self._finished = True
         # In a task of its own: a client that went away cancels the response, not the books.
         await asyncio.shield(self.calls._settle_later(self, outcome))
+
+
+class CallerModels:
+    """The model calls of one caller (an agent's task): routed, cached, budgeted and recorded.
+
+    Agents reach models through this, so they share the gateway's router, cache, budgets and
+    usage ledger; the answer carries its cost.
+    """
+
+    def __init__(self, calls: ModelCalls, context: CallContext) -> None:
+        self._calls = calls
+        self.context = context
+
+    async def warm_up(self) -> None:
+        """Warm the shared router up."""
+        await self._calls.warm_up()
+
+    async def complete(
+        self, messages: list[dict[str, Any]], *, model: str | None = None, **params: Any
+    ) -> Completion:
+        """Answer through the router; raises what :meth:`ModelCalls.complete` raises."""
+        metered = await self._calls.complete(messages, self.context, model=model, **params)
+        metered.completion.cost = metered.cost
+        metered.completion.cache_hit = metered.cache == "hit"
+        return metered.completion
 
 
 def _replayed(hit: Completion) -> CompletionStream:

@@ -17,6 +17,7 @@ import os
 import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any, Literal, Protocol
 
 from spine.platform.errors import (
@@ -70,7 +71,8 @@ class Completion:
 
     ``fallback_path`` lists every model tried for the call in order, the one that answered
     last; ``strategy`` is the routing strategy that ordered them (None without a router).
-    ``cache_hit`` says the answer came from the response cache, not from a model call.
+    ``cache_hit`` says the answer came from the response cache, not from a model call;
+    ``cost`` (USD) is set by the metered path (:mod:`spine.platform.calls`), None elsewhere.
     """
 
     text: str
@@ -85,6 +87,7 @@ class Completion:
     finish_reason: str | None = None
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
     cache_hit: bool = False
+    cost: Decimal | None = None
 
 
 @dataclass(slots=True, kw_only=True)

@@ -64,6 +64,7 @@ class Task(BaseModel):
 
     id: str
     tenant: str
+    key_id: str | None = None
     agent: str
     state: TaskState
     input: dict[str, Any]
@@ -568,6 +569,7 @@ def _task(row: Any) -> Task:
     return Task(
         id=row["id"],
         tenant=row["tenant"],
+        key_id=row["key_id"],
         agent=row["agent"],
         state=row["state"],
         input=row["input"],

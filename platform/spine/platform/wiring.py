@@ -10,6 +10,7 @@ import contextlib
 import logging
 from dataclasses import dataclass, field
 
+from spine.agents.base import CallerModelSource
 from spine.agents.catalog import AgentCatalog, default_catalog
 from spine.agents.dispatch import TaskDispatcher
 from spine.agents.worker import TaskWorker
@@ -22,7 +23,6 @@ from spine.platform.calls import ModelCalls
 from spine.platform.db import Database
 from spine.platform.errors import ConfigurationError, ServiceUnavailable
 from spine.platform.keys import KeyStore
-from spine.platform.llm import LiteLLMClient, ModelClient
 from spine.platform.router import ModelRouter
 from spine.platform.router.cache import response_cache
 from spine.platform.settings import Settings
@@ -130,14 +130,14 @@ class Platform:
         await self.models()
         return self.calls
 
-    def worker(self, *, models: ModelClient | None = None) -> TaskWorker:
-        """Build a worker on these services."""
+    def worker(self, *, models: CallerModelSource | None = None) -> TaskWorker:
+        """Build a worker on these services; its agents call models through :attr:`calls`."""
         return TaskWorker(
             store=self.tasks,
             bus=self.bus,
             feed=self.feed,
             catalog=self.catalog,
-            models=models or LiteLLMClient(self.settings),
+            models=models or self.calls,
             settings=self.settings.worker,
             layout=self.layout,
         )

@@ -165,7 +165,7 @@ def _refusal(completion: Completion) -> str | None:
 
 def _encode(completion: Completion) -> bytes | None:
     try:
-        return _COMPLETION.dump_json(completion, exclude={"cache_hit"})
+        return _COMPLETION.dump_json(completion, exclude={"cache_hit", "cost"})
     except PydanticSerializationError as exc:
         logger.warning("answer of %s not cached: %s", completion.model, exc)
         return None

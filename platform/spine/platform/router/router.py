@@ -9,6 +9,7 @@ at any other error. A model whose breaker is open is skipped without a call.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncGenerator, Callable
@@ -32,6 +33,7 @@ from spine.platform.llm import (
     LiteLLMClient,
     ProviderTarget,
     configured_providers,
+    default_provider,
     known_model_facts,
     provider_target,
 )
@@ -103,6 +105,9 @@ class ModelRouter:
         )
         self.health = health if health is not None else ModelHealth()
         self._client: ModelCaller = client if client is not None else LiteLLMClient(settings)
+        # The API and the workers of one process share the router: it warms up once.
+        self._warm_up_lock = asyncio.Lock()
+        self._warm = False
 
     @property
     def default_strategy(self) -> str:
@@ -113,15 +118,19 @@ class ModelRouter:
         """Import LiteLLM off the event loop, add the models Ollama lists, fill in prices.
 
         Prices and context windows no setting or models file gave come from LiteLLM's
-        bundled price map, where it knows the model.
+        bundled price map, where it knows the model. Later calls return at once.
         """
-        await self._client.warm_up()
-        if self._settings.ollama_url is not None:
-            try:
-                await discover_ollama(self.catalogue, self._settings.ollama_url)
-            except ServiceUnavailable as exc:
-                logger.warning("model discovery skipped: %s", exc.message)
-        self.catalogue.fill_unknown(known_model_facts)
+        async with self._warm_up_lock:
+            if self._warm:
+                return
+            await self._client.warm_up()
+            if self._settings.ollama_url is not None:
+                try:
+                    await discover_ollama(self.catalogue, self._settings.ollama_url)
+                except ServiceUnavailable as exc:
+                    logger.warning("model discovery skipped: %s", exc.message)
+            self.catalogue.fill_unknown(known_model_facts)
+            self._warm = True
 
     def plan(
         self,
@@ -144,8 +153,15 @@ class ModelRouter:
         if not len(self.catalogue):
             raise ProviderNotConfigured(f"no model provider is configured: {HOW_TO_CONFIGURE}")
         chosen = strategy or self._settings.routing_strategy
-        preference = [self._settings.default_provider, *self._settings.fallback_chain]
-        ctx = RoutingContext(health=self.health, requirements=requirements, preference=preference)
+        preference = [default_provider(self._settings), *self._settings.fallback_chain]
+        ctx = RoutingContext(
+            health=self.health,
+            requirements=requirements,
+            preference=preference,
+            defaults=frozenset(
+                str(getattr(self._settings.models, provider, "")) for provider in preference
+            ),
+        )
         ordered = order_candidates(chosen, self.catalogue.candidates(requirements), ctx)
         if model is not None:
             first = self._explicit(model)

@@ -2,7 +2,8 @@
 
 Every strategy puts the models whose breaker would refuse a call after the others, so a dead
 model is never first; among equals the provider preference (the default provider, then the
-fallback chain) decides, then the name, so the order is deterministic.
+fallback chain) decides, then a configured default model (``GENAI_MODELS__<PROVIDER>``) before
+models discovered or listed beside it, then the name, so the order is deterministic.
 
 - ``local_first``: local models (best first) while they are healthy, then hosted ones in
   provider preference order.
@@ -43,6 +44,8 @@ class RoutingContext:
     health: HealthView
     requirements: Requirements = field(default_factory=Requirements)
     preference: Sequence[str] = ()
+    defaults: frozenset[str] = frozenset()
+    """The configured default models (``GENAI_MODELS__*``): first among otherwise equal ones."""
 
     def rank(self, spec: ModelSpec) -> int:
         """Return the provider's place in the preference order (unlisted ones last)."""
@@ -59,7 +62,13 @@ def _ordered(
     candidates: Sequence[ModelSpec], ctx: RoutingContext, key: Callable[[ModelSpec], Any]
 ) -> list[ModelSpec]:
     def full_key(spec: ModelSpec) -> tuple[Any, ...]:
-        return (not ctx.health.available(spec.name), key(spec), ctx.rank(spec), spec.name)
+        return (
+            not ctx.health.available(spec.name),
+            key(spec),
+            ctx.rank(spec),
+            spec.model not in ctx.defaults,
+            spec.name,
+        )
 
     return sorted(candidates, key=full_key)
 
