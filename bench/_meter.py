@@ -69,6 +69,15 @@ async def timed_calls(call: Callable[[], Awaitable[Any]], calls: int) -> dict[st
 
 def classify(proc: Any, harness: Harness) -> str:
     pids = {c.popen.pid: c.name for c in harness.children}
+    if proc.pid not in pids:
+        # A process a child started (a server's own workers) counts as that child.
+        try:
+            owner = next((p.pid for p in proc.parents() if p.pid in pids), None)
+        except Exception:
+            owner = None
+        if owner is not None:
+            name = pids[owner]
+            return "worker" if name.startswith("worker") else name
     if proc.pid in pids:
         name = pids[proc.pid]
         return "worker" if name.startswith("worker") else name
@@ -153,7 +162,11 @@ async def nats_counters(monitor_url: str | None) -> dict[str, int]:
 
 @dataclass
 class Meter:
-    """CPU per process group, PostgreSQL transactions and NATS messages over one phase."""
+    """CPU per process group, PostgreSQL transactions and NATS messages over one phase.
+
+    Without a PostgreSQL connection (``conn=None``) the transaction counts are None; without
+    a NATS monitor URL the message counts are empty.
+    """
 
     harness: Harness
     conn: Any
@@ -166,11 +179,12 @@ class Meter:
     busy0: float = 0.0
 
     async def start(self, *, settle: bool = True) -> None:
-        if settle:
-            await asyncio.sleep(1.2)  # let PostgreSQL flush its per-backend statistics
-        self.xact0 = await pg_transactions(self.conn)
-        self.xid0 = await pg_xid(self.conn)
-        self.nats0 = await nats_counters(self.harness.endpoints.nats_monitor_url)
+        if self.conn is not None:
+            if settle:
+                await asyncio.sleep(1.2)  # let PostgreSQL flush its per-backend statistics
+            self.xact0 = await pg_transactions(self.conn)
+            self.xid0 = await pg_xid(self.conn)
+        self.nats0 = await nats_counters(_monitor_url(self.harness))
         self.cpu0 = cpu_snapshot(self.harness)
         self.busy0 = machine_busy()
         self.wall0 = time.perf_counter()
@@ -180,10 +194,12 @@ class Meter:
         cpu1 = cpu_snapshot(self.harness)
         busy = machine_busy() - self.busy0
         wall = time.perf_counter() - self.wall0
-        writes = await pg_xid(self.conn) - self.xid0 - 1
-        await asyncio.sleep(1.2)
-        xact = await pg_transactions(self.conn) - self.xact0 - self.own_queries - 3
-        counters = await nats_counters(self.harness.endpoints.nats_monitor_url)
+        writes = xact = None
+        if self.conn is not None:
+            writes = await pg_xid(self.conn) - self.xid0 - 1
+            await asyncio.sleep(1.2)
+            xact = await pg_transactions(self.conn) - self.xact0 - self.own_queries - 3
+        counters = await nats_counters(_monitor_url(self.harness))
         spent = cpu_delta(self.cpu0, cpu1)
         total = sum(spent.values())
         ranked = sorted(spent.items(), key=lambda kv: -kv[1])
@@ -197,14 +213,18 @@ class Meter:
             # taken while this is well above zero are disturbed.
             "foreign_cpu_cores": round(max(busy - total, 0.0) / wall, 2) if wall else None,
             # Exact: each write transaction takes one transaction id.
-            "pg_write_transactions_per_task": round(writes / tasks, 2),
+            "pg_write_transactions_per_task": None if writes is None else round(writes / tasks, 2),
             # All transactions, reads and pool pre-pings included; from pg_stat_database,
             # which backends flush lazily, so approximate.
-            "pg_transactions_per_task": round(xact / tasks, 2),
+            "pg_transactions_per_task": None if xact is None else round(xact / tasks, 2),
             "nats_msgs_per_task": {
                 k: round((counters.get(k, 0) - self.nats0.get(k, 0)) / tasks, 2) for k in counters
             },
         }
+
+
+def _monitor_url(harness: Harness) -> str | None:
+    return getattr(harness.endpoints, "nats_monitor_url", None)
 
 
 async def wait_quiet(harness: Harness, timeout: float, limit: float = 0.3) -> float:

@@ -158,6 +158,8 @@ def _is(func: str, file: str, suffix: str, qualname: str) -> bool:
 
 def attribute(
     stacks: list[tuple[list[tuple[str, str]], int]],
+    operations: list[tuple[str, str, str]] = OPERATIONS,
+    fallbacks: list[tuple[str, str]] = FALLBACKS,
 ) -> tuple[Counter[str], Counter[str], int]:
     """Count samples per operation and per library of the leaf frame."""
     ops: Counter[str] = Counter()
@@ -167,13 +169,13 @@ def attribute(
         total += count
         op = None
         for func, file in reversed(frames):
-            op = next((n for sfx, q, n in OPERATIONS if _is(func, file, sfx, q)), None)
+            op = next((n for sfx, q, n in operations if _is(func, file, sfx, q)), None)
             if op:
                 break
         if op is None:
             files = [file for _, file in frames]
             op = next(
-                (name for needle, name in FALLBACKS if any(needle in f for f in files)),
+                (name for needle, name in fallbacks if any(needle in f for f in files)),
                 "event loop and other",
             )
         ops[op] += count

@@ -225,8 +225,9 @@ def code_version() -> dict[str, Any]:
         return {"commit": None, "dirty": None}
 
 
-def write_results(doc: dict[str, Any]) -> None:
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    tmp = RESULTS.with_suffix(".json.tmp")
+def write_results(doc: dict[str, Any], path: Path = RESULTS) -> None:
+    """Write ``doc`` as JSON to ``path`` atomically (a reader never sees half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(doc, indent=2, default=str) + "\n")
-    os.replace(tmp, RESULTS)
+    os.replace(tmp, path)

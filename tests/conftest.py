@@ -15,7 +15,7 @@ import socket
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -161,6 +161,7 @@ class RunningPlatform:
     tenant: str
     client: httpx.AsyncClient
     platform: Platform
+    workers: list[Platform] = field(default_factory=list)
 
     async def new_key(self, tenant: str) -> str:
         issued = await self.platform.keys.create(tenant=tenant)
@@ -214,6 +215,7 @@ async def run_platform(settings: Settings, *, workers: int = 1) -> AsyncIterator
                 tenant="acme",
                 client=client,
                 platform=platform,
+                workers=worker_platforms,
             )
         finally:
             stop.set()

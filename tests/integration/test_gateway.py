@@ -106,6 +106,35 @@ async def test_auto_follows_the_strategy_from_the_body_or_the_header(
     assert (answer.model, answer.choices[0].message.content) == ("compat", "echo: hello gateway")
 
 
+async def test_a_tenant_has_its_own_default_strategy(
+    services: Any, pg_url: str, models: FakeModelServer
+) -> None:
+    settings = make_settings(
+        services,
+        pg_url,
+        models,
+        openai_api_key="sk-test-dummy",
+        openai_base_url=models.openai_url,
+        tenant_strategies="acme=quality",
+    )
+    async with run_platform(settings) as spine:
+        globex = await spine.new_key("globex")
+        for key, expected in ((spine.key, ("quality", CLOUD)), (globex, ("local_first", LOCAL))):
+            async with AsyncOpenAI(base_url=f"{spine.url}/v1", api_key=key, max_retries=0) as c:
+                raw = await c.chat.completions.with_raw_response.create(
+                    model="auto", messages=HELLO
+                )
+                got = (raw.headers["x-spine-strategy"], raw.headers["x-spine-model"])
+                assert got == expected
+        # The request's own choice still wins over its tenant's.
+        raw = await spine.client.post(
+            "/v1/chat/completions",
+            json={"model": "auto", "messages": HELLO},
+            headers={"X-Spine-Strategy": "local_first"},
+        )
+        assert raw.headers["x-spine-model"] == LOCAL
+
+
 async def test_a_streamed_completion_assembles_and_ends_with_usage(client: AsyncOpenAI) -> None:
     stream = await client.chat.completions.create(
         model=CLOUD, messages=HELLO, stream=True, stream_options={"include_usage": True}

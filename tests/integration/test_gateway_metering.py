@@ -16,11 +16,13 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
 from openai import AsyncOpenAI
 
 from conftest import RunningPlatform, make_settings, run_platform
+from spine.platform.budgets import GLOBAL
 from support.fake_models import FakeModelServer, Rule, ToolCall
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clean_jetstream")]
@@ -422,3 +424,27 @@ async def test_streamed_tool_calls_are_cached_whole(
     call = answer.choices[0].message.tool_calls[0]  # type: ignore[index]
     assert call.function.name == "get_weather"  # type: ignore[union-attr]
     assert models.count() == 1
+
+
+async def test_a_stream_whose_client_left_before_its_first_byte_is_settled(
+    spine: RunningPlatform, models: FakeModelServer
+) -> None:
+    # The client gives up while the model is still thinking: the stream opens after it left.
+    models.add(Rule(model="gpt-4o-mini", latency=1.0, times=1))
+    with pytest.raises(httpx.ReadTimeout):
+        async with spine.client.stream(
+            "POST",
+            "/v1/chat/completions",
+            json={"model": CHEAP, "messages": ask("too slow for me"), "stream": True},
+            timeout=0.3,
+        ) as response:
+            await response.aread()
+    rows: list[dict[str, Any]] = []
+    for _ in range(50):  # the call goes on after the client left; it is recorded when it ends
+        await asyncio.sleep(0.1)
+        rows = (await spine.client.get("/v1/usage", params={"group_by": "model"})).json()["data"]
+        if rows:
+            break
+    assert [(r["model"], r["calls"], r["errors"]) for r in rows] == [(CHEAP, 1, 1)]
+    state = await spine.platform.calls.budgets.state(GLOBAL)
+    assert state.reserved == 0, "the abandoned stream's reservation was never released"

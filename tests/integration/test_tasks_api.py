@@ -12,6 +12,7 @@ import pytest
 
 from conftest import RunningPlatform, make_settings, run_platform
 from support.fake_models import FakeModelServer, Rule
+from support.task_feed import sse_events as read_feed
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clean_jetstream")]
 
@@ -33,19 +34,7 @@ async def submit(
 
 
 async def sse_events(spine: RunningPlatform, task_id: str, **headers: str) -> list[dict[str, Any]]:
-    events = []
-    async with spine.client.stream("GET", f"/v1/tasks/{task_id}/events", headers=headers) as resp:
-        assert resp.status_code == 200
-        assert resp.headers["content-type"].startswith("text/event-stream")
-        event_id = None
-        async for line in resp.aiter_lines():
-            if line.startswith("id:"):
-                event_id = int(line[3:].strip())
-            elif line.startswith("data:"):
-                data = json.loads(line[5:].strip())
-                assert data["seq"] == event_id
-                events.append(data)
-    return events
+    return await read_feed(spine.client, task_id, **headers)
 
 
 async def test_a_task_runs_and_its_result_and_progress_are_visible(
@@ -162,6 +151,9 @@ async def test_cancel_a_running_task_stops_it(
     again = await spine.client.post(f"/v1/tasks/{task['id']}/cancel")
     assert again.status_code == 409
     assert again.json()["error"]["type"] == "conflict"
+    # The model call it abandoned is still on the books.
+    usage = (await spine.client.get("/v1/usage", params={"group_by": "model"})).json()
+    assert [(r["model"], r["calls"], r["errors"]) for r in usage["data"]] == [("llama3.2", 1, 1)]
 
 
 async def test_provider_not_configured_fails_with_what_to_set(

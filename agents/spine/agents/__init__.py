@@ -3,6 +3,7 @@
 from spine.agents.base import Agent, RunContext
 from spine.agents.catalog import AgentCatalog, default_catalog
 from spine.agents.chat import ChatAgent, ChatInput
+from spine.agents.completion import CompletionAgent, CompletionInput
 from spine.agents.dispatch import TaskDispatcher
 from spine.agents.worker import TaskWorker, WorkerStats
 
@@ -11,6 +12,8 @@ __all__ = [
     "AgentCatalog",
     "ChatAgent",
     "ChatInput",
+    "CompletionAgent",
+    "CompletionInput",
     "RunContext",
     "TaskDispatcher",
     "TaskWorker",

@@ -6,16 +6,26 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol, TypeVar
+from datetime import datetime
+from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel
 
-from spine.platform.calls import CallContext
-from spine.platform.errors import TaskCancelled
-from spine.platform.llm import ModelClient
+from spine.platform.calls import CallContext, MeteredStream
+from spine.platform.errors import TaskCancelled, TransientTaskError
+from spine.platform.journal import JournalEntry, StepJournal, StepKind
+from spine.platform.llm import Completion
 from spine.platform.tasks import Task
+from spine.tools.registry import ToolRegistry
 
-__all__ = ["Agent", "CallerModelSource", "RunContext"]
+__all__ = [
+    "Agent",
+    "AgentModels",
+    "AwaitingApproval",
+    "CallerModelSource",
+    "RunContext",
+    "TaskJournal",
+]
 
 T = TypeVar("T")
 
@@ -23,13 +33,82 @@ T = TypeVar("T")
 class Agent(Protocol):
     """An agent: a name, the input it accepts, and how it runs one attempt."""
 
-    name: ClassVar[str]
-    description: ClassVar[str]
-    input_model: ClassVar[type[BaseModel]]
+    @property
+    def name(self) -> str:
+        """The name tasks give."""
+        ...
+
+    @property
+    def description(self) -> str:
+        """What the agent does, for people choosing one."""
+        ...
+
+    @property
+    def input_model(self) -> type[BaseModel]:
+        """The input a task of this agent must give."""
+        ...
 
     async def run(self, ctx: RunContext, request: BaseModel) -> dict[str, Any]:
         """Carry out the task and return its result."""
         ...
+
+
+class AgentModels(Protocol):
+    """The model calls of one task: routed, cached, budgeted and recorded as the task's."""
+
+    async def complete(
+        self, messages: list[dict[str, Any]], *, model: str | None = None, **params: Any
+    ) -> Completion:
+        """Answer a conversation."""
+        ...
+
+    async def stream(
+        self, messages: list[dict[str, Any]], *, model: str | None = None, **params: Any
+    ) -> MeteredStream:
+        """Open a streamed answer; its cost is known once it was read to the end."""
+        ...
+
+
+class AwaitingApproval(Exception):
+    """Raised by an agent to pause its task until a person decides on ``proposal``."""
+
+    def __init__(self, proposal: dict[str, Any], *, until: datetime) -> None:
+        super().__init__(f"waiting for approval of {proposal.get('tool')}")
+        self.proposal = proposal
+        self.until = until
+
+
+@dataclass(slots=True, kw_only=True)
+class TaskJournal:
+    """The step journal as one attempt of one task sees it (see :mod:`spine.platform.journal`)."""
+
+    journal: StepJournal
+    task_id: str
+    attempt: int
+    _entries: dict[str, JournalEntry] | None = None
+
+    async def load(self) -> dict[str, JournalEntry]:
+        """Return the steps recorded so far (read once per attempt)."""
+        if self._entries is None:
+            self._entries = await self.journal.entries(self.task_id)
+        return self._entries
+
+    async def record(self, key: str, kind: StepKind, data: dict[str, Any]) -> None:
+        """Commit a step before the loop moves on.
+
+        Raises:
+            TransientTaskError: This attempt lost its claim on the task (a newer attempt
+                holds it); the worker then leaves the task to that attempt.
+        """
+        entries = await self.load()
+        written = await self.journal.record(
+            self.task_id, attempt=self.attempt, key=key, kind=kind, data=data
+        )
+        if not written:
+            raise TransientTaskError(
+                f"attempt {self.attempt} of task {self.task_id} lost its claim at step {key}"
+            )
+        entries[key] = JournalEntry(key=key, kind=kind, attempt=self.attempt, data=data)
 
 
 class CallerModelSource(Protocol):
@@ -43,7 +122,7 @@ class CallerModelSource(Protocol):
         """Do slow one-time set-up before the first task."""
         ...
 
-    def for_caller(self, context: CallContext) -> ModelClient:
+    def for_caller(self, context: CallContext) -> AgentModels:
         """Return the model client for one caller."""
         ...
 
@@ -54,7 +133,9 @@ class RunContext:
 
     task: Task
     attempt: int
-    models: ModelClient
+    models: AgentModels
+    journal: TaskJournal
+    tools: ToolRegistry
     emit: Callable[[str, dict[str, Any]], Awaitable[object]]
     cancelled: asyncio.Event
     cancel_requested: Callable[[], Awaitable[bool]]

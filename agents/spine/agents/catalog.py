@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
 from spine.agents.base import Agent
 from spine.agents.chat import ChatAgent
+from spine.agents.completion import CompletionAgent
+from spine.agents.definitions import SHIPPED_DEFINITIONS, AgentDefinition, load_definitions
+from spine.agents.loop import ToolAgent
 from spine.platform.errors import BadRequest, UnknownAgent
 
 __all__ = ["AgentCatalog", "default_catalog"]
@@ -32,6 +36,10 @@ class AgentCatalog:
                 f"unknown agent {name!r}; known agents: {', '.join(self.names())}", field="agent"
             ) from None
 
+    def definitions(self) -> list[AgentDefinition]:
+        """Return the declarative agents' definitions (their tools and limits)."""
+        return [a.definition for a in self._agents.values() if isinstance(a, ToolAgent)]
+
     def parse_input(self, name: str, data: dict[str, object]) -> BaseModel:
         """Validate a task's input against its agent's input model."""
         agent = self.get(name)
@@ -43,6 +51,12 @@ class AgentCatalog:
             raise BadRequest(f"{where}: {first['msg']}", field=where) from None
 
 
-def default_catalog() -> AgentCatalog:
-    """Return the agents shipped with the platform."""
-    return AgentCatalog([ChatAgent()])
+def default_catalog(agents_dir: Path | None = None) -> AgentCatalog:
+    """Return the shipped agents, and the declarative ones of ``agents_dir``.
+
+    Raises:
+        ConfigurationError: A definition file is invalid.
+    """
+    coded: list[Agent] = [ChatAgent(), CompletionAgent()]
+    declared = load_definitions(SHIPPED_DEFINITIONS, agents_dir)
+    return AgentCatalog([*coded, *(ToolAgent(d) for d in declared)])

@@ -17,7 +17,7 @@ from spine.agents.catalog import AgentCatalog
 from spine.events.bus import NatsBus
 from spine.events.progress import ProgressFeed
 from spine.events.subjects import cancel_subject, lane_subject
-from spine.platform.errors import ServiceUnavailable
+from spine.platform.errors import Conflict, ServiceUnavailable
 from spine.platform.keys import Principal
 from spine.platform.schema import utcnow
 from spine.platform.settings import ApiSettings
@@ -54,7 +54,7 @@ class TaskDispatcher:
         task, events, created = await self._store.submit(
             submission,
             tenant=principal.tenant,
-            key_id=principal.key_id,
+            key_id=principal.key_id or None,  # a delegated task may have no key
             idempotency_key=idempotency_key,
         )
         if created:
@@ -69,6 +69,23 @@ class TaskDispatcher:
         await self._bus.signal(cancel_subject(task_id), b"")
         return task
 
+    async def decide(
+        self, task_id: str, *, principal: Principal | None, approved: bool, reason: str | None
+    ) -> Task:
+        """Approve or reject the call a paused task proposed; the task then goes on.
+
+        ``principal`` None is the sweeper, rejecting an approval nobody gave in time.
+        """
+        task, events = await self._store.decide(
+            task_id,
+            tenant=principal.tenant if principal is not None else None,
+            approved=approved,
+            reason=reason,
+        )
+        await self._feed.announce(events)
+        await self.publish([task])
+        return task
+
     async def publish(self, tasks: list[Task], *, stalled: bool = False) -> int:
         """Publish tasks to their lanes; those JetStream does not ack stay for the sweeper."""
         published: list[str] = []
@@ -76,7 +93,9 @@ class TaskDispatcher:
             payload = json.dumps({"task_id": task.id, "tenant": task.tenant, "agent": task.agent})
             # A re-publish of a lost message comes after the duplicate window and must get past
             # JetStream's dedupe; the worker's claim still runs each task once.
-            msg_id = f"{task.id}:{utcnow().isoformat()}" if stalled else task.id
+            # A task resumed after a pause is a new message, not a duplicate of its first one.
+            first = task.id if not task.resumes else f"{task.id}:resume-{task.resumes}"
+            msg_id = f"{task.id}:{utcnow().isoformat()}" if stalled else first
             try:
                 await self._bus.publish_durable(
                     lane_subject(task.priority),
@@ -99,6 +118,15 @@ class TaskDispatcher:
         count = await self.publish(waiting)
         stalled = await self._store.stalled(after=self._settings.republish_after, limit=500)
         count += await self.publish(stalled, stalled=True)
+        for task in await self._store.expired_approvals(limit=100):
+            with contextlib.suppress(Conflict):  # decided meanwhile
+                await self.decide(
+                    task.id,
+                    principal=None,
+                    approved=False,
+                    reason="no decision came before the approval expired",
+                )
+                count += 1
         if count:
             logger.info("sweeper published %d tasks (%d stalled)", count, len(stalled))
         return count

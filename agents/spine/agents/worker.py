@@ -22,7 +22,7 @@ from nats.errors import ConnectionClosedError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 
-from spine.agents.base import CallerModelSource, RunContext
+from spine.agents.base import AwaitingApproval, CallerModelSource, RunContext, TaskJournal
 from spine.agents.catalog import AgentCatalog
 from spine.events.bus import NatsBus
 from spine.events.progress import ProgressFeed
@@ -36,10 +36,12 @@ from spine.platform.errors import (
     TaskCancelled,
     TransientTaskError,
 )
+from spine.platform.journal import StepJournal
 from spine.platform.logs import current_task
 from spine.platform.schema import utcnow
 from spine.platform.settings import WorkerSettings
 from spine.platform.tasks import Task, TaskEvent, TaskStore
+from spine.tools.registry import ToolRegistry
 
 __all__ = ["TaskWorker", "WorkerStats"]
 
@@ -72,6 +74,8 @@ class TaskWorker:
         feed: ProgressFeed,
         catalog: AgentCatalog,
         models: CallerModelSource,
+        journal: StepJournal,
+        tools: ToolRegistry,
         settings: WorkerSettings,
         layout: StreamLayout,
     ) -> None:
@@ -80,6 +84,8 @@ class TaskWorker:
         self._feed = feed
         self._catalog = catalog
         self._models = models
+        self._journal = journal
+        self._tools = tools
         self._settings = settings
         self._layout = layout
         self._slots = asyncio.Semaphore(settings.concurrency)
@@ -190,7 +196,8 @@ class TaskWorker:
             await self._dead_letter_message(
                 msg, task_id, {"type": "unknown_task", "message": "no such task in the database"}
             )
-        elif claim.outcome == "finished":
+        elif claim.outcome in ("finished", "paused"):
+            # Paused: the decision on its approval publishes the task again.
             self.stats.skipped += 1
             await msg.ack_sync()
         elif claim.outcome == "busy":
@@ -200,8 +207,9 @@ class TaskWorker:
             await self._attempt(msg, claim.task, claim.attempt)
 
     async def _attempt(self, msg: Msg, task: Task, attempt: int) -> None:
-        if attempt > self._settings.max_attempts:
-            await self._give_up(msg, task, attempt, _too_many(attempt - 1))
+        # Attempts that ended in a pause for approval are not failures.
+        if task.failed_attempts > self._settings.max_attempts:
+            await self._give_up(msg, task, attempt, _too_many(task.failed_attempts - 1))
             return
         current_task.set(task.id)
         cancelled = self._cancel_events.setdefault(task.id, asyncio.Event())
@@ -209,6 +217,13 @@ class TaskWorker:
         self.stats.running.add(task.id)
         try:
             result = await self._run_agent(task, attempt, cancelled)
+        except AwaitingApproval as pause:
+            events = await self._store.pause(
+                task.id, attempt=attempt, until=pause.until, proposal=pause.proposal
+            )
+            if self._still_owned(task, attempt, events):
+                await self._feed.announce(events)
+                await msg.ack_sync()
         except TaskCancelled:
             await self._finish(
                 msg,
@@ -254,6 +269,8 @@ class TaskWorker:
                     task_category=task.agent,
                 )
             ),
+            journal=TaskJournal(journal=self._journal, task_id=task.id, attempt=attempt),
+            tools=self._tools,
             emit=emit,
             cancelled=cancelled,
             cancel_requested=cancel_requested,
@@ -273,7 +290,7 @@ class TaskWorker:
             self.stats.failed += 1
             await self._publish_dead_letter(msg, task.id, error, attempt)
             await self._finish(msg, task, attempt, "failed", error=error)
-        elif attempt >= self._settings.max_attempts:
+        elif task.failed_attempts >= self._settings.max_attempts:
             await self._give_up(
                 msg, task, attempt, {**error, "attempts": attempt, "reason": "too many attempts"}
             )

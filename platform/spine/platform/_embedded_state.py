@@ -47,6 +47,8 @@ class Endpoints:
     nats_monitor_url: str | None = None
     falkordb_url: str | None = None
     """FalkorDB's Redis-protocol URL, for ``GRAPH.RO_QUERY`` and other ``GRAPH.*`` commands."""
+    local_model_url: str | None = None
+    """The local model's OpenAI-compatible base URL (``.../v1``)."""
 
 
 @dataclass

@@ -60,6 +60,8 @@ _ZERO = Decimal(0)
 _CHARS_PER_TOKEN = 4
 EXPLICIT = "explicit"
 """The strategy reported for a call that named its model."""
+ABANDONED = "abandoned"
+"""The outcome of a call whose caller went away before it ended."""
 
 
 @dataclass(slots=True, kw_only=True, frozen=True)
@@ -139,6 +141,7 @@ class ModelCalls:
             SpineError: What the router raises (unknown model, every model failed, ...).
         """
         started = time.perf_counter()
+        params = self._with_strategy(context, params)
         strategy = self._strategy(model, params)
         key = self._cache_key(messages, context, model, params)
         if key is not None and self.cache is not None:
@@ -166,7 +169,7 @@ class ModelCalls:
             )
         except BaseException as exc:
             await self._settle(budgeted.reservation, None)
-            if isinstance(exc, SpineError):
+            if isinstance(exc, SpineError | asyncio.CancelledError):
                 await self._record_failure(exc, context, model, params, budgeted.plan, started)
             raise
         cost = _cost(
@@ -215,6 +218,7 @@ class ModelCalls:
             SpineError: What the router raises before the first output.
         """
         started = time.perf_counter()
+        params = self._with_strategy(context, params)
         requirements = _requirements(messages, params)
         key = self._cache_key(messages, context, model, params)
         if key is not None and self.cache is not None:
@@ -236,7 +240,7 @@ class ModelCalls:
             opened = await self.router.stream(messages, model=model, admit=budgeted.admit, **params)
         except BaseException as exc:
             await self._settle(budgeted.reservation, None)
-            if isinstance(exc, SpineError):
+            if isinstance(exc, SpineError | asyncio.CancelledError):
                 await self._record_failure(exc, context, model, params, budgeted.plan, started)
             raise
         return MeteredStream(
@@ -268,6 +272,12 @@ class ModelCalls:
             await self.cache.close()
 
     # -- steps ------------------------------------------------------------------------------
+
+    def _with_strategy(self, context: CallContext, params: dict[str, Any]) -> dict[str, Any]:
+        # The request's strategy, else its tenant's, else the global one.
+        if params.get("strategy"):
+            return params
+        return {**params, "strategy": self.router.strategy_for(context.tenant)}
 
     def _strategy(self, model: str | None, params: dict[str, Any]) -> str:
         if model is not None:
@@ -343,14 +353,17 @@ class ModelCalls:
 
     async def _record_failure(
         self,
-        exc: SpineError,
+        exc: SpineError | asyncio.CancelledError,
         context: CallContext,
         model: str | None,
         params: dict[str, Any],
         plan: list[ModelSpec],
         started: float,
     ) -> None:
-        tried = [str(step).rpartition(": ")[0] for step in exc.details.get("fallback_path", [])]
+        # A caller that went away (a client that gave up, a cancelled task) may still have
+        # cost a model call: it is recorded as abandoned, never dropped.
+        path = exc.details.get("fallback_path", []) if isinstance(exc, SpineError) else []
+        tried = [str(step).rpartition(": ")[0] for step in path]
         last = tried[-1] if tried else (plan[0].name if plan else (model or ""))
         spec = _spec(last, plan, self.router)
         await self._record(
@@ -364,7 +377,7 @@ class ModelCalls:
                 provider=spec.provider if spec is not None else "",
                 latency_ms=_since(started),
                 fallback_path=tried[:-1],
-                outcome=exc.error_type,
+                outcome=exc.error_type if isinstance(exc, SpineError) else ABANDONED,
             ),
         )
 
@@ -520,7 +533,7 @@ class MeteredStream:
 
     async def _deltas(self) -> AsyncGenerator[CompletionDelta, None]:
         deltas = self.inner.__aiter__()
-        outcome = "abandoned"
+        outcome = ABANDONED
         try:
             async for delta in deltas:
                 self._seen(delta)
@@ -556,7 +569,7 @@ class MeteredStream:
     async def aclose(self) -> None:
         """Stop reading the model; an unfinished stream is settled as abandoned."""
         await self.inner.aclose()
-        await self._finish("abandoned")
+        await self._finish(ABANDONED)
 
     async def _finish(self, outcome: str) -> None:
         if self._finished:
@@ -589,6 +602,12 @@ class CallerModels:
         metered.completion.cost = metered.cost
         metered.completion.cache_hit = metered.cache == "hit"
         return metered.completion
+
+    async def stream(
+        self, messages: list[dict[str, Any]], *, model: str | None = None, **params: Any
+    ) -> MeteredStream:
+        """Open a streamed answer through the router; see :meth:`ModelCalls.stream`."""
+        return await self._calls.stream(messages, self.context, model=model, **params)
 
 
 def _replayed(hit: Completion) -> CompletionStream:

@@ -23,6 +23,7 @@ from spine.platform.stack import (
     StackRunner,
     attach_detached_stack,
     describe_config,
+    plan_local_model,
 )
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -174,6 +175,12 @@ def config(
     console.print(
         "embedded by `spine up`: " + (", ".join(embedded) if embedded else "nothing (all set)")
     )
+    try:
+        note = plan_local_model(settings).note
+    except ConfigurationError as exc:
+        note = exc.message
+    if note:
+        console.print(f"[yellow]{note}[/yellow]")
 
 
 @app.command()

@@ -11,6 +11,7 @@ import httpx
 from spine.platform.db import Database
 from spine.platform.errors import ProviderNotConfigured, SpineError
 from spine.platform.llm import HOW_TO_CONFIGURE, resolve_provider
+from spine.platform.router.catalogue import TOY_NOTE
 from spine.platform.settings import Settings
 
 __all__ = ["CheckResult", "run_checks"]
@@ -137,4 +138,26 @@ async def _provider(settings: Settings) -> str:
                 "set GENAI_MODELS__OLLAMA"
             )
         return f"Ollama at {base} serves {target.model}"
+    if target.provider == "local":
+        return await _local_model(str(target.kwargs["api_base"]), target.model)
     return f"{target.provider} configured with model {target.model} (key not verified offline)"
+
+
+async def _local_model(base: str, model: str) -> str:
+    base = base.rstrip("/")
+    async with httpx.AsyncClient(timeout=_TIMEOUT) as client:
+        try:
+            response = await client.get(f"{base}/models")
+            response.raise_for_status()
+        except httpx.HTTPError as exc:
+            raise _NotSet(
+                f"the local model at {base} does not answer ({exc!r}); run `spine up`, or check "
+                "GENAI_LOCAL_MODEL__URL"
+            ) from exc
+    names = [m.get("id", "") for m in response.json().get("data", [])]
+    if model not in names:
+        raise _NotSet(
+            f"the local model server at {base} serves {', '.join(names) or 'nothing'}, not "
+            f"{model!r}; set GENAI_MODELS__LOCAL"
+        )
+    return f"local model {model} at {base} answers; {TOY_NOTE}"

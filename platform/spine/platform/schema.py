@@ -1,4 +1,4 @@
-"""The relational schema: API keys, tasks and their progress events, model calls and budgets.
+"""The relational schema: keys, tasks (events, step journal), model calls, budgets, files, batches.
 
 The database is the source of truth for tasks; JetStream only carries work. Alembic migrations
 under ``migrations/`` create exactly these tables; a test compares the two.
@@ -18,11 +18,16 @@ from sqlalchemy.types import TypeDecorator
 __all__ = [
     "ApiKeyRow",
     "Base",
+    "BatchLineRow",
+    "BatchRow",
     "BudgetSpendRow",
+    "FileRow",
+    "JsonType",
     "ModelCallRow",
     "Money",
     "TaskEventRow",
     "TaskRow",
+    "TaskStepRow",
     "UtcDateTime",
     "utcnow",
 ]
@@ -118,6 +123,7 @@ class TaskRow(Base):
         sa.UniqueConstraint("tenant", "idempotency_key", name="uq_tasks_tenant_idempotency_key"),
         sa.Index("ix_tasks_tenant_created", "tenant", "created_at"),
         sa.Index("ix_tasks_state_published", "state", "published_at"),
+        sa.Index("ix_tasks_state_approval", "state", "approval_expires_at"),
     )
 
     id: Mapped[str] = mapped_column(sa.String(36), primary_key=True)
@@ -142,6 +148,27 @@ class TaskRow(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
+    # Paused for a human's approval until then; each pause ends an attempt without a failure.
+    approval: Mapped[dict[str, Any] | None] = mapped_column(JsonType, default=None)
+    approval_expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    resumes: Mapped[int] = mapped_column(default=0, server_default=sa.text("0"))
+
+
+class TaskStepRow(Base):
+    """One journalled step of an agent's loop: a model answer, a tool result, an approval.
+
+    The key names the step within the task (``s3.model``, ``s3.tool.<call id>``); the first
+    write of a key wins, so a redelivered task replays its steps instead of repeating them.
+    """
+
+    __tablename__ = "task_steps"
+
+    task_id: Mapped[str] = mapped_column(sa.String(36), primary_key=True)
+    key: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    kind: Mapped[str] = mapped_column(sa.String(16))
+    attempt: Mapped[int] = mapped_column()
+    data: Mapped[dict[str, Any]] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class TaskEventRow(Base):
@@ -192,3 +219,67 @@ class BudgetSpendRow(Base):
     day: Mapped[date] = mapped_column(primary_key=True)
     spent: Mapped[Decimal] = mapped_column(default=Decimal(0))
     reserved: Mapped[Decimal] = mapped_column(default=Decimal(0))
+
+
+class FileRow(Base):
+    """An uploaded or produced file (batch input, output and error JSONL); its bytes inline."""
+
+    __tablename__ = "files"
+    __table_args__ = (sa.Index("ix_files_tenant_created", "tenant", "created_at"),)
+
+    id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    tenant: Mapped[str] = mapped_column(sa.String(128))
+    purpose: Mapped[str] = mapped_column(sa.String(32))
+    filename: Mapped[str] = mapped_column(sa.String(255))
+    size: Mapped[int] = mapped_column("bytes", sa.BigInteger())
+    content: Mapped[bytes] = mapped_column(sa.LargeBinary())
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class BatchRow(Base):
+    """A batch of OpenAI requests; its lines run as tasks (see :mod:`spine.platform.batches`).
+
+    ``completed`` and ``failed`` are written when the batch is finalized; until then they are
+    counted from the line tasks. ``invalid`` counts the lines rejected when the batch was made.
+    """
+
+    __tablename__ = "batches"
+    __table_args__ = (sa.Index("ix_batches_tenant_created", "tenant", "created_at"),)
+
+    id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    tenant: Mapped[str] = mapped_column(sa.String(128))
+    key_id: Mapped[str | None] = mapped_column(sa.String(32), default=None)
+    endpoint: Mapped[str] = mapped_column(sa.String(64))
+    completion_window: Mapped[str] = mapped_column(sa.String(16))
+    status: Mapped[str] = mapped_column(sa.String(16))
+    input_file_id: Mapped[str] = mapped_column(sa.String(64))
+    output_file_id: Mapped[str | None] = mapped_column(sa.String(64), default=None)
+    error_file_id: Mapped[str | None] = mapped_column(sa.String(64), default=None)
+    model: Mapped[str | None] = mapped_column(sa.String(200), default=None)
+    total: Mapped[int] = mapped_column(default=0)
+    invalid: Mapped[int] = mapped_column(default=0)
+    completed: Mapped[int] = mapped_column(default=0)
+    failed: Mapped[int] = mapped_column(default=0)
+    errors: Mapped[list[dict[str, Any]] | None] = mapped_column(JsonType, default=None)
+    usage: Mapped[dict[str, Any] | None] = mapped_column(JsonType, default=None)
+    meta: Mapped[dict[str, Any] | None] = mapped_column("metadata", JsonType, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    in_progress_at: Mapped[datetime | None] = mapped_column(default=None)
+    expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    finalizing_at: Mapped[datetime | None] = mapped_column(default=None)
+    completed_at: Mapped[datetime | None] = mapped_column(default=None)
+    failed_at: Mapped[datetime | None] = mapped_column(default=None)
+    cancelling_at: Mapped[datetime | None] = mapped_column(default=None)
+    cancelled_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class BatchLineRow(Base):
+    """One line of a batch's input: the task that runs it, or why it was rejected."""
+
+    __tablename__ = "batch_lines"
+
+    batch_id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    line: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    custom_id: Mapped[str | None] = mapped_column(sa.Text(), default=None)
+    task_id: Mapped[str | None] = mapped_column(sa.String(36), default=None)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JsonType, default=None)

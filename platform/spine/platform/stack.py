@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -19,16 +20,26 @@ from rich.panel import Panel
 from spine.platform._embedded_state import die_with_parent
 from spine.platform.db import Database
 from spine.platform.embedded import (
+    LOCAL_MODEL,
     EmbeddedStack,
     apply_endpoints,
+    local_model_missing,
     read_state,
     stack_status,
     stop_stack,
 )
+from spine.platform.errors import ConfigurationError
 from spine.platform.keys import KeyStore
+from spine.platform.router.catalogue import TOY_NOTE
 from spine.platform.settings import ENV_PREFIX, NESTED_DELIMITER, Settings
 
-__all__ = ["StackRunner", "attach_detached_stack", "describe_config"]
+__all__ = [
+    "LocalModelPlan",
+    "StackRunner",
+    "attach_detached_stack",
+    "describe_config",
+    "plan_local_model",
+]
 
 ADMIN_KEY_FILE = "admin.key"
 _URL_ENV = {
@@ -37,11 +48,42 @@ _URL_ENV = {
     "redis_url": "GENAI_REDIS_URL",
     "neo4j_uri": "GENAI_NEO4J_URI",
 }
+_LOCAL_MODEL_URL_ENV = "GENAI_LOCAL_MODEL__URL"
 _PASSWORD_IN_URL = re.compile(r"(://[^:/@]+):[^@/]+@")
 
 
+@dataclass(slots=True, kw_only=True, frozen=True)
+class LocalModelPlan:
+    """Whether ``spine up`` starts the embedded local model, and the line to tell people."""
+
+    start: bool
+    note: str = ""
+
+
+def plan_local_model(settings: Settings) -> LocalModelPlan:
+    """Decide whether ``spine up`` starts the local model (it is toy quality: say so).
+
+    Raises:
+        ConfigurationError: The local model is asked for by ``GENAI_LOCAL_MODEL__ENABLED=true``
+            or ``GENAI_DEFAULT_PROVIDER=local`` but the ``local`` extra or its model is missing.
+    """
+    if not settings.wants_local_model():
+        return LocalModelPlan(start=False)
+    missing = local_model_missing(settings.local_model)
+    if missing is None:
+        return LocalModelPlan(start=True, note=f"local model {settings.models.local} is {TOY_NOTE}")
+    if settings.local_model.enabled is True or settings.default_provider == "local":
+        raise ConfigurationError(missing, field="GENAI_LOCAL_MODEL__ENABLED")
+    return LocalModelPlan(
+        start=False, note=f"no model provider is configured, and no local model: {missing}"
+    )
+
+
 def describe_config(settings: Settings) -> tuple[list[tuple[str, str]], list[str]]:
-    """List every setting as (variable, shown value), secrets masked; and what is embedded."""
+    """List every setting as (variable, shown value), secrets masked; and what is embedded.
+
+    The embedded list names ``local_model`` when ``spine up`` would start the local model.
+    """
     rows: list[tuple[str, str]] = []
 
     def walk(model: BaseModel, prefix: str) -> None:
@@ -54,7 +96,10 @@ def describe_config(settings: Settings) -> tuple[list[tuple[str, str]], list[str
                 rows.append((variable, _shown(value)))
 
     walk(settings, ENV_PREFIX)
-    return rows, settings.embedded_services()
+    embedded = settings.embedded_services()
+    if settings.wants_local_model() and local_model_missing(settings.local_model) is None:
+        embedded.append(LOCAL_MODEL)
+    return rows, embedded
 
 
 def _shown(value: object) -> str:
@@ -69,7 +114,7 @@ def _shown(value: object) -> str:
 
 def attach_detached_stack(settings: Settings) -> Settings:
     """Fill unset URLs from servers that ``spine up --detach`` left running in the data dir."""
-    if not settings.embedded_services():
+    if not settings.embedded_services() and not settings.wants_local_model():
         return settings
     state = read_state(settings.data_dir)
     if state is None or not any(s.alive for s in stack_status(settings.data_dir)):
@@ -92,8 +137,10 @@ class StackRunner:
         settings = attach_detached_stack(self.settings)
         stack = None
         wanted = settings.embedded_services()
-        if wanted:
-            stack = EmbeddedStack.from_settings(settings, services=wanted, detach=detach)
+        local = plan_local_model(settings)
+        if wanted or local.start:
+            services = [*wanted, LOCAL_MODEL] if local.start else wanted
+            stack = EmbeddedStack.from_settings(settings, services=services, detach=detach)
             with self.console.status("starting embedded servers...") as status:
                 endpoints = stack.start(
                     lambda server, message: status.update(f"{server}: {message}")
@@ -103,11 +150,20 @@ class StackRunner:
                     f"[green]✓[/green] {service} (embedded, data in {settings.data_dir})"
                 )
             settings = apply_endpoints(settings, endpoints)
-        else:
+        if not wanted:
             self.console.print("every backing service is configured; nothing embedded")
+        if local.start:
+            self.console.print(
+                f"[green]✓[/green] local model {settings.models.local} at "
+                f"{settings.local_model.url} (embedded)"
+            )
+        if local.note:
+            self.console.print(f"[yellow]{local.note}[/yellow]")
         if detach:
             for field, env in _URL_ENV.items():
                 self.console.print(f"{env}={getattr(settings, field)}")
+            if settings.local_model.url is not None:
+                self.console.print(f"{_LOCAL_MODEL_URL_ENV}={settings.local_model.url}")
             self.console.print("servers run detached; `spine down` stops them")
             return 0
         try:
@@ -161,6 +217,8 @@ class StackRunner:
             value = getattr(settings, field)
             if value is not None:
                 env[name] = value
+        if settings.local_model.url is not None:
+            env[_LOCAL_MODEL_URL_ENV] = settings.local_model.url
         command = [sys.executable, "-m", "spine.platform.cli"]
         self._children["api"] = subprocess.Popen([*command, "api"], env=env)
         for index in range(workers):

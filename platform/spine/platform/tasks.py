@@ -12,22 +12,25 @@ import base64
 import hashlib
 import json
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import sqlalchemy as sa
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from spine.platform.db import Database
 from spine.platform.errors import BadRequest, Conflict, IdempotencyConflict, NotFound
-from spine.platform.schema import TaskEventRow, TaskRow, UtcDateTime, utcnow
+from spine.platform.schema import TaskEventRow, TaskRow, TaskStepRow, UtcDateTime, utcnow
 
 __all__ = [
     "TERMINAL_STATES",
     "Claim",
+    "NewTask",
     "Priority",
     "Task",
     "TaskEvent",
@@ -37,7 +40,9 @@ __all__ = [
     "TaskSubmission",
 ]
 
-TaskState = Literal["queued", "running", "succeeded", "failed", "cancelled", "dead_lettered"]
+TaskState = Literal[
+    "queued", "running", "waiting_approval", "succeeded", "failed", "cancelled", "dead_lettered"
+]
 Priority = Literal["high", "normal", "low"]
 TERMINAL_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled", "dead_lettered"})
 
@@ -79,6 +84,14 @@ class Task(BaseModel):
     updated_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    approval: dict[str, Any] | None = None
+    approval_expires_at: datetime | None = None
+    resumes: int = 0
+
+    @property
+    def failed_attempts(self) -> int:
+        """Attempts that did not end in a pause for approval (what ``max_attempts`` limits)."""
+        return self.attempts - self.resumes
 
     @property
     def is_terminal(self) -> bool:
@@ -111,10 +124,19 @@ class TaskPage:
 
 
 @dataclass(slots=True, kw_only=True)
+class NewTask:
+    """A task to insert with :meth:`TaskStore.insert_many`: its id, request and key."""
+
+    id: str
+    submission: TaskSubmission
+    idempotency_key: str
+
+
+@dataclass(slots=True, kw_only=True)
 class Claim:
     """What a worker learned when it tried to claim a delivered task."""
 
-    outcome: Literal["claimed", "finished", "busy", "missing"]
+    outcome: Literal["claimed", "finished", "busy", "paused", "missing"]
     task: Task | None = None
     attempt: int = 0
     retry_in: float = 0.0
@@ -146,30 +168,15 @@ class TaskStore:
         now = utcnow()
         if submission.deadline is not None and submission.deadline <= now:
             raise BadRequest("deadline is in the past", field="deadline")
-        values: dict[str, Any] = {
-            "id": str(uuid.uuid4()),
-            "tenant": tenant,
-            "key_id": key_id,
-            "agent": submission.agent,
-            "input": submission.input,
-            "metadata": submission.metadata,
-            "priority": submission.priority,
-            "deadline": submission.deadline,
-            "state": "queued",
-            "attempts": 0,
-            "event_seq": 1,
-            "error": None,
-            "result": None,
-            "idempotency_key": idempotency_key,
-            "request_hash": fingerprint,
-            "cancel_requested": False,
-            "published_at": None,
-            "lease_expires_at": None,
-            "created_at": now,
-            "updated_at": now,
-            "started_at": None,
-            "finished_at": None,
-        }
+        values = _new_task_values(
+            str(uuid.uuid4()),
+            submission,
+            tenant=tenant,
+            key_id=key_id,
+            idempotency_key=idempotency_key,
+            fingerprint=fingerprint,
+            now=now,
+        )
         event = _event_values(values["id"], tenant, 1, "state", {"state": "queued"}, now)
         try:
             async with self._db.transaction() as conn:
@@ -186,6 +193,49 @@ class TaskStore:
                 ) from None
             return _task(existing), [], False
         return _task(values), [TaskEvent(**event)], True
+
+    async def insert_many(
+        self,
+        conn: AsyncConnection,
+        new: Sequence[NewTask],
+        *,
+        tenant: str,
+        key_id: str | None = None,
+    ) -> list[Task]:
+        """Insert queued tasks in the caller's transaction, a statement per chunk.
+
+        A task whose idempotency key the tenant already used is skipped, so inserting the same
+        work twice (a retry after a crash) creates nothing new. Returns the tasks created.
+        """
+        created: list[Task] = []
+        now = utcnow()
+        for start in range(0, len(new), _CHUNK):
+            rows = [
+                _new_task_values(
+                    item.id,
+                    item.submission,
+                    tenant=tenant,
+                    key_id=key_id,
+                    idempotency_key=item.idempotency_key,
+                    fingerprint=item.submission.fingerprint(),
+                    now=now,
+                )
+                for item in new[start : start + _CHUNK]
+            ]
+            inserted = await conn.execute(_insert_new(conn, _TASKS).returning(_TASKS.c.id), rows)
+            fresh = {row[0] for row in inserted}
+            if not fresh:
+                continue
+            kept = [row for row in rows if row["id"] in fresh]
+            await conn.execute(
+                sa.insert(_EVENTS),
+                [
+                    _event_values(row["id"], tenant, 1, "state", {"state": "queued"}, now)
+                    for row in kept
+                ],
+            )
+            created.extend(_task(row) for row in kept)
+        return created
 
     async def _by_idempotency_key(self, tenant: str, key: str) -> sa.RowMapping:
         query = sa.select(_TASKS).where(_TASKS.c.tenant == tenant, _TASKS.c.idempotency_key == key)
@@ -360,6 +410,8 @@ class TaskStore:
                 return Claim(outcome="missing")
             if row["state"] in TERMINAL_STATES:
                 return Claim(outcome="finished", task=_task(row))
+            if row["state"] == "waiting_approval" and not row["cancel_requested"]:
+                return Claim(outcome="paused", task=_task(row))
             if row["state"] == "running" and not row["cancel_requested"]:
                 remaining = (row["lease_expires_at"] - now).total_seconds()
                 return Claim(outcome="busy", task=_task(row), retry_in=remaining)
@@ -444,7 +496,7 @@ class TaskStore:
                 raise Conflict(
                     f"task {task_id} already ended as {row['state']}", state=row["state"]
                 )
-            if row["state"] == "queued":
+            if row["state"] in ("queued", "waiting_approval"):  # no worker holds it
                 ended = await _transition(
                     conn,
                     task_id,
@@ -467,6 +519,103 @@ class TaskStore:
             assert ended is not None
             return ended[0], [ended[1]]
 
+    # -- pauses for a human's approval -------------------------------------------------------
+
+    async def pause(
+        self, task_id: str, *, attempt: int, until: datetime, proposal: dict[str, Any]
+    ) -> list[TaskEvent]:
+        """End an attempt waiting for approval of ``proposal``; no worker holds the task then.
+
+        Returns:
+            The state event; empty when the attempt no longer owns the task.
+        """
+        owned = sa.and_(_TASKS.c.attempts == attempt, _TASKS.c.state == "running")
+        async with self._db.transaction() as conn:
+            changed = await _change(
+                conn,
+                task_id,
+                utcnow(),
+                where=owned,
+                event={
+                    "state": "waiting_approval",
+                    "attempt": attempt,
+                    "proposal": proposal,
+                    "expires_at": until.isoformat(),
+                },
+                values={
+                    "state": "waiting_approval",
+                    "lease_expires_at": None,
+                    "approval": proposal,
+                    "approval_expires_at": until,
+                    "resumes": _TASKS.c.resumes + 1,
+                },
+            )
+            if changed is None:
+                return []
+            await conn.execute(sa.insert(_EVENTS).values(changed[1].model_dump()))
+        return [changed[1]]
+
+    async def decide(
+        self, task_id: str, *, tenant: str | None, approved: bool, reason: str | None = None
+    ) -> tuple[Task, list[TaskEvent]]:
+        """Approve or reject a paused task's proposed call, and queue the task to go on.
+
+        The decision is journalled under the proposal's ``key`` in the same transaction, so
+        the resumed loop finds it. ``tenant`` None is the system (an approval that timed out).
+
+        Raises:
+            NotFound: No such task (for this tenant).
+            Conflict: The task is not waiting for an approval.
+        """
+        now = utcnow()
+        async with self._db.transaction() as conn:
+            row = await _read_locked(conn, task_id)
+            if row is None or (tenant is not None and row["tenant"] != tenant):
+                raise NotFound(f"no task {task_id!r}", field="task_id")
+            if row["state"] != "waiting_approval" or not row["approval"]:
+                raise Conflict(
+                    f"task {task_id} is {row['state']}, not waiting for an approval",
+                    state=row["state"],
+                )
+            proposal = row["approval"]
+            decision = {"approved": approved, "reason": reason, "by": tenant or "timeout"}
+            await conn.execute(
+                sa.insert(_STEPS).values(
+                    task_id=task_id,
+                    key=proposal["key"],
+                    kind="approval",
+                    attempt=row["attempts"],
+                    data=decision,
+                    created_at=now,
+                )
+            )
+            changed = await _change(
+                conn,
+                task_id,
+                now,
+                event={"state": "queued", "decision": decision, "proposal": proposal},
+                values={
+                    "state": "queued",
+                    "approval": None,
+                    "approval_expires_at": None,
+                    "published_at": None,
+                },
+            )
+            assert changed is not None
+            await conn.execute(sa.insert(_EVENTS).values(changed[1].model_dump()))
+        return changed[0], [changed[1]]
+
+    async def expired_approvals(self, *, limit: int) -> list[Task]:
+        """Find paused tasks whose approval was not given in time."""
+        query = (
+            sa.select(_TASKS)
+            .where(_TASKS.c.state == "waiting_approval", _TASKS.c.approval_expires_at < utcnow())
+            .order_by(_TASKS.c.approval_expires_at)
+            .limit(limit)
+        )
+        async with self._db.transaction() as conn:
+            return [_task(r) for r in (await conn.execute(query)).mappings()]
+
     async def append_event(self, task_id: str, type_: str, data: dict[str, Any]) -> TaskEvent:
         """Store a progress event that changes no state (a step, a token batch, usage)."""
         async with self._db.transaction() as conn:
@@ -479,8 +628,10 @@ class TaskStore:
             return changed[1]
 
 
+_CHUNK = 500
 _TASKS: sa.Table = TaskRow.__table__  # type: ignore[assignment]
 _EVENTS: sa.Table = TaskEventRow.__table__  # type: ignore[assignment]
+_STEPS: sa.Table = TaskStepRow.__table__  # type: ignore[assignment]
 
 
 async def _change(
@@ -561,6 +712,49 @@ async def _read_locked(conn: AsyncConnection, task_id: str) -> sa.RowMapping | N
     return row
 
 
+def _new_task_values(
+    task_id: str,
+    submission: TaskSubmission,
+    *,
+    tenant: str,
+    key_id: str | None,
+    idempotency_key: str | None,
+    fingerprint: str,
+    now: datetime,
+) -> dict[str, Any]:
+    return {
+        "id": task_id,
+        "tenant": tenant,
+        "key_id": key_id,
+        "agent": submission.agent,
+        "input": submission.input,
+        "metadata": submission.metadata,
+        "priority": submission.priority,
+        "deadline": submission.deadline,
+        "state": "queued",
+        "attempts": 0,
+        "event_seq": 1,
+        "error": None,
+        "result": None,
+        "idempotency_key": idempotency_key,
+        "request_hash": fingerprint,
+        "cancel_requested": False,
+        "published_at": None,
+        "lease_expires_at": None,
+        "created_at": now,
+        "updated_at": now,
+        "started_at": None,
+        "finished_at": None,
+    }
+
+
+def _insert_new(conn: AsyncConnection, table: sa.Table) -> Any:
+    """An INSERT that skips rows colliding with a unique key (PostgreSQL and SQLite alike)."""
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(table).on_conflict_do_nothing()
+    return sqlite.insert(table).on_conflict_do_nothing()
+
+
 def _select_task(task_id: str) -> sa.Select[Any]:
     return sa.select(_TASKS).where(_TASKS.c.id == task_id)
 
@@ -584,6 +778,9 @@ def _task(row: Any) -> Task:
         updated_at=row["updated_at"],
         started_at=row["started_at"],
         finished_at=row["finished_at"],
+        approval=row.get("approval"),
+        approval_expires_at=row.get("approval_expires_at"),
+        resumes=row.get("resumes") or 0,
     )
 
 

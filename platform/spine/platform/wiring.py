@@ -12,24 +12,32 @@ from dataclasses import dataclass, field
 
 from spine.agents.base import CallerModelSource
 from spine.agents.catalog import AgentCatalog, default_catalog
+from spine.agents.delegation import submit_task_tool
 from spine.agents.dispatch import TaskDispatcher
 from spine.agents.worker import TaskWorker
 from spine.events.bus import NatsBus
 from spine.events.outcomes import OutcomePublisher
 from spine.events.progress import ProgressFeed
 from spine.events.streams import StreamLayout
+from spine.platform.batch_input import BatchLimits
+from spine.platform.batches import Batches
 from spine.platform.budgets import BudgetLedger, BudgetLimits
 from spine.platform.calls import ModelCalls
 from spine.platform.db import Database
 from spine.platform.errors import ConfigurationError, ServiceUnavailable
+from spine.platform.files import FileStore
+from spine.platform.journal import StepJournal
 from spine.platform.keys import KeyStore
 from spine.platform.router import ModelRouter
 from spine.platform.router.cache import response_cache
 from spine.platform.settings import Settings
 from spine.platform.tasks import TaskStore
 from spine.platform.usage import UsageLedger
+from spine.tools.builtin import builtin_tools
+from spine.tools.policy import ToolPolicy
+from spine.tools.registry import ToolRegistry
 
-__all__ = ["Platform"]
+__all__ = ["Platform", "tool_registry"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +58,10 @@ class Platform:
     router: ModelRouter
     calls: ModelCalls
     outcomes: OutcomePublisher
+    journal: StepJournal
+    tools: ToolRegistry
+    files: FileStore
+    batches: Batches
     _warming: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
 
     @classmethod
@@ -65,7 +77,7 @@ class Platform:
         tasks = TaskStore(db)
         bus = NatsBus(settings.nats_url, name=name)
         feed = ProgressFeed(tasks, bus)
-        catalog = default_catalog()
+        catalog = default_catalog(settings.agents_dir)
         layout = StreamLayout(
             replicas=settings.streams.replicas,
             duplicate_window=settings.streams.duplicate_window,
@@ -81,6 +93,10 @@ class Platform:
             store=tasks, bus=bus, feed=feed, catalog=catalog, settings=settings.api
         )
         router = ModelRouter(settings)
+        tools = tool_registry(catalog, bus=bus, store=tasks, dispatcher=dispatcher)
+        # Batch limits are their defaults until the settings have a `batches` section.
+        files = FileStore(db, limits=BatchLimits())
+        batches = Batches(db, tasks=tasks, files=files, dispatcher=dispatcher)
         outcomes = OutcomePublisher(bus, max_queued=settings.streams.outcomes_queue)
         calls = ModelCalls(
             router,
@@ -102,6 +118,10 @@ class Platform:
             router=router,
             calls=calls,
             outcomes=outcomes,
+            files=files,
+            batches=batches,
+            journal=StepJournal(db),
+            tools=tools,
         )
 
     async def start(self) -> None:
@@ -138,6 +158,8 @@ class Platform:
             feed=self.feed,
             catalog=self.catalog,
             models=models or self.calls,
+            journal=self.journal,
+            tools=self.tools,
             settings=self.settings.worker,
             layout=self.layout,
         )
@@ -166,3 +188,15 @@ class Platform:
         with contextlib.suppress(Exception):
             await self.bus.close()
         await self.db.dispose()
+
+
+def tool_registry(
+    catalog: AgentCatalog, *, bus: NatsBus, store: TaskStore, dispatcher: TaskDispatcher
+) -> ToolRegistry:
+    """Register the built-in tools and delegation; each declarative agent gets its allowlist."""
+    policy = ToolPolicy()
+    for definition in catalog.definitions():
+        policy = policy.with_agent(definition.name, definition.tools)
+    return ToolRegistry(
+        [*builtin_tools(publisher=bus), submit_task_tool(dispatcher, store)], policy=policy
+    )

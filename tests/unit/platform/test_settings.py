@@ -64,6 +64,7 @@ def test_nested_sections_and_dotenv(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         ("GENAI_WORKER__CONCURRENCY", "0"),
         ("GENAI_FALLBACK_CHAIN", "ollama,nobody"),
         ("GENAI_API__PORT", "70000"),
+        ("GENAI_TENANT_STRATEGIES", "acme"),
     ],
 )
 def test_invalid_value_names_the_variable(
@@ -74,6 +75,16 @@ def test_invalid_value_names_the_variable(
         load_settings()
     assert name in caught.value.message
     assert caught.value.field == name
+
+
+def test_tenant_strategies_read_as_pairs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GENAI_TENANT_STRATEGIES", "acme=quality, globex=cost_optimized")
+    assert load_settings().tenant_strategies == {"acme": "quality", "globex": "cost_optimized"}
+    monkeypatch.setenv("GENAI_TENANT_STRATEGIES", "acme=cheapest")
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings()
+    assert "GENAI_TENANT_STRATEGIES__ACME" in caught.value.message
+    assert "'cheapest'" in caught.value.message
 
 
 def test_invalid_secret_is_not_echoed(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,10 +10,11 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from spine.platform.api import tasks, usage
-from spine.platform.api.auth import Caller, platform_of
+from spine.platform.api import agents, batches, files, tasks, tools, usage
+from spine.platform.api.auth import platform_of
 from spine.platform.api.errors import BodySizeLimit, install_error_handlers
 from spine.platform.api.gateway import router as gateway_router
+from spine.platform.batch_input import BatchLimits
 from spine.platform.settings import Settings
 from spine.platform.wiring import Platform
 
@@ -47,10 +48,20 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="GenAI Spine", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.api.max_body_bytes)
+    # Batch files are larger than any other body (multipart framing adds a little).
+    upload = BatchLimits().max_file_bytes
+    app.add_middleware(
+        BodySizeLimit,
+        max_bytes=settings.api.max_body_bytes,
+        overrides={"/v1/files": upload + 64 * 1024, "/v1/batches": upload},
+    )
     app.include_router(tasks.router)
     app.include_router(gateway_router)
     app.include_router(usage.router)
+    app.include_router(files.router)
+    app.include_router(batches.router)
+    app.include_router(tools.router)
+    app.include_router(agents.router)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:
@@ -66,20 +77,5 @@ def create_app(settings: Settings) -> FastAPI:
             {"status": "ok" if ok else "degraded", "services": status},
             status_code=200 if ok else 503,
         )
-
-    @app.get("/v1/agents", tags=["agents"])
-    async def list_agents(request: Request, _: Caller) -> dict[str, object]:
-        """List the agents tasks may name."""
-        catalog = platform_of(request).catalog
-        return {
-            "data": [
-                {
-                    "name": name,
-                    "description": catalog.get(name).description,
-                    "input_schema": catalog.get(name).input_model.model_json_schema(),
-                }
-                for name in catalog.names()
-            ]
-        }
 
     return app

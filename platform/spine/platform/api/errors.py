@@ -7,6 +7,7 @@ ever reaches a client.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -95,19 +96,26 @@ def _field(loc: tuple[Any, ...] | list[Any]) -> str:
 
 
 class BodySizeLimit:
-    """Reject request bodies over a limit with 413, declared or streamed."""
+    """Reject request bodies over a limit with 413, declared or streamed.
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+    ``overrides`` give some paths a limit of their own (batch uploads are larger).
+    """
+
+    def __init__(
+        self, app: ASGIApp, *, max_bytes: int, overrides: Mapping[str, int] | None = None
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.overrides = dict(overrides or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.overrides.get(scope["path"], self.max_bytes)
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._reject(scope, receive, send)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await self._reject(scope, receive, send, limit)
             return
         seen = 0
 
@@ -115,18 +123,18 @@ class BodySizeLimit:
             nonlocal seen
             message = await receive()
             seen += len(message.get("body", b""))
-            if seen > self.max_bytes:
-                raise _TooLarge(self.max_bytes)
+            if seen > limit:
+                raise _TooLarge(limit)
             return message
 
         try:
             await self.app(scope, counting_receive, send)
         except _TooLarge:
-            await self._reject(scope, receive, send)
+            await self._reject(scope, receive, send, limit)
 
-    async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _reject(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
         response = error_response(
-            413, "request_too_large", f"the request body is over {self.max_bytes} bytes"
+            413, "request_too_large", f"the request body is over {limit} bytes"
         )
         await response(scope, receive, send)
 

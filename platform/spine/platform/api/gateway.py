@@ -28,22 +28,19 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from spine.platform.api._openai import (
-    DONE,
-    ChatCompletionRequest,
-    GatewayError,
-    chunk,
-    completion_body,
-    error_body,
-    fallback_header,
-    new_completion_id,
-    sse,
-    usage_body,
-)
+from spine.platform.api._openai import DONE, chunk, fallback_header, sse
 from spine.platform.api.auth import authenticate, platform_of
 from spine.platform.calls import CallContext, MeteredStream
 from spine.platform.errors import SpineError
 from spine.platform.llm import Attempt, CompletionDelta
+from spine.platform.openai_wire import (
+    ChatCompletionRequest,
+    GatewayError,
+    completion_body,
+    error_body,
+    new_completion_id,
+    usage_body,
+)
 from spine.platform.router import ModelRouter
 
 __all__ = ["router"]

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from spine.platform.api.auth import Caller, platform_of
@@ -93,6 +93,36 @@ async def get_task(task_id: str, request: Request, caller: Caller) -> TaskRespon
 async def cancel_task(task_id: str, request: Request, caller: Caller) -> TaskResponse:
     """Cancel a queued task now, or a running one at its next step."""
     task = await platform_of(request).dispatcher.cancel(task_id, principal=caller)
+    return TaskResponse.of(task)
+
+
+class Decision(BaseModel):
+    """The body of an approval or a rejection; a rejection's reason reaches the model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str | None = Field(None, max_length=2000)
+
+
+@router.post("/tasks/{task_id}/approve", status_code=202, response_model=TaskResponse)
+async def approve_task(
+    task_id: str, request: Request, caller: Caller, body: Decision | None = None
+) -> TaskResponse:
+    """Let a paused task make the call it proposed; it is queued to go on."""
+    task = await platform_of(request).dispatcher.decide(
+        task_id, principal=caller, approved=True, reason=body.reason if body else None
+    )
+    return TaskResponse.of(task)
+
+
+@router.post("/tasks/{task_id}/reject", status_code=202, response_model=TaskResponse)
+async def reject_task(
+    task_id: str, request: Request, caller: Caller, body: Decision | None = None
+) -> TaskResponse:
+    """Refuse a paused task's proposed call; the model is told, with the reason."""
+    task = await platform_of(request).dispatcher.decide(
+        task_id, principal=caller, approved=False, reason=body.reason if body else None
+    )
     return TaskResponse.of(task)
 
 

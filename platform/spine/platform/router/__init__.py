@@ -5,6 +5,7 @@ and (later) the gateway call it the way they call the single-provider client.
 """
 
 from spine.platform.router.catalogue import (
+    TOY_NOTE,
     Capabilities,
     ModelCatalogue,
     ModelSpec,
@@ -39,6 +40,7 @@ from spine.platform.router.streaming import CompletionStream, first_output
 __all__ = [
     "CIRCUIT_OPEN",
     "STRATEGIES",
+    "TOY_NOTE",
     "BreakerPolicy",
     "BreakerState",
     "Capabilities",

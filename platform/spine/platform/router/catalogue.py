@@ -1,7 +1,7 @@
 """The models the router may choose from, and what a request needs of them.
 
 The catalogue starts with the default model of each configured provider (its URL, key or region
-is set), adds the entries of ``GENAI_MODELS_FILE`` (an entry with a name already present
+is set; for ``local``, the embedded toy model that ``spine up`` runs), adds the entries of ``GENAI_MODELS_FILE`` (an entry with a name already present
 replaces it), and can add what an Ollama server lists at ``/api/tags``. A models file looks
 like this (prices are per token)::
 
@@ -41,6 +41,7 @@ from spine.platform.llm import ModelProvider, configured_providers
 from spine.platform.settings import Settings
 
 __all__ = [
+    "TOY_NOTE",
     "Capabilities",
     "ModelCatalogue",
     "ModelSpec",
@@ -52,8 +53,14 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 LOCAL = "local"
-# Scores for models no file describes: a small local model below a hosted one.
-_DEFAULT_QUALITY = {"ollama": 0.5}
+TOY = "toy"
+TOY_NOTE = (
+    "toy quality: a 135M-parameter model on the CPU, for demos and plumbing, not for answers; "
+    "set GENAI_OLLAMA_URL or a cloud key for a real model"
+)
+# Scores for models no file describes: a small local model below a hosted one, and the
+# embedded toy model far below both.
+_DEFAULT_QUALITY = {"ollama": 0.5, "local": 0.1}
 _HOSTED_QUALITY = 0.8
 _CHARS_PER_TOKEN = 4
 
@@ -84,6 +91,7 @@ class ModelSpec(BaseModel):
     context_window: int | None = Field(None, ge=1, description="Tokens; None when unknown.")
     capabilities: Capabilities = Field(default_factory=Capabilities)
     tags: frozenset[str] = frozenset()
+    note: str | None = Field(None, description="What a client should know, e.g. toy quality.")
     api_base: str | None = None
     api_key: SecretStr | None = None
 
@@ -91,10 +99,22 @@ class ModelSpec(BaseModel):
     def for_provider(
         cls, provider: ModelProvider, model: str, *, name: str | None = None, **fields: Any
     ) -> ModelSpec:
-        """Describe a model no file describes: Ollama's are local and free."""
+        """Describe a model no file describes: Ollama's are local and free.
+
+        The embedded ``local`` model is free as well, and labelled toy quality: it cannot
+        choose tools on its own (forced tool calls and JSON output work).
+        """
         defaults: dict[str, Any] = {"quality": _DEFAULT_QUALITY.get(provider, _HOSTED_QUALITY)}
         if provider == "ollama":
             defaults |= {"input_price": 0, "output_price": 0, "tags": {LOCAL}}
+        elif provider == "local":
+            defaults |= {
+                "input_price": 0,
+                "output_price": 0,
+                "tags": {LOCAL, TOY},
+                "note": TOY_NOTE,
+                "capabilities": Capabilities(tools=False, json_output=True),
+            }
         return cls(name=name or model, provider=provider, model=model, **(defaults | fields))
 
     @model_validator(mode="after")
@@ -107,6 +127,11 @@ class ModelSpec(BaseModel):
     def local(self) -> bool:
         """Whether the model runs on the operator's own hardware."""
         return LOCAL in self.tags
+
+    @property
+    def toy(self) -> bool:
+        """Whether the model is only good for demos and plumbing (the embedded one)."""
+        return TOY in self.tags
 
     def estimated_cost(self, requirements: Requirements) -> Decimal | None:
         """Return what the request would cost at most, None when a price is unknown."""
@@ -183,7 +208,12 @@ class ModelCatalogue:
         configured = configured_providers(settings)
         for provider in configured:
             upstream = getattr(settings.models, provider)
-            catalogue.add(ModelSpec.for_provider(provider, upstream), qualify_on_clash=True)
+            extra: dict[str, Any] = {}
+            if provider == "local":
+                extra["context_window"] = settings.local_model.n_ctx
+            catalogue.add(
+                ModelSpec.for_provider(provider, upstream, **extra), qualify_on_clash=True
+            )
         if settings.models_file is not None:
             for spec in load_models_file(settings.models_file):
                 if spec.provider in configured or spec.api_base or spec.api_key:
@@ -298,7 +328,7 @@ def load_models_file(path: Path) -> list[ModelSpec]:
             )
         label = f"models[{index}]" + (f" ({entry['name']!r})" if "name" in entry else "")
         entry = {"model": entry.get("name"), **entry}
-        if entry.get("provider") == "ollama" and "tags" not in entry:
+        if entry.get("provider") in ("ollama", "local") and "tags" not in entry:
             entry["tags"] = [LOCAL]
         try:
             spec = ModelSpec.model_validate(entry)

@@ -114,6 +114,10 @@ class ModelRouter:
         """The strategy of calls that name none (``GENAI_ROUTING_STRATEGY``)."""
         return self._settings.routing_strategy
 
+    def strategy_for(self, tenant: str) -> str:
+        """The strategy of a tenant's calls that name none (``GENAI_TENANT_STRATEGIES``)."""
+        return self._settings.tenant_strategies.get(tenant, self._settings.routing_strategy)
+
     async def warm_up(self) -> None:
         """Import LiteLLM off the event loop, add the models Ollama lists, fill in prices.
 

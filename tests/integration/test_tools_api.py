@@ -1,0 +1,85 @@
+"""``GET /v1/tools`` through the running app: what a key may use, with schemas."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+
+from conftest import RunningPlatform, make_settings, run_platform
+from spine.platform.api import create_app
+from spine.tools import ToolPolicy, ToolRegistry, builtin_tools
+from support.fake_models import FakeModelServer
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def spine(services: Any, pg_url: str, models: FakeModelServer) -> Any:
+    async with run_platform(make_settings(services, pg_url, models)) as running:
+        yield running
+
+
+async def test_a_key_sees_the_builtin_tools_with_their_schemas(spine: RunningPlatform) -> None:
+    response = await spine.client.get("/v1/tools")
+    assert response.status_code == 200, response.text
+    tools = {tool["name"]: tool for tool in response.json()["data"]}
+    assert list(tools) == ["calculator", "current_time", "http_fetch", "publish_event"]
+    fetch = tools["http_fetch"]
+    assert fetch["effect"] == "read"
+    assert fetch["needs_approval"] is False
+    assert fetch["source"] == "builtin"
+    assert fetch["timeout_seconds"] > 0
+    assert fetch["parameters"]["type"] == "object"
+    assert fetch["parameters"]["required"] == ["url"]
+    assert fetch["parameters"]["additionalProperties"] is False
+    assert tools["publish_event"]["effect"] == "external"
+    assert tools["calculator"]["parameters"]["properties"]["expression"]["maxLength"] == 500
+
+    one = await spine.client.get("/v1/tools/calculator")
+    assert one.status_code == 200
+    assert one.json() == tools["calculator"]
+
+
+async def test_unknown_tools_and_missing_keys_get_the_one_error_shape(
+    spine: RunningPlatform,
+) -> None:
+    missing = await spine.client.get("/v1/tools/rm_rf")
+    assert missing.status_code == 404
+    assert missing.json()["error"]["type"] == "not_found"
+    async with httpx.AsyncClient(base_url=spine.url) as anonymous:
+        refused = await anonymous.get("/v1/tools")
+    assert refused.status_code == 401
+    assert refused.json()["error"]["type"] == "unauthorized"
+
+
+async def test_each_tenant_sees_only_what_its_allowlist_allows(
+    services: Any, pg_url: str, models: FakeModelServer
+) -> None:
+    app = create_app(make_settings(services, pg_url, models))
+    app.state.tools = ToolRegistry(
+        builtin_tools(),
+        policy=ToolPolicy.of(default=["calculator", "current_time"]).with_tenant(
+            "globex", ["http_*"]
+        ),
+    )
+    async with app.router.lifespan_context(app):
+        keys = app.state.platform.keys
+        acme = (await keys.create(tenant="acme")).secret
+        globex = (await keys.create(tenant="globex")).secret
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://spine.test"
+        ) as client:
+
+            async def names(key: str) -> list[str]:
+                response = await client.get("/v1/tools", headers={"Authorization": f"Bearer {key}"})
+                assert response.status_code == 200, response.text
+                return [tool["name"] for tool in response.json()["data"]]
+
+            assert await names(acme) == ["calculator", "current_time"]
+            assert await names(globex) == ["http_fetch"]
+            hidden = await client.get(
+                "/v1/tools/calculator", headers={"Authorization": f"Bearer {globex}"}
+            )
+            assert hidden.status_code == 404

@@ -1,0 +1,235 @@
+"""Tools from MCP servers started by the test: stdio and streamable HTTP, through the registry."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from spine.platform.errors import ServiceUnavailable
+from spine.tools import (
+    InMemoryToolRecorder,
+    McpServerConfig,
+    McpSettings,
+    ToolContext,
+    ToolRegistry,
+)
+from spine.tools.mcp_servers import McpServers, mcp_tool_name
+
+pytestmark = pytest.mark.integration
+
+SERVER = Path(__file__).resolve().parents[1] / "support" / "mcp_echo_server.py"
+CTX = ToolContext(tenant="acme", agent="researcher", task_id="task-7", step=2, call_index=1)
+
+
+def stdio_config(**overrides: Any) -> McpServerConfig:
+    fields: dict[str, Any] = {
+        "name": "echo",
+        "transport": "stdio",
+        "command": sys.executable,
+        "args": [str(SERVER)],
+        "timeout": 5,
+        "connect_timeout": 30,
+    }
+    return McpServerConfig.model_validate(fields | overrides)
+
+
+def children() -> set[int]:
+    return {p.pid for p in psutil.Process().children(recursive=True)}
+
+
+async def test_a_stdio_servers_tools_are_registered_called_and_closed() -> None:
+    registry = ToolRegistry(recorder=InMemoryToolRecorder())
+    before = children()
+    async with McpServers([stdio_config()], registry) as servers:
+        assert servers.connected == ["echo"]
+        assert servers.failed == {}
+        names = registry.names()
+        assert names == [
+            "echo__add",
+            "echo__echo",
+            "echo__fail",
+            "echo__headers",
+            "echo__idempotency_key",
+            "echo__slow",
+        ]
+        tool = registry.get("echo__add")
+        assert tool is not None
+        assert tool.source == "mcp:echo"
+        assert tool.effect == "external"
+        assert tool.description == "Add two integers."
+        params = tool.openai_schema()["function"]["parameters"]
+        assert params["properties"]["a"]["type"] == "integer"
+        assert sorted(params["required"]) == ["a", "b"]
+        assert len(children() - before) >= 1  # the server process
+
+        added = await registry.call("echo__add", '{"a": 2, "b": 40}', CTX)
+        assert added.ok, added.content
+        assert added.content == "42"
+
+        echoed = await registry.call("echo__echo", {"text": "héllo"}, CTX)
+        assert echoed.content == "héllo"
+
+        invalid = await registry.call("echo__add", {"a": "two"}, CTX)
+        assert invalid.error is not None
+        assert invalid.error.type == "invalid_arguments"
+        assert {p["field"] for p in invalid.error.problems} == {"a", "(arguments)"}
+
+        failed = await registry.call("echo__fail", {"message": "no luck"}, CTX)
+        assert failed.error is not None
+        assert failed.error.type == "tool_error"
+        assert "no luck" in failed.error.message
+
+        key = await registry.call("echo__idempotency_key", {}, CTX)
+        assert key.content == "task-7.2.1"
+
+        together = await asyncio.gather(
+            *(registry.call("echo__add", {"a": i, "b": i}, CTX) for i in range(10))
+        )
+        assert [r.content for r in together] == [str(2 * i) for i in range(10)]
+
+    assert len(registry) == 0
+    await asyncio.sleep(0.1)
+    assert children() <= before  # the server process is gone
+
+
+async def test_a_hanging_mcp_tool_times_out_and_the_session_stays_usable() -> None:
+    registry = ToolRegistry()
+    async with McpServers([stdio_config(timeout=0.5)], registry):
+        slow = await registry.call("echo__slow", {"seconds": 30}, CTX)
+        assert slow.error is not None
+        assert slow.error.retryable
+        assert "echo: slow did not answer within 0.5 s" in slow.error.message
+        again = await registry.call("echo__echo", {"text": "still here"}, CTX)
+        assert again.content == "still here"
+
+
+async def test_only_the_listed_tools_are_taken_and_effects_follow_the_config() -> None:
+    registry = ToolRegistry()
+    config = stdio_config(name="files", tools=["echo", "a*"], effect="read", needs_approval=True)
+    async with McpServers([config], registry) as servers:
+        assert registry.names() == ["files__add", "files__echo"]
+        assert servers.tools_of("files") == ["files__add", "files__echo"]
+        tool = registry.get("files__echo")
+        assert tool is not None
+        assert (tool.effect, tool.needs_approval) == ("read", True)
+        waiting = await registry.call("files__echo", {"text": "x"}, CTX)
+        assert waiting.error is not None
+        assert waiting.error.type == "approval_required"
+
+
+async def test_a_server_that_fails_to_start_is_left_out_unless_required() -> None:
+    registry = ToolRegistry()
+    broken = stdio_config(name="broken", args=["-c", "import sys; sys.exit(3)"])
+    async with McpServers([broken, stdio_config()], registry) as servers:
+        assert servers.connected == ["echo"]
+        assert "broken" in servers.failed
+        assert all(name.startswith("echo__") for name in registry.names())
+
+    with pytest.raises(ServiceUnavailable, match="MCP server broken is not available"):
+        async with McpServers([broken.model_copy(update={"required": True})], registry):
+            pass
+    assert len(registry) == 0
+
+
+async def test_a_server_that_never_answers_times_out() -> None:
+    registry = ToolRegistry()
+    silent = stdio_config(
+        name="silent", args=["-c", "import time; time.sleep(60)"], connect_timeout=0.5
+    )
+    before = children()
+    async with McpServers([silent], registry) as servers:
+        assert "no answer within 0.5 s" in servers.failed["silent"]
+    await asyncio.sleep(0.2)
+    assert children() <= before
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+async def http_server() -> AsyncIterator[str]:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, str(SERVER), "http", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(200):
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    break
+            except OSError:
+                assert process.poll() is None, "the MCP server exited"
+                await asyncio.sleep(0.05)
+        yield f"http://127.0.0.1:{port}/mcp"
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+async def test_a_streamable_http_servers_tools_work_with_configured_headers(
+    http_server: str,
+) -> None:
+    settings = McpSettings.model_validate(
+        {
+            "servers": [
+                {
+                    "name": "remote",
+                    "transport": "http",
+                    "url": http_server,
+                    "headers": {"X-Test": "sent-by-spine"},
+                    "timeout": 5,
+                }
+            ]
+        }
+    )
+    registry = ToolRegistry()
+    async with McpServers(settings.servers, registry) as servers:
+        assert servers.connected == ["remote"]
+        assert "remote__add" in registry
+        result = await registry.call("remote__add", {"a": 20, "b": 22}, CTX)
+        assert result.content == "42"
+        sent = await registry.call("remote__headers", {}, CTX)
+        assert sent.content == "sent-by-spine"
+    assert len(registry) == 0
+
+
+def test_names_are_prefixed_and_kept_within_openai_limits() -> None:
+    assert mcp_tool_name("github", "search_code") == "github__search_code"
+    assert mcp_tool_name("fs", "read.file/v2") == "fs__read_file_v2"
+    long = mcp_tool_name("server", "x" * 100)
+    assert len(long) == 64
+    assert long != mcp_tool_name("server", "x" * 99)
+
+
+def test_settings_are_checked() -> None:
+    with pytest.raises(ValueError, match="needs a command"):
+        McpServerConfig(name="a", transport="stdio")
+    with pytest.raises(ValueError, match="needs an http"):
+        McpServerConfig(name="a", transport="http", url="ftp://x")
+    with pytest.raises(ValueError, match="unique"):
+        McpSettings.model_validate(
+            {"servers": [stdio_config().model_dump(), stdio_config().model_dump()]}
+        )
+    with pytest.raises(ValueError, match="should match pattern"):
+        McpServerConfig(name="has.dot", transport="stdio", command="x")
+    secret = McpServerConfig(name="a", transport="stdio", command="x", env={"TOKEN": "s3cret"})
+    assert "s3cret" not in repr(secret)
+    assert json.loads(secret.model_dump_json())["env"]["TOKEN"] == "**********"

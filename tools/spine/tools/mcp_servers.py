@@ -1,0 +1,309 @@
+"""Tools from MCP servers, registered into the same registry (the official ``mcp`` SDK).
+
+:class:`McpServers` is an async context manager: entering it connects to every configured
+server (concurrently), lists its tools and registers each as ``<server>__<tool>`` with the
+server's JSON schema; leaving it unregisters them and closes every session and process.
+
+Each connection runs in a task of its own, which enters the SDK's transport and session and
+stays inside them until told to stop. The SDK is built on anyio task groups, which must be left
+by the task that entered them; owning them in one task lets the context manager be entered and
+left anywhere (an app's lifespan, a worker), and a connect timeout cancel that task cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import re
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from types import TracebackType
+from typing import Any, Self
+
+import anyio
+import httpx2
+import mcp.types as mcp_types
+from mcp import ClientSession, MCPError, StdioServerParameters, stdio_client
+from mcp.client.streamable_http import streamable_http_client
+
+from spine.platform.errors import ServiceUnavailable
+from spine.tools.mcp_config import McpServerConfig
+from spine.tools.registry import ToolRegistry
+from spine.tools.tool import JsonSchemaArguments, Tool, ToolContext, ToolFailure, ToolHandler
+
+__all__ = ["IDEMPOTENCY_META_KEY", "McpServers", "mcp_tool_name"]
+
+logger = logging.getLogger(__name__)
+
+IDEMPOTENCY_META_KEY = "io.spine/idempotency-key"
+"""The ``_meta`` key that carries a call's idempotency key to the MCP server."""
+
+_NOT_IN_NAME = re.compile(r"[^A-Za-z0-9_-]")
+_MAX_PAGES = 100
+_STOP_TIMEOUT = 10.0
+_CLOSED = (anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream)
+
+
+def mcp_tool_name(server: str, tool: str) -> str:
+    """Return the registry name of a server's tool: ``<server>__<tool>``, at most 64 chars."""
+    name = _NOT_IN_NAME.sub("_", f"{server}__{tool}")
+    if len(name) <= 64:
+        return name
+    digest = hashlib.sha256(f"{server}/{tool}".encode()).hexdigest()[:8]
+    return f"{name[:55]}_{digest}"
+
+
+@dataclass(slots=True)
+class _Connection:
+    config: McpServerConfig
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    ready: asyncio.Future[list[mcp_types.Tool]] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+    session: ClientSession | None = None
+    task: asyncio.Task[None] | None = None
+    tool_names: list[str] = field(default_factory=list)
+
+    async def run(self) -> None:
+        try:
+            async with (
+                _transport(self.config) as (read, write),
+                ClientSession(read, write) as session,
+            ):
+                await session.initialize()
+                tools = await _list_tools(session)
+                self.session = session
+                self.ready.set_result(tools)
+                await self.stop.wait()
+        except BaseException as exc:
+            if not self.ready.done():
+                self.ready.set_exception(
+                    exc if isinstance(exc, Exception) else ServiceUnavailable("cancelled")
+                )
+            elif not isinstance(exc, asyncio.CancelledError):
+                logger.warning("MCP server %s disconnected: %r", self.config.name, exc)
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            self.session = None
+
+    async def close(self) -> None:
+        self.stop.set()
+        if self.task is None:
+            return
+        if not self.ready.done():
+            self.task.cancel()  # still starting: nothing to finish, so don't wait for it
+        # The SDK's own shutdown is bounded (stdin closed, then SIGTERM, then SIGKILL).
+        _, pending = await asyncio.wait({self.task}, timeout=_STOP_TIMEOUT)
+        if pending:
+            self.task.cancel()
+        for outcome in await asyncio.gather(self.task, return_exceptions=True):
+            if isinstance(outcome, Exception):
+                logger.debug("MCP server %s ended with %r", self.config.name, outcome)
+        if self.ready.done() and not self.ready.cancelled():
+            self.ready.exception()  # retrieved: a failure was reported by __aenter__ already
+
+
+class McpServers:
+    """Connections to MCP servers whose tools are in ``registry`` while the block runs."""
+
+    def __init__(self, configs: Sequence[McpServerConfig], registry: ToolRegistry) -> None:
+        self._configs = list(configs)
+        self._registry = registry
+        self._connections: dict[str, _Connection] = {}
+        self.failed: dict[str, str] = {}
+        """Servers that could not be reached, with the reason."""
+
+    @property
+    def connected(self) -> list[str]:
+        """Return the names of the servers connected now."""
+        return [name for name, c in self._connections.items() if c.session is not None]
+
+    def tools_of(self, server: str) -> list[str]:
+        """Return the registry names of a connected server's tools."""
+        connection = self._connections.get(server)
+        return sorted(connection.tool_names) if connection else []
+
+    async def __aenter__(self) -> Self:
+        connections = [_Connection(config) for config in self._configs]
+        for connection in connections:
+            connection.task = asyncio.create_task(
+                connection.run(), name=f"mcp-{connection.config.name}"
+            )
+        outcomes = await asyncio.gather(
+            *(self._await_ready(c) for c in connections), return_exceptions=True
+        )
+        required_failure: str | None = None
+        for connection, outcome in zip(connections, outcomes, strict=True):
+            name = connection.config.name
+            if isinstance(outcome, BaseException):
+                reason = _describe(outcome)
+                self.failed[name] = reason
+                logger.warning("MCP server %s is not available: %s", name, reason)
+                await connection.close()
+                if connection.config.required and required_failure is None:
+                    required_failure = f"MCP server {name} is not available: {reason}"
+                continue
+            self._connections[name] = connection
+            self._register(connection, outcome)
+        if required_failure is not None:
+            await self.aclose()
+            raise ServiceUnavailable(required_failure)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Unregister every tool and close every connection."""
+        connections, self._connections = list(self._connections.values()), {}
+        for connection in connections:
+            for name in connection.tool_names:
+                self._registry.unregister(name)
+        await asyncio.gather(*(c.close() for c in connections), return_exceptions=True)
+
+    async def _await_ready(self, connection: _Connection) -> list[mcp_types.Tool]:
+        try:
+            return await asyncio.wait_for(
+                asyncio.shield(connection.ready), connection.config.connect_timeout
+            )
+        except TimeoutError as exc:
+            raise ServiceUnavailable(
+                f"no answer within {connection.config.connect_timeout:g} s"
+            ) from exc
+
+    def _register(self, connection: _Connection, tools: list[mcp_types.Tool]) -> None:
+        config = connection.config
+        for remote in tools:
+            if config.tools is not None and not any(
+                fnmatchcase(remote.name, pattern) for pattern in config.tools
+            ):
+                continue
+            name = mcp_tool_name(config.name, remote.name)
+            if name in self._registry:
+                logger.warning("MCP tool %s of %s: name %s taken", remote.name, config.name, name)
+                continue
+            try:
+                arguments = JsonSchemaArguments(remote.input_schema)
+            except ValueError as exc:
+                logger.warning("MCP tool %s of %s skipped: %s", remote.name, config.name, exc)
+                continue
+            self._registry.register(
+                Tool(
+                    name=name,
+                    description=(remote.description or f"{remote.name} from {config.name}")[:1024],
+                    arguments=arguments,
+                    handler=_caller(connection, remote.name),
+                    timeout=config.timeout + 1.0,
+                    effect=config.effect,
+                    needs_approval=config.needs_approval,
+                    source=f"mcp:{config.name}",
+                )
+            )
+            connection.tool_names.append(name)
+        logger.info("MCP server %s: %d tools registered", config.name, len(connection.tool_names))
+
+
+def _caller(connection: _Connection, remote_name: str) -> ToolHandler[dict[str, Any]]:
+    async def call(args: dict[str, Any], ctx: ToolContext) -> str:
+        session = connection.session
+        server = connection.config.name
+        if session is None:
+            raise ToolFailure(f"the MCP server {server} is not connected", retryable=True)
+        meta: Any = {IDEMPOTENCY_META_KEY: ctx.idempotency_key} if ctx.idempotency_key else None
+        try:
+            result = await session.call_tool(
+                remote_name, args, read_timeout_seconds=connection.config.timeout, meta=meta
+            )
+        except MCPError as exc:
+            if exc.code == mcp_types.REQUEST_TIMEOUT:
+                raise ToolFailure(
+                    f"{server}: {remote_name} did not answer within "
+                    f"{connection.config.timeout:g} s",
+                    retryable=True,
+                ) from exc
+            raise ToolFailure(f"{server}: {exc.message}") from exc
+        except _CLOSED as exc:
+            raise ToolFailure(
+                f"the MCP server {server} closed the connection", retryable=True
+            ) from exc
+        text = _render(result)
+        if result.is_error:
+            raise ToolFailure(text or f"{remote_name} reported an error")
+        return text
+
+    return call
+
+
+def _render(result: mcp_types.CallToolResult) -> str:
+    parts: list[str] = []
+    for block in result.content:
+        if isinstance(block, mcp_types.TextContent):
+            parts.append(block.text)
+        elif isinstance(block, mcp_types.ImageContent | mcp_types.AudioContent):
+            parts.append(f"[{block.type}: {block.mime_type}, {len(block.data)} base64 characters]")
+        elif isinstance(block, mcp_types.EmbeddedResource):
+            resource = block.resource
+            if isinstance(resource, mcp_types.TextResourceContents):
+                parts.append(resource.text)
+            else:
+                parts.append(f"[resource {resource.uri}: {resource.mime_type or 'binary'}]")
+        elif isinstance(block, mcp_types.ResourceLink):
+            parts.append(f"[resource link: {block.uri}]")
+    if not parts and result.structured_content is not None:
+        return json.dumps(result.structured_content, ensure_ascii=False, default=str)
+    return "\n".join(parts)
+
+
+async def _list_tools(session: ClientSession) -> list[mcp_types.Tool]:
+    tools: list[mcp_types.Tool] = []
+    cursor: str | None = None
+    for _ in range(_MAX_PAGES):
+        params = mcp_types.PaginatedRequestParams(cursor=cursor) if cursor else None
+        page = await session.list_tools(params=params)
+        tools.extend(page.tools)
+        cursor = page.next_cursor
+        if not cursor:
+            break
+    return tools
+
+
+@contextlib.asynccontextmanager
+async def _transport(config: McpServerConfig) -> AsyncIterator[tuple[Any, Any]]:
+    if config.transport == "stdio":
+        assert config.command is not None
+        parameters = StdioServerParameters(
+            command=config.command,
+            args=config.args,
+            env={k: v.get_secret_value() for k, v in config.env.items()} or None,
+            cwd=config.cwd,
+        )
+        async with stdio_client(parameters) as streams:
+            yield streams
+        return
+    assert config.url is not None
+    headers = {k: v.get_secret_value() for k, v in config.headers.items()}
+    async with (
+        httpx2.AsyncClient(
+            headers=headers,
+            timeout=httpx2.Timeout(config.connect_timeout, read=max(config.timeout, 300.0)),
+        ) as client,
+        streamable_http_client(config.url, http_client=client) as streams,
+    ):
+        yield streams
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(_describe(e) for e in exc.exceptions)
+    text = getattr(exc, "message", None) or str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
