@@ -1,9 +1,9 @@
 """The models the router may choose from, and what a request needs of them.
 
 The catalogue starts with the default model of each configured provider (its URL, key or region
-is set; for ``local``, the embedded toy model that ``spine up`` runs), adds the entries of ``GENAI_MODELS_FILE`` (an entry with a name already present
-replaces it), and can add what an Ollama server lists at ``/api/tags``. A models file looks
-like this (prices are per token)::
+is set; for ``local``, the embedded toy model that ``spine up`` runs), adds the entries of
+``GENAI_MODELS_FILE`` (an entry with a name already present replaces it), and can add what an
+Ollama server lists at ``/api/tags``. A models file looks like this (prices are per token)::
 
     models:
       - name: smart

@@ -6,7 +6,7 @@ fallback chain) decides, then a configured default model (``GENAI_MODELS__<PROVI
 models discovered or listed beside it, then the name, so the order is deterministic.
 
 - ``local_first``: local models (best first) while they are healthy, then hosted ones in
-  provider preference order.
+  provider preference order; a toy model last.
 - ``cost_optimized``: the cheapest model for this request (prompt and ``max_tokens`` at the
   model's prices); an unknown price ranks after every known one.
 - ``quality``: the highest quality score, regardless of cost.
@@ -21,7 +21,7 @@ from decimal import Decimal
 from typing import Any, get_args
 
 from spine.platform.errors import BadRequest
-from spine.platform.router.catalogue import ModelSpec, Requirements
+from spine.platform.router.catalogue import TOY, ModelSpec, Requirements
 from spine.platform.router.health import HealthView
 from spine.platform.settings import RoutingStrategy
 
@@ -74,11 +74,15 @@ def _ordered(
 
 
 def local_first(candidates: Sequence[ModelSpec], ctx: RoutingContext) -> list[ModelSpec]:
-    """Order local models first while they are healthy, then hosted ones by preference."""
+    """Order local models first while they are healthy, then hosted ones by preference.
+
+    A toy model (the embedded demo model) comes after every real one: it is the last resort,
+    not the first choice, when anything else is configured.
+    """
     return _ordered(
         candidates,
         ctx,
-        lambda s: (not s.local, 0 if s.local else ctx.rank(s), -s.quality),
+        lambda s: (TOY in s.tags, not s.local, 0 if s.local else ctx.rank(s), -s.quality),
     )
 
 

@@ -67,6 +67,22 @@ def test_local_first_puts_local_models_best_first_then_hosted_by_preference() ->
     assert names(order) == ["qwen", "llama", "claude", "gpt4", "mini", "mystery"]
 
 
+def test_local_first_keeps_a_toy_model_for_last() -> None:
+    toy = spec(
+        "smollm2", "local", quality=0.1, tags={"local", "toy"}, input_price=0, output_price=0
+    )
+    order = local_first([toy, *ALL], ctx(preference=["local", "openai"]))
+    assert names(order)[-1] == "smollm2"
+    assert names(order)[0] == "qwen"
+    assert names(local_first([toy], ctx())) == ["smollm2"]
+
+
+def test_a_configured_default_model_comes_before_a_discovered_twin() -> None:
+    twin = spec("alpha", "ollama", quality=0.5)
+    order = local_first([twin, LLAMA], ctx(defaults=frozenset({"llama"})))
+    assert names(order) == ["llama", "alpha"]
+
+
 def test_local_first_moves_an_unhealthy_local_model_after_the_cloud() -> None:
     order = local_first(ALL, ctx(health=Health(down={"qwen"}), preference=["openai"]))
     assert names(order) == ["llama", "gpt4", "mini", "mystery", "claude", "qwen"]
