@@ -251,6 +251,15 @@ async def test_a_bad_batch_request_is_a_4xx_naming_the_field(
     )
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "body"
+    response = await spine.client.post(
+        "/v1/batches",
+        params={"completion_window": "1h"},
+        content=jsonl(request_line("a", "b")),
+        headers={"Content-Type": "application/jsonl"},
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "completion_window"
+    assert "'1h'" in response.json()["error"]["message"]
 
     with pytest.raises(openai.BadRequestError) as purpose:
         await client.files.create(file=("x.jsonl", b"{}\n"), purpose="fine-tune")

@@ -9,7 +9,6 @@ import pytest
 
 from conftest import RunningPlatform, make_settings, run_platform
 from spine.platform.api import create_app
-from spine.tools import ToolPolicy, ToolRegistry, builtin_tools
 from support.fake_models import FakeModelServer
 
 pytestmark = pytest.mark.integration
@@ -25,7 +24,13 @@ async def test_a_key_sees_the_builtin_tools_with_their_schemas(spine: RunningPla
     response = await spine.client.get("/v1/tools")
     assert response.status_code == 200, response.text
     tools = {tool["name"]: tool for tool in response.json()["data"]}
-    assert list(tools) == ["calculator", "current_time", "http_fetch", "publish_event"]
+    assert list(tools) == [
+        "calculator",
+        "current_time",
+        "http_fetch",
+        "publish_event",
+        "submit_task",
+    ]
     fetch = tools["http_fetch"]
     assert fetch["effect"] == "read"
     assert fetch["needs_approval"] is False
@@ -57,13 +62,13 @@ async def test_unknown_tools_and_missing_keys_get_the_one_error_shape(
 async def test_each_tenant_sees_only_what_its_allowlist_allows(
     services: Any, pg_url: str, models: FakeModelServer
 ) -> None:
-    app = create_app(make_settings(services, pg_url, models))
-    app.state.tools = ToolRegistry(
-        builtin_tools(),
-        policy=ToolPolicy.of(default=["calculator", "current_time"]).with_tenant(
-            "globex", ["http_*"]
-        ),
+    settings = make_settings(
+        services,
+        pg_url,
+        models,
+        tools={"default": ["calculator", "current_time"], "tenants": {"globex": ["http_*"]}},
     )
+    app = create_app(settings)
     async with app.router.lifespan_context(app):
         keys = app.state.platform.keys
         acme = (await keys.create(tenant="acme")).secret
@@ -83,3 +88,14 @@ async def test_each_tenant_sees_only_what_its_allowlist_allows(
                 "/v1/tools/calculator", headers={"Authorization": f"Bearer {globex}"}
             )
             assert hidden.status_code == 404
+
+
+async def test_tools_named_in_the_settings_wait_for_approval(
+    services: Any, pg_url: str, models: FakeModelServer
+) -> None:
+    settings = make_settings(services, pg_url, models, tools={"approval": ["publish_event"]})
+    async with run_platform(settings) as spine:
+        tools = {t["name"]: t for t in (await spine.client.get("/v1/tools")).json()["data"]}
+        assert tools["publish_event"]["needs_approval"] is True
+        assert tools["calculator"]["needs_approval"] is False
+        assert spine.workers[0].tools.get("publish_event").needs_approval  # type: ignore[union-attr]

@@ -18,7 +18,7 @@ from spine.platform.errors import ServiceUnavailable
 from spine.tools import (
     InMemoryToolRecorder,
     McpServerConfig,
-    McpSettings,
+    ToolSettings,
     ToolContext,
     ToolRegistry,
 )
@@ -187,9 +187,9 @@ async def http_server() -> AsyncIterator[str]:
 async def test_a_streamable_http_servers_tools_work_with_configured_headers(
     http_server: str,
 ) -> None:
-    settings = McpSettings.model_validate(
+    settings = ToolSettings.model_validate(
         {
-            "servers": [
+            "mcp_servers": [
                 {
                     "name": "remote",
                     "transport": "http",
@@ -201,7 +201,7 @@ async def test_a_streamable_http_servers_tools_work_with_configured_headers(
         }
     )
     registry = ToolRegistry()
-    async with McpServers(settings.servers, registry) as servers:
+    async with McpServers(settings.mcp_servers, registry) as servers:
         assert servers.connected == ["remote"]
         assert "remote__add" in registry
         result = await registry.call("remote__add", {"a": 20, "b": 22}, CTX)
@@ -225,8 +225,8 @@ def test_settings_are_checked() -> None:
     with pytest.raises(ValueError, match="needs an http"):
         McpServerConfig(name="a", transport="http", url="ftp://x")
     with pytest.raises(ValueError, match="unique"):
-        McpSettings.model_validate(
-            {"servers": [stdio_config().model_dump(), stdio_config().model_dump()]}
+        ToolSettings.model_validate(
+            {"mcp_servers": [stdio_config().model_dump(), stdio_config().model_dump()]}
         )
     with pytest.raises(ValueError, match="should match pattern"):
         McpServerConfig(name="has.dot", transport="stdio", command="x")

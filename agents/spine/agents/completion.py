@@ -13,6 +13,7 @@ import time
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, model_validator
+from pydantic_core import PydanticCustomError
 
 from spine.agents.base import RunContext
 from spine.platform.openai_wire import ChatCompletionRequest, completion_body
@@ -27,9 +28,15 @@ class CompletionInput(ChatCompletionRequest):
     def _runnable(self) -> CompletionInput:
         unknown = self.unknown_parameters()
         if unknown:
-            raise ValueError(f"unrecognized request argument(s): {', '.join(unknown)}")
+            raise PydanticCustomError(
+                "unknown_parameter",
+                "unrecognized request argument(s): {names}",
+                {"names": ", ".join(unknown)},
+            )
         if self.stream:
-            raise ValueError("a task cannot stream its answer; leave 'stream' out")
+            raise PydanticCustomError(
+                "stream_unsupported", "a task cannot stream its answer; leave 'stream' out"
+            )
         return self
 
 

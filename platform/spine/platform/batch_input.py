@@ -114,8 +114,8 @@ def check_endpoint(endpoint: str) -> None:
     if endpoint not in ENDPOINTS:
         raise PydanticCustomError(
             "unsupported_endpoint",
-            "{endpoint!r} is not supported; batches run " + ", ".join(sorted(ENDPOINTS)),
-            {"endpoint": endpoint},
+            "'{endpoint}' is not supported; batches run {supported}",
+            {"endpoint": endpoint, "supported": ", ".join(sorted(ENDPOINTS))},
         )
 
 
@@ -123,7 +123,7 @@ def check_window(window: str) -> None:
     """Refuse a completion window other than 24h (OpenAI's only one)."""
     if window != COMPLETION_WINDOW:
         raise PydanticCustomError(
-            "unsupported_window", "only '24h' is supported, got {window!r}", {"window": window}
+            "unsupported_window", "only '24h' is supported, got '{window}'", {"window": window}
         )
 
 

@@ -23,6 +23,7 @@ once, running ones at their next step); the read that finds them all ended makes
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import logging
@@ -50,7 +51,7 @@ from spine.platform.errors import BadRequest, Conflict, NotFound
 from spine.platform.files import FileStore, new_file_id
 from spine.platform.keys import Principal
 from spine.platform.schema import BatchLineRow, BatchRow, TaskRow, utcnow
-from spine.platform.tasks import NewTask, Task, TaskStore, TaskSubmission
+from spine.platform.tasks import TERMINAL_STATES, NewTask, Task, TaskStore, TaskSubmission
 
 __all__ = ["LINE_AGENT", "Batches", "LineDispatcher", "line_key"]
 
@@ -64,7 +65,6 @@ ERRORS_SHOWN = 100
 _WINDOW = timedelta(hours=24)
 _CHUNK = 1000
 _PUBLISH_CHUNK = 500
-_PENDING = ("queued", "running")
 _UNFINISHED: frozenset[str] = frozenset({"in_progress", "cancelling"})
 _MAX_KEY = 255
 T = TypeVar("T")
@@ -117,8 +117,12 @@ class Batches:
                 field="input_file_id",
             )
         content = await self._files.content(stored.id, tenant=principal.tenant)
-        parsed = parse_batch_input(
-            content, endpoint=request.endpoint, max_lines=self.limits.max_lines
+        # Reading a large file takes a while: off the event loop, so other requests go on.
+        parsed = await asyncio.to_thread(
+            parse_batch_input,
+            content,
+            endpoint=request.endpoint,
+            max_lines=self.limits.max_lines,
         )
         return await self._start(
             parsed,
@@ -147,8 +151,12 @@ class Batches:
             except PydanticCustomError as exc:
                 raise BadRequest(f"invalid '{field}': {exc}", field=field) from None
         self._files.check_size(len(content), field="body")
-        parsed = parse_batch_input(
-            content, endpoint=endpoint, max_lines=self.limits.max_lines, field="body"
+        parsed = await asyncio.to_thread(
+            parse_batch_input,
+            content,
+            endpoint=endpoint,
+            max_lines=self.limits.max_lines,
+            field="body",
         )
         return await self._start(
             parsed,
@@ -199,42 +207,7 @@ class Batches:
             "cancelling_at": None,
             "cancelled_at": None,
         }
-        new = [
-            NewTask(
-                id=str(uuid.uuid4()),
-                submission=TaskSubmission(
-                    agent=LINE_AGENT,
-                    input=request.body,
-                    metadata={
-                        "batch_id": batch_id,
-                        "custom_id": request.custom_id,
-                        "line": request.line,
-                    },
-                    priority="low",
-                ),
-                idempotency_key=line_key(batch_id, request.custom_id),
-            )
-            for request in parsed.requests
-        ]
-        lines = [
-            {
-                "batch_id": batch_id,
-                "line": request.line,
-                "custom_id": request.custom_id,
-                "task_id": task.id,
-                "error": None,
-            }
-            for request, task in zip(parsed.requests, new, strict=True)
-        ] + [
-            {
-                "batch_id": batch_id,
-                "line": error.line,
-                "custom_id": error.custom_id,
-                "task_id": None,
-                "error": error.openai(),
-            }
-            for error in parsed.errors
-        ]
+        new, lines = await asyncio.to_thread(_line_rows, batch_id, parsed)
         async with self._db.transaction() as conn:
             if upload is not None:
                 await self._files.create(
@@ -335,7 +308,7 @@ class Batches:
             .select_from(_LINES.join(_TASKS, _TASKS.c.id == _LINES.c.task_id))
             .where(
                 _LINES.c.batch_id == batch_id,
-                _TASKS.c.state.in_(_PENDING),
+                _TASKS.c.state.notin_(TERMINAL_STATES),
                 _TASKS.c.cancel_requested == sa.false(),
             )
             # Queued lines first: a running line stopped frees a worker slot, which must not
@@ -355,7 +328,7 @@ class Batches:
             if row["status"] not in _UNFINISHED:
                 return _batch(row)
             states = await self._states(row["id"])
-            if any(states.get(state, 0) for state in _PENDING):
+            if any(count for state, count in states.items() if state not in TERMINAL_STATES):
                 if row["status"] == "cancelling":
                     await self._cancel_lines(row["id"], principal)
                 return _batch(row, states)
@@ -489,11 +462,57 @@ _LINES: sa.Table = BatchLineRow.__table__  # type: ignore[assignment]
 _TASKS: sa.Table = TaskRow.__table__  # type: ignore[assignment]
 
 
+def _line_rows(batch_id: str, parsed: BatchInput) -> tuple[list[NewTask], list[dict[str, Any]]]:
+    """Return the tasks of a batch's runnable lines and the rows of all its lines."""
+    new: list[NewTask] = []
+    lines: list[dict[str, Any]] = []
+    for request in parsed.requests:
+        task = NewTask(
+            id=str(uuid.uuid4()),
+            submission=TaskSubmission(
+                agent=LINE_AGENT,
+                input=request.body,
+                metadata={
+                    "batch_id": batch_id,
+                    "custom_id": request.custom_id,
+                    "line": request.line,
+                },
+                priority="low",
+            ),
+            idempotency_key=line_key(batch_id, request.custom_id),
+        )
+        new.append(task)
+        lines.append(
+            {
+                "batch_id": batch_id,
+                "line": request.line,
+                "custom_id": request.custom_id,
+                "task_id": task.id,
+                "error": None,
+            }
+        )
+    lines.extend(
+        {
+            "batch_id": batch_id,
+            "line": error.line,
+            "custom_id": error.custom_id,
+            "task_id": None,
+            "error": error.openai(),
+        }
+        for error in parsed.errors
+    )
+    return new, lines
+
+
 def _batch(row: _Row, states: Mapping[str, int] | None = None) -> Batch:
     if states is None:
         counts = RequestCounts(total=row["total"], completed=row["completed"], failed=row["failed"])
     else:
-        ended_badly = sum(states.get(s, 0) for s in ("failed", "dead_lettered", "cancelled"))
+        ended_badly = sum(
+            count
+            for state, count in states.items()
+            if state in TERMINAL_STATES and state != "succeeded"
+        )
         counts = RequestCounts(
             total=row["total"],
             completed=states.get("succeeded", 0),

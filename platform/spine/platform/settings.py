@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validat
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from spine.platform.errors import ConfigurationError
+from spine.platform.tool_settings import ToolSettings
 
 __all__ = [
     "ENV_PREFIX",
@@ -257,6 +258,7 @@ class Settings(BaseSettings):
     budgets: BudgetSettings = Field(default_factory=BudgetSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
     local_model: LocalModelSettings = Field(default_factory=LocalModelSettings)
+    tools: ToolSettings = Field(default_factory=ToolSettings)
 
     @field_validator("fallback_chain", mode="before")
     @classmethod

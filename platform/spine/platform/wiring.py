@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 
@@ -63,6 +64,9 @@ class Platform:
     files: FileStore
     batches: Batches
     _warming: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
+    _resources: contextlib.AsyncExitStack = field(
+        default_factory=contextlib.AsyncExitStack, init=False, repr=False
+    )
 
     @classmethod
     def build(cls, settings: Settings, *, name: str) -> Platform:
@@ -93,7 +97,7 @@ class Platform:
             store=tasks, bus=bus, feed=feed, catalog=catalog, settings=settings.api
         )
         router = ModelRouter(settings)
-        tools = tool_registry(catalog, bus=bus, store=tasks, dispatcher=dispatcher)
+        tools = tool_registry(settings, catalog, bus=bus, store=tasks, dispatcher=dispatcher)
         # Batch limits are their defaults until the settings have a `batches` section.
         files = FileStore(db, limits=BatchLimits())
         batches = Batches(db, tasks=tasks, files=files, dispatcher=dispatcher)
@@ -125,9 +129,15 @@ class Platform:
         )
 
     async def start(self) -> None:
-        """Migrate the database and begin connecting to NATS (which may still be down)."""
+        """Migrate the database, begin connecting to NATS (which may still be down), and
+        connect the configured MCP servers, whose tools join the registry."""
         await self.db.migrate()
         self.bus.start()
+        if self.settings.tools.mcp_servers:
+            from spine.tools.mcp_servers import McpServers  # `import mcp` takes ~2 s
+
+            servers = McpServers(self.settings.tools.mcp_servers, self.tools)
+            await self._resources.enter_async_context(servers)
 
     async def ensure_streams_when_connected(self) -> None:
         """Create the streams once NATS answers; runs in the background of the API."""
@@ -182,6 +192,8 @@ class Platform:
         # Streams still settling report their outcomes before the publisher drains, and the
         # publisher drains before the connection closes.
         with contextlib.suppress(Exception):
+            await self._resources.aclose()  # MCP servers
+        with contextlib.suppress(Exception):
             await self.calls.close()
         with contextlib.suppress(Exception):
             await self.outcomes.close()
@@ -191,12 +203,25 @@ class Platform:
 
 
 def tool_registry(
-    catalog: AgentCatalog, *, bus: NatsBus, store: TaskStore, dispatcher: TaskDispatcher
+    settings: Settings,
+    catalog: AgentCatalog,
+    *,
+    bus: NatsBus,
+    store: TaskStore,
+    dispatcher: TaskDispatcher,
 ) -> ToolRegistry:
-    """Register the built-in tools and delegation; each declarative agent gets its allowlist."""
-    policy = ToolPolicy()
+    """Register the built-in tools and delegation under the configured allowlists.
+
+    Each declarative agent may use only the tools its definition lists; the tools named in
+    ``GENAI_TOOLS__APPROVAL`` wait for a person's approval before each call.
+    """
+    configured = settings.tools
+    policy = ToolPolicy.of(default=configured.default, tenants=configured.tenants)
     for definition in catalog.definitions():
         policy = policy.with_agent(definition.name, definition.tools)
+    tools = [*builtin_tools(publisher=bus), submit_task_tool(dispatcher, store)]
+    gated = set(configured.approval)
     return ToolRegistry(
-        [*builtin_tools(publisher=bus), submit_task_tool(dispatcher, store)], policy=policy
+        [dataclasses.replace(t, needs_approval=True) if t.name in gated else t for t in tools],
+        policy=policy,
     )

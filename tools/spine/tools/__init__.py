@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from spine.tools.builtin import BUILTIN_TOOL_NAMES, HttpFetcher, builtin_tools
 from spine.tools.egress import EgressDenied, EgressPolicy, Resolver, SystemResolver
-from spine.tools.mcp_config import McpServerConfig, McpSettings
+from spine.tools.mcp_config import McpServerConfig, ToolSettings
 from spine.tools.policy import ToolPolicy
 from spine.tools.registry import ArgumentRetryBudget, ToolRegistry
 from spine.tools.result import (
@@ -45,7 +45,6 @@ __all__ = [
     "JsonSchemaArguments",
     "McpServerConfig",
     "McpServers",
-    "McpSettings",
     "ModelArguments",
     "Resolver",
     "SystemResolver",
@@ -58,6 +57,7 @@ __all__ = [
     "ToolPolicy",
     "ToolRegistry",
     "ToolResult",
+    "ToolSettings",
     "builtin_tools",
 ]
 

@@ -1,67 +1,7 @@
-"""How MCP servers are configured: a list of servers, each over stdio or streamable HTTP.
-
-Plain pydantic with no other dependency, so the kernel's settings can carry it as it is
-(``GENAI_MCP__SERVERS='[{"name": "files", "transport": "stdio", "command": "..."}]'``).
-"""
+"""How MCP servers are configured; the models live with the kernel's settings."""
 
 from __future__ import annotations
 
-from typing import Literal
+from spine.platform.tool_settings import McpServerConfig, ToolSettings
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
-
-__all__ = ["McpServerConfig", "McpSettings"]
-
-
-class McpServerConfig(BaseModel):
-    """One MCP server whose tools join the registry as ``<name>__<tool>``.
-
-    ``tools`` keeps only the server's tools whose names match one of its globs (all when
-    unset). MCP says nothing of what a tool changes, so its tools are ``external`` unless
-    ``effect`` says otherwise. ``timeout`` bounds one call; ``connect_timeout`` the start,
-    handshake and tool listing. A ``required`` server that cannot be reached stops start-up;
-    any other is logged and left out.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,30}$")
-    transport: Literal["stdio", "http"]
-    command: str | None = None
-    args: list[str] = Field(default_factory=list)
-    env: dict[str, SecretStr] = Field(default_factory=dict)
-    cwd: str | None = None
-    url: str | None = None
-    headers: dict[str, SecretStr] = Field(default_factory=dict)
-    tools: list[str] | None = None
-    effect: Literal["read", "write", "external"] = "external"
-    needs_approval: bool = False
-    timeout: float = Field(default=60.0, gt=0)
-    connect_timeout: float = Field(default=20.0, gt=0)
-    required: bool = False
-
-    @model_validator(mode="after")
-    def _transport_needs(self) -> McpServerConfig:
-        if self.transport == "stdio" and not self.command:
-            raise ValueError(f"MCP server {self.name!r}: a stdio server needs a command")
-        if self.transport == "http" and not (
-            self.url and self.url.startswith(("http://", "https://"))
-        ):
-            raise ValueError(f"MCP server {self.name!r}: an http server needs an http(s) url")
-        return self
-
-
-class McpSettings(BaseModel):
-    """The MCP servers a process connects to."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    servers: list[McpServerConfig] = Field(default_factory=list)
-
-    @model_validator(mode="after")
-    def _unique_names(self) -> McpSettings:
-        names = [server.name for server in self.servers]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ValueError(f"MCP server names must be unique: {', '.join(duplicates)}")
-        return self
+__all__ = ["McpServerConfig", "ToolSettings"]

@@ -9,7 +9,7 @@ from pydantic import BaseModel
 
 from spine.platform.api.auth import Caller, platform_of
 from spine.platform.errors import NotFound
-from spine.tools import Tool, ToolRegistry, builtin_tools
+from spine.tools import Tool, ToolRegistry
 
 __all__ = ["router", "tool_registry_of"]
 
@@ -48,16 +48,8 @@ class ToolList(BaseModel):
 
 
 def tool_registry_of(request: Request) -> ToolRegistry:
-    """Return the app's tool registry (``app.state.tools``), made on first use if unset.
-
-    The one made here holds the built-in tools under the default policy (every tool for every
-    tenant); the composition root may set its own, with MCP tools and tenant allowlists.
-    """
-    registry: ToolRegistry | None = getattr(request.app.state, "tools", None)
-    if registry is None:
-        registry = ToolRegistry(builtin_tools(publisher=platform_of(request).bus))
-        request.app.state.tools = registry
-    return registry
+    """Return the process's tool registry: the one the workers' agents use too."""
+    return platform_of(request).tools
 
 
 @router.get("/tools", response_model=ToolList)
