@@ -25,6 +25,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clean_jetstream"
 AGENTS = {
     "math": "tools: [calculator]\nmax_steps: 4\n",
     "gated": "tools: [launch, calculator]\nmax_steps: 4\napproval_timeout: {timeout}\n",
+    "sleepy": "tools: [nap]\nmax_steps: 2\n",
     "strict": (
         "tools: []\nmax_steps: 3\n"
         "output_schema: {type: object, required: [answer], properties: {answer: {type: integer}}}\n"
@@ -80,10 +81,23 @@ async def running(
         effect="external",
         needs_approval=True,
     )
+
+    async def nap(args: LaunchArguments, ctx: ToolContext) -> str:
+        await asyncio.sleep(3600)
+        return "rested"
+
+    napping = Tool(
+        name="nap",
+        description="Sleep for an hour.",
+        arguments=ModelArguments(LaunchArguments),
+        handler=nap,
+        timeout=3600,
+    )
     settings = make_settings(services, pg_url, models, agents_dir=folder, **env)
     async with run_platform(settings) as spine:
         for worker in spine.workers:
             worker.tools.register(gated)
+            worker.tools.register(napping)
         yield spine
 
 
@@ -356,3 +370,28 @@ async def test_agents_are_listed_with_their_tools_and_limits(spine: RunningPlatf
     missing = await spine.client.get("/v1/agents/nobody")
     assert missing.status_code == 404
     assert missing.json()["error"]["field"] == "agent"
+
+
+async def test_cancel_during_a_tool_call_stops_the_task_promptly(
+    spine: RunningPlatform, models: FakeModelServer
+) -> None:
+    models.add(
+        Rule(
+            containing="take a nap",
+            tool_calls=[ToolCall(name="nap", arguments={"target": "sofa"})],
+        )
+    )
+    task_id = await submit(spine, "sleepy", "take a nap")
+    for _ in range(200):
+        events = (await spine.client.get(f"/v1/tasks/{task_id}")).json()
+        feed = await spine.platform.tasks.events(task_id, tenant=spine.tenant)
+        if any(e.type == "tool_call_started" for e in feed):
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError(f"the nap never started: {events}")
+    started = asyncio.get_running_loop().time()
+    assert (await spine.client.post(f"/v1/tasks/{task_id}/cancel")).status_code == 202
+    done = await spine.wait_for(task_id, timeout=10)
+    assert done["state"] == "cancelled"
+    assert asyncio.get_running_loop().time() - started < 5

@@ -449,8 +449,11 @@ class RecordingDispatcher:
 
     store: TaskStore
     published: list[str] = field(default_factory=list)
+    nats_down: bool = False
 
     async def publish(self, tasks: list[Task], *, stalled: bool = False) -> int:
+        if self.nats_down:
+            return 0  # as TaskDispatcher.publish: nothing acknowledged, all left to the sweeper
         self.published.extend(task.id for task in tasks)
         return len(tasks)
 
@@ -573,3 +576,39 @@ async def test_a_batch_of_an_uploaded_file_names_it_and_lists_newest_first(
     assert ([b.id for b in listed], more) == ([second.id], True)
     listed, more = await batches.list_page(principal=ACME, limit=1, after=second.id)
     assert ([b.id for b in listed], more) == ([first.id], False)
+
+
+async def test_lines_not_published_are_left_for_the_sweeper(
+    batches: Batches, tasks: TaskStore, dispatcher: RecordingDispatcher
+) -> None:
+    dispatcher.nats_down = True
+    batch = await batches.create_from_jsonl(
+        jsonl(request_line("a", "1"), request_line("b", "2")), principal=ACME
+    )
+    assert batch.status == "in_progress"
+    waiting = await tasks.unpublished(grace=0, limit=10)
+    assert sorted(t.metadata["custom_id"] for t in waiting) == ["a", "b"]
+    assert {t.metadata["batch_id"] for t in waiting} == {batch.id}
+
+
+async def test_files_are_listed_described_and_deleted(
+    spine: RunningPlatform, client: AsyncOpenAI
+) -> None:
+    first = await client.files.create(file=("one.jsonl", b"{}\n"), purpose="batch")
+    second = await client.files.create(file=("two.txt", b"notes"), purpose="user_data")
+    assert [f.id async for f in client.files.list()] == [second.id, first.id]
+    assert [f.id async for f in client.files.list(order="asc")] == [first.id, second.id]
+    assert [f.id async for f in client.files.list(purpose="user_data")] == [second.id]
+    page = (await spine.client.get("/v1/files", params={"limit": 1})).json()
+    assert ([f["id"] for f in page["data"]], page["has_more"]) == ([second.id], True)
+    rest = (await spine.client.get("/v1/files", params={"limit": 1, "after": second.id})).json()
+    assert ([f["id"] for f in rest["data"]], rest["has_more"]) == ([first.id], False)
+    described = await client.files.retrieve(first.id)
+    assert (described.filename, described.bytes, described.object) == ("one.jsonl", 3, "file")
+    assert (await client.files.content(second.id)).content == b"notes"
+    deleted = await client.files.delete(first.id)
+    assert (deleted.id, deleted.deleted) == (first.id, True)
+    with pytest.raises(openai.NotFoundError):
+        await client.files.retrieve(first.id)
+    bad = await spine.client.get("/v1/files", params={"limit": "0"})
+    assert (bad.status_code, bad.json()["error"]["param"]) == (400, "limit")

@@ -11,6 +11,7 @@ from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
+from pgvector.sqlalchemy import Vector
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -20,7 +21,10 @@ __all__ = [
     "Base",
     "BatchLineRow",
     "BatchRow",
+    "EMBEDDING_DIMENSIONS",
     "BudgetSpendRow",
+    "ChunkRow",
+    "DocumentRow",
     "FileRow",
     "JsonType",
     "ModelCallRow",
@@ -283,3 +287,77 @@ class BatchLineRow(Base):
     custom_id: Mapped[str | None] = mapped_column(sa.Text(), default=None)
     task_id: Mapped[str | None] = mapped_column(sa.String(36), default=None)
     error: Mapped[dict[str, Any] | None] = mapped_column(JsonType, default=None)
+
+
+EMBEDDING_DIMENSIONS = 384
+"""The size of a stored vector (all-MiniLM-L6-v2's; migration 0006 creates ``vector(384)``)."""
+
+
+class DocumentRow(Base):
+    """A document given to the vector store; its text lives in its chunks.
+
+    ``status`` is ``queued`` until every chunk has its embedding (``embedded``), or ``failed``
+    when it never can (see :mod:`spine.platform.documents`).
+    """
+
+    __tablename__ = "documents"
+    __table_args__ = (
+        sa.Index("ix_documents_tenant_created", "tenant", "created_at"),
+        sa.Index("ix_documents_status_updated", "status", "updated_at"),
+    )
+
+    id: Mapped[str] = mapped_column(sa.String(36), primary_key=True)
+    tenant: Mapped[str] = mapped_column(sa.String(128))
+    key_id: Mapped[str | None] = mapped_column(sa.String(32), default=None)
+    source: Mapped[str | None] = mapped_column(sa.String(1000), default=None)
+    format: Mapped[str] = mapped_column(sa.String(16))
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
+    status: Mapped[str] = mapped_column(sa.String(16))
+    size: Mapped[int] = mapped_column(sa.BigInteger())
+    chunk_count: Mapped[int] = mapped_column(default=0, server_default=sa.text("0"))
+    model: Mapped[str | None] = mapped_column(sa.String(200), default=None)
+    attempts: Mapped[int] = mapped_column(default=0, server_default=sa.text("0"))
+    error: Mapped[dict[str, Any] | None] = mapped_column(JsonType, default=None)
+    task_id: Mapped[str | None] = mapped_column(sa.String(36), default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    embedded_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class ChunkRow(Base):
+    """One chunk of a document: its text, where it came from, and its embedding.
+
+    ``metadata`` repeats the document's, so a search filters on the row the index returns;
+    ``embedding`` is NULL until the chunk is embedded (a ``vector`` on PostgreSQL with pgvector,
+    never written on SQLite).
+    """
+
+    __tablename__ = "chunks"
+    __table_args__ = (
+        sa.Index("ix_chunks_tenant", "tenant"),
+        sa.Index(
+            "ix_chunks_embedding",
+            "embedding",
+            postgresql_using="hnsw",
+            postgresql_with={"m": 16, "ef_construction": 64},
+            postgresql_ops={"embedding": "vector_cosine_ops"},
+        ),
+        sa.Index(
+            "ix_chunks_metadata",
+            "metadata",
+            postgresql_using="gin",
+            postgresql_ops={"metadata": "jsonb_path_ops"},
+        ),
+    )
+
+    document_id: Mapped[str] = mapped_column(sa.String(36), primary_key=True)
+    seq: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    tenant: Mapped[str] = mapped_column(sa.String(128))
+    text: Mapped[str] = mapped_column(sa.Text())
+    heading: Mapped[str | None] = mapped_column(sa.Text(), default=None)
+    char_start: Mapped[int] = mapped_column()
+    char_end: Mapped[int] = mapped_column()
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
+    embedding: Mapped[list[float] | None] = mapped_column(
+        Vector(EMBEDDING_DIMENSIONS).with_variant(sa.LargeBinary(), "sqlite"), default=None
+    )
