@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
@@ -15,7 +15,7 @@ from spine.platform.calls import CallContext, MeteredStream
 from spine.platform.errors import TaskCancelled, TransientTaskError
 from spine.platform.journal import JournalEntry, StepJournal, StepKind
 from spine.platform.llm import Completion
-from spine.platform.tasks import Task
+from spine.platform.tasks import Task, TaskEvent
 from spine.tools.registry import ToolRegistry
 
 __all__ = [
@@ -85,6 +85,7 @@ class TaskJournal:
     journal: StepJournal
     task_id: str
     attempt: int
+    announce: Callable[[list[TaskEvent]], Awaitable[None]]
     _entries: dict[str, JournalEntry] | None = None
 
     async def load(self) -> dict[str, JournalEntry]:
@@ -93,8 +94,14 @@ class TaskJournal:
             self._entries = await self.journal.entries(self.task_id)
         return self._entries
 
-    async def record(self, key: str, kind: StepKind, data: dict[str, Any]) -> None:
-        """Commit a step before the loop moves on.
+    async def record(
+        self,
+        key: str,
+        kind: StepKind,
+        data: dict[str, Any],
+        events: Sequence[tuple[str, dict[str, Any]]] = (),
+    ) -> None:
+        """Commit a step, with the progress events it produced, before the loop moves on.
 
         Raises:
             TransientTaskError: This attempt lost its claim on the task (a newer attempt
@@ -102,13 +109,14 @@ class TaskJournal:
         """
         entries = await self.load()
         written = await self.journal.record(
-            self.task_id, attempt=self.attempt, key=key, kind=kind, data=data
+            self.task_id, attempt=self.attempt, key=key, kind=kind, data=data, events=events
         )
-        if not written:
+        if written is None:
             raise TransientTaskError(
                 f"attempt {self.attempt} of task {self.task_id} lost its claim at step {key}"
             )
         entries[key] = JournalEntry(key=key, kind=kind, attempt=self.attempt, data=data)
+        await self.announce(written)
 
 
 class CallerModelSource(Protocol):

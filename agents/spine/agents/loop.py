@@ -155,20 +155,31 @@ class ToolAgent:
         if recorded is not None:
             answer = recorded.data
         else:
-            answer = await ctx.step(self._call_model(ctx, step, messages, tools))
-            await ctx.journal.record(key, "model", answer)
-            await ctx.emit(
-                "model_call",
-                {
-                    "step": step,
-                    "model": answer["model"],
-                    "provider": answer["provider"],
-                    "input_tokens": answer["input_tokens"],
-                    "output_tokens": answer["output_tokens"],
-                    "cost_usd": answer["cost"],
-                    "tool_calls": [c["function"]["name"] for c in answer["tool_calls"]],
-                },
+            answer, rest = await ctx.step(self._call_model(ctx, step, messages, tools))
+            # One commit: the answer, the text not yet sent, the call, the tools it starts.
+            events: list[tuple[str, dict[str, Any]]] = []
+            if rest:
+                events.append(("delta", {"step": step, "text": rest}))
+            events.append(
+                (
+                    "model_call",
+                    {
+                        "step": step,
+                        "model": answer["model"],
+                        "provider": answer["provider"],
+                        "input_tokens": answer["input_tokens"],
+                        "output_tokens": answer["output_tokens"],
+                        "cost_usd": answer["cost"],
+                        "tool_calls": [c["function"]["name"] for c in answer["tool_calls"]],
+                    },
+                )
             )
+            events.extend(
+                ("tool_call_started", _started(step, call))
+                for call in answer["tool_calls"]
+                if not self._gated(ctx, call)
+            )
+            await ctx.journal.record(key, "model", answer, events)
         run.input_tokens += answer["input_tokens"]
         run.output_tokens += answer["output_tokens"]
         run.cost += Decimal(answer["cost"])
@@ -187,7 +198,8 @@ class ToolAgent:
         step: int,
         messages: list[dict[str, Any]],
         tools: list[dict[str, Any]],
-    ) -> dict[str, Any]:
+    ) -> tuple[dict[str, Any], str]:
+        """Stream one answer, sending text a few times a second; return it and the text unsent."""
         policy = self.definition.model
         params = policy.params()
         if tools:
@@ -205,9 +217,7 @@ class ToolAgent:
                 await ctx.emit("delta", {"step": step, "text": "".join(pending)})
                 pending.clear()
                 sent_at = time.monotonic()
-        if pending:
-            await ctx.emit("delta", {"step": step, "text": "".join(pending)})
-        return {
+        answer = {
             "text": "".join(stream.texts),
             "tool_calls": [
                 _normalised_call(stream.tool_calls[i], step, i) for i in sorted(stream.tool_calls)
@@ -218,6 +228,7 @@ class ToolAgent:
             "output_tokens": stream.output_tokens,
             "cost": str(stream.cost or 0),
         }
+        return answer, "".join(pending)
 
     async def _await_approvals(
         self, ctx: RunContext, step: int, calls: list[dict[str, Any]]
@@ -277,10 +288,8 @@ class ToolAgent:
         name = call["function"]["name"]
         arguments = call["function"]["arguments"]
         decision = entries.get(_approval_key(step, call["id"]))
-        await ctx.emit(
-            "tool_call_started",
-            {"step": step, "call_id": call["id"], "tool": name, "arguments": arguments},
-        )
+        if self._gated(ctx, call):  # its start was not announced with the model's answer
+            await ctx.emit("tool_call_started", _started(step, call))
         if decision is not None and not decision.data.get("approved"):
             reason = decision.data.get("reason") or "no reason given"
             result = ToolResult.failure(
@@ -299,21 +308,24 @@ class ToolAgent:
             result = await ctx.tools.call(
                 name, arguments, tool_ctx, call_id=call["id"], approved=decision is not None
             )
-        await ctx.journal.record(key, "tool", result.model_dump(mode="json"))
-        await ctx.emit(
-            "tool_call_finished",
-            {
-                "step": step,
-                "call_id": call["id"],
-                "tool": name,
-                "ok": result.ok,
-                "error": result.error.type if result.error else None,
-                "result": result.summary(),
-                "truncated": result.truncated,
-                "duration_ms": result.duration_ms,
-            },
+        finished = {
+            "step": step,
+            "call_id": call["id"],
+            "tool": name,
+            "ok": result.ok,
+            "error": result.error.type if result.error else None,
+            "result": result.summary(),
+            "truncated": result.truncated,
+            "duration_ms": result.duration_ms,
+        }
+        await ctx.journal.record(
+            key, "tool", result.model_dump(mode="json"), [("tool_call_finished", finished)]
         )
         return result
+
+    def _gated(self, ctx: RunContext, call: dict[str, Any]) -> bool:
+        tool = ctx.tools.get(call["function"]["name"])
+        return tool is not None and tool.needs_approval
 
     # -- the end --------------------------------------------------------------------------------
 
@@ -355,6 +367,16 @@ class ToolAgent:
             raise PermanentTaskError(
                 f"agent {self.name} ran past its timeout of {timeout:g} s", limit="timeout"
             )
+
+
+def _started(step: int, call: dict[str, Any]) -> dict[str, Any]:
+    function = call["function"]
+    return {
+        "step": step,
+        "call_id": call["id"],
+        "tool": function["name"],
+        "arguments": function["arguments"],
+    }
 
 
 def _approval_key(step: int, call_id: str) -> str:

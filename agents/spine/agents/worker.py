@@ -269,7 +269,12 @@ class TaskWorker:
                     task_category=task.agent,
                 )
             ),
-            journal=TaskJournal(journal=self._journal, task_id=task.id, attempt=attempt),
+            journal=TaskJournal(
+                journal=self._journal,
+                task_id=task.id,
+                attempt=attempt,
+                announce=self._feed.announce,
+            ),
             tools=self._tools,
             emit=emit,
             cancelled=cancelled,

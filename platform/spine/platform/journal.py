@@ -7,19 +7,21 @@ tool again, then goes on from the first step that has no entry.
 
 A write is fenced by the attempt number: only the attempt that holds the task's claim can
 record, so a stale worker that lost its claim cannot add steps behind the new attempt's back.
-The first write of a key wins.
+The first write of a key wins. A step and the progress events it produced are committed
+together: one transaction per step, not one per event.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError
 
 from spine.platform.db import Database
-from spine.platform.schema import JsonType, TaskRow, TaskStepRow, UtcDateTime, utcnow
+from spine.platform.schema import TaskStepRow
+from spine.platform.tasks import TaskEvent, TaskStore
 
 __all__ = ["JournalEntry", "StepJournal", "StepKind"]
 
@@ -39,8 +41,9 @@ class JournalEntry:
 class StepJournal:
     """Reads and writes the steps of tasks' agent loops."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, tasks: TaskStore) -> None:
         self._db = db
+        self._tasks = tasks
 
     async def entries(self, task_id: str) -> dict[str, JournalEntry]:
         """Return every step recorded for ``task_id``, by key."""
@@ -55,30 +58,22 @@ class StepJournal:
             }
 
     async def record(
-        self, task_id: str, *, attempt: int, key: str, kind: StepKind, data: dict[str, Any]
-    ) -> bool:
-        """Commit one step; False when ``attempt`` no longer holds the task or the key is taken."""
-        owns = sa.exists().where(
-            _TASKS.c.id == task_id, _TASKS.c.attempts == attempt, _TASKS.c.state == "running"
+        self,
+        task_id: str,
+        *,
+        attempt: int,
+        key: str,
+        kind: StepKind,
+        data: dict[str, Any],
+        events: Sequence[tuple[str, dict[str, Any]]] = (),
+    ) -> list[TaskEvent] | None:
+        """Commit one step with its progress events (see :meth:`TaskStore.record_step`).
+
+        None when ``attempt`` no longer holds the task or the key is taken.
+        """
+        return await self._tasks.record_step(
+            task_id, attempt=attempt, key=key, kind=kind, data=data, events=events
         )
-        row = sa.select(
-            sa.literal(task_id, sa.String()),
-            sa.literal(key, sa.String()),
-            sa.literal(kind, sa.String()),
-            sa.literal(attempt, sa.Integer()),
-            sa.literal(data, JsonType),
-            sa.literal(utcnow(), UtcDateTime()),
-        ).where(owns)
-        insert = sa.insert(_STEPS).from_select(
-            ["task_id", "key", "kind", "attempt", "data", "created_at"], row
-        )
-        try:
-            async with self._db.transaction() as conn:
-                written = await conn.execute(insert)
-        except IntegrityError:
-            return False
-        return bool(written.rowcount)
 
 
 _STEPS: sa.Table = TaskStepRow.__table__  # type: ignore[assignment]
-_TASKS: sa.Table = TaskRow.__table__  # type: ignore[assignment]

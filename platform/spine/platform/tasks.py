@@ -616,6 +616,59 @@ class TaskStore:
         async with self._db.transaction() as conn:
             return [_task(r) for r in (await conn.execute(query)).mappings()]
 
+    async def record_step(
+        self,
+        task_id: str,
+        *,
+        attempt: int,
+        key: str,
+        kind: str,
+        data: dict[str, Any],
+        events: Sequence[tuple[str, dict[str, Any]]] = (),
+    ) -> list[TaskEvent] | None:
+        """Journal one step of an agent's loop and store its progress events, in one commit.
+
+        Fenced by ``attempt``: None when that attempt no longer holds the task (or the step
+        was journalled already), and then nothing is written.
+        """
+        now = utcnow()
+        owned = sa.and_(
+            _TASKS.c.id == task_id, _TASKS.c.attempts == attempt, _TASKS.c.state == "running"
+        )
+        try:
+            async with self._db.transaction() as conn:
+                claimed = await conn.execute(
+                    sa.update(_TASKS)
+                    .where(owned)
+                    .values(event_seq=_TASKS.c.event_seq + len(events), updated_at=now)
+                    .returning(_TASKS.c.tenant, _TASKS.c.event_seq)
+                )
+                row = claimed.one_or_none()
+                if row is None:
+                    return None
+                await conn.execute(
+                    sa.insert(_STEPS).values(
+                        task_id=task_id,
+                        key=key,
+                        kind=kind,
+                        attempt=attempt,
+                        data=data,
+                        created_at=now,
+                    )
+                )
+                first = row.event_seq - len(events) + 1
+                written = [
+                    TaskEvent(**_event_values(task_id, row.tenant, first + i, type_, body, now))
+                    for i, (type_, body) in enumerate(events)
+                ]
+                if written:
+                    await conn.execute(
+                        sa.insert(_EVENTS), [event.model_dump() for event in written]
+                    )
+        except IntegrityError:
+            return None
+        return written
+
     async def append_event(self, task_id: str, type_: str, data: dict[str, Any]) -> TaskEvent:
         """Store a progress event that changes no state (a step, a token batch, usage)."""
         async with self._db.transaction() as conn:

@@ -124,7 +124,7 @@ class Platform:
             outcomes=outcomes,
             files=files,
             batches=batches,
-            journal=StepJournal(db),
+            journal=StepJournal(db, tasks),
             tools=tools,
         )
 
