@@ -313,3 +313,22 @@ async def test_models_lists_the_catalogue(spine: RunningPlatform, client: AsyncO
     assert by_id["nomic-embed-text"]["spine"]["capabilities"]["embeddings"] is True
     assert by_id["compat"]["spine"]["provider"] == "openai-compatible"
     assert by_id[CLOUD]["spine"]["context_window"] == 128_000
+
+
+async def test_a_parameter_the_chosen_model_cannot_take_is_a_400_naming_it(
+    client: AsyncOpenAI, models: FakeModelServer
+) -> None:
+    # LiteLLM passes no logit_bias to Ollama: asking llama3.2 for it is refused before a call.
+    with pytest.raises(openai.BadRequestError) as refused:
+        await client.chat.completions.create(
+            model=LOCAL, messages=HELLO, logit_bias={"1": 1}, presence_penalty=0.5
+        )
+    assert refused.value.param == "logit_bias"
+    assert "logit_bias" in refused.value.message
+    assert "presence_penalty" in refused.value.message
+    assert models.count() == 0
+    # Routed, the same request goes to a model that takes it.
+    raw = await client.chat.completions.with_raw_response.create(
+        model="auto", messages=HELLO, logit_bias={"1": 1}
+    )
+    assert raw.headers["x-spine-provider"] != "ollama"

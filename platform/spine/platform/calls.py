@@ -18,6 +18,9 @@
 6. hands that row to the outcome hook, if one was given (:class:`OutcomeHook`: the API wires
    a publisher of outcome events to JetStream there; this module knows nothing of NATS).
 
+Embedding calls (:meth:`ModelCalls.embed`) take steps 2 to 6 (they are not cached): the
+reservation is the input's estimated tokens at the dearest input price of the plan.
+
 A stream is reserved when it opens and settled and recorded when it ends: with the usage of its
 final chunk, or an estimate (4 characters a token) when the provider sent none. A stream that
 fails mid-way or is abandoned is charged for what it produced so far, and never cached; one
@@ -37,7 +40,7 @@ from typing import Any, Literal, Protocol
 
 from spine.platform.budgets import BudgetLedger, Reservation, budget_scopes, estimate_cost
 from spine.platform.errors import BudgetExceeded, SpineError
-from spine.platform.llm import Attempt, Completion, CompletionDelta
+from spine.platform.llm import Attempt, Completion, CompletionDelta, Embedding
 from spine.platform.router import CompletionStream, ModelRouter, ModelSpec, Requirements
 from spine.platform.router.cache import CacheKey, ResponseCache
 from spine.platform.usage import OK, ModelCallRecord, UsageLedger
@@ -48,6 +51,7 @@ __all__ = [
     "CallContext",
     "CallerModels",
     "MeteredCompletion",
+    "MeteredEmbedding",
     "MeteredStream",
     "ModelCalls",
     "OutcomeHook",
@@ -96,6 +100,14 @@ class MeteredCompletion:
     completion: Completion
     cost: Decimal
     cache: CacheStatus
+
+
+@dataclass(slots=True, kw_only=True)
+class MeteredEmbedding:
+    """Vectors with what they cost (USD)."""
+
+    embedding: Embedding
+    cost: Decimal
 
 
 @dataclass(slots=True, kw_only=True)
@@ -256,6 +268,58 @@ class ModelCalls:
             routing=self._strategy(model, params),
         )
 
+    async def embed(
+        self,
+        texts: list[str],
+        context: CallContext,
+        *,
+        model: str | None = None,
+        **params: Any,
+    ) -> MeteredEmbedding:
+        """Embed ``texts`` through the budgets and the router, and record the call.
+
+        ``dimensions`` asks for vectors of that size (see :meth:`ModelRouter.embed`).
+
+        Raises:
+            BudgetExceeded: A budget scope of the caller cannot cover the call.
+            SpineError: What the router raises (no embedding model, every model failed, ...).
+        """
+        started = time.perf_counter()
+        params = self._with_strategy(context, params)
+        strategy = self._strategy(model, params)
+        requirements = Requirements.for_embedding(
+            texts,
+            dimensions=params.get("dimensions"),
+            min_quality=float(params.get("min_quality") or 0.0),
+        )
+        budgeted = await self._reserve([], context, model, params, requirements, started)
+        try:
+            answer = await self.router.embed(texts, model=model, admit=budgeted.admit, **params)
+        except BaseException as exc:
+            await self._settle(budgeted.reservation, None)
+            if isinstance(exc, SpineError | asyncio.CancelledError):
+                await self._record_failure(exc, context, model, params, budgeted.plan, started)
+            raise
+        cost = _cost(_spec(answer.model, budgeted.plan, self.router), answer.input_tokens, 0)
+        answer.cost = cost
+        await self._settle(budgeted.reservation, cost)
+        await self._record(
+            context,
+            strategy,
+            ModelCallRecord(
+                tenant=context.tenant,
+                key_id=context.key_id,
+                task_id=context.task_id,
+                model=answer.model,
+                provider=answer.provider,
+                input_tokens=answer.input_tokens,
+                cost=cost,
+                latency_ms=_since(started),
+                fallback_path=_tried_before(answer.fallback_path),
+            ),
+        )
+        return MeteredEmbedding(embedding=answer, cost=cost)
+
     def for_caller(self, context: CallContext) -> CallerModels:
         """Return a :class:`~spine.platform.llm.ModelClient` whose calls are metered as ``context``."""
         return CallerModels(self, context)
@@ -270,6 +334,7 @@ class ModelCalls:
             await asyncio.gather(*self._pending, return_exceptions=True)
         if self.cache is not None:
             await self.cache.close()
+        await self.router.close()
 
     # -- steps ------------------------------------------------------------------------------
 
@@ -608,6 +673,13 @@ class CallerModels:
     ) -> MeteredStream:
         """Open a streamed answer through the router; see :meth:`ModelCalls.stream`."""
         return await self._calls.stream(messages, self.context, model=model, **params)
+
+    async def embed(
+        self, texts: list[str], *, model: str | None = None, **params: Any
+    ) -> Embedding:
+        """Embed texts through the router; raises what :meth:`ModelCalls.embed` raises."""
+        metered = await self._calls.embed(texts, self.context, model=model, **params)
+        return metered.embedding
 
 
 def _replayed(hit: Completion) -> CompletionStream:

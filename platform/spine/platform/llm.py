@@ -32,6 +32,7 @@ __all__ = [
     "Attempt",
     "Completion",
     "CompletionDelta",
+    "Embedding",
     "LiteLLMClient",
     "ModelClient",
     "ModelProvider",
@@ -41,6 +42,7 @@ __all__ = [
     "known_model_facts",
     "provider_target",
     "resolve_provider",
+    "supported_params",
 ]
 
 logger = logging.getLogger(__name__)
@@ -53,14 +55,20 @@ HOW_TO_CONFIGURE = (
 )
 
 # The providers a model can live at: the settings' providers plus any OpenAI-compatible server.
+# ``local-embed`` is the in-process embedding model (:mod:`spine.platform.local_embeddings`).
 ModelProvider = Literal[
-    "ollama", "openai", "anthropic", "bedrock", "groq", "local", "openai-compatible"
+    "ollama", "openai", "anthropic", "bedrock", "groq", "local", "openai-compatible", "local-embed"
 ]
 
 _PROVIDERS: tuple[Provider, ...] = ("ollama", "openai", "anthropic", "bedrock", "groq", "local")
 # LiteLLM's route for each provider that is not its own: the embedded local model is a
 # llama-cpp-python server speaking OpenAI's protocol, like any OpenAI-compatible server.
 _LITELLM_PREFIX = {"ollama": "ollama_chat", "openai-compatible": "openai", "local": "openai"}
+# Embeddings take LiteLLM's plain Ollama route (``ollama_chat`` has none). Its Ollama embedding
+# path works in LiteLLM 1.110.2 (answers, 429/503/4xx, refused connections and timeouts were
+# checked against the fake server); an older release raised "'Logging' object has no
+# attribute 'debug'" there.
+_EMBEDDING_PREFIX = {"ollama": "ollama", "openai-compatible": "openai", "local": "openai"}
 
 
 @dataclass(slots=True, kw_only=True, frozen=True)
@@ -95,6 +103,29 @@ class Completion:
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
     cache_hit: bool = False
     cost: Decimal | None = None
+
+
+@dataclass(slots=True, kw_only=True)
+class Embedding:
+    """Vectors for a list of texts, in order, and what they cost in tokens and time.
+
+    ``model``, ``strategy``, ``fallback_path`` and ``cost`` mean what they mean on
+    :class:`Completion`.
+    """
+
+    vectors: list[list[float]]
+    model: str
+    provider: str
+    input_tokens: int = 0
+    latency_ms: float = 0.0
+    strategy: str | None = None
+    fallback_path: list[Attempt] = field(default_factory=list)
+    cost: Decimal | None = None
+
+    @property
+    def dimensions(self) -> int:
+        """The size of the vectors (0 when there are none)."""
+        return len(self.vectors[0]) if self.vectors else 0
 
 
 @dataclass(slots=True, kw_only=True)
@@ -145,6 +176,11 @@ class ProviderTarget:
         """Return the ``provider/model`` string LiteLLM routes on."""
         return f"{_LITELLM_PREFIX.get(self.provider, self.provider)}/{self.model}"
 
+    @property
+    def litellm_embedding_model(self) -> str:
+        """Return the ``provider/model`` string LiteLLM routes an embedding call on."""
+        return f"{_EMBEDDING_PREFIX.get(self.provider, self.provider)}/{self.model}"
+
 
 def configured_providers(settings: Settings) -> list[Provider]:
     """Name the providers whose URL, key or region is set, in a fixed order."""
@@ -187,6 +223,8 @@ def provider_target(
     ``api_base`` and ``api_key`` (from a models file) override the settings' connection.
     """
     kwargs: dict[str, Any] = {}
+    if provider == "local-embed":
+        return ProviderTarget(provider=provider, model=model, kwargs=kwargs)
     if provider == "ollama":
         base = api_base or settings.ollama_url
         if base is None:
@@ -221,6 +259,22 @@ def provider_target(
         if base:
             kwargs["api_base"] = base
     return ProviderTarget(provider=provider, model=model, kwargs=kwargs)
+
+
+def supported_params(provider: str, model: str) -> frozenset[str] | None:
+    """Return the OpenAI parameters LiteLLM passes to ``provider`` for ``model``; None if unknown.
+
+    Imports LiteLLM (seconds): call it after :meth:`LiteLLMClient.warm_up`. ``user`` is always
+    taken: LiteLLM drops it where a provider has no such field.
+    """
+    import litellm
+
+    route = _LITELLM_PREFIX.get(provider, provider)
+    try:
+        found = litellm.get_supported_openai_params(model=model, custom_llm_provider=route)
+    except Exception:  # an unknown provider or model: leave the check to the provider
+        return None
+    return frozenset(found) | {"user"} if found else None
 
 
 def known_model_facts(provider: str, model: str) -> dict[str, Any] | None:
@@ -348,6 +402,56 @@ class LiteLLMClient:
             (time.perf_counter() - started) * 1000,
         )
 
+    async def embed(self, target: ProviderTarget, texts: list[str], **params: Any) -> Embedding:
+        """Embed ``texts`` with one call to ``target`` without retries; errors come back typed.
+
+        ``timeout`` (seconds) overrides ``GENAI_MODELS__TIMEOUT``; ``dimensions`` is passed on
+        (only models that take it should get it). Vectors come back as floats.
+        """
+        import litellm
+
+        timeout = params.pop("timeout", None) or self._settings.models.timeout
+        params.pop("encoding_format", None)
+        if target.litellm_embedding_model.startswith("openai/"):
+            # The OpenAI SDK would retry a refused connection twice more on its own; the
+            # router's fallback and breakers decide instead.
+            params["max_retries"] = 0
+        started = time.perf_counter()
+        try:
+            response = await litellm.aembedding(
+                model=target.litellm_embedding_model,
+                input=texts,
+                timeout=timeout,
+                num_retries=0,
+                **target.kwargs,
+                **params,
+            )
+        except Exception as exc:
+            raise _translate(exc, target, self._settings) from exc
+        latency_ms = (time.perf_counter() - started) * 1000
+        rows = sorted(response.data, key=lambda row: int(_get(row, "index") or 0))
+        vectors = [[float(x) for x in _get(row, "embedding")] for row in rows]
+        if len(vectors) != len(texts):
+            raise PermanentTaskError(
+                f"{target.provider} model {target.model} returned {len(vectors)} vectors "
+                f"for {len(texts)} texts",
+                provider=target.provider,
+            )
+        usage = getattr(response, "usage", None)
+        logger.info(
+            "embedding call %s (%d texts) answered in %.0f ms",
+            target.litellm_embedding_model,
+            len(texts),
+            latency_ms,
+        )
+        return Embedding(
+            vectors=vectors,
+            model=target.model,
+            provider=target.provider,
+            input_tokens=getattr(usage, "prompt_tokens", 0) or 0,
+            latency_ms=latency_ms,
+        )
+
     def _describe(self, litellm: Any, target: ProviderTarget) -> None:
         # LiteLLM asks Ollama about a model it has no price entry for on every call, and asks
         # localhost:11434 whatever api_base says. A local model costs nothing: say so once.
@@ -384,6 +488,11 @@ def _for_provider(target: ProviderTarget, params: dict[str, Any]) -> dict[str, A
     if isinstance(wanted, dict) and isinstance(wanted.get("schema"), dict):
         adapted["schema"] = wanted["schema"]
     return {**params, "response_format": adapted}
+
+
+def _get(row: Any, name: str) -> Any:
+    # LiteLLM gives embedding rows as dicts or as objects, depending on the provider.
+    return row.get(name) if isinstance(row, dict) else getattr(row, name, None)
 
 
 def _tool_calls(calls: Any, *, delta: bool = False) -> list[dict[str, Any]]:

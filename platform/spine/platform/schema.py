@@ -17,14 +17,15 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
 __all__ = [
+    "EMBEDDING_DIMENSIONS",
     "ApiKeyRow",
     "Base",
     "BatchLineRow",
     "BatchRow",
-    "EMBEDDING_DIMENSIONS",
     "BudgetSpendRow",
     "ChunkRow",
     "DocumentRow",
+    "EventRow",
     "FileRow",
     "JsonType",
     "ModelCallRow",
@@ -361,3 +362,29 @@ class ChunkRow(Base):
     embedding: Mapped[list[float] | None] = mapped_column(
         Vector(EMBEDDING_DIMENSIONS).with_variant(sa.LargeBinary(), "sqlite"), default=None
     )
+
+
+class EventRow(Base):
+    """A CloudEvent received (over HTTP or NATS) and what ingestion made of it.
+
+    ``id`` is the event's dedupe id: a hash of (tenant, source, CloudEvents id), also its
+    ``Nats-Msg-Id``. ``status`` is ``pending``, ``mapped``, ``unmapped`` or ``dead_lettered``
+    (with the ``reason``); ``envelope`` is the whole CloudEvent as JSON.
+    """
+
+    __tablename__ = "events"
+    __table_args__ = (sa.Index("ix_events_tenant_received", "tenant", "received_at"),)
+
+    id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    tenant: Mapped[str] = mapped_column(sa.String(128))
+    source: Mapped[str] = mapped_column(sa.String(1000))
+    event_id: Mapped[str] = mapped_column(sa.String(500))
+    type: Mapped[str] = mapped_column(sa.String(255))
+    subject: Mapped[str | None] = mapped_column(sa.String(1000), default=None)
+    time: Mapped[datetime | None] = mapped_column(default=None)
+    envelope: Mapped[dict[str, Any]] = mapped_column()
+    status: Mapped[str] = mapped_column(sa.String(16))
+    reason: Mapped[str | None] = mapped_column(sa.Text(), default=None)
+    attempts: Mapped[int] = mapped_column(default=0, server_default=sa.text("0"))
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -22,7 +22,9 @@ __all__ = [
     "ENV_PREFIX",
     "ApiSettings",
     "CacheSettings",
+    "DocumentSettings",
     "EmbeddedSettings",
+    "LocalEmbeddingSettings",
     "LocalModelSettings",
     "Provider",
     "RoutingStrategy",
@@ -150,6 +152,58 @@ class LocalModelSettings(BaseModel):
         return value.strip() or None if value is not None else None
 
 
+class LocalEmbeddingSettings(BaseModel):
+    """The in-process embedding model: all-MiniLM-L6-v2 as int8 ONNX (extra ``[embed]``).
+
+    384-dimensional vectors on the CPU, no server and no download: the embedded default's
+    embedding model, so documents can be searched with no model provider at all.
+    """
+
+    enabled: bool | Literal["auto"] = Field(
+        "auto",
+        description="auto: offer it when the [embed] extra is installed and no other model "
+        "in the catalogue makes embeddings; true: always (an error without the extra); false: "
+        "never.",
+    )
+    threads: int = Field(
+        0, ge=0, le=256, description="onnxruntime threads per call; 0: half the CPUs (at least 1)."
+    )
+    batch_size: int = Field(32, ge=1, le=1024, description="Texts run through the model at once.")
+
+
+class DocumentSettings(BaseModel):
+    """The vector store: documents chunked, embedded and searched in PostgreSQL with pgvector."""
+
+    max_bytes: int = Field(
+        1024 * 1024, ge=1024, description="Largest document text (UTF-8 bytes); larger is a 413."
+    )
+    chunk_chars: int = Field(800, ge=100, le=20_000, description="Target characters per chunk.")
+    overlap_chars: int = Field(
+        120, ge=0, le=5_000, description="Characters a chunk repeats from the one before it."
+    )
+    embedding_model: str | None = Field(
+        None,
+        description="The model that embeds documents and queries; unset: the router chooses "
+        "among the models that make embeddings (a change needs the documents added again).",
+    )
+    batch_size: int = Field(64, ge=1, le=2048, description="Chunks embedded per model call.")
+    ef_search: int = Field(
+        100, ge=1, le=1000, description="HNSW candidate list per search (pgvector hnsw.ef_search)."
+    )
+    max_scan_tuples: int = Field(
+        20_000,
+        ge=100,
+        description="Rows an iterative index scan may visit to fill a filtered search "
+        "(pgvector hnsw.max_scan_tuples).",
+    )
+    retry_after: float = Field(
+        300.0,
+        gt=0,
+        description="Seconds before a document still queued after its embedding task gave up "
+        "(a provider down for long) is tried again.",
+    )
+
+
 class CacheSettings(BaseModel):
     """The exact-match response cache: Redis when ``GENAI_REDIS_URL`` is set, else in-process."""
 
@@ -258,6 +312,8 @@ class Settings(BaseSettings):
     budgets: BudgetSettings = Field(default_factory=BudgetSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
     local_model: LocalModelSettings = Field(default_factory=LocalModelSettings)
+    local_embedding: LocalEmbeddingSettings = Field(default_factory=LocalEmbeddingSettings)
+    documents: DocumentSettings = Field(default_factory=DocumentSettings)
     tools: ToolSettings = Field(default_factory=ToolSettings)
 
     @field_validator("fallback_chain", mode="before")

@@ -172,7 +172,7 @@ def test_catalogue_labels_it_local_free_and_toy() -> None:
     assert spec.context_window == 4096
     assert not spec.capabilities.tools
     assert spec.capabilities.json_output
-    assert spec.refusal(Requirements(tools=True)) == "cannot call tools"
+    assert spec.refusal(Requirements(tools=True)) == "cannot call tools (tools)"
     assert spec.refusal(Requirements(json_output=True)) is None
 
 

@@ -14,6 +14,13 @@ Ollama server lists at ``/api/tags``. A models file looks like this (prices are 
         quality: 0.9
         context_window: 128000
         capabilities: {tools: true, json_output: true}
+      - name: embed-small
+        provider: openai
+        model: text-embedding-3-small
+        input_price: "0.00000002"
+        output_price: "0"
+        capabilities: {tools: false, json_output: false, embeddings: true,
+                       dimensions: 1536, variable_dimensions: true}
       - name: vllm-qwen
         provider: openai-compatible
         model: Qwen/Qwen2.5-7B-Instruct
@@ -53,6 +60,28 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 LOCAL = "local"
+CHECKED_PARAMS = frozenset(
+    {
+        "frequency_penalty",
+        "presence_penalty",
+        "logit_bias",
+        "logprobs",
+        "top_logprobs",
+        "parallel_tool_calls",
+        "seed",
+        "stop",
+        "top_p",
+        "temperature",
+        "tool_choice",
+        "reasoning_effort",
+        "modalities",
+        "prediction",
+        "audio",
+        "web_search_options",
+    }
+)
+"""Optional OpenAI parameters a model's provider may not take; a call that sets one goes only
+to models that take it, and one naming a model that does not is refused, naming it."""
 TOY = "toy"
 TOY_NOTE = (
     "toy quality: a 135M-parameter model on the CPU, for demos and plumbing, not for answers; "
@@ -60,9 +89,13 @@ TOY_NOTE = (
 )
 # Scores for models no file describes: a small local model below a hosted one, and the
 # embedded toy model far below both.
-_DEFAULT_QUALITY = {"ollama": 0.5, "local": 0.1}
+_DEFAULT_QUALITY = {"ollama": 0.5, "local": 0.1, "local-embed": 0.5}
 _HOSTED_QUALITY = 0.8
 _CHARS_PER_TOKEN = 4
+# Ollama embedding models whose names do not say "embed".
+_OLLAMA_EMBEDDING_FAMILIES = ("all-minilm", "bge-", "paraphrase-multilingual", "granite-embedding")
+# OpenAI's embedding models that shorten their vectors on request (OpenAI's ``dimensions``).
+_VARIABLE_DIMENSIONS = ("text-embedding-3-",)
 
 
 class Capabilities(BaseModel):
@@ -73,6 +106,12 @@ class Capabilities(BaseModel):
     tools: bool = True
     json_output: bool = True
     embeddings: bool = False
+    dimensions: int | None = Field(
+        None, ge=1, description="Size of the vectors an embedding model gives; None: unknown."
+    )
+    variable_dimensions: bool = Field(
+        False, description="Takes OpenAI's `dimensions` parameter to give shorter vectors."
+    )
 
 
 class ModelSpec(BaseModel):
@@ -92,6 +131,11 @@ class ModelSpec(BaseModel):
     capabilities: Capabilities = Field(default_factory=Capabilities)
     tags: frozenset[str] = frozenset()
     note: str | None = Field(None, description="What a client should know, e.g. toy quality.")
+    supported_params: frozenset[str] | None = Field(
+        None,
+        description="The OpenAI parameters the provider takes for it (from LiteLLM); None: "
+        "not known, so not checked.",
+    )
     api_base: str | None = None
     api_key: SecretStr | None = None
 
@@ -107,6 +151,15 @@ class ModelSpec(BaseModel):
         defaults: dict[str, Any] = {"quality": _DEFAULT_QUALITY.get(provider, _HOSTED_QUALITY)}
         if provider == "ollama":
             defaults |= {"input_price": 0, "output_price": 0, "tags": {LOCAL}}
+        elif provider == "local-embed":
+            defaults |= {
+                "input_price": 0,
+                "output_price": 0,
+                "tags": {LOCAL},
+                "capabilities": Capabilities(
+                    tools=False, json_output=False, embeddings=True, dimensions=384
+                ),
+            }
         elif provider == "local":
             defaults |= {
                 "input_price": 0,
@@ -142,16 +195,62 @@ class ModelSpec(BaseModel):
 
     def refusal(self, requirements: Requirements) -> str | None:
         """Say why the model cannot serve the request, None when it can."""
+        if requirements.embeddings:
+            return self._embedding_refusal(requirements)
         needed = requirements.context_tokens
         if self.context_window is not None and needed > self.context_window:
             return f"needs about {needed} tokens of context, has {self.context_window}"
+        if self.quality < requirements.min_quality:
+            return f"quality {self.quality} is below {requirements.min_quality}"
+        return self.unsupported(requirements)
+
+    def unsupported(self, requirements: Requirements) -> str | None:
+        """Say which asked-for parameter or capability the model lacks (what a client must
+        change to use it), None when it has them all; the context window is not checked."""
         if requirements.tools and not self.capabilities.tools:
-            return "cannot call tools"
+            return "cannot call tools (tools)"
         if requirements.json_output and not self.capabilities.json_output:
-            return "cannot produce JSON output"
+            return "cannot produce JSON output (response_format)"
+        if self.supported_params is not None:
+            missing = sorted(requirements.params - self.supported_params)
+            if missing:
+                return f"does not support {', '.join(missing)}"
+        return None
+
+    def _embedding_refusal(self, requirements: Requirements) -> str | None:
+        able = self.capabilities
+        if not able.embeddings:
+            return "does not make embeddings"
+        wanted = requirements.dimensions
+        if wanted is not None and not able.variable_dimensions:
+            if able.dimensions is not None and able.dimensions != wanted:
+                return f"gives {able.dimensions}-dimensional vectors, not {wanted}"
+        elif wanted is not None and able.dimensions is not None and wanted > able.dimensions:
+            return f"gives at most {able.dimensions} dimensions, not {wanted}"
+        longest = requirements.longest_input
+        if self.context_window is not None and longest > self.context_window:
+            return f"an input needs about {longest} tokens, the model takes {self.context_window}"
         if self.quality < requirements.min_quality:
             return f"quality {self.quality} is below {requirements.min_quality}"
         return None
+
+    def embedding_params(self, dimensions: int | None) -> dict[str, Any]:
+        """Return what to send the provider so it gives ``dimensions``-sized vectors."""
+        if dimensions is None or not self.capabilities.variable_dimensions:
+            return {}
+        return {"dimensions": dimensions}
+
+    def as_embedding_model(self) -> ModelSpec:
+        """Return this model marked as making embeddings (one a call named explicitly)."""
+        if self.capabilities.embeddings:
+            return self
+        variable = self.provider in ("openai", "openai-compatible") and self.model.startswith(
+            _VARIABLE_DIMENSIONS
+        )
+        able = self.capabilities.model_copy(
+            update={"embeddings": True, "variable_dimensions": variable}
+        )
+        return self.model_copy(update={"capabilities": able})
 
 
 @dataclass(slots=True, kw_only=True, frozen=True)
@@ -163,6 +262,13 @@ class Requirements:
     tools: bool = False
     json_output: bool = False
     min_quality: float = 0.0
+    embeddings: bool = False
+    dimensions: int | None = None
+    """The vector size an embedding call asks for; None: the model's own."""
+    longest_input: int = 0
+    """Tokens of the longest text of an embedding call (each must fit the model)."""
+    params: frozenset[str] = frozenset()
+    """The optional OpenAI generation parameters the call sets (see :data:`CHECKED_PARAMS`)."""
 
     @property
     def context_tokens(self) -> int:
@@ -183,6 +289,22 @@ class Requirements:
             max_tokens=params.get("max_tokens") or params.get("max_completion_tokens"),
             tools=bool(tools),
             json_output=kind in {"json", "json_object", "json_schema"},
+            min_quality=min_quality,
+            params=frozenset(name for name in params if name in CHECKED_PARAMS),
+        )
+
+    @classmethod
+    def for_embedding(
+        cls, texts: list[str], *, dimensions: int | None = None, min_quality: float = 0.0
+    ) -> Requirements:
+        """Read the needs of an embedding call; tokens are estimated (4 characters each)."""
+        sizes = [math.ceil(len(text) / _CHARS_PER_TOKEN) for text in texts]
+        return cls(
+            prompt_tokens=sum(sizes),
+            max_tokens=0,
+            embeddings=True,
+            dimensions=dimensions,
+            longest_input=max(sizes, default=0),
             min_quality=min_quality,
         )
 
@@ -279,13 +401,39 @@ class ModelCatalogue:
                 filled += 1
         return filled
 
+    def fill_supported_params(
+        self, supported: Callable[[str, str], frozenset[str] | None]
+    ) -> None:
+        """Learn which OpenAI parameters each model takes, from ``supported(provider, model)``."""
+        for name, spec in list(self._specs.items()):
+            if spec.supported_params is None and not spec.capabilities.embeddings:
+                found = supported(spec.provider, spec.model)
+                if found is not None:
+                    self._specs[name] = spec.model_copy(update={"supported_params": found})
+
     def candidates(self, requirements: Requirements) -> list[ModelSpec]:
-        """Return the chat models that meet ``requirements``, in catalogue order."""
+        """Return the models that meet ``requirements``, in catalogue order.
+
+        A chat request gets the chat models, an embedding request the embedding models.
+        """
         return [
             spec
             for spec in self._specs.values()
-            if not _embedding_only(spec) and spec.refusal(requirements) is None
+            if (requirements.embeddings or not _embedding_only(spec))
+            and spec.refusal(requirements) is None
         ]
+
+    def embedding_models(self) -> list[ModelSpec]:
+        """Return the models that make embeddings, in catalogue order."""
+        return [spec for spec in self._specs.values() if spec.capabilities.embeddings]
+
+    def learn_dimensions(self, name: str, dimensions: int) -> None:
+        """Note the vector size a model was seen to give, so later plans know it."""
+        spec = self._specs.get(name)
+        if spec is None or spec.capabilities.dimensions == dimensions:
+            return
+        able = spec.capabilities.model_copy(update={"dimensions": dimensions})
+        self._specs[name] = spec.model_copy(update={"capabilities": able})
 
     def refusals(self, requirements: Requirements) -> dict[str, str]:
         """Say, per model, why it cannot serve ``requirements``."""
@@ -379,7 +527,7 @@ async def discover_ollama(
         name = upstream.removesuffix(":latest")
         if ("ollama", name) in known:
             continue
-        embeddings = "embed" in name
+        embeddings = "embed" in name or name.startswith(_OLLAMA_EMBEDDING_FAMILIES)
         spec = ModelSpec.for_provider(
             "ollama",
             upstream,

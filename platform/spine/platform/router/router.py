@@ -1,5 +1,9 @@
 """The model router: one :class:`~spine.platform.llm.ModelClient` over every configured model.
 
+Embedding calls (:meth:`ModelRouter.embed`) take the same path over the models that make
+embeddings: the same plan, strategies, breakers and fallback. When no model of the catalogue
+makes embeddings, the in-process local model (``local-embed``, extra ``[embed]``) is offered.
+
 For each call it builds a plan — the explicit model (then the ``GENAI_FALLBACK_CHAIN``
 providers' models), or else every model that meets the request in the strategy's order — and
 tries the models in turn through :meth:`LiteLLMClient.call`. It moves on after a timeout, a
@@ -30,12 +34,21 @@ from spine.platform.llm import (
     Attempt,
     Completion,
     CompletionDelta,
+    Embedding,
     LiteLLMClient,
     ProviderTarget,
     configured_providers,
     default_provider,
     known_model_facts,
     provider_target,
+    supported_params,
+)
+from spine.platform.local_embeddings import (
+    HOW_TO_INSTALL,
+    LOCAL_EMBEDDING_MODEL,
+    LOCAL_EMBEDDING_PROVIDER,
+    LocalEmbedder,
+    missing_packages,
 )
 from spine.platform.router.catalogue import (
     ModelCatalogue,
@@ -53,6 +66,12 @@ __all__ = ["CIRCUIT_OPEN", "ModelCaller", "ModelRouter", "RoutePlan"]
 logger = logging.getLogger(__name__)
 
 CIRCUIT_OPEN = "circuit_open"
+WRONG_DIMENSIONS = "wrong_dimensions"
+NO_EMBEDDING_MODEL = (
+    "no configured model makes embeddings: pull one into Ollama (e.g. `ollama pull "
+    "nomic-embed-text`), list one in GENAI_MODELS_FILE with capabilities.embeddings, name one "
+    "as provider/model (openai/text-embedding-3-small), or " + HOW_TO_INSTALL
+)
 
 
 class ModelCaller(Protocol):
@@ -72,6 +91,10 @@ class ModelCaller(Protocol):
         self, target: ProviderTarget, messages: list[dict[str, Any]], **params: Any
     ) -> AsyncGenerator[CompletionDelta, None]:
         """Stream one call to ``target``, raising translated errors from the iteration."""
+        ...
+
+    async def embed(self, target: ProviderTarget, texts: list[str], **params: Any) -> Embedding:
+        """Embed ``texts`` with one call to ``target``, raising translated errors."""
         ...
 
 
@@ -98,8 +121,10 @@ class ModelRouter:
         catalogue: ModelCatalogue | None = None,
         health: ModelHealth | None = None,
         client: ModelCaller | None = None,
+        local_embedder: LocalEmbedder | None = None,
     ) -> None:
         self._settings = settings
+        self._local_embedder = local_embedder
         self.catalogue = (
             catalogue if catalogue is not None else ModelCatalogue.from_settings(settings)
         )
@@ -134,7 +159,27 @@ class ModelRouter:
                 except ServiceUnavailable as exc:
                     logger.warning("model discovery skipped: %s", exc.message)
             self.catalogue.fill_unknown(known_model_facts)
+            self.catalogue.fill_supported_params(supported_params)
+            self._offer_local_embedding()
             self._warm = True
+
+    def _offer_local_embedding(self) -> None:
+        wanted = self._settings.local_embedding.enabled
+        if wanted is False or (wanted == "auto" and self.catalogue.embedding_models()):
+            return
+        missing = missing_packages()
+        if missing and wanted == "auto":
+            logger.info("no model makes embeddings; the local one needs %s", ", ".join(missing))
+            return
+        # Enabled without the extra, it is listed all the same: its calls say what to install.
+        spec = ModelSpec.for_provider(LOCAL_EMBEDDING_PROVIDER, LOCAL_EMBEDDING_MODEL)
+        self.catalogue.add(spec, qualify_on_clash=True)
+        logger.info("embeddings: the local model %s is offered", spec.name)
+
+    async def close(self) -> None:
+        """Stop the local embedding model's thread, if it ran."""
+        if self._local_embedder is not None:
+            self._local_embedder.close()
 
     def plan(
         self,
@@ -156,6 +201,8 @@ class ModelRouter:
         """
         if not len(self.catalogue):
             raise ProviderNotConfigured(f"no model provider is configured: {HOW_TO_CONFIGURE}")
+        if requirements.embeddings and model is None and not self.catalogue.embedding_models():
+            raise ProviderNotConfigured(NO_EMBEDDING_MODEL)
         chosen = strategy or self._settings.routing_strategy
         preference = [default_provider(self._settings), *self._settings.fallback_chain]
         ctx = RoutingContext(
@@ -169,6 +216,14 @@ class ModelRouter:
         ordered = order_candidates(chosen, self.catalogue.candidates(requirements), ctx)
         if model is not None:
             first = self._explicit(model)
+            if requirements.embeddings:
+                first = self._explicit_embedding_model(first, requirements)
+            lacking = first.unsupported(requirements)
+            if lacking is not None:
+                raise BadRequest(
+                    f"model {first.name!r} {lacking}; leave it out or choose another model",
+                    field=_param_named(lacking, requirements),
+                )
             chain = [
                 spec
                 for provider in dict.fromkeys(self._settings.fallback_chain)
@@ -285,6 +340,94 @@ class ModelRouter:
             )
         raise self._exhausted(path, last_error)
 
+    async def embed(
+        self, texts: list[str], *, model: str | None = None, **params: Any
+    ) -> Embedding:
+        """Embed ``texts`` with the first model of the plan that can; errors come back typed.
+
+        ``dimensions`` asks for vectors of that size: models that shorten their vectors are
+        asked to; others must give that size (checked, and learned for later plans).
+
+        Raises:
+            ProviderNotConfigured: No model makes embeddings.
+            TransientTaskError: Every model failed transiently or is cooling down.
+            BadRequest: No model gives vectors of the size asked for.
+            SpineError: A model refused the call for a reason another model would share.
+        """
+        strategy = params.pop("strategy", None)
+        admit = params.pop("admit", None)
+        min_quality = float(params.pop("min_quality", None) or 0.0)
+        dimensions: int | None = params.pop("dimensions", None)
+        requirements = Requirements.for_embedding(
+            texts, dimensions=dimensions, min_quality=min_quality
+        )
+        plan = self.plan(requirements, model=model, strategy=strategy, admit=admit)
+        path: list[Attempt] = []
+        last_error: SpineError | None = None
+        for spec in plan.models:
+            breaker = self.health.breaker(spec.name)
+            permit = breaker.acquire()
+            if permit is None:
+                path.append(Attempt(model=spec.name, provider=spec.provider, error=CIRCUIT_OPEN))
+                continue
+            try:
+                answer = await self._embed_once(spec, texts, dimensions, params)
+            except SpineError as exc:
+                _record_failure(exc, spec, breaker, permit, path)
+                last_error = exc
+                continue
+            except BaseException:
+                breaker.abandoned(permit)
+                raise
+            breaker.succeeded(permit)
+            self.health.observe_latency(spec.name, answer.latency_ms)
+            if not spec.capabilities.variable_dimensions and answer.vectors:
+                self.catalogue.learn_dimensions(spec.name, answer.dimensions)
+            if dimensions is not None and answer.dimensions != dimensions:
+                # The model is up, its vectors are another size: another model may fit.
+                path.append(
+                    Attempt(model=spec.name, provider=spec.provider, error=WRONG_DIMENSIONS)
+                )
+                last_error = BadRequest(
+                    f"model {spec.name} gives {answer.dimensions}-dimensional vectors, "
+                    f"not {dimensions}",
+                    field="dimensions",
+                )
+                continue
+            path.append(Attempt(model=spec.name, provider=spec.provider))
+            answer.model = spec.name
+            answer.strategy = plan.strategy
+            answer.fallback_path = path
+            return answer
+        raise self._exhausted(path, last_error)
+
+    async def _embed_once(
+        self, spec: ModelSpec, texts: list[str], dimensions: int | None, params: dict[str, Any]
+    ) -> Embedding:
+        if spec.provider == LOCAL_EMBEDDING_PROVIDER:
+            if self._local_embedder is None:
+                self._local_embedder = LocalEmbedder(self._settings.local_embedding)
+            return await self._local_embedder.embed(texts)
+        wanted = spec.embedding_params(dimensions)
+        return await self._client.embed(self._target(spec), texts, **params, **wanted)
+
+    def _explicit_embedding_model(self, spec: ModelSpec, requirements: Requirements) -> ModelSpec:
+        if not spec.capabilities.embeddings:
+            if spec.name in self.catalogue:
+                able = ", ".join(s.name for s in self.catalogue.embedding_models()) or "none"
+                raise BadRequest(
+                    f"model {spec.name!r} does not make embeddings; the models that do: {able}",
+                    field="model",
+                )
+            spec = spec.as_embedding_model()
+        refusal = spec.refusal(requirements)
+        if refusal is not None and requirements.dimensions is not None and "dimension" in refusal:
+            raise BadRequest(
+                f"model {spec.name!r} {refusal}: leave 'dimensions' out or choose another model",
+                field="dimensions",
+            )
+        return spec
+
     def _plan_call(
         self, messages: list[dict[str, Any]], model: str | None, params: dict[str, Any]
     ) -> RoutePlan:
@@ -364,3 +507,12 @@ def _admitted(plan: RoutePlan, admit: Callable[[ModelSpec], bool] | None) -> Rou
             + ", ".join(spec.name for spec in plan.models)
         )
     return RoutePlan(strategy=plan.strategy, models=kept)
+
+
+def _param_named(lacking: str, requirements: Requirements) -> str:
+    # The parameter a refusal is about, for the error's ``param``.
+    for name in sorted(requirements.params):
+        if name in lacking:
+            return name
+    return "response_format" if "response_format" in lacking else "tools"
+
