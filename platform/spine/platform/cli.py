@@ -29,7 +29,7 @@ from spine.platform.stack import (
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 app = typer.Typer(help="GenAI Spine: an event-driven agentic platform.", no_args_is_help=True)
-tasks_app = typer.Typer(help="Inspect tasks.", no_args_is_help=True)
+tasks_app = typer.Typer(help="Inspect tasks, and decide on paused ones.", no_args_is_help=True)
 keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
 app.add_typer(tasks_app, name="tasks")
 app.add_typer(keys_app, name="keys")
@@ -337,6 +337,25 @@ def tasks_show(task_id: str) -> None:
     """Show one task."""
     with _client() as client:
         console.print_json(json.dumps(_json_or_exit(client.get(f"/v1/tasks/{task_id}"))))
+
+
+@tasks_app.command("approve")
+def tasks_approve(task_id: str) -> None:
+    """Let a paused task make the tool call it proposed."""
+    with _client() as client:
+        task = _json_or_exit(client.post(f"/v1/tasks/{task_id}/approve", json={}))
+    console.print(f"task {task['id']} approved; it is {task['state']}")
+
+
+@tasks_app.command("reject")
+def tasks_reject(
+    task_id: str,
+    reason: Annotated[str | None, typer.Option(help="Told to the model.")] = None,
+) -> None:
+    """Refuse a paused task's proposed tool call; the model is told, with the reason."""
+    with _client() as client:
+        task = _json_or_exit(client.post(f"/v1/tasks/{task_id}/reject", json={"reason": reason}))
+    console.print(f"task {task['id']} rejected; it is {task['state']}")
 
 
 def _client() -> httpx.Client:
