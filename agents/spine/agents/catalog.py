@@ -23,6 +23,12 @@ class AgentCatalog:
     def __init__(self, agents: Iterable[Agent]) -> None:
         self._agents = {agent.name: agent for agent in agents}
 
+    def add(self, agent: Agent) -> None:
+        """Add an agent built from the process's services (``embed_document``, ...)."""
+        if agent.name in self._agents:
+            raise ValueError(f"an agent named {agent.name!r} is already in the catalog")
+        self._agents[agent.name] = agent
+
     def names(self) -> list[str]:
         """List the known agent names."""
         return sorted(self._agents)

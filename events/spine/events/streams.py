@@ -19,15 +19,37 @@ from nats.js.api import (
 from nats.js.errors import BadRequestError
 
 from spine.events.bus import NatsBus
-from spine.events.subjects import DLQ_TASKS, LANES, OUTCOMES_ALL, TASKS_ALL, lane_subject
+from spine.events.subjects import (
+    DLQ_EVENTS,
+    DLQ_TASKS,
+    EVENTS_ALL,
+    LANES,
+    OUTCOMES_ALL,
+    TASKS_ALL,
+    lane_subject,
+)
 
-__all__ = ["DLQ_STREAM", "OUTCOMES_STREAM", "TASKS_STREAM", "StreamLayout", "consumer_name"]
+__all__ = [
+    "DLQ_STREAM",
+    "EVENTS_DLQ_STREAM",
+    "EVENTS_STREAM",
+    "INGEST_CONSUMER",
+    "OUTCOMES_STREAM",
+    "TASKS_STREAM",
+    "TRIGGER_CONSUMER",
+    "StreamLayout",
+    "consumer_name",
+]
 
 logger = logging.getLogger(__name__)
 
 TASKS_STREAM = "TASKS"
 DLQ_STREAM = "TASKS_DLQ"
 OUTCOMES_STREAM = "OUTCOMES"
+EVENTS_STREAM = "EVENTS"
+EVENTS_DLQ_STREAM = "EVENTS_DLQ"
+INGEST_CONSUMER = "graph-ingest"
+TRIGGER_CONSUMER = "event-triggers"
 _DAY = 24 * 3600.0
 
 
@@ -45,6 +67,8 @@ class StreamLayout:
     max_deliver: int = 6
     duplicate_window: float = 120.0
     outcomes_max_age: float = 7 * _DAY
+    events_max_age: float = 30 * _DAY
+    events_duplicate_window: float = 3600.0
 
     def task_stream(self) -> StreamConfig:
         """Describe TASKS: a work queue, so an acked task leaves the stream."""
@@ -99,17 +123,75 @@ class StreamLayout:
             max_ack_pending=10_000,
         )
 
+    def events_stream(self) -> StreamConfig:
+        """Describe EVENTS: CloudEvents from other systems, kept ``events_max_age`` seconds.
+
+        Limits retention, not a work queue: ingestion and triggers each read it with their own
+        consumer, and a new consumer can replay it. ``Nats-Msg-Id`` (a hash of tenant, source
+        and CloudEvents id) drops a repeat within ``events_duplicate_window``.
+        """
+        return StreamConfig(
+            name=EVENTS_STREAM,
+            subjects=[EVENTS_ALL],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            num_replicas=self.replicas,
+            max_age=self.events_max_age,
+            duplicate_window=min(self.events_duplicate_window, self.events_max_age),
+            discard=DiscardPolicy.OLD,
+        )
+
+    def events_dlq_stream(self) -> StreamConfig:
+        """Describe EVENTS_DLQ: events that could not be ingested, with the reason, for 30 days."""
+        return StreamConfig(
+            name=EVENTS_DLQ_STREAM,
+            subjects=[DLQ_EVENTS],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            num_replicas=self.replicas,
+            max_age=30 * _DAY,
+        )
+
+    def events_consumer(self, name: str) -> ConsumerConfig:
+        """Describe a durable pull consumer of EVENTS (graph ingestion, triggers).
+
+        Deliveries are not capped: the consumer dead-letters a failing event itself after its
+        attempts, and an outage of the graph must not make JetStream drop events.
+        """
+        return ConsumerConfig(
+            durable_name=name,
+            filter_subject=EVENTS_ALL,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=max(self.ack_wait, 30.0),
+            max_deliver=-1,
+            max_ack_pending=20_000,
+        )
+
     async def ensure(self, js: JetStreamContext) -> None:
         """Create or update the streams and consumers; safe from any number of processes."""
-        for config in (self.task_stream(), self.dlq_stream(), self.outcomes_stream()):
+        for config in (
+            self.task_stream(),
+            self.dlq_stream(),
+            self.outcomes_stream(),
+            self.events_stream(),
+            self.events_dlq_stream(),
+        ):
             try:
                 await js.add_stream(config)
             except BadRequestError:
                 await js.update_stream(config)
         for lane in LANES:
             await js.add_consumer(TASKS_STREAM, self.worker_consumer(lane))
+        for name in (INGEST_CONSUMER, TRIGGER_CONSUMER):
+            await js.add_consumer(EVENTS_STREAM, self.events_consumer(name))
         logger.info(
-            "JetStream streams ready: %s, %s, %s", TASKS_STREAM, DLQ_STREAM, OUTCOMES_STREAM
+            "JetStream streams ready: %s, %s, %s, %s, %s",
+            TASKS_STREAM,
+            DLQ_STREAM,
+            OUTCOMES_STREAM,
+            EVENTS_STREAM,
+            EVENTS_DLQ_STREAM,
         )
 
     async def ensure_when_ready(self, bus: NatsBus, *, retry_every: float = 1.0) -> None:

@@ -4,6 +4,8 @@
 ``spine.progress.<task_id>`` and ``spine.cancel.<task_id>`` are core NATS signals whose durable
 record lives in the database; ``spine.dlq.tasks`` holds dead letters (stream TASKS_DLQ);
 ``spine.outcomes.<tenant>`` carry one outcome event per routed model call (stream OUTCOMES).
+``spine.events.<tenant>.<type>`` carry CloudEvents from other systems (stream EVENTS; the type's
+dots make more tokens); ``spine.dlq.events`` holds events that could not be ingested.
 """
 
 from __future__ import annotations
@@ -12,14 +14,18 @@ import re
 
 __all__ = [
     "CANCEL_ALL",
+    "DLQ_EVENTS",
     "DLQ_TASKS",
+    "EVENTS_ALL",
     "LANES",
     "OUTCOMES_ALL",
     "TASKS_ALL",
     "cancel_subject",
+    "event_subject",
     "lane_subject",
     "outcome_subject",
     "progress_subject",
+    "subject_token",
 ]
 
 LANES: tuple[str, ...] = ("high", "normal", "low")
@@ -27,6 +33,8 @@ TASKS_ALL = "spine.tasks.>"
 DLQ_TASKS = "spine.dlq.tasks"
 CANCEL_ALL = "spine.cancel.*"
 OUTCOMES_ALL = "spine.outcomes.>"
+EVENTS_ALL = "spine.events.>"
+DLQ_EVENTS = "spine.dlq.events"
 _NOT_IN_A_TOKEN = re.compile(r"[^A-Za-z0-9_-]")
 
 
@@ -54,3 +62,18 @@ def outcome_subject(tenant: str) -> str:
     each becomes ``_``, so two tenants can share a subject. The event names its exact tenant.
     """
     return f"spine.outcomes.{_NOT_IN_A_TOKEN.sub('_', tenant) or '_'}"
+
+
+def subject_token(text: str) -> str:
+    """Return ``text`` as one subject token: each character a token cannot hold becomes ``_``."""
+    return _NOT_IN_A_TOKEN.sub("_", text) or "_"
+
+
+def event_subject(tenant: str, event_type: str) -> str:
+    """Return the subject a tenant's event of a type is published on (stream EVENTS).
+
+    ``spine.events.<tenant>.<type>``: the tenant is one token (see :func:`subject_token`), the
+    type one token per dot-separated part. The envelope's ``type`` is the authoritative one.
+    """
+    parts = ".".join(subject_token(part) for part in event_type.split("."))
+    return f"spine.events.{subject_token(tenant)}.{parts}"

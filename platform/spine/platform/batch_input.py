@@ -28,6 +28,7 @@ from pydantic_core import PydanticCustomError
 
 from spine.platform.errors import BadRequest, PayloadTooLarge
 from spine.platform.openai_wire import ChatCompletionRequest, GatewayError
+from spine.platform.settings import BatchSettings
 
 __all__ = [
     "CHAT_COMPLETIONS",
@@ -52,16 +53,8 @@ MAX_CUSTOM_ID = 512
 """The longest ``custom_id`` accepted, in characters."""
 
 
-class BatchLimits(BaseModel):
-    """How large a batch may be; over a limit is a 413.
-
-    Meant to become the ``batches`` section of the settings (``GENAI_BATCHES__MAX_FILE_BYTES``,
-    ``GENAI_BATCHES__MAX_LINES``); until then the defaults hold. OpenAI allows 200 MB and
-    50,000 requests; files live in the database here, so the byte limit is lower.
-    """
-
-    max_file_bytes: int = Field(100 * 1024 * 1024, ge=1024, description="Largest upload.")
-    max_lines: int = Field(50_000, ge=1, description="Most requests in one batch.")
+BatchLimits = BatchSettings
+"""How large a batch may be (``GENAI_BATCHES__*``); over a limit is a 413."""
 
 
 MetadataKey = Annotated[str, StringConstraints(max_length=64)]

@@ -33,6 +33,8 @@ tasks_app = typer.Typer(help="Inspect tasks, and decide on paused ones.", no_arg
 keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
 app.add_typer(tasks_app, name="tasks")
 app.add_typer(keys_app, name="keys")
+graph_app = typer.Typer(help="Explore the knowledge graph.", no_args_is_help=True)
+app.add_typer(graph_app, name="graph")
 console = Console()
 err_console = Console(stderr=True)
 
@@ -134,7 +136,8 @@ async def _run_worker(settings: Settings) -> None:
         loop.add_signal_handler(sig, stop.set)
     await platform.start()
     try:
-        await platform.worker().run(stop)
+        # Graph ingestion and triggers run beside the agent worker (they consume EVENTS).
+        await asyncio.gather(platform.worker().run(stop), platform.run_event_consumers(stop))
     finally:
         await platform.close()
 
@@ -391,6 +394,125 @@ def _require(value: str | None, name: str) -> str:
     if value is None:
         raise ConfigurationError(f"{name} is not set; run `spine up` or set it", field=name)
     return value
+
+
+# -- events and the knowledge graph over the HTTP API -----------------------------------------
+
+
+@app.command()
+def publish(
+    event_type: Annotated[str, typer.Argument(metavar="TYPE", help="The CloudEvents type.")],
+    data: Annotated[str, typer.Option(help="JSON data, or @file.json to read it from a file.")],
+    source: Annotated[str, typer.Option(help="The CloudEvents source.")] = "/spine/cli",
+    event_id: Annotated[
+        str | None, typer.Option("--id", help="The event id (default: a new UUID).")
+    ] = None,
+    subject: Annotated[str | None, typer.Option(help="The CloudEvents subject.")] = None,
+) -> None:
+    """Publish a CloudEvent (structured mode) to POST /v1/events."""
+    import uuid
+
+    text = data
+    if data.startswith("@"):
+        try:
+            with open(data[1:], encoding="utf-8") as handle:
+                text = handle.read()
+        except OSError as exc:
+            raise ConfigurationError(f"cannot read {data[1:]}: {exc}", field="--data") from exc
+    try:
+        payload = json.loads(text)
+    except ValueError as exc:
+        raise ConfigurationError(f"--data is not JSON: {exc}", field="--data") from exc
+    event: dict[str, Any] = {
+        "specversion": "1.0",
+        "id": event_id or str(uuid.uuid4()),
+        "source": source,
+        "type": event_type,
+        "datacontenttype": "application/json",
+        "data": payload,
+    }
+    if subject:
+        event["subject"] = subject
+    with _client() as client:
+        answer = _json_or_exit(
+            client.post(
+                "/v1/events",
+                content=json.dumps(event),
+                headers={"Content-Type": "application/cloudevents+json"},
+            )
+        )
+    for accepted in answer["events"]:
+        note = " (duplicate)" if accepted["duplicate"] else ""
+        console.print(f"event {accepted['id']} accepted as {accepted['key']}{note}")
+
+
+@graph_app.command("neighbors")
+def graph_neighbors(
+    node_id: Annotated[str, typer.Argument(metavar="ID", help="A node id, <Label>:<key>.")],
+    depth: Annotated[int, typer.Option(min=1, max=3)] = 1,
+    types: Annotated[str | None, typer.Option(help="Relationship types, comma-separated.")] = None,
+    direction: Annotated[str, typer.Option(help="out, in or both.")] = "both",
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 100,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the JSON graph.")] = False,
+) -> None:
+    """Show a node's neighbours and the relationships between them."""
+    from urllib.parse import quote
+
+    params: dict[str, Any] = {"depth": depth, "direction": direction, "limit": limit}
+    if types:
+        params["types"] = types
+    with _client() as client:
+        view = _json_or_exit(
+            client.get(f"/v1/graph/nodes/{quote(node_id, safe=':')}/neighbors", params=params)
+        )
+    if as_json:
+        console.print_json(json.dumps(view))
+        return
+    table = Table("node", "labels", "properties")
+    for node in view["nodes"]:
+        shown = {k: v for k, v in node["properties"].items() if k not in _PROVENANCE}
+        table.add_row(node["id"], ",".join(node["labels"]), json.dumps(shown, ensure_ascii=False))
+    console.print(table)
+    edges = Table("from", "relationship", "to", "valid")
+    for edge in view["edges"]:
+        props = edge["properties"]
+        valid = f"{props.get('valid_from', '')}..{props.get('valid_to') or ''}"
+        edges.add_row(edge["source"], edge["type"], edge["target"], valid)
+    console.print(edges)
+
+
+@graph_app.command("query")
+def graph_query(
+    query: Annotated[str, typer.Argument(help="Read-only Cypher; anchor it on {tenant: $tenant}.")],
+    param: Annotated[
+        list[str] | None, typer.Option(help="A parameter as name=JSON (repeatable).")
+    ] = None,
+) -> None:
+    """Run a read-only Cypher query (needs an admin key) and print its rows."""
+    params: dict[str, Any] = {}
+    for item in param or []:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigurationError(f"--param {item!r} must be name=value", field="--param")
+        try:
+            params[name] = json.loads(value)
+        except ValueError:
+            params[name] = value
+    with _client() as client:
+        result = _json_or_exit(
+            client.post("/v1/graph/query", json={"query": query, "params": params})
+        )
+    table = Table(*result["columns"]) if result["columns"] else Table("(no rows)")
+    for row in result["rows"]:
+        table.add_row(
+            *(json.dumps(v, ensure_ascii=False) if not isinstance(v, str) else v for v in row)
+        )
+    console.print(table)
+    if result["truncated"]:
+        console.print("[yellow]more rows than the row cap; the rest were left out[/yellow]")
+
+
+_PROVENANCE = {"uid", "event_id", "source", "event_time", "valid_from", "valid_to", "superseded_by"}
 
 
 if __name__ == "__main__":

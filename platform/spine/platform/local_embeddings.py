@@ -22,7 +22,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from spine.platform.errors import PermanentTaskError, ProviderNotConfigured
 from spine.platform.llm import Embedding
@@ -38,7 +38,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-LOCAL_EMBEDDING_PROVIDER = "local-embed"
+LOCAL_EMBEDDING_PROVIDER: Literal["local-embed"] = "local-embed"
 LOCAL_EMBEDDING_MODEL = "all-minilm-l6-v2"
 DIMENSIONS = 384
 MAX_TOKENS = 256  # all-MiniLM-L6-v2's max_seq_length
@@ -92,7 +92,11 @@ def local_embedding_files() -> LocalModelFiles:
 
 def _package_dir(module: str) -> Path:
     spec = importlib.util.find_spec(module)
-    assert spec is not None and spec.submodule_search_locations
+    if spec is None or not spec.submodule_search_locations:
+        raise ProviderNotConfigured(
+            f"the local embedding model needs the package {module}: {HOW_TO_INSTALL}",
+            provider=LOCAL_EMBEDDING_PROVIDER,
+        )
     return Path(next(iter(spec.submodule_search_locations)))
 
 

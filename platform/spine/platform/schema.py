@@ -329,8 +329,9 @@ class ChunkRow(Base):
     """One chunk of a document: its text, where it came from, and its embedding.
 
     ``metadata`` repeats the document's, so a search filters on the row the index returns;
-    ``embedding`` is NULL until the chunk is embedded (a ``vector`` on PostgreSQL with pgvector,
-    never written on SQLite).
+    ``embedding`` and ``model`` (the model whose vector space it is in) are NULL until every
+    chunk of the document is embedded, then written in one transaction (``embedding`` is a
+    ``vector`` on PostgreSQL with pgvector, never written on SQLite).
     """
 
     __tablename__ = "chunks"
@@ -359,6 +360,7 @@ class ChunkRow(Base):
     char_start: Mapped[int] = mapped_column()
     char_end: Mapped[int] = mapped_column()
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
+    model: Mapped[str | None] = mapped_column(sa.String(200), default=None)
     embedding: Mapped[list[float] | None] = mapped_column(
         Vector(EMBEDDING_DIMENSIONS).with_variant(sa.LargeBinary(), "sqlite"), default=None
     )

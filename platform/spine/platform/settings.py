@@ -24,6 +24,7 @@ __all__ = [
     "CacheSettings",
     "DocumentSettings",
     "EmbeddedSettings",
+    "KnowledgeSettings",
     "LocalEmbeddingSettings",
     "LocalModelSettings",
     "Provider",
@@ -190,6 +191,13 @@ class DocumentSettings(BaseModel):
     ef_search: int = Field(
         100, ge=1, le=1000, description="HNSW candidate list per search (pgvector hnsw.ef_search)."
     )
+    oversample: int = Field(
+        4,
+        ge=1,
+        le=50,
+        description="Candidates the index returns per hit asked for, re-ranked exactly: more "
+        "keeps recall under metadata filters that pass few rows.",
+    )
     max_scan_tuples: int = Field(
         20_000,
         ge=100,
@@ -202,6 +210,61 @@ class DocumentSettings(BaseModel):
         description="Seconds before a document still queued after its embedding task gave up "
         "(a provider down for long) is tried again.",
     )
+
+
+class KnowledgeSettings(BaseModel):
+    """The knowledge layer: events in, the graph they are mapped into, and triggers.
+
+    Each folder holds YAML (or, for schemas, JSON) files; unset means none. The examples that
+    ship with the platform are under ``graph/spine/graph/examples/``.
+    """
+
+    mappings_dir: Path | None = Field(
+        None, description="Folder of event-to-graph mappings (*.yaml)."
+    )
+    schemas_dir: Path | None = Field(
+        None, description="Folder of JSON Schemas of event types (<type>.json or *.yaml)."
+    )
+    triggers_dir: Path | None = Field(
+        None, description="Folder of trigger rules turning events into agent tasks (*.yaml)."
+    )
+    graph_backend: Literal["auto", "neo4j", "falkordb"] = Field(
+        "auto", description="The server behind GENAI_NEO4J_URI; auto asks it."
+    )
+    neo4j_database: str | None = Field(
+        None, description="Neo4j database (unset: the home database; ignored by FalkorDB)."
+    )
+    max_event_bytes: int = Field(
+        256 * 1024, ge=1024, description="Largest CloudEvent accepted (JSON bytes)."
+    )
+    events_max_age: float = Field(
+        30 * 24 * 3600.0, ge=60, description="Seconds the EVENTS stream keeps an event."
+    )
+    events_duplicate_window: float = Field(
+        3600.0, ge=1, description="Seconds JetStream drops a repeated event id."
+    )
+    ingest_batch: int = Field(
+        256, ge=1, le=5000, description="Events written to the graph at once."
+    )
+    ingest_max_attempts: int = Field(
+        5, ge=1, le=100, description="Deliveries of a failing event before it is dead-lettered."
+    )
+    ingest_backoff: Annotated[list[float], NoDecode] = Field(
+        default_factory=lambda: [1.0, 5.0, 30.0],
+        description="Seconds before each retry of a failing event; the last value repeats.",
+    )
+    query_timeout: float = Field(10.0, gt=0, le=300, description="Seconds a graph query may run.")
+    query_max_rows: int = Field(1000, ge=1, le=100_000, description="Rows a graph query returns.")
+
+    @field_validator("ingest_backoff", mode="before")
+    @classmethod
+    def _split_backoff(cls, value: Any) -> Any:
+        return _split_commas(value)
+
+    def delay_before(self, attempt: int) -> float:
+        """Return the backoff before the given delivery (2 is the first retry)."""
+        backoff = self.ingest_backoff or [0.0]
+        return backoff[min(max(attempt - 2, 0), len(backoff) - 1)]
 
 
 class CacheSettings(BaseModel):
@@ -249,6 +312,17 @@ class BudgetSettings(BaseModel):
             if amount < 0 or not amount.is_finite():
                 raise ValueError(f"the budget of {name!r} must be a finite amount >= 0")
         return value
+
+
+class BatchSettings(BaseModel):
+    """How large a batch may be; over a limit is a 413.
+
+    OpenAI allows 200 MB and 50,000 requests; files live in the database here, so the byte
+    limit is lower.
+    """
+
+    max_file_bytes: int = Field(100 * 1024 * 1024, ge=1024, description="Largest upload.")
+    max_lines: int = Field(50_000, ge=1, description="Most requests in one batch.")
 
 
 class Settings(BaseSettings):
@@ -314,7 +388,9 @@ class Settings(BaseSettings):
     local_model: LocalModelSettings = Field(default_factory=LocalModelSettings)
     local_embedding: LocalEmbeddingSettings = Field(default_factory=LocalEmbeddingSettings)
     documents: DocumentSettings = Field(default_factory=DocumentSettings)
+    knowledge: KnowledgeSettings = Field(default_factory=KnowledgeSettings)
     tools: ToolSettings = Field(default_factory=ToolSettings)
+    batches: BatchSettings = Field(default_factory=BatchSettings)
 
     @field_validator("fallback_chain", mode="before")
     @classmethod

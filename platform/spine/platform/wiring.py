@@ -15,26 +15,30 @@ from spine.agents.base import CallerModelSource
 from spine.agents.catalog import AgentCatalog, default_catalog
 from spine.agents.delegation import submit_task_tool
 from spine.agents.dispatch import TaskDispatcher
+from spine.agents.embedding import DocumentIndexer, EmbedDocumentAgent
 from spine.agents.worker import TaskWorker
 from spine.events.bus import NatsBus
 from spine.events.outcomes import OutcomePublisher
 from spine.events.progress import ProgressFeed
 from spine.events.streams import StreamLayout
-from spine.platform.batch_input import BatchLimits
+from spine.graph.explore import GraphExplorer
 from spine.platform.batches import Batches
 from spine.platform.budgets import BudgetLedger, BudgetLimits
 from spine.platform.calls import ModelCalls
 from spine.platform.db import Database
+from spine.platform.documents import DocumentStore
 from spine.platform.errors import ConfigurationError, ServiceUnavailable
 from spine.platform.files import FileStore
 from spine.platform.journal import StepJournal
 from spine.platform.keys import KeyStore
+from spine.platform.knowledge import KnowledgeLayer
 from spine.platform.router import ModelRouter
 from spine.platform.router.cache import response_cache
 from spine.platform.settings import Settings
 from spine.platform.tasks import TaskStore
 from spine.platform.usage import UsageLedger
-from spine.tools.builtin import builtin_tools
+from spine.tools.builtin import VectorSearcher, builtin_tools
+from spine.tools.builtin.graph import graph_tools
 from spine.tools.policy import ToolPolicy
 from spine.tools.registry import ToolRegistry
 
@@ -58,11 +62,14 @@ class Platform:
     dispatcher: TaskDispatcher
     router: ModelRouter
     calls: ModelCalls
+    documents: DocumentStore
+    indexer: DocumentIndexer
     outcomes: OutcomePublisher
     journal: StepJournal
     tools: ToolRegistry
     files: FileStore
     batches: Batches
+    knowledge: KnowledgeLayer
     _warming: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
     _resources: contextlib.AsyncExitStack = field(
         default_factory=contextlib.AsyncExitStack, init=False, repr=False
@@ -86,6 +93,8 @@ class Platform:
             replicas=settings.streams.replicas,
             duplicate_window=settings.streams.duplicate_window,
             outcomes_max_age=settings.streams.outcomes_max_age,
+            events_max_age=settings.knowledge.events_max_age,
+            events_duplicate_window=settings.knowledge.events_duplicate_window,
             ack_wait=settings.worker.ack_wait,
             # After a worker dies, the redelivery (ack_wait after delivery) usually comes just
             # before the dead attempt's lease (ack_wait after its claim) runs out, and is nakked
@@ -97,10 +106,7 @@ class Platform:
             store=tasks, bus=bus, feed=feed, catalog=catalog, settings=settings.api
         )
         router = ModelRouter(settings)
-        tools = tool_registry(settings, catalog, bus=bus, store=tasks, dispatcher=dispatcher)
-        # Batch limits are their defaults until the settings have a `batches` section.
-        files = FileStore(db, limits=BatchLimits())
-        batches = Batches(db, tasks=tasks, files=files, dispatcher=dispatcher)
+        knowledge = KnowledgeLayer.build(settings, db=db, bus=bus)
         outcomes = OutcomePublisher(bus, max_queued=settings.streams.outcomes_queue)
         calls = ModelCalls(
             router,
@@ -108,6 +114,28 @@ class Platform:
             usage=UsageLedger(db),
             cache=response_cache(settings),
             outcomes=outcomes,
+        )
+        documents = DocumentStore(db, settings=settings.documents, calls=calls)
+        catalog.add(EmbedDocumentAgent(documents))
+        indexer = DocumentIndexer(
+            store=documents,
+            dispatcher=dispatcher,
+            settings=settings.documents,
+            interval=settings.api.sweep_interval,
+        )
+        tools = tool_registry(
+            settings,
+            catalog,
+            bus=bus,
+            store=tasks,
+            dispatcher=dispatcher,
+            # Vectors need PostgreSQL: on SQLite the tool would only ever say so.
+            searcher=None if db.is_sqlite else documents,
+            graph=knowledge.explorer,
+        )
+        files = FileStore(db, limits=settings.batches)
+        batches = Batches(
+            db, tasks=tasks, files=files, dispatcher=dispatcher, limits=settings.batches
         )
         return cls(
             settings=settings,
@@ -121,11 +149,14 @@ class Platform:
             dispatcher=dispatcher,
             router=router,
             calls=calls,
+            documents=documents,
+            indexer=indexer,
             outcomes=outcomes,
             files=files,
             batches=batches,
             journal=StepJournal(db, tasks),
             tools=tools,
+            knowledge=knowledge,
         )
 
     async def start(self) -> None:
@@ -174,6 +205,12 @@ class Platform:
             layout=self.layout,
         )
 
+    async def run_event_consumers(self, stop: asyncio.Event) -> None:
+        """Run graph ingestion and triggers (the EVENTS consumers) until ``stop`` is set."""
+        await self.knowledge.run_consumers(
+            stop, dispatcher=self.dispatcher, layout=self.layout, catalog=self.catalog
+        )
+
     async def ready(self) -> dict[str, str]:
         """Check each backing service this process uses."""
         status = {"nats": "ok" if self.bus.connected else "disconnected"}
@@ -198,6 +235,8 @@ class Platform:
         with contextlib.suppress(Exception):
             await self.outcomes.close()
         with contextlib.suppress(Exception):
+            await self.knowledge.close()
+        with contextlib.suppress(Exception):
             await self.bus.close()
         await self.db.dispose()
 
@@ -209,6 +248,8 @@ def tool_registry(
     bus: NatsBus,
     store: TaskStore,
     dispatcher: TaskDispatcher,
+    searcher: VectorSearcher | None = None,
+    graph: GraphExplorer | None = None,
 ) -> ToolRegistry:
     """Register the built-in tools and delegation under the configured allowlists.
 
@@ -219,7 +260,11 @@ def tool_registry(
     policy = ToolPolicy.of(default=configured.default, tenants=configured.tenants)
     for definition in catalog.definitions():
         policy = policy.with_agent(definition.name, definition.tools)
-    tools = [*builtin_tools(publisher=bus), submit_task_tool(dispatcher, store)]
+    tools = [
+        *builtin_tools(publisher=bus, searcher=searcher),
+        submit_task_tool(dispatcher, store),
+        *(graph_tools(graph) if graph is not None else []),  # when a graph is configured
+    ]
     gated = set(configured.approval)
     return ToolRegistry(
         [dataclasses.replace(t, needs_approval=True) if t.name in gated else t for t in tools],

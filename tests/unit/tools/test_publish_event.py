@@ -7,6 +7,7 @@ from typing import Any
 
 from nats.js.api import PubAck
 
+from spine.events.cloudevent import dedupe_id
 from spine.tools import ToolContext, ToolRegistry
 from spine.tools.builtin import publish_event_tool
 
@@ -41,8 +42,8 @@ async def test_the_default_subject_is_under_spine_events_and_the_key_is_the_msg_
     )
     assert result.ok, result.content
     [sent] = publisher.sent
-    assert sent["subject"] == "spine.events.deploy.finished"
-    assert sent["msg_id"] == "t-9.1.2"
+    assert sent["subject"] == "spine.events.acme.deploy.finished"
+    assert sent["msg_id"] == dedupe_id("acme", "/spine/agents/ops", "t-9.1.2")
     assert sent["headers"]["Spine-Tenant"] == "acme"
     assert sent["event"]["id"] == "t-9.1.2"
     assert sent["event"]["data"] == {"ok": True}

@@ -10,11 +10,21 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from spine.platform.api import agents, batches, files, tasks, tools, usage
+from spine.platform.api import (
+    agents,
+    batches,
+    documents,
+    embeddings,
+    events,
+    files,
+    graph,
+    tasks,
+    tools,
+    usage,
+)
 from spine.platform.api.auth import platform_of
 from spine.platform.api.errors import BodySizeLimit, install_error_handlers
 from spine.platform.api.gateway import router as gateway_router
-from spine.platform.batch_input import BatchLimits
 from spine.platform.settings import Settings
 from spine.platform.wiring import Platform
 
@@ -36,6 +46,7 @@ def create_app(settings: Settings) -> FastAPI:
         background = [
             asyncio.create_task(platform.ensure_streams_when_connected(), name="streams"),
             asyncio.create_task(platform.dispatcher.run_sweeper(stop), name="sweeper"),
+            asyncio.create_task(platform.indexer.run_sweeper(stop), name="document-sweeper"),
         ]
         try:
             yield
@@ -49,19 +60,29 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="GenAI Spine", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
     # Batch files are larger than any other body (multipart framing adds a little).
-    upload = BatchLimits().max_file_bytes
+    upload = settings.batches.max_file_bytes
+    # A document's text may grow in JSON (escapes); its own limit is checked on the text.
+    document = max(settings.api.max_body_bytes, 2 * settings.documents.max_bytes + 64 * 1024)
     app.add_middleware(
         BodySizeLimit,
         max_bytes=settings.api.max_body_bytes,
-        overrides={"/v1/files": upload + 64 * 1024, "/v1/batches": upload},
+        overrides={
+            "/v1/files": upload + 64 * 1024,
+            "/v1/batches": upload,
+            "/v1/documents": document,
+        },
     )
     app.include_router(tasks.router)
     app.include_router(gateway_router)
+    app.include_router(embeddings.router)
+    app.include_router(documents.router)
     app.include_router(usage.router)
     app.include_router(files.router)
     app.include_router(batches.router)
     app.include_router(tools.router)
     app.include_router(agents.router)
+    app.include_router(events.router)
+    app.include_router(graph.router)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

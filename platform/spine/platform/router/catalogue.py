@@ -401,9 +401,7 @@ class ModelCatalogue:
                 filled += 1
         return filled
 
-    def fill_supported_params(
-        self, supported: Callable[[str, str], frozenset[str] | None]
-    ) -> None:
+    def fill_supported_params(self, supported: Callable[[str, str], frozenset[str] | None]) -> None:
         """Learn which OpenAI parameters each model takes, from ``supported(provider, model)``."""
         for name, spec in list(self._specs.items()):
             if spec.supported_params is None and not spec.capabilities.embeddings:

@@ -235,7 +235,11 @@ class ModelRouter:
             reasons = "; ".join(
                 f"{name}: {why}" for name, why in self.catalogue.refusals(requirements).items()
             )
-            raise BadRequest(f"no configured model meets the request ({reasons})")
+            sized = requirements.embeddings and requirements.dimensions is not None
+            raise BadRequest(
+                f"no configured model meets the request ({reasons})",
+                field="dimensions" if sized else None,
+            )
         return _admitted(RoutePlan(strategy=chosen, models=ordered), admit)
 
     async def complete(
@@ -347,6 +351,8 @@ class ModelRouter:
 
         ``dimensions`` asks for vectors of that size: models that shorten their vectors are
         asked to; others must give that size (checked, and learned for later plans).
+        ``fallback=False`` with a ``model`` tries that model only: vectors of different models
+        live in different spaces, and a store must not mix them.
 
         Raises:
             ProviderNotConfigured: No model makes embeddings.
@@ -358,10 +364,13 @@ class ModelRouter:
         admit = params.pop("admit", None)
         min_quality = float(params.pop("min_quality", None) or 0.0)
         dimensions: int | None = params.pop("dimensions", None)
+        fallback = bool(params.pop("fallback", True))
         requirements = Requirements.for_embedding(
             texts, dimensions=dimensions, min_quality=min_quality
         )
         plan = self.plan(requirements, model=model, strategy=strategy, admit=admit)
+        if not fallback and model is not None:
+            plan = RoutePlan(strategy=plan.strategy, models=plan.models[:1])
         path: list[Attempt] = []
         last_error: SpineError | None = None
         for spec in plan.models:
@@ -384,15 +393,18 @@ class ModelRouter:
             if not spec.capabilities.variable_dimensions and answer.vectors:
                 self.catalogue.learn_dimensions(spec.name, answer.dimensions)
             if dimensions is not None and answer.dimensions != dimensions:
-                # The model is up, its vectors are another size: another model may fit.
-                path.append(
-                    Attempt(model=spec.name, provider=spec.provider, error=WRONG_DIMENSIONS)
-                )
-                last_error = BadRequest(
+                wrong = BadRequest(
                     f"model {spec.name} gives {answer.dimensions}-dimensional vectors, "
                     f"not {dimensions}",
                     field="dimensions",
                 )
+                if model is not None:
+                    raise wrong  # the caller chose the model: its size is the answer
+                # The model is up, its vectors are another size: another model may fit.
+                path.append(
+                    Attempt(model=spec.name, provider=spec.provider, error=WRONG_DIMENSIONS)
+                )
+                last_error = wrong
                 continue
             path.append(Attempt(model=spec.name, provider=spec.provider))
             answer.model = spec.name
@@ -515,4 +527,3 @@ def _param_named(lacking: str, requirements: Requirements) -> str:
         if name in lacking:
             return name
     return "response_format" if "response_format" in lacking else "tools"
-

@@ -1,4 +1,5 @@
-"""The built-in tools: ``http_fetch``, ``calculator``, ``current_time``, ``publish_event``."""
+"""The built-in tools: ``http_fetch``, ``calculator``, ``current_time``, ``publish_event``,
+``vector_search``."""
 
 from __future__ import annotations
 
@@ -13,6 +14,11 @@ from spine.tools.builtin.publish_event import (
     PublishEventArguments,
     publish_event_tool,
 )
+from spine.tools.builtin.vector_search import (
+    VectorSearchArguments,
+    VectorSearcher,
+    vector_search_tool,
+)
 from spine.tools.tool import Tool
 
 __all__ = [
@@ -26,20 +32,27 @@ __all__ = [
     "FetchResult",
     "HttpFetcher",
     "PublishEventArguments",
+    "VectorSearchArguments",
+    "VectorSearcher",
     "builtin_tools",
     "calculator_tool",
     "current_time_tool",
     "evaluate",
     "publish_event_tool",
+    "vector_search_tool",
 ]
 
-BUILTIN_TOOL_NAMES = ("calculator", "current_time", "http_fetch", "publish_event")
+BUILTIN_TOOL_NAMES = ("calculator", "current_time", "http_fetch", "publish_event", "vector_search")
 
 
 def builtin_tools(
-    *, publisher: DurablePublisher | None = None, fetcher: HttpFetcher | None = None
+    *,
+    publisher: DurablePublisher | None = None,
+    fetcher: HttpFetcher | None = None,
+    searcher: VectorSearcher | None = None,
 ) -> list[Tool[Any]]:
-    """Return the built-in tools; ``publish_event`` only when there is a publisher."""
+    """Return the built-in tools; ``publish_event`` only with a publisher, ``vector_search``
+    only with a searcher."""
     tools: list[Tool[Any]] = [
         calculator_tool(),
         current_time_tool(),
@@ -47,4 +60,6 @@ def builtin_tools(
     ]
     if publisher is not None:
         tools.append(publish_event_tool(publisher))
+    if searcher is not None:
+        tools.append(vector_search_tool(searcher))
     return tools

@@ -1,9 +1,11 @@
-"""``publish_event``: publish a JSON event to JetStream under ``spine.events.<type>``.
+"""``publish_event``: publish a JSON event to JetStream on ``spine.events.<tenant>.<type>``.
 
 The event is a CloudEvents 1.0 envelope (structured JSON) whose ``id`` is the call's idempotency
-key, sent as ``Nats-Msg-Id``: a step replayed after a crash publishes nothing new within
-JetStream's duplicate window. The tenant travels in the envelope (``spinetenant``) and in a
-``Spine-Tenant`` header.
+key; its ``Nats-Msg-Id`` is the platform's dedupe id of (tenant, source, id), as for events sent
+over HTTP: a step replayed after a crash publishes nothing new within JetStream's duplicate
+window. The tenant travels in the subject, in the envelope (``spinetenant``) and in a
+``Spine-Tenant`` header, the way the EVENTS stream's consumers read it
+(:mod:`spine.events.intake`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from typing import Any, Protocol
 from nats.js.api import PubAck
 from pydantic import BaseModel, ConfigDict, Field
 
+from spine.events.cloudevent import TENANT_ATTRIBUTE, dedupe_id
+from spine.events.subjects import subject_token
 from spine.tools.tool import ModelArguments, Tool, ToolContext, ToolFailure
 
 __all__ = ["EVENT_PREFIX", "DurablePublisher", "PublishEventArguments", "publish_event_tool"]
@@ -58,25 +62,26 @@ def publish_event_tool(
 
     async def run(args: PublishEventArguments, ctx: ToolContext) -> dict[str, Any]:
         key = ctx.idempotency_key or ctx.derived_idempotency_key()
+        source = f"/spine/agents/{ctx.agent or 'none'}"
         envelope = {
             "specversion": "1.0",
             "id": key,
-            "source": f"/spine/agents/{ctx.agent or 'none'}",
+            "source": source,
             "type": args.type,
             "time": datetime.now(UTC).isoformat(),
             "datacontenttype": "application/json",
-            "spinetenant": ctx.tenant,
+            TENANT_ATTRIBUTE: ctx.tenant,
             **({"spinetask": ctx.task_id} if ctx.task_id else {}),
             "data": args.data,
         }
         payload = json.dumps(envelope, ensure_ascii=False, default=str).encode()
         if len(payload) > MAX_EVENT_BYTES:
             raise ToolFailure(f"the event is over {MAX_EVENT_BYTES} bytes")
-        subject = f"{prefix}.{args.type}"
+        subject = f"{prefix}.{subject_token(ctx.tenant)}.{args.type}"
         ack = await publisher.publish_durable(
             subject,
             payload,
-            msg_id=key,
+            msg_id=dedupe_id(ctx.tenant, source, key),
             headers={"Spine-Tenant": ctx.tenant, "Content-Type": "application/cloudevents+json"},
         )
         return {

@@ -13,6 +13,7 @@ Create Date: 2026-11-27
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
@@ -63,7 +64,7 @@ def upgrade() -> None:
     )
     op.create_index("ix_documents_tenant_created", "documents", ["tenant", "created_at"])
     op.create_index("ix_documents_status_updated", "documents", ["status", "updated_at"])
-    embedding: sa.types.TypeEngine[object]
+    embedding: sa.types.TypeEngine[Any]
     if vectors:
         from pgvector.sqlalchemy import Vector
 
@@ -80,6 +81,7 @@ def upgrade() -> None:
         sa.Column("char_start", sa.Integer(), nullable=False),
         sa.Column("char_end", sa.Integer(), nullable=False),
         sa.Column("metadata", JSON, nullable=False),
+        sa.Column("model", sa.String(200), nullable=True),
         sa.Column("embedding", embedding, nullable=True),
     )
     op.create_index("ix_chunks_tenant", "chunks", ["tenant"])

@@ -1,0 +1,414 @@
+"""Exploring the graph: a node, its neighbours, a shortest path, a search, a read-only query.
+
+Every query binds the caller's tenant (``$tenant``) on its start nodes and relationships;
+labels, relationship types and property names come from the allowlist; values are
+parameters. Results are nodes and edges as JSON a graph viewer can draw: a node's ``id`` is its
+``uid`` (``<Label>:<key>``), an edge names its ``source`` and ``target`` nodes by that id.
+
+Time: relationships that supersede others carry ``valid_from``/``valid_to`` (epoch ms). By
+default only current facts are followed (``valid_to`` unset); ``at`` follows the facts valid at
+that time; ``history`` follows all of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import date, datetime, time, timedelta
+from typing import Any, Literal
+
+from neo4j.graph import Node, Path, Relationship
+from neo4j.time import Date, DateTime, Duration, Time
+from pydantic import BaseModel, Field
+
+from spine.graph.cypher_guard import check_query
+from spine.graph.identifiers import Allowlist
+from spine.graph.mapping import MappingSet
+from spine.graph.store import GraphStore
+from spine.platform.errors import BadRequest, NotFound
+
+__all__ = [
+    "Direction",
+    "GraphEdge",
+    "GraphExplorer",
+    "GraphNode",
+    "GraphView",
+    "PathView",
+    "QueryResult",
+    "TenantLeak",
+]
+
+Direction = Literal["out", "in", "both"]
+_HIDDEN = frozenset({"tenant", "version"})
+_MAX_PATH_DEPTH = 6
+
+
+class TenantLeak(BadRequest):
+    """A query reached data of another tenant (the guard should make this impossible)."""
+
+    status_code = 403
+    error_type = "forbidden"
+
+
+class GraphNode(BaseModel):
+    """A node: its id (``<Label>:<key>``), labels and properties (provenance included)."""
+
+    id: str
+    labels: list[str]
+    properties: dict[str, Any]
+
+
+class GraphEdge(BaseModel):
+    """A relationship between two nodes, named by their ids."""
+
+    id: str
+    type: str
+    source: str
+    target: str
+    properties: dict[str, Any]
+
+
+class GraphView(BaseModel):
+    """Nodes and edges, each once."""
+
+    nodes: list[GraphNode] = Field(default_factory=list)
+    edges: list[GraphEdge] = Field(default_factory=list)
+
+
+class PathView(GraphView):
+    """A shortest path: its nodes in order, its edges, and its length (``None``: no path)."""
+
+    length: int | None = None
+
+
+class QueryResult(BaseModel):
+    """A query's columns and rows (nodes and edges rendered as JSON), and the graph they hold."""
+
+    columns: list[str]
+    rows: list[list[Any]]
+    graph: GraphView
+    truncated: bool
+
+
+class GraphExplorer:
+    """Tenant-bound reads of the graph."""
+
+    def __init__(
+        self,
+        store: GraphStore,
+        mappings: MappingSet,
+        *,
+        query_timeout: float = 10.0,
+        max_rows: int = 1000,
+    ) -> None:
+        self.store = store
+        self.allowlist: Allowlist = mappings.allowlist
+        self._mappings = mappings
+        self._timeout = query_timeout
+        self._max_rows = max_rows
+
+    # -- nodes -------------------------------------------------------------------------------
+
+    async def node(self, uid: str, *, tenant: str) -> GraphNode:
+        """Return one node by its id."""
+        label = self._label_of(uid)
+        result = await self.store.read(
+            f"MATCH (n:`{label}` {{tenant: $tenant, uid: $uid}}) RETURN n",
+            {"tenant": tenant, "uid": uid},
+            timeout=self._timeout,
+        )
+        if not result.records:
+            raise NotFound(f"no node {uid!r}", field="id")
+        return _Collector(tenant).node(result.records[0]["n"])
+
+    def neighbors_query(
+        self,
+        uid: str,
+        *,
+        tenant: str,
+        depth: int = 1,
+        types: Sequence[str] = (),
+        direction: Direction = "both",
+        at: datetime | None = None,
+        history: bool = False,
+        limit: int = 100,
+    ) -> tuple[str, dict[str, Any]]:
+        """Return the Cypher and parameters of :meth:`neighbors` (the benchmark runs it raw)."""
+        label = self._label_of(uid)
+        if not 1 <= depth <= 3:
+            raise BadRequest("depth must be 1, 2 or 3", field="depth")
+        checked = [self.allowlist.type(t, field=f"types[{i}]") for i, t in enumerate(types)]
+        rel = ":" + "|".join(f"`{t}`" for t in checked) if checked else ""
+        left, right = {"out": ("-", "->"), "in": ("<-", "-"), "both": ("-", "-")}[direction]
+        params: dict[str, Any] = {"tenant": tenant, "uid": uid, "limit": limit}
+        valid = _validity("r", at=at, history=history, params=params)
+        text = (
+            f"MATCH (a:`{label}` {{tenant: $tenant, uid: $uid}}) "
+            f"MATCH p = (a){left}[{rel}*1..{depth}]{right}(m) "
+            f"WHERE m <> a AND all(r IN relationships(p) WHERE r.tenant = $tenant{valid}) "
+            "WITH m, head(collect(p)) AS p LIMIT $limit "
+            "RETURN nodes(p) AS nodes, relationships(p) AS rels"
+        )
+        return text, params
+
+    async def neighbors(
+        self,
+        uid: str,
+        *,
+        tenant: str,
+        depth: int = 1,
+        types: Sequence[str] = (),
+        direction: Direction = "both",
+        at: datetime | None = None,
+        history: bool = False,
+        limit: int = 100,
+    ) -> GraphView:
+        """Return a node and its neighbours up to ``depth`` hops, with the edges between."""
+        start = await self.node(uid, tenant=tenant)
+        text, params = self.neighbors_query(
+            uid,
+            tenant=tenant,
+            depth=depth,
+            types=types,
+            direction=direction,
+            at=at,
+            history=history,
+            limit=limit,
+        )
+        result = await self.store.read(text, params, timeout=self._timeout)
+        collector = _Collector(tenant)
+        collector.nodes[start.id] = start
+        for record in result.records:
+            collector.walk(record["nodes"])
+            collector.walk(record["rels"])
+        return collector.view()
+
+    async def path(
+        self,
+        start: str,
+        end: str,
+        *,
+        tenant: str,
+        max_depth: int = 4,
+        types: Sequence[str] = (),
+        history: bool = False,
+    ) -> PathView:
+        """Return a shortest path between two nodes (ignoring direction), or none."""
+        if not 1 <= max_depth <= _MAX_PATH_DEPTH:
+            raise BadRequest(f"max_depth must be 1 to {_MAX_PATH_DEPTH}", field="max_depth")
+        first = await self.node(start, tenant=tenant)
+        last = await self.node(end, tenant=tenant)
+        if first.id == last.id:
+            return PathView(nodes=[first], length=0)
+        checked = [self.allowlist.type(t, field=f"types[{i}]") for i, t in enumerate(types)]
+        rel = ":" + "|".join(f"`{t}`" for t in checked) if checked else ""
+        params: dict[str, Any] = {"tenant": tenant, "from": start, "to": end}
+        valid = _validity("r", at=None, history=history, params=params)
+        match = (
+            f"MATCH (a:`{self._label_of(start)}` {{tenant: $tenant, uid: $from}}), "
+            f"(b:`{self._label_of(end, field='to')}` {{tenant: $tenant, uid: $to}}) "
+        )
+        where = f"WHERE all(r IN relationships(p) WHERE r.tenant = $tenant{valid}) "
+        returned = "RETURN nodes(p) AS nodes, relationships(p) AS rels"
+        if await self.store.backend() == "neo4j":
+            queries = [
+                f"{match}MATCH p = shortestPath((a)-[{rel}*..{max_depth}]-(b)) {where}{returned}"
+            ]
+        else:
+            # FalkorDB has no shortestPath over Bolt: try each length, shortest first.
+            queries = [
+                f"{match}MATCH p = (a)-[{rel}*{k}..{k}]-(b) {where}{returned} LIMIT 1"
+                for k in range(1, max_depth + 1)
+            ]
+        for text in queries:
+            result = await self.store.read(text, params, timeout=self._timeout)
+            if result.records:
+                collector = _Collector(tenant)
+                collector.walk(result.records[0]["nodes"])
+                collector.walk(result.records[0]["rels"])
+                view = collector.view()
+                return PathView(nodes=view.nodes, edges=view.edges, length=len(view.edges))
+        return PathView(length=None)
+
+    async def search(
+        self,
+        text: str,
+        *,
+        tenant: str,
+        label: str | None = None,
+        property: str | None = None,
+        limit: int = 20,
+    ) -> GraphView:
+        """Return nodes whose property (any mapped one by default) contains ``text``."""
+        if not text.strip():
+            raise BadRequest("the search text is empty", field="q")
+        pattern = (
+            f"(n:`{self.allowlist.label(label)}` {{tenant: $tenant}})"
+            if label
+            else ("(n {tenant: $tenant})")
+        )
+        if property is not None:
+            names = [self.allowlist.property(property)]
+        elif label is not None:
+            names = self._mappings.node_properties(label)
+        else:
+            names = sorted(self.allowlist.properties - {"tenant", "version"})
+        result = await self.store.read(
+            f"MATCH {pattern} WHERE any(k IN $props WHERE toLower(toString(n[k])) CONTAINS $text) "
+            "RETURN n LIMIT $limit",
+            {"tenant": tenant, "props": names, "text": text.lower(), "limit": limit},
+            timeout=self._timeout,
+        )
+        collector = _Collector(tenant)
+        for record in result.records:
+            collector.walk(record["n"])
+        return collector.view()
+
+    # -- caller-written queries --------------------------------------------------------------
+
+    async def query(
+        self, text: str, *, tenant: str, params: Mapping[str, Any] | None = None
+    ) -> QueryResult:
+        """Run a read-only, tenant-anchored query (see :mod:`spine.graph.cypher_guard`).
+
+        ``$tenant`` is always the caller's tenant; a parameter of that name is refused.
+        """
+        params = dict(params or {})
+        if "tenant" in params:
+            raise BadRequest(
+                "the parameter 'tenant' is set by the platform to your tenant",
+                field="params.tenant",
+            )
+        check_query(text)
+        result = await self.store.read(
+            text, {**params, "tenant": tenant}, timeout=self._timeout, max_rows=self._max_rows
+        )
+        if result.wrote:  # the guard refuses writes; this would be a hole in it
+            raise TenantLeak("the query changed the graph", field="query")
+        collector = _Collector(tenant)
+        columns = list(result.records[0].keys()) if result.records else []
+        rows = [[collector.value(v) for v in record.values()] for record in result.records]
+        await self._fill_ends(collector, tenant)
+        return QueryResult(
+            columns=columns, rows=rows, graph=collector.view(), truncated=result.truncated
+        )
+
+    async def _fill_ends(self, collector: _Collector, tenant: str) -> None:
+        """Fetch the end nodes of returned edges that the rows did not return themselves."""
+        missing = collector.dangling()
+        if not missing:
+            return
+        if await self.store.backend() == "neo4j":
+            text = "MATCH (n) WHERE elementId(n) IN $ids AND n.tenant = $tenant RETURN n"
+            ids: list[Any] = missing
+        else:
+            text = "MATCH (n) WHERE id(n) IN $ids AND n.tenant = $tenant RETURN n"
+            ids = [int(m.rsplit("_", 1)[1]) for m in missing if m.rsplit("_", 1)[-1].isdigit()]
+        result = await self.store.read(text, {"ids": ids, "tenant": tenant}, timeout=self._timeout)
+        for record in result.records:
+            collector.walk(record["n"])
+
+    def _label_of(self, uid: str, *, field: str = "id") -> str:
+        label, sep, key = uid.partition(":")
+        if not sep or not key:
+            raise BadRequest(f"{field}: a node id is <Label>:<key>, not {uid[:80]!r}", field=field)
+        return self.allowlist.label(label, field=field)
+
+
+def _validity(var: str, *, at: datetime | None, history: bool, params: dict[str, Any]) -> str:
+    if history:
+        return ""
+    if at is None:
+        return f" AND {var}.valid_to IS NULL"
+    params["at"] = int(at.timestamp() * 1000)
+    return (
+        f" AND coalesce({var}.valid_from, 0) <= $at"
+        f" AND ({var}.valid_to IS NULL OR {var}.valid_to > $at)"
+    )
+
+
+class _Collector:
+    """Turns driver values into JSON and gathers the nodes and edges met, each once."""
+
+    def __init__(self, tenant: str) -> None:
+        self.tenant = tenant
+        self.nodes: dict[str, GraphNode] = {}
+        self.edges: dict[str, GraphEdge] = {}
+        self._ids: dict[str, str] = {}  # element id -> uid
+        self._raw_edges: list[Relationship] = []
+
+    def walk(self, value: Any) -> None:
+        self.value(value)
+
+    def value(self, value: Any) -> Any:
+        if isinstance(value, Node):
+            return self.node(value).model_dump()
+        if isinstance(value, Relationship):
+            return self.edge(value)
+        if isinstance(value, Path):
+            return {
+                "nodes": [self.node(n).model_dump() for n in value.nodes],
+                "edges": [self.edge(r) for r in value.relationships],
+            }
+        if isinstance(value, list | tuple):
+            return [self.value(v) for v in value]
+        if isinstance(value, dict):
+            return {str(k): self.value(v) for k, v in value.items()}
+        return _scalar(value)
+
+    def node(self, node: Node) -> GraphNode:
+        properties = dict(node.items())
+        self._check_tenant(properties)
+        uid = str(properties.get("uid") or node.element_id)
+        self._ids[node.element_id] = uid
+        found = self.nodes.get(uid)
+        if found is None:
+            found = GraphNode(id=uid, labels=sorted(node.labels), properties=_shown(properties))
+            self.nodes[uid] = found
+        return found
+
+    def edge(self, rel: Relationship) -> dict[str, Any]:
+        properties = dict(rel.items())
+        self._check_tenant(properties)
+        self._raw_edges.append(rel)
+        return {"id": rel.element_id, "type": rel.type, "properties": _shown(properties)}
+
+    def dangling(self) -> list[str]:
+        ends = {
+            n.element_id for rel in self._raw_edges for n in (rel.start_node, rel.end_node) if n
+        }
+        return sorted(ends - set(self._ids))
+
+    def view(self) -> GraphView:
+        for rel in self._raw_edges:
+            if rel.element_id in self.edges or rel.start_node is None or rel.end_node is None:
+                continue
+            self.edges[rel.element_id] = GraphEdge(
+                id=rel.element_id,
+                type=rel.type,
+                source=self._ids.get(rel.start_node.element_id, rel.start_node.element_id),
+                target=self._ids.get(rel.end_node.element_id, rel.end_node.element_id),
+                properties=_shown(dict(rel.items())),
+            )
+        return GraphView(nodes=list(self.nodes.values()), edges=list(self.edges.values()))
+
+    def _check_tenant(self, properties: Mapping[str, Any]) -> None:
+        if properties.get("tenant") != self.tenant:
+            raise TenantLeak("the query reached data of another tenant", field="query")
+
+
+def _shown(properties: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _scalar(v) for k, v in sorted(properties.items()) if k not in _HIDDEN}
+
+
+def _scalar(value: Any) -> Any:
+    if isinstance(value, DateTime | Date | Time):
+        return value.iso_format()
+    if isinstance(value, datetime | date | time):
+        return value.isoformat()
+    if isinstance(value, Duration | timedelta):
+        return str(value)
+    if isinstance(value, list | tuple):
+        return [_scalar(v) for v in value]
+    if isinstance(value, bytes):
+        return value.hex()
+    return value

@@ -1,0 +1,86 @@
+"""``/v1/documents`` and ``/v1/search``: the vector store over HTTP (PostgreSQL with pgvector).
+
+``POST /v1/documents`` stores a text or markdown document (``queued``) and submits the task that
+embeds it; ``GET`` shows where it stands (``queued``, ``embedded`` or ``failed``, with the last
+error); ``DELETE`` removes it and its chunks. ``POST /v1/search`` finds the chunks nearest to a
+query among the caller's tenant's documents, with metadata filters. Another tenant's document is
+a 404 like a missing one. On SQLite every route answers 501: vectors need PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
+from pydantic import BaseModel
+
+from spine.platform.api.auth import Caller, platform_of
+from spine.platform.calls import CallContext
+from spine.platform.documents import (
+    Document,
+    DocumentInput,
+    DocumentStatus,
+    SearchQuery,
+    SearchResult,
+)
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/v1", tags=["documents"])
+
+
+class DocumentList(BaseModel):
+    """The caller's documents, newest first."""
+
+    data: list[Document]
+
+
+@router.post("/documents", status_code=202, response_model=Document)
+async def add_document(
+    given: DocumentInput, request: Request, response: Response, caller: Caller
+) -> Document:
+    """Store a document and queue its embedding; it is searchable once ``embedded``."""
+    platform = platform_of(request)
+    await platform.documents.require_vectors()
+    await platform.model_calls()  # the catalogue is complete once the router is warm
+    document = await platform.documents.add(given, tenant=caller.tenant, key_id=caller.key_id)
+    await platform.indexer.schedule(document)
+    response.headers["Location"] = f"/v1/documents/{document.id}"
+    return await platform.documents.get(document.id, tenant=caller.tenant)
+
+
+@router.get("/documents", response_model=DocumentList)
+async def list_documents(
+    request: Request,
+    caller: Caller,
+    status: DocumentStatus | None = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> DocumentList:
+    """List the caller's documents, newest first."""
+    found = await platform_of(request).documents.list_page(
+        tenant=caller.tenant, status=status, limit=limit
+    )
+    return DocumentList(data=found)
+
+
+@router.get("/documents/{document_id}", response_model=Document)
+async def get_document(document_id: str, request: Request, caller: Caller) -> Document:
+    """Show one of the caller's documents."""
+    return await platform_of(request).documents.get(document_id, tenant=caller.tenant)
+
+
+@router.delete("/documents/{document_id}", status_code=204)
+async def delete_document(document_id: str, request: Request, caller: Caller) -> Response:
+    """Remove one of the caller's documents and its chunks."""
+    await platform_of(request).documents.delete(document_id, tenant=caller.tenant)
+    return Response(status_code=204)
+
+
+@router.post("/search", response_model=SearchResult)
+async def search(query: SearchQuery, request: Request, caller: Caller) -> SearchResult:
+    """Return the caller's chunks nearest in meaning to the query, best first."""
+    platform = platform_of(request)
+    await platform.documents.require_vectors()
+    await platform.model_calls()  # the query is embedded through the warm router
+    context = CallContext(tenant=caller.tenant, key_id=caller.key_id, use_cache=False)
+    return await platform.documents.search(query, context)
