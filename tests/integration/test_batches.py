@@ -612,3 +612,22 @@ async def test_files_are_listed_described_and_deleted(
         await client.files.retrieve(first.id)
     bad = await spine.client.get("/v1/files", params={"limit": "0"})
     assert (bad.status_code, bad.json()["error"]["param"]) == (400, "limit")
+
+
+async def test_a_batch_nobody_reads_is_finalized_in_the_background(
+    spine: RunningPlatform,
+) -> None:
+    content = jsonl(request_line("a", "unread alpha"), request_line("b", "unread beta"))
+    response = await spine.client.post(
+        "/v1/batches", content=content, headers={"Content-Type": "application/jsonl"}
+    )
+    assert response.status_code == 200, response.text
+    batch_id = response.json()["id"]
+    query = sa.text("SELECT status, output_file_id FROM batches WHERE id = :id")
+    for _ in range(300):  # read the row itself: a GET would finalize it
+        async with spine.platform.db.transaction() as conn:
+            status, output = (await conn.execute(query, {"id": batch_id})).one()
+        if status == "completed":
+            break
+        await asyncio.sleep(0.1)
+    assert (status, output is not None) == ("completed", True)

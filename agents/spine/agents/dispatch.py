@@ -19,6 +19,7 @@ from spine.events.progress import ProgressFeed
 from spine.events.subjects import cancel_subject, lane_subject
 from spine.platform.errors import Conflict, ServiceUnavailable
 from spine.platform.keys import Principal
+from spine.platform.periodic import run_every
 from spine.platform.schema import utcnow
 from spine.platform.settings import ApiSettings
 from spine.platform.tasks import Task, TaskStore, TaskSubmission
@@ -133,12 +134,6 @@ class TaskDispatcher:
 
     async def run_sweeper(self, stop: asyncio.Event) -> None:
         """Sweep every ``sweep_interval`` seconds until ``stop`` is set."""
-        while not stop.is_set():
-            try:
-                await self.sweep_once()
-            except ServiceUnavailable as exc:
-                logger.warning("sweep skipped: %s", exc.message)
-            except Exception:
-                logger.exception("sweep failed; trying again")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self._settings.sweep_interval)
+        await run_every(
+            self.sweep_once, interval=self._settings.sweep_interval, stop=stop, name="task sweep"
+        )

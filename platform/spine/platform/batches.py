@@ -323,6 +323,21 @@ class Batches:
 
     # -- progress and finalizing ---------------------------------------------------------------
 
+    async def sweep_once(self, *, limit: int = 100) -> int:
+        """Finalize (or go on cancelling) unfinished batches nobody reads; return how many."""
+        query = (
+            sa.select(_BATCHES)
+            .where(_BATCHES.c.status.in_(_UNFINISHED))
+            .order_by(_BATCHES.c.created_at)
+            .limit(limit)
+        )
+        async with self._db.transaction() as conn:
+            rows = list((await conn.execute(query)).mappings())
+        for row in rows:
+            system = Principal(key_id="", tenant=row["tenant"], role="admin")
+            await self._refresh(row, system)
+        return len(rows)
+
     async def _refresh(self, row: _Row, principal: Principal) -> Batch:
         for _ in range(3):
             if row["status"] not in _UNFINISHED:

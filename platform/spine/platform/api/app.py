@@ -25,6 +25,7 @@ from spine.platform.api import (
 from spine.platform.api.auth import platform_of
 from spine.platform.api.errors import BodySizeLimit, install_error_handlers
 from spine.platform.api.gateway import router as gateway_router
+from spine.platform.periodic import run_every
 from spine.platform.settings import Settings
 from spine.platform.wiring import Platform
 
@@ -46,6 +47,15 @@ def create_app(settings: Settings) -> FastAPI:
         background = [
             asyncio.create_task(platform.ensure_streams_when_connected(), name="streams"),
             asyncio.create_task(platform.dispatcher.run_sweeper(stop), name="sweeper"),
+            asyncio.create_task(
+                run_every(
+                    platform.batches.sweep_once,
+                    interval=settings.api.sweep_interval,
+                    stop=stop,
+                    name="batch sweep",
+                ),
+                name="batch-sweeper",
+            ),
             asyncio.create_task(platform.indexer.run_sweeper(stop), name="document-sweeper"),
         ]
         try:
