@@ -47,6 +47,7 @@ check: lint test
 bench: $(STAMP)
 	LITELLM_LOCAL_MODEL_COST_MAP=True $(BIN)/python bench/dispatch.py
 	LITELLM_LOCAL_MODEL_COST_MAP=True $(BIN)/python bench/gateway.py
+	LITELLM_LOCAL_MODEL_COST_MAP=True $(BIN)/python bench/vectors.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -211,6 +211,8 @@ async def test_another_tenant_sees_nothing_on_any_read_path(spine: RunningPlatfo
         ({"text": " \n\n\t "}, 400, "text"),
         ({"text": "é" * 2049}, 413, "text"),  # 4,098 bytes in UTF-8: over 4,096
         ({"text": "x", "metadata": {"blob": "y" * 20_000}}, 413, "metadata"),
+        ({"text": "nul \u0000 inside"}, 400, "text"),
+        ({"text": "x", "metadata": {"k": ["a\u0000"]}}, 400, "metadata"),
         ({}, 422, "text"),
         ({"text": "x", "metadata": ["not", "an", "object"]}, 422, "metadata"),
         ({"text": "x", "format": "pdf"}, 422, "format"),
@@ -301,3 +303,36 @@ async def test_on_sqlite_the_vector_store_says_it_needs_postgresql(
             assert error["field"] == "GENAI_DATABASE_URL"
         tools = (await spine.client.get("/v1/tools")).json()["data"]
         assert "vector_search" not in {tool["name"] for tool in tools}
+
+
+async def test_a_search_while_the_provider_is_down_is_a_503(
+    spine: RunningPlatform, models: FakeModelServer
+) -> None:
+    added = await add(spine.client, "Searchable once embedded.")
+    await wait_for(spine.client, added["id"])
+    models.add(Rule(kind="embed", status=503))
+    response = await spine.client.post("/v1/search", json={"query": "anything"})
+    assert response.status_code == 503, response.text
+    assert response.json()["error"]["type"] == "service_unavailable"
+    models.reset()
+    models.add(Rule(kind="embed", status=400, error="bad input for this model"))
+    refused = await spine.client.post("/v1/search", json={"query": "anything else"})
+    assert refused.status_code == 502, refused.text
+    assert refused.json()["error"]["type"] == "upstream_error"
+
+
+async def test_with_no_embedding_model_adding_a_document_is_a_503_saying_what_to_set(
+    services: Any, pg_url: str, models: FakeModelServer
+) -> None:
+    settings = make_settings(
+        services,
+        pg_url,
+        models,
+        ollama_url="http://127.0.0.1:9",  # nothing listens: no model is discovered
+        local_embedding={"enabled": False},
+    )
+    async with run_platform(settings) as spine:
+        response = await spine.client.post("/v1/documents", json={"text": "hello"})
+        assert response.status_code == 503, response.text
+        assert "no configured model makes embeddings" in response.json()["error"]["message"]
+        assert (await spine.client.get("/v1/documents")).json()["data"] == []

@@ -142,7 +142,7 @@ async def test_a_repeated_event_is_one_event(spine: RunningPlatform) -> None:
                 "id": "1",
                 "source": "/s",
                 "type": HIRED,
-                "data": {"person": {}},
+                "data": {"person": {}, "company": {"id": "c1"}},
             },
             "data.person.id",
         ),

@@ -200,6 +200,8 @@ async def test_warm_up_discovers_the_models_ollama_lists(models: FakeModelServer
 
 
 async def test_an_unreachable_ollama_does_not_stop_warm_up(models: FakeModelServer) -> None:
-    routed = router(settings(models, ollama_url=f"http://127.0.0.1:{free_port()}"))
+    # (With no embedding model left, the local one would join: left out here.)
+    unreachable = f"http://127.0.0.1:{free_port()}"
+    routed = router(settings(models, ollama_url=unreachable, local_embedding={"enabled": False}))
     await routed.warm_up()
     assert routed.catalogue.names == ["gpt-4o-mini", "llama3.2"]

@@ -18,13 +18,9 @@ import sqlalchemy as sa
 
 from conftest import create_database
 from spine.platform.db import Database
-from spine.platform.documents import (
-    DocumentStore,
-    SearchQuery,
-    nearest_statement,
-    scan_settings,
-)
+from spine.platform.documents import DocumentStore
 from spine.platform.settings import DocumentSettings
+from spine.platform.vector_search import SearchQuery, nearest_statement, scan_settings
 from support.vectors import clustered_vectors, exact_top_k, load_chunks, recall_at_k
 
 pytestmark = pytest.mark.integration
@@ -68,7 +64,7 @@ async def corpus(services: Any) -> AsyncIterator[Corpus]:
     every = clustered_vectors(COUNT + QUERIES, seed=11)
     vectors, queries = every[:COUNT], every[COUNT:]
     dsn = url.replace("postgresql+asyncpg://", "postgresql://")
-    ids = await load_chunks(dsn, vectors, tenant=TENANT, model=MODEL, metadata=metadata)
+    loaded = await load_chunks(dsn, vectors, tenant=TENANT, model=MODEL, metadata=metadata)
     # Another tenant's exact copies would tie with the right answers if they leaked in.
     await load_chunks(dsn, vectors[: COUNT // 2], tenant=OTHER, model=MODEL, metadata=metadata)
     store = DocumentStore(db, settings=DocumentSettings(), calls=None)  # type: ignore[arg-type]
@@ -77,7 +73,7 @@ async def corpus(services: Any) -> AsyncIterator[Corpus]:
         store=store,
         vectors=vectors,
         queries=queries,
-        rows={chunk: row for row, chunk in enumerate(ids)},
+        rows={chunk: row for row, chunk in enumerate(loaded.ids)},
     )
     await db.dispose()
 

@@ -11,7 +11,6 @@ no live task holds it, :class:`DocumentIndexer`'s sweeper submits a new task aft
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Any, ClassVar
 
@@ -21,8 +20,8 @@ from spine.agents.base import RunContext
 from spine.agents.dispatch import TaskDispatcher
 from spine.platform.calls import CallContext
 from spine.platform.documents import Document, DocumentStore
-from spine.platform.errors import ServiceUnavailable
 from spine.platform.keys import Principal
+from spine.platform.periodic import run_every
 from spine.platform.settings import DocumentSettings
 from spine.platform.tasks import Task, TaskSubmission
 
@@ -135,12 +134,4 @@ class DocumentIndexer:
 
     async def run_sweeper(self, stop: asyncio.Event) -> None:
         """Sweep every ``interval`` seconds until ``stop`` is set."""
-        while not stop.is_set():
-            try:
-                await self.sweep_once()
-            except ServiceUnavailable as exc:
-                logger.warning("document sweep skipped: %s", exc.message)
-            except Exception:
-                logger.exception("document sweep failed; trying again")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self._interval)
+        await run_every(self.sweep_once, interval=self._interval, stop=stop, name="document sweep")

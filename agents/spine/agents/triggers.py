@@ -24,6 +24,7 @@ again, replayed, or seen by two workers makes the same task once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fnmatch
 import json
 import logging
@@ -213,6 +214,15 @@ class TriggerRunner:
         await self._layout.ensure_when_ready(self._bus)
         subscription = await self._bind(stop)
         logger.info("triggers running (%d rules)", len(self._rules))
+        try:
+            await self._consume(subscription, stop)
+        finally:
+            with contextlib.suppress(Exception):
+                await subscription.unsubscribe()
+
+    async def _consume(
+        self, subscription: JetStreamContext.PullSubscription, stop: asyncio.Event
+    ) -> None:
         while not stop.is_set():
             try:
                 messages = await subscription.fetch(64, timeout=1.0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ __all__ = ["EventSchemas"]
 logger = logging.getLogger(__name__)
 
 _SUFFIXES = (".json", ".yaml", ".yml")
+_REQUIRED = re.compile(r"^'([^']+)' is a required property")
 
 
 class EventSchemas:
@@ -101,6 +103,11 @@ class EventSchemas:
         path = "".join(
             f"[{part}]" if isinstance(part, int) else f".{part}" for part in error.absolute_path
         )
+        if error.validator == "required":
+            # jsonschema puts a missing property at its parent; name the property itself.
+            missing = _REQUIRED.match(error.message)
+            if missing:
+                path += f".{missing.group(1)}"
         field = f"{where + '.' if where else ''}data{path}"
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         raise InvalidEvent(f"{field}: {error.message} (schema of {event.type}){more}", field=field)

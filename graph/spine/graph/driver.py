@@ -1,8 +1,18 @@
-"""The graph driver: the official ``neo4j`` async driver, against Neo4j or FalkorDB over Bolt."""
+"""The graph driver: the official ``neo4j`` async driver, against Neo4j or FalkorDB over Bolt.
+
+FalkorDB 4.16 leaves a stale handler behind when a Bolt client ends a connection with GOODBYE:
+the next connection given the same file descriptor, Bolt or Redis, gets no answer (the
+driver waits out its 60 s acquisition deadline, then retries). A socket closed *without*
+GOODBYE leaves no such handler (measured: the next connection answered in 0.04 s, against a
+90 s hang). GOODBYE is only a courtesy in Bolt (the server sees the socket close either way),
+so unless the settings say the server is Neo4j, the driver's connections close without it.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+from typing import Any
 
 from neo4j import AsyncDriver, AsyncGraphDatabase
 from neo4j.exceptions import Neo4jError
@@ -13,6 +23,9 @@ from spine.platform.settings import Settings
 
 __all__ = ["open_driver", "ping"]
 
+logger = logging.getLogger(__name__)
+_quiet_close_installed = False
+
 
 def open_driver(settings: Settings) -> AsyncDriver:
     """Open a driver for ``GENAI_NEO4J_URI``; FalkorDB's Bolt port takes no credentials."""
@@ -21,7 +34,36 @@ def open_driver(settings: Settings) -> AsyncDriver:
     auth = None
     if settings.neo4j_user and settings.neo4j_password is not None:
         auth = (settings.neo4j_user, settings.neo4j_password.get_secret_value())
+    if settings.knowledge.graph_backend != "neo4j":
+        _close_without_goodbye()
     return AsyncGraphDatabase.driver(settings.neo4j_uri, auth=auth, connection_timeout=5.0)
+
+
+def _close_without_goodbye() -> None:
+    """Make the driver's Bolt connections close without GOODBYE (see the module docstring).
+
+    This reaches into the driver's private Bolt classes; if a driver version moves them, it
+    logs a warning and changes nothing, and FalkorDB's stale handlers cost a retry again.
+    """
+    global _quiet_close_installed
+    if _quiet_close_installed:
+        return
+    try:
+        from neo4j._async.io._bolt._base import AsyncBolt
+    except ImportError:  # pragma: no cover - a driver that moved its internals
+        logger.warning("cannot skip Bolt GOODBYE with this neo4j driver; FalkorDB may stall")
+        return
+
+    def no_goodbye(self: Any, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    pending: list[type] = [AsyncBolt]
+    while pending:
+        cls = pending.pop()
+        pending.extend(cls.__subclasses__())
+        if "goodbye" in vars(cls):
+            cls.goodbye = no_goodbye  # type: ignore[attr-defined]
+    _quiet_close_installed = True
 
 
 async def ping(driver: AsyncDriver, *, timeout: float = 3.0) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 from dataclasses import dataclass
@@ -101,6 +102,15 @@ class GraphIngestor:
         await self._schema_when_ready(stop)
         subscription = await self._bind(stop)
         logger.info("graph ingestion running (%d mappings)", len(self._mappings))
+        try:
+            await self._consume(subscription, stop)
+        finally:
+            with contextlib.suppress(Exception):
+                await subscription.unsubscribe()
+
+    async def _consume(
+        self, subscription: JetStreamContext.PullSubscription, stop: asyncio.Event
+    ) -> None:
         while not stop.is_set():
             try:
                 messages = await subscription.fetch(self._settings.ingest_batch, timeout=1.0)

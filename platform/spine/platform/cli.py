@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import sys
+from pathlib import Path
 from typing import Annotated, Any
 
 import httpx
@@ -35,6 +36,10 @@ app.add_typer(tasks_app, name="tasks")
 app.add_typer(keys_app, name="keys")
 graph_app = typer.Typer(help="Explore the knowledge graph.", no_args_is_help=True)
 app.add_typer(graph_app, name="graph")
+docs_app = typer.Typer(
+    help="Add, list, show and delete searchable documents.", no_args_is_help=True
+)
+app.add_typer(docs_app, name="docs")
 console = Console()
 err_console = Console(stderr=True)
 
@@ -513,6 +518,144 @@ def graph_query(
 
 
 _PROVENANCE = {"uid", "event_id", "source", "event_time", "valid_from", "valid_to", "superseded_by"}
+
+
+# -- documents and vector search over the HTTP API --------------------------------------------
+
+_MARKDOWN_SUFFIXES = {".md", ".markdown", ".mdx"}
+
+
+@docs_app.command("add")
+def docs_add(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)],
+    meta: Annotated[
+        list[str] | None, typer.Option(help="Metadata as name=value, JSON or text (repeatable).")
+    ] = None,
+    source: Annotated[str | None, typer.Option(help="Where it came from; the file name.")] = None,
+    wait: Annotated[bool, typer.Option(help="Wait until it is embedded (or failed).")] = False,
+) -> None:
+    """Store a text or markdown file as a document; it is embedded in the background."""
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigurationError(f"cannot read {file} as UTF-8 text: {exc}", field="FILE") from None
+    body = {
+        "text": text,
+        "format": "markdown" if file.suffix.lower() in _MARKDOWN_SUFFIXES else "text",
+        "metadata": _pairs(meta or [], "--meta"),
+        "source": source or file.name,
+    }
+    with _client() as client:
+        document = _json_or_exit(client.post("/v1/documents", json=body))
+        console.print(
+            f"document [bold]{document['id']}[/bold] {document['status']}: "
+            f"{document['chunk_count']} chunks for {document['model']}"
+        )
+        if wait:
+            document = _wait_for_document(client, document["id"])
+            console.print(f"document {document['id']} {document['status']}")
+            if document["status"] != "embedded":
+                raise typer.Exit(1)
+
+
+def _wait_for_document(client: httpx.Client, document_id: str) -> Any:
+    import time
+
+    with console.status("embedding..."):
+        while True:
+            document = _json_or_exit(client.get(f"/v1/documents/{document_id}"))
+            if document["status"] != "queued":
+                return document
+            if document.get("error"):
+                console.print(f"  [yellow]waiting: {document['error']['message']}[/yellow]")
+            time.sleep(1.0)
+
+
+@docs_app.command("list")
+def docs_list(
+    status: Annotated[str | None, typer.Option(help="queued, embedded or failed.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=200)] = 50,
+) -> None:
+    """List your documents, newest first."""
+    params: dict[str, Any] = {"limit": limit}
+    if status:
+        params["status"] = status
+    with _client() as client:
+        page = _json_or_exit(client.get("/v1/documents", params=params))
+    table = Table("id", "status", "chunks", "model", "source", "created")
+    for document in page["data"]:
+        table.add_row(
+            document["id"],
+            document["status"],
+            str(document["chunk_count"]),
+            document["model"] or "",
+            document["source"] or "",
+            document["created_at"],
+        )
+    console.print(table)
+
+
+@docs_app.command("show")
+def docs_show(document_id: str) -> None:
+    """Show one document: its status, chunks, model and last error."""
+    with _client() as client:
+        console.print_json(json.dumps(_json_or_exit(client.get(f"/v1/documents/{document_id}"))))
+
+
+@docs_app.command("delete")
+def docs_delete(document_id: str) -> None:
+    """Delete a document and its chunks."""
+    with _client() as client:
+        response = client.delete(f"/v1/documents/{document_id}")
+        if response.is_error:
+            _json_or_exit(response)
+    console.print(f"deleted {document_id}")
+
+
+@app.command("search")
+def search(
+    query: str,
+    k: Annotated[int, typer.Option(min=1, max=100, help="How many passages.")] = 5,
+    where: Annotated[
+        list[str] | None,
+        typer.Option("--filter", help="Metadata the documents must have, name=value (repeatable)."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the JSON answer.")] = False,
+) -> None:
+    """Find the passages of your documents nearest in meaning to QUERY."""
+    body = {"query": query, "k": k, "filter": _pairs(where or [], "--filter")}
+    with _client() as client:
+        result = _json_or_exit(client.post("/v1/search", json=body))
+    if as_json:
+        console.print_json(json.dumps(result))
+        return
+    if not result["hits"]:
+        console.print("no passages found")
+        return
+    table = Table("score", "source", "heading", "text")
+    for hit in result["hits"]:
+        text = " ".join(hit["text"].split())
+        table.add_row(
+            f"{hit['score']:.3f}",
+            f"{hit['source'] or hit['document_id']}#{hit['chunk']}",
+            hit["heading"] or "",
+            text[:200] + ("..." if len(text) > 200 else ""),
+        )
+    console.print(table)
+
+
+def _pairs(items: list[str], option: str) -> dict[str, Any]:
+    """Read name=value options; a value that is JSON (a number, true, a list) is taken as such."""
+    found: dict[str, Any] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise ConfigurationError(f"{option} {item!r} must be name=value", field=option)
+        try:
+            found[name] = json.loads(value)
+        except ValueError:
+            found[name] = value
+    return found
 
 
 if __name__ == "__main__":

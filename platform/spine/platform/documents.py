@@ -16,10 +16,8 @@ tenant's latest document, else the router's first choice) and recorded on it and
 with no fallback to another model. A search embeds the query with each model the tenant's
 documents use (usually one) and searches each space.
 
-Search is an HNSW scan (cosine) that keeps the tenant and metadata filters (JSONB containment)
-on the rows the index returns. With pgvector's iterative index scans (``relaxed_order``) the
-scan goes on until it has ``k`` rows that pass the filters, so a selective filter does not
-starve the result; the rows are then put in exact order.
+The search itself (an HNSW scan with the tenant and metadata filters) is
+:mod:`spine.platform.vector_search`.
 """
 
 from __future__ import annotations
@@ -33,8 +31,6 @@ from typing import Any, Literal, Protocol
 
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from spine.platform.calls import CallContext, MeteredEmbedding
 from spine.platform.chunking import Chunker
@@ -45,23 +41,20 @@ from spine.platform.errors import (
     NotFound,
     PayloadTooLarge,
     SpineError,
+    UnknownModel,
 )
 from spine.platform.router import ModelRouter, Requirements
 from spine.platform.schema import EMBEDDING_DIMENSIONS, ChunkRow, DocumentRow, TaskRow, utcnow
 from spine.platform.settings import DocumentSettings
+from spine.platform.vector_search import SearchHit, SearchQuery, SearchResult, VectorIndex
 
 __all__ = [
     "Document",
     "DocumentInput",
     "DocumentStatus",
     "DocumentStore",
-    "SearchHit",
-    "SearchQuery",
-    "SearchResult",
     "TextEmbedder",
     "VectorStoreUnsupported",
-    "nearest_statement",
-    "scan_settings",
 ]
 
 logger = logging.getLogger(__name__)
@@ -128,40 +121,6 @@ class Document(BaseModel):
     embedded_at: datetime | None
 
 
-class SearchQuery(BaseModel):
-    """A vector search: the text to look for, how many hits, and metadata they must have."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    query: str
-    k: int = Field(10, ge=1, le=100)
-    filter: dict[str, Any] = Field(
-        default_factory=dict,
-        description="Metadata every hit's document must contain (JSONB containment: "
-        '{"team": "ops"} matches {"team": "ops", "year": 2024}).',
-    )
-
-
-class SearchHit(BaseModel):
-    """One chunk that matched, with its score (cosine similarity, 1 is identical)."""
-
-    document_id: str
-    chunk: int
-    text: str
-    heading: str | None
-    score: float
-    metadata: dict[str, Any]
-    source: str | None
-    model: str
-
-
-class SearchResult(BaseModel):
-    """The best chunks, best first."""
-
-    hits: list[SearchHit]
-    models: list[str] = Field(description="The embedding models whose spaces were searched.")
-
-
 class DocumentStore:
     """Adds, embeds, reads, deletes and searches documents in PostgreSQL with pgvector."""
 
@@ -170,6 +129,7 @@ class DocumentStore:
         self._settings = settings
         self._calls = calls
         self._chunker = Chunker(size=settings.chunk_chars, overlap=settings.overlap_chars)
+        self._index = VectorIndex(db, settings)
         self._checked: bool = False
 
     async def require_vectors(self) -> None:
@@ -223,10 +183,17 @@ class DocumentStore:
                 f"{self._settings.max_bytes} (GENAI_DOCUMENTS__MAX_BYTES)",
                 field="text",
             )
-        if len(json.dumps(given.metadata, default=str).encode("utf-8")) > MAX_METADATA_BYTES:
+        metadata = json.dumps(given.metadata, default=str)
+        if len(metadata.encode("utf-8")) > MAX_METADATA_BYTES:
             raise PayloadTooLarge(
                 f"the document's metadata is over {MAX_METADATA_BYTES} bytes", field="metadata"
             )
+        # PostgreSQL's text and jsonb cannot hold a NUL character.
+        for name, value in (("text", given.text), ("metadata", given.metadata)):
+            if _holds_nul(value):
+                raise BadRequest(
+                    f"'{name}' holds a NUL character, which cannot be stored", field=name
+                )
         chunks = self._chunker.split(given.text, markdown=given.format == "markdown")
         if not chunks:
             raise BadRequest("'text' is empty: a document needs some text", field="text")
@@ -524,126 +491,42 @@ class DocumentStore:
                 ).scalars()
             ]
         hits: list[SearchHit] = []
+        searched: list[str] = []
+        missing: list[str] = []
         for model in sorted(models):
-            metered = await self._calls.embed(
-                [query.query],
-                context,
-                model=model,
-                dimensions=EMBEDDING_DIMENSIONS,
-                fallback=False,
-            )
+            try:
+                metered = await self._calls.embed(
+                    [query.query],
+                    context,
+                    model=model,
+                    dimensions=EMBEDDING_DIMENSIONS,
+                    fallback=False,
+                )
+            except UnknownModel:
+                # Only that model can embed a query for its vectors: say what was left out.
+                logger.warning("documents embedded by %s not searched: not configured", model)
+                missing.append(model)
+                continue
+            searched.append(model)
             hits.extend(await self.nearest(metered.embedding.vectors[0], query, tenant, model))
         hits.sort(key=lambda hit: hit.score, reverse=True)
-        return SearchResult(hits=hits[: query.k], models=sorted(models))
+        return SearchResult(hits=hits[: query.k], models=searched, missing_models=missing)
 
     async def nearest(
         self, vector: Sequence[float], query: SearchQuery, tenant: str, model: str
     ) -> list[SearchHit]:
         """Return the tenant's ``k`` chunks in ``model``'s space nearest to ``vector``."""
-        statement = nearest_statement(
-            vector,
-            tenant=tenant,
-            model=model,
-            k=query.k,
-            metadata=query.filter,
-            oversample=self._settings.oversample,
-        )
-        async with self._db.transaction() as conn:
-            await scan_settings(
-                conn,
-                ef_search=max(self._settings.ef_search, query.k * self._settings.oversample),
-                max_scan_tuples=self._settings.max_scan_tuples,
-            )
-            rows = (await conn.execute(statement)).all()
-        return [
-            SearchHit(
-                document_id=row.document_id,
-                chunk=row.seq,
-                text=row.text,
-                heading=row.heading,
-                score=1.0 - float(row.distance),
-                metadata=row.metadata,
-                source=row.source,
-                model=model,
-            )
-            for row in rows
-        ]
+        return await self._index.nearest(vector, query, tenant=tenant, model=model)
 
 
-def nearest_statement(
-    vector: Sequence[float],
-    *,
-    tenant: str,
-    model: str,
-    k: int,
-    metadata: dict[str, Any],
-    oversample: int = 1,
-) -> sa.Select[Any]:
-    """Build the search: the ``k`` nearest chunks that pass the filters, in exact order.
-
-    The inner query is what the HNSW index serves (its ``ORDER BY`` is the distance, the
-    filters apply to the rows it returns). It asks for ``k * oversample`` rows: an iterative
-    scan stops as soon as it has that many rows that pass the filters, and under a filter
-    that passes one row in ten, the first ``k`` to pass are often not the ``k`` nearest of
-    those that do. The candidates (whose distances are exact) are then materialized, sorted
-    again (``relaxed_order`` returns them roughly in order) and cut to ``k``.
-    """
-    distance = _CHUNKS.c.embedding.cosine_distance(list(vector))
-    conditions = [
-        _CHUNKS.c.tenant == tenant,
-        _CHUNKS.c.model == model,
-        _CHUNKS.c.embedding.is_not(None),
-    ]
-    if metadata:
-        wanted = sa.cast(sa.literal(json.dumps(metadata), sa.Text()), JSONB())
-        conditions.append(sa.type_coerce(_CHUNKS.c.metadata, JSONB()).contains(wanted))
-    found = (
-        sa.select(
-            _CHUNKS.c.document_id,
-            _CHUNKS.c.seq,
-            _CHUNKS.c.text,
-            _CHUNKS.c.heading,
-            _CHUNKS.c.metadata,
-            distance.label("distance"),
-        )
-        .where(*conditions)
-        .order_by(distance)
-        .limit(k * oversample)
-        .cte("found")
-        .prefix_with("MATERIALIZED")
-    )
-    return (
-        sa.select(found, _DOCS.c.source)
-        .join(_DOCS, _DOCS.c.id == found.c.document_id)
-        .order_by(found.c.distance, found.c.document_id, found.c.seq)
-        .limit(k)
-    )
-
-
-async def scan_settings(
-    conn: AsyncConnection, *, ef_search: int, max_scan_tuples: int, iterative: bool = True
-) -> None:
-    """Set the HNSW scan for this transaction only.
-
-    ``ef_search`` is the candidate list; with ``iterative`` (pgvector >= 0.8) the scan goes on
-    past it until enough rows pass the filters, or ``max_scan_tuples`` rows were visited.
-    Every search is planned for its own tenant and filter (``force_custom_plan``): a generic
-    plan, which the driver's prepared statements get after five runs, would choose between the
-    HNSW index and an exact scan of the filtered rows without knowing how selective they are.
-    """
-    await conn.execute(
-        sa.text(
-            "SELECT set_config('hnsw.ef_search', :ef, true), "
-            "set_config('hnsw.iterative_scan', :mode, true), "
-            "set_config('hnsw.max_scan_tuples', :scan, true), "
-            "set_config('plan_cache_mode', 'force_custom_plan', true)"
-        ),
-        {
-            "ef": str(ef_search),
-            "mode": "relaxed_order" if iterative else "off",
-            "scan": str(max_scan_tuples),
-        },
-    )
+def _holds_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_holds_nul(item) for item in value)
+    return False
 
 
 def _document(row: Any) -> Document:

@@ -410,6 +410,7 @@ class LiteLLMClient:
         """
         import litellm
 
+        self._describe(litellm, target, embedding=True)
         timeout = params.pop("timeout", None) or self._settings.models.timeout
         params.pop("encoding_format", None)
         if target.litellm_embedding_model.startswith("openai/"):
@@ -452,23 +453,26 @@ class LiteLLMClient:
             latency_ms=latency_ms,
         )
 
-    def _describe(self, litellm: Any, target: ProviderTarget) -> None:
+    def _describe(self, litellm: Any, target: ProviderTarget, *, embedding: bool = False) -> None:
         # LiteLLM asks Ollama about a model it has no price entry for on every call, and asks
-        # localhost:11434 whatever api_base says. A local model costs nothing: say so once.
+        # localhost:11434 whatever api_base says (embeddings: with a blocking request, on the
+        # event loop). A local model costs nothing: say so once.
         local = target.provider in ("ollama", "local")
-        if not local or target.litellm_model in self._described:
+        key = target.litellm_embedding_model if embedding else target.litellm_model
+        if not local or key in self._described:
             return
+        prefixes = _EMBEDDING_PREFIX if embedding else _LITELLM_PREFIX
         litellm.register_model(
             {
-                target.litellm_model: {
-                    "litellm_provider": _LITELLM_PREFIX[target.provider],
-                    "mode": "chat",
+                key: {
+                    "litellm_provider": prefixes[target.provider],
+                    "mode": "embedding" if embedding else "chat",
                     "input_cost_per_token": 0.0,
                     "output_cost_per_token": 0.0,
                 }
             }
         )
-        self._described.add(target.litellm_model)
+        self._described.add(key)
 
 
 def _for_provider(target: ProviderTarget, params: dict[str, Any]) -> dict[str, Any]:

@@ -5,28 +5,53 @@ embeds it; ``GET`` shows where it stands (``queued``, ``embedded`` or ``failed``
 error); ``DELETE`` removes it and its chunks. ``POST /v1/search`` finds the chunks nearest to a
 query among the caller's tenant's documents, with metadata filters. Another tenant's document is
 a 404 like a missing one. On SQLite every route answers 501: vectors need PostgreSQL.
+
+A model call that fails while adding (choosing the model) or searching (embedding the query)
+answers 503 when trying again may work (a provider down or cooling down, or none configured)
+and 502 when the provider refused it.
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, ClassVar
 
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel
 
 from spine.platform.api.auth import Caller, platform_of
 from spine.platform.calls import CallContext
-from spine.platform.documents import (
-    Document,
-    DocumentInput,
-    DocumentStatus,
-    SearchQuery,
-    SearchResult,
+from spine.platform.documents import Document, DocumentInput, DocumentStatus
+from spine.platform.errors import (
+    ProviderNotConfigured,
+    ServiceUnavailable,
+    SpineError,
+    TaskFailure,
 )
+from spine.platform.vector_search import SearchQuery, SearchResult
 
 __all__ = ["router"]
 
 router = APIRouter(prefix="/v1", tags=["documents"])
+
+
+class UpstreamError(SpineError):
+    """A model provider refused a call the request needed."""
+
+    status_code: ClassVar[int] = 502
+    error_type: ClassVar[str] = "upstream_error"
+
+
+@asynccontextmanager
+async def _model_calls_answered() -> AsyncIterator[None]:
+    # Task failures have no HTTP status of their own: say whether to try again.
+    try:
+        yield
+    except TaskFailure as exc:
+        if exc.retryable or isinstance(exc, ProviderNotConfigured):
+            raise ServiceUnavailable(exc.message, field=exc.field, **exc.details) from exc
+        raise UpstreamError(exc.message, field=exc.field, **exc.details) from exc
 
 
 class DocumentList(BaseModel):
@@ -43,7 +68,8 @@ async def add_document(
     platform = platform_of(request)
     await platform.documents.require_vectors()
     await platform.model_calls()  # the catalogue is complete once the router is warm
-    document = await platform.documents.add(given, tenant=caller.tenant, key_id=caller.key_id)
+    async with _model_calls_answered():
+        document = await platform.documents.add(given, tenant=caller.tenant, key_id=caller.key_id)
     await platform.indexer.schedule(document)
     response.headers["Location"] = f"/v1/documents/{document.id}"
     return await platform.documents.get(document.id, tenant=caller.tenant)
@@ -83,4 +109,5 @@ async def search(query: SearchQuery, request: Request, caller: Caller) -> Search
     await platform.documents.require_vectors()
     await platform.model_calls()  # the query is embedded through the warm router
     context = CallContext(tenant=caller.tenant, key_id=caller.key_id, use_cache=False)
-    return await platform.documents.search(query, context)
+    async with _model_calls_answered():
+        return await platform.documents.search(query, context)

@@ -425,6 +425,10 @@ class ModelCatalogue:
         """Return the models that make embeddings, in catalogue order."""
         return [spec for spec in self._specs.values() if spec.capabilities.embeddings]
 
+    def chat_models(self) -> list[ModelSpec]:
+        """Return the models that answer chat calls, in catalogue order."""
+        return [spec for spec in self._specs.values() if not _embedding_only(spec)]
+
     def learn_dimensions(self, name: str, dimensions: int) -> None:
         """Note the vector size a model was seen to give, so later plans know it."""
         spec = self._specs.get(name)

@@ -199,7 +199,8 @@ class ModelRouter:
             BadRequest: The model or strategy is unknown, or no model meets the request (or
                 ``admit`` accepts none).
         """
-        if not len(self.catalogue):
+        # The local embedding model alone answers no chat call.
+        if not len(self.catalogue) or not (requirements.embeddings or self.catalogue.chat_models()):
             raise ProviderNotConfigured(f"no model provider is configured: {HOW_TO_CONFIGURE}")
         if requirements.embeddings and model is None and not self.catalogue.embedding_models():
             raise ProviderNotConfigured(NO_EMBEDDING_MODEL)

@@ -11,7 +11,7 @@ from typing import Any, Protocol
 from pydantic import BaseModel, ConfigDict, Field
 
 from spine.platform.calls import CallContext
-from spine.platform.documents import SearchQuery, SearchResult
+from spine.platform.vector_search import SearchQuery, SearchResult
 from spine.tools.tool import ModelArguments, Tool, ToolContext
 
 __all__ = ["VectorSearchArguments", "VectorSearcher", "vector_search_tool"]
