@@ -22,6 +22,7 @@ from spine.events.outcomes import OutcomePublisher
 from spine.events.progress import ProgressFeed
 from spine.events.streams import StreamLayout
 from spine.graph.explore import GraphExplorer
+from spine.graph.hybrid import HybridRetriever
 from spine.platform.batches import Batches
 from spine.platform.budgets import BudgetLedger, BudgetLimits
 from spine.platform.calls import ModelCalls
@@ -39,6 +40,7 @@ from spine.platform.tasks import TaskStore
 from spine.platform.usage import UsageLedger
 from spine.tools.builtin import VectorSearcher, builtin_tools
 from spine.tools.builtin.graph import graph_tools
+from spine.tools.builtin.hybrid_search import hybrid_search_tool
 from spine.tools.policy import ToolPolicy
 from spine.tools.registry import ToolRegistry
 
@@ -265,6 +267,8 @@ def tool_registry(
         submit_task_tool(dispatcher, store),
         *(graph_tools(graph) if graph is not None else []),  # when a graph is configured
     ]
+    if searcher is not None and graph is not None:
+        tools.append(hybrid_search_tool(HybridRetriever(searcher, graph)))
     gated = set(configured.approval)
     return ToolRegistry(
         [dataclasses.replace(t, needs_approval=True) if t.name in gated else t for t in tools],

@@ -20,6 +20,7 @@ from typing import Annotated, ClassVar
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel
 
+from spine.graph.hybrid import HybridQuery, HybridResult, HybridRetriever
 from spine.platform.api.auth import Caller, platform_of
 from spine.platform.calls import CallContext
 from spine.platform.documents import Document, DocumentInput, DocumentStatus
@@ -111,3 +112,16 @@ async def search(query: SearchQuery, request: Request, caller: Caller) -> Search
     context = CallContext(tenant=caller.tenant, key_id=caller.key_id, use_cache=False)
     async with _model_calls_answered():
         return await platform.documents.search(query, context)
+
+
+@router.post("/search/hybrid", response_model=HybridResult)
+async def hybrid_search(query: HybridQuery, request: Request, caller: Caller) -> HybridResult:
+    """Passages nearest to the query, the graph entities they mention, and the facts around
+    them, each with its source (needs both the vector store and a graph)."""
+    platform = platform_of(request)
+    await platform.documents.require_vectors()
+    retriever = HybridRetriever(platform.documents, platform.knowledge.graph())
+    await platform.model_calls()
+    context = CallContext(tenant=caller.tenant, key_id=caller.key_id, use_cache=False)
+    async with _model_calls_answered():
+        return await retriever.search(query, context)
