@@ -18,9 +18,9 @@ from spine.platform.errors import ServiceUnavailable
 from spine.tools import (
     InMemoryToolRecorder,
     McpServerConfig,
-    ToolSettings,
     ToolContext,
     ToolRegistry,
+    ToolSettings,
 )
 from spine.tools.mcp_servers import McpServers, mcp_tool_name
 
