@@ -339,3 +339,35 @@ def test_estimate_cost_from_prompt_max_tokens_and_prices() -> None:
     assert estimate_cost(priced, needs.prompt_tokens, needs.max_tokens) == (
         needs.prompt_tokens * Decimal("0.000002") + 50 * Decimal("0.00001")
     )
+
+
+# -- settling written behind ------------------------------------------------------------------
+
+
+async def test_a_settlement_written_behind_is_read_back_by_state(
+    db: Database, clock: FakeClock
+) -> None:
+    ledger = ledger_of(db, clock, daily=Decimal(10), tenants={"acme": Decimal(1)})
+    first = await ledger.reserve(ACME, Decimal("0.4"))
+    second = await ledger.reserve(ACME, Decimal("0.4"))
+    await ledger.settle_later(first, Decimal("0.1"))
+    await ledger.settle_later(second, Decimal("0.2"))
+    assert (await rows(db))[("tenant:acme", date(2026, 11, 25))] == (ZERO, Decimal("0.8"))
+    tenant = await ledger.state("tenant:acme")  # applies the pending settlements first
+    assert (tenant.spent, tenant.reserved) == (Decimal("0.3"), ZERO)
+    assert (await ledger.state("global")).spent == Decimal("0.3")
+    await ledger.close()
+
+
+async def test_a_refusal_waits_for_the_pending_settlements(db: Database, clock: FakeClock) -> None:
+    # The held 0.9 would refuse 0.5; settled (to 0.1) it leaves room, and the call is admitted.
+    ledger = ledger_of(db, clock, tenants={"acme": Decimal(1)})
+    held = await ledger.reserve(ACME, Decimal("0.9"))
+    await ledger.settle_later(held, Decimal("0.1"))
+    admitted = await ledger.reserve(ACME, Decimal("0.5"))
+    assert admitted.amount == Decimal("0.5")
+    with pytest.raises(BudgetExceeded):
+        await ledger.reserve(ACME, Decimal("0.5"))
+    state = await ledger.state("tenant:acme")
+    assert (state.spent, state.reserved) == (Decimal("0.1"), Decimal("0.5"))
+    await ledger.close()

@@ -222,3 +222,29 @@ async def test_costs_sum_exactly(ledger: UsageLedger, db: Database) -> None:
     async with db.session() as session:
         stored = await session.scalar(sa.select(sa.func.count()).select_from(ModelCallRow))
     assert stored == 3
+
+
+async def count_rows(db: Database) -> int:
+    async with db.session() as session:
+        return int(await session.scalar(sa.select(sa.func.count()).select_from(ModelCallRow)) or 0)
+
+
+async def test_submitted_rows_are_written_behind_and_read_back(db: Database) -> None:
+    ledger = UsageLedger(db, flush_interval=10.0)  # the writer would wait: flushes write
+    for call in calls():
+        await ledger.submit(call)
+    assert ledger.pending == len(calls())
+    assert await count_rows(db) == 0  # nothing committed on the caller's path
+    [total] = await ledger.summary(tenant=None)  # reads this process's own rows back
+    assert total.calls == len(calls()) and ledger.pending == 0
+    await ledger.submit(ModelCallRecord(tenant="acme", model="m", provider="openai"))
+    await ledger.close()  # drains
+    assert await count_rows(db) == len(calls()) + 1
+
+
+async def test_a_batch_written_twice_is_stored_once(ledger: UsageLedger, db: Database) -> None:
+    # A retried INSERT whose first commit went through (its answer lost) adds nothing.
+    batch = calls()[:4]
+    await ledger.record_many(batch)
+    await ledger.record_many(batch)
+    assert await count_rows(db) == 4

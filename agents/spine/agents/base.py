@@ -134,6 +134,10 @@ class CallerModelSource(Protocol):
         """Return the model client for one caller."""
         ...
 
+    async def flush(self) -> None:
+        """Write what the calls made so far recorded (usage rows are written behind)."""
+        ...
+
 
 @dataclass(slots=True, kw_only=True)
 class RunContext:

@@ -319,6 +319,9 @@ class TaskWorker:
         result: dict[str, Any] | None = None,
         error: dict[str, Any] | None = None,
     ) -> None:
+        # The task's usage rows are written behind: they are in before its final state, so
+        # whoever sees the task finished also sees what it used.
+        await self._models.flush()
         events = await self._store.finish(
             task.id, attempt=attempt, state=state, result=result, error=error
         )
@@ -339,6 +342,7 @@ class TaskWorker:
     async def _give_up(self, msg: Msg, task: Task, attempt: int, reason: dict[str, Any]) -> None:
         self.stats.dead_lettered += 1
         await self._publish_dead_letter(msg, task.id, reason, attempt)
+        await self._models.flush()  # as in _finish: usage before the final state
         events = await self._store.dead_letter(task.id, reason=reason)
         await self._feed.announce(events)
         await msg.ack_sync()

@@ -10,8 +10,14 @@ concurrent calls can never overspend, and a refusal in any scope rolls back the 
 are always updated in the same (sorted) order, so two reservations cannot deadlock. A scope
 without a limit is not counted at all, and a call that costs nothing never touches the ledger.
 
-A reservation that is never settled nor released (its process died) stays reserved until the
-day ends.
+Settling can be written behind (:meth:`BudgetLedger.settle_later`): settlements are queued and
+a background writer applies every ~20 ms what gathered, summed per scope, in one transaction.
+Until then the reservation stays held, which errs on the side of spending less; a reservation
+refused while settlements are pending is tried again once they are written, so a refusal never
+rests on a settlement not applied yet. :meth:`~BudgetLedger.state` reads them back first.
+
+A reservation that is never settled nor released (its process died, or a settlement written
+behind was lost with it) stays reserved until the day ends.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from spine.platform._write_behind import WriteBehind
 from spine.platform.db import Database
 from spine.platform.errors import BudgetExceeded
 from spine.platform.router.catalogue import ModelSpec, Requirements
@@ -160,6 +167,12 @@ class BudgetState:
         return max(self.limit - self.spent - self.reserved, _ZERO)
 
 
+@dataclass(slots=True, kw_only=True, frozen=True)
+class _Settlement:
+    reservation: Reservation
+    actual: Decimal
+
+
 class BudgetLedger:
     """Reserves, settles and releases spend against daily limits."""
 
@@ -174,6 +187,9 @@ class BudgetLedger:
         self._limits = limits
         self._now = now
         self._insert = sqlite.insert if db.is_sqlite else postgresql.insert
+        self._settlements: WriteBehind[_Settlement] = WriteBehind(
+            self._settle_many, what="budget settlements"
+        )
 
     @property
     def limits(self) -> BudgetLimits:
@@ -195,14 +211,25 @@ class BudgetLedger:
         if amount <= 0 or not limited:
             # Free calls (local models) and unlimited scopes never wait on the database.
             return Reservation(scopes=limited, amount=max(amount, _ZERO), day=day)
+        try:
+            await self._hold_all(limited, day, amount)
+        except BudgetExceeded:
+            if not self._settlements.pending:
+                raise
+            # Settlements written behind still hold their reservations: apply them and look
+            # again, so the refusal stands on the actual spend.
+            await self._settlements.flush()
+            await self._hold_all(limited, day, amount)
+        return Reservation(scopes=limited, amount=amount, day=day)
+
+    async def _hold_all(self, scopes: tuple[str, ...], day: date, amount: Decimal) -> None:
         async with self._db.transaction() as conn:
-            for scope in limited:
+            for scope in scopes:
                 limit = self._limits.limit(scope)
                 assert limit is not None
                 if not await self._hold(conn, scope, day, amount, limit):
                     refusal = await self._refusal(conn, scope, day, amount, limit)
                     raise refusal
-        return Reservation(scopes=limited, amount=amount, day=day)
 
     async def settle(self, reservation: Reservation, actual_cost: Decimal) -> None:
         """Turn a reservation into spend of ``actual_cost``, which may differ from it.
@@ -218,6 +245,28 @@ class BudgetLedger:
                 await self._ensure_rows(conn, reservation.scopes, reservation.day)
             await self._move(conn, reservation, spent=actual)
 
+    async def settle_later(self, reservation: Reservation, actual_cost: Decimal) -> None:
+        """Settle like :meth:`settle`, written behind: queued, and applied within ~20 ms.
+
+        The reservation stays held until then. A settlement whose scope rows may not exist yet
+        (a reservation of nothing) is settled at once.
+        """
+        actual = max(actual_cost, _ZERO)
+        if not reservation.scopes or (reservation.amount == 0 and actual == 0):
+            return
+        if reservation.amount == 0:
+            await self.settle(reservation, actual)
+            return
+        await self._settlements.submit(_Settlement(reservation=reservation, actual=actual))
+
+    async def flush(self) -> None:
+        """Apply the settlements queued so far; never raises (failures are logged)."""
+        await self._settlements.flush()
+
+    async def close(self) -> None:
+        """Apply the settlements queued and stop their background writer."""
+        await self._settlements.close()
+
     async def release(self, reservation: Reservation) -> None:
         """Give a reservation back: the call failed or was never made."""
         if not reservation.scopes or reservation.amount == 0:
@@ -228,6 +277,7 @@ class BudgetLedger:
     async def state(self, scope: str, *, day: date | None = None) -> BudgetState:
         """Tell what ``scope`` has spent and holds reserved on ``day`` (default today)."""
         day = day or self.today()
+        await self._settlements.flush()  # read this process's own settlements back
         query = sa.select(_SPEND.c.spent, _SPEND.c.reserved).where(
             _SPEND.c.scope == scope, _SPEND.c.day == day
         )
@@ -298,6 +348,26 @@ class BudgetLedger:
             requested=_text(amount),
             resets_at=resets_at.isoformat(),
         )
+
+    async def _settle_many(self, settlements: list[_Settlement]) -> None:
+        # Summed per scope and day: one UPDATE per scope for the whole batch, in sorted order
+        # like the reservations, so the two cannot deadlock. A batch retried after a commit
+        # whose answer was lost counts its spend twice: it errs on the side of spending less.
+        totals: dict[tuple[str, date], tuple[Decimal, Decimal]] = {}
+        for settlement in settlements:
+            reservation = settlement.reservation
+            for scope in reservation.scopes:
+                held, spent = totals.get((scope, reservation.day), (_ZERO, _ZERO))
+                totals[scope, reservation.day] = (
+                    held + reservation.amount,
+                    spent + settlement.actual,
+                )
+        async with self._db.transaction() as conn:
+            for (scope, day), (held, spent) in sorted(totals.items()):
+                await conn.execute(
+                    _SETTLE,
+                    {"p_scope": scope, "p_day": day, "p_amount": held, "p_actual": spent},
+                )
 
     async def _move(
         self, conn: AsyncConnection, reservation: Reservation, *, spent: Decimal

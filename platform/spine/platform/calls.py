@@ -13,8 +13,11 @@
    call is narrowed to the plan's free models instead;
 3. calls the router;
 4. settles the reservation with the actual cost (the answer's tokens at the answering model's
-   prices), or releases it when the call failed;
-5. records one usage row: for answers, failures, budget refusals and cache hits alike;
+   prices; written behind, see :meth:`BudgetLedger.settle_later`), or releases it when the
+   call failed;
+5. records one usage row: for answers, failures, budget refusals and cache hits alike. The row
+   is queued for the usage ledger's background writer, not committed on the call's path (see
+   :mod:`spine.platform.usage`); :meth:`ModelCalls.flush` writes what is queued;
 6. hands that row to the outcome hook, if one was given (:class:`OutcomeHook`: the API wires
    a publisher of outcome events to JetStream there; this module knows nothing of NATS).
 
@@ -80,7 +83,7 @@ class CallContext:
 
 
 class OutcomeHook(Protocol):
-    """Told of every routed call once its usage row was written (or failed to be).
+    """Told of every routed call once its usage row was queued (or failed to be).
 
     Called in the caller's task, so it must return at once (hand the work to a background
     task) and should not raise; an exception it raises is logged and otherwise ignored.
@@ -328,10 +331,18 @@ class ModelCalls:
         """Warm the router up (once per process, however often it is asked)."""
         await self.router.warm_up()
 
+    async def flush(self) -> None:
+        """Write the usage rows and budget settlements of the calls made so far (both are
+        written behind)."""
+        await self.budgets.flush()
+        await self.usage.flush()
+
     async def close(self) -> None:
-        """Wait for streams being settled, then close the cache."""
+        """Wait for streams being settled, drain what is written behind, then close the cache."""
         if self._pending:
             await asyncio.gather(*self._pending, return_exceptions=True)
+        await self.budgets.close()
+        await self.usage.close()
         if self.cache is not None:
             await self.cache.close()
         await self.router.close()
@@ -453,7 +464,7 @@ class ModelCalls:
         work = (
             self.budgets.release(reservation)
             if cost is None
-            else self.budgets.settle(reservation, cost)
+            else self.budgets.settle_later(reservation, cost)
         )
         try:
             await asyncio.shield(work)
@@ -461,9 +472,10 @@ class ModelCalls:
             logger.warning("budget of %s not settled: %s", ", ".join(reservation.scopes), exc)
 
     async def _record(self, context: CallContext, strategy: str, record: ModelCallRecord) -> None:
-        # Losing a usage row must not fail a call that was made (and maybe paid for).
+        # Queued for the ledger's background writer: no commit on the call's path. Losing a
+        # usage row must not fail a call that was made (and maybe paid for).
         try:
-            await asyncio.shield(self.usage.record(record))
+            await self.usage.submit(record)
         except Exception as exc:
             logger.warning("usage of a %s call not recorded: %s", record.model, exc)
         if self.outcomes is not None:

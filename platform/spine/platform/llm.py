@@ -2,10 +2,12 @@
 
 This is the seam agents call (:class:`ModelClient`); the model router
 (:mod:`spine.platform.router`) implements the same seam and makes each of its calls through
-:meth:`LiteLLMClient.call`. LiteLLM's errors are translated here: transient ones (connection,
-timeout, 429, 5xx) are retryable, a prompt too long for the model is
-:class:`~spine.platform.errors.ContextWindowExceeded`, everything else is permanent, and a
-provider that is not configured says what to set.
+:meth:`LiteLLMClient.call`. Chat calls to the providers that speak OpenAI's protocol
+(:data:`NATIVE_PROVIDERS`) skip LiteLLM and go through the ``openai`` SDK
+(:mod:`spine.platform.openai_upstream`), which translates its errors the same way. LiteLLM's
+errors are translated here: transient ones (connection, timeout, 429, 5xx) are retryable, a
+prompt too long for the model is :class:`~spine.platform.errors.ContextWindowExceeded`,
+everything else is permanent, and a provider that is not configured says what to set.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from spine.platform.errors import (
     ContextWindowExceeded,
@@ -28,7 +30,11 @@ from spine.platform.errors import (
 )
 from spine.platform.settings import Provider, Settings
 
+if TYPE_CHECKING:
+    from spine.platform.openai_upstream import OpenAIUpstream
+
 __all__ = [
+    "NATIVE_PROVIDERS",
     "Attempt",
     "Completion",
     "CompletionDelta",
@@ -69,6 +75,8 @@ _LITELLM_PREFIX = {"ollama": "ollama_chat", "openai-compatible": "openai", "loca
 # checked against the fake server); an older release raised "'Logging' object has no
 # attribute 'debug'" there.
 _EMBEDDING_PREFIX = {"ollama": "ollama", "openai-compatible": "openai", "local": "openai"}
+NATIVE_PROVIDERS: frozenset[str] = frozenset({"openai", "openai-compatible", "local"})
+"""The providers whose chat calls go through the ``openai`` SDK instead of LiteLLM."""
 
 
 @dataclass(slots=True, kw_only=True, frozen=True)
@@ -308,6 +316,7 @@ class LiteLLMClient:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._described: set[str] = set()
+        self._native: OpenAIUpstream | None = None
         # LiteLLM otherwise downloads a price list on import.
         os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
@@ -319,6 +328,12 @@ class LiteLLMClient:
         that are still running.
         """
         await asyncio.to_thread(importlib.import_module, "litellm")
+        await asyncio.to_thread(importlib.import_module, "spine.platform.openai_upstream")
+
+    async def close(self) -> None:
+        """Close the connections of the OpenAI-compatible upstreams."""
+        if self._native is not None:
+            await self._native.close()
 
     async def complete(
         self, messages: list[dict[str, Any]], *, model: str | None = None, **params: Any
@@ -333,6 +348,8 @@ class LiteLLMClient:
 
         ``timeout`` (seconds) overrides ``GENAI_MODELS__TIMEOUT`` for this call.
         """
+        if target.provider in NATIVE_PROVIDERS:
+            return await self._openai().call(target, messages, **params)
         import litellm  # a 4 s import that only model-calling processes pay
 
         self._describe(litellm, target)
@@ -374,6 +391,14 @@ class LiteLLMClient:
         A failure before the first delta and one in the middle of the stream both raise the
         translated error from the iteration; usage comes on a delta near the end.
         """
+        if target.provider in NATIVE_PROVIDERS:
+            native = self._openai().stream(target, messages, **params)
+            try:
+                async for delta in native:
+                    yield delta
+            finally:
+                await native.aclose()  # closes the upstream response when the caller stops
+            return
         import litellm
 
         self._describe(litellm, target)
@@ -452,6 +477,13 @@ class LiteLLMClient:
             input_tokens=getattr(usage, "prompt_tokens", 0) or 0,
             latency_ms=latency_ms,
         )
+
+    def _openai(self) -> OpenAIUpstream:
+        if self._native is None:
+            from spine.platform.openai_upstream import OpenAIUpstream
+
+            self._native = OpenAIUpstream(self._settings)
+        return self._native
 
     def _describe(self, litellm: Any, target: ProviderTarget, *, embedding: bool = False) -> None:
         # LiteLLM asks Ollama about a model it has no price entry for on every call, and asks

@@ -4,6 +4,19 @@ Every routed call (a cache hit, a failure, each fallback's final answer) is reco
 made it, what it cost and how it went. :meth:`UsageLedger.summary` groups those rows by day,
 model, tenant or provider in one ``GROUP BY`` query, on SQLite and PostgreSQL alike; days are
 UTC days.
+
+Rows are written behind: :meth:`UsageLedger.submit` queues a row and returns, and a background
+writer inserts what gathered every ~20 ms (or every 200 rows) with one multi-row ``INSERT``, so
+a model call costs no commit of its own. A flush that fails keeps its rows and is retried with
+backoff; the inserts ignore ids already stored, so a retry after a commit whose answer was lost
+writes nothing twice. When the queue is full, :meth:`~UsageLedger.submit` writes its row itself
+and the caller waits (backpressure: rows are never dropped). :meth:`~UsageLedger.summary` first
+flushes this process's pending rows, so a caller reads its own calls; :meth:`~UsageLedger.close`
+drains the queue.
+
+The trade-off: the rows of the last ~20 ms are lost if the process is killed without closing
+(SIGKILL, a crash). Budgets do not depend on these rows: they are reserved synchronously
+(:mod:`spine.platform.budgets`), so spend limits hold all the same.
 """
 
 from __future__ import annotations
@@ -16,7 +29,9 @@ from decimal import Decimal
 from typing import Any, Literal, get_args
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 
+from spine.platform._write_behind import WriteBehind
 from spine.platform.db import Database
 from spine.platform.errors import BadRequest
 from spine.platform.schema import ModelCallRow, Money, utcnow
@@ -70,23 +85,67 @@ class UsageRow:
 
 
 class UsageLedger:
-    """Records model calls and sums them up, with Core statements (see ``Database``)."""
+    """Records model calls and sums them up, with Core statements (see ``Database``).
 
-    def __init__(self, db: Database) -> None:
+    Args:
+        db: The database of the ``model_calls`` table.
+        flush_interval: Seconds the background writer gathers rows before it writes them.
+        batch_rows: The most rows one ``INSERT`` writes.
+        max_queued: Rows that may wait; past that, :meth:`submit` writes its row itself.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        flush_interval: float = 0.02,
+        batch_rows: int = 200,
+        max_queued: int = 10_000,
+    ) -> None:
         self._db = db
         self._day = _utc_day(db)
+        insert = sqlite.insert if db.is_sqlite else postgresql.insert
+        self._insert = insert(_CALLS).on_conflict_do_nothing(index_elements=[_CALLS.c.id])
+        self._behind: WriteBehind[ModelCallRecord] = WriteBehind(
+            self.record_many,
+            what="usage rows",
+            interval=flush_interval,
+            batch=batch_rows,
+            max_queued=max_queued,
+        )
 
     async def record(self, call: ModelCallRecord) -> None:
-        """Write one model call."""
+        """Write one model call now."""
         await self.record_many([call])
 
     async def record_many(self, calls: Sequence[ModelCallRecord]) -> None:
-        """Write several model calls in one transaction (a batch, a drained buffer)."""
+        """Write several model calls in one transaction (a batch, a drained buffer).
+
+        A call whose id is already stored is skipped, which makes a retried write harmless.
+        """
         if not calls:
             return
         rows = [_values(call) for call in calls]
         async with self._db.transaction() as conn:
-            await conn.execute(sa.insert(_CALLS), rows)
+            await conn.execute(self._insert, rows)
+
+    async def submit(self, call: ModelCallRecord) -> None:
+        """Queue one model call for the background writer; returns at once unless the queue
+        is full, when the row is written before this returns."""
+        await self._behind.submit(call)
+
+    @property
+    def pending(self) -> int:
+        """Rows submitted and not written yet."""
+        return self._behind.pending
+
+    async def flush(self) -> None:
+        """Write the rows submitted so far; never raises (see :meth:`WriteBehind.flush`)."""
+        await self._behind.flush()
+
+    async def close(self) -> None:
+        """Drain the queue and stop the background writer."""
+        await self._behind.close()
 
     async def summary(
         self,
@@ -143,6 +202,7 @@ class UsageLedger:
                 sa.literal_column(str(i)) for i in range(1, len(grouped) + 1)
             ]
             query = query.group_by(*positions).order_by(*positions)
+        await self.flush()  # this process's own calls are read back
         async with self._db.transaction() as conn:
             rows = list((await conn.execute(query)).mappings())
         return [_usage_row(row) for row in rows if row["calls"]]

@@ -228,8 +228,9 @@ class Platform:
         if self._warming is not None and not self._warming.done():
             self._warming.cancel()
             await asyncio.gather(self._warming, return_exceptions=True)
-        # Streams still settling report their outcomes before the publisher drains, and the
-        # publisher drains before the connection closes.
+        # Streams still settling report their outcomes before the publisher drains, the usage
+        # rows written behind are drained (calls.close) before the database is disposed, and
+        # the publisher drains before the connection closes.
         with contextlib.suppress(Exception):
             await self._resources.aclose()  # MCP servers
         with contextlib.suppress(Exception):

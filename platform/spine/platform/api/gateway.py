@@ -71,6 +71,12 @@ async def chat_completions(request: Request) -> Response:
         messages = chat.messages_out()
         if chat.stream:
             opened = await calls.stream(messages, context, model=chat.routed_model, **params)
+            if await request.is_disconnected():
+                # The client left while the model was still thinking. Stop here: a quick
+                # stream could otherwise be written to the closed socket in full and be
+                # counted as answered before the server noticed.
+                await opened.aclose()
+                return Response(status_code=499)
             return _streamed(opened, chat)
         metered = await calls.complete(messages, context, model=chat.routed_model, **params)
     except SpineError as exc:

@@ -177,9 +177,11 @@ class ModelRouter:
         logger.info("embeddings: the local model %s is offered", spec.name)
 
     async def close(self) -> None:
-        """Stop the local embedding model's thread, if it ran."""
+        """Stop the local embedding model's thread, if it ran, and close upstream connections."""
         if self._local_embedder is not None:
             self._local_embedder.close()
+        if isinstance(self._client, LiteLLMClient):
+            await self._client.close()
 
     def plan(
         self,

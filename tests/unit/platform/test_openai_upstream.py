@@ -1,0 +1,91 @@
+"""The openai SDK path: its errors become the SpineErrors, and causes, LiteLLM's path gives."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+
+from spine.platform.errors import (
+    ContextWindowExceeded,
+    PermanentTaskError,
+    ProviderNotConfigured,
+    SpineError,
+    TransientTaskError,
+)
+from spine.platform.llm import ProviderTarget
+from spine.platform.openai_upstream import _split, _translate
+from spine.platform.openai_wire import GatewayError
+from spine.platform.settings import load_settings
+
+REQUEST = httpx.Request("POST", "http://upstream.test/v1/chat/completions")
+SECRET = "sk-upstream-secret"
+TARGET = ProviderTarget(
+    provider="openai-compatible",
+    model="m",
+    kwargs={"api_base": "http://upstream.test/v1", "api_key": SECRET},
+)
+
+
+def status(kind: type[openai.APIStatusError], code: int, body: object = None) -> Exception:
+    # Shaped as the SDK shapes it: the message carries the error body.
+    response = httpx.Response(code, request=REQUEST)
+    return kind(f"Error code: {code} - {body} (key {SECRET})", response=response, body=body)
+
+
+@pytest.mark.parametrize(
+    ("exc", "kind", "cause", "http"),
+    [
+        (openai.APITimeoutError(request=REQUEST), TransientTaskError, "Timeout", 502),
+        (openai.APIConnectionError(request=REQUEST), TransientTaskError, "APIConnectionError", 502),
+        (status(openai.RateLimitError, 429), TransientTaskError, "RateLimitError", 429),
+        (status(openai.InternalServerError, 500), TransientTaskError, "InternalServerError", 502),
+        (status(openai.InternalServerError, 502), TransientTaskError, "BadGatewayError", 502),
+        (
+            status(openai.InternalServerError, 503),
+            TransientTaskError,
+            "ServiceUnavailableError",
+            502,
+        ),
+        (
+            status(
+                openai.BadRequestError,
+                400,
+                {
+                    "message": "This model's maximum context length is 8192 tokens.",
+                    "code": "context_length_exceeded",
+                },
+            ),
+            ContextWindowExceeded,
+            "ContextWindowExceededError",
+            400,
+        ),
+        (status(openai.BadRequestError, 400), PermanentTaskError, "BadRequestError", 400),
+        (
+            status(openai.UnprocessableEntityError, 422),
+            PermanentTaskError,
+            "UnprocessableEntityError",
+            400,
+        ),
+        (status(openai.NotFoundError, 404), PermanentTaskError, "NotFoundError", 404),
+        (status(openai.AuthenticationError, 401), ProviderNotConfigured, None, 503),
+    ],
+    ids=lambda value: value if isinstance(value, str) else None,
+)
+def test_sdk_errors_are_translated_like_litellm_errors(
+    exc: Exception, kind: type[SpineError], cause: str | None, http: int
+) -> None:
+    settings = load_settings(_env_file=None)
+    translated = _translate(exc, TARGET, settings)
+    assert type(translated) is kind
+    assert isinstance(translated, SpineError)
+    assert translated.details.get("cause") == cause
+    assert translated.details.get("provider") == "openai-compatible"
+    assert SECRET not in translated.message
+    assert GatewayError.of(translated).status == http
+
+
+def test_unset_and_unknown_parameters() -> None:
+    arguments, extra = _split({"temperature": 0.2, "seed": None, "top_k": 5, "user": "u"})
+    assert arguments == {"temperature": 0.2, "user": "u"}
+    assert extra == {"top_k": 5}  # no SDK argument: sent in the body as LiteLLM would
