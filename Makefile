@@ -48,6 +48,7 @@ bench: $(STAMP)
 	LITELLM_LOCAL_MODEL_COST_MAP=True $(BIN)/python bench/dispatch.py
 	LITELLM_LOCAL_MODEL_COST_MAP=True $(BIN)/python bench/gateway.py
 	LITELLM_LOCAL_MODEL_COST_MAP=True $(BIN)/python bench/vectors.py
+	LITELLM_LOCAL_MODEL_COST_MAP=True $(BIN)/python bench/graph.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

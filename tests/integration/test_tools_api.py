@@ -30,6 +30,7 @@ async def test_a_key_sees_the_builtin_tools_with_their_schemas(spine: RunningPla
         "graph_neighbors",
         "graph_query",
         "http_fetch",
+        "hybrid_search",
         "publish_event",
         "submit_task",
         "vector_search",

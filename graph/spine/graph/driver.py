@@ -6,12 +6,19 @@ driver waits out its 60 s acquisition deadline, then retries). A socket closed *
 GOODBYE leaves no such handler (measured: the next connection answered in 0.04 s, against a
 90 s hang). GOODBYE is only a courtesy in Bolt (the server sees the socket close either way),
 so unless the settings say the server is Neo4j, the driver's connections close without it.
+
+Its Bolt server also answers in small writes without ``TCP_NODELAY``; with the client's delayed
+ACKs, any answer of more than a few records waited about 40 ms (a depth-2 neighbourhood: p50
+47 ms over Bolt, 3.3 ms for the same query over its Redis protocol, 0.5 ms inside the server).
+Re-arming ``TCP_QUICKACK`` around each read of the driver's sockets (Linux) brings it to 4.9 ms.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
 from typing import Any
 
 from neo4j import AsyncDriver, AsyncGraphDatabase
@@ -25,6 +32,7 @@ __all__ = ["open_driver", "ping"]
 
 logger = logging.getLogger(__name__)
 _quiet_close_installed = False
+_quick_ack_installed = False
 
 
 def open_driver(settings: Settings) -> AsyncDriver:
@@ -36,7 +44,46 @@ def open_driver(settings: Settings) -> AsyncDriver:
         auth = (settings.neo4j_user, settings.neo4j_password.get_secret_value())
     if settings.knowledge.graph_backend != "neo4j":
         _close_without_goodbye()
+        _ack_quickly()
     return AsyncGraphDatabase.driver(settings.neo4j_uri, auth=auth, connection_timeout=5.0)
+
+
+def _ack_quickly() -> None:
+    """Re-arm ``TCP_QUICKACK`` on the driver's sockets around every read and write (Linux).
+
+    Like :func:`_close_without_goodbye`, this reaches into the driver's private socket class,
+    and does nothing (with a warning) if that class moved.
+    """
+    global _quick_ack_installed
+    if _quick_ack_installed or not hasattr(socket, "TCP_QUICKACK"):
+        return
+    try:
+        from neo4j._async_compat.network._bolt_socket import AsyncBoltSocketBase
+    except ImportError:  # pragma: no cover - a driver that moved its internals
+        logger.warning("cannot set TCP_QUICKACK with this neo4j driver; FalkorDB answers slowly")
+        return
+    recv_into: Any = AsyncBoltSocketBase.recv_into
+    sendall: Any = AsyncBoltSocketBase.sendall
+
+    def arm(bolt_socket: Any) -> None:
+        raw = bolt_socket._writer.get_extra_info("socket")
+        if raw is not None:
+            with contextlib.suppress(OSError):
+                raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+
+    async def quick_recv_into(self: Any, buffer: Any, nbytes: int) -> int:
+        arm(self)
+        received: int = await recv_into(self, buffer, nbytes)
+        arm(self)
+        return received
+
+    async def quick_sendall(self: Any, data: bytes) -> Any:
+        arm(self)
+        return await sendall(self, data)
+
+    AsyncBoltSocketBase.recv_into = quick_recv_into  # type: ignore[method-assign]
+    AsyncBoltSocketBase.sendall = quick_sendall  # type: ignore[method-assign]
+    _quick_ack_installed = True
 
 
 def _close_without_goodbye() -> None:

@@ -13,6 +13,7 @@ that time; ``history`` follows all of them.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
 from datetime import date, datetime, time, timedelta
 from typing import Any, Literal
 
@@ -21,7 +22,7 @@ from neo4j.time import Date, DateTime, Duration, Time
 from pydantic import BaseModel, Field
 
 from spine.graph.cypher_guard import check_query
-from spine.graph.identifiers import Allowlist
+from spine.graph.identifiers import IDENTIFIER, Allowlist
 from spine.graph.mapping import MappingSet
 from spine.graph.store import GraphStore
 from spine.platform.errors import BadRequest, NotFound
@@ -49,7 +50,10 @@ class TenantLeak(BadRequest):
     error_type = "forbidden"
 
 
-class GraphNode(BaseModel):
+# Plain dataclasses, not models: a neighbourhood makes dozens of them per request, and
+# pydantic serializes them as they are inside the GraphView model that crosses the boundary.
+@dataclass(slots=True, kw_only=True)
+class GraphNode:
     """A node: its id (``<Label>:<key>``), labels and properties (provenance included)."""
 
     id: str
@@ -57,7 +61,8 @@ class GraphNode(BaseModel):
     properties: dict[str, Any]
 
 
-class GraphEdge(BaseModel):
+@dataclass(slots=True, kw_only=True)
+class GraphEdge:
     """A relationship between two nodes, named by their ids."""
 
     id: str
@@ -108,16 +113,16 @@ class GraphExplorer:
 
     # -- nodes -------------------------------------------------------------------------------
 
-    async def node(self, uid: str, *, tenant: str) -> GraphNode:
-        """Return one node by its id."""
-        label = self._label_of(uid)
+    async def node(self, uid: str, *, tenant: str, field: str = "id") -> GraphNode:
+        """Return one node by its id (``field`` names the id in errors)."""
+        label = self._label_of(uid, field=field)
         result = await self.store.read(
             f"MATCH (n:`{label}` {{tenant: $tenant, uid: $uid}}) RETURN n",
             {"tenant": tenant, "uid": uid},
             timeout=self._timeout,
         )
         if not result.records:
-            raise NotFound(f"no node {uid!r}", field="id")
+            raise NotFound(f"no node {uid!r}", field=field)
         return _Collector(tenant).node(result.records[0]["n"])
 
     def neighbors_query(
@@ -141,12 +146,13 @@ class GraphExplorer:
         left, right = {"out": ("-", "->"), "in": ("<-", "-"), "both": ("-", "-")}[direction]
         params: dict[str, Any] = {"tenant": tenant, "uid": uid, "limit": limit}
         valid = _validity("r", at=at, history=history, params=params)
+        # One round trip: the start node comes back even when it has no neighbours.
         text = (
             f"MATCH (a:`{label}` {{tenant: $tenant, uid: $uid}}) "
-            f"MATCH p = (a){left}[{rel}*1..{depth}]{right}(m) "
+            f"OPTIONAL MATCH p = (a){left}[{rel}*1..{depth}]{right}(m) "
             f"WHERE m <> a AND all(r IN relationships(p) WHERE r.tenant = $tenant{valid}) "
-            "WITH m, head(collect(p)) AS p LIMIT $limit "
-            "RETURN nodes(p) AS nodes, relationships(p) AS rels"
+            "WITH a, m, head(collect(p)) AS p LIMIT $limit "
+            "RETURN a, nodes(p) AS nodes, relationships(p) AS rels"
         )
         return text, params
 
@@ -163,7 +169,6 @@ class GraphExplorer:
         limit: int = 100,
     ) -> GraphView:
         """Return a node and its neighbours up to ``depth`` hops, with the edges between."""
-        start = await self.node(uid, tenant=tenant)
         text, params = self.neighbors_query(
             uid,
             tenant=tenant,
@@ -175,11 +180,14 @@ class GraphExplorer:
             limit=limit,
         )
         result = await self.store.read(text, params, timeout=self._timeout)
+        if not result.records:
+            raise NotFound(f"no node {uid!r}", field="id")
         collector = _Collector(tenant)
-        collector.nodes[start.id] = start
+        collector.walk(result.records[0]["a"])
         for record in result.records:
-            collector.walk(record["nodes"])
-            collector.walk(record["rels"])
+            if record["nodes"] is not None:
+                collector.walk(record["nodes"])
+                collector.walk(record["rels"])
         return collector.view()
 
     async def path(
@@ -195,16 +203,18 @@ class GraphExplorer:
         """Return a shortest path between two nodes (ignoring direction), or none."""
         if not 1 <= max_depth <= _MAX_PATH_DEPTH:
             raise BadRequest(f"max_depth must be 1 to {_MAX_PATH_DEPTH}", field="max_depth")
-        first = await self.node(start, tenant=tenant)
-        last = await self.node(end, tenant=tenant)
+        self._label_of(start, field="from")
+        self._label_of(end, field="to")
+        checked = [self.allowlist.type(t, field=f"types[{i}]") for i, t in enumerate(types)]
+        first = await self.node(start, tenant=tenant, field="from")
+        last = await self.node(end, tenant=tenant, field="to")
         if first.id == last.id:
             return PathView(nodes=[first], length=0)
-        checked = [self.allowlist.type(t, field=f"types[{i}]") for i, t in enumerate(types)]
         rel = ":" + "|".join(f"`{t}`" for t in checked) if checked else ""
         params: dict[str, Any] = {"tenant": tenant, "from": start, "to": end}
         valid = _validity("r", at=None, history=history, params=params)
         match = (
-            f"MATCH (a:`{self._label_of(start)}` {{tenant: $tenant, uid: $from}}), "
+            f"MATCH (a:`{self._label_of(start, field='from')}` {{tenant: $tenant, uid: $from}}), "
             f"(b:`{self._label_of(end, field='to')}` {{tenant: $tenant, uid: $to}}) "
         )
         where = f"WHERE all(r IN relationships(p) WHERE r.tenant = $tenant{valid}) "
@@ -278,6 +288,11 @@ class GraphExplorer:
                 "the parameter 'tenant' is set by the platform to your tenant",
                 field="params.tenant",
             )
+        for name in params:
+            if not IDENTIFIER.match(name):
+                raise BadRequest(
+                    f"params: {name[:60]!r} is not a parameter name", field=f"params.{name[:60]}"
+                )
         check_query(text)
         result = await self.store.read(
             text, {**params, "tenant": tenant}, timeout=self._timeout, max_rows=self._max_rows
@@ -335,18 +350,35 @@ class _Collector:
         self.edges: dict[str, GraphEdge] = {}
         self._ids: dict[str, str] = {}  # element id -> uid
         self._raw_edges: list[Relationship] = []
+        self._edge_ids: set[str] = set()
+        self._edge_properties: dict[str, dict[str, Any]] = {}
 
     def walk(self, value: Any) -> None:
-        self.value(value)
+        """Gather the nodes and edges in a value without rendering it."""
+        if isinstance(value, Node):
+            self.node(value)
+        elif isinstance(value, Relationship):
+            self._relationship(value)
+        elif isinstance(value, Path):
+            for node in value.nodes:
+                self.node(node)
+            for rel in value.relationships:
+                self._relationship(rel)
+        elif isinstance(value, list | tuple):
+            for item in value:
+                self.walk(item)
+        elif isinstance(value, dict):
+            for item in value.values():
+                self.walk(item)
 
     def value(self, value: Any) -> Any:
         if isinstance(value, Node):
-            return self.node(value).model_dump()
+            return asdict(self.node(value))
         if isinstance(value, Relationship):
             return self.edge(value)
         if isinstance(value, Path):
             return {
-                "nodes": [self.node(n).model_dump() for n in value.nodes],
+                "nodes": [asdict(self.node(n)) for n in value.nodes],
                 "edges": [self.edge(r) for r in value.relationships],
             }
         if isinstance(value, list | tuple):
@@ -356,6 +388,9 @@ class _Collector:
         return _scalar(value)
 
     def node(self, node: Node) -> GraphNode:
+        known = self._ids.get(node.element_id)
+        if known is not None:  # met before (a path's start node comes back on every path)
+            return self.nodes[known]
         properties = dict(node.items())
         self._check_tenant(properties)
         uid = str(properties.get("uid") or node.element_id)
@@ -367,10 +402,18 @@ class _Collector:
         return found
 
     def edge(self, rel: Relationship) -> dict[str, Any]:
+        properties = self._relationship(rel)
+        return {"id": rel.element_id, "type": rel.type, "properties": _shown(properties)}
+
+    def _relationship(self, rel: Relationship) -> dict[str, Any]:
+        if rel.element_id in self._edge_ids:
+            return self._edge_properties[rel.element_id]
         properties = dict(rel.items())
         self._check_tenant(properties)
+        self._edge_ids.add(rel.element_id)
+        self._edge_properties[rel.element_id] = properties
         self._raw_edges.append(rel)
-        return {"id": rel.element_id, "type": rel.type, "properties": _shown(properties)}
+        return properties
 
     def dangling(self) -> list[str]:
         ends = {
@@ -387,9 +430,11 @@ class _Collector:
                 type=rel.type,
                 source=self._ids.get(rel.start_node.element_id, rel.start_node.element_id),
                 target=self._ids.get(rel.end_node.element_id, rel.end_node.element_id),
-                properties=_shown(dict(rel.items())),
+                properties=_shown(self._edge_properties[rel.element_id]),
             )
-        return GraphView(nodes=list(self.nodes.values()), edges=list(self.edges.values()))
+        return GraphView.model_construct(
+            nodes=list(self.nodes.values()), edges=list(self.edges.values())
+        )
 
     def _check_tenant(self, properties: Mapping[str, Any]) -> None:
         if properties.get("tenant") != self.tenant:
@@ -397,7 +442,12 @@ class _Collector:
 
 
 def _shown(properties: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: _scalar(v) for k, v in sorted(properties.items()) if k not in _HIDDEN}
+    return {
+        k: v if type(v) in _PLAIN else _scalar(v) for k, v in properties.items() if k not in _HIDDEN
+    }
+
+
+_PLAIN = frozenset({str, int, float, bool, type(None)})
 
 
 def _scalar(value: Any) -> Any:

@@ -1,0 +1,92 @@
+"""Triggers: a matching event becomes one agent task, however often it is delivered."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import RunningPlatform, make_settings, run_platform
+from spine.events.streams import EVENTS_STREAM, TRIGGER_CONSUMER
+from support.fake_models import FakeModelServer
+from support.knowledge import delete_event_streams, event_consumers, eventually, knowledge
+
+pytestmark = pytest.mark.integration
+
+RULES = """
+triggers:
+  - name: welcome
+    event: com.example.person.*
+    when:
+      data.role: engineer
+    agent: chat
+    priority: low
+    input:
+      prompt: "Welcome {{ data.person.name }} to {{ data.company.id }} ({{ subject }})"
+"""
+
+
+@pytest.fixture
+async def spine(
+    services: Any, pg_url: str, models: FakeModelServer, tmp_path: Path
+) -> AsyncIterator[RunningPlatform]:
+    await delete_event_streams(services.nats_url)
+    (tmp_path / "rules.yaml").write_text(RULES)
+    settings = make_settings(services, pg_url, models, knowledge=knowledge(triggers_dir=tmp_path))
+    async with run_platform(settings, workers=0) as running:
+        yield running
+
+
+def hired(event_id: str, role: str) -> dict[str, Any]:
+    return {
+        "specversion": "1.0",
+        "id": event_id,
+        "source": "/hr",
+        "type": "com.example.person.hired",
+        "subject": "onboarding",
+        "data": {"person": {"id": 5, "name": "Dana"}, "company": {"id": "c1"}, "role": role},
+    }
+
+
+async def tasks(spine: RunningPlatform) -> list[dict[str, Any]]:
+    return list((await spine.client.get("/v1/tasks")).json()["data"])
+
+
+async def test_a_trigger_fires_once_per_event_even_when_redelivered(
+    spine: RunningPlatform,
+) -> None:
+    events = [hired("e1", "engineer"), hired("e2", "sales")]
+    answer = await spine.client.post(
+        "/v1/events",
+        content=json.dumps(events),
+        headers={"Content-Type": "application/cloudevents-batch+json"},
+    )
+    assert answer.status_code == 202, answer.text
+    async with event_consumers(spine.platform):
+        made = await eventually(lambda: tasks(spine), lambda t: len(t) == 1)
+    task = made[0]
+    assert task["agent"] == "chat"
+    assert task["priority"] == "low"
+    assert task["input"] == {"prompt": "Welcome Dana to c1 (onboarding)"}
+    assert task["metadata"]["trigger"] == "welcome"
+    assert task["metadata"]["event"]["id"] == "e1"
+
+    # Every event delivered again (a fresh consumer replays the stream), and the same event
+    # published again past JetStream's dedupe: still one task.
+    js = spine.platform.bus.js
+    await js.delete_consumer(EVENTS_STREAM, TRIGGER_CONSUMER)
+    await spine.platform.layout.ensure(js)
+    await js.publish(
+        "spine.events.acme.com.example.person.hired",
+        json.dumps({**hired("e1", "engineer"), "spinetenant": "acme"}).encode(),
+        headers={"Nats-Msg-Id": "another-id"},
+    )
+    async with event_consumers(spine.platform):
+        await eventually(
+            lambda: js.consumer_info(EVENTS_STREAM, TRIGGER_CONSUMER),
+            lambda info: info.num_pending == 0 and info.num_ack_pending == 0,
+        )
+    assert [t["id"] for t in await tasks(spine)] == [task["id"]]

@@ -1,0 +1,115 @@
+"""Mappings: what an event writes, and what cannot be mapped."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from spine.events.cloudevent import dedupe_id, parse_structured
+from spine.events.log import ReceivedEvent
+from spine.graph.mapping import MappingError, MappingSet
+from spine.graph.store import FALKORDB_MAX_REQUEST, _cut_for_falkordb, falkordb_params, packed_size
+from spine.graph.writer import statements_for
+from spine.platform.errors import ConfigurationError
+
+EXAMPLES = Path(__file__).resolve().parents[3] / "graph" / "spine" / "graph" / "examples"
+
+
+def received(event_type: str, data: Any, *, tenant: str = "acme") -> ReceivedEvent:
+    event = parse_structured(
+        {
+            "specversion": "1.0",
+            "id": "e1",
+            "source": "/s",
+            "type": event_type,
+            "time": "2026-01-01T00:00:00Z",
+            "data": data,
+        }
+    )
+    return ReceivedEvent(key=dedupe_id(tenant, "/s", "e1"), tenant=tenant, event=event)
+
+
+def test_a_hire_writes_two_nodes_and_a_superseding_relationship() -> None:
+    mappings = MappingSet.load(EXAMPLES / "mappings")
+    event = received(
+        "com.example.person.hired",
+        {
+            "person": {"id": 7, "name": "Ann", "tags": ["a", "b"], "extra": {"x": 1}},
+            "company": {"id": "c1"},
+            "role": "dev",
+        },
+    )
+    writes = mappings.plan(event, time_ms=1000)
+    assert writes is not None
+    person, company = writes.nodes
+    assert (person.label, person.uid, person.tenant) == ("Person", "Person:7", "acme")
+    assert person.properties == {"id": 7, "name": "Ann"}
+    assert (company.uid, company.properties) == ("Company:c1", {"id": "c1"})
+    [works] = writes.relationships
+    assert (works.type, works.start, works.end, works.supersedes) == (
+        "WORKS_AT",
+        "Person:7",
+        "Company:c1",
+        True,
+    )
+    assert works.properties == {"role": "dev"}
+    assert works.event_id == "e1" and works.source == "/s" and works.time == 1000
+    assert mappings.plan(received("com.example.other", {}), time_ms=1) is None
+    assert {"Person", "Company"} <= mappings.allowlist.labels
+    assert "WORKS_AT" in mappings.allowlist.types
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        ({"name": "no id"}, "data.id is missing"),
+        ({"id": True}, "must be a string or an integer"),
+        ({"id": {"a": 1}}, "must be a string or an integer"),
+        ({"id": "  "}, "non-empty key"),
+    ],
+)
+def test_an_event_without_a_usable_key_cannot_be_mapped(data: Any, reason: str) -> None:
+    mappings = MappingSet.load(EXAMPLES / "mappings")
+    with pytest.raises(MappingError, match=reason):
+        mappings.plan(received("com.example.person.updated", data), time_ms=1)
+
+
+def test_a_bad_mapping_file_is_a_configuration_error(tmp_path: Path) -> None:
+    (tmp_path / "bad.yaml").write_text(
+        "mappings:\n  - event: x\n    nodes:\n      a: {label: 'Bad Label', key: id, properties: {id: data.id}}\n"
+    )
+    with pytest.raises(ConfigurationError, match="label 'Bad Label'"):
+        MappingSet.load(tmp_path)
+    (tmp_path / "bad.yaml").write_text(
+        "mappings:\n  - event: x\n    nodes:\n      a: {label: A, key: id, properties: {tenant: data.id, id: data.id}}\n"
+    )
+    with pytest.raises(ConfigurationError, match="written by ingestion"):
+        MappingSet.load(tmp_path)
+
+
+def test_a_batch_folds_repeats_so_the_newest_values_win() -> None:
+    mappings = MappingSet.load(EXAMPLES / "mappings")
+    old = mappings.plan(
+        received("com.example.person.updated", {"id": 1, "name": "old", "email": "e"}), time_ms=1
+    )
+    new = mappings.plan(received("com.example.person.updated", {"id": 1, "name": "new"}), time_ms=2)
+    assert old is not None and new is not None
+    [(_text, params)] = statements_for([new, old])
+    [row] = params["rows"]
+    assert row["props"] == {"id": 1, "name": "new", "email": "e"}
+    assert row["first"] == 1 and row["time"] == 2
+
+
+def test_falkordb_parameters_are_escaped_and_requests_cut_small() -> None:
+    assert falkordb_params({"q": "a'b\\c\x00"}) == {"q": "a\\'b\\\\c\ufffd"}
+    with pytest.raises(Exception, match="identifier"):
+        falkordb_params({"bad key": 1})
+    rows = [{"uid": f"Person:{i}", "name": "x" * 100} for i in range(200)]
+    cut = _cut_for_falkordb([("UNWIND $rows AS row RETURN row", {"rows": rows})])
+    assert len(cut) > 5
+    assert sum(len(p["rows"]) for _, p in cut) == 200
+    assert all(len(t) + packed_size(p) <= FALKORDB_MAX_REQUEST for t, p in cut)
+    with pytest.raises(Exception, match="more than"):
+        _cut_for_falkordb([("Q", {"rows": [{"big": "x" * 5000}]})])
