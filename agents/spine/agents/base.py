@@ -28,6 +28,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+_UNWIND_SECONDS = 5.0
 
 
 class Agent(Protocol):
@@ -182,5 +183,8 @@ class RunContext:
             stop.cancel()
         if not step.done():
             step.cancel()
+            # Let it unwind (a model call records itself as abandoned) before the worker goes
+            # on to record the task's end; bounded, in case the work ignores the cancel.
+            await asyncio.wait({step}, timeout=_UNWIND_SECONDS)
             raise TaskCancelled("the task was cancelled")
         return step.result()
