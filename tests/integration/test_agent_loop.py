@@ -41,6 +41,19 @@ def first_call(request: ModelRequest) -> bool:
     return request.last_role != "tool"
 
 
+def script_launch(models: FakeModelServer, *, answer: str | None = None) -> None:
+    """The model asks to launch the moon; after the tool's result, ``answer: <result>``."""
+    models.add(
+        Rule(
+            when=first_call,
+            containing="launch it",
+            tool_calls=[ToolCall(name="launch", arguments={"target": "moon"}, id="l1")],
+        )
+    )
+    if answer is not None:
+        models.add(Rule(when=after_tool, reply=lambda r: f"{answer}: {r.messages[-1]['content']}"))
+
+
 class LaunchArguments(BaseModel):
     target: str
 
@@ -248,13 +261,7 @@ async def test_a_final_answer_is_checked_against_the_output_schema(
 async def test_an_approval_pauses_the_task_without_holding_a_worker(
     services: Any, pg_url: str, models: FakeModelServer, tmp_path: Path, launches: list[str]
 ) -> None:
-    models.add(
-        Rule(
-            when=first_call,
-            containing="launch it",
-            tool_calls=[ToolCall(name="launch", arguments={"target": "moon"}, id="l1")],
-        )
-    )
+    script_launch(models)
     # One worker slot: a paused task that held it would block the next task.
     async for spine in running(
         services, pg_url, models, tmp_path, launches, worker={"concurrency": 1}
@@ -278,14 +285,7 @@ async def test_an_approval_pauses_the_task_without_holding_a_worker(
 async def test_approve_runs_the_call_once_and_the_loop_goes_on(
     spine: RunningPlatform, models: FakeModelServer, launches: list[str]
 ) -> None:
-    models.add(
-        Rule(
-            when=first_call,
-            containing="launch it",
-            tool_calls=[ToolCall(name="launch", arguments={"target": "moon"}, id="l1")],
-        )
-    )
-    models.add(Rule(when=after_tool, reply=lambda r: f"done: {r.messages[-1]['content']}"))
+    script_launch(models, answer="done")
     task_id = await submit(spine, "gated", "launch it")
     await wait_state(spine, task_id, "waiting_approval")
     approved = await spine.client.post(f"/v1/tasks/{task_id}/approve", json={})
@@ -303,14 +303,7 @@ async def test_approve_runs_the_call_once_and_the_loop_goes_on(
 async def test_reject_tells_the_model_why_and_nothing_runs(
     spine: RunningPlatform, models: FakeModelServer, launches: list[str]
 ) -> None:
-    models.add(
-        Rule(
-            when=first_call,
-            containing="launch it",
-            tool_calls=[ToolCall(name="launch", arguments={"target": "moon"}, id="l1")],
-        )
-    )
-    models.add(Rule(when=after_tool, reply=lambda r: f"ok: {r.messages[-1]['content']}"))
+    script_launch(models, answer="ok")
     task_id = await submit(spine, "gated", "launch it")
     await wait_state(spine, task_id, "waiting_approval")
     rejected = await spine.client.post(
@@ -327,14 +320,7 @@ async def test_reject_tells_the_model_why_and_nothing_runs(
 async def test_an_approval_nobody_gives_in_time_counts_as_rejected(
     services: Any, pg_url: str, models: FakeModelServer, tmp_path: Path, launches: list[str]
 ) -> None:
-    models.add(
-        Rule(
-            when=first_call,
-            containing="launch it",
-            tool_calls=[ToolCall(name="launch", arguments={"target": "moon"}, id="l1")],
-        )
-    )
-    models.add(Rule(when=after_tool, reply=lambda r: f"ok: {r.messages[-1]['content']}"))
+    script_launch(models, answer="ok")
     async for spine in running(services, pg_url, models, tmp_path, launches, approval_timeout=0.5):
         task_id = await submit(spine, "gated", "launch it")
         done = await spine.wait_for(task_id, timeout=30)
@@ -346,12 +332,7 @@ async def test_an_approval_nobody_gives_in_time_counts_as_rejected(
 async def test_cancel_during_a_paused_approval_ends_the_task(
     spine: RunningPlatform, models: FakeModelServer, launches: list[str]
 ) -> None:
-    models.add(
-        Rule(
-            containing="launch it",
-            tool_calls=[ToolCall(name="launch", arguments={"target": "moon"}, id="l1")],
-        )
-    )
+    script_launch(models)
     task_id = await submit(spine, "gated", "launch it")
     await wait_state(spine, task_id, "waiting_approval")
     assert (await spine.client.post(f"/v1/tasks/{task_id}/cancel")).status_code == 202

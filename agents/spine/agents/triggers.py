@@ -36,13 +36,12 @@ from typing import Any
 import yaml
 from nats.aio.msg import Msg
 from nats.errors import ConnectionClosedError
-from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from spine.agents.catalog import AgentCatalog
 from spine.agents.dispatch import TaskDispatcher
-from spine.events.bus import NatsBus
+from spine.events.bus import NatsBus, bind_durable, fetched
 from spine.events.intake import RejectedEvent, read_event
 from spine.events.log import ReceivedEvent
 from spine.events.paths import MISSING, resolve, valid_path
@@ -223,15 +222,7 @@ class TriggerRunner:
     async def _consume(
         self, subscription: JetStreamContext.PullSubscription, stop: asyncio.Event
     ) -> None:
-        while not stop.is_set():
-            try:
-                messages = await subscription.fetch(64, timeout=1.0)
-            except NatsTimeout:
-                continue
-            except _LOST as exc:
-                logger.debug("trigger fetch failed: %r", exc)
-                await asyncio.sleep(0.5)
-                continue
+        async for messages in fetched(subscription, 64, stop):
             for msg in messages:
                 try:
                     await self.handle(msg)
@@ -288,16 +279,7 @@ class TriggerRunner:
             self.stats.repeated += 1
 
     async def _bind(self, stop: asyncio.Event) -> JetStreamContext.PullSubscription:
-        while True:
-            try:
-                return await self._bus.js.pull_subscribe_bind(
-                    durable=self._consumer, stream=EVENTS_STREAM
-                )
-            except (*_LOST, NatsTimeout) as exc:
-                if stop.is_set():
-                    raise
-                logger.warning("cannot bind %s yet (%r); retrying", self._consumer, exc)
-                await asyncio.sleep(0.5)
+        return await bind_durable(self._bus, self._consumer, EVENTS_STREAM, stop)
 
 
 def _render(template: Any, received: ReceivedEvent) -> Any:

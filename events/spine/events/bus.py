@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import nats
 from nats.aio.client import Client
@@ -154,3 +154,36 @@ class NatsBus:
 
     async def _on_reconnected(self) -> None:
         logger.info("reconnected to NATS at %s", self.url)
+
+
+_LOST_LINK = (ConnectionClosedError, ServiceUnavailable, OSError)
+
+
+async def bind_durable(
+    bus: NatsBus, durable: str, stream: str, stop: asyncio.Event
+) -> JetStreamContext.PullSubscription:
+    """Bind to a durable pull consumer, retrying while NATS is away (raises once ``stop``)."""
+    while True:
+        try:
+            return await bus.js.pull_subscribe_bind(durable=durable, stream=stream)
+        except (*_LOST_LINK, NatsTimeout) as exc:
+            if stop.is_set():
+                raise
+            logger.warning("cannot bind %s yet (%r); retrying", durable, exc)
+            await asyncio.sleep(0.5)
+
+
+async def fetched(
+    subscription: JetStreamContext.PullSubscription, size: int, stop: asyncio.Event
+) -> AsyncIterator[list[Msg]]:
+    """Yield batches of up to ``size`` messages until ``stop``; waits out a lost connection."""
+    while not stop.is_set():
+        try:
+            messages = await subscription.fetch(size, timeout=1.0)
+        except NatsTimeout:
+            continue
+        except _LOST_LINK as exc:
+            logger.debug("fetch failed: %r", exc)
+            await asyncio.sleep(0.5)
+            continue
+        yield messages

@@ -25,10 +25,9 @@ from dataclasses import dataclass
 
 from nats.aio.msg import Msg
 from nats.errors import ConnectionClosedError
-from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 
-from spine.events.bus import NatsBus
+from spine.events.bus import NatsBus, bind_durable, fetched
 from spine.events.intake import RejectedEvent, read_event
 from spine.events.log import EventLog, EventOutcome, EventStatus, ReceivedEvent
 from spine.events.schemas import EventSchemas
@@ -111,15 +110,7 @@ class GraphIngestor:
     async def _consume(
         self, subscription: JetStreamContext.PullSubscription, stop: asyncio.Event
     ) -> None:
-        while not stop.is_set():
-            try:
-                messages = await subscription.fetch(self._settings.ingest_batch, timeout=1.0)
-            except NatsTimeout:
-                continue
-            except _LOST as exc:
-                logger.debug("event fetch failed: %r", exc)
-                await asyncio.sleep(0.5)
-                continue
+        async for messages in fetched(subscription, self._settings.ingest_batch, stop):
             try:
                 await self.handle(messages)
             except _LOST as exc:
@@ -273,13 +264,4 @@ class GraphIngestor:
                 await asyncio.sleep(1.0)
 
     async def _bind(self, stop: asyncio.Event) -> JetStreamContext.PullSubscription:
-        while True:
-            try:
-                return await self._bus.js.pull_subscribe_bind(
-                    durable=self._consumer, stream=EVENTS_STREAM
-                )
-            except (*_LOST, NatsTimeout) as exc:
-                if stop.is_set():
-                    raise
-                logger.warning("cannot bind %s yet (%r); retrying", self._consumer, exc)
-                await asyncio.sleep(0.5)
+        return await bind_durable(self._bus, self._consumer, EVENTS_STREAM, stop)

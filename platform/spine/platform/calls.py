@@ -183,31 +183,10 @@ class ModelCalls:
                 messages, model=model, admit=budgeted.admit, **params
             )
         except BaseException as exc:
-            await self._settle(budgeted.reservation, None)
-            if isinstance(exc, SpineError | asyncio.CancelledError):
-                await self._record_failure(exc, context, model, params, budgeted.plan, started)
+            await self._failed(exc, budgeted, context, model, params, started)
             raise
-        cost = _cost(
-            _spec(answer.model, budgeted.plan, self.router),
-            answer.input_tokens,
-            answer.output_tokens,
-        )
-        await self._settle(budgeted.reservation, cost)
-        await self._record(
-            context,
-            strategy,
-            ModelCallRecord(
-                tenant=context.tenant,
-                key_id=context.key_id,
-                task_id=context.task_id,
-                model=answer.model,
-                provider=answer.provider,
-                input_tokens=answer.input_tokens,
-                output_tokens=answer.output_tokens,
-                cost=cost,
-                latency_ms=_since(started),
-                fallback_path=_tried_before(answer.fallback_path),
-            ),
+        cost = await self._answered(
+            budgeted, context, strategy, answer, answer.output_tokens, started
         )
         if key is not None and self.cache is not None:
             await self.cache.put(key, answer)
@@ -254,9 +233,7 @@ class ModelCalls:
         try:
             opened = await self.router.stream(messages, model=model, admit=budgeted.admit, **params)
         except BaseException as exc:
-            await self._settle(budgeted.reservation, None)
-            if isinstance(exc, SpineError | asyncio.CancelledError):
-                await self._record_failure(exc, context, model, params, budgeted.plan, started)
+            await self._failed(exc, budgeted, context, model, params, started)
             raise
         return MeteredStream(
             calls=self,
@@ -299,28 +276,10 @@ class ModelCalls:
         try:
             answer = await self.router.embed(texts, model=model, admit=budgeted.admit, **params)
         except BaseException as exc:
-            await self._settle(budgeted.reservation, None)
-            if isinstance(exc, SpineError | asyncio.CancelledError):
-                await self._record_failure(exc, context, model, params, budgeted.plan, started)
+            await self._failed(exc, budgeted, context, model, params, started)
             raise
-        cost = _cost(_spec(answer.model, budgeted.plan, self.router), answer.input_tokens, 0)
-        answer.cost = cost
-        await self._settle(budgeted.reservation, cost)
-        await self._record(
-            context,
-            strategy,
-            ModelCallRecord(
-                tenant=context.tenant,
-                key_id=context.key_id,
-                task_id=context.task_id,
-                model=answer.model,
-                provider=answer.provider,
-                input_tokens=answer.input_tokens,
-                cost=cost,
-                latency_ms=_since(started),
-                fallback_path=_tried_before(answer.fallback_path),
-            ),
-        )
+        answer.cost = await self._answered(budgeted, context, strategy, answer, 0, started)
+        cost = answer.cost
         return MeteredEmbedding(embedding=answer, cost=cost)
 
     def for_caller(self, context: CallContext) -> CallerModels:
@@ -426,6 +385,51 @@ class ModelCalls:
             )
             raise
         return _Budgeted(reservation=reservation, admit=None, plan=plan)
+
+    async def _answered(
+        self,
+        budgeted: _Budgeted,
+        context: CallContext,
+        strategy: str,
+        answer: Completion | Embedding,
+        output_tokens: int,
+        started: float,
+    ) -> Decimal:
+        """Settle the reservation at the answering model's prices and record the call."""
+        spec = _spec(answer.model, budgeted.plan, self.router)
+        cost = _cost(spec, answer.input_tokens, output_tokens)
+        await self._settle(budgeted.reservation, cost)
+        await self._record(
+            context,
+            strategy,
+            ModelCallRecord(
+                tenant=context.tenant,
+                key_id=context.key_id,
+                task_id=context.task_id,
+                model=answer.model,
+                provider=answer.provider,
+                input_tokens=answer.input_tokens,
+                output_tokens=output_tokens,
+                cost=cost,
+                latency_ms=_since(started),
+                fallback_path=_tried_before(answer.fallback_path),
+            ),
+        )
+        return cost
+
+    async def _failed(
+        self,
+        exc: BaseException,
+        budgeted: _Budgeted,
+        context: CallContext,
+        model: str | None,
+        params: dict[str, Any],
+        started: float,
+    ) -> None:
+        """Release the reservation of a call that raised; record it unless it was a bug."""
+        await self._settle(budgeted.reservation, None)
+        if isinstance(exc, SpineError | asyncio.CancelledError):
+            await self._record_failure(exc, context, model, params, budgeted.plan, started)
 
     async def _record_failure(
         self,
