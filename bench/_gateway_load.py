@@ -2,7 +2,7 @@
 rates and closed-loop saturation, and the memory sampler.
 
 Sequential figures interleave the targets call by call (direct, SDK, proxy, ours, direct, ...),
-so a neighbour's CPU burst on this shared two-core machine hits all of them alike. Load comes
+so a neighbor's CPU burst on this shared two-core machine hits all of them alike. Load comes
 from aiohttp: on two cores every client CPU millisecond is taken from the servers, and aiohttp
 costs a fraction of httpx per request.
 """

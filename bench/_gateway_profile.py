@@ -28,43 +28,55 @@ from _profile import attribute, parse_collapsed, shares, spawn_spy
 
 # (file suffix, qualified function) -> operation; the leaf-most on a stack wins.
 OPERATIONS: list[tuple[str, str, str]] = [
-    ("spine/platform/llm.py", "LiteLLMClient.call", "model call: litellm.acompletion (awaited)"),
     (
-        "spine/platform/api/_openai.py",
+        "spine/platform/models/upstream.py",
+        "UpstreamClient.call",
+        "model call: upstream SDK or LiteLLM (awaited)",
+    ),
+    (
+        "spine/platform/models/openai_wire.py",
         "ChatCompletionRequest.parse",
         "request: JSON parse + pydantic validation",
     ),
     (
-        "spine/platform/api/_openai.py",
+        "spine/platform/models/openai_wire.py",
         "ChatCompletionRequest.messages_out",
         "request: messages/params dump",
     ),
     (
-        "spine/platform/api/_openai.py",
+        "spine/platform/models/openai_wire.py",
         "ChatCompletionRequest.params",
         "request: messages/params dump",
     ),
-    ("spine/platform/api/_openai.py", "completion_body", "answer: completion body"),
+    ("spine/platform/app/api/_openai.py", "completion_body", "answer: completion body"),
     ("starlette/responses.py", "JSONResponse.render", "answer: JSON render"),
     ("starlette/responses.py", "JSONResponse.__init__", "answer: JSON render"),
-    ("spine/platform/api/auth.py", "authenticate", "auth: key check (cached)"),
-    ("spine/platform/router/cache.py", "CacheKey.of", "cache: key (canonical JSON + SHA-256)"),
-    ("spine/platform/router/cache.py", "MemoryResponseCache.get", "cache: get"),
-    ("spine/platform/router/cache.py", "MemoryResponseCache.put", "cache: put (encode answer)"),
-    ("spine/platform/budgets.py", "BudgetLedger.reserve", "db: budget reserve (own tx)"),
-    ("spine/platform/budgets.py", "BudgetLedger.settle", "db: budget settle (own tx)"),
-    ("spine/platform/usage.py", "UsageLedger.record_many", "db: usage row insert (own tx)"),
+    ("spine/platform/app/api/auth.py", "authenticate", "auth: key check (cached)"),
+    ("spine/platform/metering/cache.py", "CacheKey.of", "cache: key (canonical JSON + SHA-256)"),
+    ("spine/platform/metering/cache.py", "MemoryResponseCache.get", "cache: get"),
+    ("spine/platform/metering/cache.py", "MemoryResponseCache.put", "cache: put (encode answer)"),
+    ("spine/platform/metering/budgets.py", "BudgetLedger.reserve", "db: budget reserve (own tx)"),
+    ("spine/platform/metering/budgets.py", "BudgetLedger.settle", "db: budget settle (own tx)"),
+    (
+        "spine/platform/metering/usage.py",
+        "UsageLedger.record_many",
+        "db: usage row insert (own tx)",
+    ),
     ("spine/platform/router/router.py", "ModelRouter.plan", "routing: plan (requirements, order)"),
-    ("spine/platform/router/catalogue.py", "Requirements.of", "routing: requirements (json.dumps)"),
+    ("spine/platform/router/catalog.py", "Requirements.of", "routing: requirements (json.dumps)"),
     (
         "spine/events/outcomes.py",
         "OutcomePublisher._publish",
         "nats: outcome publish (JetStream ack)",
     ),
     ("spine/events/outcomes.py", "OutcomePublisher.__call__", "nats: outcome queued"),
-    ("spine/platform/calls.py", "ModelCalls.complete", "gateway: metering glue (calls.py)"),
+    (
+        "spine/platform/metering/metered.py",
+        "MeteredModels.complete",
+        "gateway: metering glue (metered.py)",
+    ),
     ("spine/platform/router/router.py", "ModelRouter.complete", "gateway: router glue"),
-    ("spine/platform/api/gateway.py", "chat_completions", "gateway: route body"),
+    ("spine/platform/app/api/gateway.py", "chat_completions", "gateway: route body"),
 ]
 FALLBACKS: list[tuple[str, str]] = [
     ("/litellm/", "LiteLLM off the awaited path (logging callbacks, threads, tasks)"),
@@ -189,13 +201,13 @@ async def component_costs(
     from spine.events.bus import NatsBus
     from spine.events.outcomes import ModelOutcome
     from spine.events.subjects import outcome_subject
-    from spine.platform.api._openai import ChatCompletionRequest, completion_body
-    from spine.platform.budgets import BudgetLedger, BudgetLimits, budget_scopes
+    from spine.platform.app.api._openai import ChatCompletionRequest, completion_body
     from spine.platform.db import Database
     from spine.platform.keys import KeyStore
-    from spine.platform.llm import Completion
-    from spine.platform.router.cache import CacheKey, MemoryResponseCache
-    from spine.platform.usage import ModelCallRecord, UsageLedger
+    from spine.platform.metering.budgets import BudgetLedger, BudgetLimits, budget_scopes
+    from spine.platform.metering.cache import CacheKey, MemoryResponseCache
+    from spine.platform.metering.usage import ModelCallRecord, UsageLedger
+    from spine.platform.models import Completion
 
     # The bench's own connection says so when it closes; that is not news.
     logging.getLogger("spine.events.bus").setLevel(logging.ERROR)

@@ -52,7 +52,7 @@ def start_servers(
     tmp: Path, *, database: str, slow_ms: float, budget: bool, proxy_timeout: float
 ) -> Servers:
     """Start every process and wait until each answers; on failure stop what started."""
-    from spine.platform.embedded import EmbeddedStack
+    from spine.platform.embedded.stack import EmbeddedStack
 
     harness = Harness(tmp=tmp)
     servers = Servers(harness=harness)
@@ -138,7 +138,7 @@ def spawn_api(servers: Servers, *, budget: bool) -> None:
     if budget:
         env["GENAI_BUDGETS__TENANTS"] = f"{TENANT}={TENANT_BUDGET}"
     harness.env = env
-    harness.spawn("api", [sys.executable, "-m", "spine.platform.cli", "api"])
+    harness.spawn("api", [sys.executable, "-m", "spine.platform.app.cli", "api"])
 
 
 def spawn_proxy(servers: Servers) -> None:

@@ -127,7 +127,7 @@ class Harness:
 
 def start_harness(tmp: Path, workers: int, concurrency: int) -> Harness:
     """Start the servers, the fake model, the API and the workers; return the harness."""
-    from spine.platform.embedded import EmbeddedStack
+    from spine.platform.embedded.stack import EmbeddedStack
     from support.fake_models import FakeModelProcess
 
     harness = Harness(tmp=tmp)
@@ -153,7 +153,7 @@ def start_harness(tmp: Path, workers: int, concurrency: int) -> Harness:
         )
         harness.env = env
         asyncio.run(migrate(harness.endpoints.database_url))
-        cli = [sys.executable, "-m", "spine.platform.cli"]
+        cli = [sys.executable, "-m", "spine.platform.app.cli"]
         say(f"starting the API at {harness.api_url} and {workers} workers ...")
         harness.spawn("api", [*cli, "api"])
         for index in range(workers):

@@ -26,26 +26,26 @@ from _throughput import run_throughput
 OPERATIONS: list[tuple[str, str, str]] = [
     # worker
     (
-        "spine/platform/llm.py",
-        "LiteLLMClient.complete",
-        "model call: LiteLLM acompletion (event loop side)",
+        "spine/platform/models/upstream.py",
+        "UpstreamClient.call",
+        "model call: upstream SDK or LiteLLM (event loop side)",
     ),
     (
-        "spine/platform/tasks.py",
+        "spine/platform/tasks/store.py",
         "TaskStore.claim",
         "db: TaskStore.claim (SELECT FOR UPDATE, UPDATE, INSERT event)",
     ),
     (
-        "spine/platform/tasks.py",
+        "spine/platform/tasks/store.py",
         "TaskStore.cancel_requested",
         "db: TaskStore.cancel_requested (SELECT before the step)",
     ),
     (
-        "spine/platform/tasks.py",
+        "spine/platform/tasks/store.py",
         "TaskStore.append_event",
         "db: TaskStore.append_event (model_call event, own tx)",
     ),
-    ("spine/platform/tasks.py", "TaskStore.finish", "db: TaskStore.finish (result, own tx)"),
+    ("spine/platform/tasks/store.py", "TaskStore.finish", "db: TaskStore.finish (result, own tx)"),
     ("nats/js/client.py", "PullSubscription.fetch", "nats: pull fetch(1)"),
     ("nats/aio/msg.py", "Msg.ack_sync", "nats: ack_sync (request/reply)"),
     (
@@ -55,9 +55,13 @@ OPERATIONS: list[tuple[str, str, str]] = [
     ),
     ("spine/agents/worker.py", "TaskWorker.handle", "worker: other per-task code"),
     # API
-    ("spine/platform/tasks.py", "TaskStore.submit", "db: TaskStore.submit (INSERT task + event)"),
     (
-        "spine/platform/tasks.py",
+        "spine/platform/tasks/store.py",
+        "TaskStore.submit",
+        "db: TaskStore.submit (INSERT task + event)",
+    ),
+    (
+        "spine/platform/tasks/store.py",
         "TaskStore.mark_published",
         "db: TaskStore.mark_published (UPDATE, own tx)",
     ),
@@ -69,7 +73,7 @@ OPERATIONS: list[tuple[str, str, str]] = [
         "api: dispatcher other (input validation)",
     ),
     ("spine/agents/dispatch.py", "TaskDispatcher.sweep_once", "api: outbox sweeper"),
-    ("spine/platform/api/tasks.py", "submit_task", "api: route body (TaskResponse.of)"),
+    ("spine/platform/app/api/tasks.py", "submit_task", "api: route body (TaskResponse.of)"),
     (
         "fastapi/routing.py",
         "serialize_response",
@@ -77,7 +81,7 @@ OPERATIONS: list[tuple[str, str, str]] = [
     ),
     ("fastapi/dependencies/utils.py", "request_body_to_args", "api: FastAPI body validation"),
     # both
-    ("spine/events/progress.py", "ProgressFeed.announce", "nats: progress nudges (core publish)"),
+    ("spine/events/progress.py", "ProgressNudges.__call__", "nats: progress nudges (core publish)"),
 ]
 # For samples outside every operation: the first library found anywhere on the stack.
 FALLBACKS: list[tuple[str, str]] = [

@@ -52,12 +52,12 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     import sqlalchemy as sa
     from pydantic import BaseModel
 
-    from spine.platform.embedded import EmbeddedStack
+    from spine.platform.app.wiring import Platform
+    from spine.platform.embedded.stack import EmbeddedStack
     from spine.platform.keys import Principal
     from spine.platform.schema import ModelCallRow
     from spine.platform.settings import load_settings
     from spine.platform.tasks import TaskSubmission
-    from spine.platform.wiring import Platform
     from spine.tools.tool import ModelArguments, Tool, ToolContext
     from support.fake_models import FakeModelServer, ModelRequest, Rule, ToolCall
 
@@ -110,7 +110,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             worker = asyncio.create_task(platform.worker().run(stop))
             principal = Principal(key_id="bench", tenant="bench", role="admin")
             try:
-                await platform.models()
+                await platform.warm_router()
 
                 async def run_task(agent: str, prompt: str) -> str:
                     task, _ = await platform.dispatcher.submit(

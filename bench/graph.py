@@ -1,4 +1,4 @@
-"""Knowledge-graph benchmark: ingestion throughput, and depth-2 neighbours beside the raw driver.
+"""Knowledge-graph benchmark: ingestion throughput, and depth-2 neighbors beside the raw driver.
 
 Run it as ``.venv/bin/python bench/graph.py`` (``--quick``: a smoke run of about a minute,
 written to ``graph-quick.json``). In a temporary directory it starts the embedded NATS,
@@ -12,8 +12,8 @@ PostgreSQL and FalkorDB (Bolt), migrates a database, and then:
    started and timed until the stream is drained: fetch, parse, map, the batched ``UNWIND``
    writes (cut to FalkorDB's 4 KiB requests), the event log's status rows, the acks. Target
    >= 1,000 events/s.
-3. **Neighbours**: a graph of ``--nodes`` people (100,000), each KNOWS ``--degree`` others at
-   random, written straight through the store; then depth-2 neighbours of random people,
+3. **Neighbors**: a graph of ``--nodes`` people (100,000), each KNOWS ``--degree`` others at
+   random, written straight through the store; then depth-2 neighbors of random people,
    ``GraphExplorer.neighbors`` (our store: query built, tenant bound, result turned into the
    viewer's JSON) interleaved with the very same Cypher and parameters through the raw
    ``neo4j`` driver (records consumed, nothing converted). p50/p99 of each and their ratio.
@@ -52,7 +52,7 @@ from spine.graph.ingest import GraphIngestor
 from spine.graph.mapping import MappingSet
 from spine.graph.store import GraphStore
 from spine.platform.db import Database
-from spine.platform.embedded import EmbeddedStack
+from spine.platform.embedded.stack import EmbeddedStack
 from spine.platform.settings import KnowledgeSettings, load_settings
 
 RESULTS = ROOT / "bench" / "results" / "graph.json"
@@ -68,7 +68,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--events", type=int, default=20_000, help="events ingested")
     parser.add_argument("--nodes", type=int, default=100_000, help="people in the big graph")
     parser.add_argument("--degree", type=int, default=2, help="KNOWS out of each person")
-    parser.add_argument("--queries", type=int, default=400, help="neighbour queries each way")
+    parser.add_argument("--queries", type=int, default=400, help="neighbor queries each way")
     parser.add_argument("--batch", type=int, default=256, help="ingestion batch size")
     parser.add_argument("--quick", action="store_true", help="a smoke run (about a minute)")
     args = parser.parse_args(argv)
@@ -183,7 +183,7 @@ async def build_graph(store: GraphStore, nodes: int, degree: int) -> dict[str, A
     }
 
 
-async def neighbours_phase(
+async def neighbors_phase(
     explorer: GraphExplorer, store: GraphStore, nodes: int, queries: int
 ) -> dict[str, Any]:
     rng = random.Random(11)
@@ -282,18 +282,18 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             graph = await build_graph(store, args.nodes, args.degree)
             say(f"  built in {graph['build_seconds']} s")
             explorer = GraphExplorer(store, mappings)
-            say(f"neighbours at depth 2: {args.queries} queries each way")
-            neighbours = await neighbours_phase(explorer, store, args.nodes, args.queries)
-            neighbours["graph"] = graph
+            say(f"neighbors at depth 2: {args.queries} queries each way")
+            neighbors = await neighbors_phase(explorer, store, args.nodes, args.queries)
+            neighbors["graph"] = graph
             say(
-                f"  ours p50 {neighbours['ours_ms']['p50']} ms, raw driver p50 "
-                f"{neighbours['raw_driver_ms']['p50']} ms, ratio {neighbours['ratio_p50']}"
+                f"  ours p50 {neighbors['ours_ms']['p50']} ms, raw driver p50 "
+                f"{neighbors['raw_driver_ms']['p50']} ms, ratio {neighbors['ratio_p50']}"
             )
         finally:
             await store.close()
             await bus.close()
             await db.dispose()
-    return {"intake": intake_result, "ingestion": ingest, "neighbours": neighbours}
+    return {"intake": intake_result, "ingestion": ingest, "neighbors": neighbors}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -302,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="spine-bench-graph-") as tmp:
         results = asyncio.run(run(args, Path(tmp)))
     ingest = results["ingestion"]["events_per_s"]
-    ratio = results["neighbours"]["ratio_p50"]
+    ratio = results["neighbors"]["ratio_p50"]
     doc = {
         "benchmark": "graph",
         "started_at": started.isoformat(timespec="seconds"),
@@ -325,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
                 "value": ingest,
                 "pass": ingest >= TARGET_EVENTS_PER_S,
             },
-            "neighbours_p50_ratio": {
+            "neighbors_p50_ratio": {
                 "target": f"<= {TARGET_RATIO:g}x the raw driver",
                 "value": ratio,
                 "pass": ratio <= TARGET_RATIO,

@@ -47,10 +47,10 @@ from _report import ROOT, code_version, write_results
 sys.path.insert(0, str(ROOT / "tests"))
 
 from spine.platform.db import Database
-from spine.platform.documents import DocumentStore
-from spine.platform.embedded import EmbeddedStack
+from spine.platform.documents.store import DocumentStore
+from spine.platform.documents.vector_search import SearchQuery, nearest_statement, scan_settings
+from spine.platform.embedded.stack import EmbeddedStack
 from spine.platform.settings import DocumentSettings
-from spine.platform.vector_search import SearchQuery, nearest_statement, scan_settings
 from support.vectors import (
     clustered_vectors,
     exact_top_k,

@@ -7,6 +7,7 @@ rules that tell the first call (the prompt is last) from the follow-ups (a tool 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,9 +16,9 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from conftest import RunningPlatform, make_settings, run_platform
 from spine.tools.tool import ModelArguments, Tool, ToolContext
 from support.fake_models import FakeModelServer, ModelRequest, Rule, ToolCall
+from support.live_platform import RunningPlatform, running_platform
 from support.task_feed import sse_events
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clean_jetstream")]
@@ -63,17 +64,8 @@ def launches() -> list[str]:
     return []
 
 
-async def running(
-    services: Any,
-    pg_url: str,
-    models: FakeModelServer,
-    tmp_path: Path,
-    launches: list[str],
-    *,
-    approval_timeout: float = 3600,
-    **env: Any,
-) -> AsyncIterator[RunningPlatform]:
-    folder = tmp_path / "agents"
+def write_agents(folder: Path, *, approval_timeout: float) -> Path:
+    """Write the test agents' definitions into ``folder`` and return it."""
     folder.mkdir()
     for name, body in AGENTS.items():
         (folder / f"{name}.yaml").write_text(
@@ -81,6 +73,11 @@ async def running(
             f"instructions: You are {name}.\nmodel: {{models: [llama3.2]}}\n"
             + body.replace("{timeout}", str(approval_timeout))
         )
+    return folder
+
+
+def agent_tools(launches: list[str]) -> list[Tool[LaunchArguments]]:
+    """A tool that needs approval (it records each launch) and one that outlasts any test."""
 
     async def launch(args: LaunchArguments, ctx: ToolContext) -> str:
         launches.append(args.target)
@@ -106,11 +103,27 @@ async def running(
         handler=nap,
         timeout=3600,
     )
-    settings = make_settings(services, pg_url, models, agents_dir=folder, **env)
-    async with run_platform(settings) as spine:
+    return [gated, napping]
+
+
+@contextlib.asynccontextmanager
+async def running(
+    services: Any,
+    pg_url: str,
+    models: FakeModelServer,
+    tmp_path: Path,
+    launches: list[str],
+    *,
+    approval_timeout: float = 3600,
+    **overrides: Any,
+) -> AsyncIterator[RunningPlatform]:
+    """A platform that runs the test agents, with the test tools on its workers."""
+    agents = write_agents(tmp_path / "agents", approval_timeout=approval_timeout)
+    async with running_platform(services, pg_url, models, agents_dir=agents, **overrides) as spine:
+        tools = agent_tools(launches)
         for worker in spine.workers:
-            worker.tools.register(gated)
-            worker.tools.register(napping)
+            for tool in tools:
+                worker.tools.register(tool)
         yield spine
 
 
@@ -118,8 +131,8 @@ async def running(
 async def spine(
     services: Any, pg_url: str, models: FakeModelServer, tmp_path: Path, launches: list[str]
 ) -> AsyncIterator[RunningPlatform]:
-    async for running_platform in running(services, pg_url, models, tmp_path, launches):
-        yield running_platform
+    async with running(services, pg_url, models, tmp_path, launches) as platform:
+        yield platform
 
 
 async def submit(spine: RunningPlatform, agent: str, prompt: str) -> str:
@@ -263,9 +276,9 @@ async def test_an_approval_pauses_the_task_without_holding_a_worker(
 ) -> None:
     script_launch(models)
     # One worker slot: a paused task that held it would block the next task.
-    async for spine in running(
+    async with running(
         services, pg_url, models, tmp_path, launches, worker={"concurrency": 1}
-    ):
+    ) as spine:
         task_id = await submit(spine, "gated", "launch it")
         paused = await wait_state(spine, task_id, "waiting_approval")
         assert paused["approval"]["tool"] == "launch"
@@ -321,7 +334,7 @@ async def test_an_approval_nobody_gives_in_time_counts_as_rejected(
     services: Any, pg_url: str, models: FakeModelServer, tmp_path: Path, launches: list[str]
 ) -> None:
     script_launch(models, answer="ok")
-    async for spine in running(services, pg_url, models, tmp_path, launches, approval_timeout=0.5):
+    async with running(services, pg_url, models, tmp_path, launches, approval_timeout=0.5) as spine:
         task_id = await submit(spine, "gated", "launch it")
         done = await spine.wait_for(task_id, timeout=30)
         assert done["state"] == "succeeded"

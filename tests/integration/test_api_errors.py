@@ -19,8 +19,9 @@ import httpx
 import pytest
 from sqlalchemy.engine import make_url
 
-from conftest import RunningPlatform, create_database, make_settings, run_platform
+from support.databases import create_database
 from support.fake_models import FakeModelServer, Rule
+from support.live_platform import RunningPlatform, running_platform
 
 pytestmark = pytest.mark.integration
 
@@ -127,7 +128,7 @@ async def spine(
     services: Any, module_db: str, fake_models: FakeModelServer
 ) -> AsyncIterator[RunningPlatform]:
     # No worker: nothing here needs one, and a worker would outlive into later tests' streams.
-    async with run_platform(make_settings(services, module_db, fake_models), workers=0) as running:
+    async with running_platform(services, module_db, fake_models, workers=0) as running:
         yield running
 
 
@@ -415,10 +416,8 @@ async def test_database_down_is_503_and_readyz_names_it(
     real = make_url(pg_url)
     async with proxy_to(real.host or "127.0.0.1", real.port or 5432) as proxy:
         through_proxy = real.set(host="127.0.0.1", port=proxy.port)
-        settings = make_settings(
-            services, through_proxy.render_as_string(hide_password=False), models
-        )
-        async with run_platform(settings, workers=0) as spine:
+        database_url = through_proxy.render_as_string(hide_password=False)
+        async with running_platform(services, database_url, models, workers=0) as spine:
             task = await submit(spine)
             assert (await spine.client.get("/readyz")).status_code == 200
 
@@ -449,10 +448,8 @@ async def test_nats_down_at_submit_still_accepts_and_runs_the_task_later(
     models.add(Rule(containing="while NATS was down", reply="published by the sweeper"))
     real = make_url(services.nats_url.replace("nats://", "postgresql://"))
     async with proxy_to(real.host or "127.0.0.1", real.port or 4222) as proxy:
-        settings = make_settings(
-            services, pg_url, models, nats_url=f"nats://127.0.0.1:{proxy.port}"
-        )
-        async with run_platform(settings) as spine:
+        nats_url = f"nats://127.0.0.1:{proxy.port}"
+        async with running_platform(services, pg_url, models, nats_url=nats_url) as spine:
             # A first task proves the worker is consuming before NATS goes away.
             warm = await submit(spine)
             assert (await spine.wait_for(warm["id"]))["state"] == "succeeded"

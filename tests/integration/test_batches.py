@@ -11,7 +11,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import httpx
 import openai
@@ -20,19 +20,20 @@ import sqlalchemy as sa
 from openai import AsyncOpenAI
 from openai.types import Batch
 
-from conftest import RunningPlatform, make_settings, run_platform
-from spine.platform.batch_input import BatchCreate
 from spine.platform.batches import Batches, line_key
+from spine.platform.batches.files import FileStore
+from spine.platform.batches.input import BatchCreate
 from spine.platform.db import Database
-from spine.platform.files import FileStore
 from spine.platform.keys import Principal
 from spine.platform.schema import FileRow
 from spine.platform.tasks import NewTask, Task, TaskStore, TaskSubmission
+from support.databases import create_database
 from support.fake_models import FakeModelServer, Rule
+from support.live_platform import RunningPlatform, running_platform
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clean_jetstream")]
 
-ENDPOINT = "/v1/chat/completions"
+ENDPOINT: Final = "/v1/chat/completions"  # Final: the client's types want this literal
 MODEL = "llama3.2"
 FINAL = {"completed", "failed", "cancelled", "expired"}
 
@@ -57,8 +58,10 @@ def records(text: str) -> list[dict[str, Any]]:
 
 
 @pytest.fixture
-async def spine(services: Any, pg_url: str, models: FakeModelServer) -> AsyncIterator[Any]:
-    async with run_platform(make_settings(services, pg_url, models)) as running:
+async def spine(
+    services: Any, pg_url: str, models: FakeModelServer
+) -> AsyncIterator[RunningPlatform]:
+    async with running_platform(services, pg_url, models) as running:
         yield running
 
 
@@ -94,8 +97,6 @@ async def submit_file(client: AsyncOpenAI, content: bytes, **extra: Any) -> Batc
 async def test_the_openai_client_flow_completes_the_good_lines_and_reports_the_bad_one(
     services: Any, models: FakeModelServer, tmp_path: Any, backend: str
 ) -> None:
-    from conftest import create_database
-
     url = (
         f"sqlite:///{tmp_path}/genai.db"
         if backend == "sqlite"
@@ -108,7 +109,7 @@ async def test_the_openai_client_flow_completes_the_good_lines_and_reports_the_b
         request_line("r4", "fourth question", model="auto"),
     )
     async with (
-        run_platform(make_settings(services, url, models)) as spine,
+        running_platform(services, url, models) as spine,
         AsyncOpenAI(base_url=f"{spine.url}/v1", api_key=spine.key, max_retries=0) as client,
     ):
         uploaded = await client.files.create(file=("requests.jsonl", content), purpose="batch")

@@ -10,7 +10,9 @@ from decimal import Decimal
 import pytest
 import sqlalchemy as sa
 
-from spine.platform.budgets import (
+from spine.platform.db import Database
+from spine.platform.errors import BudgetExceeded, ConfigurationError
+from spine.platform.metering.budgets import (
     DEFAULT_ANSWER_TOKENS,
     BudgetLedger,
     BudgetLimits,
@@ -18,9 +20,7 @@ from spine.platform.budgets import (
     budget_scopes,
     estimate_cost,
 )
-from spine.platform.db import Database
-from spine.platform.errors import BudgetExceeded, ConfigurationError
-from spine.platform.router.catalogue import ModelSpec, Requirements
+from spine.platform.router import ModelSpec, Requirements
 from spine.platform.schema import BudgetSpendRow
 from spine.platform.settings import load_settings
 

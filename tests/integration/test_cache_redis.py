@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from conftest import free_port
-from spine.platform.llm import Attempt, Completion
-from spine.platform.router.cache import KEY_PREFIX, CacheKey, RedisResponseCache
+from spine.platform.metering.cache import KEY_PREFIX, CacheKey, RedisResponseCache
+from spine.platform.models import Attempt, Completion
+from support.ports import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -132,7 +132,7 @@ async def test_redis_down_is_a_miss_and_a_warning(caplog: pytest.LogCaptureFixtu
     cache = RedisResponseCache.from_url(
         f"redis://127.0.0.1:{free_port()}/0", cooldown=5.0, clock=clock
     )
-    logger = "spine.platform.router.cache"
+    logger = "spine.platform.metering.cache"
     try:
         with caplog.at_level(logging.WARNING, logger=logger):
             assert await cache.get(key("acme")) is None

@@ -10,73 +10,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import re
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from conftest import make_settings, run_platform
+from support.cli import cli_env, service_env, spine
 from support.fake_models import FakeModelServer, Rule
+from support.live_platform import running_platform
 
 pytestmark = pytest.mark.integration
 
 KEY = re.compile(r"\bspn_[0-9a-f]{12}_[A-Za-z0-9_-]{40,}")
-
-
-@dataclass
-class Run:
-    code: int
-    out: str
-    err: str
-
-    @property
-    def both(self) -> str:
-        return self.out + self.err
-
-
-def cli_env(**values: str | None) -> dict[str, str]:
-    """The test process's environment without any GENAI_* setting, plus ``values``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GENAI_")}
-    env |= {"COLUMNS": "250", "NO_COLOR": "1", "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
-    env |= {k: v for k, v in values.items() if v is not None}
-    return env
-
-
-def service_env(services: Any, database_url: str, **values: str | None) -> dict[str, str]:
-    return cli_env(
-        GENAI_DATABASE_URL=database_url,
-        GENAI_NATS_URL=services.nats_url,
-        GENAI_REDIS_URL=services.redis_url,
-        GENAI_NEO4J_URI=services.neo4j_uri,
-        **values,
-    )
-
-
-async def spine(*args: str, env: dict[str, str], cwd: Path, timeout: float = 60) -> Run:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "spine.platform.cli",
-        *args,
-        env=env,
-        cwd=cwd,  # no stray .env, and data/ lands in the test's directory
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        out, err = await asyncio.wait_for(process.communicate(), timeout)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        raise
-    assert process.returncode is not None
-    return Run(process.returncode, out.decode(), err.decode())
 
 
 def row(output: str, name: str) -> str:
@@ -93,7 +40,7 @@ async def take_stale_bolt_handler(uri: str) -> None:
 
     The official driver says GOODBYE whenever it closes a connection, and FalkorDB then never
     answers the next connection that gets the same file descriptor (documented at
-    ``spine.platform._embedded_servers.FalkorServer``). Whether the doctor's graph check meets
+    ``spine.platform.embedded.servers.FalkorServer``). Whether the doctor's graph check meets
     that depends on what earlier tests did, so a bare Bolt handshake, which leaves no trace,
     takes that descriptor first: it is answered, or it is the one that hangs.
     """
@@ -180,7 +127,7 @@ async def test_keys_create_list_and_revoke_against_a_running_api(
     key_id = key.split("_")[1]
     assert f"key id {key_id}" in created.out
 
-    async with run_platform(make_settings(services, pg_url, models), workers=0) as running:
+    async with running_platform(services, pg_url, models, workers=0) as running:
         headers = {"Authorization": f"Bearer {key}"}
         async with httpx.AsyncClient(base_url=running.url, headers=headers) as client:
             submitted = await client.post(
@@ -262,7 +209,7 @@ async def test_submit_follow_prints_progress_and_the_answer(
     services: Any, pg_url: str, models: FakeModelServer, tmp_path: Path
 ) -> None:
     models.add(Rule(containing="hi", reply="Hello from the fake model."))
-    async with run_platform(make_settings(services, pg_url, models)) as running:
+    async with running_platform(services, pg_url, models) as running:
         result = await spine(
             "submit",
             "hi",

@@ -14,10 +14,10 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import RunningPlatform, make_settings, run_platform
 from spine.platform.router import BreakerPolicy, ModelHealth
 from spine.tools import ToolContext
 from support.fake_models import FakeModelServer, Rule
+from support.live_platform import RunningPlatform, running_platform
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clean_jetstream")]
 
@@ -41,13 +41,8 @@ The on-call engineer answers pages within fifteen minutes.
 async def spine(
     services: Any, pg_url: str, models: FakeModelServer
 ) -> AsyncIterator[RunningPlatform]:
-    settings = make_settings(
-        services,
-        pg_url,
-        models,
-        documents={"max_bytes": 4096, "chunk_chars": 200, "overlap_chars": 40, "retry_after": 1},
-    )
-    async with run_platform(settings) as running:
+    documents = {"max_bytes": 4096, "chunk_chars": 200, "overlap_chars": 40, "retry_after": 1}
+    async with running_platform(services, pg_url, models, documents=documents) as running:
         # Breakers that cool down in half a second, so a provider's return is seen at once.
         for platform in (running.platform, *running.workers):
             platform.router.health = ModelHealth(policy=BreakerPolicy(cooldown=0.5))
@@ -288,8 +283,7 @@ async def test_a_document_waits_queued_while_the_provider_is_down_then_embeds(
 async def test_on_sqlite_the_vector_store_says_it_needs_postgresql(
     services: Any, tmp_path: Any, models: FakeModelServer
 ) -> None:
-    settings = make_settings(services, f"sqlite:///{tmp_path}/genai.db", models)
-    async with run_platform(settings) as spine:
+    async with running_platform(services, f"sqlite:///{tmp_path}/genai.db", models) as spine:
         for method, path, body in (
             ("POST", "/v1/documents", {"text": "hello"}),
             ("POST", "/v1/search", {"query": "hello"}),
@@ -324,14 +318,13 @@ async def test_a_search_while_the_provider_is_down_is_a_503(
 async def test_with_no_embedding_model_adding_a_document_is_a_503_saying_what_to_set(
     services: Any, pg_url: str, models: FakeModelServer
 ) -> None:
-    settings = make_settings(
+    async with running_platform(
         services,
         pg_url,
         models,
         ollama_url="http://127.0.0.1:9",  # nothing listens: no model is discovered
         local_embedding={"enabled": False},
-    )
-    async with run_platform(settings) as spine:
+    ) as spine:
         response = await spine.client.post("/v1/documents", json={"text": "hello"})
         assert response.status_code == 503, response.text
         assert "no configured model makes embeddings" in response.json()["error"]["message"]

@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_cli import cli_env, spine
 
-from conftest import make_settings, run_platform
+from support.cli import cli_env, spine
 from support.fake_models import FakeModelServer
+from support.live_platform import running_platform
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clean_jetstream")]
 
@@ -30,7 +30,7 @@ async def test_docs_add_waits_then_search_finds_it_and_delete_removes_it(
 ) -> None:
     notes = tmp_path / "runbook.md"
     notes.write_text(NOTES)
-    async with run_platform(make_settings(services, pg_url, models)) as running:
+    async with running_platform(services, pg_url, models) as running:
         env = cli_env(GENAI_API_URL=running.url, GENAI_API_KEY=running.key)
         added = await spine(
             "docs", "add", str(notes), "--meta", "team=ops", "--meta", "year=2024", "--wait",

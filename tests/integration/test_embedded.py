@@ -18,7 +18,7 @@ import psutil
 import pytest
 import redis.asyncio as aioredis
 
-from spine.platform.embedded import (
+from spine.platform.embedded.stack import (
     EmbeddedStack,
     Endpoints,
     apply_endpoints,
@@ -150,7 +150,7 @@ async def _write_everything(urls: Endpoints) -> None:
         await driver.execute_query("CREATE (:Kept {v: 'node'})")
 
 
-async def _read_everything(urls: Endpoints) -> tuple[int, str, bytes | None, list[str]]:
+async def _read_everything(urls: Endpoints) -> tuple[int, str, bytes | str | None, list[str]]:
     assert urls.nats_url and urls.database_url and urls.redis_url and urls.neo4j_uri
     nc = await nats.connect(urls.nats_url)
     messages = (await nc.jetstream().stream_info("KEEP")).state.messages

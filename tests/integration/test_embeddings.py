@@ -23,10 +23,11 @@ import openai
 import pytest
 from openai import AsyncOpenAI
 
-from conftest import RunningPlatform, free_port, make_settings, run_platform
-from spine.platform.local_embeddings import LocalEmbedder, missing_packages
+from spine.platform.models.local_embeddings import LocalEmbedder, missing_packages
 from spine.platform.settings import LocalEmbeddingSettings
 from support.fake_models import FakeModelServer, Rule, fake_embedding
+from support.live_platform import RunningPlatform, running_platform
+from support.ports import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clean_jetstream")]
 
@@ -40,8 +41,9 @@ needs_local_model = pytest.mark.skipif(
 
 @contextlib.asynccontextmanager
 async def gateway(
-    services: Any, pg_url: str, models: FakeModelServer, tmp_path: Path, **env: Any
+    services: Any, pg_url: str, models: FakeModelServer, tmp_path: Path, **overrides: Any
 ) -> AsyncIterator[RunningPlatform]:
+    """A platform with OpenAI behind Ollama and a priced embedding model from a models file."""
     models_file = tmp_path / "models.yaml"
     models_file.write_text(
         "models:\n"
@@ -56,7 +58,7 @@ async def gateway(
         "    capabilities: {tools: false, json_output: false, embeddings: true,\n"
         "                   dimensions: 384, variable_dimensions: true}\n"
     )
-    settings = make_settings(
+    async with running_platform(
         services,
         pg_url,
         models,
@@ -64,9 +66,8 @@ async def gateway(
         openai_base_url=models.openai_url,
         fallback_chain="ollama,openai",
         models_file=models_file,
-        **env,
-    )
-    async with run_platform(settings) as running:
+        **overrides,
+    ) as running:
         yield running
 
 
@@ -309,8 +310,11 @@ async def test_the_local_model_answers_when_nothing_else_embeds(
     services: Any, pg_url: str, models: FakeModelServer
 ) -> None:
     # No Ollama answers and no models file: the only embedding model is the local one.
-    settings = make_settings(services, pg_url, models, ollama_url=f"http://127.0.0.1:{free_port()}")
-    async with run_platform(settings) as spine, client_of(spine) as client:
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    async with (
+        running_platform(services, pg_url, models, ollama_url=nowhere) as spine,
+        client_of(spine) as client,
+    ):
         listed = {m.id async for m in client.models.list()}
         assert "all-minilm-l6-v2" in listed
         card = (await spine.client.get("/v1/models")).json()

@@ -15,7 +15,6 @@ from cloudevents.core.bindings.http import to_binary, to_structured
 from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent as SdkEvent
 
-from conftest import RunningPlatform, make_settings, run_platform
 from spine.events.cloudevent import BATCH_CONTENT_TYPE, dedupe_id
 from support.fake_models import FakeModelServer
 from support.knowledge import (
@@ -25,6 +24,7 @@ from support.knowledge import (
     eventually,
     knowledge,
 )
+from support.live_platform import RunningPlatform, running_platform
 
 pytestmark = pytest.mark.integration
 
@@ -36,8 +36,9 @@ async def spine(
     services: Any, pg_url: str, models: FakeModelServer
 ) -> AsyncIterator[RunningPlatform]:
     await delete_event_streams(services.nats_url)
-    settings = make_settings(services, pg_url, models, knowledge=knowledge())
-    async with run_platform(settings, workers=0) as running:
+    async with running_platform(
+        services, pg_url, models, workers=0, knowledge=knowledge()
+    ) as running:
         await clear_tenants(running.platform, "acme", "globex")
         yield running
 

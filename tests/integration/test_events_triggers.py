@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from conftest import RunningPlatform, make_settings, run_platform
 from spine.events.streams import EVENTS_STREAM, TRIGGER_CONSUMER
 from support.fake_models import FakeModelServer
 from support.knowledge import delete_event_streams, event_consumers, eventually, knowledge
+from support.live_platform import RunningPlatform, running_platform
 
 pytestmark = pytest.mark.integration
 
@@ -35,8 +35,9 @@ async def spine(
 ) -> AsyncIterator[RunningPlatform]:
     await delete_event_streams(services.nats_url)
     (tmp_path / "rules.yaml").write_text(RULES)
-    settings = make_settings(services, pg_url, models, knowledge=knowledge(triggers_dir=tmp_path))
-    async with run_platform(settings, workers=0) as running:
+    async with running_platform(
+        services, pg_url, models, workers=0, knowledge=knowledge(triggers_dir=tmp_path)
+    ) as running:
         yield running
 
 

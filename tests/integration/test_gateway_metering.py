@@ -20,16 +20,18 @@ import httpx
 import openai
 import pytest
 from openai import AsyncOpenAI
+from openai.types import CompletionUsage
+from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolParam
 
-from conftest import RunningPlatform, make_settings, run_platform
-from spine.platform.budgets import GLOBAL
+from spine.platform.metering.budgets import GLOBAL
 from support.fake_models import FakeModelServer, Rule, ToolCall
+from support.live_platform import RunningPlatform, running_platform
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clean_jetstream")]
 
 CHEAP, LOCAL = "cheap", "llama3.2"
 INPUT_PRICE, OUTPUT_PRICE = Decimal("0.001"), Decimal("0.002")
-WEATHER_TOOL: Any = {
+WEATHER_TOOL: ChatCompletionToolParam = {
     "type": "function",
     "function": {
         "name": "get_weather",
@@ -38,18 +40,20 @@ WEATHER_TOOL: Any = {
 }
 
 
-def ask(text: str) -> list[dict[str, Any]]:
+def ask(text: str) -> list[ChatCompletionMessageParam]:
     return [{"role": "user", "content": text}]
 
 
-def cost_of(usage: Any) -> Decimal:
+def cost_of(usage: CompletionUsage | None) -> Decimal:
+    assert usage is not None
     return INPUT_PRICE * usage.prompt_tokens + OUTPUT_PRICE * usage.completion_tokens
 
 
 @contextlib.asynccontextmanager
 async def gateway(
-    services: Any, pg_url: str, models: FakeModelServer, tmp_path: Path, **env: Any
+    services: Any, pg_url: str, models: FakeModelServer, tmp_path: Path, **overrides: Any
 ) -> AsyncIterator[RunningPlatform]:
+    """A platform whose models file prices ``cheap`` (the fake server's OpenAI side)."""
     models_file = tmp_path / "models.yaml"
     models_file.write_text(
         "models:\n"
@@ -62,8 +66,9 @@ async def gateway(
         "    context_window: 8192\n"
         "    quality: 0.9\n"
     )
-    settings = make_settings(services, pg_url, models, models_file=models_file, **env)
-    async with run_platform(settings) as running:
+    async with running_platform(
+        services, pg_url, models, models_file=models_file, **overrides
+    ) as running:
         yield running
 
 
@@ -446,5 +451,5 @@ async def test_a_stream_whose_client_left_before_its_first_byte_is_settled(
         if rows:
             break
     assert [(r["model"], r["calls"], r["errors"]) for r in rows] == [(CHEAP, 1, 1)]
-    state = await spine.platform.calls.budgets.state(GLOBAL)
+    state = await spine.platform.metered.budgets.state(GLOBAL)
     assert state.reserved == 0, "the abandoned stream's reservation was never released"

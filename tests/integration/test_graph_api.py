@@ -16,7 +16,6 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import RunningPlatform, make_settings, run_platform
 from spine.tools import ToolContext
 from support.fake_models import FakeModelServer
 from support.knowledge import (
@@ -26,6 +25,7 @@ from support.knowledge import (
     eventually,
     knowledge,
 )
+from support.live_platform import RunningPlatform, running_platform
 
 pytestmark = pytest.mark.integration
 
@@ -76,8 +76,9 @@ async def spine(
     services: Any, pg_url: str, models: FakeModelServer
 ) -> AsyncIterator[RunningPlatform]:
     await delete_event_streams(services.nats_url)
-    settings = make_settings(services, pg_url, models, knowledge=knowledge(query_max_rows=5))
-    async with run_platform(settings, workers=0) as running:
+    async with running_platform(
+        services, pg_url, models, workers=0, knowledge=knowledge(query_max_rows=5)
+    ) as running:
         await clear_tenants(running.platform, "acme", "globex")
         yield running
 

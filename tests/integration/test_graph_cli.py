@@ -8,9 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_cli import cli_env, spine
 
-from conftest import make_settings, run_platform
+from support.cli import cli_env, spine
 from support.fake_models import FakeModelServer
 from support.knowledge import (
     clear_tenants,
@@ -19,6 +18,7 @@ from support.knowledge import (
     eventually,
     knowledge,
 )
+from support.live_platform import running_platform
 
 pytestmark = pytest.mark.integration
 
@@ -31,8 +31,9 @@ async def test_publish_then_explore_from_the_command_line(
     data.write_text(
         json.dumps({"person": {"id": 31, "name": "Cli Person"}, "company": {"id": "cli-co"}})
     )
-    settings = make_settings(services, pg_url, models, knowledge=knowledge())
-    async with run_platform(settings, workers=0) as running:
+    async with running_platform(
+        services, pg_url, models, workers=0, knowledge=knowledge()
+    ) as running:
         await clear_tenants(running.platform, "acme")
         env = cli_env(GENAI_API_URL=running.url, GENAI_API_KEY=running.key)
         published = await spine(

@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 
-from conftest import RunningPlatform, make_settings, run_platform
 from spine.events.streams import EVENTS_STREAM, INGEST_CONSUMER
 from spine.graph.store import GraphError, GraphStore, Statement
 from support.fake_models import FakeModelServer
@@ -21,6 +20,7 @@ from support.knowledge import (
     knowledge,
     tenant_name,
 )
+from support.live_platform import RunningPlatform, running_platform
 
 pytestmark = pytest.mark.integration
 
@@ -32,8 +32,9 @@ async def spine(
     services: Any, pg_url: str, models: FakeModelServer
 ) -> AsyncIterator[RunningPlatform]:
     await delete_event_streams(services.nats_url)
-    settings = make_settings(services, pg_url, models, knowledge=knowledge(ingest_batch=200))
-    async with run_platform(settings, workers=0) as running:
+    async with running_platform(
+        services, pg_url, models, workers=0, knowledge=knowledge(ingest_batch=200)
+    ) as running:
         yield running
 
 
@@ -79,7 +80,7 @@ async def publish(spine: RunningPlatform, events: Sequence[dict[str, Any]]) -> N
 
 async def drained(spine: RunningPlatform) -> bool:
     info = await spine.platform.bus.js.consumer_info(EVENTS_STREAM, INGEST_CONSUMER)
-    return info.num_pending == 0 and info.num_ack_pending == 0
+    return bool(info.num_pending == 0 and info.num_ack_pending == 0)
 
 
 async def snapshot(store: GraphStore, tenant: str) -> tuple[dict[str, Any], list[Any]]:

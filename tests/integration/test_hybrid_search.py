@@ -14,9 +14,9 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import RunningPlatform, make_settings, run_platform
 from support.fake_models import FakeModelServer
 from support.knowledge import delete_event_streams, event_consumers, knowledge, tenant_name
+from support.live_platform import RunningPlatform, running_platform
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clean_jetstream")]
 
@@ -26,14 +26,16 @@ async def spine(
     services: Any, pg_url: str, models: FakeModelServer
 ) -> AsyncIterator[RunningPlatform]:
     await delete_event_streams(services.nats_url)
-    settings = make_settings(
-        services,
-        pg_url,
-        models,
-        knowledge=knowledge(),
-        documents={"chunk_chars": 400, "overlap_chars": 40, "retry_after": 1},
-    )
-    async with run_platform(settings) as running, event_consumers(running.platform):
+    async with (
+        running_platform(
+            services,
+            pg_url,
+            models,
+            knowledge=knowledge(),
+            documents={"chunk_chars": 400, "overlap_chars": 40, "retry_after": 1},
+        ) as running,
+        event_consumers(running.platform),
+    ):
         yield running
 
 

@@ -18,14 +18,15 @@ import pytest
 
 pytest.importorskip("llama_cpp", reason="the 'local' extra is not installed")
 
-from spine.platform.embedded import (
+from spine.platform.embedded.stack import (
     LOCAL_MODEL,
     EmbeddedStack,
     apply_endpoints,
     local_model_missing,
     read_state,
 )
-from spine.platform.llm import LiteLLMClient
+from spine.platform.models import ChatRequest
+from spine.platform.models.upstream import UpstreamClient
 from spine.platform.router import ModelRouter
 from spine.platform.settings import LocalModelSettings, Settings, load_settings
 
@@ -53,7 +54,7 @@ async def test_the_router_gets_a_real_answer_from_the_local_model(
     settings, _ = local
     router = ModelRouter(settings)
     await router.warm_up()
-    answer = await router.complete(USER, max_tokens=12, temperature=0)
+    answer = await router.complete(ChatRequest.of(USER, max_tokens=12, temperature=0))
     assert answer.model == "smollm2-135m"
     assert answer.provider == "local"
     assert answer.text.strip()
@@ -66,7 +67,7 @@ async def test_the_local_model_streams(local: tuple[Settings, Path]) -> None:
     settings, _ = local
     router = ModelRouter(settings)
     await router.warm_up()
-    stream = await router.stream(USER, max_tokens=12, temperature=0)
+    stream = await router.stream(ChatRequest.of(USER, max_tokens=12, temperature=0))
     deltas = [delta async for delta in stream]
     text = "".join(delta.text for delta in deltas)
     assert stream.model == "smollm2-135m"
@@ -78,7 +79,7 @@ async def test_the_local_model_streams(local: tuple[Settings, Path]) -> None:
 async def test_tasks_reach_it_as_the_default_provider(local: tuple[Settings, Path]) -> None:
     # Workers call the default provider: unset, and no Ollama, it is the local model.
     settings, _ = local
-    answer = await LiteLLMClient(settings).complete(USER, max_tokens=8)
+    answer = await UpstreamClient(settings).complete(ChatRequest.of(USER, max_tokens=8))
     assert answer.provider == "local"
     assert answer.text.strip()
 
@@ -91,20 +92,22 @@ async def test_it_follows_a_json_schema(local: tuple[Settings, Path]) -> None:
         "required": ["greeting"],
     }
     answer = await ModelRouter(settings).complete(
-        [{"role": "user", "content": "Greet me in JSON."}],
-        max_tokens=40,
-        temperature=0,
-        response_format={
-            "type": "json_schema",
-            "json_schema": {"name": "greeting", "schema": schema},
-        },
+        ChatRequest.of(
+            [{"role": "user", "content": "Greet me in JSON."}],
+            max_tokens=40,
+            temperature=0,
+            response_format={
+                "type": "json_schema",
+                "json_schema": {"name": "greeting", "schema": schema},
+            },
+        )
     )
     assert isinstance(json.loads(answer.text)["greeting"], str)
 
 
-def test_the_catalogue_labels_it_local_free_and_toy(local: tuple[Settings, Path]) -> None:
+def test_the_catalog_labels_it_local_free_and_toy(local: tuple[Settings, Path]) -> None:
     settings, _ = local
-    spec = ModelRouter(settings).catalogue.get("smollm2-135m")
+    spec = ModelRouter(settings).catalog.get("smollm2-135m")
     assert spec is not None
     assert spec.provider == "local"
     assert spec.local

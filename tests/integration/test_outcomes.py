@@ -24,14 +24,17 @@ import uvicorn
 from nats.js.api import RetentionPolicy, StorageType
 from nats.js.errors import NotFoundError
 from openai import AsyncOpenAI
+from openai.types.chat import ChatCompletionMessageParam
 
-from conftest import RunningPlatform, free_port, make_settings, run_platform
 from spine.events.outcomes import ModelOutcome
 from spine.events.streams import OUTCOMES_STREAM
-from spine.platform.api import create_app
+from spine.platform.app.api import create_app
+from spine.platform.app.wiring import Platform
 from spine.platform.keys import KeyStore
-from spine.platform.wiring import Platform
 from support.fake_models import FakeModelServer, Rule
+from support.live_platform import RunningPlatform, running_platform
+from support.ports import free_port
+from support.settings import make_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clean_jetstream")]
 
@@ -39,7 +42,7 @@ CHEAP = "cheap"
 INPUT_PRICE, OUTPUT_PRICE = Decimal("0.001"), Decimal("0.002")
 
 
-def ask(text: str) -> list[dict[str, Any]]:
+def ask(text: str) -> list[ChatCompletionMessageParam]:
     return [{"role": "user", "content": text}]
 
 
@@ -63,10 +66,8 @@ def write_models_file(tmp_path: Path, models: FakeModelServer) -> Path:
 async def spine(
     services: Any, pg_url: str, models: FakeModelServer, tmp_path: Path
 ) -> AsyncIterator[RunningPlatform]:
-    settings = make_settings(
-        services, pg_url, models, models_file=write_models_file(tmp_path, models)
-    )
-    async with run_platform(settings) as running:
+    models_file = write_models_file(tmp_path, models)
+    async with running_platform(services, pg_url, models, models_file=models_file) as running:
         yield running
 
 
@@ -152,13 +153,13 @@ async def test_each_call_publishes_one_outcome_event(
         CHEAP,
         True,
         "ok",
-        0,
+        Decimal(0),
     )
     assert cached.key_id == ok.key_id
 
     assert failed.model == CHEAP
     assert failed.outcome == "transient_error"  # a 5xx upstream
-    assert (failed.cost, failed.cache_hit) == (0, False)
+    assert (failed.cost, failed.cache_hit) == (Decimal(0), False)
 
     assert (streamed.model, streamed.provider, streamed.strategy, streamed.outcome) == (
         streamed_raw.headers["x-spine-model"],

@@ -14,8 +14,8 @@ import httpx
 import psutil
 import pytest
 
-from conftest import free_port
 from support.fake_models import FakeModelServer, Rule
+from support.ports import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -24,7 +24,7 @@ KEY = re.compile(r"\bspn_[0-9a-f]{12}_[A-Za-z0-9_-]{40,}")
 
 def start_up(workdir: Path, env: dict[str, str]) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "spine.platform.cli", "up"],
+        [sys.executable, "-m", "spine.platform.app.cli", "up"],
         cwd=workdir,
         env=env,
         stdout=subprocess.PIPE,

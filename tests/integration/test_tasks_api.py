@@ -4,22 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import nats
 import pytest
 
-from conftest import RunningPlatform, make_settings, run_platform
 from support.fake_models import FakeModelServer, Rule
+from support.live_platform import RunningPlatform, run_platform, running_platform
+from support.settings import make_settings
 from support.task_feed import sse_events as read_feed
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clean_jetstream")]
 
 
 @pytest.fixture
-async def spine(services: Any, pg_url: str, models: FakeModelServer) -> Any:
-    async with run_platform(make_settings(services, pg_url, models)) as running:
+async def spine(
+    services: Any, pg_url: str, models: FakeModelServer
+) -> AsyncIterator[RunningPlatform]:
+    async with running_platform(services, pg_url, models) as running:
         yield running
 
 
@@ -159,8 +163,7 @@ async def test_cancel_a_running_task_stops_it(
 async def test_provider_not_configured_fails_with_what_to_set(
     services: Any, pg_url: str, models: FakeModelServer
 ) -> None:
-    settings = make_settings(services, pg_url, models, ollama_url=None)
-    async with run_platform(settings) as spine:
+    async with running_platform(services, pg_url, models, ollama_url=None) as spine:
         task = await submit(spine, "hello")
         done = await spine.wait_for(task["id"])
     assert done["state"] == "failed"
@@ -171,10 +174,9 @@ async def test_provider_not_configured_fails_with_what_to_set(
 async def test_unreachable_provider_is_retried_then_dead_lettered_naming_the_setting(
     services: Any, pg_url: str, models: FakeModelServer
 ) -> None:
-    settings = make_settings(
+    async with running_platform(
         services, pg_url, models, ollama_url="http://127.0.0.1:9", worker={"max_attempts": 2}
-    )
-    async with run_platform(settings) as spine:
+    ) as spine:
         task = await submit(spine, "hello")
         done = await spine.wait_for(task["id"])
     assert done["state"] == "dead_lettered"
@@ -276,7 +278,8 @@ async def test_cancel_a_queued_task_ends_it_before_it_runs(
 async def test_chat_reaches_an_openai_compatible_provider(
     services: Any, pg_url: str, models: FakeModelServer
 ) -> None:
-    settings = make_settings(
+    models.add(Rule(model="gpt-4o-mini", reply="from openai"))
+    async with running_platform(
         services,
         pg_url,
         models,
@@ -284,9 +287,7 @@ async def test_chat_reaches_an_openai_compatible_provider(
         openai_api_key="sk-test",
         openai_base_url=models.openai_url,
         ollama_url=None,  # else local_first would rightly answer from the local model
-    )
-    models.add(Rule(model="gpt-4o-mini", reply="from openai"))
-    async with run_platform(settings) as spine:
+    ) as spine:
         task = await submit(spine, "hello openai")
         done = await spine.wait_for(task["id"])
     assert done["result"]["text"] == "from openai"

@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 
-from conftest import RunningPlatform, make_settings, run_platform
-from spine.platform.api import create_app
+from spine.platform.app.api import create_app
 from support.fake_models import FakeModelServer
+from support.live_platform import RunningPlatform, running_platform
+from support.settings import make_settings
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-async def spine(services: Any, pg_url: str, models: FakeModelServer) -> Any:
-    async with run_platform(make_settings(services, pg_url, models)) as running:
+async def spine(
+    services: Any, pg_url: str, models: FakeModelServer
+) -> AsyncIterator[RunningPlatform]:
+    async with running_platform(services, pg_url, models) as running:
         yield running
 
 
@@ -97,8 +101,8 @@ async def test_each_tenant_sees_only_what_its_allowlist_allows(
 async def test_tools_named_in_the_settings_wait_for_approval(
     services: Any, pg_url: str, models: FakeModelServer
 ) -> None:
-    settings = make_settings(services, pg_url, models, tools={"approval": ["publish_event"]})
-    async with run_platform(settings) as spine:
+    approval = {"approval": ["publish_event"]}
+    async with running_platform(services, pg_url, models, tools=approval) as spine:
         tools = {t["name"]: t for t in (await spine.client.get("/v1/tools")).json()["data"]}
         assert tools["publish_event"]["needs_approval"] is True
         assert tools["calculator"]["needs_approval"] is False

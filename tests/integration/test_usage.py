@@ -12,8 +12,8 @@ import sqlalchemy as sa
 
 from spine.platform.db import Database
 from spine.platform.errors import BadRequest
+from spine.platform.metering.usage import Grouping, ModelCallRecord, UsageLedger, UsageRow
 from spine.platform.schema import ModelCallRow
-from spine.platform.usage import Grouping, ModelCallRecord, UsageLedger, UsageRow
 
 pytestmark = pytest.mark.integration
 

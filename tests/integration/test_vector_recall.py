@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from conftest import create_database
 from spine.platform.db import Database
-from spine.platform.documents import DocumentStore
+from spine.platform.documents.store import DocumentStore
+from spine.platform.documents.vector_search import SearchQuery, nearest_statement, scan_settings
 from spine.platform.settings import DocumentSettings
-from spine.platform.vector_search import SearchQuery, nearest_statement, scan_settings
+from support.databases import create_database
 from support.vectors import clustered_vectors, exact_top_k, load_chunks, recall_at_k
 
 pytestmark = pytest.mark.integration

@@ -15,17 +15,17 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from reliability_harness import (
+
+from spine.platform.schema import TaskStepRow
+from support.fake_models import FakeModelServer, ModelRequest, Rule, ToolCall
+from support.live_platform import running_platform
+from support.reliability import (
     WorkerProcess,
     nats_url_of,
     own_nats,
     running_workers,
     worker_env,
 )
-
-from conftest import make_settings, run_platform
-from spine.platform.schema import TaskStepRow
-from support.fake_models import FakeModelServer, ModelRequest, Rule, ToolCall
 from support.task_feed import sse_events
 
 pytestmark = pytest.mark.reliability
@@ -73,8 +73,9 @@ async def test_a_killed_agent_resumes_from_its_journal_without_repeating_steps(
             ),
             tmp_path / "worker",
         )
-        settings = make_settings(services, pg_url, models, nats_url=nats_url, agents_dir=agents)
-        async with run_platform(settings, workers=0) as spine:
+        async with running_platform(
+            services, pg_url, models, workers=0, nats_url=nats_url, agents_dir=agents
+        ) as spine:
             with running_workers([worker]):
                 await worker.wait_ready()
                 response = await spine.client.post(

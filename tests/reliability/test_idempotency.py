@@ -11,11 +11,11 @@ from typing import Any
 import nats
 import pytest
 import sqlalchemy as sa
-from reliability_harness import nats_url_of, own_nats, read_ledger, submit
 
-from conftest import make_settings, run_platform
 from spine.platform.schema import TaskRow
 from support.fake_models import FakeModelServer
+from support.live_platform import running_platform
+from support.reliability import nats_url_of, own_nats, read_ledger, submit
 
 pytestmark = pytest.mark.reliability
 
@@ -33,8 +33,9 @@ async def test_concurrent_submissions_with_one_idempotency_key_make_exactly_one_
     await asyncio.to_thread(importlib.import_module, "litellm")
     with own_nats(tmp_path / "nats") as stack:
         nats_url = nats_url_of(stack)
-        settings = make_settings(services, database_url, models, nats_url=nats_url)
-        async with run_platform(settings, workers=1) as spine:
+        async with running_platform(
+            services, database_url, models, workers=1, nats_url=nats_url
+        ) as spine:
             start = asyncio.Event()
 
             async def racer() -> Any:

@@ -11,7 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from reliability_harness import (
+
+from spine.platform.schema import utcnow
+from support.fake_models import FakeModelServer
+from support.live_platform import running_platform
+from support.reliability import (
     WorkerProcess,
     nats_url_of,
     own_nats,
@@ -21,10 +25,6 @@ from reliability_harness import (
     wait_until,
     worker_env,
 )
-
-from conftest import make_settings, run_platform
-from spine.platform.schema import utcnow
-from support.fake_models import FakeModelServer
 
 pytestmark = pytest.mark.reliability
 
@@ -51,13 +51,14 @@ async def test_tasks_accepted_while_nats_is_killed_and_restarted_all_complete(
         FakeModelServer(latency=0.03) as models,
     ):
         nats_url = nats_url_of(stack)
-        settings = make_settings(services, pg_url, models, nats_url=nats_url)
         env = worker_env(
             database_url=pg_url, nats_url=nats_url, ollama_url=models.url, data_dir=tmp_path
         )
         workers = [WorkerProcess(f"worker-{n}", env, tmp_path / f"w{n}") for n in (1, 2)]
         with running_workers(workers):
-            async with run_platform(settings, workers=0) as spine:
+            async with running_platform(
+                services, pg_url, models, workers=0, nats_url=nats_url
+            ) as spine:
                 db = spine.platform.db
                 await asyncio.gather(*(w.wait_ready() for w in workers))
                 run = uuid.uuid4().hex[:8]

@@ -14,7 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from reliability_harness import (
+
+from support.fake_models import FakeModelServer, Rule
+from support.live_platform import RunningPlatform, running_platform
+from support.reliability import (
     MAX_ATTEMPTS,
     TERMINAL,
     Ledger,
@@ -29,9 +32,6 @@ from reliability_harness import (
     wait_until,
     worker_env,
 )
-
-from conftest import RunningPlatform, make_settings, run_platform
-from support.fake_models import FakeModelServer, Rule
 
 pytestmark = pytest.mark.reliability
 
@@ -78,9 +78,6 @@ async def crew(services: Any, pg_url: str, tmp_path: Path, rule: Rule) -> AsyncI
         for model in models:
             model.add(rule)
         nats_url = nats_url_of(nats)
-        settings = make_settings(
-            services, pg_url, models[0], nats_url=nats_url, worker={"max_attempts": MAX_ATTEMPTS}
-        )
         workers = [
             WorkerProcess(
                 f"worker-{n}",
@@ -95,7 +92,14 @@ async def crew(services: Any, pg_url: str, tmp_path: Path, rule: Rule) -> AsyncI
             for n, model in enumerate(models)
         ]
         with running_workers(workers):
-            async with run_platform(settings, workers=0) as spine:
+            async with running_platform(
+                services,
+                pg_url,
+                models[0],
+                workers=0,
+                nats_url=nats_url,
+                worker={"max_attempts": MAX_ATTEMPTS},
+            ) as spine:
                 await asyncio.gather(*(w.wait_ready() for w in workers))
                 yield Crew(spine=spine, nats_url=nats_url, workers=workers, models=models)
 
@@ -162,10 +166,9 @@ async def test_a_poison_task_is_dead_lettered_after_its_attempts_although_its_wo
     for task_id, prompt in healthy.items():
         assert ledger.tasks[task_id].state == "succeeded"
         assert ledger.count_state_events(task_id, "succeeded") == 1
-        assert ledger.tasks[task_id].result == {
-            **ledger.tasks[task_id].result,
-            "text": f"echo: {prompt}",
-        }
+        result = ledger.tasks[task_id].result
+        assert result is not None
+        assert result["text"] == f"echo: {prompt}"
         assert calls[prompt] >= 1
     retried = sum(1 for t in healthy if ledger.tasks[t].attempts > 1)
     repeated = sum(1 for p in healthy.values() if calls[p] > 1)

@@ -10,7 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from reliability_harness import (
+
+from support.fake_models import FakeModelServer
+from support.live_platform import running_platform
+from support.reliability import (
     WorkerProcess,
     nats_url_of,
     own_nats,
@@ -20,9 +23,6 @@ from reliability_harness import (
     wait_until,
     worker_env,
 )
-
-from conftest import make_settings, run_platform
-from support.fake_models import FakeModelServer
 
 pytestmark = pytest.mark.reliability
 
@@ -41,7 +41,6 @@ async def test_sigkill_of_a_worker_mid_run_loses_nothing_and_finishes_nothing_tw
         FakeModelServer(latency=MODEL_LATENCY) as model_b,
     ):
         nats_url = nats_url_of(stack)
-        settings = make_settings(services, pg_url, model_b, nats_url=nats_url)
 
         def worker(name: str, model: FakeModelServer) -> WorkerProcess:
             env = worker_env(
@@ -55,7 +54,9 @@ async def test_sigkill_of_a_worker_mid_run_loses_nothing_and_finishes_nothing_tw
         victim, survivor = worker("worker-a", model_a), worker("worker-b", model_b)
         # Workers boot (seconds: LiteLLM's import) while the API starts and takes the tasks.
         with running_workers([victim, survivor]):
-            async with run_platform(settings, workers=0) as spine:
+            async with running_platform(
+                services, pg_url, model_b, workers=0, nats_url=nats_url
+            ) as spine:
                 db = spine.platform.db
                 run = uuid.uuid4().hex[:8]
                 prompts = [f"crash test {run} task {i:03d}" for i in range(TASKS)]

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import nats
 
-from spine.platform.wiring import Platform
+from spine.platform.app.wiring import Platform
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "graph" / "spine" / "graph" / "examples"
 EVENT_STREAMS = ("EVENTS", "EVENTS_DLQ")

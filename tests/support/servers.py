@@ -1,6 +1,6 @@
 """Real backing servers for a test session: embedded (from pip packages) or containers.
 
-``backing_services("embedded", workdir)`` runs :class:`spine.platform.embedded.EmbeddedStack`
+``backing_services("embedded", workdir)`` runs :class:`spine.platform.embedded.stack.EmbeddedStack`
 on free ports; ``backing_services("containers", workdir)`` runs the production images through
 testcontainers (NATS 2.10 with JetStream, PostgreSQL 16 with pgvector, Neo4j 5 without auth,
 Redis 7) and needs a reachable Docker engine. Either way the test sees four URLs, plus
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from spine.platform.embedded import SERVICES, EmbeddedStack
+from spine.platform.embedded.stack import SERVICES, EmbeddedStack
 
 logger = logging.getLogger(__name__)
 

@@ -48,7 +48,7 @@ def clustered_vectors(
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
     picked = rng.integers(0, clusters, size=count)
     noise = rng.standard_normal((count, dims)).astype(np.float32) * (spread / np.sqrt(dims))
-    points = centres[picked] + noise
+    points: np.ndarray = centres[picked] + noise
     points /= np.linalg.norm(points, axis=1, keepdims=True)
     return points.astype(np.float32)
 
@@ -180,4 +180,6 @@ def _index_ddl() -> str:
 
     table: sa.Table = ChunkRow.__table__  # type: ignore[assignment]
     index = next(i for i in table.indexes if i.name == INDEX)
-    return str(CreateIndex(index).compile(dialect=postgresql.dialect()))
+    # SQLAlchemy's dialect classes have untyped constructors.
+    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
+    return str(CreateIndex(index).compile(dialect=dialect))

@@ -186,7 +186,9 @@ def published(service: Mapping[str, Any]) -> dict[int, int]:
     ports: dict[int, int] = {}
     for port in service.get("ports", []):
         if isinstance(port, dict):
-            ports[int(port["target"])] = int(port.get("published", port["target"]))
+            long_form: dict[str, Any] = port
+            target = long_form["target"]
+            ports[int(target)] = int(long_form.get("published", target))
             continue
         parts = str(port).split("/")[0].rsplit(":", 2)
         ports[int(parts[-1])] = int(parts[-2] if len(parts) > 1 else parts[-1])
@@ -310,7 +312,7 @@ def settings_from(env: Mapping[str, str], monkeypatch: pytest.MonkeyPatch) -> Se
             monkeypatch.delenv(name)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    return Settings(_env_file=None)  # type: ignore[call-arg]
+    return Settings(_env_file=None)
 
 
 APP_SERVICES = sorted(name for name, svc in services().items() if "build" in svc)

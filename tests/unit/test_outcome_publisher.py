@@ -12,7 +12,7 @@ from spine.events.outcomes import ModelOutcome, OutcomePublisher
 from spine.events.streams import StreamLayout
 from spine.events.subjects import outcome_subject
 from spine.platform.errors import ServiceUnavailable
-from spine.platform.usage import ModelCallRecord
+from spine.platform.metering.usage import ModelCallRecord
 
 
 class SlowBus:

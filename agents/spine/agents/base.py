@@ -11,18 +11,17 @@ from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel
 
-from spine.platform.calls import CallContext, MeteredStream
-from spine.platform.errors import TaskCancelled, TransientTaskError
-from spine.platform.journal import JournalEntry, StepJournal, StepKind
-from spine.platform.llm import Completion
-from spine.platform.tasks import Task, TaskEvent
+from spine.platform.errors import TaskCancelled, TransientFailure
+from spine.platform.metering import CallContext, MeteredStream
+from spine.platform.models import Completion
+from spine.platform.tasks import JournalEntry, StepJournal, StepKind, Task
 from spine.tools.registry import ToolRegistry
 
 __all__ = [
     "Agent",
     "AgentModels",
     "AwaitingApproval",
-    "CallerModelSource",
+    "ModelSource",
     "RunContext",
     "TaskJournal",
 ]
@@ -81,12 +80,11 @@ class AwaitingApproval(Exception):
 
 @dataclass(slots=True, kw_only=True)
 class TaskJournal:
-    """The step journal as one attempt of one task sees it (see :mod:`spine.platform.journal`)."""
+    """The step journal as one attempt of one task sees it (see :mod:`spine.platform.tasks.journal`)."""
 
     journal: StepJournal
     task_id: str
     attempt: int
-    announce: Callable[[list[TaskEvent]], Awaitable[None]]
     _entries: dict[str, JournalEntry] | None = None
 
     async def load(self) -> dict[str, JournalEntry]:
@@ -105,7 +103,7 @@ class TaskJournal:
         """Commit a step, with the progress events it produced, before the loop moves on.
 
         Raises:
-            TransientTaskError: This attempt lost its claim on the task (a newer attempt
+            TransientFailure: This attempt lost its claim on the task (a newer attempt
                 holds it); the worker then leaves the task to that attempt.
         """
         entries = await self.load()
@@ -113,15 +111,14 @@ class TaskJournal:
             self.task_id, attempt=self.attempt, key=key, kind=kind, data=data, events=events
         )
         if written is None:
-            raise TransientTaskError(
+            raise TransientFailure(
                 f"attempt {self.attempt} of task {self.task_id} lost its claim at step {key}"
             )
         entries[key] = JournalEntry(key=key, kind=kind, attempt=self.attempt, data=data)
-        await self.announce(written)
 
 
-class CallerModelSource(Protocol):
-    """Where a worker gets the model client of each task (:class:`~spine.platform.calls.ModelCalls`).
+class ModelSource(Protocol):
+    """Where a worker gets the model client of each task (:class:`~spine.platform.metering.MeteredModels`).
 
     Every call of a task is metered as that task's: its tenant's and key's budgets, its usage
     rows and outcome events.

@@ -1,7 +1,7 @@
 """The ``completion`` agent: one OpenAI chat-completions request, answered as OpenAI would.
 
 Its input is the body of a ``POST /v1/chat/completions`` and its result the ``chat.completion``
-object, so a batch line (see :mod:`spine.platform.batches`) runs as one of these tasks and its
+object, so a batch line (see :mod:`spine.platform.batches.store`) runs as one of these tasks and its
 result is the line's response body as it is. The call goes through the shared router like the
 gateway's: routed (``model: "auto"`` and ``spine_strategy`` work), cached, budgeted and recorded
 as the task's.
@@ -16,7 +16,7 @@ from pydantic import BaseModel, model_validator
 from pydantic_core import PydanticCustomError
 
 from spine.agents.base import RunContext
-from spine.platform.openai_wire import ChatCompletionRequest, completion_body
+from spine.platform.models.openai_wire import ChatCompletionRequest, completion_body
 
 __all__ = ["CompletionAgent", "CompletionInput"]
 

@@ -15,7 +15,6 @@ import logging
 
 from spine.agents.catalog import AgentCatalog
 from spine.events.bus import NatsBus
-from spine.events.progress import ProgressFeed
 from spine.events.subjects import cancel_subject, lane_subject
 from spine.platform.errors import Conflict, ServiceUnavailable
 from spine.platform.keys import Principal
@@ -37,13 +36,11 @@ class TaskDispatcher:
         *,
         store: TaskStore,
         bus: NatsBus,
-        feed: ProgressFeed,
         catalog: AgentCatalog,
         settings: ApiSettings,
     ) -> None:
         self._store = store
         self._bus = bus
-        self._feed = feed
         self._catalog = catalog
         self._settings = settings
 
@@ -52,21 +49,19 @@ class TaskDispatcher:
     ) -> tuple[Task, bool]:
         """Validate, commit and publish a task; return it and whether it is new."""
         self._catalog.parse_input(submission.agent, submission.input)
-        task, events, created = await self._store.submit(
+        task, _, created = await self._store.submit(
             submission,
             tenant=principal.tenant,
             key_id=principal.key_id or None,  # a delegated task may have no key
             idempotency_key=idempotency_key,
         )
         if created:
-            await self._feed.announce(events)
             await self.publish([task])
         return task, created
 
     async def cancel(self, task_id: str, *, principal: Principal) -> Task:
         """Cancel a task, and tell the worker running it to stop now."""
-        task, events = await self._store.cancel(task_id, tenant=principal.tenant)
-        await self._feed.announce(events)
+        task, _ = await self._store.cancel(task_id, tenant=principal.tenant)
         await self._bus.signal(cancel_subject(task_id), b"")
         return task
 
@@ -77,13 +72,12 @@ class TaskDispatcher:
 
         ``principal`` None is the sweeper, rejecting an approval nobody gave in time.
         """
-        task, events = await self._store.decide(
+        task, _ = await self._store.decide(
             task_id,
             tenant=principal.tenant if principal is not None else None,
             approved=approved,
             reason=reason,
         )
-        await self._feed.announce(events)
         await self.publish([task])
         return task
 

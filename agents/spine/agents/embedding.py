@@ -18,9 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from spine.agents.base import RunContext
 from spine.agents.dispatch import TaskDispatcher
-from spine.platform.calls import CallContext
-from spine.platform.documents import Document, DocumentStore
+from spine.platform.documents.store import Document, DocumentStore
 from spine.platform.keys import Principal
+from spine.platform.metering import CallContext
 from spine.platform.periodic import run_every
 from spine.platform.settings import DocumentSettings
 from spine.platform.tasks import Task, TaskSubmission

@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from spine.agents.base import AwaitingApproval, RunContext
 from spine.agents.definitions import AgentDefinition
-from spine.platform.errors import PermanentTaskError
+from spine.platform.errors import PermanentFailure
 from spine.platform.schema import utcnow
 from spine.tools.registry import ArgumentRetryBudget
 from spine.tools.result import ToolError, ToolResult
@@ -124,7 +124,7 @@ class ToolAgent:
             messages.extend(
                 {"role": "tool", "tool_call_id": r.call_id, "content": r.content} for r in results
             )
-        raise PermanentTaskError(
+        raise PermanentFailure(
             f"agent {spec.name} gave no final answer within max_steps={spec.max_steps}",
             limit="max_steps",
             usage=run.usage(),
@@ -185,7 +185,7 @@ class ToolAgent:
         run.cost += Decimal(answer["cost"])
         limit = self.definition.max_cost
         if limit is not None and run.cost > limit:
-            raise PermanentTaskError(
+            raise PermanentFailure(
                 f"agent {self.name} spent {run.cost} USD, over its max_cost of {limit}",
                 limit="max_cost",
                 usage=run.usage(),
@@ -266,7 +266,7 @@ class ToolAgent:
         for result in results:
             run.tool_calls += 1
             if not run.invalid_arguments.spend(result):
-                raise PermanentTaskError(
+                raise PermanentFailure(
                     f"the model sent invalid tool arguments more than "
                     f"{run.invalid_arguments.limit} times; last: {result.content[:300]}",
                     limit="invalid_tool_arguments",
@@ -344,7 +344,7 @@ class ToolAgent:
         if problem is None:
             return {"text": text, "output": output}
         if run.schema_retries >= _SCHEMA_RETRIES:
-            raise PermanentTaskError(
+            raise PermanentFailure(
                 f"agent {self.name}'s final answer does not match its output schema: {problem}",
                 limit="output_schema",
             )
@@ -364,7 +364,7 @@ class ToolAgent:
         if timeout is None or started is None:
             return
         if (utcnow() - started).total_seconds() > timeout:
-            raise PermanentTaskError(
+            raise PermanentFailure(
                 f"agent {self.name} ran past its timeout of {timeout:g} s", limit="timeout"
             )
 

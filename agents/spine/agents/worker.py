@@ -22,25 +22,23 @@ from nats.errors import ConnectionClosedError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 
-from spine.agents.base import AwaitingApproval, CallerModelSource, RunContext, TaskJournal
+from spine.agents.base import AwaitingApproval, ModelSource, RunContext, TaskJournal
 from spine.agents.catalog import AgentCatalog
 from spine.events.bus import NatsBus
-from spine.events.progress import ProgressFeed
 from spine.events.streams import TASKS_STREAM, StreamLayout, consumer_name
 from spine.events.subjects import CANCEL_ALL, DLQ_TASKS, LANES
-from spine.platform.calls import CallContext
 from spine.platform.errors import (
-    PermanentTaskError,
+    PermanentFailure,
     ServiceUnavailable,
     SpineError,
     TaskCancelled,
-    TransientTaskError,
+    TransientFailure,
 )
-from spine.platform.journal import StepJournal
 from spine.platform.logs import current_task
+from spine.platform.metering import CallContext
 from spine.platform.schema import utcnow
 from spine.platform.settings import WorkerSettings
-from spine.platform.tasks import Task, TaskEvent, TaskStore
+from spine.platform.tasks import StepJournal, Task, TaskEvent, TaskStore
 from spine.tools.registry import ToolRegistry
 
 __all__ = ["TaskWorker", "WorkerStats"]
@@ -71,9 +69,8 @@ class TaskWorker:
         *,
         store: TaskStore,
         bus: NatsBus,
-        feed: ProgressFeed,
         catalog: AgentCatalog,
-        models: CallerModelSource,
+        models: ModelSource,
         journal: StepJournal,
         tools: ToolRegistry,
         settings: WorkerSettings,
@@ -81,7 +78,6 @@ class TaskWorker:
     ) -> None:
         self._store = store
         self._bus = bus
-        self._feed = feed
         self._catalog = catalog
         self._models = models
         self._journal = journal
@@ -191,7 +187,6 @@ class TaskWorker:
         except ServiceUnavailable:
             await msg.nak(delay=self._settings.delay_before(2))
             return
-        await self._feed.announce(claim.events)
         if claim.outcome == "missing":
             await self._dead_letter_message(
                 msg, task_id, {"type": "unknown_task", "message": "no such task in the database"}
@@ -222,7 +217,6 @@ class TaskWorker:
                 task.id, attempt=attempt, until=pause.until, proposal=pause.proposal
             )
             if self._still_owned(task, attempt, events):
-                await self._feed.announce(events)
                 await msg.ack_sync()
         except TaskCancelled:
             await self._finish(
@@ -237,7 +231,7 @@ class TaskWorker:
         except Exception as exc:
             # An unexpected error may pass (or be a poison task): retry, then dead-letter.
             logger.exception("task %s raised unexpectedly", task.id)
-            await self._failed(msg, task, attempt, TransientTaskError(f"internal error: {exc!r}"))
+            await self._failed(msg, task, attempt, TransientFailure(f"internal error: {exc!r}"))
         else:
             self.stats.succeeded += 1
             await self._finish(msg, task, attempt, "succeeded", result=result)
@@ -253,7 +247,7 @@ class TaskWorker:
         request = self._catalog.parse_input(task.agent, task.input)
 
         async def emit(type_: str, data: dict[str, Any]) -> object:
-            return await self._feed.emit(task.id, type_, data)
+            return await self._store.append_event(task.id, type_, data)
 
         async def cancel_requested() -> bool:
             return await self._store.cancel_requested(task.id)
@@ -273,7 +267,6 @@ class TaskWorker:
                 journal=self._journal,
                 task_id=task.id,
                 attempt=attempt,
-                announce=self._feed.announce,
             ),
             tools=self._tools,
             emit=emit,
@@ -287,7 +280,7 @@ class TaskWorker:
             async with asyncio.timeout(max(remaining, 0.001)):
                 return await agent.run(ctx, request)
         except TimeoutError:
-            raise PermanentTaskError("the task's deadline passed while it ran") from None
+            raise PermanentFailure("the task's deadline passed while it ran") from None
 
     async def _failed(self, msg: Msg, task: Task, attempt: int, exc: SpineError) -> None:
         error = _error_dict(exc)
@@ -306,7 +299,6 @@ class TaskWorker:
                 task.id, attempt=attempt, state="queued", error=error, retry_in=delay
             )
             if self._still_owned(task, attempt, events):
-                await self._feed.announce(events)
                 await msg.nak(delay=delay)
 
     async def _finish(
@@ -326,7 +318,6 @@ class TaskWorker:
             task.id, attempt=attempt, state=state, result=result, error=error
         )
         if self._still_owned(task, attempt, events):
-            await self._feed.announce(events)
             await msg.ack_sync()
 
     def _still_owned(self, task: Task, attempt: int, events: list[TaskEvent]) -> bool:
@@ -343,8 +334,7 @@ class TaskWorker:
         self.stats.dead_lettered += 1
         await self._publish_dead_letter(msg, task.id, reason, attempt)
         await self._models.flush()  # as in _finish: usage before the final state
-        events = await self._store.dead_letter(task.id, reason=reason)
-        await self._feed.announce(events)
+        await self._store.dead_letter(task.id, reason=reason)
         await msg.ack_sync()
 
     async def _dead_letter_message(

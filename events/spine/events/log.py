@@ -9,8 +9,6 @@ reason. Rows are keyed by the dedupe id, so a repeat of an event is one row.
 
 from __future__ import annotations
 
-import base64
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,8 +19,9 @@ from pydantic import BaseModel
 from sqlalchemy.dialects import postgresql, sqlite
 
 from spine.events.cloudevent import CloudEvent
+from spine.platform.cursors import decode_cursor, encode_cursor
 from spine.platform.db import Database
-from spine.platform.errors import BadRequest, NotFound
+from spine.platform.errors import NotFound
 from spine.platform.schema import EventRow, utcnow
 
 __all__ = ["EventEntry", "EventLog", "EventOutcome", "EventPage", "EventStatus", "ReceivedEvent"]
@@ -146,7 +145,7 @@ class EventLog:
         if type is not None:
             query = query.where(_EVENTS.c.type == type)
         if cursor is not None:
-            received_at, last = _decode_cursor(cursor)
+            received_at, last = decode_cursor(cursor)
             query = query.where(
                 sa.or_(
                     _EVENTS.c.received_at < received_at,
@@ -158,7 +157,9 @@ class EventLog:
             rows = list((await conn.execute(query)).mappings())
         more = len(rows) > limit
         rows = rows[:limit]
-        next_cursor = _encode_cursor(rows[-1]) if more and rows else None
+        next_cursor = (
+            encode_cursor(rows[-1]["received_at"], rows[-1]["id"]) if more and rows else None
+        )
         return EventPage(data=[_entry(r) for r in rows], next_cursor=next_cursor)
 
     def _insert(self) -> Any:
@@ -202,19 +203,3 @@ def _entry(row: Any) -> EventEntry:
         updated_at=row["updated_at"],
         event=row["envelope"],
     )
-
-
-def _encode_cursor(row: Any) -> str:
-    raw = json.dumps([row["received_at"].isoformat(), row["id"]])
-    return base64.urlsafe_b64encode(raw.encode()).decode()
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        when, last = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-        received_at = datetime.fromisoformat(when)
-    except (ValueError, TypeError, UnicodeDecodeError) as exc:
-        raise BadRequest("invalid cursor", field="cursor") from exc
-    if received_at.tzinfo is None:
-        raise BadRequest("invalid cursor", field="cursor")
-    return received_at, str(last)

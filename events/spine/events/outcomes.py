@@ -1,6 +1,6 @@
 """Model-call outcomes: one event per routed call on the JetStream stream OUTCOMES.
 
-:class:`OutcomePublisher` is the :class:`~spine.platform.calls.OutcomeHook` the API wires into
+:class:`OutcomePublisher` is the :class:`~spine.platform.metering.OutcomeHook` the API wires into
 its model calls. Publishing never fails nor slows a call: the hook only puts the call on a
 bounded queue, and one background task publishes from it. When NATS is down, JetStream does not
 acknowledge, or the queue is full, the event is dropped, counted in :attr:`OutcomePublisher.dropped`
@@ -24,7 +24,7 @@ from pydantic import BaseModel, Field
 from spine.events.bus import NatsBus
 from spine.events.subjects import outcome_subject
 from spine.platform.errors import ServiceUnavailable
-from spine.platform.usage import ModelCallRecord
+from spine.platform.metering.usage import ModelCallRecord
 
 __all__ = ["ModelOutcome", "OutcomePublisher"]
 
@@ -92,7 +92,7 @@ _Queued = tuple[ModelCallRecord, str, str | None]
 class OutcomePublisher:
     """Publishes model-call outcomes in the background, dropping them rather than waiting.
 
-    Call it (the :class:`~spine.platform.calls.OutcomeHook` shape) from a running event loop;
+    Call it (the :class:`~spine.platform.metering.OutcomeHook` shape) from a running event loop;
     the publisher task starts with the first call. :meth:`close` publishes what is queued,
     for at most ``drain_timeout`` seconds, then stops.
     """

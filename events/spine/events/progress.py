@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
 
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -22,31 +21,32 @@ from spine.events.subjects import progress_subject
 from spine.platform.errors import ServiceUnavailable
 from spine.platform.tasks import TaskEvent, TaskStore
 
-__all__ = ["ProgressFeed"]
+__all__ = ["ProgressFeed", "ProgressNudges"]
 
 logger = logging.getLogger(__name__)
 
 
-class ProgressFeed:
-    """Writes, announces and follows the progress events of tasks."""
+class ProgressNudges:
+    """Tells live followers of events already stored (the task store's announcement sink)."""
 
-    def __init__(self, store: TaskStore, bus: NatsBus, *, poll_interval: float = 1.0) -> None:
-        self._store = store
+    def __init__(self, bus: NatsBus) -> None:
         self._bus = bus
-        self._poll_interval = poll_interval
 
-    async def announce(self, events: list[TaskEvent]) -> None:
-        """Tell live followers about events already stored."""
+    async def __call__(self, events: list[TaskEvent]) -> None:
+        """Publish each event on its task's progress subject; best effort."""
         for event in events:
             await self._bus.signal(
                 progress_subject(event.task_id), event.model_dump_json().encode()
             )
 
-    async def emit(self, task_id: str, type_: str, data: dict[str, Any]) -> TaskEvent:
-        """Store a new event and announce it."""
-        event = await self._store.append_event(task_id, type_, data)
-        await self.announce([event])
-        return event
+
+class ProgressFeed:
+    """Follows the progress events of tasks: stored ones first, then live ones."""
+
+    def __init__(self, store: TaskStore, bus: NatsBus, *, poll_interval: float = 1.0) -> None:
+        self._store = store
+        self._bus = bus
+        self._poll_interval = poll_interval
 
     async def follow(
         self, task_id: str, *, tenant: str | None, after_seq: int = 0

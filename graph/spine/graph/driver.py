@@ -8,7 +8,7 @@ GOODBYE leaves no such handler (measured: the next connection answered in 0.04 s
 so unless the settings say the server is Neo4j, the driver's connections close without it.
 
 Its Bolt server also answers in small writes without ``TCP_NODELAY``; with the client's delayed
-ACKs, any answer of more than a few records waited about 40 ms (a depth-2 neighbourhood: p50
+ACKs, any answer of more than a few records waited about 40 ms (a depth-2 neighborhood: p50
 47 ms over Bolt, 3.3 ms for the same query over its Redis protocol, 0.5 ms inside the server).
 Re-arming ``TCP_QUICKACK`` around each read of the driver's sockets (Linux) brings it to 4.9 ms.
 """

@@ -1,4 +1,4 @@
-"""Exploring the graph: a node, its neighbours, a shortest path, a search, a read-only query.
+"""Exploring the graph: a node, its neighbors, a shortest path, a search, a read-only query.
 
 Every query binds the caller's tenant (``$tenant``) on its start nodes and relationships;
 labels, relationship types and property names come from the allowlist; values are
@@ -50,7 +50,7 @@ class TenantLeak(BadRequest):
     error_type = "forbidden"
 
 
-# Plain dataclasses, not models: a neighbourhood makes dozens of them per request, and
+# Plain dataclasses, not models: a neighborhood makes dozens of them per request, and
 # pydantic serializes them as they are inside the GraphView model that crosses the boundary.
 @dataclass(slots=True, kw_only=True)
 class GraphNode:
@@ -146,7 +146,7 @@ class GraphExplorer:
         left, right = {"out": ("-", "->"), "in": ("<-", "-"), "both": ("-", "-")}[direction]
         params: dict[str, Any] = {"tenant": tenant, "uid": uid, "limit": limit}
         valid = _validity("r", at=at, history=history, params=params)
-        # One round trip: the start node comes back even when it has no neighbours.
+        # One round trip: the start node comes back even when it has no neighbors.
         text = (
             f"MATCH (a:`{label}` {{tenant: $tenant, uid: $uid}}) "
             f"OPTIONAL MATCH p = (a){left}[{rel}*1..{depth}]{right}(m) "
@@ -168,7 +168,7 @@ class GraphExplorer:
         history: bool = False,
         limit: int = 100,
     ) -> GraphView:
-        """Return a node and its neighbours up to ``depth`` hops, with the edges between."""
+        """Return a node and its neighbors up to ``depth`` hops, with the edges between."""
         text, params = self.neighbors_query(
             uid,
             tenant=tenant,

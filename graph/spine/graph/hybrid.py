@@ -6,10 +6,10 @@
    nodes whose properties contain a name the query spells out (a capitalised word or a quoted
    phrase, e.g. ``"Acme"`` in ``who supplies Acme?``).
 3. Each entity is scored by the passages that mention it (their similarities, summed) plus a
-   fixed amount when the query names it; the best few are expanded to their neighbourhood.
+   fixed amount when the query names it; the best few are expanded to their neighborhood.
 4. The answer is one ranked result: the passages (best first, each with its document and
    source), the entities (best first, each with why it was chosen), and the facts — the edges
-   of the neighbourhoods — each with its provenance (the event that stated it, and when).
+   of the neighborhoods — each with its provenance (the event that stated it, and when).
 
 Every read binds the caller's tenant: the vector search, the node lookups and the expansion.
 """
@@ -23,9 +23,9 @@ from typing import Any, Protocol
 from pydantic import BaseModel, ConfigDict, Field
 
 from spine.graph.explore import GraphEdge, GraphExplorer, GraphNode, GraphView
-from spine.platform.calls import CallContext
+from spine.platform.documents.vector_search import SearchHit, SearchQuery, SearchResult
 from spine.platform.errors import NotFound
-from spine.platform.vector_search import SearchHit, SearchQuery, SearchResult
+from spine.platform.metering import CallContext
 
 __all__ = ["HybridQuery", "HybridResult", "HybridRetriever"]
 
@@ -35,7 +35,7 @@ _PROVENANCE = ("event_id", "source", "valid_from", "valid_to", "superseded_by")
 
 
 class Searcher(Protocol):
-    """What hybrid retrieval needs of :class:`~spine.platform.documents.DocumentStore`."""
+    """What hybrid retrieval needs of :class:`~spine.platform.documents.store.DocumentStore`."""
 
     async def search(self, query: SearchQuery, context: CallContext) -> SearchResult:
         """Return the tenant's chunks nearest to the query."""
@@ -52,7 +52,7 @@ class HybridQuery(BaseModel):
     filter: dict[str, Any] = Field(default_factory=dict, description="Document metadata filter.")
     entities: int = Field(5, ge=0, le=20, description="Entities to expand.")
     depth: int = Field(1, ge=1, le=2, description="Hops of the expansion.")
-    neighbors: int = Field(25, ge=1, le=200, description="Neighbours per entity, at most.")
+    neighbors: int = Field(25, ge=1, le=200, description="Neighbors per entity, at most.")
 
 
 class Passage(BaseModel):
@@ -77,7 +77,7 @@ class RankedEntity(BaseModel):
 
 
 class Fact(BaseModel):
-    """An edge of an entity's neighbourhood, with where it came from."""
+    """An edge of an entity's neighborhood, with where it came from."""
 
     edge: GraphEdge
     provenance: dict[str, Any]
@@ -138,7 +138,7 @@ class HybridRetriever:
                 )
             )
         chosen = {entity.node.id for entity in entities}
-        # Facts about the chosen entities first, then the rest of their neighbourhoods.
+        # Facts about the chosen entities first, then the rest of their neighborhoods.
         facts = sorted(
             edges.values(), key=lambda e: (e.source not in chosen and e.target not in chosen, e.id)
         )

@@ -44,7 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from spine.events.log import ReceivedEvent
 from spine.events.paths import MISSING, resolve, valid_path
 from spine.graph.identifiers import PROVENANCE_PROPERTIES, Allowlist, check_identifier
-from spine.platform.errors import ConfigurationError
+from spine.platform.errors import BadRequest, ConfigurationError
 
 __all__ = [
     "EventMapping",
@@ -63,8 +63,10 @@ _MAX_KEY_CHARS = 500
 _INT64 = 2**63
 
 
-class MappingError(Exception):
+class MappingError(BadRequest):
     """An event cannot be mapped (a key is missing or unusable); never worth a retry."""
+
+    error_type = "unmappable_event"
 
 
 class NodeSpec(BaseModel):

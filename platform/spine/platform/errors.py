@@ -11,20 +11,27 @@ SpineError                      retryable  http
 │   ├── UnknownAgent            no         400
 │   ├── UnknownModel            no         404   no configured model has that name
 │   ├── IdempotencyConflict     no         409   same Idempotency-Key, other body
-│   └── PayloadTooLarge         no         413   an upload over its size or line limit
+│   ├── PayloadTooLarge         no         413   an upload over its size or line limit
+│   ├── InvalidEvent            no         400   (events) a CloudEvent that is not one
+│   ├── MappingError            no         400   (graph) an event whose mapped key is unusable
+│   ├── UnknownIdentifier, UnsafeQuery, TenantLeak   (graph) exploration refused
+│   └── ArgumentsInvalid        no         400   (tools) arguments that do not fit the schema
 ├── Unauthorized                no         401
 ├── NotFound                    no         404   (also for another tenant's objects)
 ├── Conflict                    no         409   e.g. cancelling a finished task
 ├── BudgetExceeded              no         429   a daily budget is spent (resets at UTC midnight)
 ├── ServiceUnavailable          yes        503   a backing service (NATS, database, ...) is down
-└── TaskFailure                 per kind   -     raised while running a task
-    ├── TransientTaskError      yes              redeliver with backoff
-    ├── PermanentTaskError      no               fail at once, dead-letter
-    │   ├── ProviderNotConfigured no             no model provider can be reached
-    │   └── ContextWindowExceeded no       400   the prompt does not fit the model's context
-    └── TaskCancelled           no               a cancel was requested
+├── GatewayError                no         any   (models) an error already in OpenAI's terms
+├── GraphError, VectorStoreUnsupported           (graph, documents) their stores' refusals
+└── RunFailure                  per kind   -     a model call, a tool or a task's attempt failed
+    ├── TransientFailure        yes        -     may pass: fall back, or redeliver with backoff
+    ├── PermanentFailure        no         -     will not pass: fail at once, dead-letter
+    │   ├── ProviderNotConfigured no       -     no model provider can be reached
+    │   ├── ContextWindowExceeded no       400   the prompt does not fit the model's context
+    │   └── EgressDenied        no         -     (tools) a destination the platform may not reach
+    ├── ToolFailure             per call   -     (tools) what the model is told; CalculationError
+    └── TaskCancelled           no         -     a cancel was requested
 ```
-
 ``retryable`` decides nak (redeliver later) versus dead-letter for a task.
 """
 
@@ -41,13 +48,13 @@ __all__ = [
     "IdempotencyConflict",
     "NotFound",
     "PayloadTooLarge",
-    "PermanentTaskError",
+    "PermanentFailure",
     "ProviderNotConfigured",
+    "RunFailure",
     "ServiceUnavailable",
     "SpineError",
     "TaskCancelled",
-    "TaskFailure",
-    "TransientTaskError",
+    "TransientFailure",
     "Unauthorized",
     "UnknownAgent",
     "UnknownModel",
@@ -158,32 +165,32 @@ class ServiceUnavailable(SpineError):
     retryable = True
 
 
-class TaskFailure(SpineError):
-    """A task could not be completed by this attempt."""
+class RunFailure(SpineError):
+    """A model call, a tool call or a task's attempt could not be carried out."""
 
     error_type = "task_failed"
 
 
-class TransientTaskError(TaskFailure):
-    """The attempt failed for a reason that may pass: redeliver with backoff."""
+class TransientFailure(RunFailure):
+    """It failed for a reason that may pass: another model, or a later attempt, may succeed."""
 
     error_type = "transient_error"
     retryable = True
 
 
-class PermanentTaskError(TaskFailure):
-    """The attempt failed for a reason that will not pass: fail and dead-letter."""
+class PermanentFailure(RunFailure):
+    """It failed for a reason that will not pass: a task fails and is dead-lettered."""
 
     error_type = "permanent_error"
 
 
-class ProviderNotConfigured(PermanentTaskError):
+class ProviderNotConfigured(PermanentFailure):
     """No model provider is reachable; the message says what to configure."""
 
     error_type = "provider_not_configured"
 
 
-class ContextWindowExceeded(PermanentTaskError):
+class ContextWindowExceeded(PermanentFailure):
     """The prompt and the answer asked for do not fit the model's context window.
 
     Permanent for that model, yet another model with a larger window may answer: the model
@@ -194,7 +201,7 @@ class ContextWindowExceeded(PermanentTaskError):
     error_type = "context_length_exceeded"
 
 
-class TaskCancelled(TaskFailure):
+class TaskCancelled(RunFailure):
     """The task was cancelled while it ran."""
 
     error_type = "cancelled"

@@ -194,7 +194,7 @@ class TaskEventRow(Base):
 
 
 class ModelCallRow(Base):
-    """One model call: who made it, what it cost, how it went (see :mod:`spine.platform.usage`)."""
+    """One model call: who made it, what it cost, how it went (see :mod:`spine.platform.metering.usage`)."""
 
     __tablename__ = "model_calls"
     __table_args__ = (sa.Index("ix_model_calls_tenant_created", "tenant", "created_at"),)
@@ -242,7 +242,7 @@ class FileRow(Base):
 
 
 class BatchRow(Base):
-    """A batch of OpenAI requests; its lines run as tasks (see :mod:`spine.platform.batches`).
+    """A batch of OpenAI requests; its lines run as tasks (see :mod:`spine.platform.batches.store`).
 
     ``completed`` and ``failed`` are written when the batch is finalized; until then they are
     counted from the line tasks. ``invalid`` counts the lines rejected when the batch was made.
@@ -298,7 +298,7 @@ class DocumentRow(Base):
     """A document given to the vector store; its text lives in its chunks.
 
     ``status`` is ``queued`` until every chunk has its embedding (``embedded``), or ``failed``
-    when it never can (see :mod:`spine.platform.documents`).
+    when it never can (see :mod:`spine.platform.documents.store`).
     """
 
     __tablename__ = "documents"

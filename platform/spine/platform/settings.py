@@ -3,7 +3,7 @@
 The seed's names (``GENAI_DEFAULT_PROVIDER``, ``GENAI_OLLAMA_URL``, ``GENAI_DATABASE_URL``, ...)
 are top-level fields; groups of new settings are nested sections addressed with a double
 underscore (``GENAI_WORKER__CONCURRENCY=4``). A service whose URL is left unset is started by
-``spine up`` from its pip package (see :mod:`spine.platform.embedded`).
+``spine up`` from its pip package (see :mod:`spine.platform.embedded.stack`).
 """
 
 from __future__ import annotations
@@ -163,7 +163,7 @@ class LocalEmbeddingSettings(BaseModel):
     enabled: bool | Literal["auto"] = Field(
         "auto",
         description="auto: offer it when the [embed] extra is installed and no other model "
-        "in the catalogue makes embeddings; true: always (an error without the extra); false: "
+        "in the catalog makes embeddings; true: always (an error without the extra); false: "
         "never.",
     )
     threads: int = Field(
@@ -424,7 +424,7 @@ class Settings(BaseSettings):
         when enabled; on ``auto``, when it is asked for by name (default provider or fallback
         chain) or when no other model provider is configured (no Ollama URL, no cloud key or
         region, no models file). Whether the ``[local]`` extra is installed is checked where
-        the server starts (:mod:`spine.platform.embedded`).
+        the server starts (:mod:`spine.platform.embedded.stack`).
         """
         local = self.local_model
         if local.url is not None or local.enabled is False:

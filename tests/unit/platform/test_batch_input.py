@@ -7,14 +7,14 @@ from typing import Any
 
 import pytest
 
-from spine.platform.batch_input import (
+from spine.platform.batches import line_key
+from spine.platform.batches.input import (
     MAX_CUSTOM_ID,
     BatchCreate,
     BatchInput,
     LineError,
     parse_batch_input,
 )
-from spine.platform.batches import line_key
 from spine.platform.errors import BadRequest, PayloadTooLarge
 
 ENDPOINT = "/v1/chat/completions"

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from spine.platform.batch_output import line_request_id, render_line
-from spine.platform.errors import ContextWindowExceeded, TransientTaskError, UnknownModel
+from spine.platform.batches.output import line_request_id, render_line
+from spine.platform.errors import ContextWindowExceeded, TransientFailure, UnknownModel
 
 ANSWER = {"id": "chatcmpl-1", "object": "chat.completion", "usage": {"prompt_tokens": 3}}
 
@@ -62,7 +62,7 @@ def test_a_rejected_line_keeps_its_reason() -> None:
     [
         (ContextWindowExceeded("too long", model="m"), 400, "context_length_exceeded"),
         (UnknownModel("no model 'x'", field="model"), 404, "model_not_found"),
-        (TransientTaskError("HTTP 500", cause="InternalServerError"), 502, "provider_error"),
+        (TransientFailure("HTTP 500", cause="InternalServerError"), 502, "provider_error"),
     ],
 )
 def test_a_failed_request_carries_the_status_and_body_the_gateway_would_answer(

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from spine.platform.chunking import Chunker
+from spine.platform.documents.chunking import Chunker
 
 GUIDE = """\
 # Guide

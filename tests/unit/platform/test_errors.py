@@ -14,13 +14,13 @@ from spine.platform.errors import (
     IdempotencyConflict,
     NotFound,
     PayloadTooLarge,
-    PermanentTaskError,
+    PermanentFailure,
     ProviderNotConfigured,
+    RunFailure,
     ServiceUnavailable,
     SpineError,
     TaskCancelled,
-    TaskFailure,
-    TransientTaskError,
+    TransientFailure,
     Unauthorized,
     UnknownAgent,
     UnknownModel,
@@ -39,12 +39,12 @@ TREE = [
     (Conflict, SpineError, False, 409, "conflict"),
     (BudgetExceeded, SpineError, False, 429, "budget_exceeded"),
     (ServiceUnavailable, SpineError, True, 503, "service_unavailable"),
-    (TaskFailure, SpineError, False, 500, "task_failed"),
-    (TransientTaskError, TaskFailure, True, 500, "transient_error"),
-    (PermanentTaskError, TaskFailure, False, 500, "permanent_error"),
-    (ProviderNotConfigured, PermanentTaskError, False, 500, "provider_not_configured"),
-    (ContextWindowExceeded, PermanentTaskError, False, 400, "context_length_exceeded"),
-    (TaskCancelled, TaskFailure, False, 500, "cancelled"),
+    (RunFailure, SpineError, False, 500, "task_failed"),
+    (TransientFailure, RunFailure, True, 500, "transient_error"),
+    (PermanentFailure, RunFailure, False, 500, "permanent_error"),
+    (ProviderNotConfigured, PermanentFailure, False, 500, "provider_not_configured"),
+    (ContextWindowExceeded, PermanentFailure, False, 400, "context_length_exceeded"),
+    (TaskCancelled, RunFailure, False, 500, "cancelled"),
 ]
 
 
@@ -80,7 +80,7 @@ def test_error_types_are_unique() -> None:
 
 
 def test_only_transient_kinds_are_retryable() -> None:
-    assert {row[0] for row in TREE if row[2]} == {ServiceUnavailable, TransientTaskError}
+    assert {row[0] for row in TREE if row[2]} == {ServiceUnavailable, TransientFailure}
 
 
 def test_to_dict_renders_type_message_field_and_details() -> None:
@@ -106,7 +106,7 @@ def test_catching_a_parent_catches_its_children() -> None:
         raise UnknownAgent("unknown agent 'x'", field="agent")
     assert caught.value.status_code == 400
     assert caught.value.to_dict()["field"] == "agent"
-    with pytest.raises(PermanentTaskError):
+    with pytest.raises(PermanentFailure):
         raise ProviderNotConfigured("set GENAI_OLLAMA_URL")
-    with pytest.raises(TaskFailure):
+    with pytest.raises(RunFailure):
         raise TaskCancelled("the task was cancelled")

@@ -9,19 +9,16 @@ from typing import Any
 
 import pytest
 
-from spine.platform import stack as stack_module
-from spine.platform._embedded_llama import LlamaServer
-from spine.platform.embedded import EmbeddedStack, Endpoints, apply_endpoints
+from spine.platform.app import launcher as stack_module
+from spine.platform.app.launcher import describe_config, plan_local_model
+from spine.platform.embedded.llama import LlamaServer
+from spine.platform.embedded.stack import EmbeddedStack, Endpoints, apply_endpoints
 from spine.platform.errors import ConfigurationError, ProviderNotConfigured
-from spine.platform.llm import (
-    _for_provider,
-    configured_providers,
-    default_provider,
-    resolve_provider,
-)
-from spine.platform.router import TOY_NOTE, ModelCatalogue, ModelRouter, Requirements
+from spine.platform.models import configured_providers, default_provider, resolve_provider
+from spine.platform.models.litellm_upstream import chat_route
+from spine.platform.models.shapes import params_for
+from spine.platform.router import TOY_NOTE, ModelCatalog, ModelRouter, Requirements
 from spine.platform.settings import LocalModelSettings, Settings, load_settings
-from spine.platform.stack import describe_config, plan_local_model
 
 URL = "http://127.0.0.1:18080/v1"
 
@@ -130,7 +127,7 @@ def test_default_provider_falls_to_the_running_local_model_only_when_not_chosen(
     target = resolve_provider(settings(local_model={"url": URL}))
     assert target.provider == "local"
     assert target.model == "smollm2-135m"
-    assert target.litellm_model == "openai/smollm2-135m"
+    assert chat_route(target) == "openai/smollm2-135m"
     assert target.kwargs == {"api_base": URL, "api_key": "none"}
 
 
@@ -156,10 +153,10 @@ def test_apply_endpoints_fills_the_local_model_url() -> None:
 # -- how it is labelled -----------------------------------------------------------------------
 
 
-def test_catalogue_labels_it_local_free_and_toy() -> None:
-    catalogue = ModelCatalogue.from_settings(settings(local_model={"url": URL, "n_ctx": 4096}))
-    assert catalogue.names == ["smollm2-135m"]
-    spec = catalogue.get("smollm2-135m")
+def test_catalog_labels_it_local_free_and_toy() -> None:
+    catalog = ModelCatalog.from_settings(settings(local_model={"url": URL, "n_ctx": 4096}))
+    assert catalog.names == ["smollm2-135m"]
+    spec = catalog.get("smollm2-135m")
     assert spec is not None
     assert spec.provider == "local"
     assert spec.local
@@ -235,15 +232,15 @@ def test_the_server_runs_with_our_flags_and_none_of_our_environment(
 
 def test_json_schema_output_is_spelled_the_way_llama_cpp_takes_it() -> None:
     schema = {"type": "object", "properties": {"a": {"type": "string"}}}
-    asked = {
+    asked: dict[str, Any] = {
         "max_tokens": 9,
         "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}},
     }
     local = resolve_provider(settings(local_model={"url": URL}))
-    assert _for_provider(local, asked) == {
+    assert params_for(local, asked) == {
         "max_tokens": 9,
         "response_format": {"type": "json_object", "schema": schema},
     }
     assert asked["response_format"]["type"] == "json_schema"  # the caller's dict is kept
     hosted = resolve_provider(settings(default_provider="openai", openai_api_key="sk-x"))
-    assert _for_provider(hosted, asked) is asked
+    assert params_for(hosted, asked) is asked

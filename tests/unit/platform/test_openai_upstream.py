@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
-import httpx
+import httpx2
 import openai
 import pytest
 
 from spine.platform.errors import (
     ContextWindowExceeded,
-    PermanentTaskError,
+    PermanentFailure,
     ProviderNotConfigured,
     SpineError,
-    TransientTaskError,
+    TransientFailure,
 )
-from spine.platform.llm import ProviderTarget
-from spine.platform.openai_upstream import _split, _translate
-from spine.platform.openai_wire import GatewayError
+from spine.platform.models import ProviderTarget
+from spine.platform.models.openai_upstream import _split, _translate
+from spine.platform.models.openai_wire import GatewayError
 from spine.platform.settings import load_settings
 
-REQUEST = httpx.Request("POST", "http://upstream.test/v1/chat/completions")
+# httpx2, not httpx: the openai SDK installed here is built on it, as are its errors.
+REQUEST = httpx2.Request("POST", "http://upstream.test/v1/chat/completions")
 SECRET = "sk-upstream-secret"
 TARGET = ProviderTarget(
     provider="openai-compatible",
@@ -29,21 +30,21 @@ TARGET = ProviderTarget(
 
 def status(kind: type[openai.APIStatusError], code: int, body: object = None) -> Exception:
     # Shaped as the SDK shapes it: the message carries the error body.
-    response = httpx.Response(code, request=REQUEST)
+    response = httpx2.Response(code, request=REQUEST)
     return kind(f"Error code: {code} - {body} (key {SECRET})", response=response, body=body)
 
 
 @pytest.mark.parametrize(
     ("exc", "kind", "cause", "http"),
     [
-        (openai.APITimeoutError(request=REQUEST), TransientTaskError, "Timeout", 502),
-        (openai.APIConnectionError(request=REQUEST), TransientTaskError, "APIConnectionError", 502),
-        (status(openai.RateLimitError, 429), TransientTaskError, "RateLimitError", 429),
-        (status(openai.InternalServerError, 500), TransientTaskError, "InternalServerError", 502),
-        (status(openai.InternalServerError, 502), TransientTaskError, "BadGatewayError", 502),
+        (openai.APITimeoutError(request=REQUEST), TransientFailure, "Timeout", 502),
+        (openai.APIConnectionError(request=REQUEST), TransientFailure, "APIConnectionError", 502),
+        (status(openai.RateLimitError, 429), TransientFailure, "RateLimitError", 429),
+        (status(openai.InternalServerError, 500), TransientFailure, "InternalServerError", 502),
+        (status(openai.InternalServerError, 502), TransientFailure, "BadGatewayError", 502),
         (
             status(openai.InternalServerError, 503),
-            TransientTaskError,
+            TransientFailure,
             "ServiceUnavailableError",
             502,
         ),
@@ -60,14 +61,14 @@ def status(kind: type[openai.APIStatusError], code: int, body: object = None) ->
             "ContextWindowExceededError",
             400,
         ),
-        (status(openai.BadRequestError, 400), PermanentTaskError, "BadRequestError", 400),
+        (status(openai.BadRequestError, 400), PermanentFailure, "BadRequestError", 400),
         (
             status(openai.UnprocessableEntityError, 422),
-            PermanentTaskError,
+            PermanentFailure,
             "UnprocessableEntityError",
             400,
         ),
-        (status(openai.NotFoundError, 404), PermanentTaskError, "NotFoundError", 404),
+        (status(openai.NotFoundError, 404), PermanentFailure, "NotFoundError", 404),
         (status(openai.AuthenticationError, 401), ProviderNotConfigured, None, 503),
     ],
     ids=lambda value: value if isinstance(value, str) else None,

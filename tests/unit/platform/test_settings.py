@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from spine.platform.app.launcher import describe_config
 from spine.platform.errors import ConfigurationError
 from spine.platform.settings import Settings, load_settings
-from spine.platform.stack import describe_config
 
 SEED = {
     "GENAI_DEFAULT_PROVIDER": "openai",

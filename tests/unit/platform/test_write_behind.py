@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from spine.platform._write_behind import WriteBehind
+from spine.platform.write_behind import WriteBehind
 
 
 class Store:

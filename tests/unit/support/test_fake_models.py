@@ -5,27 +5,26 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # until tests/conftest.py does it
 
 import httpx
 import litellm
 import openai
 import pytest
+from litellm import exceptions as llm_errors
 from litellm.exceptions import MidStreamFallbackError
+from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolParam
 
 from support.fake_models import FakeModelProcess, FakeModelServer, Rule, ToolCall, fake_embedding
 
 litellm.suppress_debug_info = True
 
-TOOLS = [
+TOOLS: list[ChatCompletionToolParam] = [
     {
         "type": "function",
         "function": {
@@ -69,7 +68,7 @@ def route(server: FakeModelServer, provider: str) -> dict[str, Any]:
     return {"model": "openai/gpt-4o-mini", "api_base": server.openai_url, "api_key": "sk-test"}
 
 
-def user(text: str) -> list[dict[str, str]]:
+def user(text: str) -> list[ChatCompletionMessageParam]:
     return [{"role": "user", "content": text}]
 
 
@@ -167,9 +166,11 @@ async def test_openai_client_streams_tool_calls_in_openai_shape(
 
     text = "".join(c.choices[0].delta.content or "" for c in chunks)
     deltas = [t for c in chunks for t in c.choices[0].delta.tool_calls or []]
-    arguments = ["".join(d.function.arguments for d in deltas if d.index == i) for i in (0, 1)]
+    functions = [(d.index, d.id, d.function) for d in deltas if d.function is not None]
+    assert len(functions) == len(deltas)  # every delta carries its part of a function call
+    arguments = ["".join(f.arguments or "" for n, _, f in functions if n == i) for i in (0, 1)]
     assert text == "Let me check."
-    assert [(d.index, d.id, d.function.name) for d in deltas if d.id] == [
+    assert [(n, call_id, f.name) for n, call_id, f in functions if call_id] == [
         (0, "call_1_0", "get_weather"),
         (1, "c2", "now"),
     ]
@@ -249,10 +250,10 @@ async def test_openai_client_sees_scripted_errors(
 @pytest.mark.parametrize(
     ("status", "error"),
     [
-        (429, litellm.RateLimitError),
-        (500, litellm.InternalServerError),
-        (503, litellm.ServiceUnavailableError),
-        (400, litellm.BadRequestError),
+        (429, llm_errors.RateLimitError),
+        (500, llm_errors.InternalServerError),
+        (503, llm_errors.ServiceUnavailableError),
+        (400, llm_errors.BadRequestError),
     ],
 )
 @pytest.mark.parametrize("provider", ["ollama", "openai"])
@@ -270,7 +271,7 @@ async def test_openai_context_length_error_is_recognised_by_litellm(
 ) -> None:
     server.add(Rule(status=400))
 
-    with pytest.raises(litellm.ContextWindowExceededError):
+    with pytest.raises(llm_errors.ContextWindowExceededError):
         await litellm.acompletion(**route(server, "openai"), messages=user("x"), max_retries=0)
 
 
@@ -298,7 +299,7 @@ async def test_hang_is_cut_off_by_the_client_timeout(
 ) -> None:
     server.add(Rule(hang=True))
 
-    with pytest.raises(litellm.Timeout):
+    with pytest.raises(llm_errors.Timeout):
         await litellm.acompletion(
             **route(server, provider), messages=user("x"), timeout=0.3, max_retries=0
         )
@@ -345,7 +346,7 @@ async def test_litellm_sees_a_mid_stream_disconnect(server: FakeModelServer, pro
 async def test_non_streamed_disconnect_is_a_connection_error(server: FakeModelServer) -> None:
     server.add(Rule(disconnect_after=0))
 
-    with pytest.raises(litellm.APIConnectionError):
+    with pytest.raises(llm_errors.APIConnectionError):
         await litellm.acompletion(**route(server, "ollama"), messages=user("x"), max_retries=0)
 
 

@@ -255,7 +255,7 @@ async def test_policy_allowlists_per_tenant_and_per_agent() -> None:
     async def noop(args: Nothing, ctx: ToolContext) -> str:
         return "ok"
 
-    tools = [
+    tools: list[Tool[Any]] = [
         add_tool(),
         tool_running(noop, name="github__search"),
         tool_running(noop, name="github__delete_repo"),

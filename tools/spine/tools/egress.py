@@ -30,6 +30,8 @@ from typing import Protocol, TypeAlias, cast
 import httpcore
 import httpx
 
+from spine.platform.errors import PermanentFailure
+
 __all__ = [
     "EgressDenied",
     "EgressGuard",
@@ -108,8 +110,10 @@ METADATA_HOSTS = frozenset(
 _NUMERIC_HOST = re.compile(r"^[0-9A-Fa-fXx.]+$")
 
 
-class EgressDenied(Exception):
+class EgressDenied(PermanentFailure):
     """The destination is not one the platform may connect to."""
+
+    error_type = "egress_denied"
 
 
 def literal_address(host: str) -> IPAddress | None:

@@ -18,6 +18,8 @@ import jsonschema
 from jsonschema.exceptions import SchemaError
 from pydantic import BaseModel, ValidationError
 
+from spine.platform.errors import BadRequest, RunFailure
+
 __all__ = [
     "TOOL_NAME",
     "ArgumentProblem",
@@ -47,16 +49,17 @@ A_co = TypeVar("A_co", covariant=True)
 M = TypeVar("M", bound=BaseModel)
 
 
-class ToolFailure(Exception):
+class ToolFailure(RunFailure):
     """A tool could not do what was asked; the message is what the model is told.
 
     ``retryable`` says whether the same call may succeed later (a service that is down), so the
     caller can tell a task-level retry from a mistake the model should correct.
     """
 
+    error_type = "tool_failed"
+
     def __init__(self, message: str, *, retryable: bool = False) -> None:
         super().__init__(message)
-        self.message = message
         self.retryable = retryable
 
 
@@ -68,8 +71,10 @@ class ArgumentProblem:
     message: str
 
 
-class ArgumentsInvalid(Exception):
+class ArgumentsInvalid(BadRequest):
     """The arguments do not match the tool's schema."""
+
+    error_type = "invalid_arguments"
 
     def __init__(self, problems: list[ArgumentProblem]) -> None:
         super().__init__("; ".join(f"{p.field}: {p.message}" for p in problems))

@@ -1,18 +1,13 @@
-"""The model router: catalogue, strategies, per-model health and fallback across providers.
+"""The model router: catalog, strategies, per-model health and fallback across providers.
 
-:class:`ModelRouter` implements the :class:`~spine.platform.llm.ModelClient` seam, so agents
-and (later) the gateway call it the way they call the single-provider client.
+:class:`ModelRouter` plans which models a call tries (``catalog`` → ``strategies`` with
+``health``) and tries them through an :class:`Upstream`; ``streaming`` holds a stream bound to
+the model that produced output. Pricing, caching and recording a call is metering's
+(:mod:`spine.platform.metering`).
 """
 
-from spine.platform.router.catalogue import (
-    TOY_NOTE,
-    Capabilities,
-    ModelCatalogue,
-    ModelSpec,
-    Requirements,
-    discover_ollama,
-    load_models_file,
-)
+from spine.platform.router.attempts import RoutePlan
+from spine.platform.router.catalog import ModelCatalog, discover_ollama, load_models_file
 from spine.platform.router.health import (
     BreakerPolicy,
     BreakerState,
@@ -24,7 +19,8 @@ from spine.platform.router.health import (
     MonotonicClock,
     Permit,
 )
-from spine.platform.router.router import CIRCUIT_OPEN, ModelCaller, ModelRouter, RoutePlan
+from spine.platform.router.router import CIRCUIT_OPEN, ModelRouter
+from spine.platform.router.specs import TOY_NOTE, Capabilities, ModelSpec, Requirements
 from spine.platform.router.strategies import (
     STRATEGIES,
     RoutingContext,
@@ -36,6 +32,7 @@ from spine.platform.router.strategies import (
     speed,
 )
 from spine.platform.router.streaming import CompletionStream, first_output
+from spine.platform.router.upstream import Upstream
 
 __all__ = [
     "CIRCUIT_OPEN",
@@ -49,8 +46,7 @@ __all__ = [
     "CompletionStream",
     "HealthView",
     "LatencyAverage",
-    "ModelCaller",
-    "ModelCatalogue",
+    "ModelCatalog",
     "ModelHealth",
     "ModelRouter",
     "ModelSpec",
@@ -60,6 +56,7 @@ __all__ = [
     "RoutePlan",
     "RoutingContext",
     "Strategy",
+    "Upstream",
     "cost_optimized",
     "discover_ollama",
     "first_output",

@@ -1,12 +1,13 @@
-"""The model router: one :class:`~spine.platform.llm.ModelClient` over every configured model.
+"""The model router: chooses the models a call tries, and tries them in turn.
 
 Embedding calls (:meth:`ModelRouter.embed`) take the same path over the models that make
-embeddings: the same plan, strategies, breakers and fallback. When no model of the catalogue
+embeddings: the same plan, strategies, breakers and fallback. When no model of the catalog
 makes embeddings, the in-process local model (``local-embed``, extra ``[embed]``) is offered.
 
 For each call it builds a plan — the explicit model (then the ``GENAI_FALLBACK_CHAIN``
 providers' models), or else every model that meets the request in the strategy's order — and
-tries the models in turn through :meth:`LiteLLMClient.call`. It moves on after a timeout, a
+tries the models in turn through an :class:`Upstream` (the real one is
+:class:`~spine.platform.models.upstream.UpstreamClient`). It moves on after a timeout, a
 connection error, a 429, a 5xx (the retryable errors) or a context-window overflow, and stops
 at any other error. A model whose breaker is open is skipped without a call.
 """
@@ -16,52 +17,53 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, Callable
-from dataclasses import dataclass
-from typing import Any, Protocol
+from collections.abc import Callable
+from dataclasses import replace
 
 from spine.platform.errors import (
     BadRequest,
-    ContextWindowExceeded,
     ProviderNotConfigured,
     ServiceUnavailable,
     SpineError,
-    TransientTaskError,
     UnknownModel,
 )
-from spine.platform.llm import (
+from spine.platform.models import (
     HOW_TO_CONFIGURE,
     Attempt,
+    ChatRequest,
     Completion,
-    CompletionDelta,
     Embedding,
-    LiteLLMClient,
+    EmbeddingRequest,
     ProviderTarget,
     configured_providers,
     default_provider,
-    known_model_facts,
     provider_target,
-    supported_params,
 )
-from spine.platform.local_embeddings import (
+from spine.platform.models.litellm_upstream import known_model_facts, supported_params
+from spine.platform.models.local_embeddings import (
     HOW_TO_INSTALL,
     LOCAL_EMBEDDING_MODEL,
     LOCAL_EMBEDDING_PROVIDER,
     LocalEmbedder,
     missing_packages,
 )
-from spine.platform.router.catalogue import (
-    ModelCatalogue,
-    ModelSpec,
-    Requirements,
-    discover_ollama,
+from spine.platform.models.upstream import UpstreamClient
+from spine.platform.router.attempts import (
+    RoutePlan,
+    admitted,
+    exhausted,
+    param_named,
+    record_failure,
 )
-from spine.platform.router.health import CircuitBreaker, ModelHealth, Permit
+from spine.platform.router.catalog import ModelCatalog, discover_ollama
+from spine.platform.router.health import ModelHealth, Permit
+from spine.platform.router.specs import ModelSpec, Requirements
 from spine.platform.router.strategies import RoutingContext, order_candidates
 from spine.platform.router.streaming import CompletionStream, StreamOutcome, first_output
+from spine.platform.router.upstream import Upstream
 from spine.platform.settings import Settings
 
-__all__ = ["CIRCUIT_OPEN", "ModelCaller", "ModelRouter", "RoutePlan"]
+__all__ = ["CIRCUIT_OPEN", "ModelRouter"]
 
 logger = logging.getLogger(__name__)
 
@@ -74,62 +76,28 @@ NO_EMBEDDING_MODEL = (
 )
 
 
-class ModelCaller(Protocol):
-    """Makes one call to one provider target; :class:`LiteLLMClient` is the real one."""
-
-    async def warm_up(self) -> None:
-        """Do slow one-time set-up before the first call."""
-        ...
-
-    async def call(
-        self, target: ProviderTarget, messages: list[dict[str, Any]], **params: Any
-    ) -> Completion:
-        """Call ``target`` once, raising translated errors."""
-        ...
-
-    def stream(
-        self, target: ProviderTarget, messages: list[dict[str, Any]], **params: Any
-    ) -> AsyncGenerator[CompletionDelta, None]:
-        """Stream one call to ``target``, raising translated errors from the iteration."""
-        ...
-
-    async def embed(self, target: ProviderTarget, texts: list[str], **params: Any) -> Embedding:
-        """Embed ``texts`` with one call to ``target``, raising translated errors."""
-        ...
-
-
-@dataclass(slots=True, kw_only=True, frozen=True)
-class RoutePlan:
-    """The models one call will try, in order, and the strategy that ordered them."""
-
-    strategy: str
-    models: list[ModelSpec]
-
-
 class ModelRouter:
-    """Routes chat calls across the catalogue with a strategy, fallbacks and circuit breakers.
+    """Routes calls across the catalog with a strategy, fallbacks and circuit breakers.
 
-    Per-call parameters besides LiteLLM's: ``strategy`` (overrides
-    ``GENAI_ROUTING_STRATEGY``), ``min_quality`` (0 to 1) and ``admit`` (a predicate on
-    :class:`ModelSpec` that narrows the plan, see :meth:`plan`).
+    A call is a :class:`~spine.platform.models.ChatRequest` (or an ``EmbeddingRequest``), and
+    optionally the :class:`RoutePlan` its caller already made with :meth:`plan` (the metered
+    path plans once, to price the call) or an ``admit`` predicate that narrows the plan.
     """
 
     def __init__(
         self,
         settings: Settings,
         *,
-        catalogue: ModelCatalogue | None = None,
+        catalog: ModelCatalog | None = None,
         health: ModelHealth | None = None,
-        client: ModelCaller | None = None,
+        upstream: Upstream | None = None,
         local_embedder: LocalEmbedder | None = None,
     ) -> None:
         self._settings = settings
         self._local_embedder = local_embedder
-        self.catalogue = (
-            catalogue if catalogue is not None else ModelCatalogue.from_settings(settings)
-        )
+        self.catalog = catalog if catalog is not None else ModelCatalog.from_settings(settings)
         self.health = health if health is not None else ModelHealth()
-        self._client: ModelCaller = client if client is not None else LiteLLMClient(settings)
+        self._upstream: Upstream = upstream if upstream is not None else UpstreamClient(settings)
         # The API and the workers of one process share the router: it warms up once.
         self._warm_up_lock = asyncio.Lock()
         self._warm = False
@@ -152,20 +120,20 @@ class ModelRouter:
         async with self._warm_up_lock:
             if self._warm:
                 return
-            await self._client.warm_up()
+            await self._upstream.warm_up()
             if self._settings.ollama_url is not None:
                 try:
-                    await discover_ollama(self.catalogue, self._settings.ollama_url)
+                    await discover_ollama(self.catalog, self._settings.ollama_url)
                 except ServiceUnavailable as exc:
                     logger.warning("model discovery skipped: %s", exc.message)
-            self.catalogue.fill_unknown(known_model_facts)
-            self.catalogue.fill_supported_params(supported_params)
+            self.catalog.fill_unknown(known_model_facts)
+            self.catalog.fill_supported_params(supported_params)
             self._offer_local_embedding()
             self._warm = True
 
     def _offer_local_embedding(self) -> None:
         wanted = self._settings.local_embedding.enabled
-        if wanted is False or (wanted == "auto" and self.catalogue.embedding_models()):
+        if wanted is False or (wanted == "auto" and self.catalog.embedding_models()):
             return
         missing = missing_packages()
         if missing and wanted == "auto":
@@ -173,15 +141,14 @@ class ModelRouter:
             return
         # Enabled without the extra, it is listed all the same: its calls say what to install.
         spec = ModelSpec.for_provider(LOCAL_EMBEDDING_PROVIDER, LOCAL_EMBEDDING_MODEL)
-        self.catalogue.add(spec, qualify_on_clash=True)
+        self.catalog.add(spec, qualify_on_clash=True)
         logger.info("embeddings: the local model %s is offered", spec.name)
 
     async def close(self) -> None:
         """Stop the local embedding model's thread, if it ran, and close upstream connections."""
         if self._local_embedder is not None:
             self._local_embedder.close()
-        if isinstance(self._client, LiteLLMClient):
-            await self._client.close()
+        await self._upstream.close()
 
     def plan(
         self,
@@ -202,9 +169,9 @@ class ModelRouter:
                 ``admit`` accepts none).
         """
         # The local embedding model alone answers no chat call.
-        if not len(self.catalogue) or not (requirements.embeddings or self.catalogue.chat_models()):
+        if not len(self.catalog) or not (requirements.embeddings or self.catalog.chat_models()):
             raise ProviderNotConfigured(f"no model provider is configured: {HOW_TO_CONFIGURE}")
-        if requirements.embeddings and model is None and not self.catalogue.embedding_models():
+        if requirements.embeddings and model is None and not self.catalog.embedding_models():
             raise ProviderNotConfigured(NO_EMBEDDING_MODEL)
         chosen = strategy or self._settings.routing_strategy
         preference = [default_provider(self._settings), *self._settings.fallback_chain]
@@ -216,7 +183,7 @@ class ModelRouter:
                 str(getattr(self._settings.models, provider, "")) for provider in preference
             ),
         )
-        ordered = order_candidates(chosen, self.catalogue.candidates(requirements), ctx)
+        ordered = order_candidates(chosen, self.catalog.candidates(requirements), ctx)
         if model is not None:
             first = self._explicit(model)
             if requirements.embeddings:
@@ -225,7 +192,7 @@ class ModelRouter:
             if lacking is not None:
                 raise BadRequest(
                     f"model {first.name!r} {lacking}; leave it out or choose another model",
-                    field=_param_named(lacking, requirements),
+                    field=param_named(lacking, requirements),
                 )
             chain = [
                 spec
@@ -233,29 +200,33 @@ class ModelRouter:
                 for spec in ordered
                 if spec.provider == provider and spec.name != first.name
             ]
-            return _admitted(RoutePlan(strategy=chosen, models=[first, *chain]), admit)
+            return admitted(RoutePlan(strategy=chosen, models=[first, *chain]), admit)
         if not ordered:
             reasons = "; ".join(
-                f"{name}: {why}" for name, why in self.catalogue.refusals(requirements).items()
+                f"{name}: {why}" for name, why in self.catalog.refusals(requirements).items()
             )
             sized = requirements.embeddings and requirements.dimensions is not None
             raise BadRequest(
                 f"no configured model meets the request ({reasons})",
                 field="dimensions" if sized else None,
             )
-        return _admitted(RoutePlan(strategy=chosen, models=ordered), admit)
+        return admitted(RoutePlan(strategy=chosen, models=ordered), admit)
 
     async def complete(
-        self, messages: list[dict[str, Any]], *, model: str | None = None, **params: Any
+        self,
+        request: ChatRequest,
+        *,
+        plan: RoutePlan | None = None,
+        admit: Callable[[ModelSpec], bool] | None = None,
     ) -> Completion:
         """Answer with the first model of the plan that can; errors come back typed.
 
         Raises:
-            TransientTaskError: Every model failed transiently or is cooling down.
+            TransientFailure: Every model failed transiently or is cooling down.
             ContextWindowExceeded: No model of the plan could take the prompt.
             SpineError: A model refused the call for a reason another model would share.
         """
-        plan = self._plan_call(messages, model, params)
+        plan = plan or self.plan_chat(request, admit=admit)
         path: list[Attempt] = []
         last_error: SpineError | None = None
         for spec in plan.models:
@@ -266,9 +237,9 @@ class ModelRouter:
                 path.append(Attempt(model=spec.name, provider=spec.provider, error=CIRCUIT_OPEN))
                 continue
             try:
-                answer = await self._client.call(target, messages, **params)
+                answer = await self._upstream.call(target, request)
             except SpineError as exc:
-                _record_failure(exc, spec, breaker, permit, path)
+                record_failure(exc, spec, breaker, permit, path)
                 last_error = exc
                 continue
             except BaseException:
@@ -281,10 +252,14 @@ class ModelRouter:
             answer.strategy = plan.strategy
             answer.fallback_path = path
             return answer
-        raise self._exhausted(path, last_error)
+        raise exhausted(self.health, path, last_error)
 
     async def stream(
-        self, messages: list[dict[str, Any]], *, model: str | None = None, **params: Any
+        self,
+        request: ChatRequest,
+        *,
+        plan: RoutePlan | None = None,
+        admit: Callable[[ModelSpec], bool] | None = None,
     ) -> CompletionStream:
         """Open a streamed answer from the first model of the plan that produces output.
 
@@ -293,11 +268,11 @@ class ModelRouter:
         that produced output, and raises a mid-stream failure from its iteration.
 
         Raises:
-            TransientTaskError: Every model failed transiently or is cooling down.
+            TransientFailure: Every model failed transiently or is cooling down.
             ContextWindowExceeded: No model of the plan could take the prompt.
             SpineError: A model refused the call for a reason another model would share.
         """
-        plan = self._plan_call(messages, model, params)
+        plan = plan or self.plan_chat(request, admit=admit)
         path: list[Attempt] = []
         last_error: SpineError | None = None
         for spec in plan.models:
@@ -308,11 +283,11 @@ class ModelRouter:
                 path.append(Attempt(model=spec.name, provider=spec.provider, error=CIRCUIT_OPEN))
                 continue
             started = time.perf_counter()
-            deltas = self._client.stream(target, messages, **params)
+            deltas = self._upstream.stream(target, request)
             try:
                 buffered, ended = await first_output(deltas)
             except SpineError as exc:
-                _record_failure(exc, spec, breaker, permit, path)
+                record_failure(exc, spec, breaker, permit, path)
                 last_error = exc
                 continue
             except BaseException:
@@ -345,10 +320,14 @@ class ModelRouter:
                 rest=None if ended else deltas,
                 settle=settle,
             )
-        raise self._exhausted(path, last_error)
+        raise exhausted(self.health, path, last_error)
 
     async def embed(
-        self, texts: list[str], *, model: str | None = None, **params: Any
+        self,
+        request: EmbeddingRequest,
+        *,
+        plan: RoutePlan | None = None,
+        admit: Callable[[ModelSpec], bool] | None = None,
     ) -> Embedding:
         """Embed ``texts`` with the first model of the plan that can; errors come back typed.
 
@@ -359,21 +338,12 @@ class ModelRouter:
 
         Raises:
             ProviderNotConfigured: No model makes embeddings.
-            TransientTaskError: Every model failed transiently or is cooling down.
+            TransientFailure: Every model failed transiently or is cooling down.
             BadRequest: No model gives vectors of the size asked for.
             SpineError: A model refused the call for a reason another model would share.
         """
-        strategy = params.pop("strategy", None)
-        admit = params.pop("admit", None)
-        min_quality = float(params.pop("min_quality", None) or 0.0)
-        dimensions: int | None = params.pop("dimensions", None)
-        fallback = bool(params.pop("fallback", True))
-        requirements = Requirements.for_embedding(
-            texts, dimensions=dimensions, min_quality=min_quality
-        )
-        plan = self.plan(requirements, model=model, strategy=strategy, admit=admit)
-        if not fallback and model is not None:
-            plan = RoutePlan(strategy=plan.strategy, models=plan.models[:1])
+        model, dimensions = request.model, request.dimensions
+        plan = plan or self.plan_embedding(request, admit=admit)
         path: list[Attempt] = []
         last_error: SpineError | None = None
         for spec in plan.models:
@@ -383,9 +353,9 @@ class ModelRouter:
                 path.append(Attempt(model=spec.name, provider=spec.provider, error=CIRCUIT_OPEN))
                 continue
             try:
-                answer = await self._embed_once(spec, texts, dimensions, params)
+                answer = await self._embed_once(spec, request)
             except SpineError as exc:
-                _record_failure(exc, spec, breaker, permit, path)
+                record_failure(exc, spec, breaker, permit, path)
                 last_error = exc
                 continue
             except BaseException:
@@ -394,7 +364,7 @@ class ModelRouter:
             breaker.succeeded(permit)
             self.health.observe_latency(spec.name, answer.latency_ms)
             if not spec.capabilities.variable_dimensions and answer.vectors:
-                self.catalogue.learn_dimensions(spec.name, answer.dimensions)
+                self.catalog.learn_dimensions(spec.name, answer.dimensions)
             if dimensions is not None and answer.dimensions != dimensions:
                 wrong = BadRequest(
                     f"model {spec.name} gives {answer.dimensions}-dimensional vectors, "
@@ -414,22 +384,21 @@ class ModelRouter:
             answer.strategy = plan.strategy
             answer.fallback_path = path
             return answer
-        raise self._exhausted(path, last_error)
+        raise exhausted(self.health, path, last_error)
 
-    async def _embed_once(
-        self, spec: ModelSpec, texts: list[str], dimensions: int | None, params: dict[str, Any]
-    ) -> Embedding:
+    async def _embed_once(self, spec: ModelSpec, request: EmbeddingRequest) -> Embedding:
         if spec.provider == LOCAL_EMBEDDING_PROVIDER:
             if self._local_embedder is None:
                 self._local_embedder = LocalEmbedder(self._settings.local_embedding)
-            return await self._local_embedder.embed(texts)
-        wanted = spec.embedding_params(dimensions)
-        return await self._client.embed(self._target(spec), texts, **params, **wanted)
+            return await self._local_embedder.embed(request.texts)
+        wanted = spec.embedding_params(request.dimensions)
+        asked = replace(request, params={**request.params, **wanted})
+        return await self._upstream.embed(self._target(spec), asked)
 
     def _explicit_embedding_model(self, spec: ModelSpec, requirements: Requirements) -> ModelSpec:
         if not spec.capabilities.embeddings:
-            if spec.name in self.catalogue:
-                able = ", ".join(s.name for s in self.catalogue.embedding_models()) or "none"
+            if spec.name in self.catalog:
+                able = ", ".join(s.name for s in self.catalog.embedding_models()) or "none"
                 raise BadRequest(
                     f"model {spec.name!r} does not make embeddings; the models that do: {able}",
                     field="model",
@@ -443,15 +412,29 @@ class ModelRouter:
             )
         return spec
 
-    def _plan_call(
-        self, messages: list[dict[str, Any]], model: str | None, params: dict[str, Any]
+    def plan_chat(
+        self, request: ChatRequest, *, admit: Callable[[ModelSpec], bool] | None = None
     ) -> RoutePlan:
-        # Routing options travel with the call's parameters; none of them reaches the model.
-        strategy = params.pop("strategy", None)
-        admit = params.pop("admit", None)
-        min_quality = float(params.pop("min_quality", None) or 0.0)
-        requirements = Requirements.of(messages, params, min_quality=min_quality)
-        return self.plan(requirements, model=model, strategy=strategy, admit=admit)
+        """Return the plan of a chat call (see :meth:`plan`)."""
+        requirements = Requirements.of(
+            request.messages, request.params, min_quality=request.min_quality
+        )
+        return self.plan(requirements, model=request.model, strategy=request.strategy, admit=admit)
+
+    def plan_embedding(
+        self, request: EmbeddingRequest, *, admit: Callable[[ModelSpec], bool] | None = None
+    ) -> RoutePlan:
+        """Return the plan of an embedding call (see :meth:`plan`).
+
+        ``fallback=False`` with a ``model`` keeps that model alone.
+        """
+        requirements = Requirements.for_embedding(
+            request.texts, dimensions=request.dimensions, min_quality=request.min_quality
+        )
+        plan = self.plan(requirements, model=request.model, strategy=request.strategy, admit=admit)
+        if not request.fallback and request.model is not None:
+            plan = RoutePlan(strategy=plan.strategy, models=plan.models[:1])
+        return plan
 
     def _target(self, spec: ModelSpec) -> ProviderTarget:
         return provider_target(
@@ -463,7 +446,7 @@ class ModelRouter:
         )
 
     def _explicit(self, name: str) -> ModelSpec:
-        found = self.catalogue.get(name)
+        found = self.catalog.get(name)
         if found is not None:
             return found
         provider, _, upstream = name.partition("/")
@@ -471,62 +454,7 @@ class ModelRouter:
             # "provider/model" reaches a model of a configured provider that no one listed.
             return ModelSpec.for_provider(provider, upstream, name=name)
         raise UnknownModel(
-            f"unknown model {name!r}; known models: {', '.join(self.catalogue.names)} "
+            f"unknown model {name!r}; known models: {', '.join(self.catalog.names)} "
             "(or give provider/model for a configured provider)",
             field="model",
         )
-
-    def _exhausted(self, path: list[Attempt], last_error: SpineError | None) -> SpineError:
-        tried = ", ".join(f"{a.model} ({a.provider}: {a.error})" for a in path)
-        shown = [f"{a.model}: {a.error}" for a in path]
-        if last_error is None:
-            waits = [self.health.breaker(a.model).retry_in() for a in path]
-            return TransientTaskError(
-                f"every model that could answer is cooling down after failures ({tried}); "
-                f"the next probe is in {min(waits, default=0.0):.1f} s",
-                fallback_path=shown,
-            )
-        details = {**last_error.details, "fallback_path": shown}
-        return type(last_error)(
-            f"{last_error.message} [tried: {tried}]", field=last_error.field, **details
-        )
-
-
-def _record_failure(
-    exc: SpineError,
-    spec: ModelSpec,
-    breaker: CircuitBreaker,
-    permit: Permit,
-    path: list[Attempt],
-) -> None:
-    """Note a failed attempt; re-raise unless the next model may succeed where this one failed.
-
-    Only a failure to answer counts against the model's health; a refusal (4xx, context
-    overflow) shows the model is up.
-    """
-    (breaker.failed if exc.retryable else breaker.succeeded)(permit)
-    cause = str(exc.details.get("cause") or type(exc).__name__)
-    path.append(Attempt(model=spec.name, provider=spec.provider, error=cause))
-    if not (exc.retryable or isinstance(exc, ContextWindowExceeded)):
-        raise exc
-    logger.warning("model %s failed (%s); trying the next", spec.name, cause)
-
-
-def _admitted(plan: RoutePlan, admit: Callable[[ModelSpec], bool] | None) -> RoutePlan:
-    if admit is None:
-        return plan
-    kept = [spec for spec in plan.models if admit(spec)]
-    if not kept:
-        raise BadRequest(
-            "none of the models that could answer may be used for this call: "
-            + ", ".join(spec.name for spec in plan.models)
-        )
-    return RoutePlan(strategy=plan.strategy, models=kept)
-
-
-def _param_named(lacking: str, requirements: Requirements) -> str:
-    # The parameter a refusal is about, for the error's ``param``.
-    for name in sorted(requirements.params):
-        if name in lacking:
-            return name
-    return "response_format" if "response_format" in lacking else "tools"

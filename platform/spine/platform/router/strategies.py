@@ -21,8 +21,8 @@ from decimal import Decimal
 from typing import Any, get_args
 
 from spine.platform.errors import BadRequest
-from spine.platform.router.catalogue import TOY, ModelSpec, Requirements
 from spine.platform.router.health import HealthView
+from spine.platform.router.specs import TOY, ModelSpec, Requirements
 from spine.platform.settings import RoutingStrategy
 
 __all__ = [

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from spine.platform.errors import SpineError
-from spine.platform.llm import Attempt, CompletionDelta
+from spine.platform.models import Attempt, CompletionDelta
 
 __all__ = ["CompletionStream", "StreamOutcome", "first_output"]
 

@@ -11,13 +11,13 @@ import pytest
 from pydantic import BaseModel
 
 from spine.platform.errors import ConfigurationError
-from spine.platform.llm import Attempt, Completion
-from spine.platform.router.cache import (
+from spine.platform.metering.cache import (
     CacheKey,
     MemoryResponseCache,
     RedisResponseCache,
     response_cache,
 )
+from spine.platform.models import Attempt, Completion
 from spine.platform.settings import load_settings
 
 MESSAGES: list[dict[str, Any]] = [

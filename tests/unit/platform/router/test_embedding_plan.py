@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 
 from spine.platform.errors import BadRequest, ProviderNotConfigured
-from spine.platform.llm import Embedding, ProviderTarget
-from spine.platform.router import Capabilities, ModelCatalogue, ModelRouter, ModelSpec, Requirements
+from spine.platform.models import Embedding, EmbeddingRequest, ProviderTarget
+from spine.platform.router import Capabilities, ModelCatalog, ModelRouter, ModelSpec, Requirements
 from spine.platform.settings import load_settings
 
 CHAT = ModelSpec.for_provider("ollama", "llama3.2")
@@ -39,11 +39,16 @@ class Recorder:
     async def warm_up(self) -> None:
         return None
 
-    async def embed(self, target: ProviderTarget, texts: list[str], **params: Any) -> Embedding:
-        self.calls.append((target.model, params))
-        size = params.get("dimensions", self.size)
+    async def close(self) -> None:
+        return None
+
+    async def embed(self, target: ProviderTarget, request: EmbeddingRequest) -> Embedding:
+        self.calls.append((target.model, request.params))
+        size = request.params.get("dimensions", self.size)
         return Embedding(
-            vectors=[[0.0] * size for _ in texts], model=target.model, provider=target.provider
+            vectors=[[0.0] * size for _ in request.texts],
+            model=target.model,
+            provider=target.provider,
         )
 
 
@@ -57,8 +62,8 @@ def router(*specs: ModelSpec, size: int = 384, **settings: Any) -> tuple[ModelRo
     caller = Recorder(size)
     routed = ModelRouter(
         load_settings(_env_file=None, **values),
-        catalogue=ModelCatalogue(specs),
-        client=caller,  # type: ignore[arg-type]
+        catalog=ModelCatalog(specs),
+        upstream=caller,  # type: ignore[arg-type]
     )
     return routed, caller
 
@@ -86,9 +91,11 @@ def test_a_size_asked_for_rules_out_models_of_another_known_size() -> None:
 
 async def test_only_models_that_shorten_vectors_are_asked_to() -> None:
     routed, caller = router(NOMIC, SMALL)
-    answer = await routed.embed(["x"], model="small", dimensions=384)
+    answer = await routed.embed(EmbeddingRequest(texts=["x"], model="small", dimensions=384))
     assert answer.dimensions == 384
-    answer = await routed.embed(["x"], model="nomic-embed-text", dimensions=384)
+    answer = await routed.embed(
+        EmbeddingRequest(texts=["x"], model="nomic-embed-text", dimensions=384)
+    )
     assert caller.calls == [
         ("text-embedding-3-small", {"dimensions": 384}),
         ("nomic-embed-text", {}),
@@ -98,27 +105,31 @@ async def test_only_models_that_shorten_vectors_are_asked_to() -> None:
 async def test_a_model_of_the_wrong_size_is_refused_and_its_size_learned() -> None:
     routed, caller = router(NOMIC, size=768)
     with pytest.raises(BadRequest) as wrong:
-        await routed.embed(["x"], model="nomic-embed-text", dimensions=384)
+        await routed.embed(EmbeddingRequest(texts=["x"], model="nomic-embed-text", dimensions=384))
     assert wrong.value.field == "dimensions"
-    learned = routed.catalogue.get("nomic-embed-text")
+    learned = routed.catalog.get("nomic-embed-text")
     assert learned is not None
     assert learned.capabilities.dimensions == 768
     with pytest.raises(BadRequest):  # now refused before any call
-        await routed.embed(["x"], model="nomic-embed-text", dimensions=384)
+        await routed.embed(EmbeddingRequest(texts=["x"], model="nomic-embed-text", dimensions=384))
     assert len(caller.calls) == 1
 
 
 async def test_explicit_names_and_no_fallback() -> None:
     routed, caller = router(CHAT, NOMIC, SMALL, fallback_chain="ollama,openai")
     with pytest.raises(BadRequest) as chat_model:
-        await routed.embed(["x"], model="llama3.2")
+        await routed.embed(EmbeddingRequest(texts=["x"], model="llama3.2"))
     assert chat_model.value.field == "model"
     # A provider/model name of a configured provider is taken as an embedding model.
-    answer = await routed.embed(["x"], model="openai/text-embedding-3-large", dimensions=256)
+    answer = await routed.embed(
+        EmbeddingRequest(texts=["x"], model="openai/text-embedding-3-large", dimensions=256)
+    )
     assert (answer.model, answer.dimensions) == ("openai/text-embedding-3-large", 256)
     plan = routed.plan(Requirements.for_embedding(["x"]), model="nomic-embed-text")
     assert [s.name for s in plan.models] == ["nomic-embed-text", "small"]
-    answer = await routed.embed(["x"], model="nomic-embed-text", fallback=False)
+    answer = await routed.embed(
+        EmbeddingRequest(texts=["x"], model="nomic-embed-text", fallback=False)
+    )
     assert [a.model for a in answer.fallback_path] == ["nomic-embed-text"]
     assert len(caller.calls) == 2
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,17 +13,25 @@ import pytest
 from spine.platform.errors import (
     BadRequest,
     ContextWindowExceeded,
-    PermanentTaskError,
+    PermanentFailure,
     ProviderNotConfigured,
     SpineError,
-    TransientTaskError,
+    TransientFailure,
 )
-from spine.platform.llm import Attempt, Completion, ProviderTarget
+from spine.platform.models import (
+    Attempt,
+    ChatRequest,
+    Completion,
+    CompletionDelta,
+    Embedding,
+    EmbeddingRequest,
+    ProviderTarget,
+)
 from spine.platform.router import (
     CIRCUIT_OPEN,
     BreakerPolicy,
     BreakerState,
-    ModelCatalogue,
+    ModelCatalog,
     ModelHealth,
     ModelRouter,
     ModelSpec,
@@ -53,11 +61,12 @@ class ScriptedCaller:
     async def warm_up(self) -> None:
         return None
 
-    async def call(
-        self, target: ProviderTarget, messages: list[dict[str, Any]], **params: Any
-    ) -> Completion:
+    async def close(self) -> None:
+        return None
+
+    async def call(self, target: ProviderTarget, request: ChatRequest) -> Completion:
         self.calls.append(target.model)
-        self.params.append(params)
+        self.params.append(request.params)
         what = self.script.get(target.model, f"hi from {target.model}")
         if callable(what):
             what = await what()
@@ -66,6 +75,14 @@ class ScriptedCaller:
         return Completion(
             text=str(what), model=target.model, provider=target.provider, latency_ms=5
         )
+
+    def stream(
+        self, target: ProviderTarget, request: ChatRequest
+    ) -> AsyncGenerator[CompletionDelta, None]:
+        raise AssertionError("not used")
+
+    async def embed(self, target: ProviderTarget, request: EmbeddingRequest) -> Embedding:
+        raise AssertionError("not used")
 
 
 @pytest.fixture(autouse=True)
@@ -112,14 +129,14 @@ def make_router(
     )
     return ModelRouter(
         settings(**overrides),
-        catalogue=ModelCatalogue(specs),
+        catalog=ModelCatalog(specs),
         health=ModelHealth(policy=BreakerPolicy(failure_threshold=2, cooldown=10), clock=clock),
-        client=caller,
+        upstream=caller,
     )
 
 
-def transient(cause: str = "InternalServerError") -> TransientTaskError:
-    return TransientTaskError("upstream failed", provider="x", cause=cause)
+def transient(cause: str = "InternalServerError") -> TransientFailure:
+    return TransientFailure("upstream failed", provider="x", cause=cause)
 
 
 def path(answer: Completion) -> list[tuple[str, str | None]]:
@@ -170,9 +187,9 @@ def test_provider_slash_model_reaches_an_unlisted_model_of_a_configured_provider
 def test_no_configured_provider_is_provider_not_configured(
     caller: ScriptedCaller, clock: FakeClock
 ) -> None:
-    router = ModelRouter(load_settings(_env_file=None), client=caller)
+    router = ModelRouter(load_settings(_env_file=None), upstream=caller)
     with pytest.raises(ProviderNotConfigured, match="GENAI_OLLAMA_URL"):
-        asyncio.run(router.complete(USER))
+        asyncio.run(router.complete(ChatRequest.of(USER)))
 
 
 def test_no_model_meeting_the_request_is_a_bad_request_saying_why(
@@ -196,7 +213,9 @@ async def test_the_first_model_answers_and_says_so(
     caller: ScriptedCaller, clock: FakeClock
 ) -> None:
     router = make_router(caller, clock)
-    answer = await router.complete(USER, temperature=0.2, strategy="quality", min_quality=0.8)
+    answer = await router.complete(
+        ChatRequest.of(USER, temperature=0.2, strategy="quality", min_quality=0.8)
+    )
     assert answer.text == "hi from claude"
     assert (answer.model, answer.provider, answer.strategy) == ("claude", "anthropic", "quality")
     assert answer.fallback_path == [Attempt(model="claude", provider="anthropic")]
@@ -220,16 +239,16 @@ async def test_fallback_on_each_retryable_error_and_on_context_overflow(
     caller: ScriptedCaller, clock: FakeClock, error: SpineError
 ) -> None:
     caller.script["local"] = error
-    answer = await make_router(caller, clock).complete(USER)
+    answer = await make_router(caller, clock).complete(ChatRequest.of(USER))
     assert answer.model == "mini"
     assert path(answer) == [("local", error.details["cause"]), ("mini", None)]
 
 
 async def test_no_fallback_on_a_plain_refusal(caller: ScriptedCaller, clock: FakeClock) -> None:
-    caller.script["local"] = PermanentTaskError("bad param", cause="BadRequestError")
+    caller.script["local"] = PermanentFailure("bad param", cause="BadRequestError")
     router = make_router(caller, clock)
-    with pytest.raises(PermanentTaskError, match="bad param"):
-        await router.complete(USER)
+    with pytest.raises(PermanentFailure, match="bad param"):
+        await router.complete(ChatRequest.of(USER))
     assert caller.calls == ["local"]
     # The model answered: its health is not harmed.
     assert router.health.breaker("local").failures == 0
@@ -241,8 +260,8 @@ async def test_when_every_model_fails_the_last_error_names_the_path(
     caller.script["local"] = transient("Timeout")
     caller.script["mini"] = ContextWindowExceeded("too long", cause="ContextWindowExceededError")
     caller.script["claude"] = transient("RateLimitError")
-    with pytest.raises(TransientTaskError) as caught:
-        await make_router(caller, clock).complete(USER)
+    with pytest.raises(TransientFailure) as caught:
+        await make_router(caller, clock).complete(ChatRequest.of(USER))
     message = caught.value.message
     assert message.startswith("upstream failed [tried: local (ollama: Timeout), mini (openai: ")
     assert "claude (anthropic: RateLimitError)" in message
@@ -260,22 +279,22 @@ async def test_an_open_breaker_skips_the_model_until_its_cooldown_ends(
     router = make_router(caller, clock, fallback_chain="")
     caller.script["local"] = transient()
     for _ in range(2):  # threshold 2
-        assert (await router.complete(USER)).model == "claude"
+        assert (await router.complete(ChatRequest.of(USER))).model == "claude"
     assert router.health.breaker("local").state is BreakerState.OPEN
     caller.calls.clear()
-    answer = await router.complete(USER)
+    answer = await router.complete(ChatRequest.of(USER))
     assert caller.calls == ["claude"]  # local is not called at all
     assert path(answer) == [("claude", None)]  # local_first put the dead model last
     # Explicitly asked for (no fallback chain), the open breaker still refuses it.
     with pytest.raises(
-        TransientTaskError, match=r"cooling down .* the next probe is in 10\.0 s"
+        TransientFailure, match=r"cooling down .* the next probe is in 10\.0 s"
     ) as caught:
-        await router.complete(USER, model="local")
+        await router.complete(ChatRequest.of(USER, model="local"))
     assert caught.value.details["fallback_path"] == [f"local: {CIRCUIT_OPEN}"]
     clock.t += 10
     del caller.script["local"]
     caller.calls.clear()
-    answer = await router.complete(USER)
+    answer = await router.complete(ChatRequest.of(USER))
     assert caller.calls == ["local"]  # the probe, and it closes the breaker
     assert router.health.breaker("local").state is BreakerState.CLOSED
 
@@ -286,7 +305,7 @@ async def test_concurrent_calls_send_one_probe_and_fall_back_for_the_rest(
     router = make_router(caller, clock)
     caller.script["local"] = transient()
     for _ in range(2):
-        await router.complete(USER)
+        await router.complete(ChatRequest.of(USER))
     clock.t += 10
     release = asyncio.Event()
 
@@ -296,7 +315,7 @@ async def test_concurrent_calls_send_one_probe_and_fall_back_for_the_rest(
 
     caller.script["local"] = slow_probe
     caller.calls.clear()
-    calls = [asyncio.create_task(router.complete(USER)) for _ in range(5)]
+    calls = [asyncio.create_task(router.complete(ChatRequest.of(USER))) for _ in range(5)]
     await asyncio.sleep(0.01)
     assert caller.calls.count("local") == 1
     release.set()
@@ -312,7 +331,7 @@ async def test_a_cancelled_probe_frees_the_breaker_for_the_next_caller(
     router = make_router(caller, clock)
     caller.script["local"] = transient()
     for _ in range(2):
-        await router.complete(USER)
+        await router.complete(ChatRequest.of(USER))
     clock.t += 10
 
     async def never() -> str:
@@ -320,7 +339,7 @@ async def test_a_cancelled_probe_frees_the_breaker_for_the_next_caller(
         return ""
 
     caller.script["local"] = never
-    probe = asyncio.create_task(router.complete(USER))
+    probe = asyncio.create_task(router.complete(ChatRequest.of(USER)))
     await asyncio.sleep(0.01)
     assert router.health.breaker("local").state is BreakerState.HALF_OPEN
     probe.cancel()
@@ -340,8 +359,8 @@ async def test_admit_narrows_the_plan_and_never_calls_a_model_left_out(
 
     assert plan(router, strategy="quality", admit=free) == ["local"]
     caller.script["local"] = transient()
-    with pytest.raises(TransientTaskError):
-        await router.complete(USER, strategy="quality", admit=free)
+    with pytest.raises(TransientFailure):
+        await router.complete(ChatRequest.of(USER, strategy="quality"), admit=free)
     assert caller.calls == ["local"]
     with pytest.raises(BadRequest, match="none of the models"):
         router.plan(Requirements(), strategy="quality", admit=lambda s: False)

@@ -5,16 +5,22 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncGenerator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from spine.platform.errors import SpineError, TransientTaskError
-from spine.platform.llm import Completion, CompletionDelta, ProviderTarget
+from spine.platform.errors import SpineError, TransientFailure
+from spine.platform.models import (
+    ChatRequest,
+    Completion,
+    CompletionDelta,
+    Embedding,
+    EmbeddingRequest,
+    ProviderTarget,
+)
 from spine.platform.router import (
     BreakerPolicy,
     BreakerState,
-    ModelCatalogue,
+    ModelCatalog,
     ModelHealth,
     ModelRouter,
     ModelSpec,
@@ -43,13 +49,14 @@ class StreamingCaller:
     async def warm_up(self) -> None:
         return None
 
-    async def call(
-        self, target: ProviderTarget, messages: list[dict[str, Any]], **params: Any
-    ) -> Completion:
+    async def close(self) -> None:
+        return None
+
+    async def call(self, target: ProviderTarget, request: ChatRequest) -> Completion:
         raise AssertionError("not used")
 
     async def stream(
-        self, target: ProviderTarget, messages: list[dict[str, Any]], **params: Any
+        self, target: ProviderTarget, request: ChatRequest
     ) -> AsyncGenerator[CompletionDelta, None]:
         self.calls.append(target.model)
         default: Script = [
@@ -65,6 +72,9 @@ class StreamingCaller:
                 yield item
         finally:
             self.closed.append(target.model)
+
+    async def embed(self, target: ProviderTarget, request: EmbeddingRequest) -> Embedding:
+        raise AssertionError("not used")
 
 
 @pytest.fixture(autouse=True)
@@ -88,19 +98,19 @@ def make_router(caller: StreamingCaller, clock: FakeClock) -> ModelRouter:
     ]
     return ModelRouter(
         settings,
-        catalogue=ModelCatalogue(specs),
+        catalog=ModelCatalog(specs),
         health=ModelHealth(policy=BreakerPolicy(failure_threshold=1, cooldown=10), clock=clock),
-        client=caller,
+        upstream=caller,
     )
 
 
-def failure() -> TransientTaskError:
-    return TransientTaskError("upstream failed", cause="InternalServerError")
+def failure() -> TransientFailure:
+    return TransientFailure("upstream failed", cause="InternalServerError")
 
 
 async def test_a_stream_answers_and_counts_its_usage() -> None:
     caller = StreamingCaller()
-    stream = await make_router(caller, FakeClock()).stream(USER)
+    stream = await make_router(caller, FakeClock()).stream(ChatRequest.of(USER))
     assert (stream.model, stream.provider, stream.strategy) == ("local", "ollama", "local_first")
     text = "".join([d.text async for d in stream])
     assert text == "hi there"
@@ -112,7 +122,7 @@ async def test_a_failure_before_the_first_output_falls_back(before: int) -> None
     caller, clock = StreamingCaller(), FakeClock()
     caller.script["local"] = [CompletionDelta(text="")] * before + [failure()]
     router = make_router(caller, clock)
-    stream = await router.stream(USER)
+    stream = await router.stream(ChatRequest.of(USER))
     assert stream.model == "mini"
     assert [(a.model, a.error) for a in stream.fallback_path] == [
         ("local", "InternalServerError"),
@@ -127,9 +137,9 @@ async def test_a_failure_after_output_is_raised_and_counts_against_the_model() -
     caller = StreamingCaller()
     caller.script["local"] = [CompletionDelta(text="par"), failure()]
     router = make_router(caller, FakeClock())
-    stream = await router.stream(USER)
+    stream = await router.stream(ChatRequest.of(USER))
     seen = []
-    with pytest.raises(TransientTaskError):
+    with pytest.raises(TransientFailure):
         async for delta in stream:
             seen.append(delta.text)
     assert seen == ["par"]
@@ -142,7 +152,7 @@ async def test_an_abandoned_probe_frees_the_breaker() -> None:
     router = make_router(caller, clock)
     router.health.breaker("local").failed(router.health.breaker("local").acquire())  # type: ignore[arg-type]
     clock.t += 10
-    stream = await router.stream(USER, model="local")  # the probe
+    stream = await router.stream(ChatRequest.of(USER, model="local"))  # the probe
     assert router.health.breaker("local").state is BreakerState.HALF_OPEN
     deltas = aiter(stream)
     await anext(deltas)

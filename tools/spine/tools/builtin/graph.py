@@ -60,7 +60,7 @@ class GraphNeighborsArguments(BaseModel):
     at: AwareDatetime | None = Field(
         None, description="Follow the facts valid at this time (default: the current ones)."
     )
-    limit: int = Field(50, ge=1, le=500, description="At most this many neighbours.")
+    limit: int = Field(50, ge=1, le=500, description="At most this many neighbors.")
 
 
 def graph_query_tool(explorer: GraphExplorer) -> Tool[GraphQueryArguments]:
@@ -108,7 +108,7 @@ def graph_neighbors_tool(explorer: GraphExplorer) -> Tool[GraphNeighborsArgument
     return Tool(
         name="graph_neighbors",
         description=(
-            "List a knowledge-graph node's neighbours (up to 3 hops) with the relationships "
+            "List a knowledge-graph node's neighbors (up to 3 hops) with the relationships "
             "between them."
         ),
         arguments=ModelArguments(GraphNeighborsArguments),

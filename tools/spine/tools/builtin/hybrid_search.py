@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from spine.graph.hybrid import HybridQuery, HybridRetriever
-from spine.platform.calls import CallContext
+from spine.platform.metering import CallContext
 from spine.tools.tool import ModelArguments, Tool, ToolContext
 
 __all__ = ["HybridSearchArguments", "hybrid_search_tool"]

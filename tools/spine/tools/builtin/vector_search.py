@@ -10,8 +10,8 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from spine.platform.calls import CallContext
-from spine.platform.vector_search import SearchQuery, SearchResult
+from spine.platform.documents.vector_search import SearchQuery, SearchResult
+from spine.platform.metering import CallContext
 from spine.tools.tool import ModelArguments, Tool, ToolContext
 
 __all__ = ["VectorSearchArguments", "VectorSearcher", "vector_search_tool"]
@@ -20,7 +20,7 @@ MAX_HIT_CHARS = 2_000
 
 
 class VectorSearcher(Protocol):
-    """What the tool needs of :class:`~spine.platform.documents.DocumentStore`."""
+    """What the tool needs of :class:`~spine.platform.documents.store.DocumentStore`."""
 
     async def search(self, query: SearchQuery, context: CallContext) -> SearchResult:
         """Return the tenant's chunks nearest to the query."""

@@ -1,0 +1,5 @@
+"""The HTTP API of GenAI Spine."""
+
+from spine.platform.app.api.server import create_app
+
+__all__ = ["create_app"]

@@ -1,0 +1,198 @@
+"""The OpenAI-compatible gateway: ``POST /v1/chat/completions`` and ``GET /v1/models``.
+
+Every call goes through the process's one :class:`~spine.platform.router.ModelRouter`: an
+explicit ``model`` wins, ``model: "auto"`` lets the strategy choose (``spine_strategy`` in the
+body or the ``X-Spine-Strategy`` header, else ``GENAI_ROUTING_STRATEGY``). The answer says who
+answered and why in ``X-Spine-Model``, ``X-Spine-Provider``, ``X-Spine-Strategy`` and
+``X-Spine-Fallback`` (the models tried, ``llama3.2>gpt-4o-mini``).
+
+Calls are metered by :class:`~spine.platform.metering.MeteredModels`: answered from the response
+cache when possible, reserved against the caller's daily budgets and recorded in the usage
+ledger. ``X-Spine-Cost`` says what the answer cost (USD; 0 for a cache hit) and
+``X-Spine-Cache`` whether it was a ``hit``, a ``miss`` or a ``bypass`` (a request with
+``Cache-Control: no-cache`` or ``X-Spine-Cache: bypass``). A stream's cost is known only at its
+end, so its headers carry ``X-Spine-Cost`` only for a hit (0); the usage ledger has it. A spent
+budget is a 429 with code ``budget_exceeded``, naming the budget, the spend and when it resets.
+
+A streamed answer falls back while no token has been sent; a failure after that ends the
+stream with ``data: {"error": {...}}`` and ``data: [DONE]``. Errors are in OpenAI's shape.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from decimal import Decimal
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from spine.platform.app.api._openai import DONE, chunk, fallback_header, sse
+from spine.platform.app.api.auth import authenticate, platform_of
+from spine.platform.errors import SpineError
+from spine.platform.metering import CallContext, MeteredStream
+from spine.platform.models import Attempt, CompletionDelta
+from spine.platform.models.openai_wire import (
+    ChatCompletionRequest,
+    GatewayError,
+    completion_body,
+    error_body,
+    new_completion_id,
+    usage_body,
+)
+from spine.platform.router import ModelRouter
+
+__all__ = ["router"]
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/v1", tags=["gateway"])
+
+STRATEGY_HEADER = "x-spine-strategy"
+CACHE_HEADER = "x-spine-cache"
+EXPLICIT = "explicit"
+
+
+@router.post("/chat/completions", response_model=None)
+async def chat_completions(request: Request) -> Response:
+    """Answer a chat completion, streamed or not, through the model router."""
+    try:
+        caller = await authenticate(request)
+        chat = ChatCompletionRequest.parse(await request.body())
+        models = await platform_of(request).metered_models()
+        call = chat.to_request(strategy=request.headers.get(STRATEGY_HEADER))
+        context = CallContext(
+            tenant=caller.tenant, key_id=caller.key_id, use_cache=not _bypasses_cache(request)
+        )
+        if chat.stream:
+            opened = await models.stream(call, context)
+            if await request.is_disconnected():
+                # The client left while the model was still thinking. Stop here: a quick
+                # stream could otherwise be written to the closed socket in full and be
+                # counted as answered before the server noticed.
+                await opened.aclose()
+                return Response(status_code=499)
+            return _streamed(opened, chat)
+        metered = await models.complete(call, context)
+    except SpineError as exc:
+        return _error(GatewayError.of(exc))
+    answer = metered.completion
+    completion_id, created = new_completion_id()
+    headers = _headers(answer.model, answer.provider, answer.strategy, answer.fallback_path, chat)
+    headers["X-Spine-Cost"] = _amount(metered.cost)
+    headers["X-Spine-Cache"] = metered.cache
+    return JSONResponse(
+        completion_body(answer, completion_id=completion_id, created=created), headers=headers
+    )
+
+
+@router.get("/models", response_model=None)
+async def list_models(request: Request) -> Response:
+    """List the catalog in OpenAI's shape, with our facts under ``spine``."""
+    try:
+        await authenticate(request)
+        models: ModelRouter = await platform_of(request).warm_router()
+    except SpineError as exc:
+        return _error(GatewayError.of(exc))
+    data = [
+        {
+            "id": spec.name,
+            "object": "model",
+            "created": 0,
+            "owned_by": spec.provider,
+            "spine": {
+                "provider": spec.provider,
+                "model": spec.model,
+                "tags": sorted(spec.tags),
+                "capabilities": spec.capabilities.model_dump(),
+                "quality": spec.quality,
+                "context_window": spec.context_window,
+                "input_price": _price(spec.input_price),
+                "output_price": _price(spec.output_price),
+            },
+        }
+        for spec in sorted(models.catalog, key=lambda s: s.name)
+    ]
+    return JSONResponse({"object": "list", "data": data})
+
+
+def _streamed(opened: MeteredStream, chat: ChatCompletionRequest) -> Response:
+    completion_id, created = new_completion_id()
+    frame: dict[str, Any] = {
+        "completion_id": completion_id,
+        "created": created,
+        "model": opened.model,
+        "include_usage": chat.include_usage,
+    }
+
+    async def frames() -> AsyncIterator[bytes]:
+        deltas = opened.__aiter__()
+        finished = False
+        try:
+            yield chunk({"role": "assistant", "content": ""}, **frame)
+            async for delta in deltas:
+                if delta.has_output or delta.finish_reason:
+                    finished = finished or delta.finish_reason is not None
+                    yield chunk(delta, **frame)
+        except SpineError as exc:
+            # Tokens were sent: no fallback now, only a clean end the client can read.
+            yield sse(error_body(GatewayError.of(exc)))
+            yield DONE
+            return
+        finally:
+            # Also when the client went away: stop reading the model and free its breaker.
+            await deltas.aclose()
+        if not finished:
+            yield chunk(CompletionDelta(finish_reason="stop"), **frame)
+        if chat.include_usage:
+            usage = usage_body(opened.input_tokens, opened.output_tokens)
+            yield chunk(None, **frame, usage=usage)
+        yield DONE
+
+    headers = _headers(opened.model, opened.provider, opened.strategy, opened.fallback_path, chat)
+    headers["Cache-Control"] = "no-cache"
+    # The cost of a stream is known at its end: in the usage ledger, not in a header.
+    headers["X-Spine-Cache"] = opened.cache
+    if opened.cache == "hit":
+        headers["X-Spine-Cost"] = "0"
+    return StreamingResponse(frames(), media_type="text/event-stream", headers=headers)
+
+
+def _headers(
+    model: str,
+    provider: str,
+    strategy: str | None,
+    path: list[Attempt],
+    chat: ChatCompletionRequest,
+) -> dict[str, str]:
+    return {
+        "X-Spine-Model": model,
+        "X-Spine-Provider": provider,
+        "X-Spine-Strategy": EXPLICIT if chat.routed_model else (strategy or ""),
+        "X-Spine-Fallback": fallback_header(path),
+    }
+
+
+def _bypasses_cache(request: Request) -> bool:
+    directives = request.headers.get("cache-control", "").lower()
+    if any(d.strip() in {"no-cache", "no-store"} for d in directives.split(",")):
+        return True
+    return request.headers.get(CACHE_HEADER, "").strip().lower() == "bypass"
+
+
+def _error(error: GatewayError) -> JSONResponse:
+    if error.status >= 500:
+        logger.warning("gateway answered %d: %s", error.status, error.body["message"])
+    headers = dict(error.headers)
+    if error.status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    return JSONResponse(error_body(error), status_code=error.status, headers=headers)
+
+
+def _amount(cost: Decimal) -> str:
+    return format(cost.normalize(), "f") if cost else "0"
+
+
+def _price(value: object) -> str | None:
+    return None if value is None else str(value)

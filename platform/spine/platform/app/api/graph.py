@@ -1,0 +1,127 @@
+"""``/v1/graph``: read-only exploration of the caller's knowledge graph.
+
+Node ids are ``<Label>:<key>`` (``Person:42``). Labels, relationship types and property names
+must be ones the mappings define (400 naming the field otherwise). Results are
+``{"nodes": [...], "edges": [...]}`` a graph viewer can draw. ``POST /v1/graph/query`` runs
+read-only Cypher for admin keys (see :mod:`spine.graph.cypher_guard`).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Query, Request
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from spine.graph.explore import (
+    Direction,
+    GraphExplorer,
+    GraphNode,
+    GraphView,
+    PathView,
+    QueryResult,
+)
+from spine.platform.app.api.auth import Caller, platform_of
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/v1/graph", tags=["graph"])
+
+Types = Annotated[
+    list[str],
+    Query(description="Relationship types to follow (repeat, or separate with commas)."),
+]
+
+
+class GraphQuery(BaseModel):
+    """The body of ``POST /v1/graph/query``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    query: str = Field(min_length=1, max_length=20_000)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+def _explorer(request: Request) -> GraphExplorer:
+    return platform_of(request).knowledge.graph()
+
+
+def _split(types: list[str]) -> list[str]:
+    return [part.strip() for item in types for part in item.split(",") if part.strip()]
+
+
+@router.get("/nodes/{node_id:path}/neighbors", response_model=GraphView)
+async def neighbors(
+    node_id: str,
+    request: Request,
+    caller: Caller,
+    depth: Annotated[int, Query(ge=1, le=3)] = 1,
+    types: Types = [],  # noqa: B006 - FastAPI copies defaults
+    direction: Direction = "both",
+    at: AwareDatetime | None = None,
+    history: bool = False,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> GraphView:
+    """Return a node, its neighbors up to ``depth`` hops, and the edges between them."""
+    when: datetime | None = at
+    return await _explorer(request).neighbors(
+        node_id,
+        tenant=caller.tenant,
+        depth=depth,
+        types=_split(types),
+        direction=direction,
+        at=when,
+        history=history,
+        limit=limit,
+    )
+
+
+@router.get("/nodes/{node_id:path}", response_model=GraphNode)
+async def node(node_id: str, request: Request, caller: Caller) -> GraphNode:
+    """Return one node."""
+    return await _explorer(request).node(node_id, tenant=caller.tenant)
+
+
+@router.get("/path", response_model=PathView)
+async def path(
+    request: Request,
+    caller: Caller,
+    start: Annotated[str, Query(alias="from", min_length=1)],
+    end: Annotated[str, Query(alias="to", min_length=1)],
+    max_depth: Annotated[int, Query(ge=1, le=6)] = 4,
+    types: Types = [],  # noqa: B006
+    history: bool = False,
+) -> PathView:
+    """Return a shortest path between two nodes (``length`` null when there is none)."""
+    return await _explorer(request).path(
+        start,
+        end,
+        tenant=caller.tenant,
+        max_depth=max_depth,
+        types=_split(types),
+        history=history,
+    )
+
+
+@router.get("/search", response_model=GraphView)
+async def search(
+    request: Request,
+    caller: Caller,
+    q: Annotated[str, Query(min_length=1, max_length=200)],
+    label: Annotated[str | None, Query(max_length=64)] = None,
+    property: Annotated[str | None, Query(max_length=64)] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 20,
+) -> GraphView:
+    """Return nodes (of ``label``) whose property (any mapped one) contains ``q``."""
+    return await _explorer(request).search(
+        q, tenant=caller.tenant, label=label, property=property, limit=limit
+    )
+
+
+@router.post("/query", response_model=QueryResult)
+async def query(body: GraphQuery, request: Request, caller: Caller) -> QueryResult:
+    """Run read-only Cypher (admin keys); ``$tenant`` is the caller's tenant."""
+    if not caller.is_admin:
+        raise HTTPException(403, "the graph query API needs an admin key")
+    return await _explorer(request).query(body.query, tenant=caller.tenant, params=body.params)

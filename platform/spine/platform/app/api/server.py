@@ -1,0 +1,112 @@
+"""The HTTP API: an ASGI app built around one :class:`Platform`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from spine.platform.app.api import (
+    agents,
+    batches,
+    documents,
+    embeddings,
+    events,
+    files,
+    graph,
+    tasks,
+    tools,
+    usage,
+)
+from spine.platform.app.api.auth import platform_of
+from spine.platform.app.api.errors import BodySizeLimit, install_error_handlers
+from spine.platform.app.api.gateway import router as gateway_router
+from spine.platform.app.wiring import Platform
+from spine.platform.periodic import run_every
+from spine.platform.settings import Settings
+
+__all__ = ["create_app"]
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """Build the API app; services connect when the app starts."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        platform = Platform.build(settings, name="spine-api")
+        await platform.start()
+        platform.start_router_warm_up()
+        app.state.platform = platform
+        stop = asyncio.Event()
+        background = [
+            asyncio.create_task(platform.ensure_streams_when_connected(), name="streams"),
+            asyncio.create_task(platform.dispatcher.run_sweeper(stop), name="sweeper"),
+            asyncio.create_task(
+                run_every(
+                    platform.batches.sweep_once,
+                    interval=settings.api.sweep_interval,
+                    stop=stop,
+                    name="batch sweep",
+                ),
+                name="batch-sweeper",
+            ),
+            asyncio.create_task(platform.indexer.run_sweeper(stop), name="document-sweeper"),
+        ]
+        try:
+            yield
+        finally:
+            stop.set()
+            for job in background:
+                job.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            await platform.close()
+
+    app = FastAPI(title="GenAI Spine", version="0.1.0", lifespan=lifespan)
+    install_error_handlers(app)
+    # Batch files are larger than any other body (multipart framing adds a little).
+    upload = settings.batches.max_file_bytes
+    # A document's text may grow in JSON (escapes); its own limit is checked on the text.
+    document = max(settings.api.max_body_bytes, 2 * settings.documents.max_bytes + 64 * 1024)
+    app.add_middleware(
+        BodySizeLimit,
+        max_bytes=settings.api.max_body_bytes,
+        overrides={
+            "/v1/files": upload + 64 * 1024,
+            "/v1/batches": upload,
+            "/v1/documents": document,
+        },
+    )
+    app.include_router(tasks.router)
+    app.include_router(gateway_router)
+    app.include_router(embeddings.router)
+    app.include_router(documents.router)
+    app.include_router(usage.router)
+    app.include_router(files.router)
+    app.include_router(batches.router)
+    app.include_router(tools.router)
+    app.include_router(agents.router)
+    app.include_router(events.router)
+    app.include_router(graph.router)
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, str]:
+        """Answer while the process is alive."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"])
+    async def readyz(request: Request) -> JSONResponse:
+        """Answer 200 when every backing service answers, 503 naming the ones that don't."""
+        status = await platform_of(request).ready()
+        ok = all(value == "ok" for value in status.values())
+        return JSONResponse(
+            {"status": "ok" if ok else "degraded", "services": status},
+            status_code=200 if ok else 503,
+        )
+
+    return app

@@ -1,0 +1,160 @@
+"""``/v1/tasks``: submit, read, list, cancel, and follow a task's progress over SSE."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from spine.platform.app.api.auth import Caller, platform_of
+from spine.platform.errors import BadRequest
+from spine.platform.tasks import Task, TaskState, TaskSubmission
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/v1", tags=["tasks"])
+
+
+class TaskLinks(BaseModel):
+    """Where to look at a task next."""
+
+    self: str
+    events: str
+    cancel: str
+
+
+class TaskResponse(Task):
+    """A task with its links."""
+
+    links: TaskLinks
+
+    @classmethod
+    def of(cls, task: Task) -> TaskResponse:
+        """Attach the links to a task."""
+        base = f"/v1/tasks/{task.id}"
+        return cls(
+            **task.model_dump(),
+            links=TaskLinks(self=base, events=f"{base}/events", cancel=f"{base}/cancel"),
+        )
+
+
+class TaskList(BaseModel):
+    """A page of tasks."""
+
+    data: list[TaskResponse]
+    next_cursor: str | None
+
+
+@router.post("/tasks", status_code=202, response_model=TaskResponse)
+async def submit_task(
+    submission: TaskSubmission,
+    request: Request,
+    response: Response,
+    caller: Caller,
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+) -> TaskResponse:
+    """Accept a task: it is committed, then queued for a worker."""
+    task, created = await platform_of(request).dispatcher.submit(
+        submission, principal=caller, idempotency_key=idempotency_key
+    )
+    response.headers["Location"] = f"/v1/tasks/{task.id}"
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
+    return TaskResponse.of(task)
+
+
+@router.get("/tasks", response_model=TaskList)
+async def list_tasks(
+    request: Request,
+    caller: Caller,
+    state: TaskState | None = None,
+    agent: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: str | None = None,
+) -> TaskList:
+    """List the caller's tasks, newest first."""
+    page = await platform_of(request).tasks.list_page(
+        tenant=caller.tenant, state=state, agent=agent, limit=limit, cursor=cursor
+    )
+    return TaskList(data=[TaskResponse.of(t) for t in page.tasks], next_cursor=page.next_cursor)
+
+
+@router.get("/tasks/{task_id}", response_model=TaskResponse)
+async def get_task(task_id: str, request: Request, caller: Caller) -> TaskResponse:
+    """Return one of the caller's tasks."""
+    return TaskResponse.of(await platform_of(request).tasks.get(task_id, tenant=caller.tenant))
+
+
+@router.post("/tasks/{task_id}/cancel", status_code=202, response_model=TaskResponse)
+async def cancel_task(task_id: str, request: Request, caller: Caller) -> TaskResponse:
+    """Cancel a queued task now, or a running one at its next step."""
+    task = await platform_of(request).dispatcher.cancel(task_id, principal=caller)
+    return TaskResponse.of(task)
+
+
+class Decision(BaseModel):
+    """The body of an approval or a rejection; a rejection's reason reaches the model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str | None = Field(None, max_length=2000)
+
+
+@router.post("/tasks/{task_id}/approve", status_code=202, response_model=TaskResponse)
+async def approve_task(
+    task_id: str, request: Request, caller: Caller, body: Decision | None = None
+) -> TaskResponse:
+    """Let a paused task make the call it proposed; it is queued to go on."""
+    task = await platform_of(request).dispatcher.decide(
+        task_id, principal=caller, approved=True, reason=body.reason if body else None
+    )
+    return TaskResponse.of(task)
+
+
+@router.post("/tasks/{task_id}/reject", status_code=202, response_model=TaskResponse)
+async def reject_task(
+    task_id: str, request: Request, caller: Caller, body: Decision | None = None
+) -> TaskResponse:
+    """Refuse a paused task's proposed call; the model is told, with the reason."""
+    task = await platform_of(request).dispatcher.decide(
+        task_id, principal=caller, approved=False, reason=body.reason if body else None
+    )
+    return TaskResponse.of(task)
+
+
+@router.get("/tasks/{task_id}/events", response_class=EventSourceResponse)
+async def task_events(
+    task_id: str,
+    request: Request,
+    caller: Caller,
+    last_event_id: Annotated[str | None, Header()] = None,
+    after: Annotated[int | None, Query(ge=0)] = None,
+) -> EventSourceResponse:
+    """Stream the task's progress: stored events first, then live ones, until it ends."""
+    platform = platform_of(request)
+    await platform.tasks.get(task_id, tenant=caller.tenant)  # 404 for other tenants
+    start = after if after is not None else _parse_last_event_id(last_event_id)
+
+    async def stream() -> AsyncIterator[ServerSentEvent]:
+        async for event in platform.feed.follow(task_id, tenant=caller.tenant, after_seq=start):
+            payload: dict[str, Any] = {
+                "seq": event.seq,
+                "type": event.type,
+                **event.data,
+                "at": event.created_at.isoformat(),
+            }
+            yield ServerSentEvent(id=str(event.seq), event=event.type, data=json.dumps(payload))
+
+    return EventSourceResponse(stream(), ping=15, send_timeout=30)
+
+
+def _parse_last_event_id(value: str | None) -> int:
+    if value is None or not value.strip():
+        return 0
+    if not value.strip().isdigit():
+        raise BadRequest("Last-Event-ID must be an event sequence number", field="Last-Event-ID")
+    return int(value)

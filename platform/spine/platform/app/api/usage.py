@@ -1,0 +1,108 @@
+"""``GET /v1/usage``: what the caller's tenant spent on model calls, grouped as asked.
+
+``group_by`` takes ``day``, ``model``, ``tenant`` and ``provider``, repeated
+(``?group_by=day&group_by=model``) or comma-separated; ``since`` and ``until`` (ISO dates or
+times, UTC when no offset is given) bound the calls to ``[since, until)``. A key sees its own
+tenant; an admin key may pass ``tenant=<name>`` for another tenant, or ``tenant=*`` for all.
+Amounts are decimal strings (USD), exact.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Annotated, Any, cast
+
+from fastapi import APIRouter, Query, Request
+
+from spine.platform.app.api.auth import Caller, platform_of
+from spine.platform.errors import BadRequest, NotFound
+from spine.platform.metering.usage import Grouping, UsageRow
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/v1", tags=["usage"])
+
+ALL_TENANTS = "*"
+
+
+@router.get("/usage")
+async def usage(
+    request: Request,
+    caller: Caller,
+    group_by: Annotated[list[str] | None, Query()] = None,
+    since: str | None = None,
+    until: str | None = None,
+    tenant: str | None = None,
+) -> dict[str, Any]:
+    """Sum the model calls of the caller's tenant (or, for an admin, of ``tenant``)."""
+    if tenant is not None and tenant != caller.tenant and not caller.is_admin:
+        # As for another tenant's tasks: not told apart from nothing at all.
+        raise NotFound("only an admin key may read the usage of another tenant", field="tenant")
+    chosen = caller.tenant if tenant is None else (None if tenant == ALL_TENANTS else tenant)
+    groups = [part.strip() for value in group_by or [] for part in value.split(",")]
+    ledger = platform_of(request).metered.usage
+    rows = await ledger.summary(
+        tenant=chosen,
+        group_by=cast("list[Grouping]", [g for g in groups if g]),
+        since=_moment(since, "since"),
+        until=_moment(until, "until"),
+    )
+    return {
+        "object": "list",
+        "tenant": tenant if tenant is not None else caller.tenant,
+        "group_by": [g for g in groups if g],
+        "data": [_row(row) for row in rows],
+        "total": _total(rows),
+    }
+
+
+def _moment(value: str | None, name: str) -> datetime | None:
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        try:
+            day = date.fromisoformat(text)
+        except ValueError:
+            raise BadRequest(
+                f"{name} must be an ISO date or time, got {value!r}", field=name
+            ) from None
+        moment = datetime(day.year, day.month, day.day)
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _row(row: UsageRow) -> dict[str, Any]:
+    body: dict[str, Any] = {}
+    if row.day is not None:
+        body["day"] = row.day.isoformat()
+    for name in ("model", "tenant", "provider"):
+        value = getattr(row, name)
+        if value is not None:
+            body[name] = value
+    body.update(
+        calls=row.calls,
+        input_tokens=row.input_tokens,
+        output_tokens=row.output_tokens,
+        cost=_amount(row.cost),
+        cache_hits=row.cache_hits,
+        errors=row.errors,
+    )
+    return body
+
+
+def _total(rows: list[UsageRow]) -> dict[str, Any]:
+    return {
+        "calls": sum(r.calls for r in rows),
+        "input_tokens": sum(r.input_tokens for r in rows),
+        "output_tokens": sum(r.output_tokens for r in rows),
+        "cost": _amount(sum((r.cost for r in rows), Decimal(0))),
+        "cache_hits": sum(r.cache_hits for r in rows),
+        "errors": sum(r.errors for r in rows),
+    }
+
+
+def _amount(value: Decimal) -> str:
+    return format(value.normalize(), "f") if value else "0"

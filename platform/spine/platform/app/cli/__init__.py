@@ -1,0 +1,34 @@
+"""The ``spine`` command, by audience: running the platform (:mod:`.running`), administration
+(:mod:`.admin`), and the commands that talk to a running platform over HTTP (:mod:`.client`)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from spine.platform.app.cli import admin, client, running
+from spine.platform.app.cli._shared import err_console
+from spine.platform.errors import SpineError
+
+__all__ = ["app", "main"]
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+app = typer.Typer(help="GenAI Spine: an event-driven agentic platform.", no_args_is_help=True)
+for group in (running.commands, client.commands):
+    app.registered_commands.extend(group.registered_commands)
+app.add_typer(client.tasks_app, name="tasks")
+app.add_typer(admin.keys_app, name="keys")
+app.add_typer(client.graph_app, name="graph")
+app.add_typer(client.docs_app, name="docs")
+
+
+def main() -> None:
+    """Run the CLI, turning platform errors into one clear line and exit code 1."""
+    try:
+        app()
+    except SpineError as exc:
+        err_console.print(f"[red]error:[/red] {exc.message}")
+        sys.exit(1)

@@ -1,0 +1,407 @@
+"""Commands that talk to a running platform over its HTTP API: tasks, events, the graph,
+documents and search."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import typer
+from rich.table import Table
+
+from spine.platform.app.cli._shared import console, err_console
+from spine.platform.app.launcher import ADMIN_KEY_FILE
+from spine.platform.errors import ConfigurationError
+from spine.platform.settings import Settings, load_settings
+
+__all__ = ["commands", "docs_app", "graph_app", "tasks_app"]
+
+commands = typer.Typer()
+tasks_app = typer.Typer(help="Inspect tasks, and decide on paused ones.", no_args_is_help=True)
+graph_app = typer.Typer(help="Explore the knowledge graph.", no_args_is_help=True)
+docs_app = typer.Typer(
+    help="Add, list, show and delete searchable documents.", no_args_is_help=True
+)
+
+# -- tasks over the HTTP API ------------------------------------------------------------------
+
+
+@commands.command()
+def submit(
+    prompt: str,
+    agent: Annotated[str, typer.Option(help="The agent to run.")] = "chat",
+    follow: Annotated[bool, typer.Option(help="Show live progress until the task ends.")] = False,
+    priority: Annotated[str, typer.Option(help="high, normal or low.")] = "normal",
+) -> None:
+    """Submit a task over the HTTP API."""
+    with _client() as client:
+        response = client.post(
+            "/v1/tasks", json={"agent": agent, "input": {"prompt": prompt}, "priority": priority}
+        )
+        task = _json_or_exit(response)
+        console.print(f"task [bold]{task['id']}[/bold] {task['state']}")
+        if follow:
+            _follow(client, task["id"])
+
+
+def _follow(client: httpx.Client, task_id: str) -> None:
+    from httpx_sse import connect_sse
+
+    final: dict[str, Any] = {}
+    with (
+        console.status("waiting for a worker..."),
+        connect_sse(client, "GET", f"/v1/tasks/{task_id}/events", timeout=None) as source,
+    ):
+        for sse in source.iter_sse():
+            data = json.loads(sse.data)
+            detail = data.get("state") or ", ".join(
+                f"{k}={v}" for k, v in data.items() if k not in {"seq", "type", "at"}
+            )
+            console.print(f"  [dim]{data['seq']:>3}[/dim] {sse.event}: {detail}")
+            if data.get("error"):
+                console.print(f"      [red]{data['error'].get('message')}[/red]")
+            final = data
+    task = _json_or_exit(client.get(f"/v1/tasks/{task_id}"))
+    if task.get("result"):
+        console.print(task["result"].get("text", task["result"]))
+    raise typer.Exit(0 if final.get("state") == "succeeded" else 1)
+
+
+@tasks_app.command("list")
+def tasks_list(
+    state: Annotated[str | None, typer.Option()] = None,
+    limit: Annotated[int, typer.Option()] = 20,
+) -> None:
+    """List your recent tasks."""
+    params: dict[str, Any] = {"limit": limit}
+    if state:
+        params["state"] = state
+    with _client() as client:
+        page = _json_or_exit(client.get("/v1/tasks", params=params))
+    table = Table("id", "agent", "state", "attempts", "created")
+    for task in page["data"]:
+        table.add_row(
+            task["id"], task["agent"], task["state"], str(task["attempts"]), task["created_at"]
+        )
+    console.print(table)
+
+
+@tasks_app.command("show")
+def tasks_show(task_id: str) -> None:
+    """Show one task."""
+    with _client() as client:
+        console.print_json(json.dumps(_json_or_exit(client.get(f"/v1/tasks/{task_id}"))))
+
+
+@tasks_app.command("approve")
+def tasks_approve(task_id: str) -> None:
+    """Let a paused task make the tool call it proposed."""
+    with _client() as client:
+        task = _json_or_exit(client.post(f"/v1/tasks/{task_id}/approve", json={}))
+    console.print(f"task {task['id']} approved; it is {task['state']}")
+
+
+@tasks_app.command("reject")
+def tasks_reject(
+    task_id: str,
+    reason: Annotated[str | None, typer.Option(help="Told to the model.")] = None,
+) -> None:
+    """Refuse a paused task's proposed tool call; the model is told, with the reason."""
+    with _client() as client:
+        task = _json_or_exit(client.post(f"/v1/tasks/{task_id}/reject", json={"reason": reason}))
+    console.print(f"task {task['id']} rejected; it is {task['state']}")
+
+
+def _client() -> httpx.Client:
+    settings = load_settings()
+    key = os.environ.get("GENAI_API_KEY") or _saved_key(settings)
+    if not key:
+        raise ConfigurationError(
+            "no API key: set GENAI_API_KEY (create one with `spine keys create --tenant T`)",
+            field="GENAI_API_KEY",
+        )
+    host = "127.0.0.1" if settings.api.host in {"0.0.0.0", "::"} else settings.api.host
+    base = os.environ.get("GENAI_API_URL") or f"http://{host}:{settings.api.port}"
+    return httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+
+
+def _saved_key(settings: Settings) -> str | None:
+    path = settings.data_dir / ADMIN_KEY_FILE
+    return path.read_text().strip() if path.exists() else None
+
+
+def _json_or_exit(response: httpx.Response) -> Any:
+    body = response.json()
+    if response.is_error:
+        error = body.get("error", {})
+        err_console.print(
+            f"[red]{response.status_code} {error.get('type')}:[/red] {error.get('message')}"
+        )
+        raise typer.Exit(1)
+    return body
+
+
+def require(value: str | None, name: str) -> str:
+    if value is None:
+        raise ConfigurationError(f"{name} is not set; run `spine up` or set it", field=name)
+    return value
+
+
+# -- events and the knowledge graph over the HTTP API -----------------------------------------
+
+
+@commands.command()
+def publish(
+    event_type: Annotated[str, typer.Argument(metavar="TYPE", help="The CloudEvents type.")],
+    data: Annotated[str, typer.Option(help="JSON data, or @file.json to read it from a file.")],
+    source: Annotated[str, typer.Option(help="The CloudEvents source.")] = "/spine/cli",
+    event_id: Annotated[
+        str | None, typer.Option("--id", help="The event id (default: a new UUID).")
+    ] = None,
+    subject: Annotated[str | None, typer.Option(help="The CloudEvents subject.")] = None,
+) -> None:
+    """Publish a CloudEvent (structured mode) to POST /v1/events."""
+    import uuid
+
+    text = data
+    if data.startswith("@"):
+        try:
+            with open(data[1:], encoding="utf-8") as handle:
+                text = handle.read()
+        except OSError as exc:
+            raise ConfigurationError(f"cannot read {data[1:]}: {exc}", field="--data") from exc
+    try:
+        payload = json.loads(text)
+    except ValueError as exc:
+        raise ConfigurationError(f"--data is not JSON: {exc}", field="--data") from exc
+    event: dict[str, Any] = {
+        "specversion": "1.0",
+        "id": event_id or str(uuid.uuid4()),
+        "source": source,
+        "type": event_type,
+        "datacontenttype": "application/json",
+        "data": payload,
+    }
+    if subject:
+        event["subject"] = subject
+    with _client() as client:
+        answer = _json_or_exit(
+            client.post(
+                "/v1/events",
+                content=json.dumps(event),
+                headers={"Content-Type": "application/cloudevents+json"},
+            )
+        )
+    for accepted in answer["events"]:
+        note = " (duplicate)" if accepted["duplicate"] else ""
+        console.print(f"event {accepted['id']} accepted as {accepted['key']}{note}")
+
+
+@graph_app.command("neighbors")
+def graph_neighbors(
+    node_id: Annotated[str, typer.Argument(metavar="ID", help="A node id, <Label>:<key>.")],
+    depth: Annotated[int, typer.Option(min=1, max=3)] = 1,
+    types: Annotated[str | None, typer.Option(help="Relationship types, comma-separated.")] = None,
+    direction: Annotated[str, typer.Option(help="out, in or both.")] = "both",
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 100,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the JSON graph.")] = False,
+) -> None:
+    """Show a node's neighbors and the relationships between them."""
+    from urllib.parse import quote
+
+    params: dict[str, Any] = {"depth": depth, "direction": direction, "limit": limit}
+    if types:
+        params["types"] = types
+    with _client() as client:
+        view = _json_or_exit(
+            client.get(f"/v1/graph/nodes/{quote(node_id, safe=':')}/neighbors", params=params)
+        )
+    if as_json:
+        console.print_json(json.dumps(view))
+        return
+    table = Table("node", "labels", "properties")
+    for node in view["nodes"]:
+        shown = {k: v for k, v in node["properties"].items() if k not in _PROVENANCE}
+        table.add_row(node["id"], ",".join(node["labels"]), json.dumps(shown, ensure_ascii=False))
+    console.print(table)
+    edges = Table("from", "relationship", "to", "valid")
+    for edge in view["edges"]:
+        props = edge["properties"]
+        valid = f"{props.get('valid_from', '')}..{props.get('valid_to') or ''}"
+        edges.add_row(edge["source"], edge["type"], edge["target"], valid)
+    console.print(edges)
+
+
+@graph_app.command("query")
+def graph_query(
+    query: Annotated[str, typer.Argument(help="Read-only Cypher; anchor it on {tenant: $tenant}.")],
+    param: Annotated[
+        list[str] | None, typer.Option(help="A parameter as name=JSON (repeatable).")
+    ] = None,
+) -> None:
+    """Run a read-only Cypher query (needs an admin key) and print its rows."""
+    params: dict[str, Any] = {}
+    for item in param or []:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigurationError(f"--param {item!r} must be name=value", field="--param")
+        try:
+            params[name] = json.loads(value)
+        except ValueError:
+            params[name] = value
+    with _client() as client:
+        result = _json_or_exit(
+            client.post("/v1/graph/query", json={"query": query, "params": params})
+        )
+    table = Table(*result["columns"]) if result["columns"] else Table("(no rows)")
+    for row in result["rows"]:
+        table.add_row(
+            *(json.dumps(v, ensure_ascii=False) if not isinstance(v, str) else v for v in row)
+        )
+    console.print(table)
+    if result["truncated"]:
+        console.print("[yellow]more rows than the row cap; the rest were left out[/yellow]")
+
+
+_PROVENANCE = {"uid", "event_id", "source", "event_time", "valid_from", "valid_to", "superseded_by"}
+
+
+# -- documents and vector search over the HTTP API --------------------------------------------
+
+_MARKDOWN_SUFFIXES = {".md", ".markdown", ".mdx"}
+
+
+@docs_app.command("add")
+def docs_add(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)],
+    meta: Annotated[
+        list[str] | None, typer.Option(help="Metadata as name=value, JSON or text (repeatable).")
+    ] = None,
+    source: Annotated[str | None, typer.Option(help="Where it came from; the file name.")] = None,
+    wait: Annotated[bool, typer.Option(help="Wait until it is embedded (or failed).")] = False,
+) -> None:
+    """Store a text or markdown file as a document; it is embedded in the background."""
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigurationError(f"cannot read {file} as UTF-8 text: {exc}", field="FILE") from None
+    body = {
+        "text": text,
+        "format": "markdown" if file.suffix.lower() in _MARKDOWN_SUFFIXES else "text",
+        "metadata": _pairs(meta or [], "--meta"),
+        "source": source or file.name,
+    }
+    with _client() as client:
+        document = _json_or_exit(client.post("/v1/documents", json=body))
+        console.print(
+            f"document [bold]{document['id']}[/bold] {document['status']}: "
+            f"{document['chunk_count']} chunks for {document['model']}"
+        )
+        if wait:
+            document = _wait_for_document(client, document["id"])
+            console.print(f"document {document['id']} {document['status']}")
+            if document["status"] != "embedded":
+                raise typer.Exit(1)
+
+
+def _wait_for_document(client: httpx.Client, document_id: str) -> Any:
+    import time
+
+    with console.status("embedding..."):
+        while True:
+            document = _json_or_exit(client.get(f"/v1/documents/{document_id}"))
+            if document["status"] != "queued":
+                return document
+            if document.get("error"):
+                console.print(f"  [yellow]waiting: {document['error']['message']}[/yellow]")
+            time.sleep(1.0)
+
+
+@docs_app.command("list")
+def docs_list(
+    status: Annotated[str | None, typer.Option(help="queued, embedded or failed.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=200)] = 50,
+) -> None:
+    """List your documents, newest first."""
+    params: dict[str, Any] = {"limit": limit}
+    if status:
+        params["status"] = status
+    with _client() as client:
+        page = _json_or_exit(client.get("/v1/documents", params=params))
+    table = Table("id", "status", "chunks", "model", "source", "created")
+    for document in page["data"]:
+        table.add_row(
+            document["id"],
+            document["status"],
+            str(document["chunk_count"]),
+            document["model"] or "",
+            document["source"] or "",
+            document["created_at"],
+        )
+    console.print(table)
+
+
+@docs_app.command("show")
+def docs_show(document_id: str) -> None:
+    """Show one document: its status, chunks, model and last error."""
+    with _client() as client:
+        console.print_json(json.dumps(_json_or_exit(client.get(f"/v1/documents/{document_id}"))))
+
+
+@docs_app.command("delete")
+def docs_delete(document_id: str) -> None:
+    """Delete a document and its chunks."""
+    with _client() as client:
+        response = client.delete(f"/v1/documents/{document_id}")
+        if response.is_error:
+            _json_or_exit(response)
+    console.print(f"deleted {document_id}")
+
+
+@commands.command("search")
+def search(
+    query: str,
+    k: Annotated[int, typer.Option(min=1, max=100, help="How many passages.")] = 5,
+    where: Annotated[
+        list[str] | None,
+        typer.Option("--filter", help="Metadata the documents must have, name=value (repeatable)."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the JSON answer.")] = False,
+) -> None:
+    """Find the passages of your documents nearest in meaning to QUERY."""
+    body = {"query": query, "k": k, "filter": _pairs(where or [], "--filter")}
+    with _client() as client:
+        result = _json_or_exit(client.post("/v1/search", json=body))
+    if as_json:
+        console.print_json(json.dumps(result))
+        return
+    if not result["hits"]:
+        console.print("no passages found")
+        return
+    table = Table("score", "source", "heading", "text")
+    for hit in result["hits"]:
+        text = " ".join(hit["text"].split())
+        table.add_row(
+            f"{hit['score']:.3f}",
+            f"{hit['source'] or hit['document_id']}#{hit['chunk']}",
+            hit["heading"] or "",
+            text[:200] + ("..." if len(text) > 200 else ""),
+        )
+    console.print(table)
+
+
+def _pairs(items: list[str], option: str) -> dict[str, Any]:
+    """Read name=value options; a value that is JSON (a number, true, a list) is taken as such."""
+    found: dict[str, Any] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise ConfigurationError(f"{option} {item!r} must be name=value", field=option)
+        try:
+            found[name] = json.loads(value)
+        except ValueError:
+            found[name] = value
+    return found

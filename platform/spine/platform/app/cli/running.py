@@ -1,0 +1,172 @@
+"""Commands that run the platform: ``up``, ``down``, ``status``, ``api``, ``worker``, ``migrate``,
+``config`` and ``doctor``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from spine.platform.app.cli._shared import console, require, settings_for_command
+from spine.platform.app.doctor import run_checks
+from spine.platform.app.launcher import StackRunner, describe_config, plan_local_model
+from spine.platform.errors import ConfigurationError
+from spine.platform.logs import configure_logging
+from spine.platform.settings import Settings, load_settings
+
+__all__ = ["commands"]
+
+commands = typer.Typer()
+
+# -- running the platform ---------------------------------------------------------------------
+
+
+@commands.command()
+def up(
+    workers: Annotated[int, typer.Option(help="Worker processes to run.")] = 1,
+    concurrency: Annotated[int | None, typer.Option(help="Tasks per worker process.")] = None,
+    detach: Annotated[bool, typer.Option(help="Start only the backing servers, detached.")] = False,
+) -> None:
+    """Start every backing service that is not configured, then the API and the workers."""
+    settings = load_settings()
+    configure_logging(settings.log_level)
+    runner = StackRunner(settings, console=console)
+    raise typer.Exit(runner.run(workers=workers, concurrency=concurrency, detach=detach))
+
+
+@commands.command()
+def down() -> None:
+    """Stop backing servers started with ``spine up --detach``."""
+    settings = load_settings()
+    stopped = StackRunner(settings, console=console).stop_detached()
+    console.print(f"stopped {stopped}" if stopped else "no detached servers were running")
+
+
+@commands.command()
+def status() -> None:
+    """Show the backing servers started by ``spine up`` in this data dir."""
+    settings = load_settings()
+    rows = StackRunner(settings, console=console).status()
+    if not rows:
+        console.print(f"no embedded servers recorded under {settings.data_dir}")
+        return
+    table = Table("service", "state", "pid", "address")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+
+@commands.command()
+def api() -> None:
+    """Run the HTTP API (port 8100 by default)."""
+    import uvicorn
+
+    from spine.platform.app.api import create_app
+
+    settings = settings_for_command()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(settings),
+            host=settings.api.host,
+            port=settings.api.port,
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=10,
+        )
+    )
+    server.run()
+
+
+@commands.command()
+def worker(
+    concurrency: Annotated[int | None, typer.Option(help="Tasks run at once.")] = None,
+) -> None:
+    """Run an agent worker until SIGINT or SIGTERM, then finish the tasks in hand."""
+    settings = settings_for_command()
+    if concurrency is not None:
+        settings = settings.model_copy(
+            update={"worker": settings.worker.model_copy(update={"concurrency": concurrency})}
+        )
+    asyncio.run(_run_worker(settings))
+
+
+async def _run_worker(settings: Settings) -> None:
+    from spine.platform.app.wiring import Platform
+
+    platform = Platform.build(settings, name=f"spine-worker-{os.getpid()}")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await platform.start()
+    try:
+        # Graph ingestion and triggers run beside the agent worker (they consume EVENTS).
+        await asyncio.gather(platform.worker().run(stop), platform.run_event_consumers(stop))
+    finally:
+        await platform.close()
+
+
+@commands.command()
+def migrate() -> None:
+    """Bring the database schema up to date."""
+    settings = settings_for_command()
+
+    async def go() -> None:
+        from spine.platform.db import Database
+
+        db = Database(require(settings.database_url, "GENAI_DATABASE_URL"))
+        await db.migrate()
+        await db.dispose()
+
+    asyncio.run(go())
+    console.print("database schema is up to date")
+
+
+# -- configuration and diagnosis --------------------------------------------------------------
+
+
+@commands.command()
+def config(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show the effective configuration (secrets masked) and what ``spine up`` would embed."""
+    settings = load_settings()
+    rows, embedded = describe_config(settings)
+    if as_json:
+        console.print_json(json.dumps({"settings": dict(rows), "embedded": embedded}))
+        return
+    table = Table("variable", "value")
+    for name, value in rows:
+        table.add_row(name, value)
+    console.print(table)
+    console.print(
+        "embedded by `spine up`: " + (", ".join(embedded) if embedded else "nothing (all set)")
+    )
+    try:
+        note = plan_local_model(settings).note
+    except ConfigurationError as exc:
+        note = exc.message
+    if note:
+        console.print(f"[yellow]{note}[/yellow]")
+
+
+@commands.command()
+def doctor() -> None:
+    """Check each backing service and the model provider; say what is wrong and how to fix it."""
+    settings = settings_for_command()
+    results = asyncio.run(run_checks(settings))
+    table = Table("check", "status", "detail")
+    for result in results:
+        mark = "[green]ok[/green]" if result.ok else "[red]FAIL[/red]"
+        table.add_row(result.name, mark, result.detail)
+    console.print(table)
+    failed = [r for r in results if not r.ok]
+    for result in failed:
+        if result.fix:
+            console.print(f"[yellow]{result.name}[/yellow]: {result.fix}")
+    raise typer.Exit(1 if failed else 0)

@@ -1,0 +1,146 @@
+"""The knowledge layer of a process: events in, the graph, triggers and the graph tools.
+
+Part of the composition root (like :mod:`spine.platform.app.wiring`): it builds the event log,
+schemas, mappings, trigger rules and the one long-lived graph driver from the settings, and
+runs the two EVENTS consumers (graph ingestion, triggers) in worker processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from spine.agents.catalog import AgentCatalog
+from spine.agents.dispatch import TaskDispatcher
+from spine.agents.triggers import TriggerRules, TriggerRunner
+from spine.events.bus import NatsBus
+from spine.events.intake import EventIntake
+from spine.events.log import EventLog
+from spine.events.schemas import EventSchemas
+from spine.events.streams import StreamLayout
+from spine.graph.driver import open_driver
+from spine.graph.explore import GraphExplorer
+from spine.graph.ingest import GraphIngestor
+from spine.graph.mapping import MappingSet
+from spine.graph.store import GraphStore
+from spine.platform.db import Database
+from spine.platform.errors import NotFound
+from spine.platform.settings import Settings
+from spine.tools.builtin.graph import graph_tools
+from spine.tools.tool import Tool
+
+__all__ = ["KnowledgeLayer"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True, kw_only=True)
+class KnowledgeLayer:
+    """Everything the knowledge layer needs, built once per process."""
+
+    settings: Settings
+    bus: NatsBus
+    log: EventLog
+    schemas: EventSchemas
+    mappings: MappingSet
+    rules: TriggerRules
+    intake: EventIntake
+    store: GraphStore | None
+    explorer: GraphExplorer | None
+
+    @classmethod
+    def build(cls, settings: Settings, *, db: Database, bus: NatsBus) -> KnowledgeLayer:
+        """Read the folders and open (not connect) the graph driver when one is configured."""
+        knowledge = settings.knowledge
+        log = EventLog(db)
+        schemas = EventSchemas.load(knowledge.schemas_dir)
+        mappings = MappingSet.load(knowledge.mappings_dir)
+        store = explorer = None
+        if settings.neo4j_uri is not None:
+            store = GraphStore(
+                open_driver(settings),
+                backend=knowledge.graph_backend,
+                database=knowledge.neo4j_database,
+            )
+            explorer = GraphExplorer(
+                store,
+                mappings,
+                query_timeout=knowledge.query_timeout,
+                max_rows=knowledge.query_max_rows,
+            )
+        return cls(
+            settings=settings,
+            bus=bus,
+            log=log,
+            schemas=schemas,
+            mappings=mappings,
+            rules=TriggerRules.load(knowledge.triggers_dir),
+            intake=EventIntake(
+                bus=bus, log=log, schemas=schemas, max_event_bytes=knowledge.max_event_bytes
+            ),
+            store=store,
+            explorer=explorer,
+        )
+
+    def graph(self) -> GraphExplorer:
+        """Return the explorer, or answer that no graph is configured."""
+        if self.explorer is None:
+            raise NotFound(
+                "no knowledge graph is configured (set GENAI_NEO4J_URI, or run `spine up`)"
+            )
+        return self.explorer
+
+    def tools(self) -> list[Tool[Any]]:
+        """Return the graph tools when a graph is configured."""
+        return graph_tools(self.explorer) if self.explorer is not None else []
+
+    def ingestor(self, layout: StreamLayout) -> GraphIngestor:
+        """Build the graph ingestion consumer."""
+        return GraphIngestor(
+            bus=self.bus,
+            log=self.log,
+            schemas=self.schemas,
+            mappings=self.mappings,
+            store=self.store,
+            layout=layout,
+            settings=self.settings.knowledge,
+        )
+
+    def triggers(
+        self, *, dispatcher: TaskDispatcher, layout: StreamLayout, catalog: AgentCatalog
+    ) -> TriggerRunner:
+        """Build the trigger consumer; a rule naming an unknown agent stops start-up."""
+        self.rules.check_agents(catalog)
+        return TriggerRunner(
+            bus=self.bus,
+            rules=self.rules,
+            dispatcher=dispatcher,
+            schemas=self.schemas,
+            layout=layout,
+            settings=self.settings.knowledge,
+        )
+
+    async def run_consumers(
+        self,
+        stop: asyncio.Event,
+        *,
+        dispatcher: TaskDispatcher,
+        layout: StreamLayout,
+        catalog: AgentCatalog,
+    ) -> None:
+        """Run graph ingestion and triggers until ``stop`` is set (a worker's component)."""
+        runners = [self.ingestor(layout).run(stop)]
+        if len(self.rules):
+            runners.append(
+                self.triggers(dispatcher=dispatcher, layout=layout, catalog=catalog).run(stop)
+            )
+        await asyncio.gather(*runners)
+
+    async def close(self) -> None:
+        """Close the graph driver."""
+        if self.store is not None:
+            with contextlib.suppress(Exception):
+                await self.store.close()

@@ -1,0 +1,273 @@
+"""The composition root: builds every long-lived object of a process from the settings.
+
+Only the API app and the CLI import this module; nothing below them does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+
+from spine.agents.base import ModelSource
+from spine.agents.catalog import AgentCatalog, default_catalog
+from spine.agents.delegation import submit_task_tool
+from spine.agents.dispatch import TaskDispatcher
+from spine.agents.embedding import DocumentIndexer, EmbedDocumentAgent
+from spine.agents.worker import TaskWorker
+from spine.events.bus import NatsBus
+from spine.events.outcomes import OutcomePublisher
+from spine.events.progress import ProgressFeed, ProgressNudges
+from spine.events.streams import StreamLayout
+from spine.graph.explore import GraphExplorer
+from spine.graph.hybrid import HybridRetriever
+from spine.platform.app.knowledge import KnowledgeLayer
+from spine.platform.batches.files import FileStore
+from spine.platform.batches.store import Batches
+from spine.platform.db import Database
+from spine.platform.documents.store import DocumentStore
+from spine.platform.errors import ConfigurationError, ServiceUnavailable
+from spine.platform.keys import KeyStore
+from spine.platform.metering import MeteredModels
+from spine.platform.metering.budgets import BudgetLedger, BudgetLimits
+from spine.platform.metering.cache import response_cache
+from spine.platform.metering.usage import UsageLedger
+from spine.platform.router import ModelRouter
+from spine.platform.settings import Settings
+from spine.platform.tasks import StepJournal, TaskStore
+from spine.tools.builtin import VectorSearcher, builtin_tools
+from spine.tools.builtin.graph import graph_tools
+from spine.tools.builtin.hybrid_search import hybrid_search_tool
+from spine.tools.policy import ToolPolicy
+from spine.tools.registry import ToolRegistry
+
+__all__ = ["Platform", "tool_registry"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True, kw_only=True)
+class Platform:
+    """The services one process uses, wired together."""
+
+    settings: Settings
+    db: Database
+    tasks: TaskStore
+    keys: KeyStore
+    bus: NatsBus
+    feed: ProgressFeed
+    catalog: AgentCatalog
+    layout: StreamLayout
+    dispatcher: TaskDispatcher
+    router: ModelRouter
+    metered: MeteredModels
+    documents: DocumentStore
+    indexer: DocumentIndexer
+    outcomes: OutcomePublisher
+    journal: StepJournal
+    tools: ToolRegistry
+    files: FileStore
+    batches: Batches
+    knowledge: KnowledgeLayer
+    _warming: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
+    _resources: contextlib.AsyncExitStack = field(
+        default_factory=contextlib.AsyncExitStack, init=False, repr=False
+    )
+
+    @classmethod
+    def build(cls, settings: Settings, *, name: str) -> Platform:
+        """Wire the services; nothing connects until :meth:`start`."""
+        if settings.database_url is None or settings.nats_url is None:
+            raise ConfigurationError(
+                "GENAI_DATABASE_URL and GENAI_NATS_URL must be set (`spine up` sets them for "
+                "the servers it starts)",
+                field="GENAI_DATABASE_URL" if settings.database_url is None else "GENAI_NATS_URL",
+            )
+        db = Database(settings.database_url)
+        bus = NatsBus(settings.nats_url, name=name)
+        tasks = TaskStore(db, announce=ProgressNudges(bus))
+        feed = ProgressFeed(tasks, bus)
+        catalog = default_catalog(settings.agents_dir)
+        layout = StreamLayout(
+            replicas=settings.streams.replicas,
+            duplicate_window=settings.streams.duplicate_window,
+            outcomes_max_age=settings.streams.outcomes_max_age,
+            events_max_age=settings.knowledge.events_max_age,
+            events_duplicate_window=settings.knowledge.events_duplicate_window,
+            ack_wait=settings.worker.ack_wait,
+            # After a worker dies, the redelivery (ack_wait after delivery) usually comes just
+            # before the dead attempt's lease (ack_wait after its claim) runs out, and is nakked
+            # as "busy": an attempt can take two deliveries, and so can the one that finally
+            # dead-letters. A tighter cap let JetStream drop a twice-crashed task silently.
+            max_deliver=2 * (settings.worker.max_attempts + 1),
+        )
+        dispatcher = TaskDispatcher(store=tasks, bus=bus, catalog=catalog, settings=settings.api)
+        router = ModelRouter(settings)
+        knowledge = KnowledgeLayer.build(settings, db=db, bus=bus)
+        outcomes = OutcomePublisher(bus, max_queued=settings.streams.outcomes_queue)
+        metered = MeteredModels(
+            router,
+            budgets=BudgetLedger(db, BudgetLimits.from_settings(settings)),
+            usage=UsageLedger(db),
+            cache=response_cache(settings),
+            outcomes=outcomes,
+        )
+        documents = DocumentStore(db, settings=settings.documents, calls=metered)
+        catalog.add(EmbedDocumentAgent(documents))
+        indexer = DocumentIndexer(
+            store=documents,
+            dispatcher=dispatcher,
+            settings=settings.documents,
+            interval=settings.api.sweep_interval,
+        )
+        tools = tool_registry(
+            settings,
+            catalog,
+            bus=bus,
+            store=tasks,
+            dispatcher=dispatcher,
+            # Vectors need PostgreSQL: on SQLite the tool would only ever say so.
+            searcher=None if db.is_sqlite else documents,
+            graph=knowledge.explorer,
+        )
+        files = FileStore(db, limits=settings.batches)
+        batches = Batches(
+            db, tasks=tasks, files=files, dispatcher=dispatcher, limits=settings.batches
+        )
+        return cls(
+            settings=settings,
+            db=db,
+            tasks=tasks,
+            keys=KeyStore(db, cache_seconds=settings.api.key_cache_seconds),
+            bus=bus,
+            feed=feed,
+            catalog=catalog,
+            layout=layout,
+            dispatcher=dispatcher,
+            router=router,
+            metered=metered,
+            documents=documents,
+            indexer=indexer,
+            outcomes=outcomes,
+            files=files,
+            batches=batches,
+            journal=StepJournal(db, announce=ProgressNudges(bus)),
+            tools=tools,
+            knowledge=knowledge,
+        )
+
+    async def start(self) -> None:
+        """Migrate the database, begin connecting to NATS (which may still be down), and
+        connect the configured MCP servers, whose tools join the registry."""
+        await self.db.migrate()
+        self.bus.start()
+        if self.settings.tools.mcp_servers:
+            from spine.tools.mcp_servers import McpServers  # `import mcp` takes ~2 s
+
+            servers = McpServers(self.settings.tools.mcp_servers, self.tools)
+            await self._resources.enter_async_context(servers)
+
+    async def ensure_streams_when_connected(self) -> None:
+        """Create the streams once NATS answers; runs in the background of the API."""
+        await self.layout.ensure_when_ready(self.bus)
+
+    def start_router_warm_up(self) -> None:
+        """Warm the model router up in the background (LiteLLM import, Ollama discovery)."""
+        if self._warming is None:
+            self._warming = asyncio.create_task(self.router.warm_up(), name="router-warm-up")
+
+    async def warm_router(self) -> ModelRouter:
+        """Return the model router once it is warm; the first caller may wait for it."""
+        self.start_router_warm_up()
+        assert self._warming is not None
+        await asyncio.shield(self._warming)
+        return self.router
+
+    async def metered_models(self) -> MeteredModels:
+        """Return the metered model calls once the router is warm (see :meth:`warm_router`)."""
+        await self.warm_router()
+        return self.metered
+
+    def worker(self, *, models: ModelSource | None = None) -> TaskWorker:
+        """Build a worker on these services; its agents call models through :attr:`metered`."""
+        return TaskWorker(
+            store=self.tasks,
+            bus=self.bus,
+            catalog=self.catalog,
+            models=models or self.metered,
+            journal=self.journal,
+            tools=self.tools,
+            settings=self.settings.worker,
+            layout=self.layout,
+        )
+
+    async def run_event_consumers(self, stop: asyncio.Event) -> None:
+        """Run graph ingestion and triggers (the EVENTS consumers) until ``stop`` is set."""
+        await self.knowledge.run_consumers(
+            stop, dispatcher=self.dispatcher, layout=self.layout, catalog=self.catalog
+        )
+
+    async def ready(self) -> dict[str, str]:
+        """Check each backing service this process uses."""
+        status = {"nats": "ok" if self.bus.connected else "disconnected"}
+        try:
+            await self.db.ping()
+            status["database"] = "ok"
+        except ServiceUnavailable as exc:
+            status["database"] = exc.message
+        return status
+
+    async def close(self) -> None:
+        """Close connections."""
+        if self._warming is not None and not self._warming.done():
+            self._warming.cancel()
+            await asyncio.gather(self._warming, return_exceptions=True)
+        # Streams still settling report their outcomes before the publisher drains, the usage
+        # rows written behind are drained (metered.close) before the database is disposed, and
+        # the publisher drains before the connection closes.
+        with contextlib.suppress(Exception):
+            await self._resources.aclose()  # MCP servers
+        with contextlib.suppress(Exception):
+            await self.metered.close()
+        with contextlib.suppress(Exception):
+            await self.outcomes.close()
+        with contextlib.suppress(Exception):
+            await self.knowledge.close()
+        with contextlib.suppress(Exception):
+            await self.bus.close()
+        await self.db.dispose()
+
+
+def tool_registry(
+    settings: Settings,
+    catalog: AgentCatalog,
+    *,
+    bus: NatsBus,
+    store: TaskStore,
+    dispatcher: TaskDispatcher,
+    searcher: VectorSearcher | None = None,
+    graph: GraphExplorer | None = None,
+) -> ToolRegistry:
+    """Register the built-in tools and delegation under the configured allowlists.
+
+    Each declarative agent may use only the tools its definition lists; the tools named in
+    ``GENAI_TOOLS__APPROVAL`` wait for a person's approval before each call.
+    """
+    configured = settings.tools
+    policy = ToolPolicy.of(default=configured.default, tenants=configured.tenants)
+    for definition in catalog.definitions():
+        policy = policy.with_agent(definition.name, definition.tools)
+    tools = [
+        *builtin_tools(publisher=bus, searcher=searcher),
+        submit_task_tool(dispatcher, store),
+        *(graph_tools(graph) if graph is not None else []),  # when a graph is configured
+    ]
+    if searcher is not None and graph is not None:
+        tools.append(hybrid_search_tool(HybridRetriever(searcher, graph)))
+    gated = set(configured.approval)
+    return ToolRegistry(
+        [dataclasses.replace(t, needs_approval=True) if t.name in gated else t for t in tools],
+        policy=policy,
+    )

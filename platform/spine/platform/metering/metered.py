@@ -1,0 +1,481 @@
+"""Metered model calls: the one path every routed call takes, with cache, budgets and usage.
+
+:class:`MeteredModels` wraps the :class:`~spine.platform.router.ModelRouter`. Per call it
+
+1. looks the answer up in the response cache (unless the caller bypasses it); a hit costs
+   nothing, reserves nothing and is recorded as a hit;
+2. plans the call once (the router gets the same plan) and reserves the most the call can cost
+   in every budget scope of the caller (global, tenant, key). The estimate is the *maximum*
+   over the models of the plan, not the first model's price: any of them may end up answering
+   after a fallback, and a settlement above the reservation is counted in full, past the
+   limit. Reserving the maximum is what keeps "concurrency never overspends" true with
+   fallbacks. A plan that starts with a free model (local, price 0) is never refused: when the
+   budget cannot cover the dearest fallback, the call is narrowed to the plan's free models;
+3. calls the router;
+4. settles the reservation with the actual cost (the answer's tokens at the answering model's
+   prices; written behind, see :meth:`BudgetLedger.settle_later`), or releases it when the
+   call failed;
+5. records one usage row: for answers, failures, budget refusals and cache hits alike. The row
+   is queued for the usage ledger's background writer, not committed on the call's path (see
+   :mod:`spine.platform.metering.usage`); :meth:`MeteredModels.flush` writes what is queued;
+6. hands that row to the outcome hook, if one was given (:class:`OutcomeHook`: the API wires
+   a publisher of outcome events to JetStream there; this module knows nothing of NATS).
+
+Embedding calls (:meth:`MeteredModels.embed`) take steps 2 to 6 (they are not cached): the
+reservation is the input's estimated tokens at the dearest input price of the plan. Streams
+are reserved when they open and settled when they end (:mod:`spine.platform.metering.streams`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from dataclasses import dataclass, replace
+from decimal import Decimal
+from typing import Any, TypeVar
+
+from spine.platform.errors import BudgetExceeded, SpineError
+from spine.platform.metering.budgets import (
+    BudgetLedger,
+    Reservation,
+    budget_scopes,
+    cost_of,
+    estimate_cost,
+    is_free,
+)
+from spine.platform.metering.cache import CacheKey, ResponseCache
+from spine.platform.metering.caller import CallerModels
+from spine.platform.metering.context import (
+    ABANDONED,
+    EXPLICIT,
+    CacheStatus,
+    CallContext,
+    OutcomeHook,
+)
+from spine.platform.metering.streams import MeteredStream, replayed
+from spine.platform.metering.usage import OK, ModelCallRecord, UsageLedger
+from spine.platform.models import Attempt, ChatRequest, Completion, Embedding, EmbeddingRequest
+from spine.platform.router import ModelRouter, ModelSpec, Requirements, RoutePlan
+
+__all__ = ["MeteredCompletion", "MeteredEmbedding", "MeteredModels"]
+
+logger = logging.getLogger(__name__)
+
+_Request = TypeVar("_Request", ChatRequest, EmbeddingRequest)
+_ZERO = Decimal(0)
+_CHARS_PER_TOKEN = 4
+
+
+@dataclass(slots=True, kw_only=True)
+class MeteredCompletion:
+    """An answer with what it cost (USD) and how the cache served it."""
+
+    completion: Completion
+    cost: Decimal
+    cache: CacheStatus
+
+
+@dataclass(slots=True, kw_only=True)
+class MeteredEmbedding:
+    """Vectors with what they cost (USD)."""
+
+    embedding: Embedding
+    cost: Decimal
+
+
+@dataclass(slots=True, kw_only=True)
+class _Budgeted:
+    """The plan a call may take once its budget was reserved."""
+
+    reservation: Reservation
+    plan: RoutePlan
+
+
+class MeteredModels:
+    """Makes routed model calls with the response cache, budgets and the usage ledger."""
+
+    def __init__(
+        self,
+        router: ModelRouter,
+        *,
+        budgets: BudgetLedger,
+        usage: UsageLedger,
+        cache: ResponseCache | None = None,
+        outcomes: OutcomeHook | None = None,
+    ) -> None:
+        self.router = router
+        self.budgets = budgets
+        self.usage = usage
+        self.cache = cache
+        self.outcomes = outcomes
+        self._pending: set[asyncio.Task[None]] = set()
+
+    async def complete(self, request: ChatRequest, context: CallContext) -> MeteredCompletion:
+        """Answer a chat call through the cache, the budgets and the router.
+
+        Raises:
+            BudgetExceeded: A budget scope of the caller cannot cover the call.
+            SpineError: What the router raises (unknown model, every model failed, ...).
+        """
+        started = time.perf_counter()
+        request = self._with_strategy(request, context)
+        strategy = self._strategy(request)
+        key = self._cache_key(request, context)
+        if key is not None and self.cache is not None:
+            hit = await self.cache.get(key)
+            if hit is not None:
+                await self._record(
+                    context, strategy, started, hit.model, hit.provider, cache_hit=True
+                )
+                return MeteredCompletion(completion=hit, cost=_ZERO, cache="hit")
+        requirements = _requirements(request)
+        plan = self.router.plan(requirements, model=request.model, strategy=request.strategy)
+        budgeted = await self._reserve(plan, requirements, context, strategy, started)
+        try:
+            answer = await self.router.complete(request, plan=budgeted.plan)
+        except BaseException as exc:
+            await self._failed(exc, budgeted, context, strategy, request.model, started)
+            raise
+        cost = await self._answered(
+            budgeted, context, strategy, answer, answer.output_tokens, started
+        )
+        if key is not None and self.cache is not None:
+            await self.cache.put(key, answer)
+        return MeteredCompletion(
+            completion=answer, cost=cost, cache="miss" if key is not None else "bypass"
+        )
+
+    async def stream(self, request: ChatRequest, context: CallContext) -> MeteredStream:
+        """Open a streamed answer; it is settled, recorded and cached when its iteration ends.
+
+        A cache hit is replayed as a stream of one delta; only a stream that ended normally
+        is stored, never one that failed or was abandoned part-way.
+
+        Raises:
+            BudgetExceeded: A budget scope of the caller cannot cover the call.
+            SpineError: What the router raises before the first output.
+        """
+        started = time.perf_counter()
+        request = self._with_strategy(request, context)
+        strategy = self._strategy(request)
+        requirements = _requirements(request)
+        key = self._cache_key(request, context)
+        if key is not None and self.cache is not None:
+            hit = await self.cache.get(key)
+            if hit is not None:
+                return MeteredStream(
+                    inner=replayed(hit),
+                    context=context,
+                    finish=self._settle_later,
+                    reservation=None,
+                    spec=None,
+                    prompt_tokens=requirements.prompt_tokens,
+                    started=started,
+                    cache="hit",
+                    routing=strategy,
+                )
+        plan = self.router.plan(requirements, model=request.model, strategy=request.strategy)
+        budgeted = await self._reserve(plan, requirements, context, strategy, started)
+        try:
+            opened = await self.router.stream(request, plan=budgeted.plan)
+        except BaseException as exc:
+            await self._failed(exc, budgeted, context, strategy, request.model, started)
+            raise
+        return MeteredStream(
+            inner=opened,
+            context=context,
+            finish=self._settle_later,
+            reservation=budgeted.reservation,
+            spec=self._spec(opened.model, budgeted.plan),
+            prompt_tokens=requirements.prompt_tokens,
+            started=started,
+            cache="miss" if key is not None else "bypass",
+            key=key,
+            routing=strategy,
+        )
+
+    async def embed(self, request: EmbeddingRequest, context: CallContext) -> MeteredEmbedding:
+        """Embed texts through the budgets and the router, and record the call.
+
+        Raises:
+            BudgetExceeded: A budget scope of the caller cannot cover the call.
+            SpineError: What the router raises (no embedding model, every model failed, ...).
+        """
+        started = time.perf_counter()
+        request = self._with_strategy(request, context)
+        strategy = self._strategy(request)
+        requirements = Requirements.for_embedding(
+            request.texts, dimensions=request.dimensions, min_quality=request.min_quality
+        )
+        plan = self.router.plan_embedding(request)
+        budgeted = await self._reserve(plan, requirements, context, strategy, started)
+        try:
+            answer = await self.router.embed(request, plan=budgeted.plan)
+        except BaseException as exc:
+            await self._failed(exc, budgeted, context, strategy, request.model, started)
+            raise
+        answer.cost = await self._answered(budgeted, context, strategy, answer, 0, started)
+        return MeteredEmbedding(embedding=answer, cost=answer.cost)
+
+    def for_caller(self, context: CallContext) -> CallerModels:
+        """Return the model calls of one caller, metered as ``context``."""
+        return CallerModels(self, context)
+
+    async def warm_up(self) -> None:
+        """Warm the router up (once per process, however often it is asked)."""
+        await self.router.warm_up()
+
+    async def flush(self) -> None:
+        """Write the usage rows and budget settlements of the calls made so far (both are
+        written behind)."""
+        await self.budgets.flush()
+        await self.usage.flush()
+
+    async def close(self) -> None:
+        """Wait for streams being settled, drain what is written behind, then close the cache."""
+        if self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
+        await self.budgets.close()
+        await self.usage.close()
+        if self.cache is not None:
+            await self.cache.close()
+        await self.router.close()
+
+    # -- steps ------------------------------------------------------------------------------
+
+    def _with_strategy(self, request: _Request, context: CallContext) -> _Request:
+        # The request's strategy, else its tenant's, else the global one.
+        if request.strategy:
+            return request
+        return replace(request, strategy=self.router.strategy_for(context.tenant))
+
+    def _strategy(self, request: ChatRequest | EmbeddingRequest) -> str:
+        if request.model is not None:
+            return EXPLICIT
+        return request.strategy or self.router.default_strategy
+
+    def _cache_key(self, request: ChatRequest, context: CallContext) -> CacheKey | None:
+        if self.cache is None or not context.use_cache:
+            return None
+        strategy = request.strategy or self.router.default_strategy
+        keyed: dict[str, Any] = dict(request.params)
+        if request.min_quality:
+            keyed["min_quality"] = request.min_quality
+        try:
+            return CacheKey.of(
+                tenant=context.tenant,
+                model=request.model if request.model is not None else f"auto:{strategy}",
+                messages=request.messages,
+                params=keyed,
+            )
+        except TypeError as exc:
+            logger.debug("call not cacheable: %s", exc)
+            return None
+
+    async def _reserve(
+        self,
+        plan: RoutePlan,
+        requirements: Requirements,
+        context: CallContext,
+        strategy: str,
+        started: float,
+    ) -> _Budgeted:
+        prices = [
+            estimate_cost(spec, requirements.prompt_tokens, requirements.max_tokens) or _ZERO
+            for spec in plan.models
+        ]
+        scopes = budget_scopes(tenant=context.tenant, key_id=context.key_id)
+        try:
+            reservation = await self.budgets.reserve(scopes, max(prices, default=_ZERO))
+        except BudgetExceeded as exc:
+            free = [spec for spec in plan.models if is_free(spec)]
+            if plan.models and is_free(plan.models[0]):
+                # A local model never waits on the budget; only the dearer fallbacks are cut.
+                logger.info(
+                    "budget exhausted: call limited to free models %s",
+                    sorted(spec.name for spec in free),
+                )
+                reservation = await self.budgets.reserve(scopes, _ZERO)
+                return _Budgeted(
+                    reservation=reservation, plan=RoutePlan(strategy=plan.strategy, models=free)
+                )
+            first = plan.models[0] if plan.models else None
+            await self._record(
+                context,
+                strategy,
+                started,
+                first.name if first else "",
+                first.provider if first else "",
+                outcome=exc.error_type,
+            )
+            raise
+        return _Budgeted(reservation=reservation, plan=plan)
+
+    async def _answered(
+        self,
+        budgeted: _Budgeted,
+        context: CallContext,
+        strategy: str,
+        answer: Completion | Embedding,
+        output_tokens: int,
+        started: float,
+    ) -> Decimal:
+        """Settle the reservation at the answering model's prices and record the call."""
+        cost = cost_of(self._spec(answer.model, budgeted.plan), answer.input_tokens, output_tokens)
+        await self._settle(budgeted.reservation, cost)
+        await self._record(
+            context,
+            strategy,
+            started,
+            answer.model,
+            answer.provider,
+            input_tokens=answer.input_tokens,
+            output_tokens=output_tokens,
+            cost=cost,
+            fallback_path=_tried_before(answer.fallback_path),
+        )
+        return cost
+
+    async def _failed(
+        self,
+        exc: BaseException,
+        budgeted: _Budgeted,
+        context: CallContext,
+        strategy: str,
+        model: str | None,
+        started: float,
+    ) -> None:
+        """Release the reservation of a call that raised; record it unless it was a bug.
+
+        A caller that went away (a client that gave up, a cancelled task) may still have cost
+        a model call: it is recorded as abandoned, never dropped.
+        """
+        await self._settle(budgeted.reservation, None)
+        if not isinstance(exc, SpineError | asyncio.CancelledError):
+            return
+        path = exc.details.get("fallback_path", []) if isinstance(exc, SpineError) else []
+        tried = [str(step).rpartition(": ")[0] for step in path]
+        plan = budgeted.plan.models
+        last = tried[-1] if tried else (plan[0].name if plan else (model or ""))
+        spec = self._spec(last, budgeted.plan)
+        await self._record(
+            context,
+            strategy,
+            started,
+            last,
+            spec.provider if spec is not None else "",
+            fallback_path=tried[:-1],
+            outcome=exc.error_type if isinstance(exc, SpineError) else ABANDONED,
+        )
+
+    async def _settle(self, reservation: Reservation, cost: Decimal | None) -> None:
+        # Settles (or, without a cost, releases) even when the caller is cancelled. A ledger
+        # that cannot be written must not fail a call that was made; the reservation then
+        # stays held until the day ends, which errs on the side of spending less.
+        work = (
+            self.budgets.release(reservation)
+            if cost is None
+            else self.budgets.settle_later(reservation, cost)
+        )
+        try:
+            await asyncio.shield(work)
+        except Exception as exc:
+            logger.warning("budget of %s not settled: %s", ", ".join(reservation.scopes), exc)
+
+    async def _record(
+        self,
+        context: CallContext,
+        strategy: str,
+        started: float,
+        model: str,
+        provider: str,
+        **outcome: Any,
+    ) -> None:
+        """Queue the call's usage row and tell the outcome hook.
+
+        Queued for the ledger's background writer: no commit on the call's path. Losing a
+        usage row must not fail a call that was made (and maybe paid for).
+        """
+        record = ModelCallRecord(
+            tenant=context.tenant,
+            key_id=context.key_id,
+            task_id=context.task_id,
+            model=model,
+            provider=provider,
+            latency_ms=_since(started),
+            **outcome,
+        )
+        try:
+            await self.usage.submit(record)
+        except Exception as exc:
+            logger.warning("usage of a %s call not recorded: %s", record.model, exc)
+        if self.outcomes is not None:
+            try:
+                self.outcomes(record, strategy=strategy, task_category=context.task_category)
+            except Exception:
+                logger.warning("outcome of a %s call not reported", record.model, exc_info=True)
+
+    async def _finish_stream(self, stream: MeteredStream, outcome: str) -> None:
+        inner = stream.inner
+        if stream.cache == "hit":
+            stream.cost = _ZERO
+            await self._record(
+                stream.context,
+                stream.routing,
+                stream.started,
+                inner.model,
+                inner.provider,
+                cache_hit=True,
+                outcome=outcome,
+            )
+            return
+        input_tokens, output_tokens = inner.input_tokens, inner.output_tokens
+        if not input_tokens and not output_tokens:
+            # The provider sent no usage: estimate from what was seen.
+            input_tokens = stream.prompt_tokens
+            output_tokens = math.ceil(stream.chars / _CHARS_PER_TOKEN)
+        cost = cost_of(stream.spec, input_tokens, output_tokens)
+        stream.cost = cost
+        if stream.reservation is not None:
+            await self._settle(stream.reservation, cost)
+        await self._record(
+            stream.context,
+            stream.routing,
+            stream.started,
+            inner.model,
+            inner.provider,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            cost=cost,
+            fallback_path=_tried_before(inner.fallback_path),
+            outcome=outcome,
+        )
+        if outcome == OK and stream.key is not None and self.cache is not None:
+            answer = stream.answer(input_tokens, output_tokens, _since(stream.started))
+            await self.cache.put(stream.key, answer)
+
+    def _settle_later(self, stream: MeteredStream, outcome: str) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(self._finish_stream(stream, outcome))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+        return task
+
+    def _spec(self, name: str, plan: RoutePlan) -> ModelSpec | None:
+        for spec in plan.models:
+            if spec.name == name:
+                return spec
+        return self.router.catalog.get(name)
+
+
+def _requirements(request: ChatRequest) -> Requirements:
+    return Requirements.of(request.messages, request.params, min_quality=request.min_quality)
+
+
+def _tried_before(path: list[Attempt]) -> list[str]:
+    return [attempt.model for attempt in path[:-1]]
+
+
+def _since(started: float) -> float:
+    return (time.perf_counter() - started) * 1000

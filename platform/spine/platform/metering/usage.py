@@ -1,0 +1,256 @@
+"""The usage ledger: one row per model call, and totals computed by the database.
+
+Every routed call (a cache hit, a failure, each fallback's final answer) is recorded with who
+made it, what it cost and how it went. :meth:`UsageLedger.summary` groups those rows by day,
+model, tenant or provider in one ``GROUP BY`` query, on SQLite and PostgreSQL alike; days are
+UTC days.
+
+Rows are written behind: :meth:`UsageLedger.submit` queues a row and returns, and a background
+writer inserts what gathered every ~20 ms (or every 200 rows) with one multi-row ``INSERT``, so
+a model call costs no commit of its own. A flush that fails keeps its rows and is retried with
+backoff; the inserts ignore ids already stored, so a retry after a commit whose answer was lost
+writes nothing twice. When the queue is full, :meth:`~UsageLedger.submit` writes its row itself
+and the caller waits (backpressure: rows are never dropped). :meth:`~UsageLedger.summary` first
+flushes this process's pending rows, so a caller reads its own calls; :meth:`~UsageLedger.close`
+drains the queue.
+
+The trade-off: the rows of the last ~20 ms are lost if the process is killed without closing
+(SIGKILL, a crash). Budgets do not depend on these rows: they are reserved synchronously
+(:mod:`spine.platform.metering.budgets`), so spend limits hold all the same.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any, Literal, get_args
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from spine.platform.db import Database
+from spine.platform.errors import BadRequest
+from spine.platform.schema import ModelCallRow, Money, utcnow
+from spine.platform.write_behind import WriteBehind
+
+__all__ = ["OK", "Grouping", "ModelCallRecord", "UsageLedger", "UsageRow"]
+
+Grouping = Literal["day", "model", "tenant", "provider"]
+OK = "ok"
+_GROUPINGS: tuple[str, ...] = get_args(Grouping)
+_CALLS: sa.Table = ModelCallRow.__table__  # type: ignore[assignment]
+
+
+@dataclass(slots=True, kw_only=True)
+class ModelCallRecord:
+    """One model call as the usage ledger keeps it.
+
+    ``outcome`` is ``"ok"`` or the error class (an ``error_type`` such as ``"rate_limited"``);
+    ``fallback_path`` lists the models tried before the one that answered, in order.
+    """
+
+    tenant: str
+    model: str
+    provider: str
+    key_id: str | None = None
+    task_id: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost: Decimal = Decimal(0)
+    latency_ms: float = 0.0
+    cache_hit: bool = False
+    fallback_path: list[str] = field(default_factory=list)
+    outcome: str = OK
+    created_at: datetime = field(default_factory=utcnow)
+    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+
+
+@dataclass(slots=True, kw_only=True)
+class UsageRow:
+    """Totals of one group; the fields not grouped by are None."""
+
+    day: date | None = None
+    model: str | None = None
+    tenant: str | None = None
+    provider: str | None = None
+    calls: int
+    input_tokens: int
+    output_tokens: int
+    cost: Decimal
+    cache_hits: int
+    errors: int
+
+
+class UsageLedger:
+    """Records model calls and sums them up, with Core statements (see ``Database``).
+
+    Args:
+        db: The database of the ``model_calls`` table.
+        flush_interval: Seconds the background writer gathers rows before it writes them.
+        batch_rows: The most rows one ``INSERT`` writes.
+        max_queued: Rows that may wait; past that, :meth:`submit` writes its row itself.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        flush_interval: float = 0.02,
+        batch_rows: int = 200,
+        max_queued: int = 10_000,
+    ) -> None:
+        self._db = db
+        self._day = _utc_day(db)
+        insert = sqlite.insert if db.is_sqlite else postgresql.insert
+        self._insert = insert(_CALLS).on_conflict_do_nothing(index_elements=[_CALLS.c.id])
+        self._behind: WriteBehind[ModelCallRecord] = WriteBehind(
+            self.record_many,
+            what="usage rows",
+            interval=flush_interval,
+            batch=batch_rows,
+            max_queued=max_queued,
+        )
+
+    async def record(self, call: ModelCallRecord) -> None:
+        """Write one model call now."""
+        await self.record_many([call])
+
+    async def record_many(self, calls: Sequence[ModelCallRecord]) -> None:
+        """Write several model calls in one transaction (a batch, a drained buffer).
+
+        A call whose id is already stored is skipped, which makes a retried write harmless.
+        """
+        if not calls:
+            return
+        rows = [_values(call) for call in calls]
+        async with self._db.transaction() as conn:
+            await conn.execute(self._insert, rows)
+
+    async def submit(self, call: ModelCallRecord) -> None:
+        """Queue one model call for the background writer; returns at once unless the queue
+        is full, when the row is written before this returns."""
+        await self._behind.submit(call)
+
+    @property
+    def pending(self) -> int:
+        """Rows submitted and not written yet."""
+        return self._behind.pending
+
+    async def flush(self) -> None:
+        """Write the rows submitted so far; never raises (see :meth:`WriteBehind.flush`)."""
+        await self._behind.flush()
+
+    async def close(self) -> None:
+        """Drain the queue and stop the background writer."""
+        await self._behind.close()
+
+    async def summary(
+        self,
+        *,
+        tenant: str | None,
+        group_by: Sequence[Grouping] = (),
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> list[UsageRow]:
+        """Sum the calls of ``tenant`` (None: every tenant) made in ``[since, until)``.
+
+        Returns:
+            One row per group, ordered by the groups; no row for a group without calls, so
+            no calls at all give an empty list.
+
+        Raises:
+            BadRequest: ``group_by`` names something other than day, model, tenant, provider.
+        """
+        unknown = [g for g in group_by if g not in _GROUPINGS]
+        if unknown:
+            raise BadRequest(
+                f"cannot group usage by {unknown[0]!r}; use {', '.join(_GROUPINGS)}",
+                field="group_by",
+            )
+        keys = list(dict.fromkeys(group_by))
+        columns = {
+            "day": self._day,
+            "model": _CALLS.c.model,
+            "tenant": _CALLS.c.tenant,
+            "provider": _CALLS.c.provider,
+        }
+        grouped = [columns[key].label(key) for key in keys]
+        query = sa.select(
+            *grouped,
+            sa.func.count().label("calls"),
+            sa.func.coalesce(sa.func.sum(_CALLS.c.input_tokens), 0).label("input_tokens"),
+            sa.func.coalesce(sa.func.sum(_CALLS.c.output_tokens), 0).label("output_tokens"),
+            sa.type_coerce(sa.func.sum(_CALLS.c.cost), Money()).label("cost"),
+            sa.func.coalesce(sa.func.sum(sa.case((_CALLS.c.cache_hit, 1), else_=0)), 0).label(
+                "cache_hits"
+            ),
+            sa.func.coalesce(sa.func.sum(sa.case((_CALLS.c.outcome != OK, 1), else_=0)), 0).label(
+                "errors"
+            ),
+        )
+        if tenant is not None:
+            query = query.where(_CALLS.c.tenant == tenant)
+        if since is not None:
+            query = query.where(_CALLS.c.created_at >= since)
+        if until is not None:
+            query = query.where(_CALLS.c.created_at < until)
+        if grouped:
+            positions: list[sa.ColumnElement[Any]] = [
+                sa.literal_column(str(i)) for i in range(1, len(grouped) + 1)
+            ]
+            query = query.group_by(*positions).order_by(*positions)
+        await self.flush()  # this process's own calls are read back
+        async with self._db.transaction() as conn:
+            rows = list((await conn.execute(query)).mappings())
+        return [_usage_row(row) for row in rows if row["calls"]]
+
+
+def _utc_day(db: Database) -> sa.ColumnElement[Any]:
+    # SQLite keeps UTC timestamps as 'YYYY-MM-DD HH:MM:SS...' text; PostgreSQL's date() would
+    # follow the session's time zone, so the timestamp is first taken to UTC explicitly.
+    created = _CALLS.c.created_at
+    if db.is_sqlite:
+        day: sa.ColumnElement[Any] = sa.func.substr(created, 1, 10)
+    else:
+        day = sa.cast(sa.func.timezone("UTC", created), sa.Date)
+    return sa.type_coerce(day, sa.Date())
+
+
+def _values(call: ModelCallRecord) -> dict[str, Any]:
+    return {
+        "id": call.id,
+        "tenant": call.tenant,
+        "key_id": call.key_id,
+        "task_id": call.task_id,
+        "model": call.model,
+        "provider": call.provider,
+        "input_tokens": call.input_tokens,
+        "output_tokens": call.output_tokens,
+        "cost": call.cost,
+        "latency_ms": call.latency_ms,
+        "cache_hit": call.cache_hit,
+        "fallback_path": list(call.fallback_path),
+        "outcome": call.outcome,
+        "created_at": call.created_at,
+    }
+
+
+def _usage_row(row: sa.RowMapping) -> UsageRow:
+    day = row.get("day")
+    if isinstance(day, str):  # SQLite's text, when the Date type did not parse it
+        day = date.fromisoformat(day)
+    return UsageRow(
+        day=day,
+        model=row.get("model"),
+        tenant=row.get("tenant"),
+        provider=row.get("provider"),
+        calls=int(row["calls"]),
+        input_tokens=int(row["input_tokens"]),
+        output_tokens=int(row["output_tokens"]),
+        cost=row["cost"] if row["cost"] is not None else Decimal(0),
+        cache_hits=int(row["cache_hits"]),
+        errors=int(row["errors"]),
+    )

@@ -1,0 +1,426 @@
+"""The OpenAI chat-completions wire format shared by the gateway and the agents.
+
+The request model (:class:`ChatCompletionRequest`), the answer (:func:`completion_body`,
+:func:`usage_body`) and errors in OpenAI's shape (:class:`GatewayError`,
+``{"error": {"message", "type", "param", "code"}}``), so the official clients raise the exception
+a caller expects (404 ``model_not_found``, 400 naming the parameter, ...). The gateway speaks it
+over HTTP; the ``completion`` agent runs batch lines with it. Streaming frames stay with the
+gateway (:mod:`spine.platform.app.api._openai`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from spine.platform.errors import (
+    BadRequest,
+    BudgetExceeded,
+    ContextWindowExceeded,
+    PermanentFailure,
+    ProviderNotConfigured,
+    ServiceUnavailable,
+    SpineError,
+    TaskCancelled,
+    TransientFailure,
+    Unauthorized,
+    UnknownModel,
+)
+from spine.platform.models import ChatRequest, Completion
+
+__all__ = [
+    "AUTO",
+    "IGNORED",
+    "PASSED_THROUGH",
+    "ChatCompletionRequest",
+    "GatewayError",
+    "completion_body",
+    "error_body",
+    "new_completion_id",
+    "usage_body",
+]
+
+AUTO = "auto"
+
+# OpenAI request fields forwarded to the model as they are.
+PASSED_THROUGH = frozenset(
+    {
+        "frequency_penalty",
+        "presence_penalty",
+        "logit_bias",
+        "logprobs",
+        "top_logprobs",
+        "parallel_tool_calls",
+        "reasoning_effort",
+        "modalities",
+        "prediction",
+        "audio",
+        "web_search_options",
+        "verbosity",
+    }
+)
+# OpenAI fields about OpenAI's own bookkeeping: accepted, not forwarded.
+IGNORED = frozenset({"metadata", "store", "service_tier", "prompt_cache_key", "safety_identifier"})
+# Our strategy names the field "strategy"; on the wire it is "spine_strategy".
+_PARAM_NAMES = {"strategy": "spine_strategy"}
+_REFUSED_BY_PROVIDER = {"BadRequestError", "UnsupportedParamsError", "UnprocessableEntityError"}
+
+
+class GatewayError(SpineError):
+    """An error already in OpenAI's terms: status, type, code and the parameter at fault.
+
+    Part of the one error tree; the gateway renders it in OpenAI's shape (``body``), and
+    anything else that meets it renders it in the platform's (``status_code``, ``error_type``).
+    """
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        super().__init__(message, field=param)
+        self.status = status
+        self.status_code = status  # type: ignore[misc]  # per instance, unlike the tree's classes
+        self.error_type = type  # type: ignore[misc]
+        self.body: dict[str, Any] = {
+            "message": message,
+            "type": type,
+            "param": param,
+            "code": code,
+            **extra,
+        }
+        self.headers = headers or {}
+
+    @classmethod
+    def of(cls, exc: SpineError) -> GatewayError:
+        """Translate a platform error into OpenAI's status, type and code."""
+        if isinstance(exc, GatewayError):
+            return exc
+        cause = str(exc.details.get("cause") or "")
+        param = _PARAM_NAMES.get(exc.field or "", exc.field)
+        if isinstance(exc, UnknownModel):
+            return cls(404, exc.message, param="model", code="model_not_found")
+        if isinstance(exc, ContextWindowExceeded):
+            return cls(400, exc.message, param="messages", code="context_length_exceeded")
+        if isinstance(exc, Unauthorized):
+            return cls(401, exc.message, code="invalid_api_key")
+        if isinstance(exc, BudgetExceeded):
+            return cls._budget(exc)
+        if isinstance(exc, BadRequest):
+            code = None if exc.error_type == "invalid_request" else exc.error_type
+            return cls(exc.status_code, exc.message, param=param, code=code)
+        if isinstance(exc, ProviderNotConfigured):
+            return cls(503, exc.message, type="service_unavailable", code=exc.error_type)
+        if isinstance(exc, TransientFailure | ServiceUnavailable):
+            if cause == "RateLimitError":
+                return cls(429, exc.message, type="rate_limit_error", code="rate_limit_exceeded")
+            if not cause:  # every model is cooling down after failures
+                return cls(503, exc.message, type="service_unavailable", code="models_unavailable")
+            return cls(502, exc.message, type="upstream_error", code="provider_error")
+        if isinstance(exc, PermanentFailure):
+            if cause in _REFUSED_BY_PROVIDER:
+                return cls(400, exc.message, code="provider_rejected_request")
+            if cause == "NotFoundError":
+                return cls(404, exc.message, param="model", code="model_not_found")
+            return cls(502, exc.message, type="upstream_error", code="provider_error")
+        return cls(
+            exc.status_code, exc.message, type=exc.error_type, param=param, code=exc.error_type
+        )
+
+    @classmethod
+    def of_task_error(cls, error: dict[str, Any]) -> GatewayError | None:
+        """Translate a failed task's stored error (``SpineError.to_dict()``) the same way.
+
+        None when the error is not one of the platform's own (too many attempts, a deadline
+        passed, a cancel): those have no HTTP answer to stand for.
+        """
+        kind = _error_types(SpineError).get(str(error.get("type")))
+        if kind is None or kind is TaskCancelled:
+            return None
+        field = error.get("field")
+        details = {k: v for k, v in error.items() if k not in _NOT_DETAILS}
+        exc = kind(
+            str(error.get("message") or kind.error_type),
+            field=field if isinstance(field, str) else None,
+            **details,
+        )
+        return cls.of(exc)
+
+    @classmethod
+    def _budget(cls, exc: BudgetExceeded) -> GatewayError:
+        # OpenAI's own "quota spent" type; our fields say which budget, its spend and reset.
+        # Clients must not retry before the reset: x-should-retry stops the official ones.
+        headers = {"x-should-retry": "false"}
+        resets_at = exc.details.get("resets_at")
+        if isinstance(resets_at, str):
+            with contextlib.suppress(ValueError):
+                wait = datetime.fromisoformat(resets_at) - datetime.now(UTC)
+                headers["Retry-After"] = str(max(math.ceil(wait.total_seconds()), 1))
+        fields = {
+            name: exc.details[name]
+            for name in ("scope", "budget", "spent", "reserved", "requested", "resets_at")
+            if name in exc.details
+        }
+        return cls(
+            429,
+            exc.message,
+            type="insufficient_quota",
+            code="budget_exceeded",
+            headers=headers,
+            **fields,
+        )
+
+
+def _error_types(root: type[SpineError]) -> dict[str, type[SpineError]]:
+    found = {root.error_type: root}
+    for child in root.__subclasses__():
+        found.update({k: v for k, v in _error_types(child).items() if k not in found})
+    return found
+
+
+# Keys of a stored task error that are not the error's own details.
+_NOT_DETAILS = frozenset({"type", "message", "field", "retryable", "attempts", "reason"})
+
+
+def error_body(error: GatewayError) -> dict[str, Any]:
+    """Return the OpenAI error object for ``error``."""
+    return {"error": dict(error.body)}
+
+
+# -- the request -------------------------------------------------------------------------------
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class Message(_Open):
+    """One chat message; fields besides role and content (tool_calls, name, ...) pass on."""
+
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[dict[str, Any]] | None = None
+
+
+class FunctionDefinition(_Open):
+    """A function a tool call may name."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class Tool(BaseModel):
+    """A tool the model may call."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class TextFormat(BaseModel):
+    """Plain text answers."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["text"]
+
+
+class JsonObjectFormat(BaseModel):
+    """Any JSON object."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["json_object"]
+
+
+class JsonSchema(BaseModel):
+    """The schema a ``json_schema`` answer follows."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    description: str | None = None
+    json_schema: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
+class JsonSchemaFormat(BaseModel):
+    """JSON following a schema."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["json_schema"]
+    json_schema: JsonSchema
+
+
+ResponseFormat = Annotated[
+    TextFormat | JsonObjectFormat | JsonSchemaFormat, Field(discriminator="type")
+]
+
+
+class StreamOptions(BaseModel):
+    """Options of a streamed answer."""
+
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(_Open):
+    """A ``POST /v1/chat/completions`` body.
+
+    ``model: "auto"`` lets the router choose; ``spine_strategy`` (or the ``X-Spine-Strategy``
+    header) names the routing strategy.
+    """
+
+    model: str = Field(min_length=1)
+    messages: list[Message] = Field(min_length=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, ge=0, le=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    stop: str | list[str] | None = None
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
+    response_format: ResponseFormat | None = None
+    seed: int | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+    n: int | None = None
+    spine_strategy: str | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _at_most_four_stops(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, list) and len(value) > 4:
+            raise ValueError("at most 4 stop sequences")
+        return value
+
+    @field_validator("n")
+    @classmethod
+    def _one_choice(cls, value: int | None) -> int | None:
+        if value not in (None, 1):
+            raise ValueError("only n=1 is supported")
+        return value
+
+    @classmethod
+    def parse(cls, raw: bytes) -> ChatCompletionRequest:
+        """Read and validate a body; problems are 400s naming the parameter."""
+        try:
+            body = json.loads(raw)
+        except ValueError as exc:
+            raise GatewayError(400, f"the body is not valid JSON ({exc})") from None
+        return cls.from_body(body)
+
+    @classmethod
+    def from_body(cls, body: object) -> ChatCompletionRequest:
+        """Validate a decoded body; problems are 400s naming the parameter."""
+        if not isinstance(body, dict):
+            raise GatewayError(400, "the body must be a JSON object")
+        try:
+            request = cls.model_validate(body)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            loc = [str(part) for part in first["loc"]]
+            where = ".".join(loc) or "body"
+            raise GatewayError(
+                400, f"invalid '{where}': {first['msg']}", param=loc[0] if loc else None
+            ) from None
+        unknown = request.unknown_parameters()
+        if unknown:
+            raise GatewayError(
+                400,
+                f"unrecognized request argument(s): {', '.join(unknown)}",
+                param=unknown[0],
+                code="unknown_parameter",
+            )
+        return request
+
+    def unknown_parameters(self) -> list[str]:
+        """Name the fields given that are neither ours, passed on, nor ignored, sorted."""
+        return sorted(set(self.model_extra or {}) - PASSED_THROUGH - IGNORED)
+
+    @property
+    def routed_model(self) -> str | None:
+        """The model asked for, None when the router should choose."""
+        return None if self.model == AUTO else self.model
+
+    @property
+    def include_usage(self) -> bool:
+        """Whether a streamed answer ends with a usage chunk."""
+        return self.stream_options is not None and self.stream_options.include_usage
+
+    def messages_out(self) -> list[dict[str, Any]]:
+        """The messages as the model should see them."""
+        return [m.model_dump(exclude_none=True) for m in self.messages]
+
+    def params(self) -> dict[str, Any]:
+        """The generation parameters for the router (None and ignored fields left out)."""
+        params = self.model_dump(
+            exclude_none=True,
+            by_alias=True,
+            exclude={"model", "messages", "stream", "stream_options", "n", "spine_strategy"},
+        )
+        for name in IGNORED:
+            params.pop(name, None)
+        if "max_completion_tokens" in params:
+            params.setdefault("max_tokens", params.pop("max_completion_tokens"))
+            params.pop("max_completion_tokens", None)
+        return params
+
+    def to_request(self, *, strategy: str | None = None) -> ChatRequest:
+        """The call for the router; ``strategy`` (a header's) wins over ``spine_strategy``."""
+        return ChatRequest(
+            messages=self.messages_out(),
+            model=self.routed_model,
+            strategy=strategy or self.spine_strategy or None,
+            params=self.params(),
+        )
+
+
+# -- the answer --------------------------------------------------------------------------------
+
+
+def new_completion_id() -> tuple[str, int]:
+    """Return a fresh ``chatcmpl-`` id and the creation time."""
+    return f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+
+
+def usage_body(input_tokens: int, output_tokens: int) -> dict[str, int]:
+    """Return OpenAI's usage object."""
+    return {
+        "prompt_tokens": input_tokens,
+        "completion_tokens": output_tokens,
+        "total_tokens": input_tokens + output_tokens,
+    }
+
+
+def completion_body(answer: Completion, *, completion_id: str, created: int) -> dict[str, Any]:
+    """Render a routed answer as a ``chat.completion`` object."""
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": answer.text if answer.text or not answer.tool_calls else None,
+        "refusal": None,
+    }
+    if answer.tool_calls:
+        message["tool_calls"] = answer.tool_calls
+    finish = answer.finish_reason or ("tool_calls" if answer.tool_calls else "stop")
+    return {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": created,
+        "model": answer.model,
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
+        "usage": usage_body(answer.input_tokens, answer.output_tokens),
+        "system_fingerprint": None,
+    }

@@ -1,0 +1,79 @@
+"""Converters shared by the two upstream adapters (LiteLLM and the ``openai`` SDK).
+
+Both answer with objects of OpenAI's shape; these turn them into the platform's own values and
+adapt the parameters a provider's server spells its own way.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from spine.platform.models.providers import ProviderTarget
+from spine.platform.models.values import CompletionDelta
+
+__all__ = ["delta_of", "params_for", "tool_calls_of"]
+
+
+def params_for(target: ProviderTarget, params: dict[str, Any]) -> dict[str, Any]:
+    """Adapt OpenAI parameters a provider's server spells its own way.
+
+    llama-cpp-python's server rejects OpenAI's ``{"type": "json_schema", "json_schema":
+    {"schema": ...}}`` (a 500, which would count as an outage) and takes the same constraint
+    as ``{"type": "json_object", "schema": ...}``.
+    """
+    response_format = params.get("response_format")
+    if target.provider != "local" or not isinstance(response_format, dict):
+        return params
+    if response_format.get("type") != "json_schema":
+        return params
+    wanted = response_format.get("json_schema") or {}
+    adapted: dict[str, Any] = {"type": "json_object"}
+    if isinstance(wanted, dict) and isinstance(wanted.get("schema"), dict):
+        adapted["schema"] = wanted["schema"]
+    return {**params, "response_format": adapted}
+
+
+def tool_calls_of(calls: Any, *, delta: bool = False) -> list[dict[str, Any]]:
+    """Render tool calls (or tool call deltas) of OpenAI's shape as plain dicts."""
+    rendered: list[dict[str, Any]] = []
+    for position, call in enumerate(calls or []):
+        function = getattr(call, "function", None)
+        name = getattr(function, "name", None)
+        arguments = getattr(function, "arguments", None)
+        if not delta:
+            rendered.append(
+                {
+                    "id": getattr(call, "id", None) or f"call_{position}",
+                    "type": "function",
+                    "function": {"name": name or "", "arguments": arguments or ""},
+                }
+            )
+            continue
+        part: dict[str, Any] = {"index": getattr(call, "index", None) or position}
+        if getattr(call, "id", None):
+            part["id"] = call.id
+            part["type"] = "function"
+        fn: dict[str, Any] = {}
+        if name:
+            fn["name"] = name
+        if arguments is not None:
+            fn["arguments"] = arguments
+        if fn:
+            part["function"] = fn
+        rendered.append(part)
+    return rendered
+
+
+def delta_of(chunk: Any) -> CompletionDelta:
+    """Turn one streamed chunk of OpenAI's shape into a :class:`CompletionDelta`."""
+    usage = getattr(chunk, "usage", None)
+    found = CompletionDelta(
+        input_tokens=getattr(usage, "prompt_tokens", None) if usage else None,
+        output_tokens=getattr(usage, "completion_tokens", None) if usage else None,
+    )
+    if chunk.choices:
+        choice = chunk.choices[0]
+        found.text = getattr(choice.delta, "content", None) or ""
+        found.tool_calls = tool_calls_of(getattr(choice.delta, "tool_calls", None), delta=True)
+        found.finish_reason = choice.finish_reason
+    return found

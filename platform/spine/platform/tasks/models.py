@@ -1,0 +1,125 @@
+"""What a task is: the request that submits one, the task as clients see it, its progress events."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+__all__ = [
+    "TERMINAL_STATES",
+    "Claim",
+    "NewTask",
+    "Priority",
+    "Task",
+    "TaskEvent",
+    "TaskPage",
+    "TaskState",
+    "TaskSubmission",
+]
+
+TaskState = Literal[
+    "queued", "running", "waiting_approval", "succeeded", "failed", "cancelled", "dead_lettered"
+]
+Priority = Literal["high", "normal", "low"]
+TERMINAL_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled", "dead_lettered"})
+
+
+class TaskSubmission(BaseModel):
+    """The body of ``POST /v1/tasks``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    agent: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")
+    input: dict[str, Any]
+    metadata: dict[str, Any] = Field(default_factory=dict, max_length=64)
+    priority: Priority = "normal"
+    deadline: AwareDatetime | None = None
+
+    def fingerprint(self) -> str:
+        """Hash the request so a reused Idempotency-Key can be checked against it."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class Task(BaseModel):
+    """A task as clients see it."""
+
+    id: str
+    tenant: str
+    key_id: str | None = None
+    agent: str
+    state: TaskState
+    input: dict[str, Any]
+    metadata: dict[str, Any]
+    priority: Priority
+    deadline: datetime | None
+    attempts: int
+    result: dict[str, Any] | None
+    error: dict[str, Any] | None
+    cancel_requested: bool
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    approval: dict[str, Any] | None = None
+    approval_expires_at: datetime | None = None
+    resumes: int = 0
+
+    @property
+    def failed_attempts(self) -> int:
+        """Attempts that did not end in a pause for approval (what ``max_attempts`` limits)."""
+        return self.attempts - self.resumes
+
+    @property
+    def is_terminal(self) -> bool:
+        """Tell whether the task has reached an end state."""
+        return self.state in TERMINAL_STATES
+
+
+class TaskEvent(BaseModel):
+    """A progress event; ``seq`` is its position in the task's feed, starting at 1."""
+
+    task_id: str
+    tenant: str
+    seq: int
+    type: str
+    data: dict[str, Any]
+    created_at: datetime
+
+    @property
+    def is_final(self) -> bool:
+        """Tell whether this event ends the task's feed."""
+        return self.type == "state" and self.data.get("state") in TERMINAL_STATES
+
+
+@dataclass(slots=True, kw_only=True)
+class TaskPage:
+    """One page of a task listing and the cursor to the next page."""
+
+    tasks: list[Task]
+    next_cursor: str | None
+
+
+@dataclass(slots=True, kw_only=True)
+class NewTask:
+    """A task to insert with :meth:`TaskStore.insert_many`: its id, request and key."""
+
+    id: str
+    submission: TaskSubmission
+    idempotency_key: str
+
+
+@dataclass(slots=True, kw_only=True)
+class Claim:
+    """What a worker learned when it tried to claim a delivered task."""
+
+    outcome: Literal["claimed", "finished", "busy", "paused", "missing"]
+    task: Task | None = None
+    attempt: int = 0
+    retry_in: float = 0.0
+    events: list[TaskEvent] = field(default_factory=list)

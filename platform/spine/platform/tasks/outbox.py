@@ -1,0 +1,78 @@
+"""The outbox: tasks committed but never acknowledged by JetStream, or seemingly lost by it.
+
+Submitting commits the task first and publishes it after; the sweeper re-publishes what
+JetStream never acknowledged (NATS was down at submit) and what it seems to have lost.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import sqlalchemy as sa
+
+from spine.platform.schema import utcnow
+from spine.platform.tasks._rows import TASKS, StorePart, task_of
+from spine.platform.tasks.models import Task
+
+__all__ = ["Outbox"]
+
+
+class Outbox(StorePart):
+    """The outbox side of the task store."""
+
+    async def mark_published(self, task_ids: list[str]) -> None:
+        """Record that JetStream acknowledged these tasks."""
+        if not task_ids:
+            return
+        async with self._db.transaction() as conn:
+            await conn.execute(
+                sa.update(TASKS)
+                .where(TASKS.c.id.in_(task_ids), TASKS.c.published_at.is_(None))
+                .values(published_at=utcnow())
+            )
+
+    async def unpublished(self, *, grace: float, limit: int) -> list[Task]:
+        """Find queued tasks that JetStream never acknowledged (NATS was down at submit)."""
+        cutoff = utcnow() - timedelta(seconds=grace)
+        query = (
+            sa.select(TASKS)
+            .where(
+                TASKS.c.state == "queued",
+                TASKS.c.published_at.is_(None),
+                TASKS.c.created_at < cutoff,
+            )
+            .order_by(TASKS.c.created_at)
+            .limit(limit)
+        )
+        async with self._db.transaction() as conn:
+            return [task_of(r) for r in (await conn.execute(query)).mappings()]
+
+    async def stalled(self, *, after: float, limit: int) -> list[Task]:
+        """Find tasks whose message JetStream seems to have lost.
+
+        These are tasks published but still queued long after, or running with a lease that
+        expired long ago (its worker died and no redelivery came).
+        """
+        now = utcnow()
+        cutoff = now - timedelta(seconds=after)
+        query = (
+            sa.select(TASKS)
+            .where(
+                sa.or_(
+                    sa.and_(TASKS.c.state == "queued", TASKS.c.published_at < cutoff),
+                    sa.and_(TASKS.c.state == "running", TASKS.c.lease_expires_at < cutoff),
+                )
+            )
+            .order_by(TASKS.c.created_at)
+            .limit(limit)
+        )
+        async with self._db.transaction() as conn:
+            rows = list((await conn.execute(query)).mappings())
+            if rows:
+                # Restart the clock so the next sweep does not publish them again at once.
+                await conn.execute(
+                    sa.update(TASKS)
+                    .where(TASKS.c.id.in_([r["id"] for r in rows]), TASKS.c.state == "queued")
+                    .values(published_at=now)
+                )
+        return [task_of(r) for r in rows]
