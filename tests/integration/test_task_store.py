@@ -16,7 +16,7 @@ from alembic.script import ScriptDirectory
 from spine.platform.db import MIGRATIONS, Database
 from spine.platform.errors import BadRequest, Conflict, IdempotencyConflict, NotFound
 from spine.platform.schema import Base, TaskEventRow, TaskRow
-from spine.platform.tasks import TaskStore, TaskSubmission
+from spine.platform.tasks import TaskError, TaskStore, TaskSubmission
 
 pytestmark = pytest.mark.integration
 
@@ -239,7 +239,7 @@ async def test_claim_of_a_task_whose_cancel_was_requested_cancels_it(store: Task
     again = await store.claim(task.id, lease=30)
     assert again.outcome == "finished"
     assert again.task is not None and again.task.state == "cancelled"
-    assert again.task.error is not None and again.task.error["type"] == "cancelled"
+    assert again.task.error is not None and again.task.error.model_dump()["type"] == "cancelled"
     assert [e.data["state"] for e in again.events] == ["cancelled"]
     assert claim.attempt == 1
     assert (await store.get(task.id, tenant=None)).attempts == 1
@@ -253,8 +253,8 @@ async def test_claim_after_the_deadline_fails_the_task(store: TaskStore) -> None
     assert claim.outcome == "finished"
     assert claim.task is not None and claim.task.state == "failed"
     assert claim.task.error is not None
-    assert claim.task.error["type"] == "deadline_exceeded"
-    assert claim.task.error["retryable"] is False
+    assert claim.task.error.model_dump()["type"] == "deadline_exceeded"
+    assert claim.task.error.model_dump()["retryable"] is False
     assert claim.task.attempts == 0
     assert claim.task.finished_at is not None
 
@@ -287,14 +287,20 @@ async def test_a_stale_attempt_cannot_finish_or_extend(store: TaskStore) -> None
 async def test_finish_queued_hands_the_task_back_for_a_retry(store: TaskStore) -> None:
     task, _, _ = await store.submit(chat(), tenant="acme")
     await store.claim(task.id, lease=30)
-    error = {"type": "transient_error", "message": "try later", "retryable": True}
+    error = TaskError(type="transient_error", message="try later", retryable=True)
     events = await store.finish(task.id, attempt=1, state="queued", error=error, retry_in=0.5)
-    assert events[0].data == {"state": "queued", "attempt": 1, "retry_in": 0.5, "error": error}
+    assert events[0].data == {
+        "state": "queued",
+        "attempt": 1,
+        "retry_in": 0.5,
+        "error": {"type": "transient_error", "message": "try later", "retryable": True},
+    }
     again = await store.claim(task.id, lease=30)
     assert (again.outcome, again.attempt) == ("claimed", 2)
-    dead = await store.dead_letter(task.id, reason={"reason": "too many attempts"})
+    gave_up = TaskError(type="too_many_attempts", message="gave up", reason="too many attempts")
+    dead = await store.dead_letter(task.id, reason=gave_up)
     assert [e.data["state"] for e in dead] == ["dead_lettered"]
-    assert await store.dead_letter(task.id, reason={"reason": "again"}) == []
+    assert await store.dead_letter(task.id, reason=gave_up) == []
 
 
 # -- cancel -----------------------------------------------------------------------------------
@@ -331,7 +337,9 @@ async def test_event_seq_is_gap_free_and_ordered_across_every_writer(store: Task
     claim = await store.claim(task.id, lease=30)
     step = await store.append_event(task.id, "step", {"n": 1})
     await store.cancel(task.id, tenant="acme")
-    await store.finish(task.id, attempt=claim.attempt, state="cancelled", error={"type": "x"})
+    await store.finish(
+        task.id, attempt=claim.attempt, state="cancelled", error=TaskError(type="x", message="x")
+    )
     assert step.seq == 3
     assert await event_seqs(store, task.id) == [
         (1, "state", "queued"),

@@ -106,7 +106,7 @@ async def _result_of(
         waited += bounds.poll
         child = await store.get(child.id, tenant=tenant)
     if child.state != "succeeded":
-        reason = (child.error or {}).get("message", child.state)
+        reason = child.error.message if child.error is not None else child.state
         raise ToolFailure(f"task {child.id} ({child.agent}) ended {child.state}: {reason}")
     result = child.result or {}
     return {"task_id": child.id, "agent": child.agent, "text": result.get("text"), **result}

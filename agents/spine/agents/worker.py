@@ -38,7 +38,7 @@ from spine.platform.logs import current_task
 from spine.platform.metering import CallContext
 from spine.platform.schema import utcnow
 from spine.platform.settings import WorkerSettings
-from spine.platform.tasks import StepJournal, Task, TaskEvent, TaskStore
+from spine.platform.tasks import StepJournal, Task, TaskError, TaskEvent, TaskStore
 from spine.tools.registry import ToolRegistry
 
 __all__ = ["TaskWorker", "WorkerStats"]
@@ -224,7 +224,7 @@ class TaskWorker:
                 task,
                 attempt,
                 "cancelled",
-                error=_error_dict(TaskCancelled("the task was cancelled")),
+                error=TaskError.of(TaskCancelled("the task was cancelled")),
             )
         except SpineError as exc:
             await self._failed(msg, task, attempt, exc)
@@ -283,14 +283,19 @@ class TaskWorker:
             raise PermanentFailure("the task's deadline passed while it ran") from None
 
     async def _failed(self, msg: Msg, task: Task, attempt: int, exc: SpineError) -> None:
-        error = _error_dict(exc)
+        error = TaskError.of(exc)
         if not exc.retryable:
             self.stats.failed += 1
-            await self._publish_dead_letter(msg, task.id, error, attempt)
+            await self._publish_dead_letter(msg, task.id, error.stored(), attempt)
             await self._finish(msg, task, attempt, "failed", error=error)
         elif task.failed_attempts >= self._settings.max_attempts:
             await self._give_up(
-                msg, task, attempt, {**error, "attempts": attempt, "reason": "too many attempts"}
+                msg,
+                task,
+                attempt,
+                TaskError.model_validate(
+                    {**error.stored(), "attempts": attempt, "reason": "too many attempts"}
+                ),
             )
         else:
             self.stats.retried += 1
@@ -309,7 +314,7 @@ class TaskWorker:
         state: Any,
         *,
         result: dict[str, Any] | None = None,
-        error: dict[str, Any] | None = None,
+        error: TaskError | None = None,
     ) -> None:
         # The task's usage rows are written behind: they are in before its final state, so
         # whoever sees the task finished also sees what it used.
@@ -330,9 +335,9 @@ class TaskWorker:
             )
         return bool(events)
 
-    async def _give_up(self, msg: Msg, task: Task, attempt: int, reason: dict[str, Any]) -> None:
+    async def _give_up(self, msg: Msg, task: Task, attempt: int, reason: TaskError) -> None:
         self.stats.dead_lettered += 1
-        await self._publish_dead_letter(msg, task.id, reason, attempt)
+        await self._publish_dead_letter(msg, task.id, reason.stored(), attempt)
         await self._models.flush()  # as in _finish: usage before the final state
         await self._store.dead_letter(task.id, reason=reason)
         await msg.ack_sync()
@@ -380,14 +385,9 @@ class TaskWorker:
             event.set()
 
 
-def _error_dict(exc: SpineError) -> dict[str, Any]:
-    return {**exc.to_dict(), "retryable": exc.retryable}
-
-
-def _too_many(attempts: int) -> dict[str, Any]:
-    return {
-        "type": "too_many_attempts",
-        "retryable": False,
-        "attempts": attempts,
-        "message": f"the task was delivered {attempts} times without finishing",
-    }
+def _too_many(attempts: int) -> TaskError:
+    return TaskError(
+        type="too_many_attempts",
+        message=f"the task was delivered {attempts} times without finishing",
+        attempts=attempts,
+    )

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from spine.platform.db import Database
 from spine.platform.schema import TaskEventRow, TaskRow, TaskStepRow
-from spine.platform.tasks.models import TERMINAL_STATES, Task, TaskEvent, TaskSubmission
+from spine.platform.tasks.models import TERMINAL_STATES, Task, TaskError, TaskEvent, TaskSubmission
 
 logger = logging.getLogger(__name__)
 
@@ -216,4 +216,5 @@ def event_values(
 
 
 def cancel_error() -> dict[str, Any]:
-    return {"type": "cancelled", "message": "the task was cancelled", "retryable": False}
+    """The error of a task cancelled before it ran (or while it waited for approval)."""
+    return TaskError(type="cancelled", message="the task was cancelled").stored()

@@ -23,7 +23,7 @@ from spine.platform.tasks._rows import (
     task_of,
     transition,
 )
-from spine.platform.tasks.models import TERMINAL_STATES, Claim, TaskEvent
+from spine.platform.tasks.models import TERMINAL_STATES, Claim, TaskError, TaskEvent
 
 __all__ = ["Attempts"]
 
@@ -90,7 +90,7 @@ class Attempts(StorePart):
         attempt: int,
         state: Literal["succeeded", "failed", "cancelled", "dead_lettered", "queued"],
         result: dict[str, Any] | None = None,
-        error: dict[str, Any] | None = None,
+        error: TaskError | None = None,
         retry_in: float | None = None,
     ) -> list[TaskEvent]:
         """End an attempt; ``queued`` hands the task back for a retry.
@@ -108,7 +108,7 @@ class Attempts(StorePart):
                 task_id,
                 utcnow(),
                 state=state,
-                error=error,
+                error=error.stored() if error is not None else None,
                 where=owned,
                 result=result,
                 **extra,
@@ -117,12 +117,12 @@ class Attempts(StorePart):
         await self._announce(written)
         return written
 
-    async def dead_letter(self, task_id: str, *, reason: dict[str, Any]) -> list[TaskEvent]:
+    async def dead_letter(self, task_id: str, *, reason: TaskError) -> list[TaskEvent]:
         """Mark a task dead-lettered whatever attempt holds it; the DLQ holds its message."""
         alive = TASKS.c.state.notin_(TERMINAL_STATES)
         async with self._db.transaction() as conn:
             ended = await transition(
-                conn, task_id, utcnow(), state="dead_lettered", error=reason, where=alive
+                conn, task_id, utcnow(), state="dead_lettered", error=reason.stored(), where=alive
             )
         written = [ended[1]] if ended is not None else []
         await self._announce(written)
@@ -146,11 +146,10 @@ async def _undecided(conn: AsyncConnection, task_id: str, now: datetime) -> Clai
     else:
         state, error = (
             "failed",
-            {
-                "type": "deadline_exceeded",
-                "retryable": False,
-                "message": "the deadline passed before the task could run",
-            },
+            TaskError(
+                type="deadline_exceeded",
+                message="the deadline passed before the task could run",
+            ).stored(),
         )
     ended = await transition(conn, task_id, now, state=state, error=error)
     assert ended is not None

@@ -10,12 +10,15 @@ from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
+from spine.platform.errors import SpineError
+
 __all__ = [
     "TERMINAL_STATES",
     "Claim",
     "NewTask",
     "Priority",
     "Task",
+    "TaskError",
     "TaskEvent",
     "TaskPage",
     "TaskState",
@@ -46,6 +49,30 @@ class TaskSubmission(BaseModel):
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+class TaskError(BaseModel):
+    """Why a task, or one attempt of it, failed: the ``error`` clients see.
+
+    ``type`` is an ``error_type`` of the error tree (or ``too_many_attempts``,
+    ``deadline_exceeded``, ``cancelled``); details of the error (``field``, ``provider``,
+    ``cause``, ``fallback_path``, ``attempts``, ``reason``, ...) come as further fields.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    message: str
+    retryable: bool = False
+
+    @classmethod
+    def of(cls, exc: SpineError) -> TaskError:
+        """Describe a platform error raised while the task ran."""
+        return cls.model_validate({**exc.to_dict(), "retryable": exc.retryable})
+
+    def stored(self) -> dict[str, Any]:
+        """Return the JSON the task row keeps."""
+        return self.model_dump(mode="json")
+
+
 class Task(BaseModel):
     """A task as clients see it."""
 
@@ -60,7 +87,7 @@ class Task(BaseModel):
     deadline: datetime | None
     attempts: int
     result: dict[str, Any] | None
-    error: dict[str, Any] | None
+    error: TaskError | None
     cancel_requested: bool
     created_at: datetime
     updated_at: datetime
