@@ -168,7 +168,8 @@ async def test_one_tenant_never_gets_another_tenants_cached_answer(
         )
         assert mine.headers["x-spine-cache"] == "hit"
 
-    # Each key sees its own tenant's usage; only the admin key may look at others.
+    # Each key sees its own tenant's usage; a tenant's admin (acme's, here) sees no other
+    # tenant's; only an operator key reads across tenants.
     own = (
         await spine.client.get(
             "/v1/usage", params={"tenant": "globex"}, headers={"Authorization": f"Bearer {globex}"}
@@ -179,8 +180,14 @@ async def test_one_tenant_never_gets_another_tenants_cached_answer(
         "/v1/usage", params={"tenant": "acme"}, headers={"Authorization": f"Bearer {globex}"}
     )
     assert refused.status_code == 404
+    for tenant in ("globex", "*"):
+        admin_asks = await spine.client.get("/v1/usage", params={"tenant": tenant})
+        assert admin_asks.status_code == 404, tenant
+    operator = {"Authorization": f"Bearer {await spine.new_key('ops', role='operator')}"}
     everyone = (
-        await spine.client.get("/v1/usage", params={"tenant": "*", "group_by": "tenant"})
+        await spine.client.get(
+            "/v1/usage", params={"tenant": "*", "group_by": "tenant"}, headers=operator
+        )
     ).json()
     assert {row["tenant"]: row["calls"] for row in everyone["data"]} == {"acme": 2, "globex": 1}
 

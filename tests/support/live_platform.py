@@ -22,7 +22,7 @@ import uvicorn
 
 from spine.platform.app.api import create_app
 from spine.platform.app.wiring import Platform
-from spine.platform.keys import KeyStore
+from spine.platform.keys import KeyStore, Role
 from spine.platform.settings import Settings
 from support.fake_models import FakeModelServer
 from support.servers import BackingServices
@@ -54,9 +54,9 @@ class RunningPlatform:
     platform: Platform
     workers: list[Platform] = field(default_factory=list)
 
-    async def new_key(self, tenant: str) -> str:
-        """Issue a member key of another tenant and return its secret."""
-        issued = await self.platform.keys.create(tenant=tenant)
+    async def new_key(self, tenant: str, *, role: Role = "member") -> str:
+        """Issue a key of a tenant (a member's unless ``role`` says) and return its secret."""
+        issued = await self.platform.keys.create(tenant=tenant, role=role)
         return issued.secret
 
     async def wait_for(self, task_id: str, timeout: float = 20.0) -> dict[str, Any]:

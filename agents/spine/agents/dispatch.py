@@ -15,6 +15,7 @@ import logging
 
 from spine.agents.catalog import AgentCatalog
 from spine.events.bus import NatsBus
+from spine.events.streams import StreamWatch
 from spine.events.subjects import cancel_subject, lane_subject
 from spine.platform.errors import Conflict, ServiceUnavailable
 from spine.platform.keys import Principal
@@ -27,6 +28,8 @@ __all__ = ["TaskDispatcher"]
 
 logger = logging.getLogger(__name__)
 
+_LOST_BATCH = 500
+
 
 class TaskDispatcher:
     """Accepts tasks, publishes them to JetStream and keeps the outbox drained."""
@@ -38,11 +41,13 @@ class TaskDispatcher:
         bus: NatsBus,
         catalog: AgentCatalog,
         settings: ApiSettings,
+        watch: StreamWatch | None = None,
     ) -> None:
         self._store = store
         self._bus = bus
         self._catalog = catalog
         self._settings = settings
+        self._watch = watch
 
     async def submit(
         self, submission: TaskSubmission, *, principal: Principal, idempotency_key: str | None
@@ -111,6 +116,7 @@ class TaskDispatcher:
             return 0
         waiting = await self._store.unpublished(grace=self._settings.sweep_interval, limit=500)
         count = await self.publish(waiting)
+        count += await self._republish_lost()
         stalled = await self._store.stalled(after=self._settings.republish_after, limit=500)
         count += await self.publish(stalled, stalled=True)
         for task in await self._store.expired_approvals(limit=100):
@@ -124,6 +130,28 @@ class TaskDispatcher:
                 count += 1
         if count:
             logger.info("sweeper published %d tasks (%d stalled)", count, len(stalled))
+        return count
+
+    async def _republish_lost(self) -> int:
+        """Publish again, at once, the queued tasks a lost or recreated stream no longer holds."""
+        if self._watch is None:
+            return 0
+        grace = self._settings.sweep_interval
+        queued = await self._store.queued_published(before=grace, limit=_LOST_BATCH)
+        try:
+            lost = await self._watch.lost(self._bus.js, queued=bool(queued))
+        except Exception as exc:  # JetStream not answering yet: the next sweep asks again
+            logger.debug("could not check the task stream: %r", exc)
+            return 0
+        count = 0
+        while lost and queued:
+            count += await self.publish(queued, stalled=True)
+            await self._store.republished([task.id for task in queued])
+            if len(queued) < _LOST_BATCH:
+                break
+            queued = await self._store.queued_published(before=grace, limit=_LOST_BATCH)
+        if count:
+            logger.warning("published %d queued tasks again: the task stream lost them", count)
         return count
 
     async def run_sweeper(self, stop: asyncio.Event) -> None:

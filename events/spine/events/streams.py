@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 
 from nats.js import JetStreamContext
 from nats.js.api import (
@@ -16,7 +17,7 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BadRequestError
+from nats.js.errors import BadRequestError, NotFoundError
 
 from spine.events.bus import NatsBus
 from spine.events.subjects import (
@@ -38,6 +39,7 @@ __all__ = [
     "TASKS_STREAM",
     "TRIGGER_CONSUMER",
     "StreamLayout",
+    "StreamWatch",
     "consumer_name",
 ]
 
@@ -204,3 +206,38 @@ class StreamLayout:
             except Exception as exc:  # NATS may drop or JetStream still be starting
                 logger.warning("JetStream not ready (%r); retrying", exc)
                 await asyncio.sleep(retry_every)
+
+
+class StreamWatch:
+    """Notices when the TASKS stream lost what it held: deleted, recreated, or emptied.
+
+    After nats-server loses its store (a wiped volume, an R1 stream on a dead disk) queued
+    tasks would wait the sweeper's ``republish_after`` before they run again. The sweeper asks
+    this each pass instead; a missing stream (and its consumers) is recreated at once.
+    """
+
+    def __init__(self, layout: StreamLayout) -> None:
+        self._layout = layout
+        self._created: datetime | None = None
+
+    async def lost(self, js: JetStreamContext, *, queued: bool) -> bool:
+        """Tell whether published, still-queued tasks can no longer be in the stream.
+
+        ``queued`` says that tasks published a while ago are still queued in the database (read
+        *before* this call). They are lost when the stream is gone (it is recreated here),
+        was recreated since the last call, or holds no message at all: a queued task's message
+        stays in the work queue until its task ends.
+        """
+        try:
+            info = await js.stream_info(TASKS_STREAM)
+        except NotFoundError:
+            logger.warning("the %s stream is gone; recreating the streams", TASKS_STREAM)
+            await self._layout.ensure(js)
+            info = await js.stream_info(TASKS_STREAM)
+            self._created = info.created
+            return True
+        recreated = self._created is not None and info.created != self._created
+        self._created = info.created
+        if recreated:
+            logger.warning("the %s stream was recreated", TASKS_STREAM)
+        return recreated or (queued and not info.state.messages)

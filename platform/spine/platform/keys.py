@@ -1,4 +1,9 @@
-"""API keys and the tenants they belong to.
+"""API keys, the tenants they belong to, and their roles.
+
+Roles: a ``member`` uses its tenant's API; an ``admin`` also administers its own tenant (its
+graph queries, its usage) and nothing beyond it; an ``operator`` runs the whole platform and may
+read across tenants (the first key ``spine up`` prints is one). A tenant admin asking for another
+tenant's data is answered as if it did not exist (404), like any other cross-tenant read.
 
 A key reads ``spn_<id>_<secret>``. Only the SHA-256 of the secret is stored (the secret is 256
 random bits, so a slow hash adds nothing); the id finds the row and the hashes are compared in
@@ -22,9 +27,10 @@ from spine.platform.db import Database
 from spine.platform.errors import NotFound, Unauthorized
 from spine.platform.schema import ApiKeyRow, utcnow
 
-__all__ = ["ApiKey", "IssuedKey", "KeyStore", "Principal", "Role"]
+__all__ = ["ROLES", "ApiKey", "IssuedKey", "KeyStore", "Principal", "Role"]
 
-Role = Literal["admin", "member"]
+Role = Literal["operator", "admin", "member"]
+ROLES: tuple[Role, ...] = ("operator", "admin", "member")
 _PREFIX = "spn"
 
 
@@ -38,8 +44,17 @@ class Principal:
 
     @property
     def is_admin(self) -> bool:
-        """Tell whether the key may administer its tenant."""
-        return self.role == "admin"
+        """Tell whether the key may administer its own tenant (an operator may too)."""
+        return self.role in ("admin", "operator")
+
+    @property
+    def is_operator(self) -> bool:
+        """Tell whether the key runs the whole platform and may read across tenants."""
+        return self.role == "operator"
+
+    def may_read_tenant(self, tenant: str) -> bool:
+        """Tell whether this key may read ``tenant``'s data."""
+        return tenant == self.tenant or self.is_operator
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -207,7 +207,7 @@ class StackRunner:
             Panel(
                 f"{secret}\n\nShown once. The CLI reads it from {path} (mode 600); other clients "
                 "send it as 'Authorization: Bearer <key>'.",
-                title="first admin key (tenant 'default')",
+                title="first operator key (tenant 'default'; reads across tenants)",
             )
         )
 
@@ -291,7 +291,7 @@ def _child(command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
 
 
 async def _prepare_database(settings: Settings) -> str | None:
-    """Migrate, and on a fresh database issue the first admin key; return its secret."""
+    """Migrate, and on a fresh database issue the first operator key; return its secret."""
     assert settings.database_url is not None
     db = Database(settings.database_url)
     try:
@@ -299,12 +299,12 @@ async def _prepare_database(settings: Settings) -> str | None:
         keys = KeyStore(db)
         if await keys.any_exist():
             return None
-        issued = await keys.create(tenant="default", role="admin", name="first admin key")
+        issued = await keys.create(tenant="default", role="operator", name="first operator key")
         return issued.secret
     finally:
         await db.dispose()
 
 
 def admin_key_path(data_dir: Path) -> Path:
-    """Return where ``spine up`` keeps the first admin key for the CLI."""
+    """Return where ``spine up`` keeps the first operator key for the CLI."""
     return data_dir / ADMIN_KEY_FILE

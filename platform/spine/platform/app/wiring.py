@@ -20,7 +20,7 @@ from spine.agents.worker import TaskWorker
 from spine.events.bus import NatsBus
 from spine.events.outcomes import OutcomePublisher
 from spine.events.progress import ProgressFeed, ProgressNudges
-from spine.events.streams import StreamLayout
+from spine.events.streams import StreamLayout, StreamWatch
 from spine.graph.explore import GraphExplorer
 from spine.graph.hybrid import HybridRetriever
 from spine.platform.app.knowledge import KnowledgeLayer
@@ -103,7 +103,13 @@ class Platform:
             # dead-letters. A tighter cap let JetStream drop a twice-crashed task silently.
             max_deliver=2 * (settings.worker.max_attempts + 1),
         )
-        dispatcher = TaskDispatcher(store=tasks, bus=bus, catalog=catalog, settings=settings.api)
+        dispatcher = TaskDispatcher(
+            store=tasks,
+            bus=bus,
+            catalog=catalog,
+            settings=settings.api,
+            watch=StreamWatch(layout),
+        )
         router = ModelRouter(settings)
         knowledge = KnowledgeLayer.build(settings, db=db, bus=bus)
         outcomes = OutcomePublisher(bus, max_queued=settings.streams.outcomes_queue)

@@ -24,7 +24,7 @@ from spine.platform.errors import (
     TransientFailure,
 )
 from spine.platform.models.providers import HOW_TO_CONFIGURE, ProviderTarget, without_secrets
-from spine.platform.models.shapes import delta_of, params_for, tool_calls_of
+from spine.platform.models.shapes import delta_of, params_for, says_too_long, tool_calls_of
 from spine.platform.models.values import (
     ChatRequest,
     Completion,
@@ -267,6 +267,14 @@ def _translate(exc: Exception, target: ProviderTarget, settings: Settings) -> Ex
         llm.InternalServerError,
         llm.BadGatewayError,
     )
+    if says_too_long(message) and not isinstance(exc, llm.APIConnectionError | llm.Timeout):
+        # Whatever the status (Ollama answers a too-long embedding input with a 500), the
+        # request did not fit the model: the caller's input, not an outage of the model.
+        return ContextWindowExceeded(
+            f"{target.provider} model {target.model} cannot take the prompt: {message}",
+            provider=target.provider,
+            cause=type(exc).__name__,
+        )
     if isinstance(exc, transient):
         hint = f" ({HOW_TO_CONFIGURE})" if isinstance(exc, llm.APIConnectionError) else ""
         return TransientFailure(
@@ -274,10 +282,7 @@ def _translate(exc: Exception, target: ProviderTarget, settings: Settings) -> Ex
             provider=target.provider,
             cause=type(exc).__name__,
         )
-    if isinstance(exc, llm.ContextWindowExceededError) or (
-        # LiteLLM maps OpenAI's context_length_exceeded, not Ollama's plain 400 saying the same.
-        isinstance(exc, llm.BadRequestError) and "context length" in message.lower()
-    ):
+    if isinstance(exc, llm.ContextWindowExceededError):
         return ContextWindowExceeded(
             f"{target.provider} model {target.model} cannot take the prompt: {message}",
             provider=target.provider,

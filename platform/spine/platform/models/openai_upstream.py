@@ -34,7 +34,7 @@ from spine.platform.errors import (
     TransientFailure,
 )
 from spine.platform.models.providers import HOW_TO_CONFIGURE, ProviderTarget, without_secrets
-from spine.platform.models.shapes import delta_of, params_for, tool_calls_of
+from spine.platform.models.shapes import delta_of, params_for, says_too_long, tool_calls_of
 from spine.platform.models.values import ChatRequest, Completion, CompletionDelta
 from spine.platform.settings import Settings
 
@@ -192,19 +192,17 @@ def _translate(exc: Exception, target: ProviderTarget, settings: Settings) -> Ex
         return _transient(target, where, f"{message} ({HOW_TO_CONFIGURE})", "APIConnectionError")
     if isinstance(exc, openai.RateLimitError):
         return _transient(target, where, message, "RateLimitError")
-    if isinstance(exc, openai.APIStatusError) and (
-        exc.status_code >= 500 or exc.status_code == 408
-    ):
-        cause = _STATUS_CAUSES.get(exc.status_code, "InternalServerError")
-        return _transient(target, where, message, cause)
-    if isinstance(exc, openai.BadRequestError) and "context length" in message.lower():
-        # Decided by the message, as LiteLLM decides: its path and this one must agree on
-        # which 400 moves the router on to a model with a larger window.
+    if isinstance(exc, openai.APIStatusError) and says_too_long(message):
         return ContextWindowExceeded(
             f"{target.provider} model {target.model} cannot take the prompt: {message}",
             provider=target.provider,
             cause="ContextWindowExceededError",
         )
+    if isinstance(exc, openai.APIStatusError) and (
+        exc.status_code >= 500 or exc.status_code == 408
+    ):
+        cause = _STATUS_CAUSES.get(exc.status_code, "InternalServerError")
+        return _transient(target, where, message, cause)
     if isinstance(exc, openai.AuthenticationError):
         return ProviderNotConfigured(
             f"{target.provider} rejected the credentials: check "

@@ -11,7 +11,7 @@ from typing import Any
 from spine.platform.models.providers import ProviderTarget
 from spine.platform.models.values import CompletionDelta
 
-__all__ = ["delta_of", "params_for", "tool_calls_of"]
+__all__ = ["delta_of", "params_for", "says_too_long", "tool_calls_of"]
 
 
 def params_for(target: ProviderTarget, params: dict[str, Any]) -> dict[str, Any]:
@@ -31,6 +31,18 @@ def params_for(target: ProviderTarget, params: dict[str, Any]) -> dict[str, Any]
     if isinstance(wanted, dict) and isinstance(wanted.get("schema"), dict):
         adapted["schema"] = wanted["schema"]
     return {**params, "response_format": adapted}
+
+
+def says_too_long(message: str) -> bool:
+    """Tell whether a provider's error says the input did not fit the model's context.
+
+    Decided by the message, whatever the status: OpenAI says so with a 400
+    (``context_length_exceeded``), Ollama with a plain 400 for chat and a 500 for an embedding
+    input. Both adapters must agree on it: it moves the router on to a model with a larger
+    window, and it is the caller's input, not an outage (no breaker counts it).
+    """
+    lowered = message.lower()
+    return "context length" in lowered or "input length exceeds" in lowered
 
 
 def tool_calls_of(calls: Any, *, delta: bool = False) -> list[dict[str, Any]]:

@@ -11,6 +11,7 @@ from spine.platform.router.catalog import ModelCatalog, discover_ollama, load_mo
 from spine.platform.router.health import (
     BreakerPolicy,
     BreakerState,
+    CallKind,
     CircuitBreaker,
     Clock,
     HealthView,
@@ -40,6 +41,7 @@ __all__ = [
     "TOY_NOTE",
     "BreakerPolicy",
     "BreakerState",
+    "CallKind",
     "Capabilities",
     "CircuitBreaker",
     "Clock",

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from spine.platform.errors import BadRequest, ContextWindowExceeded, SpineError, TransientFailure
 from spine.platform.models import Attempt
-from spine.platform.router.health import CircuitBreaker, ModelHealth, Permit
+from spine.platform.router.health import CallKind, CircuitBreaker, ModelHealth, Permit
 from spine.platform.router.specs import ModelSpec, Requirements
 
 __all__ = ["RoutePlan", "admitted", "exhausted", "param_named", "record_failure"]
@@ -66,13 +66,17 @@ def param_named(lacking: str, requirements: Requirements) -> str:
 
 
 def exhausted(
-    health: ModelHealth, path: list[Attempt], last_error: SpineError | None
+    health: ModelHealth,
+    path: list[Attempt],
+    last_error: SpineError | None,
+    *,
+    kind: CallKind = "chat",
 ) -> SpineError:
     """The error of a call every model of whose plan failed (or was cooling down)."""
     tried = ", ".join(f"{a.model} ({a.provider}: {a.error})" for a in path)
     shown = [f"{a.model}: {a.error}" for a in path]
     if last_error is None:
-        waits = [health.breaker(a.model).retry_in() for a in path]
+        waits = [health.breaker(a.model, kind).retry_in() for a in path]
         return TransientFailure(
             f"every model that could answer is cooling down after failures ({tried}); "
             f"the next probe is in {min(waits, default=0.0):.1f} s",

@@ -1,7 +1,11 @@
 """Per-model health: a circuit breaker and a latency moving average for each model.
 
 A model with a single deployment still gets a breaker of its own, so a dead model is skipped
-instead of being retried on every request. The breaker's states::
+instead of being retried on every request. Chat and embedding calls to one model have breakers
+of their own (a model's embedding endpoint failing says nothing of its chat endpoint), and only
+a failure to answer moves a breaker: a request the provider refuses (a 4xx, a prompt too long)
+shows the model is up, so one tenant's bad input never cuts the model off for the others.
+The breaker's states::
 
     closed ──N consecutive failures──► open ──cooldown passed, one caller probes──► half-open
       ▲                                  ▲                                              │
@@ -18,11 +22,12 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol
 
 __all__ = [
     "BreakerPolicy",
     "BreakerState",
+    "CallKind",
     "CircuitBreaker",
     "Clock",
     "HealthView",
@@ -31,6 +36,9 @@ __all__ = [
     "MonotonicClock",
     "Permit",
 ]
+
+
+CallKind = Literal["chat", "embedding"]
 
 
 class Clock(Protocol):
@@ -179,8 +187,8 @@ class LatencyAverage:
 class HealthView(Protocol):
     """What routing strategies may ask about models' health."""
 
-    def available(self, model: str) -> bool:
-        """Tell whether a call to ``model`` would be let through now."""
+    def available(self, model: str, kind: CallKind = "chat") -> bool:
+        """Tell whether a call of ``kind`` to ``model`` would be let through now."""
         ...
 
     def latency_ms(self, model: str) -> float | None:
@@ -190,24 +198,25 @@ class HealthView(Protocol):
 
 @dataclass(slots=True, kw_only=True)
 class ModelHealth:
-    """A breaker and a latency average per model name, created on first use."""
+    """A breaker per (model, kind of call) and a latency average per model, made on first use."""
 
     policy: BreakerPolicy = field(default_factory=BreakerPolicy)
     clock: Clock = field(default_factory=MonotonicClock)
     latency_alpha: float = 0.3
-    _breakers: dict[str, CircuitBreaker] = field(default_factory=dict)
+    _breakers: dict[tuple[str, CallKind], CircuitBreaker] = field(default_factory=dict)
     _latency: dict[str, LatencyAverage] = field(default_factory=dict)
 
-    def breaker(self, model: str) -> CircuitBreaker:
-        """Return the breaker of ``model``."""
-        found = self._breakers.get(model)
+    def breaker(self, model: str, kind: CallKind = "chat") -> CircuitBreaker:
+        """Return the breaker of ``model``'s calls of ``kind``."""
+        found = self._breakers.get((model, kind))
         if found is None:
-            found = self._breakers[model] = CircuitBreaker(policy=self.policy, clock=self.clock)
+            found = CircuitBreaker(policy=self.policy, clock=self.clock)
+            self._breakers[model, kind] = found
         return found
 
-    def available(self, model: str) -> bool:
-        """Tell whether a call to ``model`` would be let through now."""
-        return self.breaker(model).would_admit()
+    def available(self, model: str, kind: CallKind = "chat") -> bool:
+        """Tell whether a call of ``kind`` to ``model`` would be let through now."""
+        return self.breaker(model, kind).would_admit()
 
     def latency_ms(self, model: str) -> float | None:
         """Return the moving-average latency of ``model``, None before any answer."""

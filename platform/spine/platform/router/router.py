@@ -347,7 +347,7 @@ class ModelRouter:
         path: list[Attempt] = []
         last_error: SpineError | None = None
         for spec in plan.models:
-            breaker = self.health.breaker(spec.name)
+            breaker = self.health.breaker(spec.name, "embedding")
             permit = breaker.acquire()
             if permit is None:
                 path.append(Attempt(model=spec.name, provider=spec.provider, error=CIRCUIT_OPEN))
@@ -384,7 +384,7 @@ class ModelRouter:
             answer.strategy = plan.strategy
             answer.fallback_path = path
             return answer
-        raise exhausted(self.health, path, last_error)
+        raise exhausted(self.health, path, last_error, kind="embedding")
 
     async def _embed_once(self, spec: ModelSpec, request: EmbeddingRequest) -> Embedding:
         if spec.provider == LOCAL_EMBEDDING_PROVIDER:

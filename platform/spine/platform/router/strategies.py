@@ -21,7 +21,7 @@ from decimal import Decimal
 from typing import Any, get_args
 
 from spine.platform.errors import BadRequest
-from spine.platform.router.health import HealthView
+from spine.platform.router.health import CallKind, HealthView
 from spine.platform.router.specs import TOY, ModelSpec, Requirements
 from spine.platform.settings import RoutingStrategy
 
@@ -61,9 +61,11 @@ Strategy = Callable[[Sequence[ModelSpec], RoutingContext], list[ModelSpec]]
 def _ordered(
     candidates: Sequence[ModelSpec], ctx: RoutingContext, key: Callable[[ModelSpec], Any]
 ) -> list[ModelSpec]:
+    kind: CallKind = "embedding" if ctx.requirements.embeddings else "chat"
+
     def full_key(spec: ModelSpec) -> tuple[Any, ...]:
         return (
-            not ctx.health.available(spec.name),
+            not ctx.health.available(spec.name, kind),
             key(spec),
             ctx.rank(spec),
             spec.model not in ctx.defaults,

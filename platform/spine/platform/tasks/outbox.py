@@ -47,6 +47,33 @@ class Outbox(StorePart):
         async with self._db.transaction() as conn:
             return [task_of(r) for r in (await conn.execute(query)).mappings()]
 
+    async def queued_published(self, *, before: float, limit: int) -> list[Task]:
+        """Find queued tasks JetStream acknowledged more than ``before`` seconds ago."""
+        cutoff = utcnow() - timedelta(seconds=before)
+        query = (
+            sa.select(TASKS)
+            .where(
+                TASKS.c.state == "queued",
+                TASKS.c.published_at.is_not(None),
+                TASKS.c.published_at < cutoff,
+            )
+            .order_by(TASKS.c.published_at)
+            .limit(limit)
+        )
+        async with self._db.transaction() as conn:
+            return [task_of(r) for r in (await conn.execute(query)).mappings()]
+
+    async def republished(self, task_ids: list[str]) -> None:
+        """Restart the outbox clock of tasks published again (they are not lost any more)."""
+        if not task_ids:
+            return
+        async with self._db.transaction() as conn:
+            await conn.execute(
+                sa.update(TASKS)
+                .where(TASKS.c.id.in_(task_ids), TASKS.c.state == "queued")
+                .values(published_at=utcnow())
+            )
+
     async def stalled(self, *, after: float, limit: int) -> list[Task]:
         """Find tasks whose message JetStream seems to have lost.
 

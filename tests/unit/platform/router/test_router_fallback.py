@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
@@ -82,7 +83,15 @@ class ScriptedCaller:
         raise AssertionError("not used")
 
     async def embed(self, target: ProviderTarget, request: EmbeddingRequest) -> Embedding:
-        raise AssertionError("not used")
+        self.calls.append(f"embed:{target.model}")
+        what = self.script.get(f"embed:{target.model}")
+        if isinstance(what, SpineError):
+            raise what
+        return Embedding(
+            vectors=[[0.5, 0.5] for _ in request.texts],
+            model=target.model,
+            provider=target.provider,
+        )
 
 
 @pytest.fixture(autouse=True)
@@ -364,3 +373,36 @@ async def test_admit_narrows_the_plan_and_never_calls_a_model_left_out(
     assert caller.calls == ["local"]
     with pytest.raises(BadRequest, match="none of the models"):
         router.plan(Requirements(), strategy="quality", admit=lambda s: False)
+
+
+async def test_a_tenants_bad_requests_never_open_a_breaker(
+    caller: ScriptedCaller, clock: FakeClock
+) -> None:
+    router = make_router(caller, clock)
+    refusals = [
+        PermanentFailure("bad param", cause="BadRequestError"),
+        ContextWindowExceeded("too long", cause="ContextWindowExceededError"),
+    ]
+    for refusal in refusals * 5:  # far past the threshold of 2
+        caller.script["local"] = refusal
+        with contextlib.suppress(SpineError):
+            await router.complete(ChatRequest.of(USER, model="local"))
+    assert router.health.breaker("local").state is BreakerState.CLOSED
+    del caller.script["local"]
+    assert (await router.complete(ChatRequest.of(USER, model="local"))).model == "local"
+
+
+async def test_chat_and_embedding_calls_of_one_model_have_breakers_of_their_own(
+    caller: ScriptedCaller, clock: FakeClock
+) -> None:
+    embeds = spec("local", "ollama", capabilities={"embeddings": True, "tools": True})
+    router = make_router(caller, clock, embeds, fallback_chain="")
+    caller.script["embed:local"] = transient()
+    for _ in range(2):  # threshold 2: the embedding endpoint is down
+        with pytest.raises(TransientFailure):
+            await router.embed(EmbeddingRequest(texts=["x"], model="local"))
+    assert router.health.breaker("local", "embedding").state is BreakerState.OPEN
+    assert router.health.breaker("local").state is BreakerState.CLOSED
+    caller.calls.clear()
+    assert (await router.complete(ChatRequest.of(USER))).model == "local"
+    assert caller.calls == ["local"]

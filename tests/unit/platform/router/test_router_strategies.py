@@ -11,6 +11,7 @@ import pytest
 from spine.platform.errors import BadRequest
 from spine.platform.router import (
     STRATEGIES,
+    CallKind,
     ModelSpec,
     Requirements,
     RoutingContext,
@@ -29,7 +30,7 @@ class Health:
         self.down = set(down)
         self.latency = latency or {}
 
-    def available(self, model: str) -> bool:
+    def available(self, model: str, kind: CallKind = "chat") -> bool:
         return model not in self.down
 
     def latency_ms(self, model: str) -> float | None:

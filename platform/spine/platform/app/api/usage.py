@@ -3,7 +3,7 @@
 ``group_by`` takes ``day``, ``model``, ``tenant`` and ``provider``, repeated
 (``?group_by=day&group_by=model``) or comma-separated; ``since`` and ``until`` (ISO dates or
 times, UTC when no offset is given) bound the calls to ``[since, until)``. A key sees its own
-tenant; an admin key may pass ``tenant=<name>`` for another tenant, or ``tenant=*`` for all.
+tenant; an operator key may pass ``tenant=<name>`` for another tenant, or ``tenant=*`` for all.
 Amounts are decimal strings (USD), exact.
 """
 
@@ -35,10 +35,11 @@ async def usage(
     until: str | None = None,
     tenant: str | None = None,
 ) -> dict[str, Any]:
-    """Sum the model calls of the caller's tenant (or, for an admin, of ``tenant``)."""
-    if tenant is not None and tenant != caller.tenant and not caller.is_admin:
-        # As for another tenant's tasks: not told apart from nothing at all.
-        raise NotFound("only an admin key may read the usage of another tenant", field="tenant")
+    """Sum the model calls of the caller's tenant (or, for an operator, of ``tenant``, ``*``: all)."""
+    if tenant is not None and not caller.may_read_tenant(tenant):
+        # As for another tenant's tasks: not told apart from nothing at all. A tenant's admin
+        # administers that tenant only; reading across tenants is the operator's.
+        raise NotFound(f"no tenant {tenant!r} for this key", field="tenant")
     chosen = caller.tenant if tenant is None else (None if tenant == ALL_TENANTS else tenant)
     groups = [part.strip() for value in group_by or [] for part in value.split(",")]
     ledger = platform_of(request).metered.usage

@@ -9,6 +9,8 @@ import typer
 from rich.table import Table
 
 from spine.platform.app.cli._shared import console, require, settings_for_command
+from spine.platform.errors import ConfigurationError
+from spine.platform.keys import ROLES
 
 __all__ = ["keys_app"]
 
@@ -21,12 +23,24 @@ keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
 def keys_create(
     tenant: Annotated[str, typer.Option(help="The tenant the key belongs to.")],
     name: Annotated[str, typer.Option(help="A label for the key.")] = "",
-    admin: Annotated[bool, typer.Option(help="May administer the tenant.")] = False,
+    role: Annotated[
+        str,
+        typer.Option(
+            help="member (uses the tenant's API), admin (also administers its own tenant) or "
+            "operator (runs the whole platform, reads across tenants)."
+        ),
+    ] = "member",
+    admin: Annotated[bool, typer.Option(help="The same as --role admin.")] = False,
 ) -> None:
     """Create an API key; its secret is printed once."""
+    chosen = "admin" if admin else role
+    if chosen not in ROLES:
+        raise ConfigurationError(
+            f"--role must be one of {', '.join(ROLES)}, not {chosen!r}", field="--role"
+        )
 
     async def go(keys: Any) -> Any:
-        return await keys.create(tenant=tenant, name=name, role="admin" if admin else "member")
+        return await keys.create(tenant=tenant, name=name, role=chosen)
 
     issued = _with_keys(go)
     console.print(
