@@ -121,6 +121,15 @@ def verdicts(results: dict[str, Any]) -> dict[str, Any]:
             "value": f"{hit['p50_ms']:.2f} ms",
             "pass": hit["p50_ms"] <= CACHE_HIT_P50_MS,
         }
+    learned = results.get("learned")
+    if learned is not None:
+        added = learned["learned_added_p50_ms"]
+        same = learned["models"]["learned"] == learned["models"]["local_first"]
+        out["learned_decision_added_p50"] = {
+            "target": "the learned strategy adds <= 1 ms p50 beside local_first",
+            "value": f"{added:+.3f} ms (models {learned['models']})",
+            "pass": added <= 1.0 and same,
+        }
     return out
 
 

@@ -39,6 +39,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from _gateway_learned import learned_phase
 from _gateway_load import (
     Call,
     Endpoint,
@@ -132,6 +133,8 @@ async def run_all(servers: Servers, args: argparse.Namespace) -> dict[str, Any]:
                 results["streaming"] = await streaming_phase(client, servers, args)
             say(f"cache hits: {args.calls} calls beside the health probes ...")
             results["cache_hit"] = await cache_phase(client, servers, args)
+            await settle("learned")
+            results["learned"] = await learned_phase(client, servers, args.calls)
 
         await settle("throughput")
         # A quick run leaves out the database counts: they cost seconds of settling.

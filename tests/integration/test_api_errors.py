@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -22,6 +21,7 @@ from sqlalchemy.engine import make_url
 from support.databases import create_database
 from support.fake_models import FakeModelServer, Rule
 from support.live_platform import RunningPlatform, running_platform
+from support.tcp_proxy import proxy_to
 
 pytestmark = pytest.mark.integration
 
@@ -48,63 +48,6 @@ def assert_error(
     assert "Traceback" not in response.text
     assert 'File "' not in response.text
     return dict(error)
-
-
-class TcpProxy:
-    """A TCP forwarder the test can shut (refusing and dropping connections) and reopen."""
-
-    def __init__(self, target_host: str, target_port: int) -> None:
-        self.target = (target_host, target_port)
-        self.port = 0
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-
-    async def open(self) -> None:
-        """Listen, on the same port as before if it was open once."""
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def shut(self) -> None:
-        """Stop listening and drop every forwarded connection."""
-        assert self._server is not None
-        self._server.close()
-        for writer in list(self._writers):
-            writer.transport.abort()
-        self._writers.clear()
-        await self._server.wait_closed()
-        self._server = None
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection(*self.target)
-        except OSError:
-            writer.transport.abort()
-            return
-        self._writers |= {writer, up_writer}
-        await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
-        self._writers -= {writer, up_writer}
-
-
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-    except (OSError, RuntimeError):
-        pass
-    finally:
-        writer.transport.abort()
-
-
-@contextlib.asynccontextmanager
-async def proxy_to(host: str, port: int) -> AsyncIterator[TcpProxy]:
-    proxy = TcpProxy(host, port)
-    await proxy.open()
-    try:
-        yield proxy
-    finally:
-        if proxy._server is not None:
-            await proxy.shut()
 
 
 async def eventually(predicate: Any, timeout: float = 10.0) -> None:
@@ -448,7 +391,9 @@ async def test_nats_down_at_submit_still_accepts_and_runs_the_task_later(
     models.add(Rule(containing="while NATS was down", reply="published by the sweeper"))
     real = make_url(services.nats_url.replace("nats://", "postgresql://"))
     async with proxy_to(real.host or "127.0.0.1", real.port or 4222) as proxy:
-        nats_url = f"nats://127.0.0.1:{proxy.port}"
+        # The same URL (credentials too) through the proxy's port.
+        through = real.set(host="127.0.0.1", port=proxy.port)
+        nats_url = through.render_as_string(hide_password=False).replace("postgresql", "nats", 1)
         async with running_platform(services, pg_url, models, nats_url=nats_url) as spine:
             # A first task proves the worker is consuming before NATS goes away.
             warm = await submit(spine)
@@ -467,7 +412,11 @@ async def test_nats_down_at_submit_still_accepts_and_runs_the_task_later(
             assert [t.id for t in waiting] == [task["id"]]
             ready = await spine.client.get("/readyz")
             assert ready.status_code == 503
-            assert ready.json()["services"] == {"nats": "disconnected", "database": "ok"}
+            assert ready.json()["services"] == {
+                "nats": "disconnected",
+                "database": "ok",
+                "graph": "ok",
+            }
             await asyncio.sleep(1.0)  # a few sweeps while NATS is down change nothing
             assert (await spine.client.get(f"/v1/tasks/{task['id']}")).json()["state"] == "queued"
 

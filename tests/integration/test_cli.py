@@ -8,11 +8,11 @@ waited for with a blocking call.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -33,28 +33,6 @@ def row(output: str, name: str) -> str:
         if cells and cells[0] == name:
             return line
     raise AssertionError(f"no row {name!r} in:\n{output}")
-
-
-async def take_stale_bolt_handler(uri: str) -> None:
-    """Absorb the hang FalkorDB 4.16.3 leaves behind a Bolt connection closed with GOODBYE.
-
-    The official driver says GOODBYE whenever it closes a connection, and FalkorDB then never
-    answers the next connection that gets the same file descriptor (documented at
-    ``spine.platform.embedded.servers.FalkorServer``). Whether the doctor's graph check meets
-    that depends on what earlier tests did, so a bare Bolt handshake, which leaves no trace,
-    takes that descriptor first: it is answered, or it is the one that hangs.
-    """
-    if not uri.startswith("bolt://127.0.0.1:"):
-        return  # a real Neo4j (containers backend) has no such bug
-    port = int(uri.rsplit(":", 1)[1])
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(b"\x60\x60\xb0\x17" + b"\x00\x04\x04\x05" + b"\x00" * 12)
-        await writer.drain()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(reader.readexactly(4), 1.0)
-    finally:
-        writer.close()
 
 
 # -- configuration ----------------------------------------------------------------------------
@@ -178,14 +156,11 @@ async def test_keys_create_list_and_revoke_against_a_running_api(
 async def test_doctor_reports_each_service_and_names_what_is_missing(
     services: Any, models: FakeModelServer, tmp_path: Path
 ) -> None:
-    # One at a time, each after taking any stale FalkorDB Bolt handler (see below).
-    await take_stale_bolt_handler(services.neo4j_uri)
     healthy = await spine(
         "doctor",
         env=service_env(services, services.database_url, GENAI_OLLAMA_URL=models.url),
         cwd=tmp_path,
     )
-    await take_stale_bolt_handler(services.neo4j_uri)
     no_model = await spine("doctor", env=service_env(services, services.database_url), cwd=tmp_path)
 
     assert healthy.code == 0, healthy.both
@@ -193,6 +168,8 @@ async def test_doctor_reports_each_service_and_names_what_is_missing(
         assert " ok " in row(healthy.out, check), healthy.out
     assert "FAIL" not in healthy.out
     assert "llama3.2" in row(healthy.out, "model provider")
+    graph_password = urlsplit(services.falkordb_url or "").password
+    assert not graph_password or graph_password not in healthy.both
 
     assert no_model.code == 1, no_model.both
     assert "FAIL" in row(no_model.out, "model provider")

@@ -207,7 +207,7 @@ async def test_another_tenant_sees_nothing_on_any_read_path(spine: RunningPlatfo
         ({"text": "é" * 2049}, 413, "text"),  # 4,098 bytes in UTF-8: over 4,096
         ({"text": "x", "metadata": {"blob": "y" * 20_000}}, 413, "metadata"),
         ({"text": "nul \u0000 inside"}, 400, "text"),
-        ({"text": "x", "metadata": {"k": ["a\u0000"]}}, 400, "metadata"),
+        ({"text": "x", "metadata": {"k": ["a\u0000"]}}, 400, "metadata.k.0"),
         ({}, 422, "text"),
         ({"text": "x", "metadata": ["not", "an", "object"]}, 422, "metadata"),
         ({"text": "x", "format": "pdf"}, 422, "format"),

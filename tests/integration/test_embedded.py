@@ -13,15 +13,16 @@ from pathlib import Path
 
 import asyncpg
 import nats
-import neo4j
 import psutil
 import pytest
 import redis.asyncio as aioredis
 
+from spine.graph.falkordb_store import FalkorStore
 from spine.platform.embedded.stack import (
     EmbeddedStack,
     Endpoints,
     apply_endpoints,
+    endpoints_for,
     read_state,
     stack_status,
     stop_stack,
@@ -102,39 +103,41 @@ async def test_redis_answers(running: Endpoints) -> None:
         await client.aclose()
 
 
-async def test_graph_answers_cypher_over_bolt(running: Endpoints) -> None:
-    assert running.neo4j_uri
+async def test_graph_answers_cypher_over_the_redis_protocol(running: Endpoints) -> None:
+    assert running.falkordb_url
+    assert running.neo4j_uri is None  # no Bolt
     marker = uuid.uuid4().hex
-    async with (
-        neo4j.AsyncGraphDatabase.driver(running.neo4j_uri, auth=None) as driver,
-        driver.session() as session,
-    ):
-        await (await session.run("CREATE (:Probe {id: $id})", id=marker)).consume()
-        result = await session.run("MATCH (n:Probe {id: $id}) RETURN count(n) AS n", id=marker)
-        record = await result.single()
-    assert record is not None
-    assert record["n"] == 1
+    store = FalkorStore.connect(running.falkordb_url)
+    try:
+        await store.write([("CREATE (:Probe {id: $id})", {"id": marker})])
+        result = await store.read("MATCH (n:Probe {id: $id}) RETURN count(n) AS n", {"id": marker})
+    finally:
+        await store.close()
+    assert result.records == [{"n": 1}]
 
 
-async def test_cache_answers_right_after_a_bolt_connection_closes(data_dir: Path) -> None:
-    # FalkorDB 4.16.3 leaves the next connection on its port unanswered after a Bolt client
-    # says GOODBYE (the driver does on close); the cache is a separate server so that never
-    # reaches it.
+async def test_one_falkordb_is_the_graph_and_the_cache(data_dir: Path) -> None:
     with EmbeddedStack(data_dir, ["graph", "redis"]) as stack:
         urls = stack.start()
-        assert urls.neo4j_uri
-        assert urls.redis_url
-        async with neo4j.AsyncGraphDatabase.driver(urls.neo4j_uri, auth=None) as driver:
-            await driver.execute_query("RETURN 1")
+        assert stack.servers == ("falkordb",)
+        assert urls.falkordb_url and urls.redis_url
+        assert urls.falkordb_url.rsplit("/", 1)[0] == urls.redis_url.rsplit("/", 1)[0]
+        store = FalkorStore.connect(urls.falkordb_url)
         client = aioredis.Redis.from_url(urls.redis_url, socket_timeout=2, retry=None)
         try:
-            assert await client.ping()
+            await store.write([("CREATE (:Probe)", {})])
+            await client.set("cached", "1")
+            assert await client.keys() == [b"cached"]  # the graph is another database
+            assert (await store.read("MATCH (n:Probe) RETURN count(n) AS n", {})).records == [
+                {"n": 1}
+            ]
         finally:
+            await store.close()
             await client.aclose()
 
 
 async def _write_everything(urls: Endpoints) -> None:
-    assert urls.nats_url and urls.database_url and urls.redis_url and urls.neo4j_uri
+    assert urls.nats_url and urls.database_url and urls.redis_url and urls.falkordb_url
     nc = await nats.connect(urls.nats_url)
     js = nc.jetstream()
     await js.add_stream(name="KEEP", subjects=["keep.>"])
@@ -146,12 +149,13 @@ async def _write_everything(urls: Endpoints) -> None:
     client = aioredis.Redis.from_url(urls.redis_url)
     await client.set("kept", "key")
     await client.aclose()
-    async with neo4j.AsyncGraphDatabase.driver(urls.neo4j_uri, auth=None) as driver:
-        await driver.execute_query("CREATE (:Kept {v: 'node'})")
+    store = FalkorStore.connect(urls.falkordb_url)
+    await store.write([("CREATE (:Kept {v: 'node'})", {})])
+    await store.close()
 
 
 async def _read_everything(urls: Endpoints) -> tuple[int, str, bytes | str | None, list[str]]:
-    assert urls.nats_url and urls.database_url and urls.redis_url and urls.neo4j_uri
+    assert urls.nats_url and urls.database_url and urls.redis_url and urls.falkordb_url
     nc = await nats.connect(urls.nats_url)
     messages = (await nc.jetstream().stream_info("KEEP")).state.messages
     await nc.close()
@@ -161,9 +165,10 @@ async def _read_everything(urls: Endpoints) -> tuple[int, str, bytes | str | Non
     client = aioredis.Redis.from_url(urls.redis_url)
     key = await client.get("kept")
     await client.aclose()
-    async with neo4j.AsyncGraphDatabase.driver(urls.neo4j_uri, auth=None) as driver:
-        records, _, _ = await driver.execute_query("MATCH (n:Kept) RETURN n.v AS v")
-    return messages, row, key, [r["v"] for r in records]
+    store = FalkorStore.connect(urls.falkordb_url)
+    result = await store.read("MATCH (n:Kept) RETURN n.v AS v", {})
+    await store.close()
+    return messages, row, key, [r["v"] for r in result.records]
 
 
 async def test_second_start_keeps_data_and_urls_and_stop_leaves_no_process(
@@ -222,7 +227,8 @@ def test_detached_stack_is_found_and_stopped_through_the_state_file(data_dir: Pa
         state = read_state(data_dir)
         assert state is not None
         assert state.detached
-        assert state.endpoints == urls
+        assert state.endpoints != urls  # the state file keeps no password
+        assert endpoints_for(data_dir, state.endpoints) == urls
 
         with pytest.raises(ConfigurationError, match="already runs"):
             EmbeddedStack(data_dir, ["nats"]).start()
@@ -265,9 +271,6 @@ def test_configured_ports_are_checked(data_dir: Path) -> None:
         with pytest.raises(ConfigurationError, match="already in use") as caught:
             EmbeddedStack(data_dir, ["nats"], nats_port=port).start()
     assert caught.value.field == "GENAI_EMBEDDED__NATS_PORT"
-    # FalkorDB silently runs without Bolt on ports above 32767.
-    with pytest.raises(ConfigurationError, match="at most 32767"):
-        EmbeddedStack(data_dir, ["graph"], bolt_port=40000).start()
 
 
 def test_endpoints_fill_only_unset_urls() -> None:
@@ -293,9 +296,9 @@ def test_stack_from_settings_runs_only_unset_services(data_dir: Path) -> None:
         redis_url=None,
         neo4j_uri=None,
         data_dir=data_dir,
-        embedded={"bolt_port": 0, "start_timeout": 5},
+        embedded={"start_timeout": 5},
     )
     stack = EmbeddedStack.from_settings(settings)
-    assert stack.servers == ("falkordb", "redis")
+    assert stack.servers == ("falkordb",)
     assert stack.data_dir == data_dir.resolve()
     assert stack.start_timeout == 5

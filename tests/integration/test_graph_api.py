@@ -118,7 +118,7 @@ async def counts(spine: RunningPlatform) -> tuple[int, int, list[Any]]:
     rels = await store.read(
         "MATCH (a)-[r]->() WHERE a.tenant IN ['acme', 'globex'] RETURN count(r) AS c", {}
     )
-    props = sorted(json.dumps(dict(r["n"]), sort_keys=True) for r in nodes.records)
+    props = sorted(json.dumps(r["n"].properties, sort_keys=True) for r in nodes.records)
     return len(nodes.records), rels.records[0]["c"], props
 
 

@@ -14,8 +14,11 @@ import httpx
 import psutil
 import pytest
 
+from spine.platform.embedded.stack import stack_status
 from support.fake_models import FakeModelServer, Rule
 from support.ports import free_port
+from support.servers import embedded_data_dir
+from support.spine_up import up_env
 
 pytestmark = pytest.mark.integration
 
@@ -116,3 +119,47 @@ def test_spine_up_runs_the_platform_stops_cleanly_and_keeps_its_data(
     finally:
         stop(second)
     assert spawned_from(tmp_path) == []
+
+
+def test_spine_up_detach_again_restarts_a_dead_server_and_says_so(
+    tmp_path: Path, fake_models: FakeModelServer
+) -> None:
+    with embedded_data_dir(tmp_path) as data_dir:
+        env = up_env(fake_models, port=free_port(), data_dir=data_dir)
+
+        def spine(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [sys.executable, "-m", "spine.platform.app.cli", *args],
+                cwd=tmp_path,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+            )
+
+        first = spine("up", "--detach")
+        try:
+            assert first.returncode == 0, first.stdout + first.stderr
+            assert "servers run detached" in first.stdout
+            assert "secret" not in first.stdout
+            before = {s.name: s for s in stack_status(data_dir)}
+            assert all(s.alive for s in before.values()), before
+            nats_pid = before["nats"].pid
+            assert nats_pid is not None
+            os.kill(nats_pid, signal.SIGKILL)
+            psutil.Process(nats_pid).wait(10)
+
+            again = spine("up", "--detach")
+            assert again.returncode == 0, again.stdout + again.stderr
+            assert "nats was not running; restarted it" in again.stdout, again.stdout
+            assert "postgres (detached, already running" in again.stdout, again.stdout
+            after = {s.name: s for s in stack_status(data_dir)}
+            assert all(s.alive for s in after.values()), after
+            assert after["nats"].pid != nats_pid
+            assert after["nats"].ports == before["nats"].ports
+            assert after["postgres"].pid == before["postgres"].pid
+        finally:
+            down = spine("down")
+        assert down.returncode == 0, down.stdout + down.stderr
+        assert not any(s.alive for s in stack_status(data_dir))

@@ -46,6 +46,7 @@ def service_env(
         GENAI_NATS_URL=services.nats_url,
         GENAI_REDIS_URL=services.redis_url,
         GENAI_NEO4J_URI=services.neo4j_uri,
+        GENAI_FALKORDB_URL=services.falkordb_url,
         **values,
     )
 

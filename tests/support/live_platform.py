@@ -21,6 +21,7 @@ import httpx
 import uvicorn
 
 from spine.platform.app.api import create_app
+from spine.platform.app.api.serving import server_config
 from spine.platform.app.wiring import Platform
 from spine.platform.keys import KeyStore, Role
 from spine.platform.settings import Settings
@@ -109,11 +110,8 @@ async def run_platform(settings: Settings, *, workers: int = 1) -> AsyncIterator
         The running platform, with an admin key of tenant ``acme`` and a client that sends it.
     """
     app = create_app(settings)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app, host="127.0.0.1", port=settings.api.port, log_config=None, lifespan="on"
-        )
-    )
+    # As `spine api` serves it (deadlines, limits), on loopback.
+    server = uvicorn.Server(server_config(app, settings.api, host="127.0.0.1", lifespan="on"))
     serving = asyncio.create_task(server.serve())
     while not server.started:
         if serving.done():

@@ -1,9 +1,11 @@
 """Real backing servers for a test session: embedded (from pip packages) or containers.
 
 ``backing_services("embedded", workdir)`` runs :class:`spine.platform.embedded.stack.EmbeddedStack`
-on free ports; ``backing_services("containers", workdir)`` runs the production images through
-testcontainers (NATS 2.10 with JetStream, PostgreSQL 16 with pgvector, Neo4j 5 without auth,
-Redis 7) and needs a reachable Docker engine. Either way the test sees four URLs, plus
+on free ports (FalkorDB is the graph and the cache, over its Redis protocol, with a password);
+``backing_services("containers", workdir)`` runs the production images through testcontainers
+(NATS 2.10 with JetStream, PostgreSQL 16 with pgvector, Neo4j 5 without auth, Redis 7) and
+needs a reachable Docker engine. Either way the test sees the URLs of four services (the graph:
+``falkordb_url`` or ``neo4j_uri``), plus
 :meth:`BackingServices.kill` / :meth:`BackingServices.restart` for reliability tests that take a
 server down and bring it back on the same port with the same data.
 """
@@ -45,13 +47,17 @@ class BackingServices:
     nats_url: str
     database_url: str
     redis_url: str
-    neo4j_uri: str
+    neo4j_uri: str | None
+    falkordb_url: str | None = None
     stack: EmbeddedStack | None = None
     _kill: Callable[[str], None] = field(repr=False, default=lambda name: None)
     _restart: Callable[[str, bool], None] = field(repr=False, default=lambda name, kill: None)
 
     def kill(self, service: str) -> None:
-        """SIGKILL one server (``nats``, ``postgres``, ``graph``/``redis``); it stays down."""
+        """SIGKILL one server (``nats``, ``postgres``, ``graph``/``redis``); it stays down.
+
+        Embedded, ``graph`` and ``redis`` are one FalkorDB server: either takes both down.
+        """
         _check_service(service)
         self._kill(service)
 
@@ -129,13 +135,14 @@ def _running(stack: EmbeddedStack) -> Iterator[BackingServices]:
 
     with stack:
         urls = stack.start()
-        assert urls.nats_url and urls.database_url and urls.redis_url and urls.neo4j_uri
+        assert urls.nats_url and urls.database_url and urls.redis_url and urls.falkordb_url
         yield BackingServices(
             backend="embedded",
             nats_url=urls.nats_url,
             database_url=urls.database_url,
             redis_url=urls.redis_url,
-            neo4j_uri=urls.neo4j_uri,
+            neo4j_uri=None,
+            falkordb_url=urls.falkordb_url,
             stack=stack,
             _kill=stack.kill,
             _restart=restart,

@@ -32,6 +32,7 @@ def make_settings(
         "nats_url": services.nats_url,
         "redis_url": services.redis_url,
         "neo4j_uri": services.neo4j_uri,
+        "falkordb_url": services.falkordb_url,
         "ollama_url": models.url,
         "default_provider": "ollama",
         "api": {"port": free_port(), "sweep_interval": 0.5, "key_cache_seconds": 0},

@@ -45,7 +45,7 @@ async def test_a_full_queue_drops_and_counts_instead_of_waiting(
     outcomes = publisher(bus, max_queued=2)
     with caplog.at_level(logging.WARNING):
         for _ in range(5):
-            outcomes(record(), strategy="explicit", task_category=None)
+            outcomes(record())
     assert outcomes.dropped == 3
     assert "not published" in caplog.text
     await outcomes.close()
@@ -66,7 +66,7 @@ async def test_nats_down_drops_every_event_and_warns_once(
     outcomes = publisher(SlowBus(down=True))
     with caplog.at_level(logging.WARNING):
         for _ in range(3):
-            outcomes(record(), strategy="quality", task_category="chat")
+            outcomes(record())
         await asyncio.sleep(0.05)
     assert (outcomes.dropped, outcomes.published) == (3, 0)
     assert caplog.text.count("not published") == 1

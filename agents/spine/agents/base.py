@@ -11,6 +11,7 @@ from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel
 
+from spine.events.outcomes import TaskSignalKind
 from spine.platform.errors import TaskCancelled, TransientFailure
 from spine.platform.metering import CallContext, MeteredStream
 from spine.platform.models import Completion
@@ -149,6 +150,8 @@ class RunContext:
     emit: Callable[[str, dict[str, Any]], Awaitable[object]]
     cancelled: asyncio.Event
     cancel_requested: Callable[[], Awaitable[bool]]
+    signal: Callable[[TaskSignalKind], None] = field(default=lambda _kind: None)
+    """Report a quality signal of this run (a rejected answer) to the learning loop."""
     # The live cancel signal is immediate; the database is asked at most this often, to catch
     # a signal that was missed (NATS down) without a query per step.
     durable_check_interval: float = 1.0

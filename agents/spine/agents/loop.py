@@ -114,7 +114,7 @@ class ToolAgent:
             messages.append(_assistant_message(answer))
             calls = answer["tool_calls"]
             if not calls:
-                final = self._final(answer["text"], run, messages)
+                final = self._final(ctx, answer["text"], run, messages)
                 if final is not None:
                     await ctx.emit("final", {"step": step, **final, "usage": run.usage()})
                     return {**final, "steps": step, "usage": run.usage()}
@@ -265,6 +265,8 @@ class ToolAgent:
         )
         for result in results:
             run.tool_calls += 1
+            if result.error is not None and result.error.type == "invalid_arguments":
+                ctx.signal("tool_args_rejected")
             if not run.invalid_arguments.spend(result):
                 raise PermanentFailure(
                     f"the model sent invalid tool arguments more than "
@@ -291,6 +293,7 @@ class ToolAgent:
         if self._gated(ctx, call):  # its start was not announced with the model's answer
             await ctx.emit("tool_call_started", _started(step, call))
         if decision is not None and not decision.data.get("approved"):
+            ctx.signal("approval_rejected")
             reason = decision.data.get("reason") or "no reason given"
             result = ToolResult.failure(
                 call_id=call["id"],
@@ -329,7 +332,9 @@ class ToolAgent:
 
     # -- the end --------------------------------------------------------------------------------
 
-    def _final(self, text: str, run: _Run, messages: list[dict[str, Any]]) -> dict[str, Any] | None:
+    def _final(
+        self, ctx: RunContext, text: str, run: _Run, messages: list[dict[str, Any]]
+    ) -> dict[str, Any] | None:
         """Return the result, or None when the answer goes back for another try."""
         schema = self.definition.output_schema
         if schema is None:
@@ -343,6 +348,7 @@ class ToolAgent:
             output, problem = None, f"not JSON ({exc}): {text[:200]!r}"
         if problem is None:
             return {"text": text, "output": output}
+        ctx.signal("schema_failed")  # a quality signal on the model call that answered
         if run.schema_retries >= _SCHEMA_RETRIES:
             raise PermanentFailure(
                 f"agent {self.name}'s final answer does not match its output schema: {problem}",

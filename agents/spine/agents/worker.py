@@ -14,6 +14,8 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +27,7 @@ from nats.js import JetStreamContext
 from spine.agents.base import AwaitingApproval, ModelSource, RunContext, TaskJournal
 from spine.agents.catalog import AgentCatalog
 from spine.events.bus import NatsBus
+from spine.events.outcomes import TaskSignal, TaskSignalKind
 from spine.events.streams import TASKS_STREAM, StreamLayout, consumer_name
 from spine.events.subjects import CANCEL_ALL, DLQ_TASKS, LANES
 from spine.platform.errors import (
@@ -44,6 +47,8 @@ from spine.tools.registry import ToolRegistry
 __all__ = ["TaskWorker", "WorkerStats"]
 
 logger = logging.getLogger(__name__)
+
+_ENDS: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 
 _FETCH_TIMEOUT = 2.0
 _LOST_CONNECTION = (ConnectionClosedError, ServiceUnavailable, OSError)
@@ -75,6 +80,7 @@ class TaskWorker:
         tools: ToolRegistry,
         settings: WorkerSettings,
         layout: StreamLayout,
+        signals: Callable[[TaskSignal], None] | None = None,
     ) -> None:
         self._store = store
         self._bus = bus
@@ -84,6 +90,8 @@ class TaskWorker:
         self._tools = tools
         self._settings = settings
         self._layout = layout
+        # Quality signals for the learning loop; published off the task's path.
+        self._signals = signals
         self._slots = asyncio.Semaphore(settings.concurrency)
         # Low-priority work (batches) may take at most half the slots, so it never starves
         # interactive tasks.
@@ -252,6 +260,13 @@ class TaskWorker:
         async def cancel_requested() -> bool:
             return await self._store.cancel_requested(task.id)
 
+        sent: Counter[str] = Counter()
+
+        def signal(kind: TaskSignalKind) -> None:
+            # Ids follow the run (attempt, kind, count), so a replayed stream dedupes them.
+            sent[kind] += 1
+            self._signal(task, kind, f"{task.id}:{attempt}:{kind}:{sent[kind]}")
+
         ctx = RunContext(
             task=task,
             attempt=attempt,
@@ -272,6 +287,7 @@ class TaskWorker:
             emit=emit,
             cancelled=cancelled,
             cancel_requested=cancel_requested,
+            signal=signal,
         )
         if task.deadline is None:
             return await agent.run(ctx, request)
@@ -323,7 +339,23 @@ class TaskWorker:
             task.id, attempt=attempt, state=state, result=result, error=error
         )
         if self._still_owned(task, attempt, events):
+            if state in _ENDS:
+                self._signal(task, state, f"{task.id}:end")
             await msg.ack_sync()
+
+    def _signal(self, task: Task, kind: TaskSignalKind, signal_id: str) -> None:
+        if self._signals is None:
+            return
+        self._signals(
+            TaskSignal(
+                id=signal_id,
+                time=utcnow(),
+                tenant=task.tenant,
+                task_id=task.id,
+                agent=task.agent,
+                kind=kind,
+            )
+        )
 
     def _still_owned(self, task: Task, attempt: int, events: list[TaskEvent]) -> bool:
         # No event written: a newer attempt took the task over (this one stalled past its
@@ -339,7 +371,8 @@ class TaskWorker:
         self.stats.dead_lettered += 1
         await self._publish_dead_letter(msg, task.id, reason.stored(), attempt)
         await self._models.flush()  # as in _finish: usage before the final state
-        await self._store.dead_letter(task.id, reason=reason)
+        if await self._store.dead_letter(task.id, reason=reason):
+            self._signal(task, "dead_lettered", f"{task.id}:end")
         await msg.ack_sync()
 
     async def _dead_letter_message(
@@ -363,7 +396,10 @@ class TaskWorker:
         await self._bus.publish_durable(
             DLQ_TASKS, json.dumps(body).encode(), msg_id=f"dlq:{task_id or msg.reply}:{attempt}"
         )
-        logger.warning("dead-lettered task %s: %s", task_id, reason.get("message"))
+        # The reason's type, not its message: a provider's message may quote the prompt.
+        logger.warning(
+            "dead-lettered task %s: %s (%s)", task_id, reason.get("type"), reason.get("cause")
+        )
 
     async def _keep_alive(self, msg: Msg, task_id: str, attempt: int) -> None:
         # Tell JetStream and the database that this attempt is alive, well inside ack_wait.

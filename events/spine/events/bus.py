@@ -7,8 +7,10 @@ decide with one ``except`` whether to answer 503, leave a task to the outbox swe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from urllib.parse import urlsplit, urlunsplit
 
 import nats
 from nats.aio.client import Client
@@ -42,13 +44,16 @@ class NatsBus:
     """One NATS connection that reconnects forever and reports its state."""
 
     def __init__(self, url: str, *, name: str, publish_timeout: float = 2.0) -> None:
-        self.url = url
+        self._connect_url = url
+        self.url = _without_password(url)
+        """The server's URL as logs and errors show it: never with a password."""
         self._name = name
         self._publish_timeout = publish_timeout
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
         self._ready = asyncio.Event()
         self._connecting: asyncio.Task[None] | None = None
+        self._closing = False
 
     @property
     def connected(self) -> bool:
@@ -86,7 +91,7 @@ class NatsBus:
 
     async def _connect(self) -> None:
         self._nc = await nats.connect(
-            servers=[self.url],
+            servers=[self._connect_url],
             name=self._name,
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.5,
@@ -137,19 +142,27 @@ class NatsBus:
             raise ServiceUnavailable(f"cannot subscribe to {subject}: {exc!r}") from exc
 
     async def close(self) -> None:
-        """Drain and close the connection, or stop trying to make one."""
+        """Flush what was published and close the connection, or stop trying to make one.
+
+        Not a drain: a pull subscription whose fetched messages nobody takes any more would
+        hold a drain until its timeout. Messages fetched and not acknowledged are redelivered
+        (JetStream delivery is at least once); core signals are best effort by design.
+        """
+        self._closing = True
         if self._connecting is not None and not self._connecting.done():
             self._connecting.cancel()
         if self._nc is not None and not self._nc.is_closed:
-            try:
-                await asyncio.wait_for(self._nc.drain(), 5)
-            except (TimeoutError, ConnectionClosedError, OSError):
-                await self._nc.close()
+            with contextlib.suppress(NatsTimeout, TimeoutError, ConnectionClosedError, OSError):
+                if self._nc.is_connected:
+                    await self._nc.flush(timeout=2)
+            await self._nc.close()
 
     async def _on_error(self, exc: Exception) -> None:
         logger.warning("NATS error: %r", exc)
 
     async def _on_disconnected(self) -> None:
+        if self._closing:
+            return
         logger.warning("disconnected from NATS at %s; reconnecting", self.url)
 
     async def _on_reconnected(self) -> None:
@@ -157,6 +170,16 @@ class NatsBus:
 
 
 _LOST_LINK = (ConnectionClosedError, ServiceUnavailable, OSError)
+
+
+def _without_password(url: str) -> str:
+    """Mask the password (or the token: userinfo without a colon) of a NATS URL."""
+    parts = urlsplit(url)
+    userinfo, at, host = parts.netloc.rpartition("@")
+    if not at:
+        return url
+    user, colon, _ = userinfo.partition(":")
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}" if colon else f"***@{host}"))
 
 
 async def bind_durable(

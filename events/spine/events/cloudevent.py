@@ -19,12 +19,21 @@ import json
 import re
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import unquote
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from spine.platform.errors import BadRequest
+from spine.platform.inputs import (
+    MAX_JSON_DEPTH,
+    InvalidInput,
+    StoredJson,
+    StoredMoment,
+    StoredText,
+    json_problem,
+    load_json,
+)
 
 __all__ = [
     "BATCH_CONTENT_TYPE",
@@ -67,15 +76,15 @@ class CloudEvent(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
 
     specversion: Literal["1.0"]
-    id: str = Field(min_length=1, max_length=500)
-    source: str = Field(min_length=1, max_length=1000)
-    type: str = Field(min_length=1, max_length=255)
-    subject: str | None = Field(None, min_length=1, max_length=1000)
-    time: AwareDatetime | None = None
-    datacontenttype: str | None = Field(None, max_length=255)
-    dataschema: str | None = Field(None, min_length=1, max_length=1000)
-    data: Any = None
-    data_base64: str | None = None
+    id: StoredText = Field(min_length=1, max_length=500)
+    source: StoredText = Field(min_length=1, max_length=1000)
+    type: StoredText = Field(min_length=1, max_length=255)
+    subject: StoredText | None = Field(None, min_length=1, max_length=1000)
+    time: StoredMoment | None = None
+    datacontenttype: StoredText | None = Field(None, max_length=255)
+    dataschema: StoredText | None = Field(None, min_length=1, max_length=1000)
+    data: Annotated[Any, StoredJson] = None
+    data_base64: StoredText | None = None
 
     @model_validator(mode="after")
     def _check_extensions(self) -> CloudEvent:
@@ -86,6 +95,9 @@ class CloudEvent(BaseModel):
                 )
             if value is not None and not isinstance(value, str | int | bool):
                 raise ValueError(f"extension attribute {name!r} must be a string, number or bool")
+            problem = json_problem(value)
+            if problem is not None:
+                raise ValueError(f"extension attribute {name!r} {problem.reason}")
         if self.data is not None and self.data_base64 is not None:
             raise ValueError("an event has data or data_base64, not both")
         return self
@@ -130,9 +142,11 @@ def dedupe_id(tenant: str, source: str, event_id: str) -> str:
     return hashlib.sha256(raw).hexdigest()
 
 
-def parse_structured(body: bytes | str | Mapping[str, Any], *, where: str = "") -> CloudEvent:
-    """Check one event in structured mode (a JSON object)."""
-    raw = _json(body, where or "body") if isinstance(body, bytes | str) else body
+def parse_structured(
+    body: bytes | str | Mapping[str, Any], *, where: str = "", max_depth: int = MAX_JSON_DEPTH
+) -> CloudEvent:
+    """Check one event in structured mode (a JSON object), nested at most ``max_depth`` deep."""
+    raw = _json(body, where or "body", max_depth) if isinstance(body, bytes | str) else body
     if not isinstance(raw, Mapping):
         raise InvalidEvent(
             f"{where or 'the body'} must be a JSON object (a CloudEvent)", field=where or "body"
@@ -140,9 +154,9 @@ def parse_structured(body: bytes | str | Mapping[str, Any], *, where: str = "") 
     return _validate(dict(raw), where)
 
 
-def parse_batch(body: bytes | str) -> list[CloudEvent]:
+def parse_batch(body: bytes | str, *, max_depth: int = MAX_JSON_DEPTH) -> list[CloudEvent]:
     """Check a batch: a JSON array of structured events (at most 1000)."""
-    raw = _json(body, "body")
+    raw = _json(body, "body", max_depth)
     if not isinstance(raw, list):
         raise InvalidEvent("a batch must be a JSON array of CloudEvents", field="body")
     if not raw:
@@ -152,7 +166,9 @@ def parse_batch(body: bytes | str) -> list[CloudEvent]:
     return [parse_structured(item, where=f"[{index}]") for index, item in enumerate(raw)]
 
 
-def parse_binary(headers: Mapping[str, str], body: bytes) -> CloudEvent:
+def parse_binary(
+    headers: Mapping[str, str], body: bytes, *, max_depth: int = MAX_JSON_DEPTH
+) -> CloudEvent:
     """Check an event in binary mode: attributes in ``ce-*`` headers, the data in the body.
 
     Header values are percent-decoded (CloudEvents HTTP binding 3.1.3.2). A JSON content
@@ -174,7 +190,7 @@ def parse_binary(headers: Mapping[str, str], body: bytes) -> CloudEvent:
         attributes["datacontenttype"] = content_type
     if body:
         if _is_json(content_type):
-            attributes["data"] = _json(body, "data")
+            attributes["data"] = _json(body, "data", max_depth)
         else:
             attributes["data_base64"] = base64.b64encode(body).decode()
     return _validate(attributes, "")
@@ -196,6 +212,8 @@ def _validate(raw: dict[str, Any], where: str) -> CloudEvent:
             message = "is required"
         elif attribute == "specversion":
             message = f"must be '1.0', not {raw.get('specversion')!r}"
+        elif error["type"] in ("datetime_out_of_range", "unstorable_text", "unstorable_json"):
+            pass  # the message says what is wrong with the value
         elif attribute == "time":
             message = f"must be an RFC 3339 time with a zone ({error['msg']})"
         if not loc:  # a model-level check: the message names the attribute itself
@@ -221,10 +239,14 @@ def _at(where: str, attribute: str) -> str:
     return f"{where}.{attribute}" if where else attribute
 
 
-def _json(body: bytes | str, field: str) -> Any:
+def _json(body: bytes | str, field: str, max_depth: int) -> Any:
     try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+        return load_json(body, max_depth=max_depth, field="" if field == "body" else field)
+    except InvalidInput as exc:
+        # A batch's events are "[0]", "[1]", ... in the names of this module's errors.
+        name = re.sub(r"^(\d+)(\.|$)", r"[\1]\2", exc.field or field)
+        raise InvalidEvent(exc.message.replace(exc.field or "", name, 1), field=name) from None
+    except ValueError as exc:
         raise InvalidEvent(f"{field} is not valid JSON: {exc}", field=field) from exc
 
 

@@ -1,7 +1,12 @@
-"""Model-call outcomes: one event per routed call on the JetStream stream OUTCOMES.
+"""The learning loop's events on the JetStream stream OUTCOMES, and their publisher.
+
+Three kinds, told apart by ``type``: ``model.outcome`` (one per routed model call, on
+``spine.outcomes.<tenant>``), ``task.signal`` (a task ended, or a quality signal from its run,
+on ``spine.outcomes.<tenant>.task``) and ``feedback`` (a client rated a call, a task or a
+completion, on ``spine.outcomes.<tenant>.feedback``). The learning consumer reads them all.
 
 :class:`OutcomePublisher` is the :class:`~spine.platform.metering.OutcomeHook` the API wires into
-its model calls. Publishing never fails nor slows a call: the hook only puts the call on a
+its model calls, and publishes the other two kinds too. Publishing never fails nor slows a call: the hook only puts the call on a
 bounded queue, and one background task publishes from it. When NATS is down, JetStream does not
 acknowledge, or the queue is full, the event is dropped, counted in :attr:`OutcomePublisher.dropped`
 and logged at WARNING (at most once a minute while drops go on). The usage row in the database
@@ -17,7 +22,7 @@ import logging
 import time
 from datetime import datetime
 from decimal import Decimal
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -26,7 +31,16 @@ from spine.events.subjects import outcome_subject
 from spine.platform.errors import ServiceUnavailable
 from spine.platform.metering.usage import ModelCallRecord
 
-__all__ = ["ModelOutcome", "OutcomePublisher"]
+__all__ = [
+    "FeedbackGiven",
+    "LearningEvent",
+    "ModelOutcome",
+    "OutcomePublisher",
+    "TaskSignal",
+    "TaskSignalKind",
+    "feedback_subject",
+    "task_signal_subject",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -60,11 +74,13 @@ class ModelOutcome(BaseModel):
     cache_hit: bool = False
     fallback_path: list[str] = Field(default_factory=list)
     outcome: str
+    completion_id: str | None = None
+    decision: dict[str, Any] | None = None
+    experiment_id: str | None = None
+    arm: str | None = None
 
     @classmethod
-    def of(
-        cls, record: ModelCallRecord, *, strategy: str, task_category: str | None
-    ) -> ModelOutcome:
+    def of(cls, record: ModelCallRecord) -> ModelOutcome:
         """Describe the call a usage row records."""
         return cls(
             id=record.id,
@@ -72,10 +88,10 @@ class ModelOutcome(BaseModel):
             tenant=record.tenant,
             key_id=record.key_id,
             task_id=record.task_id,
-            task_category=task_category,
+            task_category=record.task_category,
             model=record.model,
             provider=record.provider,
-            strategy=strategy,
+            strategy=record.strategy or "",
             latency_ms=round(record.latency_ms, 3),
             cost=record.cost,
             input_tokens=record.input_tokens,
@@ -83,23 +99,95 @@ class ModelOutcome(BaseModel):
             cache_hit=record.cache_hit,
             fallback_path=list(record.fallback_path),
             outcome=record.outcome,
+            completion_id=record.completion_id,
+            decision=record.decision,
+            experiment_id=record.experiment_id,
+            arm=record.arm,
         )
 
 
-_Queued = tuple[ModelCallRecord, str, str | None]
+TaskSignalKind = Literal[
+    "succeeded",
+    "failed",
+    "dead_lettered",
+    "cancelled",
+    "schema_failed",
+    "tool_args_rejected",
+    "approval_rejected",
+]
+
+
+class TaskSignal(BaseModel):
+    """A quality signal from a task's run, joined by the learner to the task's model calls.
+
+    ``kind`` is how the task ended (``succeeded``, ``failed``, ``dead_lettered``,
+    ``cancelled``), or something that went wrong on the way: a final answer that failed its
+    agent's ``output_schema`` (``schema_failed``), tool arguments the registry rejected
+    (``tool_args_rejected``), an approval a person rejected (``approval_rejected``); ``call_id``
+    names the model call it is about, when it is about one.
+    """
+
+    type: Literal["task.signal"] = "task.signal"
+    id: str
+    time: datetime
+    tenant: str
+    task_id: str
+    agent: str
+    kind: TaskSignalKind
+    call_id: str | None = None
+
+
+class FeedbackGiven(BaseModel):
+    """A client's rating (0..1) of model calls: of one call, a task's calls or a completion."""
+
+    type: Literal["feedback"] = "feedback"
+    id: str
+    time: datetime
+    tenant: str
+    key_id: str
+    target_kind: Literal["call", "task", "completion"]
+    target_id: str
+    call_ids: list[str]
+    score: float
+    label: str | None = None
+
+
+LearningEvent = Annotated[ModelOutcome | TaskSignal | FeedbackGiven, Field(discriminator="type")]
+"""Any event on OUTCOMES."""
+
+
+def feedback_subject(tenant: str) -> str:
+    """Return the subject of a tenant's feedback events."""
+    return f"{outcome_subject(tenant)}.feedback"
+
+
+def task_signal_subject(tenant: str) -> str:
+    """Return the subject of a tenant's task signals."""
+    return f"{outcome_subject(tenant)}.task"
+
+
+def _subject(event: ModelOutcome | TaskSignal | FeedbackGiven) -> str:
+    if isinstance(event, TaskSignal):
+        return task_signal_subject(event.tenant)
+    if isinstance(event, FeedbackGiven):
+        return feedback_subject(event.tenant)
+    return outcome_subject(event.tenant)
 
 
 class OutcomePublisher:
-    """Publishes model-call outcomes in the background, dropping them rather than waiting.
+    """Publishes learning events in the background, dropping them rather than waiting.
 
-    Call it (the :class:`~spine.platform.metering.OutcomeHook` shape) from a running event loop;
-    the publisher task starts with the first call. :meth:`close` publishes what is queued,
-    for at most ``drain_timeout`` seconds, then stops.
+    Call it (the :class:`~spine.platform.metering.OutcomeHook` shape) with a model call's record,
+    or :meth:`signal` with a task signal or a feedback event, from a running event loop; the
+    publisher task starts with the first event. :meth:`close` publishes what is queued, for at
+    most ``drain_timeout`` seconds, then stops.
     """
 
     def __init__(self, bus: NatsBus, *, max_queued: int = 10_000) -> None:
         self._bus = bus
-        self._queue: asyncio.Queue[_Queued] = asyncio.Queue(maxsize=max_queued)
+        self._queue: asyncio.Queue[ModelOutcome | TaskSignal | FeedbackGiven] = asyncio.Queue(
+            maxsize=max_queued
+        )
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self._last_warning = -_WARN_EVERY
@@ -108,17 +196,24 @@ class OutcomePublisher:
         self.dropped = 0
         """Events lost: the queue was full, NATS was down or JetStream did not acknowledge."""
 
-    def __call__(
-        self, record: ModelCallRecord, *, strategy: str, task_category: str | None
-    ) -> None:
-        """Queue the outcome of one call; never blocks and never raises."""
+    def __call__(self, record: ModelCallRecord) -> None:
+        """Queue the outcome of one model call; never blocks and never raises."""
+        try:
+            event = ModelOutcome.of(record)
+        except Exception as exc:  # a record this cannot describe must not fail the call
+            self._drop(f"a {record.model} call", repr(exc))
+            return
+        self.signal(event)
+
+    def signal(self, event: ModelOutcome | TaskSignal | FeedbackGiven) -> None:
+        """Queue any learning event; never blocks and never raises."""
         if self._closed:
-            self._drop(record, "the publisher is closed")
+            self._drop(event.type, "the publisher is closed")
             return
         try:
-            self._queue.put_nowait((record, strategy, task_category))
+            self._queue.put_nowait(event)
         except asyncio.QueueFull:
-            self._drop(record, f"{self._queue.maxsize} outcomes are waiting already")
+            self._drop(event.type, f"{self._queue.maxsize} events are waiting already")
             return
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(
@@ -127,36 +222,33 @@ class OutcomePublisher:
 
     async def _publish_all(self) -> None:
         while True:
-            record, strategy, task_category = await self._queue.get()
+            event = await self._queue.get()
             try:
-                await self._publish(record, strategy, task_category)
+                await self._publish(event)
             finally:
                 self._queue.task_done()
 
-    async def _publish(self, record: ModelCallRecord, strategy: str, category: str | None) -> None:
+    async def _publish(self, event: ModelOutcome | TaskSignal | FeedbackGiven) -> None:
         try:
-            event = ModelOutcome.of(record, strategy=strategy, task_category=category)
             await self._bus.publish_durable(
-                outcome_subject(record.tenant),
-                event.model_dump_json().encode(),
-                msg_id=event.id,
+                _subject(event), event.model_dump_json().encode(), msg_id=event.id
             )
         except ServiceUnavailable as exc:
-            self._drop(record, exc.message)
+            self._drop(event.type, exc.message)
         except Exception as exc:  # a bug here must not stop the publisher
-            self._drop(record, repr(exc))
+            self._drop(event.type, repr(exc))
         else:
             self.published += 1
 
-    def _drop(self, record: ModelCallRecord, reason: str) -> None:
+    def _drop(self, what: str, reason: str) -> None:
         self.dropped += 1
         now = time.monotonic()
         if now - self._last_warning >= _WARN_EVERY:
             self._last_warning = now
             logger.warning(
-                "outcome of a %s call not published (%s); %d dropped so far, the usage "
-                "ledger still has every call",
-                record.model,
+                "%s event not published (%s); %d dropped so far, the database still has "
+                "every call and every feedback",
+                what,
                 reason,
                 self.dropped,
             )

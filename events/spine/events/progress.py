@@ -41,38 +41,81 @@ class ProgressNudges:
 
 
 class ProgressFeed:
-    """Follows the progress events of tasks: stored ones first, then live ones."""
+    """Follows the progress events of tasks: stored ones first, then live ones.
 
-    def __init__(self, store: TaskStore, bus: NatsBus, *, poll_interval: float = 1.0) -> None:
+    A follower reads the stored events once, then takes each new one from its NATS nudge (which
+    carries it); it reads the database again only when a nudge comes out of order (one was
+    lost) and every ``safety_poll`` seconds, as a safety net. While NATS is away it reads the
+    database every ``poll_interval`` seconds instead, and subscribes again once NATS is back.
+    """
+
+    def __init__(
+        self,
+        store: TaskStore,
+        bus: NatsBus,
+        *,
+        poll_interval: float = 1.0,
+        safety_poll: float = 30.0,
+    ) -> None:
         self._store = store
         self._bus = bus
         self._poll_interval = poll_interval
+        self._safety_poll = safety_poll
+
+    async def event_at(self, task_id: str, *, tenant: str | None, seq: int) -> TaskEvent | None:
+        """Return the task's event number ``seq``, or None when its feed has none."""
+        if seq < 1:
+            return None
+        found = await self._store.events(task_id, tenant=tenant, after_seq=seq - 1, limit=1)
+        return found[0] if found and found[0].seq == seq else None
 
     async def follow(
         self, task_id: str, *, tenant: str | None, after_seq: int = 0
     ) -> AsyncIterator[TaskEvent]:
-        """Yield the task's events after ``after_seq``, live, until its final state."""
+        """Yield the task's events after ``after_seq``, live, until its final state.
+
+        A follower that already saw the final event (``after_seq`` is its number) is given it
+        once more and the feed ends: a client that reconnects after the end learns it at once.
+        Callers check first that the feed has an event ``after_seq`` (:meth:`event_at`).
+        """
+        seen = await self.event_at(task_id, tenant=tenant, seq=after_seq)
+        if seen is not None and seen.is_final:
+            yield seen
+            return
         live: asyncio.Queue[TaskEvent] = asyncio.Queue()
         subscription = await self._subscribe(task_id, live)
         last = after_seq
+        read = True  # the stored events first
         try:
             while True:
-                for event in await self._store.events(task_id, tenant=tenant, after_seq=last):
-                    yield event
-                    last = event.seq
-                    if event.is_final:
-                        return
-                # Wait for a nudge; on a timeout the loop re-reads the database anyway.
-                with contextlib.suppress(TimeoutError):
-                    event = await asyncio.wait_for(live.get(), self._poll_interval)
-                    while event.seq == last + 1:
+                if read:
+                    for event in await self._store.events(task_id, tenant=tenant, after_seq=last):
                         yield event
                         last = event.seq
                         if event.is_final:
                             return
-                        if live.empty():
-                            break
-                        event = live.get_nowait()
+                    read = False
+                if subscription is None:
+                    subscription = await self._subscribe(task_id, live)
+                wait = self._safety_poll
+                if subscription is None or not self._bus.connected:
+                    wait = self._poll_interval  # nudges may be lost: read the database
+                try:
+                    event = await asyncio.wait_for(live.get(), wait)
+                except TimeoutError:
+                    read = True
+                    continue
+                while True:  # what the nudges brought, in order; a gap is read from the database
+                    if event.seq == last + 1:
+                        yield event
+                        last = event.seq
+                        if event.is_final:
+                            return
+                    elif event.seq > last + 1:
+                        read = True
+                    if live.empty():
+                        break
+                    event = live.get_nowait()
         finally:
             if subscription is not None:
                 with contextlib.suppress(Exception):
@@ -85,6 +128,8 @@ class ProgressFeed:
             except ValidationError:
                 logger.warning("ignored a malformed progress message on %s", msg.subject)
 
+        if not self._bus.connected:
+            return None
         try:
             return await self._bus.subscribe(progress_subject(task_id), on_message)
         except ServiceUnavailable:

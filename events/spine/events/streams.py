@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from datetime import datetime
 
 from nats.js import JetStreamContext
 from nats.js.api import (
@@ -218,15 +217,15 @@ class StreamWatch:
 
     def __init__(self, layout: StreamLayout) -> None:
         self._layout = layout
-        self._created: datetime | None = None
+        self._last_seq: int | None = None
 
     async def lost(self, js: JetStreamContext, *, queued: bool) -> bool:
         """Tell whether published, still-queued tasks can no longer be in the stream.
 
         ``queued`` says that tasks published a while ago are still queued in the database (read
         *before* this call). They are lost when the stream is gone (it is recreated here),
-        was recreated since the last call, or holds no message at all: a queued task's message
-        stays in the work queue until its task ends.
+        was recreated since the last call (its sequence numbers start again), or holds no
+        message at all: a queued task's message stays in the work queue until its task ends.
         """
         try:
             info = await js.stream_info(TASKS_STREAM)
@@ -234,10 +233,10 @@ class StreamWatch:
             logger.warning("the %s stream is gone; recreating the streams", TASKS_STREAM)
             await self._layout.ensure(js)
             info = await js.stream_info(TASKS_STREAM)
-            self._created = info.created
+            self._last_seq = info.state.last_seq
             return True
-        recreated = self._created is not None and info.created != self._created
-        self._created = info.created
+        recreated = self._last_seq is not None and info.state.last_seq < self._last_seq
+        self._last_seq = info.state.last_seq
         if recreated:
             logger.warning("the %s stream was recreated", TASKS_STREAM)
         return recreated or (queued and not info.state.messages)

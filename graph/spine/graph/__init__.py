@@ -1,7 +1,7 @@
-"""The knowledge graph: driver, schema, ingestion mappings and exploration queries."""
+"""The knowledge graph: the store (Neo4j or FalkorDB), ingestion mappings and exploration."""
 
+from spine.graph.backends import describe_graph, open_store
 from spine.graph.cypher_guard import UnsafeQuery, check_query
-from spine.graph.driver import open_driver, ping
 from spine.graph.explore import (
     Direction,
     GraphEdge,
@@ -14,11 +14,13 @@ from spine.graph.explore import (
 from spine.graph.identifiers import Allowlist, UnknownIdentifier
 from spine.graph.ingest import GraphIngestor, IngestStats
 from spine.graph.mapping import EventMapping, MappingError, MappingSet
-from spine.graph.store import GraphError, GraphStore
+from spine.graph.store import Backend, GraphError, GraphStore, ReadResult, Record, Statement
+from spine.graph.values import Node, Path, Relationship
 from spine.graph.writer import GraphWriter
 
 __all__ = [
     "Allowlist",
+    "Backend",
     "Direction",
     "EventMapping",
     "GraphEdge",
@@ -32,11 +34,17 @@ __all__ = [
     "IngestStats",
     "MappingError",
     "MappingSet",
+    "Node",
+    "Path",
     "PathView",
     "QueryResult",
+    "ReadResult",
+    "Record",
+    "Relationship",
+    "Statement",
     "UnknownIdentifier",
     "UnsafeQuery",
     "check_query",
-    "open_driver",
-    "ping",
+    "describe_graph",
+    "open_store",
 ]

@@ -17,14 +17,13 @@ from dataclasses import asdict, dataclass
 from datetime import date, datetime, time, timedelta
 from typing import Any, Literal
 
-from neo4j.graph import Node, Path, Relationship
-from neo4j.time import Date, DateTime, Duration, Time
 from pydantic import BaseModel, Field
 
 from spine.graph.cypher_guard import check_query
 from spine.graph.identifiers import IDENTIFIER, Allowlist
 from spine.graph.mapping import MappingSet
 from spine.graph.store import GraphStore
+from spine.graph.values import Node, Path, Relationship
 from spine.platform.errors import BadRequest, NotFound
 
 __all__ = [
@@ -219,12 +218,13 @@ class GraphExplorer:
         )
         where = f"WHERE all(r IN relationships(p) WHERE r.tenant = $tenant{valid}) "
         returned = "RETURN nodes(p) AS nodes, relationships(p) AS rels"
-        if await self.store.backend() == "neo4j":
+        if self.store.backend == "neo4j":
             queries = [
                 f"{match}MATCH p = shortestPath((a)-[{rel}*..{max_depth}]-(b)) {where}{returned}"
             ]
         else:
-            # FalkorDB has no shortestPath over Bolt: try each length, shortest first.
+            # FalkorDB's shortestPath cannot filter relationships by tenant while it
+            # searches: try each length, shortest first.
             queries = [
                 f"{match}MATCH p = (a)-[{rel}*{k}..{k}]-(b) {where}{returned} LIMIT 1"
                 for k in range(1, max_depth + 1)
@@ -297,10 +297,10 @@ class GraphExplorer:
         result = await self.store.read(
             text, {**params, "tenant": tenant}, timeout=self._timeout, max_rows=self._max_rows
         )
-        if result.wrote:  # the guard refuses writes; this would be a hole in it
+        if result.wrote:  # the guard and the server refuse writes; this would be a hole
             raise TenantLeak("the query changed the graph", field="query")
         collector = _Collector(tenant)
-        columns = list(result.records[0].keys()) if result.records else []
+        columns = list(result.records[0]) if result.records else []
         rows = [[collector.value(v) for v in record.values()] for record in result.records]
         await self._fill_ends(collector, tenant)
         return QueryResult(
@@ -312,7 +312,7 @@ class GraphExplorer:
         missing = collector.dangling()
         if not missing:
             return
-        if await self.store.backend() == "neo4j":
+        if self.store.backend == "neo4j":
             text = "MATCH (n) WHERE elementId(n) IN $ids AND n.tenant = $tenant RETURN n"
             ids: list[Any] = missing
         else:
@@ -342,7 +342,7 @@ def _validity(var: str, *, at: datetime | None, history: bool, params: dict[str,
 
 
 class _Collector:
-    """Turns driver values into JSON and gathers the nodes and edges met, each once."""
+    """Turns graph values into JSON and gathers the nodes and edges met, each once."""
 
     def __init__(self, tenant: str) -> None:
         self.tenant = tenant
@@ -391,7 +391,7 @@ class _Collector:
         known = self._ids.get(node.element_id)
         if known is not None:  # met before (a path's start node comes back on every path)
             return self.nodes[known]
-        properties = dict(node.items())
+        properties = node.properties
         self._check_tenant(properties)
         uid = str(properties.get("uid") or node.element_id)
         self._ids[node.element_id] = uid
@@ -408,7 +408,7 @@ class _Collector:
     def _relationship(self, rel: Relationship) -> dict[str, Any]:
         if rel.element_id in self._edge_ids:
             return self._edge_properties[rel.element_id]
-        properties = dict(rel.items())
+        properties = rel.properties
         self._check_tenant(properties)
         self._edge_ids.add(rel.element_id)
         self._edge_properties[rel.element_id] = properties
@@ -416,20 +416,18 @@ class _Collector:
         return properties
 
     def dangling(self) -> list[str]:
-        ends = {
-            n.element_id for rel in self._raw_edges for n in (rel.start_node, rel.end_node) if n
-        }
+        ends = {end for rel in self._raw_edges for end in (rel.start, rel.end) if end}
         return sorted(ends - set(self._ids))
 
     def view(self) -> GraphView:
         for rel in self._raw_edges:
-            if rel.element_id in self.edges or rel.start_node is None or rel.end_node is None:
+            if rel.element_id in self.edges or not rel.start or not rel.end:
                 continue
             self.edges[rel.element_id] = GraphEdge(
                 id=rel.element_id,
                 type=rel.type,
-                source=self._ids.get(rel.start_node.element_id, rel.start_node.element_id),
-                target=self._ids.get(rel.end_node.element_id, rel.end_node.element_id),
+                source=self._ids.get(rel.start, rel.start),
+                target=self._ids.get(rel.end, rel.end),
                 properties=_shown(self._edge_properties[rel.element_id]),
             )
         return GraphView.model_construct(
@@ -451,11 +449,9 @@ _PLAIN = frozenset({str, int, float, bool, type(None)})
 
 
 def _scalar(value: Any) -> Any:
-    if isinstance(value, DateTime | Date | Time):
-        return value.iso_format()
     if isinstance(value, datetime | date | time):
         return value.isoformat()
-    if isinstance(value, Duration | timedelta):
+    if isinstance(value, timedelta):
         return str(value)
     if isinstance(value, list | tuple):
         return [_scalar(v) for v in value]

@@ -3,6 +3,8 @@
 It fetches events in batches, checks each (CloudEvent, tenant, schema), maps it, writes the
 batch in a few ``UNWIND`` statements, records each event's status in the event log, and only
 then acks. Replaying or redelivering gives the same graph (see :mod:`spine.graph.writer`).
+An event is marked ``mapped`` only after the server answered its writes, and an answered
+write is durable (the embedded FalkorDB fsyncs its append-only file before it answers).
 
 - No mapping for the type: stored, ``unmapped``, acked.
 - Not a CloudEvent, tenant mismatch, schema broken, a mapped key missing: ``dead_lettered``
@@ -44,7 +46,7 @@ __all__ = ["GraphIngestor", "IngestStats"]
 logger = logging.getLogger(__name__)
 
 _LOST = (ConnectionClosedError, ServiceUnavailable, OSError)
-_NO_GRAPH = "no graph server is configured (GENAI_NEO4J_URI)"
+_NO_GRAPH = "no graph server is configured (GENAI_FALKORDB_URL or GENAI_NEO4J_URI)"
 
 
 @dataclass(slots=True, kw_only=True)
@@ -232,7 +234,7 @@ class GraphIngestor:
         sequence = msg.metadata.sequence.stream
         try:
             text: object = json.loads(msg.data)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested past the parser's stack
             text = {"data_base64": base64.b64encode(msg.data).decode()}
         body = {
             "reason": item.reason,

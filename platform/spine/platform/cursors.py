@@ -15,6 +15,7 @@ import json
 from datetime import datetime
 
 from spine.platform.errors import BadRequest
+from spine.platform.inputs import moment_problem, text_problem
 
 __all__ = ["decode_cursor", "encode_cursor"]
 
@@ -36,6 +37,11 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         position = datetime.fromisoformat(when)
     except (ValueError, TypeError, UnicodeError, binascii.Error, RecursionError) as exc:
         raise BadRequest("invalid cursor", field="cursor") from exc
-    if position.tzinfo is None or not isinstance(last_id, str) or "\x00" in last_id:
+    if (
+        position.tzinfo is None
+        or not isinstance(last_id, str)
+        or text_problem(last_id)
+        or moment_problem(position)
+    ):
         raise BadRequest("invalid cursor", field="cursor")
     return position, last_id

@@ -3,6 +3,15 @@
 SQLite (Tier 1) and PostgreSQL are both reached through SQLAlchemy's async engine; the seed's
 URLs (``sqlite:///data/genai.db``, ``postgresql://user:pass@host/db``) are mapped to their async
 drivers here and nowhere else.
+
+Errors are translated where sessions and transactions open (:meth:`Database.session`,
+:meth:`Database.transaction`): a database that cannot answer now — unreachable, refusing
+connections while it starts or shuts down (SQLSTATE classes 08, 53, 57P, 58), out of pooled
+connections, read-only (25006, a standby), or asking to retry (40001, 40P01, 55P03, 57014) — is
+:class:`ServiceUnavailable`; a value it refuses (class 22, or a parameter the driver cannot
+encode) is :class:`BadRequest`, a last line behind :mod:`spine.platform.inputs`. Neither
+message quotes a value, and the engine hides SQL parameters from its own errors: they may hold
+a user's prompt, and these messages reach the logs.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ from alembic.config import Config
 from sqlalchemy import event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -29,13 +39,18 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
-from spine.platform.errors import ConfigurationError, ServiceUnavailable
+from spine.platform.errors import BadRequest, ConfigurationError, ServiceUnavailable, SpineError
 
 __all__ = ["Database", "async_url"]
 
 logger = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+# SQLSTATE classes and codes of a server that cannot answer now, though it may soon (25006:
+# a read-only transaction, as on a standby the platform was failed over to).
+_UNAVAILABLE_CLASSES = ("08", "53", "57P", "58")
+_RETRY_CODES = frozenset({"25006", "40001", "40P01", "55P03", "57014"})
+_DATA_CLASS = "22"
 _ASYNC_DRIVERS = {
     "sqlite": "sqlite+aiosqlite",
     "postgresql": "postgresql+asyncpg",
@@ -70,7 +85,8 @@ class Database:
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
         # No pre-ping: it costs a round trip per checkout (~2 ms here). A connection that died
         # fails its first use with ServiceUnavailable, and SQLAlchemy then drops the pool.
-        options: dict[str, Any] = {"pool_pre_ping": False}
+        # Parameters stay out of error messages: they may be prompts, and errors are logged.
+        options: dict[str, Any] = {"pool_pre_ping": False, "hide_parameters": True}
         if self.is_sqlite:
             if self.url.database and self.url.database != ":memory:":
                 Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
@@ -104,12 +120,29 @@ class Database:
     def _translated(self) -> Iterator[None]:
         try:
             yield
-        except (OperationalError, InterfaceError) as exc:
-            if self.is_sqlite and "locked" in str(exc):
-                raise ServiceUnavailable("the SQLite database is busy; try again") from exc
-            raise ServiceUnavailable(f"the database is unreachable: {_short(exc)}") from exc
+        except DBAPIError as exc:
+            translated = self._translation(exc)
+            if translated is None:
+                raise
+            raise translated from exc
+        except PoolTimeout as exc:
+            raise ServiceUnavailable("the database is busy: no connection is free") from exc
         except (OSError, ConnectionError) as exc:
-            raise ServiceUnavailable(f"the database is unreachable: {exc}") from exc
+            raise ServiceUnavailable(f"the database is unreachable: {_short(exc)}") from exc
+
+    def _translation(self, exc: DBAPIError) -> SpineError | None:
+        """Return what a database error means to the caller; None: let it be (a constraint)."""
+        code = _sqlstate(exc)
+        if self.is_sqlite and isinstance(exc, OperationalError) and "locked" in str(exc.orig):
+            return ServiceUnavailable("the SQLite database is busy; try again")
+        if (code is not None and code.startswith(_DATA_CLASS)) or _refused_parameter(exc):
+            return BadRequest(f"a value cannot be stored in the database ({_short(exc)})")
+        if code is not None and (code.startswith(_UNAVAILABLE_CLASSES) or code in _RETRY_CODES):
+            state = "unreachable" if code.startswith("08") else "unavailable"
+            return ServiceUnavailable(f"the database is {state}: {_short(exc)}")
+        if isinstance(exc, OperationalError | InterfaceError) or exc.connection_invalidated:
+            return ServiceUnavailable(f"the database is unreachable: {_short(exc)}")
+        return None
 
     async def ping(self) -> None:
         """Run a trivial query, raising :class:`ServiceUnavailable` when it fails."""
@@ -126,7 +159,12 @@ class Database:
                     # One migrator at a time across API and worker processes.
                     await conn.execute(sa.text("SELECT pg_advisory_xact_lock(4242001)"))
                 await conn.run_sync(_upgrade_to_head)
-        except (OperationalError, InterfaceError, OSError) as exc:
+        except DBAPIError as exc:
+            translated = self._translation(exc)
+            if isinstance(translated, ServiceUnavailable):
+                raise translated from exc
+            raise
+        except OSError as exc:
             raise ServiceUnavailable(f"the database is unreachable: {_short(exc)}") from exc
         finally:
             self._unlock_sqlite_file()
@@ -166,6 +204,46 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def _short(exc: DBAPIError | OSError) -> str:
-    original = getattr(exc, "orig", None) or exc
-    return str(original).splitlines()[0][:200]
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """Yield the error, the driver's error it wraps, and what that was raised from."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = getattr(current, "orig", None) or current.__cause__
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    for cause in _causes(exc):
+        code = getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
+        if isinstance(code, str) and code:
+            return code
+    return None
+
+
+def _refused_parameter(exc: DBAPIError) -> bool:
+    # asyncpg refuses a parameter it cannot encode (an int over its column's width, a string
+    # UTF-8 cannot hold) with a ValueError of its own, which SQLAlchemy wraps as an
+    # InterfaceError; it is the value that is wrong, not the connection.
+    return any(
+        isinstance(cause, ValueError | UnicodeError) and not isinstance(cause, ConnectionError)
+        for cause in list(_causes(exc))[1:]
+    )
+
+
+def _short(exc: BaseException) -> str:
+    """Name an error in a few words that quote no value: its kind, SQLSTATE, or errno text.
+
+    A driver's message may quote the parameter it refused (``invalid input for query argument
+    $1: '<the prompt>'``), so only the messages of connection failures are kept.
+    """
+    causes = list(_causes(exc))
+    original = causes[-1] if len(causes) > 1 else exc
+    code = _sqlstate(exc)
+    kind = type(original).__name__
+    sqlite = type(original).__module__ == "sqlite3"  # its messages name no value
+    if sqlite or isinstance(original, OSError) or (code or "").startswith(("08", "57P")):
+        text = str(original).splitlines()[0][:200] if str(original) else kind
+        return f"{text} [{code}]" if code else text
+    return f"{kind} [{code}]" if code else kind

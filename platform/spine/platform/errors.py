@@ -12,11 +12,13 @@ SpineError                      retryable  http
 │   ├── UnknownModel            no         404   no configured model has that name
 │   ├── IdempotencyConflict     no         409   same Idempotency-Key, other body
 │   ├── PayloadTooLarge         no         413   an upload over its size or line limit
+│   ├── InvalidInput            no         400   (inputs) a value that cannot be stored: NUL, ...
 │   ├── InvalidEvent            no         400   (events) a CloudEvent that is not one
 │   ├── MappingError            no         400   (graph) an event whose mapped key is unusable
 │   ├── UnknownIdentifier, UnsafeQuery, TenantLeak   (graph) exploration refused
 │   └── ArgumentsInvalid        no         400   (tools) arguments that do not fit the schema
 ├── Unauthorized                no         401
+├── Forbidden                   no         403   the key's role may not do this
 ├── NotFound                    no         404   (also for another tenant's objects)
 ├── Conflict                    no         409   e.g. cancelling a finished task
 ├── BudgetExceeded              no         429   a daily budget is spent (resets at UTC midnight)
@@ -45,6 +47,7 @@ __all__ = [
     "ConfigurationError",
     "Conflict",
     "ContextWindowExceeded",
+    "Forbidden",
     "IdempotencyConflict",
     "NotFound",
     "PayloadTooLarge",
@@ -128,6 +131,13 @@ class Unauthorized(SpineError):
 
     status_code = 401
     error_type = "unauthorized"
+
+
+class Forbidden(SpineError):
+    """The key is valid, but its role may not do this (a member changing an experiment)."""
+
+    status_code = 403
+    error_type = "forbidden"
 
 
 class NotFound(SpineError):

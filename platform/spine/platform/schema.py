@@ -1,4 +1,5 @@
-"""The relational schema: keys, tasks (events, step journal), model calls, budgets, files, batches.
+"""The relational schema: keys, tasks (events, step journal), model calls, budgets, files,
+batches, events, documents, and the learning loop (feedback, weights, experiments).
 
 The database is the source of truth for tasks; JetStream only carries work. Alembic migrations
 under ``migrations/`` create exactly these tables; a test compares the two.
@@ -26,10 +27,14 @@ __all__ = [
     "ChunkRow",
     "DocumentRow",
     "EventRow",
+    "ExperimentRow",
+    "FeedbackRow",
     "FileRow",
     "JsonType",
+    "LearnedEventRow",
     "ModelCallRow",
     "Money",
+    "RoutingWeightsRow",
     "TaskEventRow",
     "TaskRow",
     "TaskStepRow",
@@ -213,6 +218,74 @@ class ModelCallRow(Base):
     fallback_path: Mapped[list[str]] = mapped_column(JsonType, default=list)
     outcome: Mapped[str] = mapped_column(sa.String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    strategy: Mapped[str | None] = mapped_column(sa.String(64), default=None)
+    task_category: Mapped[str | None] = mapped_column(sa.String(100), default=None)
+    completion_id: Mapped[str | None] = mapped_column(sa.String(64), default=None, index=True)
+    decision: Mapped[dict[str, Any] | None] = mapped_column(JsonType, default=None)
+    experiment_id: Mapped[str | None] = mapped_column(sa.String(36), default=None)
+    arm: Mapped[str | None] = mapped_column(sa.String(100), default=None)
+
+
+class FeedbackRow(Base):
+    """A quality signal a client gave on a call, a task or a completion (see ``learning``).
+
+    One row per (tenant, target, key): giving feedback again with the same key replaces
+    nothing and is answered with the first row (idempotent).
+    """
+
+    __tablename__ = "feedback"
+    __table_args__ = (
+        sa.UniqueConstraint("tenant", "target_kind", "target_id", "key_id", name="uq_feedback"),
+    )
+
+    id: Mapped[str] = mapped_column(sa.String(36), primary_key=True)
+    tenant: Mapped[str] = mapped_column(sa.String(128))
+    key_id: Mapped[str] = mapped_column(sa.String(32))
+    target_kind: Mapped[str] = mapped_column(sa.String(16))
+    target_id: Mapped[str] = mapped_column(sa.String(100))
+    call_ids: Mapped[list[str]] = mapped_column(JsonType, default=list)
+    score: Mapped[float] = mapped_column(sa.Float())
+    label: Mapped[str | None] = mapped_column(sa.String(100), default=None)
+    comment: Mapped[str | None] = mapped_column(sa.Text(), default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    announced_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class RoutingWeightsRow(Base):
+    """One version of the learned routing weights (the learner appends; routers read the newest)."""
+
+    __tablename__ = "routing_weights"
+
+    version: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    state: Mapped[dict[str, Any]] = mapped_column(JsonType)
+    events: Mapped[int] = mapped_column(default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class LearnedEventRow(Base):
+    """An event the learner already applied: replays and duplicates change nothing."""
+
+    __tablename__ = "learned_events"
+
+    id: Mapped[str] = mapped_column(sa.String(100), primary_key=True)
+    applied_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ExperimentRow(Base):
+    """An A/B test of routing: arms, a traffic split over a scope, and its state."""
+
+    __tablename__ = "experiments"
+
+    id: Mapped[str] = mapped_column(sa.String(36), primary_key=True)
+    tenant: Mapped[str] = mapped_column(sa.String(128))
+    name: Mapped[str] = mapped_column(sa.String(200))
+    scope: Mapped[dict[str, Any]] = mapped_column(JsonType)
+    arms: Mapped[list[dict[str, Any]]] = mapped_column(JsonType)
+    status: Mapped[str] = mapped_column(sa.String(16))
+    promoted_arm: Mapped[str | None] = mapped_column(sa.String(100), default=None)
+    created_by: Mapped[str | None] = mapped_column(sa.String(32), default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    stopped_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class BudgetSpendRow(Base):

@@ -25,12 +25,14 @@ __all__ = [
     "DocumentSettings",
     "EmbeddedSettings",
     "KnowledgeSettings",
+    "LearningSettings",
     "LocalEmbeddingSettings",
     "LocalModelSettings",
     "Provider",
     "RoutingStrategy",
     "Settings",
     "StreamSettings",
+    "SupervisorSettings",
     "WorkerSettings",
     "load_settings",
 ]
@@ -39,7 +41,7 @@ ENV_PREFIX = "GENAI_"
 NESTED_DELIMITER = "__"
 
 Provider = Literal["ollama", "openai", "anthropic", "bedrock", "groq", "local"]
-RoutingStrategy = Literal["local_first", "cost_optimized", "quality", "speed"]
+RoutingStrategy = Literal["local_first", "cost_optimized", "quality", "speed", "learned"]
 
 
 class ApiSettings(BaseModel):
@@ -52,6 +54,24 @@ class ApiSettings(BaseModel):
     sweep_interval: float = Field(2.0, gt=0, description="Seconds between outbox sweeps.")
     republish_after: float = Field(
         300.0, gt=0, description="Re-publish a task still queued this long after its publish."
+    )
+    max_json_depth: int = Field(
+        64, ge=2, le=512, description="How deep a JSON body may nest (objects and arrays)."
+    )
+    header_timeout: float = Field(
+        10.0, gt=0, description="Seconds a client has to send a request's headers."
+    )
+    body_timeout: float = Field(
+        60.0, gt=0, description="Seconds a client has to send a whole request body."
+    )
+    keep_alive_timeout: float = Field(
+        5.0, gt=0, description="Seconds an idle keep-alive connection stays open."
+    )
+    max_header_bytes: int = Field(
+        64 * 1024, ge=1024, description="Bytes of a request line and headers; over it: 431."
+    )
+    max_connections: int = Field(
+        1000, ge=1, description="Open connections and requests in flight; over it: 503."
     )
 
 
@@ -115,10 +135,33 @@ class EmbeddedSettings(BaseModel):
 
     nats_port: int = Field(0, ge=0, le=65535)
     postgres_port: int = Field(0, ge=0, le=65535)
-    redis_port: int = Field(0, ge=0, le=65535)
-    # FalkorDB 4.16 silently starts no Bolt listener on a port above 32767.
-    bolt_port: int = Field(0, ge=0, le=32767)
+    redis_port: int = Field(
+        0, ge=0, le=65535, description="Port of the embedded FalkorDB (the graph and the cache)."
+    )
     start_timeout: float = Field(30.0, gt=0)
+
+
+class SupervisorSettings(BaseModel):
+    """How ``spine up`` keeps its children running (see :mod:`spine.platform.embedded.supervisor`)."""
+
+    backoff_initial: float = Field(
+        0.5, gt=0, description="Seconds before restarting a child that exited; doubles per exit."
+    )
+    backoff_max: float = Field(30.0, gt=0, description="The longest wait before a restart.")
+    crash_loop_restarts: int = Field(
+        5, ge=2, description="Exits within the window after which a child is crash-looping."
+    )
+    crash_loop_window: float = Field(
+        60.0, gt=0, description="Seconds over which exits are counted (and a child must stay up)."
+    )
+    stop_timeout: float = Field(
+        20.0, gt=0, description="Seconds each child gets to stop before it is killed."
+    )
+    state_file: Path | None = Field(
+        None,
+        description="Set by `spine up` for the API it runs: the supervisor's view of its "
+        "children, which /readyz reports.",
+    )
 
 
 class LocalModelSettings(BaseModel):
@@ -228,9 +271,6 @@ class KnowledgeSettings(BaseModel):
     triggers_dir: Path | None = Field(
         None, description="Folder of trigger rules turning events into agent tasks (*.yaml)."
     )
-    graph_backend: Literal["auto", "neo4j", "falkordb"] = Field(
-        "auto", description="The server behind GENAI_NEO4J_URI; auto asks it."
-    )
     neo4j_database: str | None = Field(
         None, description="Neo4j database (unset: the home database; ignored by FalkorDB)."
     )
@@ -314,6 +354,51 @@ class BudgetSettings(BaseModel):
         return value
 
 
+class LearningSettings(BaseModel):
+    """The learning loop: the ``learned`` strategy's knobs and the learning consumer's rhythm.
+
+    ``cost_weight`` is the one knob: the quality a request gives up to save the dearest
+    candidate's cost (0: quality at any price; 1: cost first). Per tenant with
+    ``GENAI_LEARNING__TENANT_COST_WEIGHTS=acme=0.05,globex=0.5``; a request's own
+    ``spine_cost_weight`` wins. As a tenant's daily budget is spent, the weight rises.
+    """
+
+    enabled: bool = Field(
+        True,
+        description="Describe each routed chat call for the learner (hashed features, never "
+        "text); off, the learned strategy has nothing to learn from.",
+    )
+    cost_weight: float = Field(0.1, ge=0, le=1)
+    tenant_cost_weights: Annotated[dict[str, float], NoDecode] = Field(default_factory=dict)
+    exploration: float = Field(
+        0.15, ge=0, le=2, description="Scale of the Thompson draw (0: no exploration)."
+    )
+    min_observations: int = Field(
+        20, ge=0, description="Quality scores below which the learned strategy is cold."
+    )
+    cold_start_strategy: Literal["local_first", "cost_optimized", "quality", "speed"] = Field(
+        "local_first", description="What a cold learned strategy routes by."
+    )
+    checkpoint_seconds: float = Field(
+        1.0, gt=0, le=60, description="How often the learner stores and announces weights."
+    )
+
+    @field_validator("tenant_cost_weights", mode="before")
+    @classmethod
+    def _split_pairs(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        pairs: dict[str, float] = {}
+        for name, weight in _split_pairs(value, "tenant=weight").items():
+            try:
+                pairs[name] = float(weight)
+            except ValueError:
+                raise ValueError(f"{weight!r} is not a number (for {name!r})") from None
+            if not 0 <= pairs[name] <= 1:
+                raise ValueError(f"the cost weight of {name!r} must be within 0..1")
+        return pairs
+
+
 class BatchSettings(BaseModel):
     """How large a batch may be; over a limit is a 413.
 
@@ -355,6 +440,11 @@ class Settings(BaseSettings):
     neo4j_uri: str | None = None
     neo4j_user: str | None = None
     neo4j_password: SecretStr | None = None
+    falkordb_url: str | None = Field(
+        None,
+        description="FalkorDB over its Redis protocol (redis://default:<password>@host:port/0); "
+        "the graph server when GENAI_NEO4J_URI is unset.",
+    )
     data_dir: Path = Path("data")
     models_file: Path | None = Field(
         None,
@@ -369,7 +459,7 @@ class Settings(BaseSettings):
     routing_strategy: RoutingStrategy = Field(
         "local_first",
         description="How the model router orders models when a call names none: local_first, "
-        "cost_optimized, quality or speed.",
+        "cost_optimized, quality, speed or learned (learned from outcomes and feedback).",
     )
     tenant_strategies: Annotated[dict[str, RoutingStrategy], NoDecode] = Field(
         default_factory=dict,
@@ -383,6 +473,7 @@ class Settings(BaseSettings):
     models: ModelSettings = Field(default_factory=ModelSettings)
     streams: StreamSettings = Field(default_factory=StreamSettings)
     embedded: EmbeddedSettings = Field(default_factory=EmbeddedSettings)
+    supervisor: SupervisorSettings = Field(default_factory=SupervisorSettings)
     budgets: BudgetSettings = Field(default_factory=BudgetSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
     local_model: LocalModelSettings = Field(default_factory=LocalModelSettings)
@@ -391,6 +482,7 @@ class Settings(BaseSettings):
     knowledge: KnowledgeSettings = Field(default_factory=KnowledgeSettings)
     tools: ToolSettings = Field(default_factory=ToolSettings)
     batches: BatchSettings = Field(default_factory=BatchSettings)
+    learning: LearningSettings = Field(default_factory=LearningSettings)
 
     @field_validator("fallback_chain", mode="before")
     @classmethod
@@ -402,7 +494,9 @@ class Settings(BaseSettings):
     def _split_strategies(cls, value: Any) -> Any:
         return _split_pairs(value, "tenant=strategy") if isinstance(value, str) else value
 
-    @field_validator("database_url", "nats_url", "redis_url", "neo4j_uri", "ollama_url")
+    @field_validator(
+        "database_url", "nats_url", "redis_url", "neo4j_uri", "falkordb_url", "ollama_url"
+    )
     @classmethod
     def _blank_is_unset(cls, value: str | None) -> str | None:
         return value.strip() or None if value is not None else None
@@ -412,7 +506,7 @@ class Settings(BaseSettings):
         wanted = {
             "nats": self.nats_url,
             "postgres": self.database_url,
-            "graph": self.neo4j_uri,
+            "graph": self.neo4j_uri or self.falkordb_url,
             "redis": self.redis_url,
         }
         return [name for name, url in wanted.items() if url is None]

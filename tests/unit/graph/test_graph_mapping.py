@@ -10,7 +10,6 @@ import pytest
 from spine.events.cloudevent import dedupe_id, parse_structured
 from spine.events.log import ReceivedEvent
 from spine.graph.mapping import MappingError, MappingSet
-from spine.graph.store import FALKORDB_MAX_REQUEST, _cut_for_falkordb, falkordb_params, packed_size
 from spine.graph.writer import statements_for
 from spine.platform.errors import ConfigurationError
 
@@ -100,16 +99,3 @@ def test_a_batch_folds_repeats_so_the_newest_values_win() -> None:
     [row] = params["rows"]
     assert row["props"] == {"id": 1, "name": "new", "email": "e"}
     assert row["first"] == 1 and row["time"] == 2
-
-
-def test_falkordb_parameters_are_escaped_and_requests_cut_small() -> None:
-    assert falkordb_params({"q": "a'b\\c\x00"}) == {"q": "a\\'b\\\\c\ufffd"}
-    with pytest.raises(Exception, match="identifier"):
-        falkordb_params({"bad key": 1})
-    rows = [{"uid": f"Person:{i}", "name": "x" * 100} for i in range(200)]
-    cut = _cut_for_falkordb([("UNWIND $rows AS row RETURN row", {"rows": rows})])
-    assert len(cut) > 5
-    assert sum(len(p["rows"]) for _, p in cut) == 200
-    assert all(len(t) + packed_size(p) <= FALKORDB_MAX_REQUEST for t, p in cut)
-    with pytest.raises(Exception, match="more than"):
-        _cut_for_falkordb([("Q", {"rows": [{"big": "x" * 5000}]})])

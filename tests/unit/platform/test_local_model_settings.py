@@ -192,7 +192,6 @@ def test_the_stack_starts_the_local_model_only_when_named(tmp_path: Path) -> Non
         "nats",
         "postgres",
         "falkordb",
-        "redis",
     )
     named = EmbeddedStack.from_settings(configured, services=["nats", "local_model"])
     assert named.servers == ("nats", "llama")

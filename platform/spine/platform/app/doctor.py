@@ -7,11 +7,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import httpx
+from sqlalchemy.exc import ProgrammingError
 
 from spine.platform.db import Database
 from spine.platform.errors import ProviderNotConfigured, SpineError
+from spine.platform.learning.snapshots import SnapshotStore
 from spine.platform.models import HOW_TO_CONFIGURE, resolve_provider
 from spine.platform.router import TOY_NOTE
+from spine.platform.schema import utcnow
 from spine.platform.settings import Settings
 
 __all__ = ["CheckResult", "run_checks"]
@@ -34,9 +37,20 @@ async def run_checks(settings: Settings) -> list[CheckResult]:
     checks: list[tuple[str, str, Callable[[Settings], Awaitable[str]]]] = [
         ("database", "set GENAI_DATABASE_URL, or run `spine up` to start PostgreSQL", _database),
         ("nats", "set GENAI_NATS_URL, or run `spine up` to start nats-server", _nats),
-        ("graph", "set GENAI_NEO4J_URI (bolt://...), or run `spine up` to start FalkorDB", _graph),
-        ("redis", "set GENAI_REDIS_URL, or run `spine up` to start FalkorDB/Redis", _redis),
+        (
+            "graph",
+            "set GENAI_FALKORDB_URL (redis://...) or GENAI_NEO4J_URI (bolt://...), or run "
+            "`spine up` to start FalkorDB",
+            _graph,
+        ),
+        ("redis", "set GENAI_REDIS_URL, or run `spine up` to start FalkorDB", _redis),
         ("model provider", HOW_TO_CONFIGURE, _provider),
+        (
+            "learning",
+            "run the learning consumer (`spine learner`; `spine up` starts it) so that the "
+            "learned strategy has weights",
+            _learning,
+        ),
     ]
     return list(await asyncio.gather(*(_run(n, fix, c, settings) for n, fix, c in checks)))
 
@@ -76,10 +90,35 @@ async def _database(settings: Settings) -> str:
     return f"{db.url.get_backend_name()} answers ({db.url.render_as_string(hide_password=True)})"
 
 
+async def _learning(settings: Settings) -> str:
+    """Say which version of the routing weights routers use, and how old it is.
+
+    Routing goes on with the weights it has while the learner is away, so an old version is
+    reported, not failed; no version at all fails only when ``learned`` is the strategy.
+    """
+    db = Database(_url(settings.database_url, "GENAI_DATABASE_URL"))
+    try:
+        latest = await SnapshotStore(db).latest()
+    except ProgrammingError:  # not migrated yet: the API migrates at its start
+        return "no learning tables yet (`spine migrate`, or start the API, creates them)"
+    finally:
+        await db.dispose()
+    learned = settings.routing_strategy == "learned" or "learned" in set(
+        settings.tenant_strategies.values()
+    )
+    if latest is None:
+        if learned:
+            raise _NotSet("no routing weights yet: the learned strategy routes by its cold start")
+        return "no routing weights yet (the learned strategy is not in use)"
+    age = (utcnow() - latest.created_at).total_seconds()
+    return f"weights version {latest.version} from {latest.events} events, {age:.0f} s old"
+
+
 async def _nats(settings: Settings) -> str:
     import nats
 
     url = _url(settings.nats_url, "GENAI_NATS_URL")
+    shown = url.rpartition("@")[2]  # never its credentials
     nc = await nats.connect(
         url, connect_timeout=_TIMEOUT, max_reconnect_attempts=0, allow_reconnect=False
     )
@@ -87,23 +126,24 @@ async def _nats(settings: Settings) -> str:
         info = await nc.jetstream().account_info()
     except Exception as exc:
         raise _NotSet(
-            f"NATS at {url} answers but JetStream does not (start it with -js): {exc!r}"
+            f"NATS at {shown} answers but JetStream does not (start it with -js): {exc!r}"
         ) from exc
     finally:
         await nc.close()
-    return f"JetStream at {url}, {info.streams} streams"
+    return f"JetStream at {shown}, {info.streams} streams"
 
 
 async def _graph(settings: Settings) -> str:
-    from spine.graph import open_driver, ping  # the graph layer sits above the kernel
+    from spine.graph import describe_graph, open_store  # the graph layer sits above the kernel
 
-    _url(settings.neo4j_uri, "GENAI_NEO4J_URI")
-    driver = open_driver(settings)
+    store = open_store(settings)
+    if store is None:
+        raise _NotSet("GENAI_FALKORDB_URL and GENAI_NEO4J_URI are not set")
     try:
-        await ping(driver)
+        await store.read("RETURN 1 AS one", {}, timeout=_TIMEOUT)
     finally:
-        await driver.close()
-    return f"Bolt at {settings.neo4j_uri} runs Cypher"
+        await store.close()
+    return f"{describe_graph(settings)} runs Cypher"
 
 
 async def _redis(settings: Settings) -> str:
@@ -115,7 +155,7 @@ async def _redis(settings: Settings) -> str:
         await client.ping()
     finally:
         await client.aclose()
-    return f"Redis at {url} answers PING"
+    return f"Redis at {url.rpartition('@')[2]} answers PING"  # never its password
 
 
 async def _provider(settings: Settings) -> str:

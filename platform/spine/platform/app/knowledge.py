@@ -1,8 +1,10 @@
 """The knowledge layer of a process: events in, the graph, triggers and the graph tools.
 
 Part of the composition root (like :mod:`spine.platform.app.wiring`): it builds the event log,
-schemas, mappings, trigger rules and the one long-lived graph driver from the settings, and
-runs the two EVENTS consumers (graph ingestion, triggers) in worker processes.
+schemas, mappings, trigger rules and the one long-lived graph store from the settings (Neo4j
+over Bolt, or FalkorDB over its Redis protocol: :func:`spine.graph.backends.open_store`), runs
+the two EVENTS consumers (graph ingestion, triggers) in worker processes, and answers whether
+the graph server is up for ``/readyz``.
 """
 
 from __future__ import annotations
@@ -21,13 +23,13 @@ from spine.events.intake import EventIntake
 from spine.events.log import EventLog
 from spine.events.schemas import EventSchemas
 from spine.events.streams import StreamLayout
-from spine.graph.driver import open_driver
+from spine.graph.backends import open_store
 from spine.graph.explore import GraphExplorer
 from spine.graph.ingest import GraphIngestor
 from spine.graph.mapping import MappingSet
 from spine.graph.store import GraphStore
 from spine.platform.db import Database
-from spine.platform.errors import NotFound
+from spine.platform.errors import NotFound, ServiceUnavailable
 from spine.platform.settings import Settings
 from spine.tools.builtin.graph import graph_tools
 from spine.tools.tool import Tool
@@ -35,6 +37,9 @@ from spine.tools.tool import Tool
 __all__ = ["KnowledgeLayer"]
 
 logger = logging.getLogger(__name__)
+
+READY_TIMEOUT = 1.0
+"""Seconds ``/readyz`` waits for the graph server."""
 
 
 @dataclass(slots=True, kw_only=True)
@@ -53,18 +58,14 @@ class KnowledgeLayer:
 
     @classmethod
     def build(cls, settings: Settings, *, db: Database, bus: NatsBus) -> KnowledgeLayer:
-        """Read the folders and open (not connect) the graph driver when one is configured."""
+        """Read the folders and open (not connect) the graph store when one is configured."""
         knowledge = settings.knowledge
         log = EventLog(db)
         schemas = EventSchemas.load(knowledge.schemas_dir)
         mappings = MappingSet.load(knowledge.mappings_dir)
-        store = explorer = None
-        if settings.neo4j_uri is not None:
-            store = GraphStore(
-                open_driver(settings),
-                backend=knowledge.graph_backend,
-                database=knowledge.neo4j_database,
-            )
+        explorer = None
+        store = open_store(settings)
+        if store is not None:
             explorer = GraphExplorer(
                 store,
                 mappings,
@@ -89,7 +90,8 @@ class KnowledgeLayer:
         """Return the explorer, or answer that no graph is configured."""
         if self.explorer is None:
             raise NotFound(
-                "no knowledge graph is configured (set GENAI_NEO4J_URI, or run `spine up`)"
+                "no knowledge graph is configured (set GENAI_FALKORDB_URL or GENAI_NEO4J_URI, "
+                "or run `spine up`)"
             )
         return self.explorer
 
@@ -139,8 +141,18 @@ class KnowledgeLayer:
             )
         await asyncio.gather(*runners)
 
+    async def ready(self) -> dict[str, str]:
+        """Say whether the graph server answers within :data:`READY_TIMEOUT` (``{}``: none)."""
+        if self.store is None:
+            return {}
+        try:
+            await self.store.ping(timeout=READY_TIMEOUT)
+        except ServiceUnavailable as exc:
+            return {"graph": exc.message}
+        return {"graph": "ok"}
+
     async def close(self) -> None:
-        """Close the graph driver."""
+        """Close the graph store."""
         if self.store is not None:
             with contextlib.suppress(Exception):
                 await self.store.close()

@@ -1,4 +1,4 @@
-"""``spine up``: the embedded servers, then the API and worker processes, watched until Ctrl-C."""
+"""``spine up``: the embedded servers, then the API and worker processes, supervised until Ctrl-C."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import asyncio
 import os
 import re
 import signal
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -17,17 +16,32 @@ from pydantic import BaseModel, SecretStr
 from rich.console import Console
 from rich.panel import Panel
 
+from spine.events.permissions import ROLE_GRANTS
 from spine.platform.db import Database
+from spine.platform.embedded.children import ProcessChild, ServerChild
+from spine.platform.embedded.credentials import credentials_path
 from spine.platform.embedded.stack import (
     LOCAL_MODEL,
     EmbeddedStack,
+    Endpoints,
     apply_endpoints,
+    endpoints_for,
     local_model_missing,
     read_state,
     stack_status,
     stop_stack,
 )
-from spine.platform.embedded.state import die_with_parent
+from spine.platform.embedded.state import find_process, terminate_process
+from spine.platform.embedded.supervisor import (
+    ChildRecord,
+    RestartPolicy,
+    Supervisor,
+    describe_exit,
+    load_supervisor_state,
+    stop_leftover_children,
+    supervisor_state_path,
+)
+from spine.platform.embedded.watchdog import Watchdog
 from spine.platform.errors import ConfigurationError
 from spine.platform.keys import KeyStore
 from spine.platform.router import TOY_NOTE
@@ -47,8 +61,10 @@ _URL_ENV = {
     "nats_url": "GENAI_NATS_URL",
     "redis_url": "GENAI_REDIS_URL",
     "neo4j_uri": "GENAI_NEO4J_URI",
+    "falkordb_url": "GENAI_FALKORDB_URL",
 }
 _LOCAL_MODEL_URL_ENV = "GENAI_LOCAL_MODEL__URL"
+_SUPERVISOR_STATE_ENV = "GENAI_SUPERVISOR__STATE_FILE"
 _PASSWORD_IN_URL = re.compile(r"(://[^:/@]+):[^@/]+@")
 
 
@@ -112,88 +128,177 @@ def _shown(value: object) -> str:
     return _PASSWORD_IN_URL.sub(r"\1:***@", str(value))
 
 
-def attach_detached_stack(settings: Settings) -> Settings:
-    """Fill unset URLs from servers that ``spine up --detach`` left running in the data dir."""
+def attach_detached_stack(settings: Settings, *, role: str = "api") -> Settings:
+    """Fill unset URLs from servers that ``spine up --detach`` left running in the data dir.
+
+    Args:
+        settings: The settings of a command.
+        role: The NATS user whose credentials the NATS URL carries (``api``, ``worker``, ...).
+    """
     if not settings.embedded_services() and not settings.wants_local_model():
         return settings
     state = read_state(settings.data_dir)
     if state is None or not any(s.alive for s in stack_status(settings.data_dir)):
         return settings
-    return apply_endpoints(settings, state.endpoints)
+    return apply_endpoints(
+        settings, endpoints_for(settings.data_dir, state.endpoints, nats_user=role)
+    )
 
 
 class StackRunner:
-    """Runs the whole platform on one machine, starting what is not configured."""
+    """Runs the whole platform on one machine, starting what is not configured.
+
+    ``spine up``, step by step:
+
+    1. A ``spine up`` of this data dir that was killed left children running: stop them (its
+       processes here; its servers when the stack starts, see :class:`EmbeddedStack`).
+    2. Start the embedded servers, each NATS role and PostgreSQL with generated credentials.
+       Over a detached stack, start only the servers of it that died (detached again).
+    3. Start the watchdog, then the API and the workers, each with the URLs of its role.
+    4. Supervise (:class:`Supervisor`): restart what dies, until Ctrl-C or SIGTERM; then stop
+       the workers, the API, the servers, in that order.
+    """
 
     def __init__(self, settings: Settings, *, console: Console) -> None:
         self.settings = settings
         self.console = console
-        self._children: dict[str, subprocess.Popen[bytes]] = {}
+        self.supervisor: Supervisor | None = None
 
     def run(self, *, workers: int, concurrency: int | None, detach: bool) -> int:
-        """Start everything, watch it, and stop it all on Ctrl-C; return the exit code."""
+        """Start everything, supervise it, and stop it all on Ctrl-C; return the exit code."""
         # `kill <pid>` stops as cleanly as Ctrl-C: workers, then the API, then the servers.
+        # SIGINT too, explicitly: a shell that starts us in the background ignores it for us.
         signal.signal(signal.SIGTERM, _interrupt)
-        settings = attach_detached_stack(self.settings)
-        stack = None
-        wanted = settings.embedded_services()
-        local = plan_local_model(settings)
-        if wanted or local.start:
-            services = [*wanted, LOCAL_MODEL] if local.start else wanted
-            stack = EmbeddedStack.from_settings(settings, services=services, detach=detach)
-            with self.console.status("starting embedded servers...") as status:
-                endpoints = stack.start(
-                    lambda server, message: status.update(f"{server}: {message}")
-                )
-            for service in wanted:
-                self.console.print(
-                    f"[green]✓[/green] {service} (embedded, data in {settings.data_dir})"
-                )
-            settings = apply_endpoints(settings, endpoints)
-        if not wanted:
-            self.console.print("every backing service is configured; nothing embedded")
-        if local.start:
-            self.console.print(
-                f"[green]✓[/green] local model {settings.models.local} at "
-                f"{settings.local_model.url} (embedded)"
-            )
-        if local.note:
-            self.console.print(f"[yellow]{local.note}[/yellow]")
-        if detach:
-            for field, env in _URL_ENV.items():
-                self.console.print(f"{env}={getattr(settings, field)}")
-            if settings.local_model.url is not None:
-                self.console.print(f"{_LOCAL_MODEL_URL_ENV}={settings.local_model.url}")
-            self.console.print("servers run detached; `spine down` stops them")
-            return 0
+        signal.signal(signal.SIGINT, _interrupt)
+        settings = self.settings
+        data_dir = settings.data_dir.resolve()
+        for left in stop_leftover_children(data_dir, timeout=settings.supervisor.stop_timeout):
+            self.console.print(f"[yellow]stopped {left}, left by a spine up that was killed")
         try:
-            self._first_admin_key(settings)
-            self._spawn(settings, workers=workers, concurrency=concurrency)
-            return self._watch(stack)
+            stack, endpoints = self._start_servers(settings, detach=detach)
+        except KeyboardInterrupt:
+            self.console.print("stopped while starting")
+            return 130
+        if detach:
+            shown = apply_endpoints(settings, endpoints)
+            for field, env in _URL_ENV.items():
+                self.console.print(f"{env}={_shown(getattr(shown, field))}")
+            if shown.local_model.url is not None:
+                self.console.print(f"{_LOCAL_MODEL_URL_ENV}={shown.local_model.url}")
+            self.console.print(
+                f"servers run detached; credentials in {credentials_path(data_dir)} (mode 600), "
+                "which `spine` commands run here use; `spine down` stops them"
+            )
+            return 0
+        supervised = stack if stack is not None and not stack.detach else None
+        watchdog = Watchdog(grace=settings.supervisor.stop_timeout).start()
+        self.supervisor = supervisor = Supervisor(
+            data_dir,
+            policy=RestartPolicy(
+                backoff_initial=settings.supervisor.backoff_initial,
+                backoff_max=settings.supervisor.backoff_max,
+                crash_loop_restarts=settings.supervisor.crash_loop_restarts,
+                crash_loop_window=settings.supervisor.crash_loop_window,
+            ),
+            watchdog=watchdog,
+        )
+        try:
+            if supervised is not None:
+                # Stopped last started first, after the workers (order 0) and the API (1).
+                for order, server in enumerate(reversed(supervised.servers), start=2):
+                    supervisor.add(ServerChild(supervised, server), order=order)
+            self._first_admin_key(apply_endpoints(settings, endpoints))
+            self._spawn(settings, endpoints, workers=workers, concurrency=concurrency)
+            supervisor.run()
+            return 0
         except KeyboardInterrupt:
             self.console.print("stopping...")
             return 0
         finally:
-            self._stop_children()
-            if stack is not None:
-                stack.stop()
+            # A second Ctrl-C must not cut the ordered stop short (it is bounded by timeouts).
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            supervisor.stop(settings.supervisor.stop_timeout)
+            if supervised is not None:
+                supervised.stop()
                 self.console.print(f"embedded servers stopped; data kept in {settings.data_dir}")
+            watchdog.close()
 
     def stop_detached(self) -> list[str]:
-        """Stop servers started with ``--detach``."""
-        return stop_stack(self.settings.data_dir)
+        """Stop a running ``spine up`` of this data dir (as Ctrl-C would), or detached servers."""
+        data_dir = self.settings.data_dir.resolve()
+        state = load_supervisor_state(data_dir)
+        if state is not None and not state.stopping and state.owner_alive():
+            owner = find_process(state.owner_pid, state.owner_create_time)
+            if owner is not None:
+                terminate_process(owner, signal.SIGTERM, 4 * self.settings.supervisor.stop_timeout)
+                return [f"spine up (pid {owner.pid})"]
+        return stop_stack(data_dir)
 
     def status(self) -> list[tuple[str, str, str, str]]:
-        """Describe the recorded servers of the data dir."""
-        return [
-            (
-                s.name,
-                "running" if s.alive else "stopped",
-                str(s.pid or ""),
-                ", ".join(f"{k} 127.0.0.1:{v}" for k, v in s.ports.items()),
+        """Describe the servers and processes of the data dir: name, state, pid, detail."""
+        data_dir = self.settings.data_dir.resolve()
+        supervision = load_supervisor_state(data_dir)
+        children = (
+            supervision.children if supervision is not None and supervision.owner_alive() else {}
+        )
+        rows = []
+        for s in stack_status(data_dir):
+            record = children.get(s.name)
+            state = record.summary() if record else ("running" if s.alive else "stopped")
+            detail = ", ".join(f"{k} 127.0.0.1:{v}" for k, v in s.ports.items())
+            rows.append((s.name, state, str(s.pid or ""), _with_restarts(detail, record)))
+        for name, record in children.items():
+            if record.kind == "process":
+                pid = str(record.pid or "") if record.state == "running" else ""
+                rows.append((name, record.summary(), pid, _with_restarts("", record)))
+        return rows
+
+    def _start_servers(
+        self, settings: Settings, *, detach: bool
+    ) -> tuple[EmbeddedStack | None, Endpoints]:
+        wanted = settings.embedded_services()
+        local = plan_local_model(settings)
+        services = [*wanted, LOCAL_MODEL] if local.start else wanted
+        if not services:
+            self.console.print("every backing service is configured; nothing embedded")
+            if local.note:
+                self.console.print(f"[yellow]{local.note}[/yellow]")
+            return None, Endpoints()
+        data_dir = settings.data_dir.resolve()
+        previous = read_state(data_dir)
+        # Over a detached stack that runs, stay detached: start only the servers that died.
+        over_detached = (
+            previous is not None
+            and previous.detached
+            and any(s.alive for s in stack_status(data_dir))
+        )
+        stack = EmbeddedStack.from_settings(
+            settings, services=services, detach=detach or over_detached, nats_roles=ROLE_GRANTS
+        )
+        with self.console.status("starting embedded servers...") as status:
+            endpoints = stack.start(lambda server, message: status.update(f"{server}: {message}"))
+        for server, pid in stack.kept.items():
+            self.console.print(f"[green]✓[/green] {server} (detached, already running: pid {pid})")
+        recorded = previous.servers if previous is not None and previous.detached else {}
+        for server in stack.started:
+            if server in recorded:
+                self.console.print(
+                    f"[yellow]↻[/yellow] {server} was not running; restarted it (detached, "
+                    f"same port, data in {settings.data_dir})"
+                )
+            else:
+                self.console.print(
+                    f"[green]✓[/green] {server} (embedded, data in {settings.data_dir})"
+                )
+        if local.start:
+            self.console.print(
+                f"[green]✓[/green] local model {settings.models.local} at "
+                f"{endpoints.local_model_url} (embedded)"
             )
-            for s in stack_status(self.settings.data_dir)
-        ]
+        if local.note:
+            self.console.print(f"[yellow]{local.note}[/yellow]")
+        return stack, endpoints
 
     def _first_admin_key(self, settings: Settings) -> None:
         secret = asyncio.run(_prepare_database(settings))
@@ -211,34 +316,46 @@ class StackRunner:
             )
         )
 
-    def _spawn(self, settings: Settings, *, workers: int, concurrency: int | None) -> None:
-        env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
-        for field, name in _URL_ENV.items():
-            value = getattr(settings, field)
-            if value is not None:
-                env[name] = value
-        if settings.local_model.url is not None:
-            env[_LOCAL_MODEL_URL_ENV] = settings.local_model.url
+    def _spawn(
+        self, settings: Settings, endpoints: Endpoints, *, workers: int, concurrency: int | None
+    ) -> None:
+        assert self.supervisor is not None
         command = [sys.executable, "-m", "spine.platform.app.cli"]
-        self._children["api"] = subprocess.Popen([*command, "api"], env=env)
+        state_file = supervisor_state_path(settings.data_dir.resolve())
+        api_env = _child_env(settings, endpoints, role="api")
+        api_env[_SUPERVISOR_STATE_ENV] = str(state_file)
+        api = ProcessChild("api", [*command, "api"], env=api_env)
+        self.supervisor.add(api, order=1, start=True)
+        worker_env = _child_env(settings, endpoints, role="worker")
+        extra = ["--concurrency", str(concurrency)] if concurrency else []
         for index in range(workers):
-            extra = ["--concurrency", str(concurrency)] if concurrency else []
-            self._children[f"worker-{index + 1}"] = subprocess.Popen(
-                [*command, "worker", *extra], env=env
+            worker = ProcessChild(
+                f"worker-{index + 1}", [*command, "worker", *extra], env=worker_env
             )
+            self.supervisor.add(worker, order=0, start=True)
+        # The learning consumer: outcomes and feedback into routing weights (one is enough).
+        learner = ProcessChild(
+            "learner", [*command, "learner"], env=_child_env(settings, endpoints, role="learner")
+        )
+        self.supervisor.add(learner, order=0, start=True)
         host = "127.0.0.1" if settings.api.host in {"0.0.0.0", "::"} else settings.api.host
         url = f"http://{host}:{settings.api.port}"
         with self.console.status(f"waiting for the API at {url}..."):
-            self._wait_healthy(url)
-        self.console.print(f"[green]✓[/green] API at {url}, {workers} worker process(es)")
+            self._wait_healthy(api, url)
+        self.console.print(
+            f"[green]✓[/green] API at {url}, {workers} worker process(es), the learner"
+        )
         self.console.print("try: spine submit 'Say hello' --follow    (Ctrl-C stops everything)")
 
-    def _wait_healthy(self, url: str, timeout: float = 60.0) -> None:
+    def _wait_healthy(self, api: ProcessChild, url: str, timeout: float = 60.0) -> None:
+        # A first start that fails (a port in use, a bad setting) is reported, not retried.
+        assert self.supervisor is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            api = self._children["api"]
-            if api.poll() is not None:
-                raise SystemExit(f"the API process exited with code {api.returncode}")
+            code = api.poll()
+            if code is not None:
+                raise SystemExit(f"the API process exited ({describe_exit(code)})")
+            self.supervisor.tick()
             try:
                 if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
                     return
@@ -247,47 +364,29 @@ class StackRunner:
             time.sleep(0.2)
         raise SystemExit(f"the API did not answer at {url} within {timeout:.0f} s")
 
-    def _watch(self, stack: EmbeddedStack | None) -> int:
-        while True:
-            time.sleep(1)
-            for dead in stack.dead() if stack is not None else []:
-                self.console.print(
-                    f"[red]embedded {dead.name} died (exit code "
-                    f"{dead.exit_code})[/red]; end of {dead.log_path}:\n"
-                    f"{dead.log_tail}"
-                )
-                return 1
-            for name, child in self._children.items():
-                if child.poll() is not None:
-                    self.console.print(f"[red]{name} exited with code {child.returncode}[/red]")
-                    return 1
 
-    def _stop_children(self) -> None:
-        # Workers first, so they finish their tasks while the API and the servers still run.
-        workers = [c for name, c in self._children.items() if name != "api"]
-        api = [c for name, c in self._children.items() if name == "api"]
-        for group in (workers, api):
-            for child in group:
-                if child.poll() is None:
-                    child.send_signal(signal.SIGTERM)
-            deadline = time.monotonic() + 20
-            for child in group:
-                try:
-                    child.wait(max(deadline - time.monotonic(), 0.1))
-                except subprocess.TimeoutExpired:
-                    child.kill()
-                    child.wait()
-        self._children.clear()
+def _with_restarts(detail: str, record: ChildRecord | None) -> str:
+    if record is None or not record.restarts:
+        return detail
+    restarts = f"{record.restarts} restart(s), last exit: {record.last_exit}"
+    return f"{detail}; {restarts}" if detail else restarts
+
+
+def _child_env(settings: Settings, endpoints: Endpoints, *, role: str) -> dict[str, str]:
+    """The environment of a child: ours, plus the URLs with the credentials of its role."""
+    mine = apply_endpoints(settings, endpoints_for(settings.data_dir, endpoints, nats_user=role))
+    env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+    for field, name in _URL_ENV.items():
+        value = getattr(mine, field, None)
+        if value is not None:
+            env[name] = value
+    if mine.local_model.url is not None:
+        env[_LOCAL_MODEL_URL_ENV] = mine.local_model.url
+    return env
 
 
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
-
-
-def _child(command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    # Its own process group, so Ctrl-C reaches only `spine up`, which stops children in order;
-    # and on Linux the child gets SIGTERM if `spine up` itself dies.
-    return subprocess.Popen(command, env=env, process_group=0, preexec_fn=die_with_parent)
 
 
 async def _prepare_database(settings: Settings) -> str | None:

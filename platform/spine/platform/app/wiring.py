@@ -18,9 +18,11 @@ from spine.agents.dispatch import TaskDispatcher
 from spine.agents.embedding import DocumentIndexer, EmbedDocumentAgent
 from spine.agents.worker import TaskWorker
 from spine.events.bus import NatsBus
+from spine.events.feedback import FeedbackAnnouncer
 from spine.events.outcomes import OutcomePublisher
 from spine.events.progress import ProgressFeed, ProgressNudges
 from spine.events.streams import StreamLayout, StreamWatch
+from spine.events.weights import WeightsChannel
 from spine.graph.explore import GraphExplorer
 from spine.graph.hybrid import HybridRetriever
 from spine.platform.app.knowledge import KnowledgeLayer
@@ -28,8 +30,13 @@ from spine.platform.batches.files import FileStore
 from spine.platform.batches.store import Batches
 from spine.platform.db import Database
 from spine.platform.documents.store import DocumentStore
+from spine.platform.embedded.supervisor import SupervisionReader
 from spine.platform.errors import ConfigurationError, ServiceUnavailable
 from spine.platform.keys import KeyStore
+from spine.platform.learning.experiments import ExperimentBook
+from spine.platform.learning.feedback import FeedbackStore
+from spine.platform.learning.snapshots import SnapshotStore
+from spine.platform.learning.weights import RoutingWeights
 from spine.platform.metering import MeteredModels
 from spine.platform.metering.budgets import BudgetLedger, BudgetLimits
 from spine.platform.metering.cache import response_cache
@@ -71,7 +78,12 @@ class Platform:
     files: FileStore
     batches: Batches
     knowledge: KnowledgeLayer
+    feedback: FeedbackStore
+    snapshots: SnapshotStore
+    experiments: ExperimentBook
+    feedback_announcer: FeedbackAnnouncer
     _warming: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
+    _supervision: SupervisionReader | None = field(default=None, init=False, repr=False)
     _resources: contextlib.AsyncExitStack = field(
         default_factory=contextlib.AsyncExitStack, init=False, repr=False
     )
@@ -90,19 +102,7 @@ class Platform:
         tasks = TaskStore(db, announce=ProgressNudges(bus))
         feed = ProgressFeed(tasks, bus)
         catalog = default_catalog(settings.agents_dir)
-        layout = StreamLayout(
-            replicas=settings.streams.replicas,
-            duplicate_window=settings.streams.duplicate_window,
-            outcomes_max_age=settings.streams.outcomes_max_age,
-            events_max_age=settings.knowledge.events_max_age,
-            events_duplicate_window=settings.knowledge.events_duplicate_window,
-            ack_wait=settings.worker.ack_wait,
-            # After a worker dies, the redelivery (ack_wait after delivery) usually comes just
-            # before the dead attempt's lease (ack_wait after its claim) runs out, and is nakked
-            # as "busy": an attempt can take two deliveries, and so can the one that finally
-            # dead-letters. A tighter cap let JetStream drop a twice-crashed task silently.
-            max_deliver=2 * (settings.worker.max_attempts + 1),
-        )
+        layout = stream_layout(settings)
         dispatcher = TaskDispatcher(
             store=tasks,
             bus=bus,
@@ -113,12 +113,14 @@ class Platform:
         router = ModelRouter(settings)
         knowledge = KnowledgeLayer.build(settings, db=db, bus=bus)
         outcomes = OutcomePublisher(bus, max_queued=settings.streams.outcomes_queue)
+        experiments = ExperimentBook(db)
         metered = MeteredModels(
             router,
             budgets=BudgetLedger(db, BudgetLimits.from_settings(settings)),
             usage=UsageLedger(db),
             cache=response_cache(settings),
             outcomes=outcomes,
+            experiments=experiments,
         )
         documents = DocumentStore(db, settings=settings.documents, calls=metered)
         catalog.add(EmbedDocumentAgent(documents))
@@ -139,6 +141,7 @@ class Platform:
             graph=knowledge.explorer,
         )
         files = FileStore(db, limits=settings.batches)
+        feedback = FeedbackStore(db)
         batches = Batches(
             db, tasks=tasks, files=files, dispatcher=dispatcher, limits=settings.batches
         )
@@ -162,6 +165,10 @@ class Platform:
             journal=StepJournal(db, announce=ProgressNudges(bus)),
             tools=tools,
             knowledge=knowledge,
+            feedback=feedback,
+            snapshots=SnapshotStore(db),
+            experiments=experiments,
+            feedback_announcer=FeedbackAnnouncer(bus, feedback),
         )
 
     async def start(self) -> None:
@@ -207,6 +214,7 @@ class Platform:
             tools=self.tools,
             settings=self.settings.worker,
             layout=self.layout,
+            signals=self.outcomes.signal,
         )
 
     async def run_event_consumers(self, stop: asyncio.Event) -> None:
@@ -218,12 +226,53 @@ class Platform:
     async def ready(self) -> dict[str, str]:
         """Check each backing service this process uses."""
         status = {"nats": "ok" if self.bus.connected else "disconnected"}
+        graph = asyncio.ensure_future(self.knowledge.ready())  # beside the database check
         try:
             await self.db.ping()
             status["database"] = "ok"
         except ServiceUnavailable as exc:
             status["database"] = exc.message
+        finally:
+            status.update(await graph)
         return status
+
+    async def follow_weights(self, stop: asyncio.Event) -> None:
+        """Load each version of the routing weights the learner announces, until ``stop``."""
+
+        async def load(version: int) -> None:
+            latest = await self.snapshots.latest()
+            if latest is None or latest.version == self.router.learned.version:
+                return
+            weights = await asyncio.to_thread(RoutingWeights.from_dict, latest.state)
+            self.router.learned.use(weights, latest.version)
+
+        channel = WeightsChannel(self.bus, replicas=self.settings.streams.replicas)
+        await channel.follow(load, stop)
+
+    def learning_state(self) -> dict[str, object]:
+        """What this process routes ``learned`` calls by: the weights' version and age."""
+        learned = self.router.learned
+        age = learned.age_seconds()
+        return {
+            "weights_version": learned.version,
+            "loaded_seconds_ago": None if age is None else round(age, 1),
+            "note": "routing keeps the weights it has while the learner is away"
+            if learned.version is not None
+            else "no weights yet: the learned strategy routes by its cold-start strategy",
+        }
+
+    def supervision(self) -> dict[str, str] | None:
+        """Name the children of ``spine up`` that are not running well, with their state.
+
+        ``None`` when this process does not run under ``spine up``. Cheap: the supervisor's
+        state file is parsed again only when it changed (one ``stat`` otherwise).
+        """
+        path = self.settings.supervisor.state_file
+        if path is None:
+            return None
+        if self._supervision is None or self._supervision.path != path:
+            self._supervision = SupervisionReader(path)
+        return self._supervision.unhealthy()
 
     async def close(self) -> None:
         """Close connections."""
@@ -244,6 +293,23 @@ class Platform:
         with contextlib.suppress(Exception):
             await self.bus.close()
         await self.db.dispose()
+
+
+def stream_layout(settings: Settings) -> StreamLayout:
+    """The JetStream streams and consumers these settings call for."""
+    return StreamLayout(
+        replicas=settings.streams.replicas,
+        duplicate_window=settings.streams.duplicate_window,
+        outcomes_max_age=settings.streams.outcomes_max_age,
+        events_max_age=settings.knowledge.events_max_age,
+        events_duplicate_window=settings.knowledge.events_duplicate_window,
+        ack_wait=settings.worker.ack_wait,
+        # After a worker dies, the redelivery (ack_wait after delivery) usually comes just
+        # before the dead attempt's lease (ack_wait after its claim) runs out, and is nakked
+        # as "busy": an attempt can take two deliveries, and so can the one that finally
+        # dead-letters. A tighter cap let JetStream drop a twice-crashed task silently.
+        max_deliver=2 * (settings.worker.max_attempts + 1),
+    )
 
 
 def tool_registry(

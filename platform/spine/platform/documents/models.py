@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal, Protocol
+from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from spine.platform.errors import SpineError
+from spine.platform.inputs import StoredJson, StoredText
 from spine.platform.metering import CallContext, MeteredEmbedding
 from spine.platform.models import EmbeddingRequest
 from spine.platform.router import ModelRouter
@@ -48,10 +49,10 @@ class DocumentInput(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    text: str
+    text: StoredText
     format: Literal["markdown", "text"] = "markdown"
-    metadata: dict[str, Any] = Field(default_factory=dict)
-    source: str | None = Field(None, max_length=1000, description="A file name or URL.")
+    metadata: Annotated[dict[str, Any], StoredJson] = Field(default_factory=dict)
+    source: StoredText | None = Field(None, max_length=1000, description="A file name or URL.")
 
 
 class Document(BaseModel):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import Annotated, Any
 
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field
@@ -21,6 +21,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from spine.platform.db import Database
+from spine.platform.inputs import StoredJson, StoredText
 from spine.platform.schema import ChunkRow, DocumentRow
 from spine.platform.settings import DocumentSettings
 
@@ -42,9 +43,9 @@ class SearchQuery(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    query: str
+    query: StoredText
     k: int = Field(10, ge=1, le=100)
-    filter: dict[str, Any] = Field(
+    filter: Annotated[dict[str, Any], StoredJson] = Field(
         default_factory=dict,
         description="Metadata every hit's document must contain (JSONB containment: "
         '{"team": "ops"} matches {"team": "ops", "year": 2024}).',

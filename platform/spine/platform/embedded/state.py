@@ -3,7 +3,8 @@
 The state file (``<data>/run/stack.json``) outlives the process that wrote it: it lets a later
 start reuse the same ports (so URLs stay stable) and lets ``spine status`` / ``spine down`` find
 a detached stack. A pid alone is not an identity (pids are reused), so every record carries the
-process's creation time as well.
+process's creation time as well. The URLs it keeps carry no credentials (they are in
+``<data>/credentials.json``, see :mod:`spine.platform.embedded.credentials`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any
 
 import psutil
 
-from spine.platform.errors import ConfigurationError
+from spine.platform.embedded.credentials import without_userinfo
 from spine.platform.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -87,6 +88,7 @@ class StackState:
     endpoints: Endpoints = field(default_factory=Endpoints)
     detached: bool = False
     owner_pid: int | None = None
+    owner_create_time: float | None = None
     started_at: str | None = None
 
 
@@ -127,7 +129,11 @@ def save_state(state: StackState) -> None:
         "started_at": state.started_at,
         "detached": state.detached,
         "owner_pid": state.owner_pid,
-        "endpoints": asdict(state.endpoints),
+        "owner_create_time": state.owner_create_time,
+        "endpoints": {
+            name: without_userinfo(url) if url and name in _CREDENTIAL_URLS else url
+            for name, url in asdict(state.endpoints).items()
+        },
         "servers": {
             name: {**asdict(record), "log": str(record.log)}
             for name, record in state.servers.items()
@@ -165,6 +171,7 @@ def _state_from_json(raw: dict[str, Any], data_dir: Path) -> StackState:
         endpoints=endpoints,
         detached=bool(raw.get("detached", False)),
         owner_pid=raw.get("owner_pid"),
+        owner_create_time=raw.get("owner_create_time"),
         started_at=raw.get("started_at"),
     )
 
@@ -308,7 +315,7 @@ def stop_stack(data_dir: Path, timeout: float = 10.0) -> list[str]:
         rec = state.servers[name]
         proc = find_process(rec.pid, rec.create_time)
         if proc is not None:
-            terminate_process(proc, _signal_named(rec.stop_signal), timeout)
+            terminate_process(proc, signal_named(rec.stop_signal), timeout)
             logger.info("embedded %s stopped (pid %d)", name, proc.pid)
             stopped.append(name)
         rec.pid = rec.create_time = None
@@ -316,17 +323,32 @@ def stop_stack(data_dir: Path, timeout: float = 10.0) -> list[str]:
     return stopped
 
 
-def _signal_named(name: str) -> signal.Signals:
+def signal_named(name: str) -> signal.Signals:
+    """Return the signal a record names (SIGTERM for a name it does not know)."""
     try:
         return signal.Signals[name]
     except KeyError:
         return signal.SIGTERM
 
 
-def die_with_parent() -> None:
-    """Ask Linux to SIGTERM this (child) process when its parent dies; run in ``preexec_fn``."""
-    if _LIBC is not None:
-        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+def die_with_parent(sig: int = signal.SIGTERM, parent: int | None = None) -> None:
+    """Ask Linux to send ``sig`` to this (child) process when its parent dies.
+
+    Run in ``preexec_fn`` (bind the arguments with :func:`functools.partial`), which CPython
+    calls after switching to the ``user``/``group`` it was given: the kernel clears the
+    setting on a change of credentials, so set later it holds for a server run as another user
+    (PostgreSQL as root). The signal comes when the *thread* that spawned the child ends, so
+    spawn from a thread that lives as long as the child should.
+
+    Args:
+        sig: The signal to receive (a server's clean stop signal).
+        parent: The parent's pid: if it already died before this call, ``sig`` comes at once.
+    """
+    if _LIBC is None:
+        return
+    _LIBC.prctl(_PR_SET_PDEATHSIG, sig)
+    if parent is not None and os.getppid() != parent:
+        os.kill(os.getpid(), sig)
 
 
 # Loaded in the parent: a forked child should do as little as possible before exec.
@@ -334,23 +356,9 @@ _PR_SET_PDEATHSIG = 1
 _LIBC = ctypes.CDLL("libc.so.6", use_errno=True) if sys.platform == "linux" else None
 
 
-_URL_FIELDS = ("database_url", "nats_url", "redis_url", "neo4j_uri")
-
-
-def refuse_if_running(data_dir: Path, state: StackState | None) -> None:
-    """Refuse to start a second stack in a data dir whose recorded servers still run."""
-    if state is None:
-        return
-    alive = [
-        f"{name} pid {rec.pid}"
-        for name, rec in state.servers.items()
-        if find_process(rec.pid, rec.create_time) is not None
-    ]
-    if alive:
-        raise ConfigurationError(
-            f"an embedded stack already runs in {data_dir} ({', '.join(alive)}); "
-            "stop it with `spine down` or use its URLs"
-        )
+_URL_FIELDS = ("database_url", "nats_url", "redis_url", "neo4j_uri", "falkordb_url")
+# The URLs whose credentials stay out of the state file (they are in credentials.json).
+_CREDENTIAL_URLS = frozenset({"database_url", "nats_url"})
 
 
 def apply_endpoints(settings: Settings, endpoints: Endpoints) -> Settings:

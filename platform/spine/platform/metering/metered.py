@@ -37,6 +37,7 @@ from decimal import Decimal
 from typing import Any, TypeVar
 
 from spine.platform.errors import BudgetExceeded, SpineError
+from spine.platform.learning.experiments import ExperimentBook
 from spine.platform.metering.budgets import (
     BudgetLedger,
     Reservation,
@@ -47,6 +48,7 @@ from spine.platform.metering.budgets import (
 )
 from spine.platform.metering.cache import CacheKey, ResponseCache
 from spine.platform.metering.caller import CallerModels
+from spine.platform.metering.choosing import RouteChooser
 from spine.platform.metering.context import (
     ABANDONED,
     EXPLICIT,
@@ -104,12 +106,15 @@ class MeteredModels:
         usage: UsageLedger,
         cache: ResponseCache | None = None,
         outcomes: OutcomeHook | None = None,
+        experiments: ExperimentBook | None = None,
     ) -> None:
         self.router = router
         self.budgets = budgets
         self.usage = usage
         self.cache = cache
         self.outcomes = outcomes
+        self.experiments = experiments
+        self._chooser = RouteChooser(router, budgets=budgets, experiments=experiments)
         self._pending: set[asyncio.Task[None]] = set()
 
     async def complete(self, request: ChatRequest, context: CallContext) -> MeteredCompletion:
@@ -120,6 +125,7 @@ class MeteredModels:
             SpineError: What the router raises (unknown model, every model failed, ...).
         """
         started = time.perf_counter()
+        request, context = await self._chooser.in_experiment(request, context)
         request = self._with_strategy(request, context)
         strategy = self._strategy(request)
         key = self._cache_key(request, context)
@@ -131,7 +137,7 @@ class MeteredModels:
                 )
                 return MeteredCompletion(completion=hit, cost=_ZERO, cache="hit")
         requirements = _requirements(request)
-        plan = self.router.plan(requirements, model=request.model, strategy=request.strategy)
+        plan = await self._chooser.plan(request, requirements, context)
         budgeted = await self._reserve(plan, requirements, context, strategy, started)
         try:
             answer = await self.router.complete(request, plan=budgeted.plan)
@@ -158,6 +164,7 @@ class MeteredModels:
             SpineError: What the router raises before the first output.
         """
         started = time.perf_counter()
+        request, context = await self._chooser.in_experiment(request, context)
         request = self._with_strategy(request, context)
         strategy = self._strategy(request)
         requirements = _requirements(request)
@@ -176,7 +183,7 @@ class MeteredModels:
                     cache="hit",
                     routing=strategy,
                 )
-        plan = self.router.plan(requirements, model=request.model, strategy=request.strategy)
+        plan = await self._chooser.plan(request, requirements, context)
         budgeted = await self._reserve(plan, requirements, context, strategy, started)
         try:
             opened = await self.router.stream(request, plan=budgeted.plan)
@@ -194,6 +201,7 @@ class MeteredModels:
             cache="miss" if key is not None else "bypass",
             key=key,
             routing=strategy,
+            decision=budgeted.plan.decision,
         )
 
     async def embed(self, request: EmbeddingRequest, context: CallContext) -> MeteredEmbedding:
@@ -298,9 +306,8 @@ class MeteredModels:
                     sorted(spec.name for spec in free),
                 )
                 reservation = await self.budgets.reserve(scopes, _ZERO)
-                return _Budgeted(
-                    reservation=reservation, plan=RoutePlan(strategy=plan.strategy, models=free)
-                )
+                narrowed = RoutePlan(strategy=plan.strategy, models=free, decision=plan.decision)
+                return _Budgeted(reservation=reservation, plan=narrowed)
             first = plan.models[0] if plan.models else None
             await self._record(
                 context,
@@ -309,6 +316,7 @@ class MeteredModels:
                 first.name if first else "",
                 first.provider if first else "",
                 outcome=exc.error_type,
+                decision=plan.decision,
             )
             raise
         return _Budgeted(reservation=reservation, plan=plan)
@@ -335,6 +343,7 @@ class MeteredModels:
             output_tokens=output_tokens,
             cost=cost,
             fallback_path=_tried_before(answer.fallback_path),
+            decision=budgeted.plan.decision,
         )
         return cost
 
@@ -368,6 +377,7 @@ class MeteredModels:
             spec.provider if spec is not None else "",
             fallback_path=tried[:-1],
             outcome=exc.error_type if isinstance(exc, SpineError) else ABANDONED,
+            decision=budgeted.plan.decision,
         )
 
     async def _settle(self, reservation: Reservation, cost: Decimal | None) -> None:
@@ -402,9 +412,14 @@ class MeteredModels:
             tenant=context.tenant,
             key_id=context.key_id,
             task_id=context.task_id,
+            task_category=context.task_category,
+            completion_id=context.completion_id,
             model=model,
             provider=provider,
             latency_ms=_since(started),
+            strategy=strategy,
+            experiment_id=context.assignment.experiment_id if context.assignment else None,
+            arm=context.assignment.arm if context.assignment else None,
             **outcome,
         )
         try:
@@ -413,7 +428,7 @@ class MeteredModels:
             logger.warning("usage of a %s call not recorded: %s", record.model, exc)
         if self.outcomes is not None:
             try:
-                self.outcomes(record, strategy=strategy, task_category=context.task_category)
+                self.outcomes(record)
             except Exception:
                 logger.warning("outcome of a %s call not reported", record.model, exc_info=True)
 
@@ -451,6 +466,7 @@ class MeteredModels:
             cost=cost,
             fallback_path=_tried_before(inner.fallback_path),
             outcome=outcome,
+            decision=stream.decision,
         )
         if outcome == OK and stream.key is not None and self.cache is not None:
             answer = stream.answer(input_tokens, output_tokens, _since(stream.started))

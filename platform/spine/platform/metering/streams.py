@@ -44,6 +44,7 @@ class MeteredStream:
     cache: CacheStatus = "bypass"
     key: CacheKey | None = None
     routing: str = ""
+    decision: dict[str, Any] | None = None
     cost: Decimal | None = None
     chars: int = 0
     texts: list[str] = field(default_factory=list)

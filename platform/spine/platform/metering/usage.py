@@ -31,6 +31,7 @@ from typing import Any, Literal, get_args
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from spine.platform.cursors import decode_cursor, encode_cursor
 from spine.platform.db import Database
 from spine.platform.errors import BadRequest
 from spine.platform.schema import ModelCallRow, Money, utcnow
@@ -50,6 +51,10 @@ class ModelCallRecord:
 
     ``outcome`` is ``"ok"`` or the error class (an ``error_type`` such as ``"rate_limited"``);
     ``fallback_path`` lists the models tried before the one that answered, in order.
+    ``strategy`` is the routing strategy (``explicit`` for a named model); ``decision`` how the
+    ``learned`` strategy chose (candidates and scores, exploration, the weights version and
+    the request's features); ``completion_id`` the gateway's answer id, by which a client may
+    rate it; ``experiment_id``/``arm`` the A/B arm the call was routed by.
     """
 
     tenant: str
@@ -66,6 +71,12 @@ class ModelCallRecord:
     outcome: str = OK
     created_at: datetime = field(default_factory=utcnow)
     id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    strategy: str | None = None
+    task_category: str | None = None
+    completion_id: str | None = None
+    decision: dict[str, Any] | None = None
+    experiment_id: str | None = None
+    arm: str | None = None
 
 
 @dataclass(slots=True, kw_only=True)
@@ -207,6 +218,56 @@ class UsageLedger:
             rows = list((await conn.execute(query)).mappings())
         return [_usage_row(row) for row in rows if row["calls"]]
 
+    async def calls_page(
+        self,
+        *,
+        tenant: str | None,
+        model: str | None = None,
+        strategy: str | None = None,
+        task_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        routed_only: bool = False,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> tuple[list[ModelCallRecord], str | None]:
+        """List calls newest first, ``limit`` at a time, with the cursor to the next page.
+
+        ``routed_only`` keeps calls the router chose a model for (a strategy other than
+        ``explicit``): the routing decisions.
+        """
+        query = sa.select(_CALLS)
+        for column, value in (
+            (_CALLS.c.tenant, tenant),
+            (_CALLS.c.model, model),
+            (_CALLS.c.strategy, strategy),
+            (_CALLS.c.task_id, task_id),
+        ):
+            if value is not None:
+                query = query.where(column == value)
+        if routed_only:
+            query = query.where(_CALLS.c.strategy.is_not(None), _CALLS.c.strategy != "explicit")
+        if since is not None:
+            query = query.where(_CALLS.c.created_at >= since)
+        if until is not None:
+            query = query.where(_CALLS.c.created_at < until)
+        if cursor is not None:
+            when, last_id = decode_cursor(cursor)
+            query = query.where(
+                sa.or_(
+                    _CALLS.c.created_at < when,
+                    sa.and_(_CALLS.c.created_at == when, _CALLS.c.id < last_id),
+                )
+            )
+        query = query.order_by(_CALLS.c.created_at.desc(), _CALLS.c.id.desc()).limit(limit + 1)
+        await self.flush()
+        async with self._db.transaction() as conn:
+            rows = list((await conn.execute(query)).mappings())
+        more = len(rows) > limit
+        rows = rows[:limit]
+        following = encode_cursor(rows[-1]["created_at"], rows[-1]["id"]) if more else None
+        return [_record(row) for row in rows], following
+
 
 def _utc_day(db: Database) -> sa.ColumnElement[Any]:
     # SQLite keeps UTC timestamps as 'YYYY-MM-DD HH:MM:SS...' text; PostgreSQL's date() would
@@ -235,6 +296,12 @@ def _values(call: ModelCallRecord) -> dict[str, Any]:
         "fallback_path": list(call.fallback_path),
         "outcome": call.outcome,
         "created_at": call.created_at,
+        "strategy": call.strategy,
+        "task_category": call.task_category,
+        "completion_id": call.completion_id,
+        "decision": call.decision,
+        "experiment_id": call.experiment_id,
+        "arm": call.arm,
     }
 
 
@@ -253,4 +320,29 @@ def _usage_row(row: sa.RowMapping) -> UsageRow:
         cost=row["cost"] if row["cost"] is not None else Decimal(0),
         cache_hits=int(row["cache_hits"]),
         errors=int(row["errors"]),
+    )
+
+
+def _record(row: sa.RowMapping) -> ModelCallRecord:
+    return ModelCallRecord(
+        id=row["id"],
+        tenant=row["tenant"],
+        key_id=row["key_id"],
+        task_id=row["task_id"],
+        model=row["model"],
+        provider=row["provider"],
+        input_tokens=row["input_tokens"],
+        output_tokens=row["output_tokens"],
+        cost=row["cost"],
+        latency_ms=row["latency_ms"],
+        cache_hit=row["cache_hit"],
+        fallback_path=list(row["fallback_path"] or []),
+        outcome=row["outcome"],
+        created_at=row["created_at"],
+        strategy=row["strategy"],
+        task_category=row["task_category"],
+        completion_id=row["completion_id"],
+        decision=row["decision"],
+        experiment_id=row["experiment_id"],
+        arm=row["arm"],
     )

@@ -11,7 +11,6 @@ gateway (:mod:`spine.platform.app.api._openai`).
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import time
 import uuid
@@ -33,6 +32,7 @@ from spine.platform.errors import (
     Unauthorized,
     UnknownModel,
 )
+from spine.platform.inputs import MAX_JSON_DEPTH, InvalidInput, check_json, load_json
 from spine.platform.models import ChatRequest, Completion
 
 __all__ = [
@@ -139,6 +139,12 @@ class GatewayError(SpineError):
         return cls(
             exc.status_code, exc.message, type=exc.error_type, param=param, code=exc.error_type
         )
+
+    @classmethod
+    def unstorable(cls, exc: InvalidInput) -> GatewayError:
+        """Refuse a value that cannot be stored: 400 naming the top-level parameter."""
+        param = (exc.field or "").split(".", 1)[0] or None
+        return cls(400, exc.message, param=param)
 
     @classmethod
     def of_task_error(cls, error: dict[str, Any]) -> GatewayError | None:
@@ -298,6 +304,9 @@ class ChatCompletionRequest(_Open):
     user: str | None = None
     n: int | None = None
     spine_strategy: str | None = None
+    spine_cost_weight: float | None = Field(
+        None, ge=0, le=1, description="The learned strategy's knob: quality given up to save cost."
+    )
 
     @field_validator("stop")
     @classmethod
@@ -314,19 +323,29 @@ class ChatCompletionRequest(_Open):
         return value
 
     @classmethod
-    def parse(cls, raw: bytes) -> ChatCompletionRequest:
+    def parse(cls, raw: bytes, *, max_depth: int = MAX_JSON_DEPTH) -> ChatCompletionRequest:
         """Read and validate a body; problems are 400s naming the parameter."""
         try:
-            body = json.loads(raw)
+            body = load_json(raw, max_depth=max_depth, field="")
+        except InvalidInput as exc:
+            raise GatewayError.unstorable(exc) from None
         except ValueError as exc:
             raise GatewayError(400, f"the body is not valid JSON ({exc})") from None
-        return cls.from_body(body)
+        return cls.from_body(body, max_depth=max_depth)
 
     @classmethod
-    def from_body(cls, body: object) -> ChatCompletionRequest:
-        """Validate a decoded body; problems are 400s naming the parameter."""
+    def from_body(cls, body: object, *, max_depth: int = MAX_JSON_DEPTH) -> ChatCompletionRequest:
+        """Validate a decoded body; problems are 400s naming the parameter.
+
+        Values the platform cannot store or send on (see :mod:`spine.platform.inputs`) are
+        refused too: the messages reach the response cache, the journal and the provider.
+        """
         if not isinstance(body, dict):
             raise GatewayError(400, "the body must be a JSON object")
+        try:
+            check_json(body, max_depth=max_depth)
+        except InvalidInput as exc:
+            raise GatewayError.unstorable(exc) from None
         try:
             request = cls.model_validate(body)
         except ValidationError as exc:
@@ -369,7 +388,15 @@ class ChatCompletionRequest(_Open):
         params = self.model_dump(
             exclude_none=True,
             by_alias=True,
-            exclude={"model", "messages", "stream", "stream_options", "n", "spine_strategy"},
+            exclude={
+                "model",
+                "messages",
+                "stream",
+                "stream_options",
+                "n",
+                "spine_strategy",
+                "spine_cost_weight",
+            },
         )
         for name in IGNORED:
             params.pop(name, None)
@@ -385,6 +412,7 @@ class ChatCompletionRequest(_Open):
             model=self.routed_model,
             strategy=strategy or self.spine_strategy or None,
             params=self.params(),
+            cost_weight=self.spine_cost_weight,
         )
 
 

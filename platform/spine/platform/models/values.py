@@ -110,6 +110,8 @@ class ChatRequest:
     min_quality: float = 0.0
     timeout: float | None = None
     params: dict[str, Any] = field(default_factory=dict)
+    cost_weight: float | None = None
+    """The ``learned`` strategy's knob for this call (0..1; None: the tenant's or global)."""
 
     @classmethod
     def of(
@@ -120,6 +122,7 @@ class ChatRequest:
         strategy: str | None = None,
         min_quality: float | None = None,
         timeout: float | None = None,
+        cost_weight: float | None = None,
         **params: Any,
     ) -> ChatRequest:
         """Build a request from keyword options, the way agents spell a call."""
@@ -129,6 +132,7 @@ class ChatRequest:
             strategy=strategy or None,
             min_quality=float(min_quality or 0.0),
             timeout=timeout,
+            cost_weight=cost_weight,
             params={name: value for name, value in params.items() if value is not None},
         )
 

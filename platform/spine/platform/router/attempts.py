@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from spine.platform.errors import BadRequest, ContextWindowExceeded, SpineError, TransientFailure
 from spine.platform.models import Attempt
@@ -22,6 +23,8 @@ class RoutePlan:
 
     strategy: str
     models: list[ModelSpec]
+    decision: dict[str, Any] | None = None
+    """How the ``learned`` strategy chose (its audit record); None for the other strategies."""
 
 
 def record_failure(
@@ -54,7 +57,7 @@ def admitted(plan: RoutePlan, admit: Callable[[ModelSpec], bool] | None) -> Rout
             "none of the models that could answer may be used for this call: "
             + ", ".join(spec.name for spec in plan.models)
         )
-    return RoutePlan(strategy=plan.strategy, models=kept)
+    return RoutePlan(strategy=plan.strategy, models=kept, decision=plan.decision)
 
 
 def param_named(lacking: str, requirements: Requirements) -> str:

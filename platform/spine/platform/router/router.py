@@ -19,6 +19,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 from spine.platform.errors import (
     BadRequest,
@@ -27,6 +28,7 @@ from spine.platform.errors import (
     SpineError,
     UnknownModel,
 )
+from spine.platform.learning.features import SparseFeatures
 from spine.platform.models import (
     HOW_TO_CONFIGURE,
     Attempt,
@@ -57,6 +59,7 @@ from spine.platform.router.attempts import (
 )
 from spine.platform.router.catalog import ModelCatalog, discover_ollama
 from spine.platform.router.health import ModelHealth, Permit
+from spine.platform.router.learned import LearnedRouting
 from spine.platform.router.specs import ModelSpec, Requirements
 from spine.platform.router.strategies import RoutingContext, order_candidates
 from spine.platform.router.streaming import CompletionStream, StreamOutcome, first_output
@@ -98,6 +101,7 @@ class ModelRouter:
         self.catalog = catalog if catalog is not None else ModelCatalog.from_settings(settings)
         self.health = health if health is not None else ModelHealth()
         self._upstream: Upstream = upstream if upstream is not None else UpstreamClient(settings)
+        self.learned = LearnedRouting(settings.learning)
         # The API and the workers of one process share the router: it warms up once.
         self._warm_up_lock = asyncio.Lock()
         self._warm = False
@@ -157,11 +161,17 @@ class ModelRouter:
         model: str | None = None,
         strategy: str | None = None,
         admit: Callable[[ModelSpec], bool] | None = None,
+        features: SparseFeatures | None = None,
+        tenant: str | None = None,
+        cost_weight: float | None = None,
+        budget_pressure: float = 0.0,
     ) -> RoutePlan:
         """Return the models a call with ``requirements`` would try, in order.
 
         ``admit`` narrows the plan to the models it accepts (the caller's budget may only
-        admit free models, for example).
+        admit free models, for example). The ``learned`` strategy decides with the request's
+        ``features`` and the knob (``cost_weight``, else the ``tenant``'s, else the global
+        one), raised by ``budget_pressure`` (0..1); its record is the plan's ``decision``.
 
         Raises:
             ProviderNotConfigured: No provider is configured.
@@ -182,8 +192,34 @@ class ModelRouter:
             defaults=frozenset(
                 str(getattr(self._settings.models, provider, "")) for provider in preference
             ),
+            weights=self.learned.weights,
+            min_observations=self._settings.learning.min_observations,
         )
-        ordered = order_candidates(chosen, self.catalog.candidates(requirements), ctx)
+        candidates = self.catalog.candidates(requirements)
+        decision: dict[str, Any] | None = None
+        ordered: list[ModelSpec] = []
+        if chosen == "learned" and model is None and features is not None:
+            learned = self.learned.decide(
+                candidates,
+                requirements,
+                features,
+                health=self.health,
+                kind="embedding" if requirements.embeddings else "chat",
+                cost_weight=self.learned.cost_weight(tenant, cost_weight),
+                budget_pressure=budget_pressure,
+            )
+            if learned is not None:
+                ordered, decision = learned
+        if not ordered:  # not learned, or cold: the configured order
+            cold = self._settings.learning.cold_start_strategy
+            ordered = order_candidates(cold if chosen == "learned" else chosen, candidates, ctx)
+            if chosen == "learned" and model is None and decision is None:  # say why
+                decision = {
+                    "strategy": "learned",
+                    "cold_start": True,  # no weights yet: the configured order
+                    "ordered_by": cold,
+                    "weights_version": self.learned.version,
+                }
         if model is not None:
             first = self._explicit(model)
             if requirements.embeddings:
@@ -210,7 +246,7 @@ class ModelRouter:
                 f"no configured model meets the request ({reasons})",
                 field="dimensions" if sized else None,
             )
-        return admitted(RoutePlan(strategy=chosen, models=ordered), admit)
+        return admitted(RoutePlan(strategy=chosen, models=ordered, decision=decision), admit)
 
     async def complete(
         self,
@@ -444,6 +480,14 @@ class ModelRouter:
             api_base=spec.api_base,
             api_key=spec.api_key.get_secret_value() if spec.api_key else None,
         )
+
+    def knows(self, name: str) -> bool:
+        """Tell whether a call may name ``name`` (a catalog model, or provider/model)."""
+        try:
+            self._explicit(name)
+        except UnknownModel:
+            return False
+        return True
 
     def _explicit(self, name: str) -> ModelSpec:
         found = self.catalog.get(name)

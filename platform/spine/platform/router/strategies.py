@@ -9,8 +9,14 @@ models discovered or listed beside it, then the name, so the order is determinis
   provider preference order; a toy model last.
 - ``cost_optimized``: the cheapest model for this request (prompt and ``max_tokens`` at the
   model's prices); an unknown price ranks after every known one.
-- ``quality``: the highest quality score, regardless of cost.
-- ``speed``: the lowest moving-average latency; a model never measured ranks after measured ones.
+- ``quality``: the highest quality, regardless of cost: the learned estimate of a model with
+  enough quality scores, its configured score otherwise.
+- ``speed``: the lowest latency, optimistically: a model never measured comes first (so it gets
+  measured), then the measured ones by moving-average latency (less its uncertainty, for the
+  learned estimate of a model this process has not called yet).
+
+``learned`` is not here: it needs the request's features and the learned weights, and is made
+by :class:`~spine.platform.router.learned.LearnedRouting`.
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ from decimal import Decimal
 from typing import Any, get_args
 
 from spine.platform.errors import BadRequest
+from spine.platform.learning.policy import latency_bound, learned_quality
+from spine.platform.learning.weights import RoutingWeights
 from spine.platform.router.health import CallKind, HealthView
 from spine.platform.router.specs import TOY, ModelSpec, Requirements
 from spine.platform.settings import RoutingStrategy
@@ -46,6 +54,9 @@ class RoutingContext:
     preference: Sequence[str] = ()
     defaults: frozenset[str] = frozenset()
     """The configured default models (``GENAI_MODELS__*``): first among otherwise equal ones."""
+    weights: RoutingWeights | None = None
+    """The learned routing weights, when the learner has made some."""
+    min_observations: int = 20
 
     def rank(self, spec: ModelSpec) -> int:
         """Return the provider's place in the preference order (unlisted ones last)."""
@@ -103,17 +114,26 @@ def quality(candidates: Sequence[ModelSpec], ctx: RoutingContext) -> list[ModelS
 
     def best(spec: ModelSpec) -> tuple[float, bool, Decimal]:
         estimate = spec.estimated_cost(ctx.requirements)
-        return (-spec.quality, estimate is None, estimate or Decimal(0))
+        score = spec.quality
+        if ctx.weights is not None:
+            score = learned_quality(
+                ctx.weights, spec.name, spec.quality, min_observations=ctx.min_observations
+            )
+        return (-score, estimate is None, estimate or Decimal(0))
 
     return _ordered(candidates, ctx, best)
 
 
 def speed(candidates: Sequence[ModelSpec], ctx: RoutingContext) -> list[ModelSpec]:
-    """Order by moving-average latency, fastest first; unmeasured models last."""
+    """Order by latency, fastest first; a model never measured first, to measure it."""
 
-    def fastest(spec: ModelSpec) -> tuple[bool, float]:
+    def fastest(spec: ModelSpec) -> float:
         latency = ctx.health.latency_ms(spec.name)
-        return (latency is None, latency or 0.0)
+        if latency is not None:
+            return latency
+        if ctx.weights is not None:
+            return latency_bound(ctx.weights, spec.name)
+        return 0.0
 
     return _ordered(candidates, ctx, fastest)
 
@@ -135,7 +155,7 @@ def order_candidates(
         BadRequest: No strategy has that name.
     """
     chosen = STRATEGIES.get(strategy)
-    if chosen is None:
+    if chosen is None or strategy == "learned":
         raise BadRequest(
             f"unknown routing strategy {strategy!r}; use one of "
             f"{', '.join(get_args(RoutingStrategy))}",

@@ -6,11 +6,12 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from spine.platform.errors import SpineError
+from spine.platform.inputs import StoredJson, StoredMoment
 
 __all__ = [
     "TERMINAL_STATES",
@@ -38,10 +39,10 @@ class TaskSubmission(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     agent: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")
-    input: dict[str, Any]
-    metadata: dict[str, Any] = Field(default_factory=dict, max_length=64)
+    input: Annotated[dict[str, Any], StoredJson]
+    metadata: Annotated[dict[str, Any], StoredJson] = Field(default_factory=dict, max_length=64)
     priority: Priority = "normal"
-    deadline: AwareDatetime | None = None
+    deadline: StoredMoment | None = None
 
     def fingerprint(self) -> str:
         """Hash the request so a reused Idempotency-Key can be checked against it."""

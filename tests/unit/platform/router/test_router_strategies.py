@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from spine.platform.errors import BadRequest
+from spine.platform.learning import Observation, RoutingWeights
 from spine.platform.router import (
     STRATEGIES,
     CallKind,
@@ -115,12 +116,22 @@ def test_quality_takes_the_best_regardless_of_cost_and_breaks_ties_by_cost() -> 
     assert names(order) == ["mystery", "gpt4", "claude", "mini", "qwen", "llama"]
 
 
-def test_speed_takes_the_lowest_moving_average_and_unknown_latency_last() -> None:
+def test_speed_tries_unmeasured_models_first_then_the_lowest_moving_average() -> None:
     health = Health(latency={"gpt4": 300.0, "llama": 80.0, "mini": 120.0})
     order = speed(ALL, ctx(health=health, preference=["openai"]))
-    assert names(order)[:3] == ["llama", "mini", "gpt4"]
-    # Unmeasured: by preference, then name.
-    assert names(order)[3:] == ["claude", "mystery", "qwen"]
+    # Never measured: tried first (by preference, then name), so a faster one is found.
+    assert names(order)[:3] == ["claude", "mystery", "qwen"]
+    assert names(order)[3:] == ["llama", "mini", "gpt4"]
+
+
+def test_quality_uses_learned_estimates_where_there_are_enough() -> None:
+    weights = RoutingWeights()
+    features = weights.space.extract("a question")
+    for _ in range(25):  # more than min_observations
+        weights.observe(Observation(model="mini", features=features, quality=1.0))
+        weights.observe(Observation(model="gpt4", features=features, quality=0.0))
+    order = quality([GPT4, MINI], ctx(weights=weights))
+    assert names(order) == ["mini", "gpt4"]  # configured: gpt4 0.9 above mini
 
 
 def test_speed_skips_past_a_fast_but_unavailable_model() -> None:

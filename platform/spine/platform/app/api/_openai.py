@@ -18,6 +18,7 @@ from typing import Any, ParamSpec
 from fastapi import Response
 from fastapi.responses import JSONResponse
 
+from spine.platform.app.api.errors import loggable, retry_after_of
 from spine.platform.errors import SpineError
 from spine.platform.models import Attempt, CompletionDelta
 from spine.platform.models.openai_wire import (
@@ -33,11 +34,13 @@ from spine.platform.models.openai_wire import (
 __all__ = [
     "AUTO",
     "DONE",
+    "OPENAI_PATHS",
     "ChatCompletionRequest",
     "GatewayError",
     "chunk",
     "completion_body",
     "error_body",
+    "error_headers",
     "fallback_header",
     "new_completion_id",
     "openai_error",
@@ -49,6 +52,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DONE = b"data: [DONE]\n\n"
+OPENAI_PATHS = ("/v1/chat/", "/v1/embeddings", "/v1/models", "/v1/files", "/v1/batches")
+"""Path prefixes of the routes that answer errors in OpenAI's shape."""
 P = ParamSpec("P")
 
 
@@ -102,14 +107,21 @@ def fallback_header(path: list[Attempt]) -> str:
 def openai_error(error: GatewayError) -> JSONResponse:
     """Answer an error in OpenAI's shape, ``field`` naming the parameter as ``param`` does."""
     if error.status >= 500:
-        logger.warning("answered %d: %s", error.status, error.body["message"])
+        logger.warning("answered %d: %s", error.status, loggable(error))
     body = error_body(error)
     if error.body.get("param"):
         body["error"]["field"] = error.body["param"]
+    return JSONResponse(body, status_code=error.status, headers=error_headers(error))
+
+
+def error_headers(error: GatewayError) -> dict[str, str]:
+    """Return the headers of an error: its own, ``WWW-Authenticate`` on 401, ``Retry-After`` on 503."""
     headers = dict(error.headers)
     if error.status == 401:
         headers["WWW-Authenticate"] = "Bearer"
-    return JSONResponse(body, status_code=error.status, headers=headers)
+    if error.status == 503 and "Retry-After" not in headers:
+        headers["Retry-After"] = str(retry_after_of(error))
+    return headers
 
 
 def openai_errors(

@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 
 from spine.platform.app.api._openai import openai_errors
 from spine.platform.app.api.auth import authenticate, platform_of
+from spine.platform.app.api.errors import documented
 from spine.platform.batches.input import CHAT_COMPLETIONS, COMPLETION_WINDOW, BatchCreate
 from spine.platform.batches.output import Batch
 from spine.platform.errors import BadRequest
@@ -34,7 +35,7 @@ JSONL_TYPES = frozenset(
 JSONL_MEDIA = "application/jsonl"
 
 
-@router.post("/batches", response_model=None)
+@router.post("/batches", response_model=None, responses=documented(404, 415))
 @openai_errors
 async def create_batch(request: Request) -> Response:
     """Start a batch over an uploaded file, or over JSONL posted as the body."""
@@ -84,7 +85,7 @@ async def get_batch(batch_id: str, request: Request) -> Response:
     return JSONResponse(batch.openai())
 
 
-@router.post("/batches/{batch_id}/cancel", response_model=None)
+@router.post("/batches/{batch_id}/cancel", response_model=None, responses=documented(409))
 @openai_errors
 async def cancel_batch(batch_id: str, request: Request) -> Response:
     """Cancel the lines that have not ended; the batch is ``cancelled`` once they all have."""

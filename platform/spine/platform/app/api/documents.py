@@ -22,6 +22,7 @@ from pydantic import BaseModel
 
 from spine.graph.hybrid import HybridQuery, HybridResult, HybridRetriever
 from spine.platform.app.api.auth import Caller, platform_of
+from spine.platform.app.api.errors import documented
 from spine.platform.documents.store import Document, DocumentInput, DocumentStatus
 from spine.platform.documents.vector_search import SearchQuery, SearchResult
 from spine.platform.errors import (
@@ -34,7 +35,7 @@ from spine.platform.metering import CallContext
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/v1", tags=["documents"])
+router = APIRouter(prefix="/v1", tags=["documents"], responses=documented(501))
 
 
 class UpstreamError(SpineError):
@@ -61,7 +62,7 @@ class DocumentList(BaseModel):
     data: list[Document]
 
 
-@router.post("/documents", status_code=202, response_model=Document)
+@router.post("/documents", status_code=202, response_model=Document, responses=documented(502))
 async def add_document(
     given: DocumentInput, request: Request, response: Response, caller: Caller
 ) -> Document:
@@ -103,7 +104,7 @@ async def delete_document(document_id: str, request: Request, caller: Caller) ->
     return Response(status_code=204)
 
 
-@router.post("/search", response_model=SearchResult)
+@router.post("/search", response_model=SearchResult, responses=documented(502))
 async def search(query: SearchQuery, request: Request, caller: Caller) -> SearchResult:
     """Return the caller's chunks nearest in meaning to the query, best first."""
     platform = platform_of(request)
@@ -114,7 +115,7 @@ async def search(query: SearchQuery, request: Request, caller: Caller) -> Search
         return await platform.documents.search(query, context)
 
 
-@router.post("/search/hybrid", response_model=HybridResult)
+@router.post("/search/hybrid", response_model=HybridResult, responses=documented(502))
 async def hybrid_search(query: HybridQuery, request: Request, caller: Caller) -> HybridResult:
     """Passages nearest to the query, the graph entities they mention, and the facts around
     them, each with its source (needs both the vector store and a graph)."""

@@ -15,7 +15,6 @@ answered, why, and what it cost.
 from __future__ import annotations
 
 import base64
-import json
 import struct
 from decimal import Decimal
 from typing import Literal
@@ -26,7 +25,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from spine.platform.app.api._openai import AUTO, GatewayError, fallback_header, openai_error
 from spine.platform.app.api.auth import authenticate, platform_of
+from spine.platform.app.api.errors import documented
 from spine.platform.errors import SpineError
+from spine.platform.inputs import InvalidInput, load_json
 from spine.platform.metering import EXPLICIT, CallContext
 from spine.platform.models import EmbeddingRequest
 
@@ -54,7 +55,9 @@ class EmbeddingsBody(BaseModel):
     def parse(cls, raw: bytes) -> EmbeddingsBody:
         """Read and validate a body; problems are 400s naming the parameter."""
         try:
-            body = json.loads(raw)
+            body = load_json(raw, field="")
+        except InvalidInput as exc:
+            raise GatewayError.unstorable(exc) from None
         except ValueError as exc:
             raise GatewayError(400, f"the body is not valid JSON ({exc})") from None
         if not isinstance(body, dict):
@@ -111,7 +114,7 @@ class EmbeddingsBody(BaseModel):
         return None if self.model == AUTO else self.model
 
 
-@router.post("/embeddings", response_model=None)
+@router.post("/embeddings", response_model=None, responses=documented(404, 429, 502))
 async def create_embeddings(request: Request) -> Response:
     """Embed the inputs with a routed model, in OpenAI's shape."""
     try:

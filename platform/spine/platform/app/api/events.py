@@ -53,7 +53,7 @@ class EventsAccepted(BaseModel):
 async def publish_events(request: Request, caller: Caller) -> EventsAccepted:
     """Accept CloudEvents for the caller's tenant."""
     body = await request.body()
-    events = _parse(request, body)
+    events = _parse(request, body, platform_of(request).settings.api.max_json_depth)
     accepted = await platform_of(request).knowledge.intake.accept(events, tenant=caller.tenant)
     return EventsAccepted(
         accepted=len(accepted),
@@ -91,21 +91,21 @@ async def get_event(key: str, request: Request, caller: Caller) -> EventEntry:
     return await platform_of(request).knowledge.log.get(key, tenant=caller.tenant)
 
 
-def _parse(request: Request, body: bytes) -> list[CloudEvent]:
+def _parse(request: Request, body: bytes, max_depth: int) -> list[CloudEvent]:
     content_type = request.headers.get("content-type", "")
     media = content_type.split(";", 1)[0].strip().lower()
     if media == BATCH_CONTENT_TYPE:
-        return parse_batch(body)
+        return parse_batch(body, max_depth=max_depth)
     if media == STRUCTURED_CONTENT_TYPE:
-        return [parse_structured(body)]
+        return [parse_structured(body, max_depth=max_depth)]
     if "ce-specversion" in request.headers:
-        return [parse_binary(dict(request.headers), body)]
+        return [parse_binary(dict(request.headers), body, max_depth=max_depth)]
     if media in ("application/json", ""):
         # Lenient: a structured event or a batch sent as plain JSON.
         stripped = body.lstrip()
         if stripped.startswith(b"["):
-            return parse_batch(body)
-        return [parse_structured(body)]
+            return parse_batch(body, max_depth=max_depth)
+        return [parse_structured(body, max_depth=max_depth)]
     raise InvalidEvent(
         f"unsupported content type {media!r}: send {STRUCTURED_CONTENT_TYPE}, "
         f"{BATCH_CONTENT_TYPE}, or binary mode with ce-* headers",

@@ -28,8 +28,9 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from spine.platform.app.api._openai import DONE, chunk, fallback_header, sse
+from spine.platform.app.api._openai import DONE, chunk, error_headers, fallback_header, sse
 from spine.platform.app.api.auth import authenticate, platform_of
+from spine.platform.app.api.errors import documented, loggable
 from spine.platform.errors import SpineError
 from spine.platform.metering import CallContext, MeteredStream
 from spine.platform.models import Attempt, CompletionDelta
@@ -54,7 +55,7 @@ CACHE_HEADER = "x-spine-cache"
 EXPLICIT = "explicit"
 
 
-@router.post("/chat/completions", response_model=None)
+@router.post("/chat/completions", response_model=None, responses=documented(404, 429, 499, 502))
 async def chat_completions(request: Request) -> Response:
     """Answer a chat completion, streamed or not, through the model router."""
     try:
@@ -62,8 +63,12 @@ async def chat_completions(request: Request) -> Response:
         chat = ChatCompletionRequest.parse(await request.body())
         models = await platform_of(request).metered_models()
         call = chat.to_request(strategy=request.headers.get(STRATEGY_HEADER))
+        completion_id, created = new_completion_id()
         context = CallContext(
-            tenant=caller.tenant, key_id=caller.key_id, use_cache=not _bypasses_cache(request)
+            tenant=caller.tenant,
+            key_id=caller.key_id,
+            use_cache=not _bypasses_cache(request),
+            completion_id=completion_id,
         )
         if chat.stream:
             opened = await models.stream(call, context)
@@ -73,12 +78,11 @@ async def chat_completions(request: Request) -> Response:
                 # counted as answered before the server noticed.
                 await opened.aclose()
                 return Response(status_code=499)
-            return _streamed(opened, chat)
+            return _streamed(opened, chat, completion_id=completion_id, created=created)
         metered = await models.complete(call, context)
     except SpineError as exc:
         return _error(GatewayError.of(exc))
     answer = metered.completion
-    completion_id, created = new_completion_id()
     headers = _headers(answer.model, answer.provider, answer.strategy, answer.fallback_path, chat)
     headers["X-Spine-Cost"] = _amount(metered.cost)
     headers["X-Spine-Cache"] = metered.cache
@@ -117,8 +121,9 @@ async def list_models(request: Request) -> Response:
     return JSONResponse({"object": "list", "data": data})
 
 
-def _streamed(opened: MeteredStream, chat: ChatCompletionRequest) -> Response:
-    completion_id, created = new_completion_id()
+def _streamed(
+    opened: MeteredStream, chat: ChatCompletionRequest, *, completion_id: str, created: int
+) -> Response:
     frame: dict[str, Any] = {
         "completion_id": completion_id,
         "created": created,
@@ -183,11 +188,8 @@ def _bypasses_cache(request: Request) -> bool:
 
 def _error(error: GatewayError) -> JSONResponse:
     if error.status >= 500:
-        logger.warning("gateway answered %d: %s", error.status, error.body["message"])
-    headers = dict(error.headers)
-    if error.status == 401:
-        headers["WWW-Authenticate"] = "Bearer"
-    return JSONResponse(error_body(error), status_code=error.status, headers=headers)
+        logger.warning("gateway answered %d: %s", error.status, loggable(error))
+    return JSONResponse(error_body(error), status_code=error.status, headers=error_headers(error))
 
 
 def _amount(cost: Decimal) -> str:

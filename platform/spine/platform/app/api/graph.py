@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from spine.graph.explore import (
     Direction,
@@ -23,6 +23,8 @@ from spine.graph.explore import (
     QueryResult,
 )
 from spine.platform.app.api.auth import Caller, platform_of
+from spine.platform.app.api.errors import documented
+from spine.platform.inputs import StoredJson, StoredMoment, StoredText
 
 __all__ = ["router"]
 
@@ -39,8 +41,8 @@ class GraphQuery(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    query: str = Field(min_length=1, max_length=20_000)
-    params: dict[str, Any] = Field(default_factory=dict)
+    query: StoredText = Field(min_length=1, max_length=20_000)
+    params: Annotated[dict[str, Any], StoredJson] = Field(default_factory=dict)
 
 
 def _explorer(request: Request) -> GraphExplorer:
@@ -59,7 +61,7 @@ async def neighbors(
     depth: Annotated[int, Query(ge=1, le=3)] = 1,
     types: Types = [],  # noqa: B006 - FastAPI copies defaults
     direction: Direction = "both",
-    at: AwareDatetime | None = None,
+    at: StoredMoment | None = None,
     history: bool = False,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> GraphView:
@@ -119,7 +121,7 @@ async def search(
     )
 
 
-@router.post("/query", response_model=QueryResult)
+@router.post("/query", response_model=QueryResult, responses=documented(403))
 async def query(body: GraphQuery, request: Request, caller: Caller) -> QueryResult:
     """Run read-only Cypher (admin keys); ``$tenant`` is the caller's tenant."""
     if not caller.is_admin:

@@ -18,13 +18,21 @@ from spine.platform.app.api import (
     events,
     files,
     graph,
+    learning,
     tasks,
     tools,
     usage,
 )
+from spine.platform.app.api._openai import OPENAI_PATHS
 from spine.platform.app.api.auth import platform_of
-from spine.platform.app.api.errors import BodySizeLimit, install_error_handlers
+from spine.platform.app.api.errors import (
+    BodySizeLimit,
+    UnexpectedErrors,
+    document_errors,
+    install_error_handlers,
+)
 from spine.platform.app.api.gateway import router as gateway_router
+from spine.platform.app.api.input_guard import InputGuard
 from spine.platform.app.wiring import Platform
 from spine.platform.periodic import run_every
 from spine.platform.settings import Settings
@@ -57,6 +65,16 @@ def create_app(settings: Settings) -> FastAPI:
                 name="batch-sweeper",
             ),
             asyncio.create_task(platform.indexer.run_sweeper(stop), name="document-sweeper"),
+            asyncio.create_task(platform.follow_weights(stop), name="weights"),
+            asyncio.create_task(
+                run_every(
+                    platform.feedback_announcer.sweep_once,
+                    interval=settings.api.sweep_interval,
+                    stop=stop,
+                    name="feedback sweep",
+                ),
+                name="feedback-sweeper",
+            ),
         ]
         try:
             yield
@@ -73,6 +91,8 @@ def create_app(settings: Settings) -> FastAPI:
     upload = settings.batches.max_file_bytes
     # A document's text may grow in JSON (escapes); its own limit is checked on the text.
     document = max(settings.api.max_body_bytes, 2 * settings.documents.max_bytes + 64 * 1024)
+    # Added innermost first: errors outside, then sizes, then what the values may hold.
+    app.add_middleware(InputGuard, max_depth=settings.api.max_json_depth, openai_paths=OPENAI_PATHS)
     app.add_middleware(
         BodySizeLimit,
         max_bytes=settings.api.max_body_bytes,
@@ -82,6 +102,7 @@ def create_app(settings: Settings) -> FastAPI:
             "/v1/documents": document,
         },
     )
+    app.add_middleware(UnexpectedErrors)
     app.include_router(tasks.router)
     app.include_router(gateway_router)
     app.include_router(embeddings.router)
@@ -93,6 +114,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(agents.router)
     app.include_router(events.router)
     app.include_router(graph.router)
+    document_errors(app, openai_paths=OPENAI_PATHS)
+    app.include_router(learning.router)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:
@@ -101,12 +124,20 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/readyz", tags=["health"])
     async def readyz(request: Request) -> JSONResponse:
-        """Answer 200 when every backing service answers, 503 naming the ones that don't."""
-        status = await platform_of(request).ready()
-        ok = all(value == "ok" for value in status.values())
-        return JSONResponse(
-            {"status": "ok" if ok else "degraded", "services": status},
-            status_code=200 if ok else 503,
-        )
+        """Answer 200 when every backing service answers, 503 naming the ones that don't.
+
+        Under ``spine up``, ``supervisor`` names each child (server, API, worker) that is down,
+        restarting or crash-looping; any of them makes the answer 503 too.
+        """
+        platform = platform_of(request)
+        status = await platform.ready()
+        children = platform.supervision()
+        ok = all(value == "ok" for value in status.values()) and not children
+        body: dict[str, object] = {"status": "ok" if ok else "degraded", "services": status}
+        if children is not None:
+            body["supervisor"] = children
+        # Informational: routing goes on with the weights it has while the learner is away.
+        body["learning"] = platform.learning_state()
+        return JSONResponse(body, status_code=200 if ok else 503)
 
     return app

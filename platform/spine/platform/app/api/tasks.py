@@ -11,12 +11,16 @@ from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from spine.platform.app.api.auth import Caller, platform_of
+from spine.platform.app.api.errors import documented
 from spine.platform.errors import BadRequest
 from spine.platform.tasks import Task, TaskState, TaskSubmission
 
 __all__ = ["router"]
 
 router = APIRouter(prefix="/v1", tags=["tasks"])
+
+MAX_SEQ = 2**31 - 1
+"""The largest event number a task's feed can hold (its column is a 32-bit integer)."""
 
 
 class TaskLinks(BaseModel):
@@ -49,7 +53,7 @@ class TaskList(BaseModel):
     next_cursor: str | None
 
 
-@router.post("/tasks", status_code=202, response_model=TaskResponse)
+@router.post("/tasks", status_code=202, response_model=TaskResponse, responses=documented(409))
 async def submit_task(
     submission: TaskSubmission,
     request: Request,
@@ -89,7 +93,12 @@ async def get_task(task_id: str, request: Request, caller: Caller) -> TaskRespon
     return TaskResponse.of(await platform_of(request).tasks.get(task_id, tenant=caller.tenant))
 
 
-@router.post("/tasks/{task_id}/cancel", status_code=202, response_model=TaskResponse)
+@router.post(
+    "/tasks/{task_id}/cancel",
+    status_code=202,
+    response_model=TaskResponse,
+    responses=documented(409),
+)
 async def cancel_task(task_id: str, request: Request, caller: Caller) -> TaskResponse:
     """Cancel a queued task now, or a running one at its next step."""
     task = await platform_of(request).dispatcher.cancel(task_id, principal=caller)
@@ -104,7 +113,12 @@ class Decision(BaseModel):
     reason: str | None = Field(None, max_length=2000)
 
 
-@router.post("/tasks/{task_id}/approve", status_code=202, response_model=TaskResponse)
+@router.post(
+    "/tasks/{task_id}/approve",
+    status_code=202,
+    response_model=TaskResponse,
+    responses=documented(409),
+)
 async def approve_task(
     task_id: str, request: Request, caller: Caller, body: Decision | None = None
 ) -> TaskResponse:
@@ -115,7 +129,12 @@ async def approve_task(
     return TaskResponse.of(task)
 
 
-@router.post("/tasks/{task_id}/reject", status_code=202, response_model=TaskResponse)
+@router.post(
+    "/tasks/{task_id}/reject",
+    status_code=202,
+    response_model=TaskResponse,
+    responses=documented(409),
+)
 async def reject_task(
     task_id: str, request: Request, caller: Caller, body: Decision | None = None
 ) -> TaskResponse:
@@ -126,18 +145,39 @@ async def reject_task(
     return TaskResponse.of(task)
 
 
-@router.get("/tasks/{task_id}/events", response_class=EventSourceResponse)
+@router.get(
+    "/tasks/{task_id}/events",
+    response_class=EventSourceResponse,
+    responses={
+        200: {"content": {"text/event-stream": {}}, "description": "The task's progress"},
+        **documented(400),
+    },
+)
 async def task_events(
     task_id: str,
     request: Request,
     caller: Caller,
     last_event_id: Annotated[str | None, Header()] = None,
-    after: Annotated[int | None, Query(ge=0)] = None,
+    after: Annotated[
+        int | None,
+        Query(ge=0, le=MAX_SEQ, description="The last event seen; the stream starts after it."),
+    ] = None,
 ) -> EventSourceResponse:
-    """Stream the task's progress: stored events first, then live ones, until it ends."""
+    """Stream the task's progress: stored events first, then live ones, until it ends.
+
+    A stream resumed after the final event (``after`` or ``Last-Event-ID`` at it) sends that
+    event again and ends at once; resuming after an event the task does not have is a 400.
+    """
     platform = platform_of(request)
     await platform.tasks.get(task_id, tenant=caller.tenant)  # 404 for other tenants
-    start = after if after is not None else _parse_last_event_id(last_event_id)
+    if after is not None:
+        start, field = after, "after"
+    else:
+        start, field = _parse_last_event_id(last_event_id), "Last-Event-ID"
+    if start and await platform.feed.event_at(task_id, tenant=caller.tenant, seq=start) is None:
+        raise BadRequest(
+            f"{field}: task {task_id} has no event {start}; its feed ends before it", field=field
+        )
 
     async def stream() -> AsyncIterator[ServerSentEvent]:
         async for event in platform.feed.follow(task_id, tenant=caller.tenant, after_seq=start):
@@ -155,6 +195,8 @@ async def task_events(
 def _parse_last_event_id(value: str | None) -> int:
     if value is None or not value.strip():
         return 0
-    if not value.strip().isdigit():
+    text = value.strip()
+    # str.isdigit() is true of "²", which int() refuses: only ASCII digits are a number here.
+    if not (text.isascii() and text.isdigit()) or int(text) > MAX_SEQ:
         raise BadRequest("Last-Event-ID must be an event sequence number", field="Last-Event-ID")
-    return int(value)
+    return int(text)

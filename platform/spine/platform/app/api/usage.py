@@ -16,7 +16,9 @@ from typing import Annotated, Any, cast
 from fastapi import APIRouter, Query, Request
 
 from spine.platform.app.api.auth import Caller, platform_of
+from spine.platform.app.api.errors import documented
 from spine.platform.errors import BadRequest, NotFound
+from spine.platform.inputs import check_moment
 from spine.platform.metering.usage import Grouping, UsageRow
 
 __all__ = ["router"]
@@ -26,7 +28,7 @@ router = APIRouter(prefix="/v1", tags=["usage"])
 ALL_TENANTS = "*"
 
 
-@router.get("/usage")
+@router.get("/usage", responses=documented(404))
 async def usage(
     request: Request,
     caller: Caller,
@@ -72,7 +74,9 @@ def _moment(value: str | None, name: str) -> datetime | None:
                 f"{name} must be an ISO date or time, got {value!r}", field=name
             ) from None
         moment = datetime(day.year, day.month, day.day)
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return check_moment(moment, field=name).astimezone(UTC)
 
 
 def _row(row: UsageRow) -> dict[str, Any]:

@@ -8,7 +8,7 @@ import sys
 
 import typer
 
-from spine.platform.app.cli import admin, client, running
+from spine.platform.app.cli import admin, client, learn, learning, running
 from spine.platform.app.cli._shared import err_console
 from spine.platform.errors import SpineError
 
@@ -17,12 +17,15 @@ __all__ = ["app", "main"]
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 app = typer.Typer(help="GenAI Spine: an event-driven agentic platform.", no_args_is_help=True)
-for group in (running.commands, client.commands):
+for group in (running.commands, client.commands, learning.commands):
     app.registered_commands.extend(group.registered_commands)
 app.add_typer(client.tasks_app, name="tasks")
 app.add_typer(admin.keys_app, name="keys")
 app.add_typer(client.graph_app, name="graph")
 app.add_typer(client.docs_app, name="docs")
+app.add_typer(learning.routing_app, name="routing")
+app.add_typer(learning.experiments_app, name="experiments")
+app.add_typer(learn.learn_app, name="learn")
 
 
 def main() -> None:

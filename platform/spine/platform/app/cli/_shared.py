@@ -15,11 +15,16 @@ console = Console()
 err_console = Console(stderr=True)
 
 
-def settings_for_command(*, attach: bool = True) -> Settings:
-    """Load the settings, set up logging, and attach to a detached stack's servers."""
+def settings_for_command(*, attach: bool = True, role: str = "api") -> Settings:
+    """Load the settings, set up logging, and attach to a detached stack's servers.
+
+    Args:
+        attach: Fill unset URLs from the servers ``spine up --detach`` runs here.
+        role: Whose NATS credentials the URL carries (``api``; ``worker`` for a worker).
+    """
     settings = load_settings()
     configure_logging(settings.log_level)
-    return attach_detached_stack(settings) if attach else settings
+    return attach_detached_stack(settings, role=role) if attach else settings
 
 
 def require(value: str | None, name: str) -> str:

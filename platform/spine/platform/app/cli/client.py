@@ -4,7 +4,6 @@ documents and search."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,10 +11,9 @@ import httpx
 import typer
 from rich.table import Table
 
-from spine.platform.app.cli._shared import console, err_console
-from spine.platform.app.launcher import ADMIN_KEY_FILE
+from spine.platform.app.cli._http import api_client, json_or_exit
+from spine.platform.app.cli._shared import console
 from spine.platform.errors import ConfigurationError
-from spine.platform.settings import Settings, load_settings
 
 __all__ = ["commands", "docs_app", "graph_app", "tasks_app"]
 
@@ -37,11 +35,11 @@ def submit(
     priority: Annotated[str, typer.Option(help="high, normal or low.")] = "normal",
 ) -> None:
     """Submit a task over the HTTP API."""
-    with _client() as client:
+    with api_client() as client:
         response = client.post(
             "/v1/tasks", json={"agent": agent, "input": {"prompt": prompt}, "priority": priority}
         )
-        task = _json_or_exit(response)
+        task = json_or_exit(response)
         console.print(f"task [bold]{task['id']}[/bold] {task['state']}")
         if follow:
             _follow(client, task["id"])
@@ -64,7 +62,7 @@ def _follow(client: httpx.Client, task_id: str) -> None:
             if data.get("error"):
                 console.print(f"      [red]{data['error'].get('message')}[/red]")
             final = data
-    task = _json_or_exit(client.get(f"/v1/tasks/{task_id}"))
+    task = json_or_exit(client.get(f"/v1/tasks/{task_id}"))
     if task.get("result"):
         console.print(task["result"].get("text", task["result"]))
     raise typer.Exit(0 if final.get("state") == "succeeded" else 1)
@@ -79,8 +77,8 @@ def tasks_list(
     params: dict[str, Any] = {"limit": limit}
     if state:
         params["state"] = state
-    with _client() as client:
-        page = _json_or_exit(client.get("/v1/tasks", params=params))
+    with api_client() as client:
+        page = json_or_exit(client.get("/v1/tasks", params=params))
     table = Table("id", "agent", "state", "attempts", "created")
     for task in page["data"]:
         table.add_row(
@@ -92,15 +90,15 @@ def tasks_list(
 @tasks_app.command("show")
 def tasks_show(task_id: str) -> None:
     """Show one task."""
-    with _client() as client:
-        console.print_json(json.dumps(_json_or_exit(client.get(f"/v1/tasks/{task_id}"))))
+    with api_client() as client:
+        console.print_json(json.dumps(json_or_exit(client.get(f"/v1/tasks/{task_id}"))))
 
 
 @tasks_app.command("approve")
 def tasks_approve(task_id: str) -> None:
     """Let a paused task make the tool call it proposed."""
-    with _client() as client:
-        task = _json_or_exit(client.post(f"/v1/tasks/{task_id}/approve", json={}))
+    with api_client() as client:
+        task = json_or_exit(client.post(f"/v1/tasks/{task_id}/approve", json={}))
     console.print(f"task {task['id']} approved; it is {task['state']}")
 
 
@@ -110,38 +108,9 @@ def tasks_reject(
     reason: Annotated[str | None, typer.Option(help="Told to the model.")] = None,
 ) -> None:
     """Refuse a paused task's proposed tool call; the model is told, with the reason."""
-    with _client() as client:
-        task = _json_or_exit(client.post(f"/v1/tasks/{task_id}/reject", json={"reason": reason}))
+    with api_client() as client:
+        task = json_or_exit(client.post(f"/v1/tasks/{task_id}/reject", json={"reason": reason}))
     console.print(f"task {task['id']} rejected; it is {task['state']}")
-
-
-def _client() -> httpx.Client:
-    settings = load_settings()
-    key = os.environ.get("GENAI_API_KEY") or _saved_key(settings)
-    if not key:
-        raise ConfigurationError(
-            "no API key: set GENAI_API_KEY (create one with `spine keys create --tenant T`)",
-            field="GENAI_API_KEY",
-        )
-    host = "127.0.0.1" if settings.api.host in {"0.0.0.0", "::"} else settings.api.host
-    base = os.environ.get("GENAI_API_URL") or f"http://{host}:{settings.api.port}"
-    return httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=30)
-
-
-def _saved_key(settings: Settings) -> str | None:
-    path = settings.data_dir / ADMIN_KEY_FILE
-    return path.read_text().strip() if path.exists() else None
-
-
-def _json_or_exit(response: httpx.Response) -> Any:
-    body = response.json()
-    if response.is_error:
-        error = body.get("error", {})
-        err_console.print(
-            f"[red]{response.status_code} {error.get('type')}:[/red] {error.get('message')}"
-        )
-        raise typer.Exit(1)
-    return body
 
 
 def require(value: str | None, name: str) -> str:
@@ -187,8 +156,8 @@ def publish(
     }
     if subject:
         event["subject"] = subject
-    with _client() as client:
-        answer = _json_or_exit(
+    with api_client() as client:
+        answer = json_or_exit(
             client.post(
                 "/v1/events",
                 content=json.dumps(event),
@@ -215,8 +184,8 @@ def graph_neighbors(
     params: dict[str, Any] = {"depth": depth, "direction": direction, "limit": limit}
     if types:
         params["types"] = types
-    with _client() as client:
-        view = _json_or_exit(
+    with api_client() as client:
+        view = json_or_exit(
             client.get(f"/v1/graph/nodes/{quote(node_id, safe=':')}/neighbors", params=params)
         )
     if as_json:
@@ -252,8 +221,8 @@ def graph_query(
             params[name] = json.loads(value)
         except ValueError:
             params[name] = value
-    with _client() as client:
-        result = _json_or_exit(
+    with api_client() as client:
+        result = json_or_exit(
             client.post("/v1/graph/query", json={"query": query, "params": params})
         )
     table = Table(*result["columns"]) if result["columns"] else Table("(no rows)")
@@ -294,8 +263,8 @@ def docs_add(
         "metadata": _pairs(meta or [], "--meta"),
         "source": source or file.name,
     }
-    with _client() as client:
-        document = _json_or_exit(client.post("/v1/documents", json=body))
+    with api_client() as client:
+        document = json_or_exit(client.post("/v1/documents", json=body))
         console.print(
             f"document [bold]{document['id']}[/bold] {document['status']}: "
             f"{document['chunk_count']} chunks for {document['model']}"
@@ -312,7 +281,7 @@ def _wait_for_document(client: httpx.Client, document_id: str) -> Any:
 
     with console.status("embedding..."):
         while True:
-            document = _json_or_exit(client.get(f"/v1/documents/{document_id}"))
+            document = json_or_exit(client.get(f"/v1/documents/{document_id}"))
             if document["status"] != "queued":
                 return document
             if document.get("error"):
@@ -329,8 +298,8 @@ def docs_list(
     params: dict[str, Any] = {"limit": limit}
     if status:
         params["status"] = status
-    with _client() as client:
-        page = _json_or_exit(client.get("/v1/documents", params=params))
+    with api_client() as client:
+        page = json_or_exit(client.get("/v1/documents", params=params))
     table = Table("id", "status", "chunks", "model", "source", "created")
     for document in page["data"]:
         table.add_row(
@@ -347,17 +316,17 @@ def docs_list(
 @docs_app.command("show")
 def docs_show(document_id: str) -> None:
     """Show one document: its status, chunks, model and last error."""
-    with _client() as client:
-        console.print_json(json.dumps(_json_or_exit(client.get(f"/v1/documents/{document_id}"))))
+    with api_client() as client:
+        console.print_json(json.dumps(json_or_exit(client.get(f"/v1/documents/{document_id}"))))
 
 
 @docs_app.command("delete")
 def docs_delete(document_id: str) -> None:
     """Delete a document and its chunks."""
-    with _client() as client:
+    with api_client() as client:
         response = client.delete(f"/v1/documents/{document_id}")
         if response.is_error:
-            _json_or_exit(response)
+            json_or_exit(response)
     console.print(f"deleted {document_id}")
 
 
@@ -373,8 +342,8 @@ def search(
 ) -> None:
     """Find the passages of your documents nearest in meaning to QUERY."""
     body = {"query": query, "k": k, "filter": _pairs(where or [], "--filter")}
-    with _client() as client:
-        result = _json_or_exit(client.post("/v1/search", json=body))
+    with api_client() as client:
+        result = json_or_exit(client.post("/v1/search", json=body))
     if as_json:
         console.print_json(json.dumps(result))
         return

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import signal
@@ -41,21 +42,23 @@ def up(
 
 @commands.command()
 def down() -> None:
-    """Stop backing servers started with ``spine up --detach``."""
+    """Stop the ``spine up`` running in this data dir, or the servers of ``spine up --detach``."""
     settings = load_settings()
     stopped = StackRunner(settings, console=console).stop_detached()
-    console.print(f"stopped {stopped}" if stopped else "no detached servers were running")
+    console.print(
+        f"stopped {', '.join(stopped)}" if stopped else "no spine up or detached servers running"
+    )
 
 
 @commands.command()
 def status() -> None:
-    """Show the backing servers started by ``spine up`` in this data dir."""
+    """Show the servers and processes ``spine up`` runs in this data dir (and their restarts)."""
     settings = load_settings()
     rows = StackRunner(settings, console=console).status()
     if not rows:
         console.print(f"no embedded servers recorded under {settings.data_dir}")
         return
-    table = Table("service", "state", "pid", "address")
+    table = Table("name", "state", "pid", "detail")
     for row in rows:
         table.add_row(*row)
     console.print(table)
@@ -67,19 +70,12 @@ def api() -> None:
     import uvicorn
 
     from spine.platform.app.api import create_app
+    from spine.platform.app.api.serving import server_config
 
     settings = settings_for_command()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(settings),
-            host=settings.api.host,
-            port=settings.api.port,
-            log_config=None,
-            access_log=False,
-            timeout_graceful_shutdown=10,
-        )
-    )
-    server.run()
+    # Deadlines for slow clients, a connection limit, keep-alive: see GENAI_API__*.
+    uvicorn.Server(server_config(create_app(settings), settings.api)).run()
+    gc.freeze()  # exit promptly (see `worker`)
 
 
 @commands.command()
@@ -87,12 +83,14 @@ def worker(
     concurrency: Annotated[int | None, typer.Option(help="Tasks run at once.")] = None,
 ) -> None:
     """Run an agent worker until SIGINT or SIGTERM, then finish the tasks in hand."""
-    settings = settings_for_command()
+    settings = settings_for_command(role="worker")
     if concurrency is not None:
         settings = settings.model_copy(
             update={"worker": settings.worker.model_copy(update={"concurrency": concurrency})}
         )
     asyncio.run(_run_worker(settings))
+    # Exit promptly: a final collection over LiteLLM's thousands of modules takes seconds.
+    gc.freeze()
 
 
 async def _run_worker(settings: Settings) -> None:
@@ -106,9 +104,34 @@ async def _run_worker(settings: Settings) -> None:
     await platform.start()
     try:
         # Graph ingestion and triggers run beside the agent worker (they consume EVENTS).
-        await asyncio.gather(platform.worker().run(stop), platform.run_event_consumers(stop))
+        await asyncio.gather(
+            platform.worker().run(stop),
+            platform.run_event_consumers(stop),
+            platform.follow_weights(stop),
+        )
     finally:
         await platform.close()
+
+
+@commands.command()
+def learner(
+    replay: Annotated[
+        bool, typer.Option(help="Forget the stored weights and learn the stream again.")
+    ] = False,
+) -> None:
+    """Run the learning consumer: outcomes and feedback into routing weights."""
+    settings = settings_for_command(role="learner")
+
+    async def go() -> None:
+        from spine.platform.app.learner import run_learner
+
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await run_learner(settings, stop, replay=replay)
+
+    asyncio.run(go())
 
 
 @commands.command()

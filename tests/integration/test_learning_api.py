@@ -1,0 +1,196 @@
+"""The learning loop over HTTP: feedback (idempotent, tenant-bound), decisions, experiments."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+from nats.aio.msg import Msg
+from openai import AsyncOpenAI
+
+from support.fake_models import FakeModelServer
+from support.live_platform import RunningPlatform, running_platform
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clean_jetstream")]
+
+CHEAP, LOCAL = "cheap", "llama3.2"
+
+
+@pytest.fixture
+async def spine(
+    services: Any, pg_url: str, models: FakeModelServer, tmp_path: Path
+) -> AsyncIterator[RunningPlatform]:
+    models_file = tmp_path / "models.yaml"
+    models_file.write_text(
+        "models:\n"
+        f"  - name: {CHEAP}\n"
+        "    provider: openai-compatible\n"
+        "    model: gpt-4o-mini\n"
+        f"    api_base: {models.openai_url}\n"
+        '    input_price: "0.001"\n'
+        '    output_price: "0.002"\n'
+    )
+    async with running_platform(services, pg_url, models, models_file=models_file) as running:
+        yield running
+
+
+def client_of(spine: RunningPlatform, key: str | None = None) -> AsyncOpenAI:
+    return AsyncOpenAI(api_key=key or spine.key, base_url=f"{spine.url}/v1", max_retries=0)
+
+
+async def test_a_completion_is_rated_by_its_id_once_per_key_and_announced(
+    spine: RunningPlatform, services: Any
+) -> None:
+    answer = await client_of(spine).chat.completions.create(
+        model=CHEAP, messages=[{"role": "user", "content": "rate me"}]
+    )
+    nc = await nats.connect(services.nats_url)
+    seen: list[bytes] = []
+
+    async def note(msg: Msg) -> None:
+        seen.append(msg.data)
+
+    sub = await nc.subscribe("spine.outcomes.*.feedback", cb=note)
+    body = {"target": {"completion_id": answer.id}, "score": 0.25, "label": "meh"}
+    first = await spine.client.post("/v1/feedback", json=body)
+    assert first.status_code == 201, first.text
+    again = await spine.client.post("/v1/feedback", json={**body, "score": 1.0})
+    assert again.status_code == 200
+    assert again.json()["id"] == first.json()["id"] and again.json()["score"] == 0.25
+    assert len(first.json()["call_ids"]) == 1
+    for _ in range(50):
+        if seen:
+            break
+        await asyncio.sleep(0.05)
+    await sub.unsubscribe()
+    await nc.close()
+    assert len(seen) == 1 and first.json()["id"].encode() in seen[0]
+
+
+async def test_feedback_for_another_tenants_or_an_unknown_target_is_404(
+    spine: RunningPlatform,
+) -> None:
+    answer = await client_of(spine).chat.completions.create(
+        model=CHEAP, messages=[{"role": "user", "content": "mine"}]
+    )
+    globex = await spine.new_key("globex")
+    for target in ({"completion_id": answer.id}, {"task_id": "nope"}, {"call_id": "nope"}):
+        response = await spine.client.post(
+            "/v1/feedback",
+            json={"target": target, "score": 1},
+            headers={"Authorization": f"Bearer {globex}"},
+        )
+        assert response.status_code == 404, (target, response.text)
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"target": {"call_id": "x"}, "score": 1.5}, "score"),
+        ({"target": {"call_id": "x"}, "score": -0.1}, "score"),
+        ({"target": {}, "score": 0.5}, "target"),
+        ({"target": {"call_id": "x", "task_id": "y"}, "score": 0.5}, "target"),
+    ],
+)
+async def test_bad_feedback_is_a_422_naming_the_field(
+    spine: RunningPlatform, body: dict[str, Any], field: str
+) -> None:
+    response = await spine.client.post("/v1/feedback", json=body)
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["field"].startswith(field)
+
+
+async def test_decisions_list_routed_calls_of_the_tenant_in_pages(spine: RunningPlatform) -> None:
+    for n in range(3):
+        await client_of(spine).chat.completions.create(
+            model="auto", messages=[{"role": "user", "content": f"route {n}"}]
+        )
+    await client_of(spine).chat.completions.create(
+        model=CHEAP, messages=[{"role": "user", "content": "named"}]
+    )
+    first = (await spine.client.get("/v1/routing/decisions", params={"limit": 2})).json()
+    assert len(first["data"]) == 2 and first["next_cursor"]
+    rest = (
+        await spine.client.get("/v1/routing/decisions", params={"cursor": first["next_cursor"]})
+    ).json()
+    routed = first["data"] + rest["data"]
+    assert len(routed) == 3  # the call that named its model was not routed
+    assert {d["strategy"] for d in routed} == {"local_first"}
+    other = await spine.new_key("globex")
+    theirs = await spine.client.get(
+        "/v1/routing/decisions", headers={"Authorization": f"Bearer {other}"}
+    )
+    assert theirs.json()["data"] == []
+    refused = await spine.client.get("/v1/routing/decisions", params={"tenant": "globex"})
+    assert refused.status_code == 404
+
+
+async def test_an_experiment_assigns_sticky_arms_and_reports_what_they_did(
+    spine: RunningPlatform,
+) -> None:
+    bad = await spine.client.post(
+        "/v1/experiments",
+        json={
+            "name": "x",
+            "scope": {"kind": "gateway"},
+            "arms": [
+                {"name": "a", "share": 0.5, "model": CHEAP},
+                {"name": "b", "share": 0.4, "model": LOCAL},
+            ],
+        },
+    )
+    assert bad.status_code == 400 and bad.json()["error"]["field"] == "arms"
+    unknown = await spine.client.post(
+        "/v1/experiments",
+        json={
+            "name": "x",
+            "scope": {"kind": "gateway"},
+            "arms": [
+                {"name": "a", "share": 0.5, "model": CHEAP},
+                {"name": "b", "share": 0.5, "model": "no-such-model"},
+            ],
+        },
+    )
+    assert unknown.status_code == 400 and unknown.json()["error"]["field"] == "arms.1.model"
+    created = await spine.client.post(
+        "/v1/experiments",
+        json={
+            "name": "cheap vs local",
+            "scope": {"kind": "gateway"},
+            "arms": [
+                {"name": "cheap", "share": 0.5, "model": CHEAP},
+                {"name": "local", "share": 0.5, "model": LOCAL},
+            ],
+        },
+    )
+    assert created.status_code == 201, created.text
+    experiment = created.json()["id"]
+    keys = [spine.key] + [await spine.new_key("acme") for _ in range(5)]
+    arms: dict[str, set[str]] = {}
+    for key in keys:
+        for n in range(2):
+            answer = await client_of(spine, key).chat.completions.with_raw_response.create(
+                model="auto", messages=[{"role": "user", "content": f"{key[-6:]} {n}"}]
+            )
+            arms.setdefault(key, set()).add(answer.headers["x-spine-model"])
+    assert all(len(models) == 1 for models in arms.values()), arms  # sticky per key
+    report = (await spine.client.get(f"/v1/experiments/{experiment}")).json()
+    counts = Counter({arm["arm"]: arm["calls"] for arm in report["arms"]})
+    assert sum(counts.values()) == 2 * len(keys)
+    used = Counter(next(iter(m)) for m in arms.values())
+    assert counts == Counter({("cheap" if m == CHEAP else "local"): 2 * n for m, n in used.items()})
+    promoted = await spine.client.post(
+        f"/v1/experiments/{experiment}/promote", json={"arm": "cheap"}
+    )
+    assert promoted.json()["status"] == "promoted"
+    after = await client_of(spine, keys[1]).chat.completions.with_raw_response.create(
+        model="auto", messages=[{"role": "user", "content": "after promotion"}]
+    )
+    assert after.headers["x-spine-model"] == CHEAP
+    again = await spine.client.post(f"/v1/experiments/{experiment}/stop")
+    assert again.status_code == 409
