@@ -51,6 +51,7 @@ bench: $(STAMP)
 	LITELLM_LOCAL_MODEL_COST_MAP=True $(BIN)/python bench/gateway.py
 	LITELLM_LOCAL_MODEL_COST_MAP=True $(BIN)/python bench/vectors.py
 	LITELLM_LOCAL_MODEL_COST_MAP=True $(BIN)/python bench/graph.py
+	LITELLM_LOCAL_MODEL_COST_MAP=True $(BIN)/python bench/memory.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

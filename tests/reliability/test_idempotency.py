@@ -28,8 +28,8 @@ async def test_concurrent_submissions_with_one_idempotency_key_make_exactly_one_
     """``database_url`` is parametrised over SQLite and PostgreSQL (tests/conftest.py)."""
     key = f"order-{uuid.uuid4().hex}"
     prompt = f"charge the card once {key}"
-    # The in-process worker would import LiteLLM (seconds) inside its first task, blocking
-    # this event loop; `spine worker` imports it before consuming, and so does this test.
+    # The in-process worker imports LiteLLM (seconds, in a thread) in its first task: done
+    # here first, so its import does not slow this event loop during the race.
     await asyncio.to_thread(importlib.import_module, "litellm")
     with own_nats(tmp_path / "nats") as stack:
         nats_url = nats_url_of(stack)

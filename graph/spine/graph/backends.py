@@ -4,14 +4,15 @@
 ``GENAI_FALKORDB_URL`` names FalkorDB (its Redis protocol,
 :class:`~spine.graph.falkordb_store.FalkorStore`). With both set, Neo4j is the graph: a URL
 set by hand wins over one that ``spine up`` may have filled in. With neither, there is no graph.
+
+Each store's module is imported only when its server is the graph: the Neo4j driver alone
+holds some 35 MiB (its temporal and packstream tables) that a FalkorDB platform never uses.
 """
 
 from __future__ import annotations
 
 import logging
 
-from spine.graph.falkordb_store import FalkorStore
-from spine.graph.neo4j_store import Neo4jStore
 from spine.graph.store import GraphStore
 from spine.platform.settings import Settings
 
@@ -25,6 +26,8 @@ def open_store(settings: Settings) -> GraphStore | None:
     if settings.neo4j_uri is not None:
         if settings.falkordb_url is not None:
             logger.warning("GENAI_NEO4J_URI and GENAI_FALKORDB_URL are both set; using Neo4j")
+        from spine.graph.neo4j_store import Neo4jStore
+
         password = settings.neo4j_password
         return Neo4jStore.connect(
             settings.neo4j_uri,
@@ -33,6 +36,8 @@ def open_store(settings: Settings) -> GraphStore | None:
             database=settings.knowledge.neo4j_database,
         )
     if settings.falkordb_url is not None:
+        from spine.graph.falkordb_store import FalkorStore
+
         return FalkorStore.connect(settings.falkordb_url)
     return None
 

@@ -187,7 +187,7 @@ class Platform:
         await self.layout.ensure_when_ready(self.bus)
 
     def start_router_warm_up(self) -> None:
-        """Warm the model router up in the background (LiteLLM import, Ollama discovery)."""
+        """Warm the model router up in the background (Ollama discovery, LiteLLM's facts)."""
         if self._warming is None:
             self._warming = asyncio.create_task(self.router.warm_up(), name="router-warm-up")
 

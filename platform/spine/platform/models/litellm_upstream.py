@@ -3,8 +3,11 @@
 LiteLLM's errors are translated here: transient ones (connection, timeout, 429, 5xx) are
 retryable, a prompt too long for the model is
 :class:`~spine.platform.errors.ContextWindowExceeded`, a rejected key says which setting to
-check, everything else is permanent. ``import litellm`` takes seconds: only this module imports
-it, lazily, and :meth:`LiteLLMUpstream.warm_up` does so off the event loop.
+check, everything else is permanent. ``import litellm`` takes seconds and some 135 MiB: only
+this module imports it, on the first call that needs it, in a thread. The router asks
+:func:`known_model_facts` and :func:`supported_params` through
+:mod:`spine.platform.models.litellm_facts`, which runs them in a child process unless LiteLLM
+is loaded already.
 """
 
 from __future__ import annotations
@@ -67,8 +70,9 @@ def embedding_route(target: ProviderTarget) -> str:
 def supported_params(provider: str, model: str) -> frozenset[str] | None:
     """Return the OpenAI parameters LiteLLM passes to ``provider`` for ``model``; None if unknown.
 
-    Imports LiteLLM (seconds): call it after :meth:`LiteLLMUpstream.warm_up`. ``user`` is
-    always taken: LiteLLM drops it where a provider has no such field.
+    Imports LiteLLM (seconds): :func:`~spine.platform.models.litellm_facts.ask_litellm` runs
+    it in a child process unless LiteLLM is loaded already. ``user`` is always taken: LiteLLM
+    drops it where a provider has no such field.
     """
     import litellm
 
@@ -83,7 +87,8 @@ def supported_params(provider: str, model: str) -> frozenset[str] | None:
 def known_model_facts(provider: str, model: str) -> dict[str, Any] | None:
     """Return LiteLLM's bundled facts on a model (prices, context window), None if unknown.
 
-    Imports LiteLLM (seconds): call it after :meth:`LiteLLMUpstream.warm_up`.
+    Imports LiteLLM (seconds): :func:`~spine.platform.models.litellm_facts.ask_litellm` runs
+    it in a child process unless LiteLLM is loaded already.
     """
     import litellm
 
@@ -101,22 +106,22 @@ class LiteLLMUpstream:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._described: set[str] = set()
+        self._litellm: Any = None
         # LiteLLM otherwise downloads a price list on import.
         os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-    async def warm_up(self) -> None:
-        """Import LiteLLM in a thread.
-
-        The import takes seconds; done lazily inside the first task it would block the event
-        loop, and every heartbeat, past a short ack_wait, and JetStream would redeliver tasks
-        that are still running.
-        """
-        await asyncio.to_thread(importlib.import_module, "litellm")
+    async def _module(self) -> Any:
+        # In a thread: on the event loop the import would block it, and every heartbeat,
+        # past a short ack_wait, and JetStream would redeliver tasks that are still running.
+        # Not from sys.modules: it holds LiteLLM half-imported while another thread imports
+        # it; import_module waits for that import to finish.
+        if self._litellm is None:
+            self._litellm = await asyncio.to_thread(importlib.import_module, "litellm")
+        return self._litellm
 
     async def call(self, target: ProviderTarget, request: ChatRequest) -> Completion:
         """Answer one chat call."""
-        import litellm  # a 4 s import that only model-calling processes pay
-
+        litellm = await self._module()
         self._describe(litellm, target)
         started = time.perf_counter()
         try:
@@ -152,8 +157,7 @@ class LiteLLMUpstream:
 
         Usage comes on a delta near the end.
         """
-        import litellm
-
+        litellm = await self._module()
         self._describe(litellm, target)
         params = {k: v for k, v in request.params.items() if k != "stream_options"}
         started = time.perf_counter()
@@ -184,8 +188,7 @@ class LiteLLMUpstream:
         ``request.params`` go to the model as they are (the router puts ``dimensions`` there
         only for models that take it).
         """
-        import litellm
-
+        litellm = await self._module()
         self._describe(litellm, target, embedding=True)
         params = {k: v for k, v in request.params.items() if k != "encoding_format"}
         route = embedding_route(target)

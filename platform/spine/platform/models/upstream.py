@@ -3,8 +3,11 @@ OpenAI's protocol, through LiteLLM for the rest.
 
 :class:`UpstreamClient` is what the model router calls for each model it tries. Chat calls to
 :data:`SDK_PROVIDERS` skip LiteLLM (it costs several ms of CPU a call above the SDK's own);
-embeddings and the other providers take LiteLLM. Both paths translate their errors to the same
-:class:`~spine.platform.errors.RunFailure` classes with the same ``cause`` names.
+embeddings and the other providers take LiteLLM. Each library is imported on the first call
+that needs it, in a thread (seconds for LiteLLM; the event loop, and with it every heartbeat
+of the tasks in hand, goes on): a process that makes no call through one never loads it. Both
+paths translate their errors to the same :class:`~spine.platform.errors.RunFailure` classes
+with the same ``cause`` names.
 """
 
 from __future__ import annotations
@@ -42,11 +45,6 @@ class UpstreamClient:
         self._litellm = LiteLLMUpstream(settings)
         self._sdk: OpenAIUpstream | None = None
 
-    async def warm_up(self) -> None:
-        """Import LiteLLM and the ``openai`` SDK in threads (seconds, off the event loop)."""
-        await self._litellm.warm_up()
-        await asyncio.to_thread(importlib.import_module, "spine.platform.models.openai_upstream")
-
     async def close(self) -> None:
         """Close the connections of the OpenAI-compatible upstreams."""
         if self._sdk is not None:
@@ -59,7 +57,7 @@ class UpstreamClient:
     async def call(self, target: ProviderTarget, request: ChatRequest) -> Completion:
         """Answer one chat call at ``target``."""
         if target.provider in SDK_PROVIDERS:
-            return await self._openai().call(target, request)
+            return await (await self._openai()).call(target, request)
         return await self._litellm.call(target, request)
 
     async def stream(
@@ -67,7 +65,7 @@ class UpstreamClient:
     ) -> AsyncGenerator[CompletionDelta, None]:
         """Stream one chat call at ``target``; failures raise from the iteration."""
         deltas = (
-            self._openai().stream(target, request)
+            (await self._openai()).stream(target, request)
             if target.provider in SDK_PROVIDERS
             else self._litellm.stream(target, request)
         )
@@ -81,9 +79,12 @@ class UpstreamClient:
         """Embed ``request.texts`` with one call at ``target``."""
         return await self._litellm.embed(target, request)
 
-    def _openai(self) -> OpenAIUpstream:
+    async def _openai(self) -> OpenAIUpstream:
         if self._sdk is None:
-            from spine.platform.models.openai_upstream import OpenAIUpstream
-
-            self._sdk = OpenAIUpstream(self._settings)
+            # The SDK's import takes a moment and ~14 MiB: in a thread, on the first call.
+            module = await asyncio.to_thread(
+                importlib.import_module, "spine.platform.models.openai_upstream"
+            )
+            if self._sdk is None:
+                self._sdk = module.OpenAIUpstream(self._settings)
         return self._sdk

@@ -143,6 +143,18 @@ class ModelCatalog:
                 filled += 1
         return filled
 
+    def unknown_facts(self) -> list[tuple[str, str]]:
+        """The ``(provider, model)`` of each model missing what :meth:`fill_unknown` or
+        :meth:`fill_supported_params` could fill in."""
+        return [
+            (spec.provider, spec.model)
+            for spec in self._specs.values()
+            if spec.input_price is None
+            or spec.output_price is None
+            or spec.context_window is None
+            or (spec.supported_params is None and not spec.capabilities.embeddings)
+        ]
+
     def fill_supported_params(self, supported: Callable[[str, str], frozenset[str] | None]) -> None:
         """Learn which OpenAI parameters each model takes, from ``supported(provider, model)``."""
         for name, spec in list(self._specs.items()):

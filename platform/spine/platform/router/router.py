@@ -41,7 +41,7 @@ from spine.platform.models import (
     default_provider,
     provider_target,
 )
-from spine.platform.models.litellm_upstream import known_model_facts, supported_params
+from spine.platform.models.litellm_facts import ask_litellm
 from spine.platform.models.local_embeddings import (
     HOW_TO_INSTALL,
     LOCAL_EMBEDDING_MODEL,
@@ -116,22 +116,28 @@ class ModelRouter:
         return self._settings.tenant_strategies.get(tenant, self._settings.routing_strategy)
 
     async def warm_up(self) -> None:
-        """Import LiteLLM off the event loop, add the models Ollama lists, fill in prices.
+        """Add the models Ollama lists, fill in prices and parameters from LiteLLM.
 
         Prices and context windows no setting or models file gave come from LiteLLM's
-        bundled price map, where it knows the model. Later calls return at once.
+        bundled price map, where it knows the model, and the parameters each chat model
+        takes from LiteLLM too: both asked of a child process unless LiteLLM is loaded here
+        already (:func:`~spine.platform.models.litellm_facts.ask_litellm`), so a process
+        loads LiteLLM only for its first call to a provider that needs it. Later calls
+        return at once.
         """
         async with self._warm_up_lock:
             if self._warm:
                 return
-            await self._upstream.warm_up()
             if self._settings.ollama_url is not None:
                 try:
                     await discover_ollama(self.catalog, self._settings.ollama_url)
                 except ServiceUnavailable as exc:
                     logger.warning("model discovery skipped: %s", exc.message)
-            self.catalog.fill_unknown(known_model_facts)
-            self.catalog.fill_supported_params(supported_params)
+            unknown = self.catalog.unknown_facts()
+            if unknown:
+                known = await ask_litellm(unknown)
+                self.catalog.fill_unknown(known.facts)
+                self.catalog.fill_supported_params(known.params)
             self._offer_local_embedding()
             self._warm = True
 

@@ -20,10 +20,6 @@ __all__ = ["Upstream"]
 class Upstream(Protocol):
     """Makes one call to one provider target, raising translated errors."""
 
-    async def warm_up(self) -> None:
-        """Do slow one-time set-up before the first call."""
-        ...
-
     async def close(self) -> None:
         """Close connections to the providers."""
         ...

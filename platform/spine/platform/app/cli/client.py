@@ -54,6 +54,10 @@ def _follow(client: httpx.Client, task_id: str) -> None:
         connect_sse(client, "GET", f"/v1/tasks/{task_id}/events", timeout=None) as source,
     ):
         for sse in source.iter_sse():
+            if not sse.data:
+                # The API's keep-alive ping (a comment line every 15 s while a task is quiet):
+                # httpx-sse hands it on as an empty event.
+                continue
             data = json.loads(sse.data)
             detail = data.get("state") or ", ".join(
                 f"{k}={v}" for k, v in data.items() if k not in {"seq", "type", "at"}
