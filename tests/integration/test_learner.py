@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,8 @@ from openai import AsyncOpenAI
 
 from spine.events.learner import Learner
 from spine.platform.app.learner import run_learner
+from spine.platform.learning.features import FeatureSpace
+from spine.platform.learning.joins import CallFacts
 from spine.platform.learning.snapshots import SnapshotStore
 from spine.platform.schema import utcnow
 from support.fake_models import FakeModelServer
@@ -177,3 +179,60 @@ async def test_duplicate_events_change_nothing(spine: RunningPlatform) -> None:
     state = learner.weights.to_dict()
     assert await learner.take([event]) == 0  # stored already
     assert learner.weights.to_dict() == state
+
+
+class LookupCountingStore(SnapshotStore):
+    """The real store, noting which call ids the learner had to look up."""
+
+    def __init__(self, db: Any) -> None:
+        super().__init__(db)
+        self.looked_up: list[str] = []
+
+    async def call_facts(
+        self, *, call_ids: Iterable[str] = (), task_ids: Iterable[str] = ()
+    ) -> list[CallFacts]:
+        calls = list(call_ids)
+        self.looked_up.extend(calls)
+        return await super().call_facts(call_ids=calls, task_ids=task_ids)
+
+
+def outcome(call: str, model: str, prompt: str) -> dict[str, Any]:
+    features = FeatureSpace().extract(prompt, category="chat")
+    return {
+        "type": "model.outcome",
+        "id": call,
+        "model": model,
+        "outcome": "ok",
+        "latency_ms": 40.0,
+        "cost": 0.001,
+        "decision": {"features": features.model_dump(mode="json")},
+    }
+
+
+def feedback(event_id: str, call: str, score: float) -> dict[str, Any]:
+    return {"type": "feedback", "id": event_id, "call_ids": [call], "score": score}
+
+
+async def test_a_batch_gives_the_weights_of_its_events_one_at_a_time(
+    spine: RunningPlatform,
+) -> None:
+    events = [
+        outcome("call-a", GOOD, "how many apples"),
+        feedback("rating-a", "call-a", 1.0),
+        outcome("call-b", BAD, "what does a ticket cost"),
+        feedback("rating-b", "call-b", 0.0),
+        feedback("rating-a", "call-a", 1.0),  # a duplicate within the batch
+        feedback("rating-x", "call-elsewhere", 1.0),  # a call this learner never saw
+    ]
+    batched_store = LookupCountingStore(spine.platform.db)
+    batched = Learner(batched_store)
+    assert await batched.take(events) == 5
+    # Only the call whose outcome is not in the batch is looked up in the usage ledger.
+    assert batched_store.looked_up == ["call-elsewhere"]
+    single = Learner(LookupCountingStore(spine.platform.db))
+    for event in events:
+        await single.take([event])
+    assert single.applied == batched.applied == 5
+    assert single.weights.to_dict() == batched.weights.to_dict()
+    good = batched.weights.estimates(GOOD)
+    assert good is not None and good.score.count == 1

@@ -209,14 +209,22 @@ class Learner:
             await self.checkpoint()
 
     async def _recall(self, events: list[dict[str, Any]]) -> None:
-        """Read back the facts of calls a feedback or task signal needs and memory lost."""
-        calls = [
-            i
-            for e in events
-            if e["type"] == "feedback"
-            for i in e.get("call_ids") or []
-            if self.memory.call(i) is None
-        ]
+        """Read back the facts of calls a feedback or task signal needs and memory lost.
+
+        A feedback's call whose outcome comes earlier in the same batch is not looked for: the
+        outcome is remembered before the feedback is applied.
+        """
+        outcomes: set[str] = set()
+        calls: list[str] = []
+        for e in events:
+            if e["type"] == "model.outcome":
+                outcomes.add(e["id"])
+            elif e["type"] == "feedback":
+                calls.extend(
+                    i
+                    for i in e.get("call_ids") or []
+                    if i not in outcomes and self.memory.call(i) is None
+                )
         tasks = [
             str(e["task_id"])
             for e in events
@@ -248,15 +256,21 @@ def learner_broker(
         # error must neither drop (+TERM) nor redeliver them at once.
         ack_policy=AckPolicy.MANUAL,
         config=ConsumerConfig(ack_wait=120, max_ack_pending=100_000),
+        # Decoded once, here, without validating each event's nested features against a type:
+        # the learner checks what it uses, and a malformed event is skipped, not retried.
+        decoder=_decoded_batch,
         title="learner",
     )
-    async def learn(body: NoCast[Any], message: NatsBatchMessage = Context("message")) -> None:
-        # Decoded here, without validating each event's nested features against a type: the
-        # learner checks what it uses, and a malformed event is skipped, not retried.
-        events = [_decoded(raw.data) for raw in message.raw_message]
+    async def learn(
+        events: NoCast[list[Any]], message: NatsBatchMessage = Context("message")
+    ) -> None:
         await learner.take(events, ack=message.ack)
 
     return broker
+
+
+def _decoded_batch(message: NatsBatchMessage) -> list[Any]:
+    return [_decoded(raw.data) for raw in message.raw_message]
 
 
 def _decoded(data: bytes) -> Any:

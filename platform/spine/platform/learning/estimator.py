@@ -10,19 +10,23 @@ and every other weight at 0.
 Uncertainty grows back while a model goes unobserved: each observation of *any* model is one
 step, and a model ``age`` steps behind has ``min(drift * age, max_drift)`` times the prior
 variance added back, so a model that was bad a while ago gets tried again. The added variance is
-applied lazily (at the model's next update; predictions add it on the fly), so an update costs
-O(dims²) for the observed model only.
+applied lazily (at the model's next update; predictions add it on the fly), and so are the
+rank-one corrections: the covariance is kept as ``base`` minus the outer products of the last
+few gains, folded into ``base`` every :data:`FOLD_EVERY` updates. An update of the observed
+model costs O(dims * (nnz + FOLD_EVERY)), plus O(dims²) matrix-product work once per fold.
 
 :class:`RunningStat` keeps a mean and a variance that follow the last ``window`` observations
 (a plain mean until then, an exponentially weighted one after), for latency, cost and the raw
 quality score. Everything here is deterministic: the same observations in the same order give
-bit-identical arrays (numpy on the same machine); the covariance is updated with a symmetric
-outer product so its upper triangle is all a snapshot needs.
+bit-identical arrays (numpy on the same machine): a fold happens after a fixed number of updates,
+never because of a snapshot, and keeps ``base`` exactly symmetric, so its upper triangle and the
+pending gains are all a snapshot needs.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -32,10 +36,16 @@ import numpy.typing as npt
 
 from spine.platform.learning.features import FeatureSpace, SparseFeatures
 
-__all__ = ["Priors", "QualityRegression", "RunningStat"]
+__all__ = ["FOLD_EVERY", "Priors", "QualityRegression", "RunningStat"]
 
 Vector = npt.NDArray[np.float64]
 Index = npt.NDArray[np.intp]
+
+FOLD_EVERY = 64
+"""Updates whose gains are kept apart before they are folded into the covariance."""
+_SINGLE_THREAD_WORK = 1 << 18
+"""A fold's matrix products are cut to at most this many multiply-adds each: small enough that
+OpenBLAS runs them on one thread (its threads contend with the event loop on a small host)."""
 
 
 @dataclass(slots=True, kw_only=True, frozen=True)
@@ -86,12 +96,21 @@ def _decode(text: str) -> Vector:
 
 @dataclass(slots=True, kw_only=True)
 class QualityRegression:
-    """Bayesian linear regression of one model's quality on the request's features."""
+    """Bayesian linear regression of one model's quality on the request's features.
+
+    The posterior covariance is ``base - gains[:pending].T @ gains[:pending]``: each update
+    appends its gain row, and every :data:`FOLD_EVERY` updates the rows are folded into
+    ``base`` at once (in blocks small enough to stay on one BLAS thread), so an update costs
+    O(dims * nnz + dims * pending) and the O(dims²) work is done in a few matrix products.
+    """
 
     mean: Vector
-    cov: Vector
+    base: Vector
     prior_var: Vector
     noise: float
+    gains: Vector
+    pending: int = 0
+    """How many rows of ``gains`` are not yet folded into ``base``."""
     observations: int = 0
     last_step: int = 0
     """The step (observations of all models) at which this model was last updated."""
@@ -102,7 +121,20 @@ class QualityRegression:
         variances = priors.variances(space)
         mean = np.zeros(space.dims)
         mean[space.bias] = priors.prior_quality
-        return cls(mean=mean, cov=np.diag(variances), prior_var=variances, noise=priors.noise)
+        return cls(
+            mean=mean,
+            base=np.diag(variances),
+            prior_var=variances,
+            noise=priors.noise,
+            gains=np.zeros((FOLD_EVERY, space.dims)),
+        )
+
+    @property
+    def cov(self) -> Vector:
+        """Return the posterior covariance (a new array)."""
+        cov = self.base.copy()
+        _fold(cov, self.gains[: self.pending])
+        return cov
 
     def predict(
         self, features: SparseFeatures, *, step: int, priors: Priors
@@ -110,7 +142,10 @@ class QualityRegression:
         """Return the expected quality for ``features`` and its variance (of the expectation)."""
         index, values = _arrays(features)
         expected = float(self.mean[index] @ values)
-        variance = float(values @ self.cov[np.ix_(index, index)] @ values)
+        variance = float(values @ self.base[np.ix_(index, index)] @ values)
+        if self.pending:
+            projected = self.gains[: self.pending, index] @ values
+            variance -= float(projected @ projected)
         drift = self._drift(step, priors)
         if drift:
             variance += drift * float(self.prior_var[index] @ (values * values))
@@ -120,14 +155,21 @@ class QualityRegression:
         """Fold one quality score in (exact rank-one posterior update)."""
         drift = self._drift(step, priors)
         if drift:
-            self.cov[np.diag_indices_from(self.cov)] += drift * self.prior_var
+            diagonal = self.base.reshape(-1)[:: len(self.mean) + 1]
+            diagonal += drift * self.prior_var
         index, values = _arrays(features)
-        shared = self.cov[:, index] @ values
+        shared = values @ self.base[index]  # base is symmetric: row i is column i
+        if self.pending:
+            held = self.gains[: self.pending]
+            shared -= (held[:, index] @ values) @ held
         spread = self.noise + float(shared[index] @ values)
         error = score - float(self.mean[index] @ values)
         self.mean += shared * (error / spread)
-        gain = shared / math.sqrt(spread)
-        self.cov -= np.outer(gain, gain)
+        self.gains[self.pending] = shared / math.sqrt(spread)
+        self.pending += 1
+        if self.pending == len(self.gains):
+            _fold(self.base, self.gains)
+            self.pending = 0
         self.observations += 1
         self.last_step = step
 
@@ -138,31 +180,76 @@ class QualityRegression:
 
     def to_dict(self) -> dict[str, Any]:
         """Return the posterior as JSON-able values (arrays as base64 little-endian float64)."""
-        upper = self.cov[np.triu_indices(len(self.mean))]
+        upper = self.base[np.triu_indices(len(self.mean))]
         return {
             "observations": self.observations,
             "last_step": self.last_step,
             "mean": _encode(self.mean),
             "cov_upper": _encode(upper),
+            "gains": _encode(self.gains[: self.pending]),
         }
 
     @classmethod
     def from_dict(
         cls, data: dict[str, Any], space: FeatureSpace, priors: Priors
     ) -> QualityRegression:
-        """Rebuild a posterior written by :meth:`to_dict` in the same feature space."""
+        """Rebuild a posterior written by :meth:`to_dict` in the same feature space.
+
+        ``cov_upper`` is the upper triangle of ``base``; ``gains`` (absent in format 1, whose
+        ``cov_upper`` is the whole covariance) are the rows not yet folded into it.
+        """
         model = cls.prior(space, priors)
         mean = _decode(data["mean"])
         upper = _decode(data["cov_upper"])
+        gains = _decode(data.get("gains", ""))
         rows, cols = np.triu_indices(space.dims)
         if len(mean) != space.dims or len(upper) != len(rows):
             raise ValueError("the snapshot's arrays do not fit the feature space")
+        if len(gains) % space.dims or len(gains) >= FOLD_EVERY * space.dims:
+            raise ValueError("the snapshot's pending gains do not fit the feature space")
         model.mean = mean
-        model.cov[rows, cols] = upper
-        model.cov[cols, rows] = upper
+        model.base[rows, cols] = upper
+        model.base[cols, rows] = upper
+        model.pending = len(gains) // space.dims
+        model.gains[: model.pending] = gains.reshape(model.pending, space.dims)
         model.observations = int(data["observations"])
         model.last_step = int(data["last_step"])
         return model
+
+
+def _fold(matrix: Vector, rows: Vector) -> None:
+    """Subtract ``rows.T @ rows`` from the symmetric ``matrix``, keeping it exactly symmetric.
+
+    Done in bands of the upper triangle, each mirrored below it, every product at most
+    :data:`_SINGLE_THREAD_WORK`; the diagonal blocks' lower halves are then copied from above.
+    """
+    if not len(rows):
+        return
+    dims = matrix.shape[0]
+    lower_rows, lower_cols = _diagonal_blocks_lower(dims, len(rows))
+    start = 0
+    while start < dims:
+        stop = min(dims, start + max(1, _SINGLE_THREAD_WORK // (len(rows) * (dims - start))))
+        band = rows[:, start:stop].T @ rows[:, start:]
+        matrix[start:stop, start:] -= band
+        matrix[stop:, start:stop] -= band[:, stop - start :].T
+        start = stop
+    matrix[lower_rows, lower_cols] = matrix[lower_cols, lower_rows]
+
+
+@functools.lru_cache(maxsize=16)
+def _diagonal_blocks_lower(dims: int, depth: int) -> tuple[Index, Index]:
+    """Return the strictly-lower cells of the diagonal blocks :func:`_fold` uses."""
+    rows: list[Index] = []
+    cols: list[Index] = []
+    start = 0
+    while start < dims:
+        stop = min(dims, start + max(1, _SINGLE_THREAD_WORK // (depth * (dims - start))))
+        r, c = np.tril_indices(stop - start, -1)
+        rows.append(r + start)
+        cols.append(c + start)
+        start = stop
+    return np.concatenate(rows), np.concatenate(cols)
 
 
 @dataclass(slots=True, kw_only=True)

@@ -26,7 +26,8 @@ from spine.platform.learning.features import FeatureSpace, SparseFeatures
 
 __all__ = ["SNAPSHOT_FORMAT", "ModelEstimates", "Observation", "RoutingWeights"]
 
-SNAPSHOT_FORMAT = 1
+SNAPSHOT_FORMAT = 2
+_READABLE_FORMATS = frozenset({1, SNAPSHOT_FORMAT})
 
 
 class Observation(BaseModel):
@@ -157,7 +158,7 @@ class RoutingWeights:
             BadRequest: The snapshot is of another format or does not hold together.
         """
         try:
-            if data["format"] != SNAPSHOT_FORMAT:
+            if data["format"] not in _READABLE_FORMATS:
                 raise BadRequest(f"weights snapshot format {data['format']!r}", field="format")
             layout = data["space"]
             space = FeatureSpace(
