@@ -17,9 +17,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import multiprocessing
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +58,7 @@ async def replay(
     settings: Settings,
     seed: int = 0,
     parallel: int = 4,
+    processes: int = 1,
     lag: int = 0,
 ) -> ReplayReport:
     """Replay ``records`` once per knob through JetStream; return the curve and its cpt95."""
@@ -63,7 +67,6 @@ async def replay(
     accuracy = model_accuracy(records)
     strong = max(accuracy, key=lambda m: accuracy[m])
     run = uuid.uuid4().hex[:10]
-    gate = asyncio.Semaphore(parallel)
     with tempfile.TemporaryDirectory(prefix="spine-replay-") as scratch:
         async with _nats(settings, Path(scratch)) as url:
             bus = NatsBus(url, name=f"spine-replay-{run}")
@@ -77,30 +80,94 @@ async def replay(
                     storage=StorageType.MEMORY,
                 )
             )
+            share = _Share(
+                records=records,
+                prices=prices,
+                strong=strong,
+                url=url,
+                stream=stream,
+                run=run,
+                seed=seed,
+                settings=settings,
+                lag=lag,
+                parallel=parallel,
+            )
             try:
-
-                async def one(index: int, knob: float) -> ReplayPoint:
-                    async with gate:
-                        return await _one_knob(
-                            records,
-                            prices,
-                            knob,
-                            strong=strong,
-                            bus=bus,
-                            url=url,
-                            stream=stream,
-                            subject=f"spine.replay.{run}.{index}",
-                            seed=seed,
-                            settings=settings,
-                            lag=lag,
-                        )
-
-                points = await asyncio.gather(*(one(i, k) for i, k in enumerate(knobs)))
+                points = await _across_processes(share, list(enumerate(knobs)), processes)
             finally:
                 with contextlib.suppress(Exception):
                     await bus.js.delete_stream(stream)
                 await bus.close()
     return summarise(records, points)
+
+
+@dataclass(frozen=True, slots=True)
+class _Share:
+    """What every process of a sweep needs: the recording and where to replay it."""
+
+    records: Sequence[ReplayRecord]
+    prices: dict[str, float]
+    strong: str
+    url: str
+    stream: str
+    run: str
+    seed: int
+    settings: Settings
+    lag: int
+    parallel: int
+
+
+async def _across_processes(
+    share: _Share, knobs: list[tuple[int, float]], processes: int
+) -> list[ReplayPoint]:
+    """Replay the knobs, dealt round-robin to ``processes`` processes (CPU bound: one core
+    each), each running its share side by side; the points come back in knob order."""
+    if processes <= 1 or len(knobs) <= 1:
+        return await _knobs(share, knobs)
+    hands = [knobs[i::processes] for i in range(min(processes, len(knobs)))]
+    loop = asyncio.get_running_loop()
+    # spawn, not fork: the parent's event loop and connections must not be inherited.
+    with ProcessPoolExecutor(len(hands), mp_context=multiprocessing.get_context("spawn")) as pool:
+        dealt = await asyncio.gather(
+            *(loop.run_in_executor(pool, _knobs_in_a_process, share, hand) for hand in hands)
+        )
+    by_index = {
+        index: point
+        for hand, points in zip(hands, dealt, strict=True)
+        for (index, _), point in zip(hand, points, strict=True)
+    }
+    return [by_index[index] for index, _ in knobs]
+
+
+def _knobs_in_a_process(share: _Share, knobs: list[tuple[int, float]]) -> list[ReplayPoint]:
+    return asyncio.run(_knobs(share, knobs))
+
+
+async def _knobs(share: _Share, knobs: list[tuple[int, float]]) -> list[ReplayPoint]:
+    gate = asyncio.Semaphore(share.parallel)
+    bus = NatsBus(share.url, name=f"spine-replay-{share.run}-{knobs[0][0]}")
+    await bus.wait_connected(timeout=30)
+
+    async def one(index: int, knob: float) -> ReplayPoint:
+        async with gate:
+            return await _one_knob(
+                share.records,
+                share.prices,
+                knob,
+                strong=share.strong,
+                bus=bus,
+                url=share.url,
+                stream=share.stream,
+                subject=f"spine.replay.{share.run}.{index}",
+                seed=share.seed,
+                settings=share.settings,
+                lag=share.lag,
+            )
+
+    try:
+        return list(await asyncio.gather(*(one(i, k) for i, k in knobs)))
+    finally:
+        await bus.close()
 
 
 async def _one_knob(
@@ -121,7 +188,15 @@ async def _one_knob(
     # weights in this process the moment it has applied the previous prompt's events.
     learner = Learner(ScratchSnapshots(), checkpoint_seconds=60.0, checkpoint_events=20_000)
     await learner.start()
-    broker = learner_broker(url, learner, stream=stream, subject=f"{subject}.>", batch=2)
+    # A durable consumer of its own: knobs sharing one would take each other's events.
+    broker = learner_broker(
+        url,
+        learner,
+        stream=stream,
+        subject=f"{subject}.>",
+        durable=f"replay-{subject.rpartition('.')[2]}",
+        batch=2,
+    )
     await broker.start()
     space = FeatureSpace()
     policy = LearnedPolicy(

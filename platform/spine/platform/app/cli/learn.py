@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -32,8 +33,15 @@ def replay(
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the exploration draws.")] = 0,
     parallel: Annotated[
-        int, typer.Option(min=1, help="Knobs replayed side by side (they wait on NATS, mostly).")
+        int, typer.Option(min=1, help="Knobs replayed side by side in each process.")
     ] = 21,
+    processes: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Processes the knobs are dealt to (default: one per CPU; each is CPU bound).",
+        ),
+    ] = max(1, os.cpu_count() or 1),
     lag: Annotated[
         int,
         typer.Option(
@@ -73,6 +81,7 @@ def replay(
             settings=settings,
             seed=seed,
             parallel=parallel,
+            processes=processes,
             lag=lag,
         )
     )
