@@ -255,7 +255,7 @@ async def component_costs(
             await usage.record(ModelCallRecord(tenant=tenant, model="bench-fast", provider="x"))
 
         async def outcome() -> None:
-            event = ModelOutcome.of(record, strategy="explicit", task_category=None)
+            event = ModelOutcome.of(record)
             await bus.publish_durable(
                 outcome_subject(tenant), event.model_dump_json().encode(), msg_id=event.id
             )
