@@ -14,7 +14,8 @@ from spine.platform.models.litellm_facts import answer
 from spine.platform.router.catalog import ModelCatalog
 from spine.platform.router.specs import ModelSpec
 
-PAIRS = [("openai", "gpt-4o-mini"), ("ollama", "llama3.2"), ("anthropic", "no-such-model")]
+# An Ollama model no other test calls: a call registers its price in this process's LiteLLM.
+PAIRS = [("openai", "gpt-4o-mini"), ("ollama", "codellama"), ("anthropic", "no-such-model")]
 
 
 async def test_the_child_answers_what_litellm_answers_in_process() -> None:

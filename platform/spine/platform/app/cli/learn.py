@@ -26,8 +26,12 @@ def replay(
         str | None, typer.Option(help="Models to route among (default: all the file has).")
     ] = None,
     knob: Annotated[float | None, typer.Option(help="One cost weight (0..1).")] = None,
-    sweep: Annotated[bool, typer.Option(help="Every knob of the standard sweep.")] = False,
-    no_category: Annotated[bool, typer.Option(help="Ignore the records' categories.")] = False,
+    sweep: Annotated[
+        bool, typer.Option("--sweep", help="Every knob of the standard sweep.")
+    ] = False,
+    no_category: Annotated[
+        bool, typer.Option("--no-category", help="Ignore the records' categories.")
+    ] = False,
     models_file: Annotated[
         Path | None, typer.Option(help="A models file whose prices to use.")
     ] = None,
