@@ -94,7 +94,9 @@ async def _connect(url: str, violations: Violations, **options: str) -> Client:
 async def api(stack: EmbeddedStack) -> AsyncIterator[NatsBus]:
     bus = NatsBus(_url(stack, "api"), name="test-api", publish_timeout=0.5)
     await bus.wait_connected(5)
-    await StreamLayout().ensure(bus.js)  # the API creates the streams and consumers
+    # The API creates the streams and consumers, retrying as it does: a request of this bus
+    # times out after 0.5 s, and a loaded machine can take longer to create a stream.
+    await asyncio.wait_for(StreamLayout().ensure_when_ready(bus, retry_every=0.2), 60)
     yield bus
     await bus.close()
 
