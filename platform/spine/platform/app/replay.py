@@ -150,19 +150,7 @@ async def _knobs(share: _Share, knobs: list[tuple[int, float]]) -> list[ReplayPo
 
     async def one(index: int, knob: float) -> ReplayPoint:
         async with gate:
-            return await _one_knob(
-                share.records,
-                share.prices,
-                knob,
-                strong=share.strong,
-                bus=bus,
-                url=share.url,
-                stream=share.stream,
-                subject=f"spine.replay.{share.run}.{index}",
-                seed=share.seed,
-                settings=share.settings,
-                lag=share.lag,
-            )
+            return await _one_knob(share, index, knob, bus)
 
     try:
         return list(await asyncio.gather(*(one(i, k) for i, k in knobs)))
@@ -170,31 +158,20 @@ async def _knobs(share: _Share, knobs: list[tuple[int, float]]) -> list[ReplayPo
         await bus.close()
 
 
-async def _one_knob(
-    records: Sequence[ReplayRecord],
-    prices: dict[str, float],
-    knob: float,
-    *,
-    strong: str,
-    bus: NatsBus,
-    url: str,
-    stream: str,
-    subject: str,
-    seed: int,
-    settings: Settings,
-    lag: int,
-) -> ReplayPoint:
+async def _one_knob(share: _Share, index: int, knob: float, bus: NatsBus) -> ReplayPoint:
+    records, prices, settings = share.records, share.prices, share.settings
+    subject = f"spine.replay.{share.run}.{index}"
     # Checkpoints (and their acknowledgements) now and then: each decision reads the learner's
     # weights in this process the moment it has applied the previous prompt's events.
     learner = Learner(ScratchSnapshots(), checkpoint_seconds=60.0, checkpoint_events=20_000)
     await learner.start()
     # A durable consumer of its own: knobs sharing one would take each other's events.
     broker = learner_broker(
-        url,
+        share.url,
         learner,
-        stream=stream,
+        stream=share.stream,
         subject=f"{subject}.>",
-        durable=f"replay-{subject.rpartition('.')[2]}",
+        durable=f"replay-{index}",
         batch=2,
     )
     await broker.start()
@@ -203,7 +180,7 @@ async def _one_knob(
         exploration=settings.learning.exploration,
         min_observations=settings.learning.min_observations,
     )
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(share.seed)
     models = sorted(records[0].outcomes)
     features_of: dict[str, SparseFeatures] = {}
     sent = 0
@@ -255,7 +232,7 @@ async def _one_knob(
         sent += len(events)
         # The next decision sees every outcome but the last ``lag`` prompts' (in flight, as in
         # production, where a router learns of a call a moment after it was made).
-        await learner.until_applied(sent - 2 * lag)
+        await learner.until_applied(sent - 2 * share.lag)
 
     try:
         return await arun_replay(
@@ -263,7 +240,7 @@ async def _one_knob(
             decide,
             observe,
             knob=knob,
-            strong=strong,
+            strong=share.strong,
             cost_of=lambda m, r: expected_cost(prices.get(m, 0.0), r.prompt),
         )
     finally:

@@ -225,30 +225,33 @@ def _fold(matrix: Vector, rows: Vector) -> None:
     """
     if not len(rows):
         return
-    dims = matrix.shape[0]
-    lower_rows, lower_cols = _diagonal_blocks_lower(dims, len(rows))
-    start = 0
-    while start < dims:
-        stop = min(dims, start + max(1, _SINGLE_THREAD_WORK // (len(rows) * (dims - start))))
+    bands = _bands(matrix.shape[0], len(rows))
+    for start, stop in bands:
         band = rows[:, start:stop].T @ rows[:, start:]
         matrix[start:stop, start:] -= band
         matrix[stop:, start:stop] -= band[:, stop - start :].T
-        start = stop
+    lower_rows, lower_cols = _diagonal_blocks_lower(bands)
     matrix[lower_rows, lower_cols] = matrix[lower_cols, lower_rows]
 
 
 @functools.lru_cache(maxsize=16)
-def _diagonal_blocks_lower(dims: int, depth: int) -> tuple[Index, Index]:
-    """Return the strictly-lower cells of the diagonal blocks :func:`_fold` uses."""
-    rows: list[Index] = []
-    cols: list[Index] = []
+def _bands(dims: int, depth: int) -> tuple[tuple[int, int], ...]:
+    """Return the ``(start, stop)`` row bands :func:`_fold` works in, for ``depth`` gain rows."""
+    bands: list[tuple[int, int]] = []
     start = 0
     while start < dims:
         stop = min(dims, start + max(1, _SINGLE_THREAD_WORK // (depth * (dims - start))))
-        r, c = np.tril_indices(stop - start, -1)
-        rows.append(r + start)
-        cols.append(c + start)
+        bands.append((start, stop))
         start = stop
+    return tuple(bands)
+
+
+@functools.lru_cache(maxsize=16)
+def _diagonal_blocks_lower(bands: tuple[tuple[int, int], ...]) -> tuple[Index, Index]:
+    """Return the strictly-lower cells of the diagonal blocks of ``bands``."""
+    blocks = [np.tril_indices(stop - start, -1) for start, stop in bands]
+    rows = [r + start for (start, _), (r, _) in zip(bands, blocks, strict=True)]
+    cols = [c + start for (start, _), (_, c) in zip(bands, blocks, strict=True)]
     return np.concatenate(rows), np.concatenate(cols)
 
 
