@@ -14,8 +14,11 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "dispatch.json"
-TARGET_RATIO = 5.0  # task p50 <= 5x bare request/reply p50
-TARGET_TPS = 200.0  # completed tasks per second, two workers
+# Issue 12's targets.
+TARGET_RATIO = 30.0  # task p50 <= 30x bare request/reply p50
+TARGET_TPS = 400.0  # completed tasks per second, two workers (stretch 600)
+TARGET_CPU_MS = 4.0  # CPU per task across API, workers, PostgreSQL and NATS
+TARGET_SUBMIT = 1500.0  # the submit path alone (workers frozen), tasks per second
 
 
 def build_document(
@@ -53,7 +56,10 @@ def build_document(
 def verdicts(results: dict[str, Any]) -> dict[str, Any]:
     ratio = results["latency"]["ratio_p50_to_request_reply_p50"]
     tps = results["throughput"]["completed_per_s"]
-    return {
+    used = results["throughput"]["resources"]["cpu_ms_per_task"]
+    # The platform's CPU: API, workers, PostgreSQL, NATS (not the bench client, not the fake).
+    cpu = round(sum(v for k, v in used.items() if k not in ("bench-client", "fake-model")), 3)
+    found = {
         "latency_p50_ratio": {
             "target": f"<= {TARGET_RATIO:g}x bare request/reply p50",
             "value": ratio,
@@ -64,7 +70,21 @@ def verdicts(results: dict[str, Any]) -> dict[str, Any]:
             "value": tps,
             "pass": tps >= TARGET_TPS,
         },
+        "cpu_ms_per_task": {
+            "target": f"<= {TARGET_CPU_MS:g} ms (API, workers, PostgreSQL, NATS)",
+            "value": cpu,
+            "pass": cpu <= TARGET_CPU_MS,
+        },
     }
+    split = results["throughput"].get("split")
+    if split is not None:
+        rate = split["api_alone"]["submit_rate_per_s"]
+        found["submit_rate"] = {
+            "target": f">= {TARGET_SUBMIT:g} tasks/s (workers frozen)",
+            "value": rate,
+            "pass": rate >= TARGET_SUBMIT,
+        }
+    return found
 
 
 LINE = "-" * 78

@@ -16,7 +16,7 @@ from alembic.script import ScriptDirectory
 from spine.platform.db import MIGRATIONS, Database
 from spine.platform.errors import BadRequest, Conflict, IdempotencyConflict, NotFound
 from spine.platform.schema import Base, TaskEventRow, TaskRow
-from spine.platform.tasks import TaskError, TaskStore, TaskSubmission
+from spine.platform.tasks import StepJournal, TaskError, TaskStore, TaskSubmission
 
 pytestmark = pytest.mark.integration
 
@@ -301,6 +301,64 @@ async def test_finish_queued_hands_the_task_back_for_a_retry(store: TaskStore) -
     dead = await store.dead_letter(task.id, reason=gave_up)
     assert [e.data["state"] for e in dead] == ["dead_lettered"]
     assert await store.dead_letter(task.id, reason=gave_up) == []
+
+
+async def test_finish_commits_the_attempts_last_events_before_its_state(store: TaskStore) -> None:
+    task, _, _ = await store.submit(chat(), tenant="acme")
+    await store.claim(task.id, lease=30)
+    noted: list[tuple[str, dict[str, Any]]] = [
+        ("model_call", {"model": "m", "input_tokens": 3}),
+        ("final", {"text": "hi"}),
+    ]
+    written = await store.finish(
+        task.id, attempt=1, state="succeeded", result={"text": "hi"}, events=noted
+    )
+    assert [(e.seq, e.type) for e in written] == [(3, "model_call"), (4, "final"), (5, "state")]
+    stored = await store.events(task.id, tenant=None)
+    assert [(e.seq, e.type, e.data) for e in stored[2:]] == [
+        (3, "model_call", {"model": "m", "input_tokens": 3}),
+        (4, "final", {"text": "hi"}),
+        (5, "state", {"state": "succeeded", "attempt": 1}),
+    ]
+    # A stale attempt's last events are not written either.
+    assert await store.finish(task.id, attempt=1, state="failed", events=noted) == []
+    assert len(await store.events(task.id, tenant=None)) == 5
+
+
+async def test_the_journal_is_fenced_by_the_attempt_and_first_write_wins(db: Database) -> None:
+    store, journal = TaskStore(db), StepJournal(db)
+    task, _, _ = await store.submit(chat(), tenant="acme")
+    await store.claim(task.id, lease=30)
+    step = {"text": "", "tool_calls": [{"id": "c1"}], "cost": "0.1"}
+    written = await journal.record(
+        task.id,
+        attempt=1,
+        key="s1.model",
+        kind="model",
+        data=step,
+        events=[("model_call", {"step": 1}), ("tool_call_started", {"call_id": "c1"})],
+    )
+    assert written is not None
+    assert [(e.seq, e.type, e.tenant) for e in written] == [
+        (3, "model_call", "acme"),
+        (4, "tool_call_started", "acme"),
+    ]
+    # The same key again, or another attempt's write: nothing is written.
+    again = await journal.record(task.id, attempt=1, key="s1.model", kind="model", data={})
+    assert again is None
+    stale = await journal.record(
+        task.id, attempt=2, key="s1.tool.c1", kind="tool", data={}, events=[("x", {})]
+    )
+    assert stale is None
+    entries = await journal.entries(task.id)
+    assert {k: (e.kind, e.attempt, e.data) for k, e in entries.items()} == {
+        "s1.model": ("model", 1, step)
+    }
+    seqs = [(e.seq, e.type) for e in await store.events(task.id, tenant=None)]
+    assert seqs == [(1, "state"), (2, "state"), (3, "model_call"), (4, "tool_call_started")]
+    appended = await store.append_event(task.id, "delta", {"text": "more"})
+    assert (appended.seq, appended.tenant) == (5, "acme")
+    assert await store.cancel_requested(task.id) is False
 
 
 # -- cancel -----------------------------------------------------------------------------------

@@ -87,6 +87,7 @@ class TaskJournal:
     task_id: str
     attempt: int
     _entries: dict[str, JournalEntry] | None = None
+    _behind: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def load(self) -> dict[str, JournalEntry]:
         """Return the steps recorded so far (read once per attempt)."""
@@ -107,7 +108,43 @@ class TaskJournal:
             TransientFailure: This attempt lost its claim on the task (a newer attempt
                 holds it); the worker then leaves the task to that attempt.
         """
-        entries = await self.load()
+        await self.settle()
+        await self._commit(key, kind, data, events)
+        (await self.load())[key] = JournalEntry(key=key, kind=kind, attempt=self.attempt, data=data)
+
+    async def record_behind(
+        self,
+        key: str,
+        kind: StepKind,
+        data: dict[str, Any],
+        events: Sequence[tuple[str, dict[str, Any]]] = (),
+    ) -> None:
+        """Commit a step that may safely run again (a read-only tool's result) as the loop goes on.
+
+        The commit overlaps what comes next (the next model call); the next :meth:`record`, and
+        :meth:`settle`, wait for it first, so the journal and the feed keep their order. A crash
+        before it committed only runs the read-only step again.
+        """
+        (await self.load())[key] = JournalEntry(key=key, kind=kind, attempt=self.attempt, data=data)
+        commit = asyncio.create_task(self._commit(key, kind, data, list(events)))
+        # Retrieved here too, so one that nobody settles (the attempt died) is not reported.
+        commit.add_done_callback(lambda done: done.cancelled() or done.exception())
+        self._behind.append(commit)
+
+    async def settle(self) -> None:
+        """Wait for the steps committed behind; raise as :meth:`record` would."""
+        behind, self._behind = self._behind, []
+        for outcome in await asyncio.gather(*behind, return_exceptions=True):
+            if isinstance(outcome, BaseException):
+                raise outcome
+
+    async def _commit(
+        self,
+        key: str,
+        kind: StepKind,
+        data: dict[str, Any],
+        events: Sequence[tuple[str, dict[str, Any]]],
+    ) -> None:
         written = await self.journal.record(
             self.task_id, attempt=self.attempt, key=key, kind=kind, data=data, events=events
         )
@@ -115,7 +152,6 @@ class TaskJournal:
             raise TransientFailure(
                 f"attempt {self.attempt} of task {self.task_id} lost its claim at step {key}"
             )
-        entries[key] = JournalEntry(key=key, kind=kind, attempt=self.attempt, data=data)
 
 
 class ModelSource(Protocol):
@@ -156,6 +192,18 @@ class RunContext:
     # a signal that was missed (NATS down) without a query per step.
     durable_check_interval: float = 1.0
     _checked_at: float = field(default_factory=time.monotonic)
+    ending: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    """Progress events left to be committed with the attempt's end (see :meth:`emit_at_end`)."""
+
+    def emit_at_end(self, type_: str, data: dict[str, Any]) -> None:
+        """Report a progress event in the same commit as the attempt's end, before its state.
+
+        For what an agent reports just before it returns (its model call, its final answer):
+        one commit where :attr:`emit` makes two. Followers see it a moment later, with the
+        result; if the worker dies first it is lost with the attempt, whose work a replay
+        then does (and reports) again.
+        """
+        self.ending.append((type_, data))
 
     async def checkpoint(self) -> None:
         """Stop here if a cancel was requested; agents call this between steps."""

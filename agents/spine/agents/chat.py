@@ -71,7 +71,7 @@ class ChatAgent:
             "output_tokens": answer.output_tokens,
             "cost_usd": str(answer.cost) if answer.cost is not None else None,
         }
-        await ctx.emit(
+        ctx.emit_at_end(
             "model_call",
             {
                 "model": answer.model,

@@ -59,7 +59,7 @@ class CompletionAgent:
         answer = await ctx.step(
             ctx.models.complete(request.messages_out(), model=request.routed_model, **params)
         )
-        await ctx.emit(
+        ctx.emit_at_end(
             "model_call",
             {
                 "model": answer.model,

@@ -20,6 +20,7 @@ invalid arguments; each ends the task with an error that says which.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -107,6 +108,22 @@ class ToolAgent:
         messages = self._opening(request)
         tools = ctx.tools.openai_tools(tenant=ctx.task.tenant, agent=spec.name)
         run = _Run()
+        try:
+            return await self._loop(ctx, messages, tools, run)
+        except Exception:
+            # Tool results still being committed belong to the feed of this attempt's end.
+            with contextlib.suppress(Exception):
+                await ctx.journal.settle()
+            raise
+
+    async def _loop(
+        self,
+        ctx: RunContext,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]],
+        run: _Run,
+    ) -> dict[str, Any]:
+        spec = self.definition
         for step in range(1, spec.max_steps + 1):
             self._check_time(ctx)
             await ctx.checkpoint()
@@ -116,7 +133,8 @@ class ToolAgent:
             if not calls:
                 final = self._final(ctx, answer["text"], run, messages)
                 if final is not None:
-                    await ctx.emit("final", {"step": step, **final, "usage": run.usage()})
+                    await ctx.journal.settle()
+                    ctx.emit_at_end("final", {"step": step, **final, "usage": run.usage()})
                     return {**final, "steps": step, "usage": run.usage()}
                 continue
             await self._await_approvals(ctx, step, calls)
@@ -214,6 +232,7 @@ class ToolAgent:
             if delta.text:
                 pending.append(delta.text)
             if pending and time.monotonic() - sent_at >= _DELTA_INTERVAL:
+                await ctx.journal.settle()  # the last step's tool results come first
                 await ctx.emit("delta", {"step": step, "text": "".join(pending)})
                 pending.clear()
                 sent_at = time.monotonic()
@@ -321,9 +340,16 @@ class ToolAgent:
             "truncated": result.truncated,
             "duration_ms": result.duration_ms,
         }
-        await ctx.journal.record(
-            key, "tool", result.model_dump(mode="json"), [("tool_call_finished", finished)]
-        )
+        tool = ctx.tools.get(name)
+        if tool is not None and tool.effect == "read" and decision is None:
+            # A read may run again: its commit overlaps the next model call.
+            await ctx.journal.record_behind(
+                key, "tool", result.model_dump(mode="json"), [("tool_call_finished", finished)]
+            )
+        else:
+            await ctx.journal.record(
+                key, "tool", result.model_dump(mode="json"), [("tool_call_finished", finished)]
+            )
         return result
 
     def _gated(self, ctx: RunContext, call: dict[str, Any]) -> bool:

@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nats.aio.msg import Msg
-from nats.errors import ConnectionClosedError
+from nats.errors import ConnectionClosedError, NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
+from nats.js.errors import ServiceUnavailableError as JetStreamUnavailable
 
 from spine.agents.base import AwaitingApproval, ModelSource, RunContext, TaskJournal
 from spine.agents.catalog import AgentCatalog
@@ -51,7 +52,15 @@ logger = logging.getLogger(__name__)
 _ENDS: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 
 _FETCH_TIMEOUT = 2.0
-_LOST_CONNECTION = (ConnectionClosedError, ServiceUnavailable, OSError)
+# While a clustered consumer elects a new leader JetStream answers 503 and an ack finds no
+# responder: wait (an unacked message is redelivered, and a finished one skipped), as for a lost link.
+_LOST_CONNECTION = (
+    ConnectionClosedError,
+    JetStreamUnavailable,
+    NoRespondersError,
+    ServiceUnavailable,
+    OSError,
+)
 
 
 @dataclass(slots=True, kw_only=True)
@@ -218,8 +227,9 @@ class TaskWorker:
         cancelled = self._cancel_events.setdefault(task.id, asyncio.Event())
         heartbeat = asyncio.create_task(self._keep_alive(msg, task.id, attempt))
         self.stats.running.add(task.id)
+        ending: list[tuple[str, dict[str, Any]]] = []  # events committed with the end
         try:
-            result = await self._run_agent(task, attempt, cancelled)
+            result = await self._run_agent(task, attempt, cancelled, ending)
         except AwaitingApproval as pause:
             events = await self._store.pause(
                 task.id, attempt=attempt, until=pause.until, proposal=pause.proposal
@@ -242,14 +252,18 @@ class TaskWorker:
             await self._failed(msg, task, attempt, TransientFailure(f"internal error: {exc!r}"))
         else:
             self.stats.succeeded += 1
-            await self._finish(msg, task, attempt, "succeeded", result=result)
+            await self._finish(msg, task, attempt, "succeeded", result=result, events=ending)
         finally:
             heartbeat.cancel()
             self.stats.running.discard(task.id)
             self._cancel_events.pop(task.id, None)
 
     async def _run_agent(
-        self, task: Task, attempt: int, cancelled: asyncio.Event
+        self,
+        task: Task,
+        attempt: int,
+        cancelled: asyncio.Event,
+        ending: list[tuple[str, dict[str, Any]]],
     ) -> dict[str, Any]:
         agent = self._catalog.get(task.agent)
         request = self._catalog.parse_input(task.agent, task.input)
@@ -288,6 +302,7 @@ class TaskWorker:
             cancelled=cancelled,
             cancel_requested=cancel_requested,
             signal=signal,
+            ending=ending,
         )
         if task.deadline is None:
             return await agent.run(ctx, request)
@@ -331,14 +346,15 @@ class TaskWorker:
         *,
         result: dict[str, Any] | None = None,
         error: TaskError | None = None,
+        events: list[tuple[str, dict[str, Any]]] | None = None,
     ) -> None:
         # The task's usage rows are written behind: they are in before its final state, so
         # whoever sees the task finished also sees what it used.
         await self._models.flush()
-        events = await self._store.finish(
-            task.id, attempt=attempt, state=state, result=result, error=error
+        written = await self._store.finish(
+            task.id, attempt=attempt, state=state, result=result, error=error, events=events or ()
         )
-        if self._still_owned(task, attempt, events):
+        if self._still_owned(task, attempt, written):
             if state in _ENDS:
                 self._signal(task, state, f"{task.id}:end")
             await msg.ack_sync()

@@ -35,6 +35,8 @@ class StorePart:
     def __init__(self, db: Database, *, announce: TaskEventSink | None = None) -> None:
         self._db = db
         self._sink = announce
+        # PostgreSQL runs the hot statements of :mod:`._pg` through asyncpg; SQLite these.
+        self._pg = not db.is_sqlite
 
     async def _announce(self, events: list[TaskEvent]) -> None:
         """Announce committed events: a guarantee of every write, not a duty of callers."""

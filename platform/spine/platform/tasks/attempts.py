@@ -6,6 +6,8 @@ worker can never overwrite a newer attempt.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -13,12 +15,14 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from spine.platform.schema import UtcDateTime, utcnow
+from spine.platform.tasks import _pg
 from spine.platform.tasks._rows import (
     EVENTS,
     TASKS,
     StorePart,
     cancel_error,
     change,
+    event_values,
     read_locked,
     task_of,
     transition,
@@ -34,6 +38,24 @@ class Attempts(StorePart):
     async def claim(self, task_id: str, *, lease: float) -> Claim:
         """Start an attempt, unless the task is finished or another worker holds its lease."""
         now = utcnow()
+        if self._pg:
+            async with self._db.driver() as raw:
+                row = await raw.fetchrow(_pg.CLAIM, task_id, now, now + timedelta(seconds=lease))
+            if row is not None:
+                task = task_of(row)
+                event = TaskEvent(
+                    **event_values(
+                        task_id,
+                        task.tenant,
+                        row["event_seq"],
+                        "state",
+                        {"state": "running", "attempt": task.attempts},
+                        now,
+                    )
+                )
+                await self._announce([event])
+                return Claim(outcome="claimed", task=task, attempt=task.attempts, events=[event])
+            # Not claimable now: the portable path below decides why, under the row's lock.
         claimable = sa.and_(
             TASKS.c.cancel_requested == sa.false(),
             sa.or_(TASKS.c.deadline.is_(None), TASKS.c.deadline > now),
@@ -71,6 +93,11 @@ class Attempts(StorePart):
 
     async def extend_lease(self, task_id: str, *, attempt: int, lease: float) -> bool:
         """Keep the claim of a running attempt alive; False if the attempt lost it."""
+        if self._pg:
+            expires = utcnow() + timedelta(seconds=lease)
+            async with self._db.driver() as raw:
+                status = await raw.execute(_pg.EXTEND_LEASE, task_id, attempt, expires)
+            return _pg.updated(status)
         async with self._db.transaction() as conn:
             updated = await conn.execute(
                 sa.update(TASKS)
@@ -92,8 +119,12 @@ class Attempts(StorePart):
         result: dict[str, Any] | None = None,
         error: TaskError | None = None,
         retry_in: float | None = None,
+        events: Sequence[tuple[str, dict[str, Any]]] = (),
     ) -> list[TaskEvent]:
         """End an attempt; ``queued`` hands the task back for a retry.
+
+        ``events`` are progress events the attempt left to be written with its end (its last
+        model call, its final answer): they come before the state event, in one commit.
 
         Returns:
             The events written; empty when the attempt no longer owns the task.
@@ -101,19 +132,63 @@ class Attempts(StorePart):
         extra: dict[str, Any] = {"attempt": attempt}
         if retry_in is not None:
             extra["retry_in"] = retry_in
+        stored_error = error.stored() if error is not None else None
+        now = utcnow()
+        if self._pg:
+            payload: dict[str, Any] = {"state": state, **extra}
+            if stored_error is not None:
+                payload["error"] = stored_error
+            return await self._finish_pg(
+                task_id, attempt, state, result, stored_error, [*events, ("state", payload)], now
+            )
         owned = sa.and_(TASKS.c.attempts == attempt, TASKS.c.state == "running")
+        written: list[TaskEvent] = []
         async with self._db.transaction() as conn:
+            if events and await _owned(conn, task_id, attempt):
+                for type_, data in events:
+                    noted = await change(
+                        conn, task_id, now, event_type=type_, event=data, values={}, touch=False
+                    )
+                    assert noted is not None
+                    await conn.execute(sa.insert(EVENTS).values(noted[1].model_dump()))
+                    written.append(noted[1])
             ended = await transition(
                 conn,
                 task_id,
-                utcnow(),
+                now,
                 state=state,
-                error=error.stored() if error is not None else None,
+                error=stored_error,
                 where=owned,
                 result=result,
                 **extra,
             )
-        written = [ended[1]] if ended is not None else []
+        written = [*written, ended[1]] if ended is not None else []
+        await self._announce(written)
+        return written
+
+    async def _finish_pg(
+        self,
+        task_id: str,
+        attempt: int,
+        state: str,
+        result: dict[str, Any] | None,
+        error: dict[str, Any] | None,
+        events: list[tuple[str, dict[str, Any]]],
+        now: datetime,
+    ) -> list[TaskEvent]:
+        async with self._db.driver() as raw:
+            row = await raw.fetchrow(
+                _pg.FINISH,
+                task_id,
+                attempt,
+                state,
+                None if result is None else json.dumps(result),
+                None if error is None else json.dumps(error),
+                state in TERMINAL_STATES,
+                now,
+                _pg.events_param(events),
+            )
+        written = [] if row is None else _pg.numbered(task_id, row[0], row[1], events, now)
         await self._announce(written)
         return written
 
@@ -127,6 +202,12 @@ class Attempts(StorePart):
         written = [ended[1]] if ended is not None else []
         await self._announce(written)
         return written
+
+
+async def _owned(conn: AsyncConnection, task_id: str, attempt: int) -> bool:
+    """Tell whether ``attempt`` holds the task, locking its row until the commit."""
+    row = await read_locked(conn, task_id)
+    return row is not None and row["attempts"] == attempt and row["state"] == "running"
 
 
 async def _undecided(conn: AsyncConnection, task_id: str, now: datetime) -> Claim:

@@ -13,14 +13,18 @@ together: one transaction per step, not one per event.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Literal
 
 import sqlalchemy as sa
+from asyncpg import UniqueViolationError
 from sqlalchemy.exc import IntegrityError
 
 from spine.platform.schema import utcnow
+from spine.platform.tasks import _pg
 from spine.platform.tasks._rows import EVENTS, STEPS, TASKS, StorePart, event_values
 from spine.platform.tasks.models import TaskEvent
 
@@ -70,6 +74,8 @@ class StepJournal(StorePart):
         was journalled already), and then nothing is written.
         """
         now = utcnow()
+        if self._pg:
+            return await self._record_pg(task_id, attempt, key, kind, data, list(events), now)
         owned = sa.and_(
             TASKS.c.id == task_id, TASKS.c.attempts == attempt, TASKS.c.state == "running"
         )
@@ -103,5 +109,35 @@ class StepJournal(StorePart):
                     await conn.execute(sa.insert(EVENTS), [event.model_dump() for event in written])
         except IntegrityError:
             return None
+        await self._announce(written)
+        return written
+
+    async def _record_pg(
+        self,
+        task_id: str,
+        attempt: int,
+        key: str,
+        kind: StepKind,
+        data: dict[str, Any],
+        events: list[tuple[str, dict[str, Any]]],
+        now: datetime,
+    ) -> list[TaskEvent] | None:
+        try:
+            async with self._db.driver() as raw:
+                row = await raw.fetchrow(
+                    _pg.RECORD_STEP,
+                    task_id,
+                    attempt,
+                    key,
+                    kind,
+                    json.dumps(data),
+                    _pg.events_param(events),
+                    now,
+                )
+        except UniqueViolationError:  # the step was journalled already
+            return None
+        if row is None:
+            return None
+        written = _pg.numbered(task_id, row["tenant"], row["event_seq"], events, now)
         await self._announce(written)
         return written

@@ -11,6 +11,7 @@ from datetime import timedelta
 import sqlalchemy as sa
 
 from spine.platform.schema import utcnow
+from spine.platform.tasks import _pg
 from spine.platform.tasks._rows import TASKS, StorePart, task_of
 from spine.platform.tasks.models import Task
 
@@ -23,6 +24,10 @@ class Outbox(StorePart):
     async def mark_published(self, task_ids: list[str]) -> None:
         """Record that JetStream acknowledged these tasks."""
         if not task_ids:
+            return
+        if self._pg:
+            async with self._db.driver() as raw:
+                await raw.execute(_pg.MARK_PUBLISHED, task_ids, utcnow())
             return
         async with self._db.transaction() as conn:
             await conn.execute(

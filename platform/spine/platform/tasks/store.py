@@ -9,6 +9,7 @@ caller has to remember to.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -20,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from spine.platform.cursors import decode_cursor, encode_cursor
 from spine.platform.errors import BadRequest, Conflict, IdempotencyConflict, NotFound
 from spine.platform.schema import utcnow
+from spine.platform.tasks import _pg
 from spine.platform.tasks._rows import (
     CHUNK,
     EVENTS,
@@ -82,9 +84,12 @@ class TaskStore(Attempts, Approvals, Outbox, StorePart):
         )
         event = event_values(values["id"], tenant, 1, "state", {"state": "queued"}, now)
         try:
-            async with self._db.transaction() as conn:
-                await conn.execute(sa.insert(TASKS).values(values))
-                await conn.execute(sa.insert(EVENTS).values(event))
+            if self._pg:
+                await self._insert_pg(values, event)
+            else:
+                async with self._db.transaction() as conn:
+                    await conn.execute(sa.insert(TASKS).values(values))
+                    await conn.execute(sa.insert(EVENTS).values(event))
         except IntegrityError:
             if idempotency_key is None:
                 raise
@@ -98,6 +103,31 @@ class TaskStore(Attempts, Approvals, Outbox, StorePart):
         written = [TaskEvent(**event)]
         await self._announce(written)
         return task_of(values), written, True
+
+    async def _insert_pg(self, values: dict[str, Any], event: dict[str, Any]) -> None:
+        """Insert a new task and its first event in one statement (see :mod:`._pg`).
+
+        Raises:
+            IntegrityError: The tenant used the task's idempotency key already.
+        """
+        async with self._db.driver() as conn:
+            inserted = await conn.fetchval(
+                _pg.SUBMIT,
+                values["id"],
+                values["tenant"],
+                values["key_id"],
+                values["agent"],
+                json.dumps(values["input"]),
+                json.dumps(values["metadata"]),
+                values["priority"],
+                values["deadline"],
+                values["idempotency_key"],
+                values["request_hash"],
+                values["created_at"],
+                _pg.events_param([(event["type"], event["data"])]),
+            )
+        if inserted is None:
+            raise IntegrityError("INSERT INTO tasks", None, Exception("idempotency key used"))
 
     async def insert_many(
         self,
@@ -149,8 +179,13 @@ class TaskStore(Attempts, Approvals, Outbox, StorePart):
 
     async def get(self, task_id: str, *, tenant: str | None) -> Task:
         """Return one task; another tenant's task is reported as not found."""
-        async with self._db.transaction() as conn:
-            row = (await conn.execute(select_task(task_id))).mappings().one_or_none()
+        row: Any
+        if self._pg:
+            async with self._db.driver() as raw:
+                row = await raw.fetchrow(_pg.GET, task_id)
+        else:
+            async with self._db.transaction() as conn:
+                row = (await conn.execute(select_task(task_id))).mappings().one_or_none()
         if row is None or (tenant is not None and row["tenant"] != tenant):
             raise NotFound(f"no task {task_id!r}", field="task_id")
         return task_of(row)
@@ -192,6 +227,10 @@ class TaskStore(Attempts, Approvals, Outbox, StorePart):
         self, task_id: str, *, tenant: str | None, after_seq: int = 0, limit: int = 500
     ) -> list[TaskEvent]:
         """Return a task's events after ``after_seq``, in order."""
+        if self._pg:
+            async with self._db.driver() as raw:
+                rows = await raw.fetch(_pg.EVENTS, task_id, after_seq, tenant, limit)
+            return [TaskEvent(**dict(r)) for r in rows]
         query = (
             sa.select(
                 EVENTS.c.task_id,
@@ -212,6 +251,9 @@ class TaskStore(Attempts, Approvals, Outbox, StorePart):
 
     async def cancel_requested(self, task_id: str) -> bool:
         """Tell whether someone asked this task to stop."""
+        if self._pg:
+            async with self._db.driver() as raw:
+                return bool(await raw.fetchval(_pg.CANCEL_REQUESTED, task_id))
         query = sa.select(TASKS.c.cancel_requested).where(TASKS.c.id == task_id)
         async with self._db.transaction() as conn:
             return bool((await conn.execute(query)).scalar())
@@ -253,6 +295,16 @@ class TaskStore(Attempts, Approvals, Outbox, StorePart):
 
     async def append_event(self, task_id: str, type_: str, data: dict[str, Any]) -> TaskEvent:
         """Store a progress event that changes no state (a step, a token batch, usage)."""
+        if self._pg:
+            now = utcnow()
+            pending = [(type_, data)]
+            async with self._db.driver() as raw:
+                row = await raw.fetchrow(_pg.APPEND, task_id, _pg.events_param(pending), now)
+            if row is None:
+                raise NotFound(f"no task {task_id!r}", field="task_id")
+            written = _pg.numbered(task_id, row["tenant"], row["event_seq"], pending, now)
+            await self._announce(written)
+            return written[0]
         async with self._db.transaction() as conn:
             changed = await change(
                 conn, task_id, utcnow(), event_type=type_, event=data, values={}, touch=False
