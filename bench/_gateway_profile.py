@@ -3,8 +3,9 @@
 :func:`run_gateway_profile` samples the API process with py-spy (``--gil``: Python CPU only)
 during a closed-loop run; each operation's share of the samples is multiplied by the CPU per
 request measured without py-spy, so the sampling overhead is left out. SQLAlchemy runs its
-statements in greenlets, whose stacks do not show the caller: the budget and usage writes
-together are one line there, and :func:`component_costs` times each of them alone.
+statements, and the pool checkouts of the budget and usage writes (asyncpg statements on
+PostgreSQL), in greenlets, whose stacks do not show the caller: those are one line there, and
+:func:`component_costs` times each write alone.
 """
 
 from __future__ import annotations
@@ -58,6 +59,11 @@ OPERATIONS: list[tuple[str, str, str]] = [
     ("spine/platform/metering/budgets.py", "BudgetLedger.reserve", "db: budget reserve (own tx)"),
     ("spine/platform/metering/budgets.py", "BudgetLedger.settle", "db: budget settle (own tx)"),
     (
+        "spine/platform/metering/budgets.py",
+        "BudgetLedger._settle_many",
+        "db: budget settle (written behind, batched)",
+    ),
+    (
         "spine/platform/metering/usage.py",
         "UsageLedger.record_many",
         "db: usage row insert (own tx)",
@@ -83,13 +89,14 @@ FALLBACKS: list[tuple[str, str]] = [
     ("concurrent/futures/thread.py", "thread pool (other)"),
     (
         "/sqlalchemy/",
-        "db: SQLAlchemy in greenlets (budget reserve + settle + usage insert together)",
+        "db: SQLAlchemy in greenlets (pool checkouts of the asyncpg statements, other statements)",
     ),
     ("/asyncpg/", "db: asyncpg protocol callbacks"),
     ("/aiosqlite/", "db: aiosqlite thread"),
     ("/nats/", "nats: client read loop, flusher"),
     ("/openai/", "upstream HTTP client (openai SDK, outside the awaited call)"),
     ("/httpx/", "upstream HTTP client (httpx, outside the awaited call)"),
+    ("/httpx2/", "upstream HTTP client (httpx, outside the awaited call)"),
     ("/httpcore/", "upstream HTTP client (httpx, outside the awaited call)"),
     ("/aiohttp/", "upstream HTTP client (aiohttp transport callbacks)"),
     ("/uvicorn/", "HTTP server (uvicorn, Starlette, FastAPI)"),
@@ -247,9 +254,15 @@ async def component_costs(
         async def verify() -> None:
             await keys.verify(api_key)
 
-        async def reserve_settle() -> None:
-            held = await ledger.reserve(scopes, Decimal("0.0025"))
-            await ledger.settle(held, Decimal("0.000002"))
+        async def reserve() -> None:
+            await ledger.reserve(scopes, Decimal("0.0025"))
+
+        held = await ledger.reserve(scopes, Decimal("0.0025"))
+
+        async def settle() -> None:
+            # As a call settles: queued, and applied by the writer (flushed here at once).
+            await ledger.settle_later(held, Decimal("0.000002"))
+            await ledger.flush()
 
         async def usage_row() -> None:
             await usage.record(ModelCallRecord(tenant=tenant, model="bench-fast", provider="x"))
@@ -266,8 +279,9 @@ async def component_costs(
             "cache hit read (MemoryResponseCache.get)": cache_get,
             "answer body + JSONResponse render": render,
             "key check, cached (KeyStore.verify)": verify,
-            "budget reserve + settle (two transactions)": reserve_settle,
-            "usage row insert (UsageLedger.record, one transaction)": usage_row,
+            "budget reserve (BudgetLedger.reserve)": reserve,
+            "budget settlement, a batch of one (settle_later + flush)": settle,
+            "usage row insert, a batch of one (UsageLedger.record)": usage_row,
             "outcome event publish (JetStream, awaits the ack)": outcome,
         }
         for name, piece in pieces.items():

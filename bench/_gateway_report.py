@@ -15,12 +15,13 @@ from _report import LINE, ROOT, _fmt_groups, code_version
 
 RESULTS = ROOT / "bench" / "results" / "gateway.json"
 
-# Issue 3's targets.
-ADDED_RATIO = 0.3  # our added latency p50 <= 0.3x the proxy's
-ADDED_STRETCH_MS = 1.0
-PEAK_RATIO = 4.0  # our peak throughput >= 4x the proxy's, one worker process each
+# Issue 12's targets (issue 3's p99 at 150 rps kept: it must not regress).
+ADDED_RATIO = 0.15  # our added latency p50 <= 0.15x the proxy's
+ADDED_P50_MS = 1.5  # and <= 1.5 ms
+PEAK_RATIO = 5.0  # our peak throughput >= 5x the proxy's, one worker process each
 P99_RATE, P99_MS = 150, 110.0  # p99 <= 110 ms at 150 requests/s against a 60 ms upstream
-CACHE_HIT_P50_MS = 2.0
+CACHE_HIT_P50_MS = 1.5
+LEARNED_ADDED_MS = 1.0
 # What the issue measured for the proxy on this machine (LiteLLM 1.108.7), for comparison.
 ISSUE_PROXY_FIGURES = {
     "litellm_version": "1.108.7",
@@ -83,20 +84,31 @@ def verdicts(results: dict[str, Any]) -> dict[str, Any]:
             "value": f"{ours:.2f} ms vs {proxy:.2f} ms = {ratio}x",
             "pass": ratio <= ADDED_RATIO,
         }
-        out["added_latency_p50_stretch"] = {
-            "target": f"ours < {ADDED_STRETCH_MS:g} ms (stretch)",
+        out["added_latency_p50"] = {
+            "target": f"ours <= {ADDED_P50_MS:g} ms",
             "value": f"{ours:.2f} ms",
-            "pass": ours < ADDED_STRETCH_MS,
+            "pass": ours <= ADDED_P50_MS,
         }
     peak = results.get("throughput", {}).get("closed_loop", {})
     if "ours" in peak and "litellm proxy" in peak:
         a, b = peak["ours"]["throughput_rps"], peak["litellm proxy"]["throughput_rps"]
-        ratio = round(a / b, 2) if b else float("inf")
+        ratio = round(a / b, 2) if b else None
         out["peak_throughput_vs_proxy"] = {
             "target": f">= {PEAK_RATIO:g}x the proxy's peak, one worker process each",
-            "value": f"{a:.0f} vs {b:.0f} rps = {ratio}x",
-            "pass": ratio >= PEAK_RATIO,
+            "value": f"{a:.0f} vs {b:.0f} rps = {ratio}x" if ratio else "the proxy answered none",
+            "pass": ratio is not None and ratio >= PEAK_RATIO,
         }
+        # The same ratio from CPU per request (1000 / a worker's CPU ms): what one core allows,
+        # which a machine shared with other work disturbs far less than the achieved rates.
+        ours_cpu = peak["ours"].get("cpu_bound_peak_rps")
+        proxy_cpu = peak["litellm proxy"].get("cpu_bound_peak_rps")
+        if ours_cpu and proxy_cpu:
+            ceiling = round(ours_cpu / proxy_cpu, 2)
+            out["peak_cpu_ceiling_vs_proxy"] = {
+                "target": f">= {PEAK_RATIO:g}x the proxy's one-core ceiling (1000 / CPU ms per request)",
+                "value": f"{ours_cpu:.0f} vs {proxy_cpu:.0f} rps = {ceiling}x",
+                "pass": ceiling >= PEAK_RATIO,
+            }
     at = _at_rate(results, "ours", P99_RATE)
     skipped = _skipped_at(results, "ours", P99_RATE)
     if at is None and skipped is not None:
@@ -126,9 +138,9 @@ def verdicts(results: dict[str, Any]) -> dict[str, Any]:
         added = learned["learned_added_p50_ms"]
         same = learned["models"]["learned"] == learned["models"]["local_first"]
         out["learned_decision_added_p50"] = {
-            "target": "the learned strategy adds <= 1 ms p50 beside local_first",
+            "target": f"the learned strategy adds <= {LEARNED_ADDED_MS:g} ms p50 beside local_first",
             "value": f"{added:+.3f} ms (models {learned['models']})",
-            "pass": added <= 1.0 and same,
+            "pass": added <= LEARNED_ADDED_MS and same,
         }
     return out
 

@@ -21,7 +21,7 @@ at the same two upstreams. Then, in one run on this machine:
    load, CPU ms per request by operation.
 
 Figures are printed and written to ``bench/results/gateway.json`` (``--quick``:
-``gateway-quick.json``, not kept in git) with issue 3's targets, each PASS or MISS. It fails
+``gateway-quick.json``, not kept in git) with issue 12's targets, each PASS or MISS. It fails
 only when something does not work (an error answer).
 """
 

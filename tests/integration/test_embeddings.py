@@ -112,9 +112,9 @@ async def test_ollama_embeds_for_the_official_client_in_base64_and_floats(
     assert raw.headers["x-spine-strategy"] == "explicit"
     assert (raw.headers["x-spine-cost"], raw.headers["x-spine-cache"]) == ("0", "bypass")
     call = models.last_call
-    assert (call.request.protocol, call.request.path, call.request.kind) == (
+    assert (call.request.path, call.request.api_key, call.request.kind) == (
+        "/v1/embeddings",
         "ollama",
-        "/api/embed",
         "embed",
     )
     assert call.request.body["input"] == texts
@@ -156,7 +156,7 @@ async def test_auto_lets_the_strategy_choose_an_embedding_model(
 async def test_a_failing_provider_falls_back_to_the_next_embedding_model(
     client: AsyncOpenAI, models: FakeModelServer
 ) -> None:
-    models.add(Rule(kind="embed", status=503, when=lambda r: r.protocol == "ollama"))
+    models.add(Rule(kind="embed", status=503, when=lambda r: r.api_key == "ollama"))
     raw = await client.embeddings.with_raw_response.create(model=OLLAMA_EMBED, input="x")
     assert raw.headers["x-spine-model"] == PRICED
     assert raw.headers["x-spine-fallback"].startswith(f"{OLLAMA_EMBED}>")

@@ -1,6 +1,6 @@
-"""The model router against the fake model server over real HTTP, through LiteLLM.
+"""The model router against the fake model server over real HTTP, through the ``openai`` SDK.
 
-Ollama is the fake server's base URL and the OpenAI-compatible provider its ``/v1``; the
+Ollama is the fake server's base URL (called at its ``/v1``, as the OpenAI provider is); the
 catalog holds ``llama3.2`` (Ollama, local) and ``gpt-4o-mini`` (OpenAI), so ``local_first``
 tries Ollama first and ``quality`` tries OpenAI first.
 """
@@ -197,7 +197,12 @@ async def test_warm_up_discovers_the_models_ollama_lists(models: FakeModelServer
     assert (local.input_price, local.context_window) == (Decimal(0), None)
     answer = await routed.complete(ChatRequest.of(USER, model="ollama/gpt-4o-mini"))
     assert (answer.model, answer.provider) == ("ollama/gpt-4o-mini", "ollama")
-    assert models.last_call.request.protocol == "ollama"
+    called = models.last_call.request
+    assert (called.path, called.api_key, called.model) == (
+        "/v1/chat/completions",
+        "ollama",
+        "gpt-4o-mini:latest",  # the name Ollama lists it by
+    )
 
 
 async def test_an_unreachable_ollama_does_not_stop_warm_up(models: FakeModelServer) -> None:

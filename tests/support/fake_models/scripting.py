@@ -45,6 +45,8 @@ class ModelRequest:
         stream: Whether a streamed answer was asked for.
         tools: Tool definitions sent with the request.
         body: The decoded JSON body.
+        api_key: The bearer token the client sent ("" without one): tells apart two
+            providers served by this one server.
     """
 
     protocol: Protocol
@@ -56,6 +58,7 @@ class ModelRequest:
     stream: bool
     tools: list[dict[str, Any]]
     body: dict[str, Any]
+    api_key: str = ""
 
     @property
     def last_role(self) -> str | None:

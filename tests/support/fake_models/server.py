@@ -297,6 +297,7 @@ class FakeModelServer:
             request = parse(body, http.url.path)
         except (ValueError, KeyError, TypeError) as exc:
             return error_response(http.url.path.startswith("/api/"), 400, f"bad request: {exc}")
+        request.api_key = http.headers.get("authorization", "").removeprefix("Bearer ")
         call = self._record(request)
         rule = call.rule or Rule()
         latency = self.latency if rule.latency is None else rule.latency

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import struct
+
 import httpx2
 import openai
 import pytest
@@ -13,8 +16,14 @@ from spine.platform.errors import (
     SpineError,
     TransientFailure,
 )
-from spine.platform.models import ProviderTarget
-from spine.platform.models.openai_upstream import _split, _translate
+from spine.platform.models import ChatRequest, ProviderTarget
+from spine.platform.models.openai_upstream import (
+    _chat_body,
+    _floats,
+    _translate,
+    base_url,
+    wire_model,
+)
 from spine.platform.models.openai_wire import GatewayError
 from spine.platform.settings import load_settings
 
@@ -86,7 +95,44 @@ def test_sdk_errors_are_translated_like_litellm_errors(
     assert GatewayError.of(translated).status == http
 
 
-def test_unset_and_unknown_parameters() -> None:
-    arguments, extra = _split({"temperature": 0.2, "seed": None, "top_k": 5, "user": "u"})
-    assert arguments == {"temperature": 0.2, "user": "u"}
-    assert extra == {"top_k": 5}  # no SDK argument: sent in the body as LiteLLM would
+def test_unset_parameters_stay_unset_and_unknown_ones_go_in_the_body() -> None:
+    request = ChatRequest(messages=[{"role": "user", "content": "hi"}])
+    params = {"temperature": 0.2, "seed": None, "top_k": 5, "user": "u"}
+    body = _chat_body(TARGET, request, params)
+    # top_k has no SDK argument: sent in the body as LiteLLM would.
+    assert body == {
+        "temperature": 0.2,
+        "top_k": 5,
+        "user": "u",
+        "model": "m",
+        "messages": request.messages,
+    }
+
+
+@pytest.mark.parametrize(
+    ("model", "api_base", "wire", "base"),
+    [
+        ("llama3.2", "http://127.0.0.1:11434", "llama3.2", "http://127.0.0.1:11434/v1"),
+        ("ollama/llama3.2", "http://o:11434/", "llama3.2", "http://o:11434/v1"),
+        ("ollama_chat/qwen3:4b", "http://o:11434/v1", "qwen3:4b", "http://o:11434/v1"),
+    ],
+)
+def test_ollama_is_called_at_its_openai_routes_by_its_own_model_name(
+    model: str, api_base: str, wire: str, base: str
+) -> None:
+    target = ProviderTarget(provider="ollama", model=model, kwargs={"api_base": api_base})
+    assert (wire_model(target), base_url(target)) == (wire, base)
+
+
+def test_other_providers_keep_their_model_name_and_base() -> None:
+    target = ProviderTarget(
+        provider="openai-compatible", model="ollama/x", kwargs={"api_base": "http://h/v1/"}
+    )
+    assert (wire_model(target), base_url(target)) == ("ollama/x", "http://h/v1/")
+
+
+def test_vectors_are_read_as_base64_or_as_the_floats_a_server_sent_instead() -> None:
+    vector = [0.5, -1.25, 3.0]
+    packed = base64.b64encode(struct.pack("<3f", *vector)).decode()
+    assert _floats(packed) == vector
+    assert _floats([1, 2.5]) == [1.0, 2.5]

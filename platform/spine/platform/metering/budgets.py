@@ -9,6 +9,9 @@ reserved + :amount <= :limit`` per scope, all in one transaction: the database d
 concurrent calls can never overspend, and a refusal in any scope rolls back the others. Scopes
 are always updated in the same (sorted) order, so two reservations cannot deadlock. A scope
 without a limit is not counted at all, and a call that costs nothing never touches the ledger.
+On PostgreSQL the reservation runs through asyncpg's prepared statements
+(:meth:`~spine.platform.db.Database.driver`), and the usual call, with one limited scope, is a
+single statement that commits on its own.
 
 Settling can be written behind (:meth:`BudgetLedger.settle_later`): settlements are queued and
 a background writer applies every ~20 ms what gathered, summed per scope, in one transaction.
@@ -22,11 +25,13 @@ behind was lost with it) stays reserved until the day ends.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -85,6 +90,21 @@ _SETTLE = (
         ),
         spent=_SPEND.c.spent + _ACTUAL,
     )
+)
+
+# The same hold, row insert and read for asyncpg, in PostgreSQL's own terms (budget_spend).
+_HOLD_SQL = (
+    "UPDATE budget_spend SET reserved = reserved + $3 "
+    "WHERE scope = $1 AND day = $2 AND spent + reserved + $3 <= $4"
+)
+_ENSURE_SQL = (
+    "INSERT INTO budget_spend (scope, day, spent, reserved) VALUES ($1, $2, 0, 0) "
+    "ON CONFLICT DO NOTHING"
+)
+_READ_SQL = "SELECT spent, reserved FROM budget_spend WHERE scope = $1 AND day = $2"
+_SETTLE_SQL = (
+    "UPDATE budget_spend SET reserved = CASE WHEN reserved >= $3 THEN reserved - $3 ELSE 0 END, "
+    "spent = spent + $4 WHERE scope = $1 AND day = $2"
 )
 
 
@@ -237,6 +257,9 @@ class BudgetLedger:
         return Reservation(scopes=limited, amount=amount, day=day)
 
     async def _hold_all(self, scopes: tuple[str, ...], day: date, amount: Decimal) -> None:
+        if not self._db.is_sqlite:
+            await self._hold_all_driver(scopes, day, amount)
+            return
         async with self._db.transaction() as conn:
             for scope in scopes:
                 limit = self._limits.limit(scope)
@@ -307,6 +330,19 @@ class BudgetLedger:
             resets_at=_next_midnight(day),
         )
 
+    async def _hold_all_driver(self, scopes: tuple[str, ...], day: date, amount: Decimal) -> None:
+        # One scope: its statements commit on their own; several: one transaction.
+        async with self._db.driver() as raw:
+            together = raw.transaction() if len(scopes) > 1 else contextlib.nullcontext()
+            async with together:
+                for scope in scopes:
+                    limit = self._limits.limit(scope)
+                    assert limit is not None
+                    if not await _hold_driver(raw, scope, day, amount, limit):
+                        row = await raw.fetchrow(_READ_SQL, scope, day)
+                        found = (row["spent"], row["reserved"]) if row is not None else None
+                        raise _refusal(scope, day, amount, limit, found)
+
     # -- statements ---------------------------------------------------------------------------
 
     async def _hold(
@@ -342,26 +378,7 @@ class BudgetLedger:
     async def _refusal(
         self, conn: AsyncConnection, scope: str, day: date, amount: Decimal, limit: Decimal
     ) -> BudgetExceeded:
-        spent, reserved = await self._read(conn, scope, day) or (_ZERO, _ZERO)
-        resets_at = _next_midnight(day)
-        logger.info(
-            "budget %s refused %s: limit %s, spent %s, reserved %s",
-            scope,
-            amount,
-            limit,
-            spent,
-            reserved,
-        )
-        return BudgetExceeded(
-            f"the daily budget of {scope} is exhausted: {_text(spent)} spent and "
-            f"{_text(reserved)} reserved of {_text(limit)}; it resets at {resets_at.isoformat()}",
-            scope=scope,
-            budget=_text(limit),
-            spent=_text(spent),
-            reserved=_text(reserved),
-            requested=_text(amount),
-            resets_at=resets_at.isoformat(),
-        )
+        return _refusal(scope, day, amount, limit, await self._read(conn, scope, day))
 
     async def _settle_many(self, settlements: list[_Settlement]) -> None:
         # Summed per scope and day: one UPDATE per scope for the whole batch, in sorted order
@@ -376,6 +393,11 @@ class BudgetLedger:
                     held + reservation.amount,
                     spent + settlement.actual,
                 )
+        if not self._db.is_sqlite:
+            rows = [(scope, day, held, spent) for (scope, day), (held, spent) in totals.items()]
+            async with self._db.driver() as raw:
+                await raw.executemany(_SETTLE_SQL, sorted(rows))  # atomic, one round trip
+            return
         async with self._db.transaction() as conn:
             for (scope, day), (held, spent) in sorted(totals.items()):
                 await conn.execute(
@@ -396,6 +418,43 @@ class BudgetLedger:
                     "p_actual": spent,
                 },
             )
+
+
+async def _hold_driver(raw: Any, scope: str, day: date, amount: Decimal, limit: Decimal) -> bool:
+    # As _hold: on no row, insert it if missing and try again.
+    if await raw.execute(_HOLD_SQL, scope, day, amount, limit) != "UPDATE 0":
+        return True
+    await raw.execute(_ENSURE_SQL, scope, day)
+    return bool(await raw.execute(_HOLD_SQL, scope, day, amount, limit) != "UPDATE 0")
+
+
+def _refusal(
+    scope: str,
+    day: date,
+    amount: Decimal,
+    limit: Decimal,
+    found: tuple[Decimal, Decimal] | None,
+) -> BudgetExceeded:
+    spent, reserved = found or (_ZERO, _ZERO)
+    resets_at = _next_midnight(day)
+    logger.info(
+        "budget %s refused %s: limit %s, spent %s, reserved %s",
+        scope,
+        amount,
+        limit,
+        spent,
+        reserved,
+    )
+    return BudgetExceeded(
+        f"the daily budget of {scope} is exhausted: {_text(spent)} spent and "
+        f"{_text(reserved)} reserved of {_text(limit)}; it resets at {resets_at.isoformat()}",
+        scope=scope,
+        budget=_text(limit),
+        spent=_text(spent),
+        reserved=_text(reserved),
+        requested=_text(amount),
+        resets_at=resets_at.isoformat(),
+    )
 
 
 def _utc_day(moment: datetime) -> date:

@@ -7,7 +7,8 @@ UTC days.
 
 Rows are written behind: :meth:`UsageLedger.submit` queues a row and returns, and a background
 writer inserts what gathered every ~20 ms (or every 200 rows) with one multi-row ``INSERT``, so
-a model call costs no commit of its own. A flush that fails keeps its rows and is retried with
+a model call costs no commit of its own (on PostgreSQL through asyncpg's prepared statement,
+one pipelined ``executemany``). A flush that fails keeps its rows and is retried with
 backoff; the inserts ignore ids already stored, so a retry after a commit whose answer was lost
 writes nothing twice. When the queue is full, :meth:`~UsageLedger.submit` writes its row itself
 and the caller waits (backpressure: rows are never dropped). :meth:`~UsageLedger.summary` first
@@ -21,6 +22,7 @@ The trade-off: the rows of the last ~20 ms are lost if the process is killed wit
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -43,6 +45,37 @@ Grouping = Literal["day", "model", "tenant", "provider"]
 OK = "ok"
 _GROUPINGS: tuple[str, ...] = get_args(Grouping)
 _CALLS: sa.Table = ModelCallRow.__table__  # type: ignore[assignment]
+# The same insert for asyncpg, its parameters in this order; its JSON columns take JSON text.
+_COLUMNS = (
+    "id",
+    "tenant",
+    "key_id",
+    "task_id",
+    "model",
+    "provider",
+    "input_tokens",
+    "output_tokens",
+    "cost",
+    "latency_ms",
+    "cache_hit",
+    "fallback_path",
+    "outcome",
+    "created_at",
+    "strategy",
+    "task_category",
+    "completion_id",
+    "decision",
+    "experiment_id",
+    "arm",
+)
+_JSON_COLUMNS = frozenset({"fallback_path", "decision"})
+_INSERT_SQL = (
+    "INSERT INTO model_calls (id, tenant, key_id, task_id, model, provider, input_tokens, "
+    "output_tokens, cost, latency_ms, cache_hit, fallback_path, outcome, created_at, strategy, "
+    "task_category, completion_id, decision, experiment_id, arm) VALUES ($1, $2, $3, $4, $5, "
+    "$6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20) "
+    "ON CONFLICT (id) DO NOTHING"
+)
 
 
 @dataclass(slots=True, kw_only=True)
@@ -135,6 +168,11 @@ class UsageLedger:
         A call whose id is already stored is skipped, which makes a retried write harmless.
         """
         if not calls:
+            return
+        if not self._db.is_sqlite:
+            records = [_driver_values(call) for call in calls]
+            async with self._db.driver() as raw:
+                await raw.executemany(_INSERT_SQL, records)  # atomic, one round trip
             return
         rows = [_values(call) for call in calls]
         async with self._db.transaction() as conn:
@@ -303,6 +341,14 @@ def _values(call: ModelCallRecord) -> dict[str, Any]:
         "experiment_id": call.experiment_id,
         "arm": call.arm,
     }
+
+
+def _driver_values(call: ModelCallRecord) -> tuple[Any, ...]:
+    values = _values(call)
+    for name in _JSON_COLUMNS:
+        if values[name] is not None:
+            values[name] = json.dumps(values[name])
+    return tuple(values[name] for name in _COLUMNS)
 
 
 def _usage_row(row: sa.RowMapping) -> UsageRow:

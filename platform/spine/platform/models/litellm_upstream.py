@@ -1,4 +1,8 @@
-"""Calls to the providers that need LiteLLM (Ollama, Anthropic, Bedrock, Groq) and embeddings.
+"""Calls to the providers that need LiteLLM (Anthropic, Bedrock, Groq), chat and embeddings.
+
+The providers that speak OpenAI's protocol, Ollama among them, are called through the ``openai``
+SDK instead (:mod:`spine.platform.models.openai_upstream`); this adapter can still call them
+(its routes for them stay: the price and parameter facts are asked by the same routes).
 
 LiteLLM's errors are translated here: transient ones (connection, timeout, 429, 5xx) are
 retryable, a prompt too long for the model is

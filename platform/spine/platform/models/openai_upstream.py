@@ -1,12 +1,17 @@
-"""Chat calls to OpenAI-compatible upstreams through the official ``openai`` SDK.
+"""Chat and embedding calls to OpenAI-protocol upstreams through the official ``openai`` SDK.
 
-The providers that speak OpenAI's protocol (``openai``, ``openai-compatible`` and the embedded
-``local`` model) need no translation, and going through LiteLLM costs about 4 ms of CPU per
-call (its dispatch, logging callbacks and response re-wrapping) above the SDK's own cost.
-:class:`OpenAIUpstream` calls ``AsyncOpenAI`` directly, one client per server and key, and
-gives back the same :class:`~spine.platform.models.values.Completion` and
+The providers that speak OpenAI's protocol (``openai``, ``openai-compatible``, the embedded
+``local`` model, and Ollama at ``<GENAI_OLLAMA_URL>/v1``) need no translation, and going
+through LiteLLM costs about 5 ms of CPU per call (its dispatch, logging callbacks and response
+re-wrapping) above the SDK's own cost. :class:`OpenAIUpstream` calls ``AsyncOpenAI`` directly,
+one client per server and key, and gives back the same
+:class:`~spine.platform.models.values.Completion` and
 :class:`~spine.platform.models.values.CompletionDelta` as
 :class:`~spine.platform.models.litellm_upstream.LiteLLMUpstream`.
+
+Ollama: its OpenAI-compatible routes take chat calls with tools, streaming with the usage
+chunk, and embeddings; a model named with LiteLLM's prefix (``ollama/x``, ``ollama_chat/x``)
+is sent as ``x``, as LiteLLM sends it.
 
 Its errors are translated to the same :class:`~spine.platform.errors.SpineError` classes with
 the same ``cause`` names as LiteLLM's (``Timeout``, ``ServiceUnavailableError``,
@@ -17,15 +22,17 @@ The SDK's own retries are off: the router's fallbacks and breakers decide.
 
 from __future__ import annotations
 
-import inspect
+import array
+import base64
 import logging
 import time
 from collections.abc import AsyncGenerator
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
 import openai
-from openai import AsyncOpenAI
-from openai.resources.chat.completions import AsyncCompletions
+from openai import AsyncOpenAI, AsyncStream
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
+from openai.types.create_embedding_response import CreateEmbeddingResponse
 
 from spine.platform.errors import (
     ContextWindowExceeded,
@@ -35,36 +42,52 @@ from spine.platform.errors import (
 )
 from spine.platform.models.providers import HOW_TO_CONFIGURE, ProviderTarget, without_secrets
 from spine.platform.models.shapes import delta_of, params_for, says_too_long, tool_calls_of
-from spine.platform.models.values import ChatRequest, Completion, CompletionDelta
+from spine.platform.models.values import (
+    ChatRequest,
+    Completion,
+    CompletionDelta,
+    Embedding,
+    EmbeddingRequest,
+)
 from spine.platform.settings import Settings
 
-if TYPE_CHECKING:
-    from openai import AsyncStream
-    from openai.types.chat import ChatCompletion, ChatCompletionChunk
-
-__all__ = ["OpenAIUpstream"]
+__all__ = ["OpenAIUpstream", "wire_model"]
 
 logger = logging.getLogger(__name__)
 
-# What ``chat.completions.create`` takes as arguments; anything else goes in the body as is.
-_ARGUMENTS = frozenset(inspect.signature(AsyncCompletions.create).parameters) - {
-    "self",
-    "messages",
-    "model",
-    "stream",
-    "stream_options",
-    "timeout",
-    "extra_headers",
-    "extra_query",
-    "extra_body",
-}
 # LiteLLM's name for each status it gives a class of its own; the gateway and the router's
 # fallback path speak these names.
 _STATUS_CAUSES = {408: "Timeout", 502: "BadGatewayError", 503: "ServiceUnavailableError"}
+_CHAT_PATH, _EMBEDDINGS_PATH = "/chat/completions", "/embeddings"
+# The prefixes LiteLLM routes an Ollama model on, which it strips before the call.
+_OLLAMA_PREFIXES = ("ollama_chat/", "ollama/")
+
+
+def wire_model(target: ProviderTarget) -> str:
+    """Return the model name the provider's server knows ``target.model`` by."""
+    if target.provider == "ollama":
+        for prefix in _OLLAMA_PREFIXES:
+            if target.model.startswith(prefix):
+                return target.model[len(prefix) :]
+    return target.model
+
+
+def base_url(target: ProviderTarget) -> str | None:
+    """Return the OpenAI-protocol base URL of ``target`` (Ollama serves it under ``/v1``)."""
+    base: str | None = target.kwargs.get("api_base")
+    if target.provider != "ollama" or base is None:
+        return base
+    base = base.rstrip("/")
+    return base if base.endswith("/v1") else f"{base}/v1"
 
 
 class OpenAIUpstream:
-    """Makes chat calls to OpenAI-compatible servers with ``AsyncOpenAI``, reusing clients."""
+    """Makes chat and embedding calls to OpenAI-protocol servers with ``AsyncOpenAI``.
+
+    One client per server and key, reused. Bodies are posted as the server takes them
+    (``AsyncOpenAI.post``); the SDK still sends them, reads the answers into its types, and
+    raises its errors, which :func:`_translate` turns into the platform's.
+    """
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
@@ -72,11 +95,14 @@ class OpenAIUpstream:
 
     async def call(self, target: ProviderTarget, request: ChatRequest) -> Completion:
         """Make one call to ``target`` without retries; errors come back typed."""
-        arguments = self._arguments(target, request, request.params)
+        body = _chat_body(target, request, request.params)
         started = time.perf_counter()
         try:
-            response = cast(
-                "ChatCompletion", await self._client(target).chat.completions.create(**arguments)
+            response = await self._client(target).post(
+                _CHAT_PATH,
+                body=body,
+                cast_to=ChatCompletion,
+                options={"timeout": self._timeout(request)},
             )
         except Exception as exc:
             raise _translate(exc, target, self._settings) from exc
@@ -111,14 +137,18 @@ class OpenAIUpstream:
         translated error from the iteration; usage comes on a delta near the end.
         """
         params = {k: v for k, v in request.params.items() if k != "stream_options"}
-        arguments = self._arguments(target, request, params)
+        body = _chat_body(target, request, params)
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
         started = time.perf_counter()
         try:
-            response = cast(
-                "AsyncStream[ChatCompletionChunk]",
-                await self._client(target).chat.completions.create(
-                    **arguments, stream=True, stream_options={"include_usage": True}
-                ),
+            response = await self._client(target).post(
+                _CHAT_PATH,
+                body=body,
+                cast_to=ChatCompletion,
+                options={"timeout": self._timeout(request)},
+                stream=True,
+                stream_cls=AsyncStream[ChatCompletionChunk],
             )
         except Exception as exc:
             raise _translate(exc, target, self._settings) from exc
@@ -136,51 +166,104 @@ class OpenAIUpstream:
             (time.perf_counter() - started) * 1000,
         )
 
+    async def embed(self, target: ProviderTarget, request: EmbeddingRequest) -> Embedding:
+        """Embed ``request.texts`` with one call to ``target``; vectors come back in order.
+
+        ``request.params`` go to the model as they are (the router puts ``dimensions`` there
+        only for models that take it); the vectors travel as base64 (the SDK's default, which
+        it decodes; a server that answers floats is read as well).
+        """
+        texts = request.texts
+        body = {
+            **_present(request.params),
+            "model": wire_model(target),
+            "input": texts,
+            "encoding_format": "base64",
+        }
+        started = time.perf_counter()
+        try:
+            response = await self._client(target).post(
+                _EMBEDDINGS_PATH,
+                body=body,
+                cast_to=CreateEmbeddingResponse,
+                options={"timeout": self._timeout(request)},
+            )
+        except Exception as exc:
+            raise _translate(exc, target, self._settings) from exc
+        latency_ms = (time.perf_counter() - started) * 1000
+        rows = sorted(response.data, key=lambda row: row.index)
+        vectors = [_floats(row.embedding) for row in rows]
+        if len(vectors) != len(texts):
+            raise PermanentFailure(
+                f"{target.provider} model {target.model} returned {len(vectors)} vectors "
+                f"for {len(texts)} texts",
+                provider=target.provider,
+            )
+        logger.info(
+            "embedding call %s/%s (%d texts) answered in %.0f ms",
+            target.provider,
+            target.model,
+            len(texts),
+            latency_ms,
+        )
+        usage = response.usage
+        return Embedding(
+            vectors=vectors,
+            model=target.model,
+            provider=target.provider,
+            input_tokens=(usage.prompt_tokens if usage else 0) or 0,
+            latency_ms=latency_ms,
+        )
+
     async def close(self) -> None:
         """Close every client's connections."""
         clients, self._clients = list(self._clients.values()), {}
         for client in clients:
             await client.close()
 
-    def _arguments(
-        self, target: ProviderTarget, request: ChatRequest, params: dict[str, Any]
-    ) -> dict[str, Any]:
-        named, extra = _split(params_for(target, params))
-        arguments = {
-            "model": target.model,
-            "messages": request.messages,
-            "timeout": request.timeout or self._settings.models.timeout,
-            **named,
-        }
-        if extra:
-            arguments["extra_body"] = extra
-        return arguments
+    def _timeout(self, request: ChatRequest | EmbeddingRequest) -> float:
+        return request.timeout or self._settings.models.timeout
 
     def _client(self, target: ProviderTarget) -> AsyncOpenAI:
-        base_url: str | None = target.kwargs.get("api_base")
-        api_key = str(target.kwargs.get("api_key") or "none")
-        client = self._clients.get((base_url, api_key))
+        base = base_url(target)
+        # The client insists on a key; Ollama takes any (its docs say "ollama").
+        default_key = "ollama" if target.provider == "ollama" else "none"
+        api_key = str(target.kwargs.get("api_key") or default_key)
+        client = self._clients.get((base, api_key))
         if client is None:
             client = AsyncOpenAI(
                 api_key=api_key,
-                base_url=base_url,
+                base_url=base,
                 max_retries=0,
                 timeout=self._settings.models.timeout,
             )
-            self._clients[base_url, api_key] = client
+            self._clients[base, api_key] = client
         return client
 
 
-def _split(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    # Unset parameters stay unset (the SDK would send a None as null), and those the SDK has
-    # no argument for travel in the body, as LiteLLM passes them on.
-    arguments: dict[str, Any] = {}
-    extra: dict[str, Any] = {}
-    for name, value in params.items():
-        if value is None:
-            continue
-        (arguments if name in _ARGUMENTS else extra)[name] = value
-    return arguments, extra
+def _present(params: dict[str, Any]) -> dict[str, Any]:
+    # Unset parameters stay unset (a None would go as null); the rest go in the body as they
+    # are, those the SDK has no argument for too, as LiteLLM passes them on.
+    return {name: value for name, value in params.items() if value is not None}
+
+
+def _chat_body(
+    target: ProviderTarget, request: ChatRequest, params: dict[str, Any]
+) -> dict[str, Any]:
+    # The body as the server takes it, posted without the SDK's per-argument transform of
+    # ``create`` (a walk over the typed parameters that only renames nothing here).
+    return {
+        **_present(params_for(target, params)),
+        "model": wire_model(target),
+        "messages": request.messages,
+    }
+
+
+def _floats(embedding: list[float] | str) -> list[float]:
+    # Base64 little-endian float32, as asked; a server that ignores the ask sends floats.
+    if isinstance(embedding, str):
+        return array.array("f", base64.b64decode(embedding)).tolist()
+    return [float(x) for x in embedding]
 
 
 def _translate(exc: Exception, target: ProviderTarget, settings: Settings) -> Exception:
@@ -193,10 +276,12 @@ def _translate(exc: Exception, target: ProviderTarget, settings: Settings) -> Ex
     if isinstance(exc, openai.RateLimitError):
         return _transient(target, where, message, "RateLimitError")
     if isinstance(exc, openai.APIStatusError) and says_too_long(message):
+        # LiteLLM names OpenAI's own overflow; Ollama's it leaves a plain 400 (or 500).
+        ollama = target.provider == "ollama"
         return ContextWindowExceeded(
             f"{target.provider} model {target.model} cannot take the prompt: {message}",
             provider=target.provider,
-            cause="ContextWindowExceededError",
+            cause=type(exc).__name__ if ollama else "ContextWindowExceededError",
         )
     if isinstance(exc, openai.APIStatusError) and (
         exc.status_code >= 500 or exc.status_code == 408

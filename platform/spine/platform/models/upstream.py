@@ -1,9 +1,10 @@
 """One call to one provider target: through the ``openai`` SDK where the provider speaks
 OpenAI's protocol, through LiteLLM for the rest.
 
-:class:`UpstreamClient` is what the model router calls for each model it tries. Chat calls to
-:data:`SDK_PROVIDERS` skip LiteLLM (it costs several ms of CPU a call above the SDK's own);
-embeddings and the other providers take LiteLLM. Each library is imported on the first call
+:class:`UpstreamClient` is what the model router calls for each model it tries. Chat and
+embedding calls to :data:`SDK_PROVIDERS` (Ollama among them, at its ``/v1`` routes) skip
+LiteLLM (it costs several ms of CPU a call above the SDK's own); Anthropic, Bedrock and Groq
+take LiteLLM. Each library is imported on the first call
 that needs it, in a thread (seconds for LiteLLM; the event loop, and with it every heartbeat
 of the tasks in hand, goes on): a process that makes no call through one never loads it. Both
 paths translate their errors to the same :class:`~spine.platform.errors.RunFailure` classes
@@ -33,8 +34,8 @@ if TYPE_CHECKING:
 
 __all__ = ["SDK_PROVIDERS", "UpstreamClient"]
 
-SDK_PROVIDERS: frozenset[str] = frozenset({"openai", "openai-compatible", "local"})
-"""The providers whose chat calls go through the ``openai`` SDK instead of LiteLLM."""
+SDK_PROVIDERS: frozenset[str] = frozenset({"openai", "openai-compatible", "local", "ollama"})
+"""The providers whose calls go through the ``openai`` SDK instead of LiteLLM."""
 
 
 class UpstreamClient:
@@ -77,6 +78,8 @@ class UpstreamClient:
 
     async def embed(self, target: ProviderTarget, request: EmbeddingRequest) -> Embedding:
         """Embed ``request.texts`` with one call at ``target``."""
+        if target.provider in SDK_PROVIDERS:
+            return await (await self._openai()).embed(target, request)
         return await self._litellm.embed(target, request)
 
     async def _openai(self) -> OpenAIUpstream:
