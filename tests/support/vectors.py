@@ -97,10 +97,12 @@ async def load_chunks(
     metadata: Callable[[int], dict[str, Any]],
     per_document: int = 100,
     maintenance_work_mem: str = "1GB",
+    text: Callable[[int], str] | None = None,
 ) -> Loaded:
     """Store each vector as a chunk of ``tenant``'s documents, then build the HNSW index.
 
-    Row ``i`` of ``vectors`` is chunk ``ids[i]`` of the answer.
+    Row ``i`` of ``vectors`` is chunk ``ids[i]`` of the answer; its text is ``text(i)``
+    (default ``chunk <i>``).
     """
     connection = await asyncpg.connect(dsn)
     try:
@@ -131,14 +133,15 @@ async def load_chunks(
                     )
                 )
             seq = row % per_document
+            chunk_text = text(row) if text is not None else f"chunk {row}"
             chunks.append(
                 (
                     document_id,
                     seq,
                     tenant,
-                    f"chunk {row}",
+                    chunk_text,
                     0,
-                    10,
+                    len(chunk_text),
                     json.dumps(metadata(row)),
                     model,
                     vector,

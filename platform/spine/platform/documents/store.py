@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+from collections import OrderedDict
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
@@ -83,6 +84,8 @@ class DocumentStore:
         self._chunker = Chunker(size=settings.chunk_chars, overlap=settings.overlap_chars)
         self._index = VectorIndex(db, settings)
         self._checked: bool = False
+        # (tenant, model, query) -> its vector, least recently used first.
+        self._query_vectors: OrderedDict[tuple[str, str, str], list[float]] = OrderedDict()
 
     async def require_vectors(self) -> None:
         """Make sure the database holds vectors, once per process.
@@ -433,38 +436,20 @@ class DocumentStore:
         if not query.query.strip():
             raise BadRequest("'query' is empty: say what to look for", field="query")
         tenant = context.tenant
-        async with self._db.transaction() as conn:
-            models = [
-                str(m)
-                for m in (
-                    await conn.execute(
-                        sa.select(_DOCS.c.model)
-                        .where(_DOCS.c.tenant == tenant, _DOCS.c.status == "embedded")
-                        .distinct()
-                    )
-                ).scalars()
-            ]
+        models = await self._index.models(tenant)
         hits: list[SearchHit] = []
         searched: list[str] = []
         missing: list[str] = []
-        for model in sorted(models):
+        for model in models:
             try:
-                metered = await self._calls.embed(
-                    EmbeddingRequest(
-                        texts=[query.query],
-                        model=model,
-                        dimensions=EMBEDDING_DIMENSIONS,
-                        fallback=False,
-                    ),
-                    context,
-                )
+                vector = await self._query_vector(query.query, model, context)
             except UnknownModel:
                 # Only that model can embed a query for its vectors: say what was left out.
                 logger.warning("documents embedded by %s not searched: not configured", model)
                 missing.append(model)
                 continue
             searched.append(model)
-            hits.extend(await self.nearest(metered.embedding.vectors[0], query, tenant, model))
+            hits.extend(await self.nearest(vector, query, tenant, model))
         hits.sort(key=lambda hit: hit.score, reverse=True)
         return SearchResult(hits=hits[: query.k], models=searched, missing_models=missing)
 
@@ -473,6 +458,32 @@ class DocumentStore:
     ) -> list[SearchHit]:
         """Return the tenant's ``k`` chunks in ``model``'s space nearest to ``vector``."""
         return await self._index.nearest(vector, query, tenant=tenant, model=model)
+
+    async def _query_vector(self, text: str, model: str, context: CallContext) -> list[float]:
+        """Embed a query with ``model``, or return its vector from the last searches.
+
+        A vector is cached per tenant (no tenant can time another's searches), only while the
+        model is configured (one that is gone answers UnknownModel as before), and costs
+        nothing again: a repeated query makes no model call, so no usage row either.
+        """
+        key = (context.tenant, model, text)
+        size = self._settings.query_cache
+        cached = self._query_vectors.get(key) if size else None
+        if cached is not None and model in self._calls.router.catalog:
+            self._query_vectors.move_to_end(key)
+            return cached
+        metered = await self._calls.embed(
+            EmbeddingRequest(
+                texts=[text], model=model, dimensions=EMBEDDING_DIMENSIONS, fallback=False
+            ),
+            context,
+        )
+        vector = metered.embedding.vectors[0]
+        if size:
+            self._query_vectors[key] = vector
+            while len(self._query_vectors) > size:
+                self._query_vectors.popitem(last=False)
+        return vector
 
 
 def _holds_nul(value: Any) -> bool:
