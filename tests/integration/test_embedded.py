@@ -18,6 +18,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from spine.graph.falkordb_store import FalkorStore
+from spine.platform.embedded.postgres import SERVER_SETTINGS
 from spine.platform.embedded.stack import (
     EmbeddedStack,
     Endpoints,
@@ -90,6 +91,25 @@ async def test_postgres_answers_with_pgvector(running: Endpoints) -> None:
         assert distance == pytest.approx(1.0)
     finally:
         await conn.close()
+
+
+async def test_postgres_runs_with_the_lean_settings_and_no_helper_it_does_not_need(
+    running: Endpoints,
+) -> None:
+    assert running.database_url
+    conn = await asyncpg.connect(running.database_url)
+    try:
+        for name, value in SERVER_SETTINGS:
+            assert await conn.fetchval(f"SHOW {name}") == value, name
+        kinds = {
+            row["backend_type"]
+            for row in await conn.fetch("SELECT backend_type FROM pg_stat_activity")
+        }
+    finally:
+        await conn.close()
+    assert "io worker" not in kinds
+    assert "logical replication launcher" not in kinds
+    assert {"checkpointer", "walwriter", "autovacuum launcher"} <= kinds
 
 
 async def test_redis_answers(running: Endpoints) -> None:

@@ -1,23 +1,29 @@
-"""``spine up``: the embedded servers, then the API and worker processes, supervised until Ctrl-C."""
+"""``spine up``: the embedded servers, then the API and worker processes, supervised until Ctrl-C.
+
+``spine up`` stays up as long as the platform does: the database's schema and first key are
+made by a one-shot child (:mod:`spine.platform.app.bootstrap`), and what only one path needs
+is imported there.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import signal
+import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
-import httpx
 from pydantic import BaseModel, SecretStr
 from rich.console import Console
 from rich.panel import Panel
 
 from spine.events.permissions import ROLE_GRANTS
-from spine.platform.db import Database
 from spine.platform.embedded.children import ProcessChild, ServerChild
 from spine.platform.embedded.credentials import credentials_path
 from spine.platform.embedded.stack import (
@@ -31,7 +37,7 @@ from spine.platform.embedded.stack import (
     stack_status,
     stop_stack,
 )
-from spine.platform.embedded.state import find_process, terminate_process
+from spine.platform.embedded.state import die_with_parent, find_process, terminate_process
 from spine.platform.embedded.supervisor import (
     ChildRecord,
     RestartPolicy,
@@ -42,9 +48,7 @@ from spine.platform.embedded.supervisor import (
     supervisor_state_path,
 )
 from spine.platform.embedded.watchdog import Watchdog
-from spine.platform.errors import ConfigurationError
-from spine.platform.keys import KeyStore
-from spine.platform.router import TOY_NOTE
+from spine.platform.errors import ConfigurationError, ServiceUnavailable
 from spine.platform.settings import ENV_PREFIX, NESTED_DELIMITER, Settings
 
 __all__ = [
@@ -66,6 +70,9 @@ _URL_ENV = {
 _LOCAL_MODEL_URL_ENV = "GENAI_LOCAL_MODEL__URL"
 _SUPERVISOR_STATE_ENV = "GENAI_SUPERVISOR__STATE_FILE"
 _PASSWORD_IN_URL = re.compile(r"(://[^:/@]+):[^@/]+@")
+_BOOTSTRAP = "spine.platform.app.bootstrap"
+CHILD_MALLOC_ENV = {"MALLOC_ARENA_MAX": "2"}
+"""glibc's malloc in every Python child (unless set already): two arenas, not eight per core."""
 
 
 @dataclass(slots=True, kw_only=True, frozen=True)
@@ -87,6 +94,8 @@ def plan_local_model(settings: Settings) -> LocalModelPlan:
         return LocalModelPlan(start=False)
     missing = local_model_missing(settings.local_model)
     if missing is None:
+        from spine.platform.router.specs import TOY_NOTE
+
         return LocalModelPlan(start=True, note=f"local model {settings.models.local} is {TOY_NOTE}")
     if settings.local_model.enabled is True or settings.default_provider == "local":
         raise ConfigurationError(missing, field="GENAI_LOCAL_MODEL__ENABLED")
@@ -301,7 +310,7 @@ class StackRunner:
         return stack, endpoints
 
     def _first_admin_key(self, settings: Settings) -> None:
-        secret = asyncio.run(_prepare_database(settings))
+        secret = _prepare_database_in_child(settings)
         if secret is None:
             return
         path = settings.data_dir / ADMIN_KEY_FILE
@@ -357,9 +366,11 @@ class StackRunner:
                 raise SystemExit(f"the API process exited ({describe_exit(code)})")
             self.supervisor.tick()
             try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
+                # The URL is the http://host:port built by _spawn, never input.
+                with urllib.request.urlopen(f"{url}/healthz", timeout=1) as response:  # noqa: S310
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
                 pass
             time.sleep(0.2)
         raise SystemExit(f"the API did not answer at {url} within {timeout:.0f} s")
@@ -375,7 +386,7 @@ def _with_restarts(detail: str, record: ChildRecord | None) -> str:
 def _child_env(settings: Settings, endpoints: Endpoints, *, role: str) -> dict[str, str]:
     """The environment of a child: ours, plus the URLs with the credentials of its role."""
     mine = apply_endpoints(settings, endpoints_for(settings.data_dir, endpoints, nats_user=role))
-    env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+    env = {**CHILD_MALLOC_ENV, **os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
     for field, name in _URL_ENV.items():
         value = getattr(mine, field, None)
         if value is not None:
@@ -389,19 +400,36 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-async def _prepare_database(settings: Settings) -> str | None:
-    """Migrate, and on a fresh database issue the first operator key; return its secret."""
+def _prepare_database_in_child(settings: Settings) -> str | None:
+    """Migrate and issue the first operator key in a one-shot child; return the new secret.
+
+    The child is :mod:`spine.platform.app.bootstrap` (why a child: see there).
+
+    Raises:
+        ServiceUnavailable: The child failed (its last error line says why).
+    """
     assert settings.database_url is not None
-    db = Database(settings.database_url)
-    try:
-        await db.migrate()
-        keys = KeyStore(db)
-        if await keys.any_exist():
-            return None
-        issued = await keys.create(tenant="default", role="operator", name="first operator key")
-        return issued.secret
-    finally:
-        await db.dispose()
+    env = {
+        **CHILD_MALLOC_ENV,
+        **os.environ,
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+        _URL_ENV["database_url"]: settings.database_url,
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", _BOOTSTRAP],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        check=False,
+        preexec_fn=partial(die_with_parent, signal.SIGTERM, os.getpid()),
+    )
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines() or [describe_exit(done.returncode)]
+        reason = _PASSWORD_IN_URL.sub(r"\1:***@", lines[-1])
+        raise ServiceUnavailable(f"preparing the database failed: {reason}", service="postgres")
+    secret = done.stdout.strip()
+    return secret or None
 
 
 def admin_key_path(data_dir: Path) -> Path:

@@ -11,6 +11,10 @@ Authentication: only TCP on loopback, only with the password of ``<data>/credent
 record of the password last set (``<data>/run/postgres.auth``, a hash) does not match: on a
 new cluster, on a cluster made before passwords, and after the credentials were replaced.
 
+Settings: the server runs with :data:`SERVER_SETTINGS` on its command line (over
+``postgresql.conf``), sized for a development machine's memory: no I/O worker or logical
+replication launcher processes, one autovacuum worker, 32 MB of shared buffers.
+
 A PostgreSQL left running on this data directory (its ``postmaster.pid`` names a live
 ``postgres`` working here: ``spine up`` was killed, or a smart shutdown waits for clients that
 never leave) is stopped with a fast shutdown before a new one starts.
@@ -48,6 +52,22 @@ host all all ::1/128 scram-sha-256
 """
 # A leftover server gets this long for a fast shutdown, then as long for an immediate one.
 _LEFTOVER_STOP_SECONDS = 30.0
+# The embedded server is one machine's development database beside the whole platform: sized
+# for memory, not for a dedicated host. Each process maps the server binary and touches shared
+# memory, so every process fewer counts once more in the stack's RSS.
+SERVER_SETTINGS: tuple[tuple[str, str], ...] = (
+    # PostgreSQL 18 reads through 3 I/O worker processes by default; synchronous reads need none.
+    ("io_method", "sync"),
+    # Nothing here replicates logically: no launcher process waiting for subscriptions.
+    ("max_logical_replication_workers", "0"),
+    # One autovacuum worker at a time is plenty for these few, small tables.
+    ("autovacuum_max_workers", "1"),
+    # Buffers each backend touches; the OS page cache still holds the rest of the data. The WAL
+    # buffers follow (1/32 of it).
+    ("shared_buffers", "32MB"),
+    # The bundled build has no LLVM; said explicitly so a costly query never loads it.
+    ("jit", "off"),
+)
 
 
 class PostgresServer(ServerSpec):
@@ -100,6 +120,8 @@ class PostgresServer(ServerSpec):
             # No Unix socket: its path length is limited and the URL is TCP anyway.
             "-k", "",
         ]  # fmt: skip
+        for name, value in SERVER_SETTINGS:
+            argv += ["-c", f"{name}={value}"]
         return Launch(argv=argv, env=_clean_env(), cwd=self.pgdata, user=user, group=group)
 
     def stop_leftover(self, progress: Progress) -> None:

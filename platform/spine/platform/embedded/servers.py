@@ -35,8 +35,6 @@ from pathlib import Path
 from types import ModuleType
 from typing import ClassVar
 
-import redis
-
 from spine.platform.embedded.credentials import (
     OPERATOR,
     NatsUser,
@@ -353,6 +351,8 @@ class FalkorServer(ServerSpec):
         if not self._converting:
             return
         progress("writing the graph to the append-only file (once)")
+        import redis  # once per data directory: `spine up`, which lives on, need not hold it
+
         client = redis.Redis(port=ports["client"], password=self.password(), socket_timeout=30)
         try:
             client.config_set("appendonly", "yes")

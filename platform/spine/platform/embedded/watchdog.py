@@ -4,8 +4,9 @@ Linux's parent-death signal (:func:`~spine.platform.embedded.state.die_with_pare
 sends each child its stop signal when ``spine up`` dies, SIGKILL included; but a signal is one
 request, not a guarantee: a worker finishing its tasks, or an API whose shutdown hangs, could
 outlive it for long, and macOS has no such signal at all. So ``spine up`` also runs this small
-process (only the standard library and psutil, started with ``python -I``) in a session of its
-own, where a Ctrl-C or a signal to ``spine up``'s process group does not reach it:
+process (started with ``python -I``; only the standard library while it waits, psutil once it
+acts) in a session of its own, where a Ctrl-C or a signal to ``spine up``'s process group does
+not reach it:
 
 1. ``spine up`` holds the only write end of a pipe that is the watchdog's stdin, and writes one
    line per child it starts: ``watch <pid> <creation time> <stop signal> <name>``, and
@@ -28,9 +29,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
-import psutil
+if TYPE_CHECKING:
+    import psutil
 
 __all__ = ["Watchdog"]
 
@@ -72,6 +74,8 @@ class Watchdog:
 
     def watch(self, name: str, pid: int, stop_signal: signal.Signals) -> None:
         """Have the watchdog stop ``pid`` (with ``stop_signal``, then SIGKILL) if we die."""
+        import psutil
+
         try:
             created = psutil.Process(pid).create_time()
         except psutil.Error:
@@ -124,6 +128,10 @@ class Watchdog:
 
 
 def _same(pid: int, created: float) -> psutil.Process | None:
+    # Imported when needed: the watchdog waits on its pipe for as long as the platform runs,
+    # holding only the standard library.
+    import psutil
+
     try:
         proc = psutil.Process(pid)
         if abs(proc.create_time() - created) > _TOLERANCE:
