@@ -109,14 +109,7 @@ class WorkerProcess:
             log.flush()
             self._log_offset = log.tell()
             self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "spine.platform.app.cli",
-                    "worker",
-                    "--concurrency",
-                    str(self.concurrency),
-                ],
+                self.command(),
                 env=self.env,
                 cwd=self.workdir,  # no stray .env is read
                 stdin=subprocess.DEVNULL,
@@ -124,6 +117,11 @@ class WorkerProcess:
                 stderr=subprocess.STDOUT,
             )
         return self
+
+    def command(self) -> list[str]:
+        """The command line the process runs."""
+        cli = [sys.executable, "-m", "spine.platform.app.cli"]
+        return [*cli, "worker", "--concurrency", str(self.concurrency)]
 
     def log(self) -> str:
         """This incarnation's output."""

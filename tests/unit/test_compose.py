@@ -315,7 +315,12 @@ def settings_from(env: Mapping[str, str], monkeypatch: pytest.MonkeyPatch) -> Se
     return Settings(_env_file=None)
 
 
-APP_SERVICES = sorted(name for name, svc in services().items() if "build" in svc)
+# The tiers' api/worker pairs; the `scale` profile's apps: tests/unit/infra/test_manifests.py.
+APP_SERVICES = sorted(
+    name
+    for name, svc in services().items()
+    if "build" in svc and set(svc.get("profiles") or []) & set(TIERS)
+)
 
 
 def role(name: str) -> str:
@@ -523,7 +528,7 @@ def test_tier1_runs_on_sqlite_and_tier4_on_everything() -> None:
 def test_every_service_belongs_to_a_tier() -> None:
     for name, svc in services().items():
         assert svc.get("profiles"), f"{name} would start without a tier profile"
-        assert set(svc["profiles"]) <= set(TIERS), name
+        assert set(svc["profiles"]) <= {*TIERS, "scale"}, name
 
 
 # ---- secrets ---------------------------------------------------------------------------------
@@ -628,17 +633,17 @@ def test_the_build_context_carries_what_the_wheel_needs() -> None:
 # ---- Kubernetes ------------------------------------------------------------------------------
 
 
-def test_the_api_deployment_probes_healthz_with_config_and_secret() -> None:
+def test_the_api_deployment_probes_readyz_and_healthz_with_config_and_secret() -> None:
     api = deployment("api")
-    assert api["spec"]["replicas"] == 2
+    assert "replicas" not in api["spec"], "api-hpa.yaml owns the count"
     pod = api["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     assert container["args"] == ["api"]
     ports = {p.get("name"): p["containerPort"] for p in container["ports"]}
     assert 8100 in ports.values()
-    for probe in ("readinessProbe", "livenessProbe"):
+    for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
         get = container[probe]["httpGet"]
-        assert get["path"] == "/healthz"
+        assert get["path"] == path
         assert ports.get(get["port"], get["port"]) == 8100
     (config_map,) = k8s("ConfigMap")
     (secret,) = k8s("Secret")

@@ -21,10 +21,11 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import PubAck
 from nats.js.errors import APIError, NoStreamResponseError
+from nats.js.errors import ServiceUnavailableError as JetStreamUnavailable
 
-from spine.platform.errors import ServiceUnavailable
+from spine.platform.errors import ConfigurationError, ServiceUnavailable
 
-__all__ = ["NatsBus"]
+__all__ = ["NatsBus", "server_list"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,9 +45,9 @@ class NatsBus:
     """One NATS connection that reconnects forever and reports its state."""
 
     def __init__(self, url: str, *, name: str, publish_timeout: float = 2.0) -> None:
-        self._connect_url = url
-        self.url = _without_password(url)
-        """The server's URL as logs and errors show it: never with a password."""
+        self._servers = server_list(url)
+        self.url = ",".join(_without_password(server) for server in self._servers)
+        """The servers' URLs as logs and errors show them: never with a password."""
         self._name = name
         self._publish_timeout = publish_timeout
         self._nc: Client | None = None
@@ -91,7 +92,7 @@ class NatsBus:
 
     async def _connect(self) -> None:
         self._nc = await nats.connect(
-            servers=[self._connect_url],
+            servers=self._servers,
             name=self._name,
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.5,
@@ -169,7 +170,21 @@ class NatsBus:
         logger.info("reconnected to NATS at %s", self.url)
 
 
-_LOST_LINK = (ConnectionClosedError, ServiceUnavailable, OSError)
+# JetStream answers 503 while a clustered stream or consumer elects a new leader (its node
+# died): as transient as a lost connection.
+_LOST_LINK = (ConnectionClosedError, ServiceUnavailable, JetStreamUnavailable, OSError)
+
+
+def server_list(url: str) -> list[str]:
+    """Split ``GENAI_NATS_URL`` into its servers: one URL, or a cluster's URLs joined by commas.
+
+    The client connects to any of them and fails over to the others (and to the cluster's
+    other nodes, which every server announces) when its server goes away.
+    """
+    servers = [part.strip() for part in url.split(",") if part.strip()]
+    if not servers:
+        raise ConfigurationError(f"no NATS server in {url!r}", field="GENAI_NATS_URL")
+    return servers
 
 
 def _without_password(url: str) -> str:

@@ -36,6 +36,7 @@ from faststream.nats import ConsumerConfig, JStream, NatsBroker, PullSub
 from faststream.nats.message import NatsBatchMessage
 from faststream.params import NoCast
 
+from spine.events.bus import server_list
 from spine.events.streams import OUTCOMES_STREAM
 from spine.events.subjects import OUTCOMES_ALL
 from spine.platform.errors import ServiceUnavailable
@@ -245,7 +246,9 @@ def learner_broker(
     batch: int = 1024,
 ) -> NatsBroker:
     """Build the FastStream broker whose one subscriber feeds ``learner``."""
-    broker = NatsBroker(url, max_reconnect_attempts=-1, logger=logger, log_level=logging.DEBUG)
+    broker = NatsBroker(
+        server_list(url), max_reconnect_attempts=-1, logger=logger, log_level=logging.DEBUG
+    )
 
     @broker.subscriber(
         subject,

@@ -8,30 +8,61 @@ tenant's data is answered as if it did not exist (404), like any other cross-ten
 A key reads ``spn_<id>_<secret>``. Only the SHA-256 of the secret is stored (the secret is 256
 random bits, so a slow hash adds nothing); the id finds the row and the hashes are compared in
 constant time. Verified keys are trusted for a few seconds so a request costs no extra query;
-revocation therefore takes effect within ``GENAI_API__KEY_CACHE_SECONDS``.
+a revocation or rotation made by another process therefore takes effect there within
+``GENAI_API__KEY_CACHE_SECONDS`` (5 s by default), and at once in the process that made it. A
+key may carry an expiry: from then on it is refused, cached or not.
+
+Rotating a key issues a new key (new id, new secret) with the old one's tenant, role and name,
+and revokes the old one in the same transaction; the new key's ``rotated_from`` names the old.
+
+A tenant is a row of its own (:class:`Tenant`): it exists before its first key and after its
+last one is revoked, and the admin API issues keys only for a tenant that exists, so a typo
+cannot mint an empty tenant. :meth:`KeyStore.create` registers a tenant it has not seen (the
+CLI and ``spine up`` issue keys straight away).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 import time
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Literal
+from datetime import datetime, timedelta
+from typing import Literal, TypeVar
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from spine.platform.cursors import decode_cursor, encode_cursor
 from spine.platform.db import Database
-from spine.platform.errors import NotFound, Unauthorized
-from spine.platform.schema import ApiKeyRow, utcnow
+from spine.platform.errors import BadRequest, Conflict, NotFound, Unauthorized
+from spine.platform.inputs import text_problem
+from spine.platform.schema import ApiKeyRow, TenantRow, utcnow
 
-__all__ = ["ROLES", "ApiKey", "IssuedKey", "KeyStore", "Principal", "Role"]
+__all__ = [
+    "MAX_LIFETIME",
+    "ROLES",
+    "ApiKey",
+    "IssuedKey",
+    "KeyPage",
+    "KeyStore",
+    "Principal",
+    "Role",
+    "Tenant",
+    "TenantPage",
+    "parse_lifetime",
+]
 
 Role = Literal["operator", "admin", "member"]
 ROLES: tuple[Role, ...] = ("operator", "admin", "member")
 _PREFIX = "spn"
+MAX_LIFETIME = timedelta(days=3660)
+"""The longest expiry a key may be given (about ten years)."""
+_LIFETIME = re.compile(r"^\s*(\d{1,7})\s*([smhdw]?)\s*$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -67,6 +98,36 @@ class ApiKey:
     role: Role
     created_at: datetime
     revoked_at: datetime | None
+    expires_at: datetime | None = None
+    rotated_from: str | None = None
+
+    def usable(self, now: datetime) -> bool:
+        """Tell whether the key is neither revoked nor expired at ``now``."""
+        return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KeyPage:
+    """A page of keys, newest first; ``next_cursor`` continues it."""
+
+    keys: list[ApiKey]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Tenant:
+    """A tenant the platform knows."""
+
+    name: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TenantPage:
+    """A page of tenants, newest first; ``next_cursor`` continues it."""
+
+    tenants: list[Tenant]
+    next_cursor: str | None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -85,26 +146,34 @@ class KeyStore:
         self._cache_seconds = cache_seconds
         self._cache: dict[str, tuple[Principal, float]] = {}
 
-    async def create(self, *, tenant: str, role: Role = "member", name: str = "") -> IssuedKey:
-        """Issue a new random key for a tenant."""
-        if not tenant or len(tenant) > 128:
-            raise ValueError("tenant must be 1-128 characters")
-        key_id = secrets.token_hex(6)
-        secret = secrets.token_urlsafe(32)
-        row = ApiKeyRow(
-            id=key_id,
-            tenant=tenant,
-            name=name,
-            role=role,
-            secret_hash=_digest(secret),
-            created_at=utcnow(),
-        )
+    async def create(
+        self,
+        *,
+        tenant: str,
+        role: Role = "member",
+        name: str = "",
+        expires_at: datetime | None = None,
+    ) -> IssuedKey:
+        """Issue a new random key for a tenant, registering the tenant if it is new.
+
+        Args:
+            tenant: The tenant the key belongs to (1-128 characters).
+            role: ``member``, ``admin`` or ``operator``.
+            name: A label.
+            expires_at: When the key stops working; None: never.
+        """
+        _check_tenant(tenant)
+        row, presented = _new_row(tenant=tenant, role=role, name=name, expires_at=expires_at)
         async with self._db.session() as session, session.begin():
+            await self._register(session, tenant)
             session.add(row)
-        return IssuedKey(key=_view(row), secret=f"{_PREFIX}_{key_id}_{secret}")
+        return IssuedKey(key=_view(row), secret=presented)
 
     async def verify(self, presented: str) -> Principal:
-        """Return the principal of a valid key, or raise :class:`Unauthorized`."""
+        """Return the principal of a valid key, or raise :class:`Unauthorized`.
+
+        A key is trusted from the cache for ``cache_seconds``, never past its expiry.
+        """
         cache_key = hashlib.sha256(presented.encode()).hexdigest()
         cached = self._cache.get(cache_key)
         if cached is not None and cached[1] > time.monotonic():
@@ -119,13 +188,31 @@ class KeyStore:
         matches = hmac.compare_digest(expected, _digest(secret))
         if row is None or not matches or row.revoked_at is not None:
             raise Unauthorized("unknown or revoked API key", field="Authorization")
+        now = utcnow()
+        if row.expires_at is not None and row.expires_at <= now:
+            raise Unauthorized("expired API key", field="Authorization")
         principal = Principal(key_id=row.id, tenant=row.tenant, role=row.role)  # type: ignore[arg-type]
-        if self._cache_seconds > 0:
-            self._cache[cache_key] = (principal, time.monotonic() + self._cache_seconds)
+        trust = self._cache_seconds
+        if row.expires_at is not None:
+            trust = min(trust, (row.expires_at - now).total_seconds())
+        if trust > 0:
+            self._cache[cache_key] = (principal, time.monotonic() + trust)
         return principal
 
+    async def get(self, key_id: str) -> ApiKey:
+        """Return one key.
+
+        Raises:
+            NotFound: No key has this id.
+        """
+        async with self._db.session() as session:
+            row = await session.get(ApiKeyRow, key_id)
+        if row is None:
+            raise NotFound(f"no key {key_id!r}", field="key_id")
+        return _view(row)
+
     async def revoke(self, key_id: str) -> ApiKey:
-        """Revoke a key; it stops working within the cache time."""
+        """Revoke a key; it stops working within the cache time (at once in this process)."""
         async with self._db.session() as session, session.begin():
             row = await session.get(ApiKeyRow, key_id)
             if row is None:
@@ -134,18 +221,188 @@ class KeyStore:
         self._cache.clear()
         return _view(row)
 
+    async def rotate(self, key_id: str, *, expires_at: datetime | None = None) -> IssuedKey:
+        """Issue a new key of the same tenant, role and name, and revoke the old one.
+
+        Args:
+            key_id: The key to replace.
+            expires_at: The new key's expiry; None: the old key's.
+
+        Raises:
+            NotFound: No key has this id.
+            Conflict: The key is revoked already, or the new key would be expired at once.
+        """
+        async with self._db.session() as session, session.begin():
+            old = await session.get(ApiKeyRow, key_id, with_for_update=True)
+            if old is None:
+                raise NotFound(f"no key {key_id!r}", field="key_id")
+            if old.revoked_at is not None:
+                raise Conflict(f"key {key_id!r} is revoked; issue a new one", field="key_id")
+            now = utcnow()
+            expiry = expires_at if expires_at is not None else old.expires_at
+            if expiry is not None and expiry <= now:
+                raise Conflict(
+                    f"key {key_id!r} has expired: give the new key an expiry", field="expires_in"
+                )
+            row, presented = _new_row(
+                tenant=old.tenant,
+                role=old.role,  # type: ignore[arg-type]
+                name=old.name,
+                expires_at=expiry,
+                rotated_from=old.id,
+            )
+            session.add(row)
+            old.revoked_at = now
+        self._cache.clear()
+        return IssuedKey(key=_view(row), secret=presented)
+
     async def list_keys(self, *, tenant: str | None = None) -> list[ApiKey]:
-        """List keys, optionally of one tenant."""
+        """List keys, optionally of one tenant, oldest first."""
         query = sa.select(ApiKeyRow).order_by(ApiKeyRow.created_at)
         if tenant is not None:
             query = query.where(ApiKeyRow.tenant == tenant)
         async with self._db.session() as session:
             return [_view(r) for r in (await session.execute(query)).scalars()]
 
+    async def list_page(
+        self,
+        *,
+        tenant: str | None = None,
+        include_revoked: bool = True,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> KeyPage:
+        """List keys (of one tenant, or all), newest first, ``limit`` at a time."""
+        query = sa.select(ApiKeyRow)
+        if tenant is not None:
+            query = query.where(ApiKeyRow.tenant == tenant)
+        if not include_revoked:
+            query = query.where(ApiKeyRow.revoked_at.is_(None))
+        rows = await self._page(query, ApiKeyRow.created_at, ApiKeyRow.id, limit, cursor)
+        following = (
+            encode_cursor(rows[limit - 1].created_at, rows[limit - 1].id)
+            if len(rows) > limit
+            else None
+        )
+        return KeyPage(keys=[_view(r) for r in rows[:limit]], next_cursor=following)
+
     async def any_exist(self) -> bool:
         """Tell whether any key was ever issued (a fresh data dir has none)."""
         async with self._db.session() as session:
             return (await session.execute(sa.select(ApiKeyRow.id).limit(1))).first() is not None
+
+    # -- tenants ------------------------------------------------------------------------------
+
+    async def create_tenant(self, name: str) -> Tenant:
+        """Register a tenant.
+
+        Raises:
+            Conflict: The tenant exists already.
+        """
+        _check_tenant(name)
+        async with self._db.session() as session, session.begin():
+            if await session.get(TenantRow, name) is not None:
+                raise Conflict(f"tenant {name!r} exists already", field="name")
+            row = TenantRow(name=name, created_at=utcnow())
+            session.add(row)
+        return Tenant(name=row.name, created_at=row.created_at)
+
+    async def tenant(self, name: str) -> Tenant:
+        """Return one tenant.
+
+        Raises:
+            NotFound: No tenant has this name.
+        """
+        async with self._db.session() as session:
+            row = await session.get(TenantRow, name)
+        if row is None:
+            raise NotFound(f"no tenant {name!r}", field="tenant")
+        return Tenant(name=row.name, created_at=row.created_at)
+
+    async def tenants_page(self, *, limit: int = 50, cursor: str | None = None) -> TenantPage:
+        """List tenants, newest first, ``limit`` at a time."""
+        rows = await self._page(
+            sa.select(TenantRow), TenantRow.created_at, TenantRow.name, limit, cursor
+        )
+        following = (
+            encode_cursor(rows[limit - 1].created_at, rows[limit - 1].name)
+            if len(rows) > limit
+            else None
+        )
+        tenants = [Tenant(name=r.name, created_at=r.created_at) for r in rows[:limit]]
+        return TenantPage(tenants=tenants, next_cursor=following)
+
+    async def _register(self, session: AsyncSession, tenant: str) -> None:
+        insert = sqlite.insert if self._db.is_sqlite else postgresql.insert
+        statement = insert(TenantRow).values(name=tenant, created_at=utcnow())
+        await session.execute(statement.on_conflict_do_nothing())
+
+    async def _page(
+        self,
+        query: sa.Select[_Row],
+        when: sa.orm.InstrumentedAttribute[datetime],
+        ident: sa.orm.InstrumentedAttribute[str],
+        limit: int,
+        cursor: str | None,
+    ) -> list[_Row]:
+        # Keyset pages, newest first; one row more than asked tells whether a page follows.
+        if cursor is not None:
+            after, last = decode_cursor(cursor)
+            query = query.where(sa.or_(when < after, sa.and_(when == after, ident < last)))
+        query = query.order_by(when.desc(), ident.desc()).limit(limit + 1)
+        async with self._db.session() as session:
+            return list((await session.execute(query)).scalars())
+
+
+_Row = TypeVar("_Row", ApiKeyRow, TenantRow)
+
+
+def parse_lifetime(text: str, *, field: str = "expires_in") -> timedelta:
+    """Read a key's lifetime: a number of seconds, or one with a unit (``90m``, ``12h``, ``30d``).
+
+    Raises:
+        BadRequest: The text is not a lifetime, is zero, or is over :data:`MAX_LIFETIME`.
+    """
+    match = _LIFETIME.match(text)
+    if match is None:
+        raise BadRequest(
+            f"{field} must be a number with an optional unit s, m, h, d or w (like 30d), "
+            f"not {text[:40]!r}",
+            field=field,
+        )
+    lifetime = timedelta(seconds=int(match[1]) * _UNITS[match[2]])
+    if not timedelta(0) < lifetime <= MAX_LIFETIME:
+        raise BadRequest(f"{field} must be above zero and at most 3660d", field=field)
+    return lifetime
+
+
+def _check_tenant(tenant: str) -> None:
+    if not tenant or len(tenant) > 128 or text_problem(tenant):
+        raise ValueError("tenant must be 1-128 storable characters")
+
+
+def _new_row(
+    *,
+    tenant: str,
+    role: Role,
+    name: str,
+    expires_at: datetime | None,
+    rotated_from: str | None = None,
+) -> tuple[ApiKeyRow, str]:
+    key_id = secrets.token_hex(6)
+    secret = secrets.token_urlsafe(32)
+    row = ApiKeyRow(
+        id=key_id,
+        tenant=tenant,
+        name=name,
+        role=role,
+        secret_hash=_digest(secret),
+        created_at=utcnow(),
+        revoked_at=None,
+        expires_at=expires_at,
+        rotated_from=rotated_from,
+    )
+    return row, f"{_PREFIX}_{key_id}_{secret}"
 
 
 def _digest(secret: str) -> str:
@@ -160,4 +417,6 @@ def _view(row: ApiKeyRow) -> ApiKey:
         role=row.role,  # type: ignore[arg-type]
         created_at=row.created_at,
         revoked_at=row.revoked_at,
+        expires_at=row.expires_at,
+        rotated_from=row.rotated_from,
     )

@@ -1,4 +1,4 @@
-"""The relational schema: keys, tasks (events, step journal), model calls, budgets, files,
+"""The relational schema: tenants, keys, the audit log, tasks (events, step journal), model calls, budgets, files,
 batches, events, documents, and the learning loop (feedback, weights, experiments).
 
 The database is the source of truth for tasks; JetStream only carries work. Alembic migrations
@@ -20,6 +20,7 @@ from sqlalchemy.types import TypeDecorator
 __all__ = [
     "EMBEDDING_DIMENSIONS",
     "ApiKeyRow",
+    "AuditRow",
     "Base",
     "BatchLineRow",
     "BatchRow",
@@ -38,6 +39,7 @@ __all__ = [
     "TaskEventRow",
     "TaskRow",
     "TaskStepRow",
+    "TenantRow",
     "UtcDateTime",
     "utcnow",
 ]
@@ -123,6 +125,43 @@ class ApiKeyRow(Base):
     secret_hash: Mapped[str] = mapped_column(sa.String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+    expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    rotated_from: Mapped[str | None] = mapped_column(sa.String(32), default=None)
+
+
+class TenantRow(Base):
+    """A tenant: it exists before its first key and after its last one is revoked."""
+
+    __tablename__ = "tenants"
+
+    name: Mapped[str] = mapped_column(sa.String(128), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class AuditRow(Base):
+    """One security-relevant action; rows are only ever inserted (a trigger refuses the rest).
+
+    ``tenant`` is the tenant acted upon, ``key_id`` the key that acted (None from the CLI,
+    whose ``via`` is ``cli``), ``address`` where the request came from.
+    """
+
+    __tablename__ = "audit_log"
+    __table_args__ = (
+        sa.Index("ix_audit_log_at", "at", "id"),
+        sa.Index("ix_audit_log_tenant_at", "tenant", "at"),
+        sa.Index("ix_audit_log_key_at", "key_id", "at"),
+    )
+
+    id: Mapped[str] = mapped_column(sa.String(36), primary_key=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    tenant: Mapped[str] = mapped_column(sa.String(128))
+    key_id: Mapped[str | None] = mapped_column(sa.String(32), default=None)
+    via: Mapped[str] = mapped_column(sa.String(8))
+    action: Mapped[str] = mapped_column(sa.String(64))
+    target: Mapped[str] = mapped_column(sa.String(300))
+    outcome: Mapped[str] = mapped_column(sa.String(16))
+    address: Mapped[str | None] = mapped_column(sa.String(300), default=None)
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
 
 class TaskRow(Base):

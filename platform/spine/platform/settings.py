@@ -28,6 +28,7 @@ __all__ = [
     "LearningSettings",
     "LocalEmbeddingSettings",
     "LocalModelSettings",
+    "MetricsSettings",
     "Provider",
     "RoutingStrategy",
     "Settings",
@@ -73,6 +74,23 @@ class ApiSettings(BaseModel):
     max_connections: int = Field(
         1000, ge=1, description="Open connections and requests in flight; over it: 503."
     )
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Addresses or networks (comma-separated; '*': any) of proxies whose "
+        "X-Forwarded-For names the client; empty: the peer is the client.",
+    )
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split_proxies(cls, value: Any) -> Any:
+        import ipaddress
+
+        proxies = _split_commas(value)
+        for proxy in proxies if isinstance(proxies, list) else []:
+            if proxy != "*":
+                # uvicorn would take a typo for a literal host name and never match it.
+                ipaddress.ip_network(proxy, strict=False)
+        return proxies
 
 
 class WorkerSettings(BaseModel):
@@ -247,6 +265,12 @@ class DocumentSettings(BaseModel):
         description="Rows an iterative index scan may visit to fill a filtered search "
         "(pgvector hnsw.max_scan_tuples).",
     )
+    query_cache: int = Field(
+        1024,
+        ge=0,
+        description="Query vectors kept per process (the most recent, per tenant and model), "
+        "so a repeated search is not embedded again; 0: none.",
+    )
     retry_after: float = Field(
         300.0,
         gt=0,
@@ -410,6 +434,31 @@ class BatchSettings(BaseModel):
     max_lines: int = Field(50_000, ge=1, description="Most requests in one batch.")
 
 
+class MetricsSettings(BaseModel):
+    """Prometheus metrics: ``GET /metrics`` on the API, and a port of their own elsewhere.
+
+    A worker or learner serves ``/metrics`` on the first free port of ``port`` ..
+    ``port + port_span - 1`` (several processes on one machine never clash; in a pod the first
+    is always free); 0 turns that off. Loopback unless ``host`` says otherwise (a pod sets
+    ``0.0.0.0`` for its scraper).
+    """
+
+    enabled: bool = Field(True, description="Serve /metrics (API, workers, learner).")
+    host: str = Field("127.0.0.1", description="Where workers and the learner serve /metrics.")
+    port: int = Field(9470, ge=0, le=65535, description="First port tried; 0: off.")
+    port_span: int = Field(16, ge=1, le=1024, description="Ports tried from `port` on.")
+    tenant_label: bool = Field(
+        False, description="Label metrics with the tenant (series grow with the tenants)."
+    )
+    max_label_values: int = Field(
+        200, ge=1, description="Distinct values a label keeps; more are counted as 'other'."
+    )
+    probe_seconds: float = Field(
+        5.0, ge=0, description="How long a scrape reuses queue depths, task counts, budgets."
+    )
+    probe_timeout: float = Field(2.0, gt=0, description="Seconds one probe may take on a scrape.")
+
+
 class Settings(BaseSettings):
     """The effective configuration of one process."""
 
@@ -436,7 +485,11 @@ class Settings(BaseSettings):
     openai_base_url: str | None = None
     groq_api_key: SecretStr | None = None
     aws_region: str | None = None
-    nats_url: str | None = None
+    nats_url: str | None = Field(
+        None,
+        description="NATS server URL, or a cluster's URLs separated by commas (the client "
+        "fails over between them).",
+    )
     neo4j_uri: str | None = None
     neo4j_user: str | None = None
     neo4j_password: SecretStr | None = None
@@ -483,6 +536,7 @@ class Settings(BaseSettings):
     tools: ToolSettings = Field(default_factory=ToolSettings)
     batches: BatchSettings = Field(default_factory=BatchSettings)
     learning: LearningSettings = Field(default_factory=LearningSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
 
     @field_validator("fallback_chain", mode="before")
     @classmethod

@@ -117,10 +117,13 @@ async def _learning(settings: Settings) -> str:
 async def _nats(settings: Settings) -> str:
     import nats
 
+    from spine.events.bus import server_list
+
     url = _url(settings.nats_url, "GENAI_NATS_URL")
-    shown = url.rpartition("@")[2]  # never its credentials
+    servers = server_list(url)
+    shown = ",".join(server.rpartition("@")[2] for server in servers)  # never its credentials
     nc = await nats.connect(
-        url, connect_timeout=_TIMEOUT, max_reconnect_attempts=0, allow_reconnect=False
+        servers, connect_timeout=_TIMEOUT, max_reconnect_attempts=0, allow_reconnect=False
     )
     try:
         info = await nc.jetstream().account_info()

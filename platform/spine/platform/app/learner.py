@@ -19,11 +19,13 @@ from spine.events.bus import NatsBus
 from spine.events.learner import LEARNER_CONSUMER, Learner, learner_broker
 from spine.events.streams import OUTCOMES_STREAM
 from spine.events.weights import WeightsChannel
+from spine.platform.app.observed import ObservedLearner
 from spine.platform.app.wiring import stream_layout
 from spine.platform.db import Database
 from spine.platform.errors import ConfigurationError
 from spine.platform.learning.snapshots import SnapshotStore
 from spine.platform.settings import Settings
+from spine.platform.telemetry import process_server
 
 __all__ = ["run_learner"]
 
@@ -40,7 +42,9 @@ async def run_learner(settings: Settings, stop: asyncio.Event, *, replay: bool =
     db = Database(settings.database_url)
     bus = NatsBus(settings.nats_url, name="spine-learner")
     store = SnapshotStore(db)
+    metrics = process_server(settings.metrics, role="learner")
     try:
+        await metrics.start()
         await db.migrate()
         await stream_layout(settings).ensure_when_ready(bus)
         if replay:
@@ -49,7 +53,7 @@ async def run_learner(settings: Settings, stop: asyncio.Event, *, replay: bool =
                 await bus.js.delete_consumer(OUTCOMES_STREAM, LEARNER_CONSUMER)
             logger.info("replaying %s from its start", OUTCOMES_STREAM)
         channel = WeightsChannel(bus, replicas=settings.streams.replicas)
-        learner = Learner(
+        learner: Learner = ObservedLearner(  # counts model calls for /metrics
             store,
             announce=channel.announce,
             checkpoint_seconds=settings.learning.checkpoint_seconds,
@@ -64,5 +68,6 @@ async def run_learner(settings: Settings, stop: asyncio.Event, *, replay: bool =
             await broker.stop()
             await learner.checkpoint()
     finally:
+        await metrics.close()
         await bus.close()
         await db.dispose()

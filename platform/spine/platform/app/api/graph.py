@@ -3,7 +3,8 @@
 Node ids are ``<Label>:<key>`` (``Person:42``). Labels, relationship types and property names
 must be ones the mappings define (400 naming the field otherwise). Results are
 ``{"nodes": [...], "edges": [...]}`` a graph viewer can draw. ``POST /v1/graph/query`` runs
-read-only Cypher for admin keys (see :mod:`spine.graph.cypher_guard`).
+read-only Cypher for admin keys (see :mod:`spine.graph.cypher_guard`); each one, and each
+refusal by role, is recorded in the audit log.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from spine.graph.explore import (
     PathView,
     QueryResult,
 )
+from spine.platform.app.api.audit import audited
 from spine.platform.app.api.auth import Caller, platform_of
 from spine.platform.app.api.errors import documented
 from spine.platform.inputs import StoredJson, StoredMoment, StoredText
@@ -123,7 +125,9 @@ async def search(
 
 @router.post("/query", response_model=QueryResult, responses=documented(403))
 async def query(body: GraphQuery, request: Request, caller: Caller) -> QueryResult:
-    """Run read-only Cypher (admin keys); ``$tenant`` is the caller's tenant."""
-    if not caller.is_admin:
-        raise HTTPException(403, "the graph query API needs an admin key")
-    return await _explorer(request).query(body.query, tenant=caller.tenant, params=body.params)
+    """Run read-only Cypher (admin keys); ``$tenant`` is the caller's tenant. Audited."""
+    asked = {"query": body.query[:2000], "params": sorted(body.params)}
+    async with audited(request, caller, "graph.query", target="cypher", details=asked):
+        if not caller.is_admin:
+            raise HTTPException(403, "the graph query API needs an admin key")
+        return await _explorer(request).query(body.query, tenant=caller.tenant, params=body.params)

@@ -2,7 +2,8 @@
 
 ``POST /v1/feedback`` rates a model call, a task or a gateway completion (``chatcmpl-...``)
 from 0 to 1, once per (target, key): a repeat with the same key answers 200 with the first
-feedback; another tenant's target is not found (404).
+feedback; another tenant's target is not found (404). Creating, stopping and promoting an
+experiment (and a refusal by role) are recorded in the audit log.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from spine.platform.app.api.audit import audited
 from spine.platform.app.api.auth import Caller, platform_of
 from spine.platform.app.api.errors import documented
 from spine.platform.errors import BadRequest, Forbidden, NotFound
@@ -271,6 +273,15 @@ class Promotion(BaseModel):
 )
 async def create_experiment(given: ExperimentInput, request: Request, caller: Caller) -> Experiment:
     """Start an A/B test of routing over a scope of the caller's tenant (admin keys)."""
+    async with audited(request, caller, "experiment.create", details={"name": given.name}) as note:
+        experiment = await _create_experiment(given, request, caller)
+        note.target = experiment.id
+    return experiment
+
+
+async def _create_experiment(
+    given: ExperimentInput, request: Request, caller: Principal
+) -> Experiment:
     _admin(caller)
     platform = platform_of(request)
     router_ = await platform.warm_router()
@@ -316,8 +327,9 @@ async def experiment_report(
 )
 async def stop_experiment(experiment_id: str, request: Request, caller: Caller) -> Experiment:
     """End an experiment; its calls route as before it (admin keys)."""
-    _admin(caller)
-    return await platform_of(request).experiments.stop(experiment_id, tenant=caller.tenant)
+    async with audited(request, caller, "experiment.stop", target=experiment_id):
+        _admin(caller)
+        return await platform_of(request).experiments.stop(experiment_id, tenant=caller.tenant)
 
 
 @router.post(
@@ -329,10 +341,14 @@ async def promote_arm(
     experiment_id: str, promotion: Promotion, request: Request, caller: Caller
 ) -> Experiment:
     """Give one arm all of the scope's traffic from now on (admin keys)."""
-    _admin(caller)
-    return await platform_of(request).experiments.promote(
-        experiment_id, promotion.arm, tenant=caller.tenant
-    )
+    details = {"arm": promotion.arm}
+    async with audited(
+        request, caller, "experiment.promote", target=experiment_id, details=details
+    ):
+        _admin(caller)
+        return await platform_of(request).experiments.promote(
+            experiment_id, promotion.arm, tenant=caller.tenant
+        )
 
 
 def _admin(caller: Principal) -> None:

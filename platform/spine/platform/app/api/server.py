@@ -11,7 +11,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from spine.platform.app.api import (
+    admin,
     agents,
+    audit,
     batches,
     documents,
     embeddings,
@@ -19,6 +21,7 @@ from spine.platform.app.api import (
     files,
     graph,
     learning,
+    metrics,
     tasks,
     tools,
     usage,
@@ -33,9 +36,12 @@ from spine.platform.app.api.errors import (
 )
 from spine.platform.app.api.gateway import router as gateway_router
 from spine.platform.app.api.input_guard import InputGuard
+from spine.platform.app.api.metrics import HttpMetrics
+from spine.platform.app.observed import api_probes
 from spine.platform.app.wiring import Platform
 from spine.platform.periodic import run_every
 from spine.platform.settings import Settings
+from spine.platform.telemetry import configure as configure_metrics
 
 __all__ = ["create_app"]
 
@@ -51,6 +57,9 @@ def create_app(settings: Settings) -> FastAPI:
         await platform.start()
         platform.start_router_warm_up()
         app.state.platform = platform
+        if settings.metrics.enabled:
+            probes = configure_metrics(settings.metrics, role="api")
+            app.state.metric_probes = api_probes(platform, settings, probes)
         stop = asyncio.Event()
         background = [
             asyncio.create_task(platform.ensure_streams_when_connected(), name="streams"),
@@ -103,6 +112,9 @@ def create_app(settings: Settings) -> FastAPI:
         },
     )
     app.add_middleware(UnexpectedErrors)
+    if settings.metrics.enabled:  # outermost: it sees every answer, the refusals too
+        app.add_middleware(HttpMetrics)
+        app.include_router(metrics.router)
     app.include_router(tasks.router)
     app.include_router(gateway_router)
     app.include_router(embeddings.router)
@@ -114,6 +126,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(agents.router)
     app.include_router(events.router)
     app.include_router(graph.router)
+    app.include_router(admin.router)
+    app.include_router(audit.router)
     document_errors(app, openai_paths=OPENAI_PATHS)
     app.include_router(learning.router)
 

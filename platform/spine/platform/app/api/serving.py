@@ -51,6 +51,10 @@ def server_config(app: Any, api: ApiSettings, **options: Any) -> uvicorn.Config:
         "log_config": None,
         "access_log": False,
         "timeout_graceful_shutdown": 10,
+        # The client is the peer unless a trusted proxy forwards for it (the audit log records
+        # it); uvicorn on its own would believe any loopback peer's X-Forwarded-For.
+        "proxy_headers": bool(api.trusted_proxies),
+        "forwarded_allow_ips": list(api.trusted_proxies),
     }
     return uvicorn.Config(app, **{**settings, **options})
 

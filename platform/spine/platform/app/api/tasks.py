@@ -10,6 +10,7 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
+from spine.platform.app.api.audit import record
 from spine.platform.app.api.auth import Caller, platform_of
 from spine.platform.app.api.errors import documented
 from spine.platform.errors import BadRequest
@@ -126,6 +127,7 @@ async def approve_task(
     task = await platform_of(request).dispatcher.decide(
         task_id, principal=caller, approved=True, reason=body.reason if body else None
     )
+    await record(request, caller, "task.approve", target=task_id)
     return TaskResponse.of(task)
 
 
@@ -142,6 +144,7 @@ async def reject_task(
     task = await platform_of(request).dispatcher.decide(
         task_id, principal=caller, approved=False, reason=body.reason if body else None
     )
+    await record(request, caller, "task.reject", target=task_id)
     return TaskResponse.of(task)
 
 

@@ -17,10 +17,12 @@ __all__ = ["app", "main"]
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 app = typer.Typer(help="GenAI Spine: an event-driven agentic platform.", no_args_is_help=True)
-for group in (running.commands, client.commands, learning.commands):
+for group in (running.commands, client.commands, learning.commands, admin.commands):
     app.registered_commands.extend(group.registered_commands)
 app.add_typer(client.tasks_app, name="tasks")
 app.add_typer(admin.keys_app, name="keys")
+app.add_typer(admin.tenants_app, name="tenants")
+app.add_typer(admin.budgets_app, name="budgets")
 app.add_typer(client.graph_app, name="graph")
 app.add_typer(client.docs_app, name="docs")
 app.add_typer(learning.routing_app, name="routing")

@@ -1,21 +1,49 @@
-"""Administration: ``spine keys create|list|revoke`` (straight on the database), and
-``spine keys nats`` (credentials of the embedded NATS for external publishers)."""
+"""Administration, straight on the database (no running API needed, no key either):
+``spine keys create|list|revoke|rotate``, ``spine tenants create|list``, ``spine budgets show``,
+``spine audit``; and ``spine keys nats`` (credentials of the embedded NATS for external
+publishers).
+
+Every change is recorded in the audit log as made ``via`` the CLI, with no key, from
+``cli:<user>@<host>``. A running API takes a revocation or rotation within
+``GENAI_API__KEY_CACHE_SECONDS`` (5 s by default). The same actions are in the HTTP API
+(``/v1/tenants``, ``/v1/keys``, ``/v1/budgets``, ``/v1/audit``).
+"""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Any
+import getpass
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.table import Table
 
 from spine.platform.app.cli._shared import console, require, settings_for_command
 from spine.platform.errors import ConfigurationError
-from spine.platform.keys import ROLES
+from spine.platform.keys import ROLES, ApiKey, parse_lifetime
+from spine.platform.schema import utcnow
 
-__all__ = ["keys_app"]
+if TYPE_CHECKING:
+    from spine.platform.audit import AuditLog
+    from spine.platform.db import Database
+    from spine.platform.keys import KeyStore
+    from spine.platform.settings import Settings
+
+__all__ = ["budgets_app", "commands", "keys_app", "tenants_app"]
 
 keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
+tenants_app = typer.Typer(help="Manage tenants.", no_args_is_help=True)
+budgets_app = typer.Typer(help="Read budgets.", no_args_is_help=True)
+commands = typer.Typer()
+_T = TypeVar("_T")
+
+EXPIRES_IN = typer.Option(
+    "--expires-in", help="The key stops working after this long: 30d, 12h, 90m, or seconds."
+)
 
 # -- keys -------------------------------------------------------------------------------------
 
@@ -32,6 +60,7 @@ def keys_create(
         ),
     ] = "member",
     admin: Annotated[bool, typer.Option(help="The same as --role admin.")] = False,
+    expires_in: Annotated[str | None, EXPIRES_IN] = None,
 ) -> None:
     """Create an API key; its secret is printed once."""
     chosen = "admin" if admin else role
@@ -39,13 +68,19 @@ def keys_create(
         raise ConfigurationError(
             f"--role must be one of {', '.join(ROLES)}, not {chosen!r}", field="--role"
         )
+    expires_at = _expiry(expires_in)
 
-    async def go(keys: Any) -> Any:
-        return await keys.create(tenant=tenant, name=name, role=chosen)
+    async def go(admin: _Admin) -> Any:
+        issued = await admin.keys.create(
+            tenant=tenant, name=name, role=chosen, expires_at=expires_at
+        )
+        await admin.audit_key("key.create", issued.key, role=chosen, name=name)
+        return issued
 
-    issued = _with_keys(go)
+    issued = _administer(go)
+    until = f", expires {issued.key.expires_at.isoformat(' ', 'seconds')}" if expires_at else ""
     console.print(
-        f"key id {issued.key.id} for tenant {tenant!r}; store it now, it is not shown again:"
+        f"key id {issued.key.id} for tenant {tenant!r}{until}; store it now, it is not shown again:"
     )
     console.print(issued.secret, soft_wrap=True)
 
@@ -54,31 +89,175 @@ def keys_create(
 def keys_list(tenant: Annotated[str | None, typer.Option()] = None) -> None:
     """List keys (never their secrets)."""
 
-    async def go(keys: Any) -> Any:
-        return await keys.list_keys(tenant=tenant)
+    async def go(admin: _Admin) -> list[ApiKey]:
+        return await admin.keys.list_keys(tenant=tenant)
 
-    table = Table("id", "tenant", "role", "name", "created", "revoked")
-    for key in _with_keys(go):
+    now = utcnow()
+    table = Table("id", "tenant", "role", "name", "created", "expires", "revoked", "state")
+    for key in _administer(go):
         table.add_row(
             key.id,
             key.tenant,
             key.role,
             key.name,
-            key.created_at.isoformat(" ", "seconds"),
-            key.revoked_at.isoformat(" ", "seconds") if key.revoked_at else "",
+            _when(key.created_at),
+            _when(key.expires_at),
+            _when(key.revoked_at),
+            "revoked" if key.revoked_at else "active" if key.usable(now) else "expired",
         )
     console.print(table)
 
 
 @keys_app.command("revoke")
 def keys_revoke(key_id: str) -> None:
-    """Revoke a key."""
+    """Revoke a key; a running API refuses it within the key cache time (5 s)."""
 
-    async def go(keys: Any) -> Any:
-        return await keys.revoke(key_id)
+    async def go(admin: _Admin) -> ApiKey:
+        key = await admin.keys.revoke(key_id)
+        await admin.audit_key("key.revoke", key)
+        return key
 
-    _with_keys(go)
+    _administer(go)
     console.print(f"revoked {key_id}")
+
+
+@keys_app.command("rotate")
+def keys_rotate(key_id: str, expires_in: Annotated[str | None, EXPIRES_IN] = None) -> None:
+    """Issue a new key with the same tenant, role and name, and revoke the old one."""
+    expires_at = _expiry(expires_in)
+
+    async def go(admin: _Admin) -> Any:
+        issued = await admin.keys.rotate(key_id, expires_at=expires_at)
+        await admin.audit_key("key.rotate", issued.key, target=key_id, new_key=issued.key.id)
+        return issued
+
+    issued = _administer(go)
+    console.print(
+        f"key {key_id} revoked; its successor {issued.key.id} (tenant {issued.key.tenant!r}, "
+        f"role {issued.key.role}); store it now, it is not shown again:"
+    )
+    console.print(issued.secret, soft_wrap=True)
+
+
+# -- tenants ----------------------------------------------------------------------------------
+
+
+@tenants_app.command("create")
+def tenants_create(name: str) -> None:
+    """Register a tenant (keys for it are then created with `spine keys create`)."""
+
+    async def go(admin: _Admin) -> None:
+        await admin.keys.create_tenant(name)
+        await admin.audit.record(
+            "tenant.create", tenant=name, target=name, key_id=None, address=_origin(), via="cli"
+        )
+
+    _administer(go)
+    console.print(f"tenant {name!r} created")
+
+
+@tenants_app.command("list")
+def tenants_list() -> None:
+    """List the tenants, newest first."""
+
+    async def go(admin: _Admin) -> list[Any]:
+        tenants: list[Any] = []
+        cursor: str | None = None
+        while True:
+            page = await admin.keys.tenants_page(limit=500, cursor=cursor)
+            tenants.extend(page.tenants)
+            if page.next_cursor is None:
+                return tenants
+            cursor = page.next_cursor
+
+    table = Table("tenant", "created")
+    for tenant in _administer(go):
+        table.add_row(tenant.name, _when(tenant.created_at))
+    console.print(table)
+
+
+# -- budgets ----------------------------------------------------------------------------------
+
+
+@budgets_app.command("show")
+def budgets_show(
+    tenant: Annotated[str | None, typer.Option(help="A tenant's budget.")] = None,
+    key: Annotated[str | None, typer.Option(help="A key's budget (by its id).")] = None,
+) -> None:
+    """Show today's budget of a tenant or a key (its limits are settings)."""
+    if (tenant is None) == (key is None):
+        raise ConfigurationError("give --tenant or --key", field="--tenant")
+    scope = f"tenant:{tenant}" if tenant is not None else f"key:{key}"
+
+    async def go(admin: _Admin) -> Any:
+        from spine.platform.metering.budgets import BudgetLedger, BudgetLimits
+
+        ledger = BudgetLedger(admin.db, BudgetLimits.from_settings(admin.settings))
+        try:
+            return await ledger.state(scope)
+        finally:
+            await ledger.close()
+
+    state = _administer(go)
+    table = Table("scope", "period", "limit", "spent", "reserved", "remaining", "resets")
+    remaining = state.remaining
+    table.add_row(
+        scope,
+        "daily",
+        "unlimited" if state.limit is None else str(state.limit.normalize()),
+        str(state.spent.normalize()),
+        str(state.reserved.normalize()),
+        "" if remaining is None else str(remaining.normalize()),
+        _when(state.resets_at),
+    )
+    console.print(table)
+
+
+# -- audit ------------------------------------------------------------------------------------
+
+
+@commands.command("audit")
+def audit(
+    action: Annotated[str | None, typer.Option(help="Only this action (key.create, ...).")] = None,
+    key: Annotated[str | None, typer.Option(help="Only what this key id did.")] = None,
+    tenant: Annotated[str | None, typer.Option(help="Only what was done to this tenant.")] = None,
+    since: Annotated[
+        str | None, typer.Option(help="From this ISO time (UTC if no offset).")
+    ] = None,
+    until: Annotated[str | None, typer.Option(help="Before this ISO time.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=500)] = 50,
+    cursor: Annotated[str | None, typer.Option(help="Continue after an earlier page.")] = None,
+) -> None:
+    """Show the audit log, newest first; the last line gives the cursor of the next page."""
+    start, end = _moment(since, "--since"), _moment(until, "--until")
+
+    async def go(admin: _Admin) -> Any:
+        return await admin.audit.page(
+            tenant=tenant,
+            action=action,
+            key_id=key,
+            since=start,
+            until=end,
+            limit=limit,
+            cursor=cursor,
+        )
+
+    page = _administer(go)
+    table = Table("time", "action", "outcome", "tenant", "target", "key", "via", "from")
+    for entry in page.data:
+        table.add_row(
+            _when(entry.at),
+            entry.action,
+            entry.outcome,
+            entry.tenant,
+            entry.target,
+            entry.key_id or "",
+            entry.via,
+            entry.address or "",
+        )
+    console.print(table)
+    if page.next_cursor is not None:
+        console.print(f"next page: --cursor {page.next_cursor}", soft_wrap=True)
 
 
 @keys_app.command("nats")
@@ -157,18 +336,65 @@ def keys_nats(
         console.print("[yellow]the embedded NATS is not running; it takes the user when it starts")
 
 
-def _with_keys(action: Any) -> Any:
+@dataclass(slots=True, kw_only=True)
+class _Admin:
+    settings: Settings
+    db: Database
+    keys: KeyStore
+    audit: AuditLog
+
+    async def audit_key(
+        self, action: str, key: ApiKey, *, target: str | None = None, **details: Any
+    ) -> None:
+        await self.audit.record(
+            action,
+            tenant=key.tenant,
+            target=target or key.id,
+            key_id=None,
+            address=_origin(),
+            via="cli",
+            details=details,
+        )
+
+
+def _administer(action: Callable[[_Admin], Awaitable[_T]]) -> _T:
     settings = settings_for_command()
 
-    async def go() -> Any:
+    async def go() -> _T:
+        from spine.platform.audit import AuditLog
         from spine.platform.db import Database
         from spine.platform.keys import KeyStore
 
         db = Database(require(settings.database_url, "GENAI_DATABASE_URL"))
         try:
             await db.migrate()
-            return await action(KeyStore(db))
+            admin = _Admin(settings=settings, db=db, keys=KeyStore(db), audit=AuditLog(db))
+            return await action(admin)
         finally:
             await db.dispose()
 
     return asyncio.run(go())
+
+
+def _origin() -> str:
+    return f"cli:{getpass.getuser()}@{socket.gethostname()}"
+
+
+def _expiry(expires_in: str | None) -> datetime | None:
+    if expires_in is None:
+        return None
+    return utcnow() + parse_lifetime(expires_in, field="--expires-in")
+
+
+def _moment(value: str | None, name: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be an ISO time, not {value!r}", field=name) from None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+
+
+def _when(moment: datetime | None) -> str:
+    return moment.isoformat(" ", "seconds") if moment is not None else ""

@@ -1,0 +1,86 @@
+"""Prometheus metrics: one registry per process, typed recording functions, ``/metrics``.
+
+The definitions and the functions that record them are in
+:mod:`~spine.platform.telemetry.metrics`; label values are bounded by
+:mod:`~spine.platform.telemetry.labels`; values read on a scrape (queue depth, task counts,
+budgets) by :mod:`~spine.platform.telemetry.probes`; a worker's or the learner's own
+``/metrics`` port by :mod:`~spine.platform.telemetry.exposition`.
+"""
+
+from __future__ import annotations
+
+from spine.platform.settings import MetricsSettings
+from spine.platform.telemetry.exposition import MetricsServer, render
+from spine.platform.telemetry.labels import OTHER, LabelGuard, looks_like_id
+from spine.platform.telemetry.metrics import (
+    GUARD,
+    REGISTRY,
+    BreakerSource,
+    ConsumerState,
+    StreamState,
+    TaskCount,
+    describe_process,
+    http_in_flight,
+    observe_breakers,
+    record_feedback,
+    record_http_request,
+    record_model_call,
+    record_task_ended,
+    record_task_finished,
+    record_task_signal,
+    record_task_started,
+    record_task_submitted,
+    record_tool_call,
+    set_active_tasks,
+    set_budget,
+    set_jetstream,
+)
+from spine.platform.telemetry.probes import Probe, ProbeSet
+
+__all__ = [
+    "GUARD",
+    "OTHER",
+    "REGISTRY",
+    "BreakerSource",
+    "ConsumerState",
+    "LabelGuard",
+    "MetricsServer",
+    "Probe",
+    "ProbeSet",
+    "StreamState",
+    "TaskCount",
+    "configure",
+    "describe_process",
+    "http_in_flight",
+    "looks_like_id",
+    "observe_breakers",
+    "process_server",
+    "record_feedback",
+    "record_http_request",
+    "record_model_call",
+    "record_task_ended",
+    "record_task_finished",
+    "record_task_signal",
+    "record_task_started",
+    "record_task_submitted",
+    "record_tool_call",
+    "render",
+    "set_active_tasks",
+    "set_budget",
+    "set_jetstream",
+]
+
+
+def configure(settings: MetricsSettings, *, role: str) -> ProbeSet:
+    """Apply the settings to this process's metrics and return its (empty) probe set."""
+    GUARD.configure(max_values=settings.max_label_values, tenant_label=settings.tenant_label)
+    describe_process(role)
+    return ProbeSet(max_age=settings.probe_seconds, timeout=settings.probe_timeout)
+
+
+def process_server(settings: MetricsSettings, *, role: str) -> MetricsServer:
+    """Build the ``/metrics`` server of a worker or the learner (start it; port 0 or
+    ``enabled=false``: it never listens)."""
+    probes = configure(settings, role=role)
+    port = settings.port if settings.enabled else 0
+    return MetricsServer(host=settings.host, port=port, port_span=settings.port_span, probes=probes)
