@@ -52,6 +52,9 @@ pytestmark = pytest.mark.reliability
 
 TASKS = 1000
 CONNECTIONS = 16  # requests in flight from the client
+# Submissions are paced so the three faults (NATS node down and back takes several seconds)
+# strike while tasks still come in, however fast the APIs answer: 1,000 tasks over ~20 s.
+SUBMIT_RATE = 50.0
 WORKER_CONCURRENCY = 8
 NATS_DOWN = 2.0  # seconds the killed node stays down
 # Each fault comes once this many tasks are accepted (and the fault before it is done).
@@ -139,7 +142,9 @@ async def test_cluster_of_3_nats_2_apis_3_workers_loses_nothing_when_one_of_each
             assert stream.config.num_replicas == 3
             assert stream.cluster is not None and len(stream.cluster.replicas or []) == 2
 
-            client = FailoverClient([api.url for api in apis], key, connections=CONNECTIONS)
+            client = FailoverClient(
+                [api.url for api in apis], key, connections=CONNECTIONS, rate=SUBMIT_RATE
+            )
             submitting = asyncio.create_task(client.submit_all(prompts, run=run))
             started = time.monotonic()
 

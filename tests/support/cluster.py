@@ -393,9 +393,18 @@ class FailoverClient:
     """
 
     def __init__(
-        self, urls: Sequence[str], key: str, *, connections: int = 16, give_up_after: float = 60
+        self,
+        urls: Sequence[str],
+        key: str,
+        *,
+        connections: int = 16,
+        give_up_after: float = 60,
+        rate: float | None = None,
     ) -> None:
         self.urls = list(urls)
+        self.rate = rate
+        """Submissions per second at most (task ``i`` not sent before ``i / rate`` s), so a
+        run spans its faults however fast the APIs answer; None: as fast as they answer."""
         self.key = key
         self.connections = connections
         self.give_up_after = give_up_after
@@ -425,7 +434,11 @@ class FailoverClient:
 
     async def _loop(self, session: aiohttp.ClientSession, queue: asyncio.Queue[Submission]) -> None:
         while not queue.empty():
-            await self._one(session, queue.get_nowait())
+            submission = queue.get_nowait()
+            if self.rate is not None:
+                due = self.first_sent + submission.index / self.rate
+                await asyncio.sleep(max(0.0, due - time.monotonic()))
+            await self._one(session, submission)
 
     async def _one(self, session: aiohttp.ClientSession, submission: Submission) -> None:
         body = {"agent": "chat", "input": {"prompt": submission.prompt}}
