@@ -125,7 +125,7 @@ async def test_the_openai_client_flow_completes_the_good_lines_and_reports_the_b
             completion_window="24h",
             metadata={"job": "nightly"},
         )
-        assert batch.status == "in_progress"
+        assert batch.status in {"in_progress", "completed"}  # workers may beat the reply
         assert batch.id.startswith("batch_")
         assert batch.request_counts is not None
         assert batch.request_counts.total == 4
@@ -192,11 +192,9 @@ async def test_jsonl_posted_directly_runs_as_a_batch(
         )
         assert response.status_code == 200, response.text
         batch = response.json()
-        assert (batch["object"], batch["endpoint"], batch["status"]) == (
-            "batch",
-            ENDPOINT,
-            "in_progress",
-        )
+        assert (batch["object"], batch["endpoint"]) == ("batch", ENDPOINT)
+        # The second batch is answered from the cache and may finish before the reply is built.
+        assert batch["status"] in {"in_progress", "completed"}
         source = (await spine.client.get(f"/v1/files/{batch['input_file_id']}/content")).content
         assert source == content
         for _ in range(300):
