@@ -74,6 +74,10 @@ class ApiSettings(BaseModel):
     max_connections: int = Field(
         1000, ge=1, description="Open connections and requests in flight; over it: 503."
     )
+    console: bool = Field(
+        True,
+        description="Serve the web console at /ui (off: /ui is a 404); it signs in with a key.",
+    )
     trusted_proxies: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Addresses or networks (comma-separated; '*': any) of proxies whose "

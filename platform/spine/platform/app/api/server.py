@@ -37,6 +37,7 @@ from spine.platform.app.api.errors import (
 from spine.platform.app.api.gateway import router as gateway_router
 from spine.platform.app.api.input_guard import InputGuard
 from spine.platform.app.api.metrics import HttpMetrics
+from spine.platform.app.console.site import install as install_console
 from spine.platform.app.observed import api_probes
 from spine.platform.app.wiring import Platform
 from spine.platform.periodic import run_every
@@ -130,6 +131,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(audit.router)
     document_errors(app, openai_paths=OPENAI_PATHS)
     app.include_router(learning.router)
+    if settings.api.console:  # the web console at /ui
+        install_console(app)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

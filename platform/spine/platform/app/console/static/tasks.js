@@ -1,0 +1,37 @@
+// The task list: filters and pages of the key's tasks, newest first.
+"use strict";
+
+Spine.start(async () => {
+  const $ = (id) => document.getElementById(id);
+  let cursor = null;
+
+  function params() {
+    return { state: $("state").value, agent: $("agent").value.trim(), limit: 25, cursor };
+  }
+
+  async function load({ append }) {
+    const page = await Spine.api("/v1/tasks", { params: params() });
+    const rows = page.data.map((task) =>
+      Spine.row(
+        Spine.el("a", { href: "/ui/tasks/" + encodeURIComponent(task.id) }, Spine.el("code", { text: task.id })),
+        task.agent,
+        Spine.badge(task.state),
+        Spine.time(task.created_at),
+        Spine.time(task.updated_at),
+      ),
+    );
+    if (append) $("task-rows").append(...rows);
+    else if (rows.length) $("task-rows").replaceChildren(...rows);
+    else Spine.emptyRow($("task-rows"), 5, "No task.");
+    cursor = page.next_cursor;
+    $("more").hidden = !cursor;
+  }
+
+  $("task-filters").addEventListener("submit", (event) => {
+    event.preventDefault();
+    cursor = null;
+    load({ append: false }).catch(Spine.report);
+  });
+  $("more").addEventListener("click", () => load({ append: true }).catch(Spine.report));
+  await load({ append: false });
+});
