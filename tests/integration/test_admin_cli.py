@@ -11,12 +11,11 @@ import re
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from spine.platform.app.cli import _shared, app
 from spine.platform.db import Database
 from spine.platform.errors import BadRequest, Unauthorized
 from spine.platform.keys import KeyStore
+from support.cli import in_process_cli
 
 pytestmark = pytest.mark.integration
 
@@ -26,18 +25,8 @@ KEY = re.compile(r"\bspn_([0-9a-f]{12})_[A-Za-z0-9_-]{40,}")
 def test_the_admin_commands_change_keys_and_record_each_change(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    spine = in_process_cli(tmp_path, monkeypatch)
     url = f"sqlite:///{tmp_path}/genai.db"
-    monkeypatch.setenv("GENAI_DATABASE_URL", url)
-    monkeypatch.setenv("GENAI_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("COLUMNS", "250")
-    # The commands set up logging as an entry point does: keep the test process's own.
-    monkeypatch.setattr(_shared, "configure_logging", lambda level: None)
-    runner = CliRunner()
-
-    def spine(*args: str) -> str:
-        result = runner.invoke(app, list(args), catch_exceptions=False)
-        assert result.exit_code == 0, result.output
-        return result.output
 
     assert "tenant 'acme' created" in spine("tenants", "create", "acme")
     created = spine("keys", "create", "--tenant", "acme", "--role", "admin", "--expires-in", "30d")
@@ -70,8 +59,4 @@ def test_the_admin_commands_change_keys_and_record_each_change(
 
     asyncio.run(check())
     with pytest.raises(BadRequest, match="--expires-in"):
-        runner.invoke(
-            app,
-            ["keys", "create", "--tenant", "acme", "--expires-in", "soon"],
-            catch_exceptions=False,
-        )
+        spine(*["keys", "create", "--tenant", "acme", "--expires-in", "soon"])

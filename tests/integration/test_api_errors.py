@@ -105,7 +105,8 @@ async def test_malformed_json_body_is_422_naming_the_problem(spine: RunningPlatf
     [
         ({"input": {"prompt": "x"}}, "agent"),
         ({"agent": "chat"}, "input"),
-        ({"agent": "chat", "input": "not an object"}, "input"),
+        ({"agent": "chat", "input": ["not", "an", "object"]}, "input"),
+        ({"agent": "chat", "input": ""}, "input"),
         ({"agent": "no spaces allowed", "input": {}}, "agent"),
         ({**CHAT, "priority": "urgent"}, "priority"),
         ({**CHAT, "surprise": 1}, "surprise"),

@@ -269,6 +269,7 @@ async def test_budget_exceeded_names_the_budget_the_spend_and_the_reset(
     assert error.retryable is False
     assert error.details == {
         "scope": "tenant:acme",
+        "period": "daily",
         "budget": "2.5",
         "spent": "1.5",
         "reserved": "0.75",

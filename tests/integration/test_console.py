@@ -14,9 +14,7 @@ import contextlib
 import json
 import os
 import shutil
-import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +26,14 @@ from spine.platform.app.console.assets import AssetError, ensure_assets
 from spine.tools.tool import ModelArguments, Tool, ToolContext
 from support.databases import create_database
 from support.fake_models import FakeModelServer, ModelRequest, Rule, ToolCall
-from support.knowledge import clear_tenants, delete_event_streams, event_consumers, eventually
+from support.knowledge import (
+    clear_tenants,
+    delete_event_streams,
+    event_consumers,
+    eventually,
+    hired,
+    met,
+)
 from support.knowledge import knowledge as knowledge_settings
 from support.live_platform import RunningPlatform, running_platform
 
@@ -42,33 +47,7 @@ ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "tests" / "artifacts"
 README_PICTURE = ROOT / "docs" / "console.png"
 CHROMIUM = os.environ.get("SPINE_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-T0 = datetime(2026, 3, 1, tzinfo=UTC)
 WAIT_MS = 30_000  # a bound for a loaded machine, not a timing assertion
-
-
-def hired(person: int, company: str, day: int, name: str) -> dict[str, Any]:
-    return {
-        "specversion": "1.0",
-        "id": uuid.uuid4().hex,
-        "source": "/hr",
-        "type": "com.example.person.hired",
-        "time": (T0 + timedelta(days=day)).isoformat(),
-        "data": {
-            "person": {"id": person, "name": name},
-            "company": {"id": company, "name": company.upper()},
-        },
-    }
-
-
-def met(a: int, b: int) -> dict[str, Any]:
-    return {
-        "specversion": "1.0",
-        "id": uuid.uuid4().hex,
-        "source": "/hr",
-        "type": "com.example.person.met",
-        "time": T0.isoformat(),
-        "data": {"a": a, "b": b, "where": "conf"},
-    }
 
 
 GRAPH = [

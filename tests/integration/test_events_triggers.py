@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from spine.events.streams import EVENTS_STREAM, TRIGGER_CONSUMER
+from spine.platform.app.wiring import Platform
 from support.fake_models import FakeModelServer
 from support.knowledge import delete_event_streams, event_consumers, eventually, knowledge
 from support.live_platform import RunningPlatform, running_platform
@@ -91,3 +92,56 @@ async def test_a_trigger_fires_once_per_event_even_when_redelivered(
             lambda info: info.num_pending == 0 and info.num_ack_pending == 0,
         )
     assert [t["id"] for t in await tasks(spine)] == [task["id"]]
+
+
+async def test_a_trigger_fires_only_on_events_received_after_it_and_remap_fires_none(
+    spine: RunningPlatform, tmp_path: Path
+) -> None:
+    # Before: a worker with no mapping for the type and no triggers (an empty folder).
+    empty = tmp_path / "nothing"
+    empty.mkdir()
+    knowledge_before = spine.settings.knowledge.model_copy(
+        update={"mappings_dir": empty, "triggers_dir": None}
+    )
+    before = Platform.build(
+        spine.settings.model_copy(update={"knowledge": knowledge_before}), name="before"
+    )
+    await before.start()
+    try:
+        answer = await spine.client.post("/v1/events", json=hired("old", "engineer"))
+        assert answer.status_code == 202, answer.text
+        old = answer.json()["events"][0]
+        assert old["event_id"] == old["id"] == "old"  # `id`: the deprecated name of event_id
+        key = old["key"]
+        async with event_consumers(before):
+            await eventually(
+                lambda: spine.client.get(f"/v1/events/{key}"),
+                lambda r: r.json()["status"] == "unmapped",
+            )
+    finally:
+        await before.close()
+    entry = (await spine.client.get(f"/v1/events/{key}")).json()
+    assert (entry["key"], entry["id"], entry["event_id"]) == (key, key, "old")
+
+    # Now the mappings and the trigger are in force: a new event fires it, the old one never.
+    js = spine.platform.bus.js
+    async with event_consumers(spine.platform):
+        await spine.client.post("/v1/events", json=hired("new", "engineer"))
+        made = await eventually(lambda: tasks(spine), lambda t: len(t) == 1)
+        assert made[0]["metadata"]["event"]["id"] == "new"
+        assert (await spine.client.get(f"/v1/events/{key}")).json()["status"] == "unmapped"
+
+        # The old event is mapped once asked for, and still fires nothing.
+        remapped = await spine.client.post("/v1/events/remap", json={})
+        assert remapped.status_code == 202, remapped.text
+        assert remapped.json() == {"remapped": 1}
+        await eventually(
+            lambda: spine.client.get(f"/v1/events/{key}"),
+            lambda r: r.json()["status"] == "mapped",
+        )
+        await eventually(
+            lambda: js.consumer_info(EVENTS_STREAM, TRIGGER_CONSUMER),
+            lambda info: info.num_pending == 0 and info.num_ack_pending == 0,
+        )
+    assert [t["id"] for t in await tasks(spine)] == [made[0]["id"]]
+    assert (await spine.client.post("/v1/events/remap", json={})).json() == {"remapped": 0}

@@ -317,6 +317,24 @@ async def test_usage_totals_equal_the_sum_of_the_calls_made(
         input_tokens += streamed.prompt_tokens
         output_tokens += streamed.completion_tokens
 
+        # A server that sends no usage in streams (llama-cpp-python's, the local model's): the
+        # client's usage chunk tells the ledger's estimate, never zeros.
+        models.add(Rule(stream_usage=False, reply="four words of answer", times=1))
+        stream = await client.chat.completions.create(
+            model=CHEAP,
+            messages=ask("no usage from this server"),
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        chunks = [c async for c in stream]
+        estimated = chunks[-1].usage
+        assert estimated is not None
+        assert estimated.prompt_tokens > 0
+        assert estimated.completion_tokens == math.ceil(len("four words of answer") / 4)
+        spent += cost_of(estimated)
+        input_tokens += estimated.prompt_tokens
+        output_tokens += estimated.completion_tokens
+
         models.add(Rule(status=500, times=1))
         with pytest.raises(openai.InternalServerError):
             await client.chat.completions.create(model=CHEAP, messages=ask("fails"))
@@ -325,10 +343,10 @@ async def test_usage_totals_equal_the_sum_of_the_calls_made(
     total = body["total"]
     assert Decimal(total["cost"]) == spent > 0
     assert (total["input_tokens"], total["output_tokens"]) == (input_tokens, output_tokens)
-    assert (total["calls"], total["cache_hits"], total["errors"]) == (6, 1, 1)
+    assert (total["calls"], total["cache_hits"], total["errors"]) == (7, 1, 1)
     by_model = {row["model"]: row for row in body["data"]}
     assert by_model[LOCAL]["cost"] == "0"
-    assert by_model[CHEAP]["calls"] == 5
+    assert by_model[CHEAP]["calls"] == 6
 
     by_day = (await spine.client.get("/v1/usage", params={"group_by": "day,provider"})).json()
     today = datetime.now(UTC).date().isoformat()

@@ -8,9 +8,8 @@ refused, and the graph is unchanged afterwards.
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -19,42 +18,18 @@ import pytest
 from spine.tools import ToolContext
 from support.fake_models import FakeModelServer
 from support.knowledge import (
+    T0,
     clear_tenants,
     delete_event_streams,
     event_consumers,
     eventually,
+    hired,
     knowledge,
+    met,
 )
 from support.live_platform import RunningPlatform, running_platform
 
 pytestmark = pytest.mark.integration
-
-T0 = datetime(2026, 3, 1, tzinfo=UTC)
-
-
-def hired(person: int, company: str, day: int, name: str) -> dict[str, Any]:
-    return {
-        "specversion": "1.0",
-        "id": uuid.uuid4().hex,
-        "source": "/hr",
-        "type": "com.example.person.hired",
-        "time": (T0 + timedelta(days=day)).isoformat(),
-        "data": {
-            "person": {"id": person, "name": name},
-            "company": {"id": company, "name": company.upper()},
-        },
-    }
-
-
-def met(a: int, b: int) -> dict[str, Any]:
-    return {
-        "specversion": "1.0",
-        "id": uuid.uuid4().hex,
-        "source": "/hr",
-        "type": "com.example.person.met",
-        "time": T0.isoformat(),
-        "data": {"a": a, "b": b, "where": "conf"},
-    }
 
 
 ACME = [

@@ -1,21 +1,21 @@
 """``/metrics`` on a live platform: the families are there and move under a run.
 
-The API's own counters (requests by route template), what it reads on a scrape (tasks not yet
-ended, queue depth and lag from JetStream), and the learner's (model calls and task ends from
-the OUTCOMES stream, on its own port). No label value ever carries a task id.
+The API's own counters (requests by route template, tasks submitted), what it reads on a
+scrape (tasks not yet ended, queue depth and lag from JetStream), and the learner's (model calls
+and task ends from the OUTCOMES stream, on its own port). No label value ever carries a task id.
+A worker process's own port (the tasks it ran, its breakers) is scraped in ``test_tracing.py``,
+beside its trace: one worker process start serves both.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from spine.events.outcomes import TaskSignal
 from spine.platform.app.learner import run_learner
@@ -23,39 +23,9 @@ from spine.platform.schema import utcnow
 from support.fake_models import FakeModelServer, Rule
 from support.live_platform import RunningPlatform, running_platform
 from support.ports import free_port
+from support.scraping import assert_no_ids, scrape, value
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clean_jetstream")]
-
-_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.I)
-
-Samples = list[tuple[str, dict[str, str], float]]
-
-
-async def scrape(url: str) -> Samples:
-    """Return every sample ``url`` exposes."""
-    async with httpx.AsyncClient(timeout=10) as client:
-        answer = await client.get(url)
-    assert answer.status_code == 200, answer.text
-    assert answer.headers["content-type"].startswith("text/plain")
-    return [
-        (s.name, dict(s.labels), s.value)
-        for family in text_string_to_metric_families(answer.text)
-        for s in family.samples
-    ]
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    """Sum the samples of ``name`` whose labels include ``labels``."""
-    return sum(
-        v for n, ls, v in samples if n == name and all(ls.get(k) == w for k, w in labels.items())
-    )
-
-
-def assert_no_ids(samples: Samples, *task_ids: str) -> None:
-    for name, labels, _ in samples:
-        for label, carried in labels.items():
-            assert not _UUID.search(carried), f"{name}{{{label}={carried!r}}} carries an id"
-            assert carried not in task_ids
 
 
 async def submit(spine: RunningPlatform, prompt: str) -> str:
@@ -117,6 +87,8 @@ async def test_queued_tasks_show_as_active_tasks_queue_depth_and_lag(
     assert value(after, "spine_http_requests_total", route="unmatched", status="404") >= 1
     assert value(after, "spine_http_request_seconds_count", route="/v1/tasks") >= 2
     assert value(after, "spine_tasks_active", state="queued", agent="chat") == 2
+    submitted = value(after, "spine_tasks_submitted_total", agent="chat")
+    assert submitted == value(before, "spine_tasks_submitted_total", agent="chat") + 2
     assert value(after, "spine_jetstream_stream_messages", stream="TASKS") == 2
     lag = value(
         after, "spine_jetstream_consumer_pending", stream="TASKS", consumer="workers-normal"

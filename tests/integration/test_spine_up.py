@@ -117,7 +117,14 @@ def test_spine_up_runs_the_platform_stops_cleanly_and_keeps_its_data(
         assert again.status_code == 200
         assert again.json()["result"]["text"] == "hi, I am up"
     finally:
-        stop(second)
+        # Ctrl-C, as a person stops it: the workers and the API before the servers, quietly.
+        second.send_signal(signal.SIGINT)
+        out, _ = second.communicate(timeout=60)
+    assert second.returncode == 0, out
+    ending = out[out.index("stopping...") :]
+    for noise in ("Traceback", "WARNING", "ERROR", "never retrieved", "reconnect"):
+        assert noise not in ending, ending
+    assert "embedded servers stopped" in ending
     assert spawned_from(tmp_path) == []
 
 

@@ -9,8 +9,11 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 from support.servers import BackingServices
 
@@ -82,3 +85,27 @@ async def spine(*args: str, env: dict[str, str], cwd: Path, timeout: float = 60)
         raise
     assert process.returncode is not None
     return Run(process.returncode, out.decode(), err.decode())
+
+
+def in_process_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., str]:
+    """The ``spine`` command run in this process on a fresh SQLite database under ``tmp_path``.
+
+    Returns a function that runs one command line and returns its output, failing the test on a
+    non-zero exit. The commands set up logging as an entry point does: the test keeps its own.
+    """
+    from typer.testing import CliRunner
+
+    from spine.platform.app.cli import _shared, app
+
+    monkeypatch.setenv("GENAI_DATABASE_URL", f"sqlite:///{tmp_path}/genai.db")
+    monkeypatch.setenv("GENAI_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("COLUMNS", "250")
+    monkeypatch.setattr(_shared, "configure_logging", lambda level: None)
+    runner = CliRunner()
+
+    def spine(*args: str) -> str:
+        result = runner.invoke(app, list(args), catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    return spine

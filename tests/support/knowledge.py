@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -17,6 +18,36 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "graph" / "spine" / "graph" / "
 EVENT_STREAMS = ("EVENTS", "EVENTS_DLQ")
 
 T = TypeVar("T")
+
+# The example HR events the graph tests and the console's browser tests draw.
+T0 = datetime(2026, 3, 1, tzinfo=UTC)
+
+
+def hired(person: int, company: str, day: int, name: str) -> dict[str, Any]:
+    """A ``person.hired`` CloudEvent: ``person`` joins ``company`` ``day`` days after T0."""
+    return {
+        "specversion": "1.0",
+        "id": uuid.uuid4().hex,
+        "source": "/hr",
+        "type": "com.example.person.hired",
+        "time": (T0 + timedelta(days=day)).isoformat(),
+        "data": {
+            "person": {"id": person, "name": name},
+            "company": {"id": company, "name": company.upper()},
+        },
+    }
+
+
+def met(a: int, b: int) -> dict[str, Any]:
+    """A ``person.met`` CloudEvent between persons ``a`` and ``b`` at T0."""
+    return {
+        "specversion": "1.0",
+        "id": uuid.uuid4().hex,
+        "source": "/hr",
+        "type": "com.example.person.met",
+        "time": T0.isoformat(),
+        "data": {"a": a, "b": b, "where": "conf"},
+    }
 
 
 def knowledge(**extra: Any) -> dict[str, Any]:

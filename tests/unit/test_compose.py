@@ -652,11 +652,24 @@ def test_the_api_deployment_probes_readyz_and_healthz_with_config_and_secret() -
     assert {"secretRef": {"name": secret["metadata"]["name"]}} in refs
 
 
-def test_the_worker_deployment_has_no_ports_and_can_autoscale() -> None:
+@pytest.mark.parametrize("component", ["worker", "learner"])
+def test_workers_and_the_learner_expose_only_metrics_and_are_scraped(component: str) -> None:
+    pod = deployment(component)["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    assert container["ports"] == [{"name": "metrics", "containerPort": 9470}]
+    annotations = pod["metadata"]["annotations"]
+    assert (annotations["prometheus.io/scrape"], annotations["prometheus.io/port"]) == (
+        "true",
+        "9470",
+    )
+    (config_map,) = k8s("ConfigMap")
+    assert config_map["data"]["GENAI_METRICS__HOST"] == "0.0.0.0"  # reachable from Prometheus
+
+
+def test_the_worker_deployment_can_autoscale() -> None:
     worker = deployment("worker")
     (container,) = worker["spec"]["template"]["spec"]["containers"]
     assert container["args"][0] == "worker"
-    assert "ports" not in container
     assert container["resources"]["requests"]["cpu"], "an HPA needs CPU requests"
     assert (
         container["envFrom"]

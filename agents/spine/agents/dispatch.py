@@ -23,6 +23,7 @@ from spine.platform.periodic import run_every
 from spine.platform.schema import utcnow
 from spine.platform.settings import ApiSettings
 from spine.platform.tasks import Task, TaskStore, TaskSubmission
+from spine.platform.telemetry import task_published
 
 __all__ = ["TaskDispatcher"]
 
@@ -96,13 +97,14 @@ class TaskDispatcher:
             # A task resumed after a pause is a new message, not a duplicate of its first one.
             first = task.id if not task.resumes else f"{task.id}:resume-{task.resumes}"
             msg_id = f"{task.id}:{utcnow().isoformat()}" if stalled else first
+            subject = lane_subject(task.priority)
+            # The trace's context rides in the headers (traceparent) when tracing is on.
+            headers = {"Spine-Tenant": task.tenant}
             try:
-                await self._bus.publish_durable(
-                    lane_subject(task.priority),
-                    payload.encode(),
-                    msg_id=msg_id,
-                    headers={"Spine-Tenant": task.tenant},
-                )
+                with task_published(subject, headers, task.id):
+                    await self._bus.publish_durable(
+                        subject, payload.encode(), msg_id=msg_id, headers=headers
+                    )
             except ServiceUnavailable as exc:
                 logger.warning("task %s committed, not yet published: %s", task.id, exc.message)
                 break

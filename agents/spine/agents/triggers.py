@@ -19,6 +19,11 @@ number, an object). A path that is missing becomes an empty string.
 A durable pull consumer of EVENTS (``event-triggers``) submits each task through the task
 backbone with the idempotency key ``trigger:<rule>:<event dedupe id>``: an event delivered
 again, replayed, or seen by two workers makes the same task once.
+
+A rule applies to the events received after it is enabled, never to older ones: every worker
+runs the consumer, with no rules too, so events received before a rule existed have already
+passed it by; and events sent to ingestion again by ``spine events remap`` (marked with the
+``Spine-Remap`` header) fire nothing.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from spine.agents.catalog import AgentCatalog
 from spine.agents.dispatch import TaskDispatcher
 from spine.events.bus import NatsBus, bind_durable, fetched
-from spine.events.intake import RejectedEvent, read_event
+from spine.events.intake import REMAP_HEADER, RejectedEvent, read_event
 from spine.events.log import ReceivedEvent
 from spine.events.paths import MISSING, resolve, valid_path
 from spine.events.schemas import EventSchemas
@@ -244,6 +249,9 @@ class TriggerRunner:
             )
         except RejectedEvent:
             await msg.ack()  # ingestion dead-letters it with the reason
+            return
+        if (msg.headers or {}).get(REMAP_HEADER):
+            await msg.ack()  # an old event mapped again: triggers apply to new events only
             return
         for rule in self._rules.matching(received):
             try:

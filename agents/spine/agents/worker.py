@@ -14,8 +14,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,11 +39,18 @@ from spine.platform.errors import (
     TaskCancelled,
     TransientFailure,
 )
+from spine.platform.limits import RunningTaskLimits
 from spine.platform.logs import current_task
 from spine.platform.metering import CallContext
 from spine.platform.schema import utcnow
 from spine.platform.settings import WorkerSettings
 from spine.platform.tasks import StepJournal, Task, TaskError, TaskEvent, TaskStore
+from spine.platform.telemetry import (
+    annotate,
+    record_task_ended,
+    record_task_started,
+    task_delivered,
+)
 from spine.tools.registry import ToolRegistry
 
 __all__ = ["TaskWorker", "WorkerStats"]
@@ -90,6 +98,7 @@ class TaskWorker:
         settings: WorkerSettings,
         layout: StreamLayout,
         signals: Callable[[TaskSignal], None] | None = None,
+        running: RunningTaskLimits | None = None,
     ) -> None:
         self._store = store
         self._bus = bus
@@ -101,6 +110,8 @@ class TaskWorker:
         self._layout = layout
         # Quality signals for the learning loop; published off the task's path.
         self._signals = signals
+        # Tasks a tenant may run at once: one over it waits queued (spine.platform.limits).
+        self._running = running if running is not None and running.active else None
         self._slots = asyncio.Semaphore(settings.concurrency)
         # Low-priority work (batches) may take at most half the slots, so it never starves
         # interactive tasks.
@@ -114,7 +125,8 @@ class TaskWorker:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume every lane until ``stop`` is set, then finish the tasks in hand."""
-        await self._models.warm_up()
+        if not await _unless_stopped(self._models.warm_up(), stop):
+            return  # stopped while warming up: nothing in hand, nothing to wait for
         await self._layout.ensure_when_ready(self._bus)
         await self._subscribe_to_cancels()
         lanes = [
@@ -191,7 +203,14 @@ class TaskWorker:
             self._release(lane)
 
     async def handle(self, msg: Msg) -> None:
-        """Claim, run, record and acknowledge one delivered task message."""
+        """Claim, run, record and acknowledge one delivered task message.
+
+        Traced in the trace its publisher started (the ``traceparent`` in its headers).
+        """
+        with task_delivered(msg.subject, msg.headers):
+            await self._handle(msg)
+
+    async def _handle(self, msg: Msg) -> None:
         try:
             task_id = str(json.loads(msg.data)["task_id"])
         except (ValueError, KeyError, TypeError):
@@ -200,7 +219,7 @@ class TaskWorker:
             )
             return
         try:
-            claim = await self._store.claim(task_id, lease=self._lease)
+            claim = await self._store.claim(task_id, lease=self._lease, running_limit=self._running)
         except ServiceUnavailable:
             await msg.nak(delay=self._settings.delay_before(2))
             return
@@ -214,6 +233,9 @@ class TaskWorker:
             await msg.ack_sync()
         elif claim.outcome == "busy":
             await msg.nak(delay=max(claim.retry_in, 0.5))
+        elif claim.outcome == "throttled":
+            assert self._running is not None
+            await msg.nak(delay=self._running.wait_before(msg.metadata.num_delivered))
         else:
             assert claim.task is not None
             await self._attempt(msg, claim.task, claim.attempt)
@@ -224,9 +246,18 @@ class TaskWorker:
             await self._give_up(msg, task, attempt, _too_many(task.failed_attempts - 1))
             return
         current_task.set(task.id)
+        annotate(
+            {
+                "spine.task.id": task.id,
+                "spine.task.agent": task.agent,
+                "spine.task.attempt": attempt,
+            }
+        )
         cancelled = self._cancel_events.setdefault(task.id, asyncio.Event())
         heartbeat = asyncio.create_task(self._keep_alive(msg, task.id, attempt))
         self.stats.running.add(task.id)
+        record_task_started(task.agent)
+        started = time.perf_counter()
         ending: list[tuple[str, dict[str, Any]]] = []  # events committed with the end
         try:
             result = await self._run_agent(task, attempt, cancelled, ending)
@@ -257,6 +288,7 @@ class TaskWorker:
             heartbeat.cancel()
             self.stats.running.discard(task.id)
             self._cancel_events.pop(task.id, None)
+            record_task_ended(task.agent, time.perf_counter() - started)
 
     async def _run_agent(
         self,
@@ -317,7 +349,7 @@ class TaskWorker:
         error = TaskError.of(exc)
         if not exc.retryable:
             self.stats.failed += 1
-            await self._publish_dead_letter(msg, task.id, error.stored(), attempt)
+            await self._publish_dead_letter(msg, task.id, error.stored(), attempt, ending="failed")
             await self._finish(msg, task, attempt, "failed", error=error)
         elif task.failed_attempts >= self._settings.max_attempts:
             await self._give_up(
@@ -398,7 +430,13 @@ class TaskWorker:
         await msg.ack_sync()
 
     async def _publish_dead_letter(
-        self, msg: Msg, task_id: str | None, reason: dict[str, Any], attempt: int
+        self,
+        msg: Msg,
+        task_id: str | None,
+        reason: dict[str, Any],
+        attempt: int,
+        *,
+        ending: str = "dead_lettered",
     ) -> None:
         # Copy first, ack after: if this publish fails the message is redelivered, not lost.
         body = {
@@ -412,9 +450,15 @@ class TaskWorker:
         await self._bus.publish_durable(
             DLQ_TASKS, json.dumps(body).encode(), msg_id=f"dlq:{task_id or msg.reply}:{attempt}"
         )
-        # The reason's type, not its message: a provider's message may quote the prompt.
+        # The reason's type, not its message: a provider's message may quote the prompt. The
+        # word is the task's state as the API and CLI show it; the copy is kept either way.
         logger.warning(
-            "dead-lettered task %s: %s (%s)", task_id, reason.get("type"), reason.get("cause")
+            "task %s %s: %s (%s); its message is copied to %s",
+            task_id,
+            ending,
+            reason.get("type"),
+            reason.get("cause"),
+            DLQ_TASKS,
         )
 
     async def _keep_alive(self, msg: Msg, task_id: str, attempt: int) -> None:
@@ -443,3 +487,23 @@ def _too_many(attempts: int) -> TaskError:
         message=f"the task was delivered {attempts} times without finishing",
         attempts=attempts,
     )
+
+
+async def _unless_stopped(step: Coroutine[Any, Any, None], stop: asyncio.Event) -> bool:
+    """Run ``step`` unless ``stop`` is set first (then cancel it); tell whether it finished."""
+    running = asyncio.ensure_future(step)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({running, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        running.cancel()
+        raise
+    finally:
+        stopped.cancel()
+    if running.done():
+        running.result()
+        return True
+    running.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await running
+    return False

@@ -34,11 +34,21 @@ from spine.events.subjects import event_subject, subject_token
 from spine.platform.errors import PayloadTooLarge
 from spine.platform.schema import utcnow
 
-__all__ = ["TENANT_HEADER", "AcceptedEvent", "EventIntake", "RejectedEvent", "read_event"]
+__all__ = [
+    "REMAP_HEADER",
+    "TENANT_HEADER",
+    "AcceptedEvent",
+    "EventIntake",
+    "RejectedEvent",
+    "read_event",
+]
 
 logger = logging.getLogger(__name__)
 
 TENANT_HEADER = "Spine-Tenant"
+REMAP_HEADER = "Spine-Remap"
+"""Set on an event published again by :meth:`EventIntake.remap`: ingestion maps it, triggers
+pass it by (a trigger applies only to events received after it was enabled)."""
 _PREFIX = "spine.events."
 _PUBLISH_AT_ONCE = 64
 
@@ -96,6 +106,33 @@ class EventIntake:
             for r in received
         ]
 
+    async def remap(self, *, tenant: str, type: str | None = None, limit: int = 1000) -> int:
+        """Send a tenant's ``unmapped`` events to ingestion again; return how many.
+
+        For mappings added after the events came: each goes back on the EVENTS stream as it
+        was received (``pending`` again), with :data:`REMAP_HEADER` so that triggers pass it
+        by. Ingestion is idempotent, so remapping twice changes nothing more.
+
+        Raises:
+            ServiceUnavailable: The database or JetStream is down; events not yet published
+                are still ``unmapped`` or ``pending``, and another remap sends them.
+        """
+        events = await self._log.unmapped(tenant=tenant, type=type, limit=limit)
+        if not events:
+            return 0
+        await self._log.mark_pending([e.key for e in events])
+        # A msg id of its own: the original's is still in JetStream's dedupe window.
+        stamp = utcnow().strftime("%Y%m%dT%H%M%S%f")
+        for start in range(0, len(events), _PUBLISH_AT_ONCE):
+            chunk = events[start : start + _PUBLISH_AT_ONCE]
+            await asyncio.gather(
+                *(self._publish(r, msg_id=f"remap:{r.key}:{stamp}", remap=True) for r in chunk)
+            )
+        logger.info(
+            "sent %d unmapped event(s) of tenant %s to ingestion again", len(events), tenant
+        )
+        return len(events)
+
     def _prepare(
         self, event: CloudEvent, *, tenant: str, now: datetime, where: str
     ) -> ReceivedEvent:
@@ -121,12 +158,17 @@ class EventIntake:
             key=dedupe_id(tenant, event.source, event.id), tenant=tenant, event=stamped
         )
 
-    async def _publish(self, received: ReceivedEvent) -> bool:
+    async def _publish(
+        self, received: ReceivedEvent, *, msg_id: str | None = None, remap: bool = False
+    ) -> bool:
+        headers = {TENANT_HEADER: received.tenant, "Content-Type": STRUCTURED_CONTENT_TYPE}
+        if remap:
+            headers[REMAP_HEADER] = "1"
         ack = await self._bus.publish_durable(
             event_subject(received.tenant, received.event.type),
             received.event.to_json(),
-            msg_id=received.key,
-            headers={TENANT_HEADER: received.tenant, "Content-Type": STRUCTURED_CONTENT_TYPE},
+            msg_id=msg_id or received.key,
+            headers=headers,
         )
         return bool(ack.duplicate)
 

@@ -48,6 +48,19 @@ __all__ = ["LEARNER_CONSUMER", "Learner", "SnapshotKeeper", "learner_broker"]
 
 logger = logging.getLogger(__name__)
 
+
+class _SupervisorChatter(logging.Filter):
+    """Drop FastStream's INFO line for each subscriber task that ends (every clean stop)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            record.levelno == logging.INFO and record.getMessage().endswith("is being executed...")
+        )
+
+
+_broker_logger = logging.getLogger(f"{__name__}.broker")
+_broker_logger.addFilter(_SupervisorChatter())
+
 LEARNER_CONSUMER = "learner"
 _KINDS = frozenset({"model.outcome", "task.signal", "feedback"})
 
@@ -247,7 +260,7 @@ def learner_broker(
 ) -> NatsBroker:
     """Build the FastStream broker whose one subscriber feeds ``learner``."""
     broker = NatsBroker(
-        server_list(url), max_reconnect_attempts=-1, logger=logger, log_level=logging.DEBUG
+        server_list(url), max_reconnect_attempts=-1, logger=_broker_logger, log_level=logging.DEBUG
     )
 
     @broker.subscriber(

@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 import sqlalchemy as sa
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlalchemy.dialects import postgresql, sqlite
 
 from spine.events.cloudevent import CloudEvent
@@ -51,10 +51,19 @@ class EventOutcome:
 
 
 class EventEntry(BaseModel):
-    """An event as ``GET /v1/events`` shows it."""
+    """An event as ``GET /v1/events`` shows it.
 
-    id: str
-    event_id: str
+    The names are those of every events route: ``key`` is the platform's id of a received
+    event (what ``GET /v1/events/{key}`` takes, one per tenant, source and CloudEvents id),
+    ``event_id`` the CloudEvents ``id`` its producer gave it (as in the graph's provenance).
+    """
+
+    key: str = Field(description="The received event's key: GET /v1/events/{key} finds it.")
+    id: str = Field(
+        description="Deprecated: the same as key (kept for existing clients).",
+        json_schema_extra={"deprecated": True},
+    )
+    event_id: str = Field(description="The CloudEvents id its producer gave it.")
     source: str
     type: str
     subject: str | None
@@ -119,6 +128,37 @@ class EventLog:
         )
         async with self._db.transaction() as conn:
             await conn.execute(statement, rows)
+
+    async def unmapped(
+        self, *, tenant: str, type: str | None = None, limit: int = 1000
+    ) -> list[ReceivedEvent]:
+        """Return up to ``limit`` of a tenant's ``unmapped`` events, oldest first, as received."""
+        query = sa.select(_EVENTS).where(_EVENTS.c.tenant == tenant, _EVENTS.c.status == "unmapped")
+        if type is not None:
+            query = query.where(_EVENTS.c.type == type)
+        query = query.order_by(_EVENTS.c.received_at, _EVENTS.c.id).limit(limit)
+        async with self._db.transaction() as conn:
+            rows = list((await conn.execute(query)).mappings())
+        return [
+            ReceivedEvent(
+                key=row["id"],
+                tenant=row["tenant"],
+                event=CloudEvent.model_validate(row["envelope"]),
+            )
+            for row in rows
+        ]
+
+    async def mark_pending(self, keys: Sequence[str]) -> None:
+        """Set events back to ``pending`` (they are on their way to ingestion again)."""
+        if not keys:
+            return
+        statement = (
+            sa.update(EventRow)
+            .where(_EVENTS.c.id.in_(list(keys)))
+            .values(status="pending", reason=None, updated_at=utcnow())
+        )
+        async with self._db.transaction() as conn:
+            await conn.execute(statement)
 
     async def get(self, key: str, *, tenant: str) -> EventEntry:
         """Return one of a tenant's events by its dedupe id."""
@@ -190,6 +230,7 @@ def _row(
 
 def _entry(row: Any) -> EventEntry:
     return EventEntry(
+        key=row["id"],
         id=row["id"],
         event_id=row["event_id"],
         source=row["source"],

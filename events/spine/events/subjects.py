@@ -6,6 +6,8 @@ record lives in the database; ``spine.dlq.tasks`` holds dead letters (stream TAS
 ``spine.outcomes.<tenant>`` carry one outcome event per routed model call (stream OUTCOMES).
 ``spine.events.<tenant>.<type>`` carry CloudEvents from other systems (stream EVENTS; the type's
 dots make more tokens); ``spine.dlq.events`` holds events that could not be ingested.
+``spine.budget.threshold`` is a core NATS signal: a budget reached 80 % or 100 % of its limit
+(its durable record is the database's ``budget_alerts`` row).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import re
 
 __all__ = [
+    "BUDGET_THRESHOLD",
     "CANCEL_ALL",
     "DLQ_EVENTS",
     "DLQ_TASKS",
@@ -35,6 +38,7 @@ CANCEL_ALL = "spine.cancel.*"
 OUTCOMES_ALL = "spine.outcomes.>"
 EVENTS_ALL = "spine.events.>"
 DLQ_EVENTS = "spine.dlq.events"
+BUDGET_THRESHOLD = "spine.budget.threshold"
 _NOT_IN_A_TOKEN = re.compile(r"[^A-Za-z0-9_-]")
 
 

@@ -5,16 +5,17 @@ labels, relationship types and property names come from the allowlist; values ar
 parameters. Results are nodes and edges as JSON a graph viewer can draw: a node's ``id`` is its
 ``uid`` (``<Label>:<key>``), an edge names its ``source`` and ``target`` nodes by that id.
 
-Time: relationships that supersede others carry ``valid_from``/``valid_to`` (epoch ms). By
-default only current facts are followed (``valid_to`` unset); ``at`` follows the facts valid at
-that time; ``history`` follows all of them.
+Time: relationships that supersede others carry ``valid_from``/``valid_to`` (stored as epoch
+ms, shown as ISO 8601 UTC times, as is ``event_time``; so are a query's columns named for
+them, such as ``r.valid_from``). By default only current facts are followed (``valid_to``
+unset); ``at`` follows the facts valid at that time; ``history`` follows all of them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
@@ -301,7 +302,14 @@ class GraphExplorer:
             raise TenantLeak("the query changed the graph", field="query")
         collector = _Collector(tenant)
         columns = list(result.records[0]) if result.records else []
-        rows = [[collector.value(v) for v in record.values()] for record in result.records]
+        times = [_is_time_name(column.rsplit(".", 1)[-1]) for column in columns]
+        rows = [
+            [
+                _shown_time(v) if is_time else collector.value(v)
+                for v, is_time in zip(record.values(), times, strict=True)
+            ]
+            for record in result.records
+        ]
         await self._fill_ends(collector, tenant)
         return QueryResult(
             columns=columns, rows=rows, graph=collector.view(), truncated=result.truncated
@@ -441,8 +449,29 @@ class _Collector:
 
 def _shown(properties: Mapping[str, Any]) -> dict[str, Any]:
     return {
-        k: v if type(v) in _PLAIN else _scalar(v) for k, v in properties.items() if k not in _HIDDEN
+        k: _shown_time(v) if k in _TIME_PROPERTIES else v if type(v) in _PLAIN else _scalar(v)
+        for k, v in properties.items()
+        if k not in _HIDDEN
     }
+
+
+_TIME_PROPERTIES = frozenset({"event_time", "valid_from", "valid_to"})
+"""Provenance properties stored as epoch milliseconds (comparable in Cypher on both backends)."""
+
+
+def _is_time_name(name: str) -> bool:
+    return name in _TIME_PROPERTIES
+
+
+def _shown_time(value: Any) -> Any:
+    """Return epoch milliseconds as an ISO 8601 UTC time; anything else as it is."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        try:
+            moment = datetime.fromtimestamp(value / 1000, tz=UTC)
+        except (OverflowError, OSError, ValueError):
+            return value
+        return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return _scalar(value) if type(value) not in _PLAIN else value
 
 
 _PLAIN = frozenset({str, int, float, bool, type(None)})

@@ -95,6 +95,13 @@ class Allowlist:
         if name in allowed and IDENTIFIER.match(name):
             return name
         known = ", ".join(sorted(allowed)[:30]) or "none"
+        hint = ""
+        if not allowed:
+            # What a first try meets: the graph knows only what the mappings name.
+            hint = (
+                "; no mappings are loaded: set GENAI_KNOWLEDGE__MAPPINGS_DIR to a folder of "
+                "mappings (examples in graph/spine/graph/examples/mappings) and restart"
+            )
         raise UnknownIdentifier(
-            f"{field}: {name[:80]!r} is not a known {what} (known: {known})", field=field
+            f"{field}: {name[:80]!r} is not a known {what} (known: {known}){hint}", field=field
         )

@@ -2,8 +2,10 @@
 
 This module is its one writer and its one reader. What is recorded (``action``):
 
-- ``tenant.create``; ``key.create``, ``key.revoke``, ``key.rotate`` (target: the key id);
-- ``budget.set`` (target: the budget scope);
+- ``tenant.create``; ``key.create``, ``key.revoke``, ``key.rotate``, ``key.limits`` (its rate
+  limits; ``details``: the limits set) (target: the key id);
+- ``budget.set``, ``budget.remove`` (target: the budget scope; ``details``: the period, the
+  limit and the stored limit it replaced);
 - ``task.approve``, ``task.reject`` (target: the task id);
 - ``graph.query`` (an admin's Cypher; the query text, cut at 2,000 characters, is in
   ``details``);
@@ -40,7 +42,9 @@ ACTIONS = frozenset(
         "key.create",
         "key.revoke",
         "key.rotate",
+        "key.limits",
         "budget.set",
+        "budget.remove",
         "task.approve",
         "task.reject",
         "graph.query",

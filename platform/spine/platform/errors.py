@@ -21,7 +21,8 @@ SpineError                      retryable  http
 ├── Forbidden                   no         403   the key's role may not do this
 ├── NotFound                    no         404   (also for another tenant's objects)
 ├── Conflict                    no         409   e.g. cancelling a finished task
-├── BudgetExceeded              no         429   a daily budget is spent (resets at UTC midnight)
+├── BudgetExceeded              no         429   a budget is spent (resets when its period ends)
+├── RateLimited                 yes        429   (limits) requests or tokens per minute used up
 ├── ServiceUnavailable          yes        503   a backing service (NATS, database, ...) is down
 ├── GatewayError                no         any   (models) an error already in OpenAI's terms
 ├── GraphError, VectorStoreUnsupported           (graph, documents) their stores' refusals
@@ -53,6 +54,7 @@ __all__ = [
     "PayloadTooLarge",
     "PermanentFailure",
     "ProviderNotConfigured",
+    "RateLimited",
     "RunFailure",
     "ServiceUnavailable",
     "SpineError",
@@ -155,16 +157,35 @@ class Conflict(SpineError):
 
 
 class BudgetExceeded(SpineError):
-    """A daily budget cannot cover the call.
+    """A budget (daily, weekly or monthly) cannot cover the call.
 
-    ``details`` name the ``scope`` (``global``, ``tenant:<t>`` or ``key:<id>``), its ``budget``,
-    what is ``spent`` and ``reserved`` by calls in flight (amounts as decimal strings), and
-    ``resets_at``, the next UTC midnight. Not retryable: a task would only burn its attempts
-    before the reset.
+    ``details`` name the ``scope`` (``global``, ``tenant:<t>`` or ``key:<id>``), its ``period``,
+    its ``budget``, what is ``spent`` and ``reserved`` by calls in flight (amounts as decimal
+    strings), and ``resets_at``, when the period ends (UTC midnight). Not retryable: a task
+    would only burn its attempts before the reset.
     """
 
     status_code = 429
     error_type = "budget_exceeded"
+
+
+class RateLimited(SpineError):
+    """A key or tenant used up its requests or tokens per minute; it may try again later.
+
+    ``details`` name the ``scope`` (``key:<id>`` or ``tenant:<name>``), what ran out
+    (``limit_type``: ``requests`` or ``tokens``), the ``limit`` per minute and ``retry_after``,
+    the seconds until it frees up. The HTTP answer carries ``Retry-After``.
+    """
+
+    status_code = 429
+    error_type = "rate_limit_exceeded"
+    retryable = True
+
+    def __init__(
+        self, message: str, *, headers: dict[str, str] | None = None, **details: Any
+    ) -> None:
+        super().__init__(message, **details)
+        self.headers = dict(headers or {})
 
 
 class ServiceUnavailable(SpineError):

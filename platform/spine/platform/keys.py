@@ -12,8 +12,9 @@ a revocation or rotation made by another process therefore takes effect there wi
 ``GENAI_API__KEY_CACHE_SECONDS`` (5 s by default), and at once in the process that made it. A
 key may carry an expiry: from then on it is refused, cached or not.
 
-Rotating a key issues a new key (new id, new secret) with the old one's tenant, role and name,
-and revokes the old one in the same transaction; the new key's ``rotated_from`` names the old.
+Rotating a key issues a new key (new id, new secret) with the old one's tenant, role, name and
+rate limits, and revokes the old one in the same transaction; the new key's ``rotated_from``
+names the old.
 
 A tenant is a row of its own (:class:`Tenant`): it exists before its first key and after its
 last one is revoked, and the admin API issues keys only for a tenant that exists, so a typo
@@ -251,6 +252,9 @@ class KeyStore:
                 expires_at=expiry,
                 rotated_from=old.id,
             )
+            # The successor keeps the key's own rate limits (spine.platform.limits).
+            row.requests_per_minute = old.requests_per_minute
+            row.tokens_per_minute = old.tokens_per_minute
             session.add(row)
             old.revoked_at = now
         self._cache.clear()

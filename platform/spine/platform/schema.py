@@ -24,6 +24,8 @@ __all__ = [
     "Base",
     "BatchLineRow",
     "BatchRow",
+    "BudgetAlertRow",
+    "BudgetLimitRow",
     "BudgetSpendRow",
     "ChunkRow",
     "DocumentRow",
@@ -127,6 +129,9 @@ class ApiKeyRow(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
     expires_at: Mapped[datetime | None] = mapped_column(default=None)
     rotated_from: Mapped[str | None] = mapped_column(sa.String(32), default=None)
+    # The key's own rate limits (spine.platform.limits); None: the settings' defaults.
+    requests_per_minute: Mapped[int | None] = mapped_column(default=None)
+    tokens_per_minute: Mapped[int | None] = mapped_column(default=None)
 
 
 class TenantRow(Base):
@@ -328,14 +333,45 @@ class ExperimentRow(Base):
 
 
 class BudgetSpendRow(Base):
-    """What one budget scope spent and holds reserved on one UTC day."""
+    """What one budget scope spent and holds reserved in one period (``day``: its first day)."""
 
     __tablename__ = "budget_spend"
 
     scope: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    period: Mapped[str] = mapped_column(
+        sa.String(8), primary_key=True, default="daily", server_default="daily"
+    )
     day: Mapped[date] = mapped_column(primary_key=True)
     spent: Mapped[Decimal] = mapped_column(default=Decimal(0))
     reserved: Mapped[Decimal] = mapped_column(default=Decimal(0))
+
+
+class BudgetLimitRow(Base):
+    """A budget's limit stored by an operator; it wins over the settings' default."""
+
+    __tablename__ = "budget_limits"
+
+    scope: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    period: Mapped[str] = mapped_column(sa.String(8), primary_key=True)
+    amount: Mapped[Decimal] = mapped_column()
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_by: Mapped[str | None] = mapped_column(sa.String(32), default=None)
+
+
+class BudgetAlertRow(Base):
+    """A threshold (80 or 100 percent) a budget reached in one period: written once, by the
+    first process that saw it (the primary key decides)."""
+
+    __tablename__ = "budget_alerts"
+
+    scope: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    period: Mapped[str] = mapped_column(sa.String(8), primary_key=True)
+    period_start: Mapped[date] = mapped_column(primary_key=True)
+    threshold: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    tenant: Mapped[str | None] = mapped_column(sa.String(128), default=None)
+    amount: Mapped[Decimal] = mapped_column()
+    spent: Mapped[Decimal] = mapped_column()
+    reached_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class FileRow(Base):

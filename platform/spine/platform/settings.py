@@ -12,7 +12,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from spine.platform.errors import ConfigurationError
@@ -26,14 +26,17 @@ __all__ = [
     "EmbeddedSettings",
     "KnowledgeSettings",
     "LearningSettings",
+    "LimitSettings",
     "LocalEmbeddingSettings",
     "LocalModelSettings",
     "MetricsSettings",
+    "OtelSettings",
     "Provider",
     "RoutingStrategy",
     "Settings",
     "StreamSettings",
     "SupervisorSettings",
+    "TenantLimits",
     "WorkerSettings",
     "load_settings",
 ]
@@ -355,10 +358,19 @@ class BudgetSettings(BaseModel):
 
     Both read ``name=amount`` pairs separated by commas, e.g.
     ``GENAI_BUDGETS__TENANTS=acme=25,globex=2.50``; a key is named by its id. Days are UTC.
+    These are defaults: a limit stored over the admin API or ``spine budgets set`` (daily,
+    weekly or monthly) wins over them; removing it brings the default back.
     """
 
     tenants: Annotated[dict[str, Decimal], NoDecode] = Field(default_factory=dict)
     keys: Annotated[dict[str, Decimal], NoDecode] = Field(default_factory=dict)
+    stored_seconds: float = Field(
+        2.0,
+        ge=0,
+        le=60,
+        description="How long a process trusts the stored limits it read: a limit set or "
+        "removed takes effect in every process within this time.",
+    )
 
     @field_validator("tenants", "keys", mode="before")
     @classmethod
@@ -463,6 +475,81 @@ class MetricsSettings(BaseModel):
     probe_timeout: float = Field(2.0, gt=0, description="Seconds one probe may take on a scrape.")
 
 
+class OtelSettings(BaseModel):
+    """Traces (OpenTelemetry): exported over OTLP/HTTP when ``endpoint`` is set, off otherwise.
+
+    Each process names itself ``<service_name>-<role>`` (``genai-spine-api``, ``-worker``,
+    ``-learner``). Spans never carry prompt or answer text unless ``capture_prompts`` says so.
+    The exporter also reads the standard ``OTEL_EXPORTER_OTLP_HEADERS`` (a collector's key).
+    """
+
+    endpoint: str | None = Field(
+        None,
+        description="OTLP/HTTP collector (http://host:4318, or its full /v1/traces URL); "
+        "unset: no traces.",
+    )
+    service_name: str = Field("genai-spine", description="service.name, before the role.")
+    capture_prompts: bool = Field(
+        False, description="Put prompt and answer text in model-call spans (may be personal)."
+    )
+    sample_ratio: float = Field(
+        1.0, ge=0, le=1, description="Share of new traces kept (a caller's decision is followed)."
+    )
+
+    @field_validator("endpoint")
+    @classmethod
+    def _blank_is_unset(cls, value: str | None) -> str | None:
+        return value.strip() or None if value is not None else None
+
+
+class TenantLimits(BaseModel):
+    """One tenant's own limits; a field left out takes the ``GENAI_LIMITS__TENANT_*`` default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    requests_per_minute: int | None = Field(None, ge=0)
+    tokens_per_minute: int | None = Field(None, ge=0)
+    running_tasks: int | None = Field(None, ge=0)
+
+
+class LimitSettings(BaseModel):
+    """Rate limits per API key and per tenant (see :mod:`spine.platform.limits`); 0: no limit.
+
+    Requests and tokens per minute are counted on the gateway's model calls, in Redis when
+    ``GENAI_REDIS_URL`` is set (shared by every process), in each process otherwise. A key's
+    own limits, set over the admin API or ``spine keys limits``, replace the ``key_*`` defaults.
+    ``tenants`` gives tenants their own, as JSON:
+    ``GENAI_LIMITS__TENANTS='{"acme": {"requests_per_minute": 600, "running_tasks": 4}}'``.
+    """
+
+    key_requests_per_minute: int = Field(0, ge=0, description="Per key; 0: no limit.")
+    key_tokens_per_minute: int = Field(0, ge=0, description="Per key; 0: no limit.")
+    tenant_requests_per_minute: int = Field(0, ge=0, description="Per tenant; 0: no limit.")
+    tenant_tokens_per_minute: int = Field(0, ge=0, description="Per tenant; 0: no limit.")
+    tenant_running_tasks: int = Field(
+        0, ge=0, description="Tasks of a tenant running at once; more wait queued. 0: no limit."
+    )
+    tenants: dict[str, TenantLimits] = Field(default_factory=dict)
+    prefix: str = Field(
+        "spine:limits",
+        min_length=1,
+        description="Prefix of the Redis keys, to keep deployments sharing a Redis apart.",
+    )
+    redis_timeout: float = Field(
+        0.25,
+        gt=0,
+        le=10,
+        description="Seconds a Redis command may take before the limits are skipped (fail "
+        "open) for this request.",
+    )
+    task_wait: float = Field(
+        1.0, gt=0, description="Seconds a task over its tenant's running limit waits first."
+    )
+    task_wait_max: float = Field(
+        30.0, gt=0, description="The longest such wait; each wait doubles up to it."
+    )
+
+
 class Settings(BaseSettings):
     """The effective configuration of one process."""
 
@@ -541,6 +628,8 @@ class Settings(BaseSettings):
     batches: BatchSettings = Field(default_factory=BatchSettings)
     learning: LearningSettings = Field(default_factory=LearningSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+    otel: OtelSettings = Field(default_factory=OtelSettings)
 
     @field_validator("fallback_chain", mode="before")
     @classmethod

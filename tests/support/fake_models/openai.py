@@ -53,7 +53,8 @@ def render_chat(request: ModelRequest, reply: Reply) -> Rendered:
         ]
     choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": reply.finish}
     content = {**envelope, "object": "chat.completion", "choices": [choice], "usage": usage}
-    with_usage = bool((request.body.get("stream_options") or {}).get("include_usage"))
+    asked = bool((request.body.get("stream_options") or {}).get("include_usage"))
+    with_usage = asked and reply.stream_usage
 
     def chunk(delta: dict[str, Any] | None, finish: str | None = None) -> bytes:
         """One chunk; ``delta=None`` makes the usage-only chunk that ends the stream."""

@@ -56,6 +56,7 @@ class Reply:
     completion_tokens: int
     latency: float
     token_delay: float
+    stream_usage: bool = True
 
     @property
     def text(self) -> str:
@@ -98,6 +99,7 @@ class Reply:
             completion_tokens=len(answer) + spent,
             latency=latency,
             token_delay=token_delay,
+            stream_usage=rule.stream_usage,
         )
 
 

@@ -92,6 +92,8 @@ class Rule:
         disconnect_after: Drop the connection after this many streamed tokens (non-streamed:
             after half of the body).
         times: Apply only this many times, then fall through to later rules.
+        stream_usage: Send the usage chunk a stream asked for with ``stream_options``
+            (False: leave it out, as llama-cpp-python's server does).
         name: Label shown in records and reprs.
         hits: How many requests this rule has answered.
     """
@@ -110,6 +112,7 @@ class Rule:
     hang: bool = False
     disconnect_after: int | None = None
     times: int | None = None
+    stream_usage: bool = True
     name: str = ""
     hits: int = field(default=0, init=False)
 

@@ -17,6 +17,7 @@ from spine.platform.errors import (
     PayloadTooLarge,
     PermanentFailure,
     ProviderNotConfigured,
+    RateLimited,
     RunFailure,
     ServiceUnavailable,
     SpineError,
@@ -40,6 +41,7 @@ TREE = [
     (NotFound, SpineError, False, 404, "not_found"),
     (Conflict, SpineError, False, 409, "conflict"),
     (BudgetExceeded, SpineError, False, 429, "budget_exceeded"),
+    (RateLimited, SpineError, True, 429, "rate_limit_exceeded"),
     (ServiceUnavailable, SpineError, True, 503, "service_unavailable"),
     (RunFailure, SpineError, False, 500, "task_failed"),
     (TransientFailure, RunFailure, True, 500, "transient_error"),
@@ -82,7 +84,11 @@ def test_error_types_are_unique() -> None:
 
 
 def test_only_transient_kinds_are_retryable() -> None:
-    assert {row[0] for row in TREE if row[2]} == {ServiceUnavailable, TransientFailure}
+    assert {row[0] for row in TREE if row[2]} == {
+        ServiceUnavailable,
+        TransientFailure,
+        RateLimited,
+    }
 
 
 def test_to_dict_renders_type_message_field_and_details() -> None:

@@ -13,7 +13,7 @@ from spine.platform.app import launcher as stack_module
 from spine.platform.app.launcher import describe_config, plan_local_model
 from spine.platform.embedded.llama import LlamaServer
 from spine.platform.embedded.stack import EmbeddedStack, Endpoints, apply_endpoints
-from spine.platform.errors import ConfigurationError, ProviderNotConfigured
+from spine.platform.errors import BadRequest, ConfigurationError, ProviderNotConfigured
 from spine.platform.models import configured_providers, default_provider, resolve_provider
 from spine.platform.models.litellm_upstream import chat_route
 from spine.platform.models.shapes import params_for
@@ -181,6 +181,16 @@ def test_router_sends_auto_calls_to_the_local_model_when_it_is_all_there_is() ->
     both = ModelRouter(settings(local_model={"url": URL}, openai_api_key="sk-x"))
     ranked = both.plan(Requirements(), strategy="quality")
     assert [spec.provider for spec in ranked.models] == ["openai", "local"]
+
+
+def test_a_tool_using_call_on_the_local_model_alone_says_what_to_configure() -> None:
+    router = ModelRouter(settings(local_model={"url": URL}))
+    with pytest.raises(BadRequest) as refused:
+        router.plan(Requirements(tools=True))
+    message = refused.value.message
+    assert "smollm2-135m: cannot call tools (tools)" in message
+    assert "tool-using agents need a tool-capable model" in message
+    assert "GENAI_OLLAMA_URL" in message
 
 
 # -- how the stack runs it --------------------------------------------------------------------

@@ -48,6 +48,7 @@ class FakeChild:
         self.fail_starts = 0
         self.stopped_at: list[str] = []
         self.log: list[str] | None = None
+        self.requested = False
 
     @property
     def pid(self) -> int | None:
@@ -65,6 +66,11 @@ class FakeChild:
 
     def exit_detail(self) -> str:
         return "last words" if self.kind == "server" else ""
+
+    def request_stop(self) -> None:
+        if self.log is not None:
+            self.log.append(f"signal {self.name}")
+        self.requested = True
 
     def stop(self, timeout: float) -> None:
         if self.log is not None:
@@ -166,12 +172,30 @@ def test_stop_goes_by_order_and_the_state_file_says_so(tmp_path: Path) -> None:
     clock = Clock()
     sup = supervisor(tmp_path, clock)
     stopped: list[str] = []
-    for name, order in (("nats", 4), ("api", 1), ("worker-1", 0), ("postgres", 3)):
+    for name, order in (
+        ("nats", 4),
+        ("api", 1),
+        ("worker-1", 0),
+        ("learner", 0),
+        ("postgres", 3),
+    ):
         child = FakeChild(name, kind="process" if order < 2 else "server")
         child.log = stopped
         sup.add(child, order=order)
     sup.stop(timeout=1)
-    assert stopped == ["worker-1", "api", "postgres", "nats"]
+    # A group is signalled whole before it is waited for: the workers stop side by side.
+    assert stopped == [
+        "signal worker-1",
+        "signal learner",
+        "worker-1",
+        "learner",
+        "signal api",
+        "api",
+        "signal postgres",
+        "postgres",
+        "signal nats",
+        "nats",
+    ]
     raw = json.loads(supervisor_state_path(tmp_path).read_text())
     assert raw["stopping"] is True
     assert {c["state"] for c in raw["children"].values()} == {"stopped"}

@@ -1,9 +1,10 @@
 """The tool registry: one place that knows every tool, checks every call and records it.
 
 A call goes: look the tool up → check the policy → parse and validate the arguments → check
-approval → run under the tool's timeout → render and cap the result → record. Each way it can
-go wrong ends in a :class:`~spine.tools.result.ToolResult` with an error the model can read,
-never an exception; only cancellation (and a failing recorder) propagate.
+approval → run under the tool's timeout → render and cap the result → record (the call's row,
+``spine_tool_calls_total``, and a span when tracing is on). Each way it can go wrong ends in a
+:class:`~spine.tools.result.ToolResult` with an error the model can read, never an exception;
+only cancellation (and a failing recorder) propagate.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from spine.platform.errors import SpineError
+from spine.platform.telemetry import record_tool_call, tool_call
 from spine.tools.policy import ToolPolicy
 from spine.tools.result import (
     ToolCallRecord,
@@ -112,6 +114,20 @@ class ToolRegistry:
         the registry's own for this call.
         """
         call_id = call_id or f"call_{uuid.uuid4().hex[:24]}"
+        with tool_call(name, call_id) as traced:
+            result = await self._call(name, arguments, ctx, call_id, approved, recorder)
+            traced(result.error.type if result.error else None)
+        return result
+
+    async def _call(
+        self,
+        name: str,
+        arguments: str | Mapping[str, Any] | None,
+        ctx: ToolContext,
+        call_id: str,
+        approved: bool,
+        recorder: ToolCallRecorder | None,
+    ) -> ToolResult:
         started_at = datetime.now(UTC)
         started = time.perf_counter()
         parsed, raw_problem = _parse(arguments)
@@ -132,8 +148,15 @@ class ToolRegistry:
             if tool.effect == "external" and ctx.idempotency_key is None:
                 ctx = dataclasses.replace(ctx, idempotency_key=ctx.derived_idempotency_key())
             result = await self._run(tool, parsed, raw_problem, ctx, call_id, approved)
-        result.duration_ms = round((time.perf_counter() - started) * 1000, 3)
+        seconds = time.perf_counter() - started
+        result.duration_ms = round(seconds * 1000, 3)
         result.idempotency_key = ctx.idempotency_key
+        # An unknown name is the model's free text: it never becomes a label.
+        record_tool_call(
+            name if tool is not None else "unknown",
+            None if result.ok else (result.error.type if result.error else "failed"),
+            seconds,
+        )
         logger.info(
             "tool %s %s in %.1f ms",
             name,

@@ -133,13 +133,16 @@ class KnowledgeLayer:
         layout: StreamLayout,
         catalog: AgentCatalog,
     ) -> None:
-        """Run graph ingestion and triggers until ``stop`` is set (a worker's component)."""
-        runners = [self.ingestor(layout).run(stop)]
-        if len(self.rules):
-            runners.append(
+        """Run graph ingestion and triggers until ``stop`` is set (a worker's component).
+
+        The triggers' consumer runs with no rules too: events pass it by as they come, so a
+        rule enabled later never fires on events received before it.
+        """
+        async with asyncio.TaskGroup() as runners:
+            runners.create_task(self.ingestor(layout).run(stop))
+            runners.create_task(
                 self.triggers(dispatcher=dispatcher, layout=layout, catalog=catalog).run(stop)
             )
-        await asyncio.gather(*runners)
 
     async def ready(self) -> dict[str, str]:
         """Say whether the graph server answers within :data:`READY_TIMEOUT` (``{}``: none)."""

@@ -57,6 +57,7 @@ __all__ = [
     "attach_detached_stack",
     "describe_config",
     "plan_local_model",
+    "server_url",
 ]
 
 ADMIN_KEY_FILE = "admin.key"
@@ -255,7 +256,7 @@ class StackRunner:
         for s in stack_status(data_dir):
             record = children.get(s.name)
             state = record.summary() if record else ("running" if s.alive else "stopped")
-            detail = ", ".join(f"{k} 127.0.0.1:{v}" for k, v in s.ports.items())
+            detail = ", ".join(server_url(s.name, k, v) for k, v in s.ports.items())
             rows.append((s.name, state, str(s.pid or ""), _with_restarts(detail, record)))
         for name, record in children.items():
             if record.kind == "process":
@@ -374,6 +375,21 @@ class StackRunner:
                 pass
             time.sleep(0.2)
         raise SystemExit(f"the API did not answer at {url} within {timeout:.0f} s")
+
+
+_SCHEMES = {
+    ("nats", "client"): "nats",
+    ("postgres", "client"): "postgresql",
+    ("falkordb", "client"): "redis",
+}
+
+
+def server_url(server: str, port_name: str, port: int) -> str:
+    """Return where an embedded server's port answers, as a URL (no credentials)."""
+    scheme = _SCHEMES.get((server, port_name), "http")
+    path = "/v1" if server in {"llama", LOCAL_MODEL} else ""
+    url = f"{scheme}://127.0.0.1:{port}{path}"
+    return url if port_name == "client" else f"{port_name} {url}"
 
 
 def _with_restarts(detail: str, record: ChildRecord | None) -> str:

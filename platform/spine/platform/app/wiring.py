@@ -17,6 +17,7 @@ from spine.agents.delegation import submit_task_tool
 from spine.agents.dispatch import TaskDispatcher
 from spine.agents.embedding import DocumentIndexer, EmbedDocumentAgent
 from spine.agents.worker import TaskWorker
+from spine.events.budget_alerts import BudgetAlertPublisher
 from spine.events.bus import NatsBus
 from spine.events.feedback import FeedbackAnnouncer
 from spine.events.outcomes import OutcomePublisher
@@ -37,6 +38,7 @@ from spine.platform.learning.experiments import ExperimentBook
 from spine.platform.learning.feedback import FeedbackStore
 from spine.platform.learning.snapshots import SnapshotStore
 from spine.platform.learning.weights import RoutingWeights
+from spine.platform.limits import RunningTaskLimits
 from spine.platform.metering import MeteredModels
 from spine.platform.metering.budgets import BudgetLedger, BudgetLimits
 from spine.platform.metering.cache import response_cache
@@ -116,7 +118,12 @@ class Platform:
         experiments = ExperimentBook(db)
         metered = MeteredModels(
             router,
-            budgets=BudgetLedger(db, BudgetLimits.from_settings(settings)),
+            budgets=BudgetLedger(
+                db,
+                BudgetLimits.from_settings(settings),
+                stored_seconds=settings.budgets.stored_seconds,
+                on_alert=BudgetAlertPublisher(bus),
+            ),
             usage=UsageLedger(db),
             cache=response_cache(settings),
             outcomes=outcomes,
@@ -215,6 +222,7 @@ class Platform:
             settings=self.settings.worker,
             layout=self.layout,
             signals=self.outcomes.signal,
+            running=RunningTaskLimits(self.settings.limits),
         )
 
     async def run_event_consumers(self, stop: asyncio.Event) -> None:

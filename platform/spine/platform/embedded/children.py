@@ -53,6 +53,9 @@ class Supervised(Protocol):
     def exit_detail(self) -> str:
         """Return what tells why it exited (the end of a server's log), or ``""``."""
 
+    def request_stop(self) -> None:
+        """Send its stop signal without waiting (``stop`` then waits for it)."""
+
     def stop(self, timeout: float) -> None:
         """Stop it with its stop signal; SIGKILL after ``timeout`` seconds."""
 
@@ -97,6 +100,9 @@ class ServerChild:
         """The end of the server's log since it last started."""
         return self.stack.log_tail(self.name)
 
+    def request_stop(self) -> None:
+        """Nothing: servers stop one by one, in the order the stack needs."""
+
     def stop(self, timeout: float) -> None:
         """Stop the server cleanly."""
         self.stack.stop_server(self.name, timeout)
@@ -126,6 +132,7 @@ class ProcessChild:
         self.cwd = cwd
         self.stop_signal = stop_signal
         self.proc: subprocess.Popen[bytes] | None = None
+        self._signalled: subprocess.Popen[bytes] | None = None
 
     @property
     def pid(self) -> int | None:
@@ -150,13 +157,22 @@ class ProcessChild:
         """Nothing: a process logs to ``spine up``'s own output."""
         return ""
 
+    def request_stop(self) -> None:
+        """Send the stop signal once to the current process; do not wait."""
+        proc = self.proc
+        if proc is None or proc.poll() is not None or self._signalled is proc:
+            return
+        # Once: a second SIGTERM or SIGINT may cut a process's own clean stop short.
+        self._signalled = proc
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(self.stop_signal)
+
     def stop(self, timeout: float) -> None:
-        """Send the stop signal, wait, SIGKILL the group if it takes too long."""
+        """Send the stop signal (unless sent already), wait, SIGKILL the group if too long."""
         proc = self.proc
         if proc is None or proc.poll() is not None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(self.stop_signal)
+        self.request_stop()
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:

@@ -252,11 +252,19 @@ class Supervisor:
             self.save()
 
     def stop(self, timeout: float) -> None:
-        """Stop every child, lower ``order`` first, each group waited for before the next."""
+        """Stop every child, lower ``order`` first, each group waited for before the next.
+
+        A group's processes are all signalled first and then waited for, so they stop side
+        by side (the workers and the learner) rather than one after another.
+        """
         self._state.stopping = True
         self.save()
         for order in sorted({t.record.order for t in self._tracked.values()}):
             group = [t for t in self._tracked.values() if t.record.order == order]
+            for tracked in group:
+                if tracked.record.state == "running":
+                    with contextlib.suppress(ProcessLookupError, ValueError):
+                        tracked.child.request_stop()
             for tracked in group:
                 if tracked.record.state == "running":
                     began = self._clock()

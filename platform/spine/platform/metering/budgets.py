@@ -1,35 +1,45 @@
-"""Daily budgets: spend is reserved before a model call and settled after it.
+"""Budgets: spend is reserved before a model call and settled after it.
 
-Each budget has a scope: ``global`` (``GENAI_BUDGET_DAILY``), ``tenant:<name>``
-(``GENAI_BUDGETS__TENANTS``) and ``key:<id>`` (``GENAI_BUDGETS__KEYS``). One row per scope and
-UTC day counts what was ``spent`` and what calls in flight hold ``reserved``.
+Each budget has a scope, ``global``, ``tenant:<name>`` or ``key:<id>``, and a period,
+``daily``, ``weekly`` (ISO weeks, from Monday) or ``monthly``; periods are UTC
+(:mod:`.budget_periods`). Limits come from the database or the settings
+(:mod:`.budget_limits` says which wins). One row per scope, period and period start (its first
+day) counts what was ``spent`` and what calls in flight hold ``reserved``: a *counter*.
 
 A reservation is one conditional ``UPDATE ... SET reserved = reserved + :amount WHERE spent +
-reserved + :amount <= :limit`` per scope, all in one transaction: the database decides, so
-concurrent calls can never overspend, and a refusal in any scope rolls back the others. Scopes
-are always updated in the same (sorted) order, so two reservations cannot deadlock. A scope
-without a limit is not counted at all, and a call that costs nothing never touches the ledger.
-On PostgreSQL the reservation runs through asyncpg's prepared statements
-(:meth:`~spine.platform.db.Database.driver`), and the usual call, with one limited scope, is a
-single statement that commits on its own.
+reserved + :amount <= :limit`` per limited counter, all in one transaction: the database
+decides, so concurrent calls can never overspend, and a refusal in any counter rolls back the
+others. Counters are always updated in the same (sorted) order, so two reservations cannot
+deadlock. A budget without a limit is not counted at all (a limit set later counts from then
+on), and a call that costs nothing never touches the ledger. On PostgreSQL the reservation
+runs through asyncpg's prepared statements (:meth:`~spine.platform.db.Database.driver`), and
+the usual call, with one limited counter, is a single statement that commits on its own.
 
 Settling can be written behind (:meth:`BudgetLedger.settle_later`): settlements are queued and
-a background writer applies every ~20 ms what gathered, summed per scope, in one transaction.
+a background writer applies every ~20 ms what gathered, summed per counter, in one transaction.
 Until then the reservation stays held, which errs on the side of spending less; a reservation
 refused while settlements are pending is tried again once they are written, so a refusal never
 rests on a settlement not applied yet. :meth:`~BudgetLedger.state` reads them back first.
 
 A reservation that is never settled nor released (its process died, or a settlement written
-behind was lost with it) stays reserved until the day ends.
+behind was lost with it) stays reserved until its period ends.
+
+Stored limits are read from the database at most every ``stored_seconds`` (2 s by default) by
+each ledger, and at once after this ledger changed one (:meth:`BudgetLedger.set_limit`). After
+each settlement, the counters it moved are read back and each threshold newly reached (80 %,
+100 %) is recorded and announced once across processes (:mod:`.budget_alerts`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time, timedelta
+import math
+import time as monotonic_time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -39,9 +49,23 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from spine.platform.db import Database
 from spine.platform.errors import BudgetExceeded
+from spine.platform.metering.budget_alerts import AlertHook, BudgetAlert, BudgetAlerts
+from spine.platform.metering.budget_limits import (
+    GLOBAL,
+    BudgetBook,
+    BudgetLimits,
+    StoredBudget,
+)
+from spine.platform.metering.budget_periods import (
+    PERIODS,
+    Counter,
+    Period,
+    period_start,
+    resets_at,
+    utc_day,
+)
 from spine.platform.router import ModelSpec, Requirements
 from spine.platform.schema import BudgetSpendRow, Money, utcnow
-from spine.platform.settings import Settings
 from spine.platform.write_behind import WriteBehind
 
 __all__ = [
@@ -50,6 +74,7 @@ __all__ = [
     "BudgetLedger",
     "BudgetLimits",
     "BudgetState",
+    "Counter",
     "Reservation",
     "budget_scopes",
     "cost_of",
@@ -59,7 +84,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-GLOBAL = "global"
 # What an answer may cost when the request sets no max_tokens and the model's window is unknown.
 DEFAULT_ANSWER_TOKENS = 4096
 _ZERO = Decimal(0)
@@ -67,6 +91,7 @@ _SPEND: sa.Table = BudgetSpendRow.__table__  # type: ignore[assignment]
 
 # Bound names differ from column names: in an UPDATE those would become SET clauses.
 _SCOPE = sa.bindparam("p_scope", type_=sa.String())
+_PERIOD = sa.bindparam("p_period", type_=sa.String())
 _DAY = sa.bindparam("p_day", type_=sa.Date())
 _AMOUNT = sa.bindparam("p_amount", type_=Money())
 _LIMIT = sa.bindparam("p_limit", type_=Money())
@@ -75,6 +100,7 @@ _HOLD = (
     sa.update(_SPEND)
     .where(
         _SPEND.c.scope == _SCOPE,
+        _SPEND.c.period == _PERIOD,
         _SPEND.c.day == _DAY,
         sa.type_coerce(_SPEND.c.spent + _SPEND.c.reserved + _AMOUNT, Money()) <= _LIMIT,
     )
@@ -82,7 +108,7 @@ _HOLD = (
 )
 _SETTLE = (
     sa.update(_SPEND)
-    .where(_SPEND.c.scope == _SCOPE, _SPEND.c.day == _DAY)
+    .where(_SPEND.c.scope == _SCOPE, _SPEND.c.period == _PERIOD, _SPEND.c.day == _DAY)
     .values(
         # Never below zero, even if a reservation were settled twice.
         reserved=sa.case(
@@ -94,17 +120,22 @@ _SETTLE = (
 
 # The same hold, row insert and read for asyncpg, in PostgreSQL's own terms (budget_spend).
 _HOLD_SQL = (
-    "UPDATE budget_spend SET reserved = reserved + $3 "
-    "WHERE scope = $1 AND day = $2 AND spent + reserved + $3 <= $4"
+    "UPDATE budget_spend SET reserved = reserved + $4 "
+    "WHERE scope = $1 AND period = $2 AND day = $3 AND spent + reserved + $4 <= $5"
 )
 _ENSURE_SQL = (
-    "INSERT INTO budget_spend (scope, day, spent, reserved) VALUES ($1, $2, 0, 0) "
+    "INSERT INTO budget_spend (scope, period, day, spent, reserved) VALUES ($1, $2, $3, 0, 0) "
     "ON CONFLICT DO NOTHING"
 )
-_READ_SQL = "SELECT spent, reserved FROM budget_spend WHERE scope = $1 AND day = $2"
+_READ_SQL = "SELECT spent, reserved FROM budget_spend WHERE scope = $1 AND period = $2 AND day = $3"
+_SPENT_SQL = (
+    "SELECT s.scope, s.period, s.day, s.spent FROM budget_spend s "
+    "JOIN unnest($1::text[], $2::text[], $3::date[]) AS k(scope, period, day) "
+    "ON s.scope = k.scope AND s.period = k.period AND s.day = k.day"
+)
 _SETTLE_SQL = (
-    "UPDATE budget_spend SET reserved = CASE WHEN reserved >= $3 THEN reserved - $3 ELSE 0 END, "
-    "spent = spent + $4 WHERE scope = $1 AND day = $2"
+    "UPDATE budget_spend SET reserved = CASE WHEN reserved >= $4 THEN reserved - $4 ELSE 0 END, "
+    "spent = spent + $5 WHERE scope = $1 AND period = $2 AND day = $3"
 )
 
 
@@ -145,46 +176,23 @@ def is_free(spec: ModelSpec) -> bool:
 
 
 @dataclass(slots=True, kw_only=True, frozen=True)
-class BudgetLimits:
-    """The daily limit of each scope; a scope missing here is unlimited."""
-
-    daily: Decimal | None = None
-    tenants: Mapping[str, Decimal] = field(default_factory=dict)
-    keys: Mapping[str, Decimal] = field(default_factory=dict)
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> BudgetLimits:
-        """Read ``GENAI_BUDGET_DAILY``, ``GENAI_BUDGETS__TENANTS`` and ``GENAI_BUDGETS__KEYS``."""
-        return cls(
-            daily=settings.budget_daily,
-            tenants=dict(settings.budgets.tenants),
-            keys=dict(settings.budgets.keys),
-        )
-
-    def limit(self, scope: str) -> Decimal | None:
-        """Return the daily limit of ``scope``, None when it has none."""
-        if scope == GLOBAL:
-            return self.daily
-        kind, _, name = scope.partition(":")
-        if kind == "tenant":
-            return self.tenants.get(name)
-        if kind == "key":
-            return self.keys.get(name)
-        return None
-
-
-@dataclass(slots=True, kw_only=True, frozen=True)
 class Reservation:
-    """Spend held for one call in every limited scope, on the UTC day it was made."""
+    """Spend held for one call in every limited counter, on the UTC day it was made.
+
+    ``scopes`` names the limited budgets, ``counters`` their periods; ``tenant`` is the
+    calling tenant (named in the alerts the settlement may raise).
+    """
 
     scopes: tuple[str, ...]
     amount: Decimal
     day: date
+    counters: tuple[Counter, ...] = ()
+    tenant: str | None = None
 
 
 @dataclass(slots=True, kw_only=True, frozen=True)
 class BudgetState:
-    """Where one scope stands today."""
+    """Where one budget stands in its current period (``day``: the period's first day)."""
 
     scope: str
     day: date
@@ -192,6 +200,7 @@ class BudgetState:
     spent: Decimal
     reserved: Decimal
     resets_at: datetime
+    period: Period = "daily"
 
     @property
     def remaining(self) -> Decimal | None:
@@ -208,7 +217,15 @@ class _Settlement:
 
 
 class BudgetLedger:
-    """Reserves, settles and releases spend against daily limits."""
+    """Reserves, settles and releases spend against each budget's limits.
+
+    Args:
+        db: The database of the counters, the stored limits and the alerts.
+        limits: The settings' limits (defaults; stored limits win over them).
+        now: The clock that says which periods a call falls in.
+        stored_seconds: How long the stored limits read are trusted (0: read on every call).
+        on_alert: Handed each budget threshold this ledger announces (see :mod:`.budget_alerts`).
+    """
 
     def __init__(
         self,
@@ -216,80 +233,154 @@ class BudgetLedger:
         limits: BudgetLimits,
         *,
         now: Callable[[], datetime] = utcnow,
+        stored_seconds: float = 2.0,
+        on_alert: AlertHook | None = None,
     ) -> None:
         self._db = db
+        self._defaults = limits.with_stored({})
         self._limits = limits
         self._now = now
+        self._stored_seconds = stored_seconds
+        self._loaded_at = -math.inf
+        self._ever_loaded = False
+        self._loading = asyncio.Lock()
         self._insert = sqlite.insert if db.is_sqlite else postgresql.insert
+        self.book = BudgetBook(db)
+        self.alerts = BudgetAlerts(db, hook=on_alert)
         self._settlements: WriteBehind[_Settlement] = WriteBehind(
             self._settle_many, what="budget settlements"
         )
 
     @property
     def limits(self) -> BudgetLimits:
-        """The limits this ledger enforces."""
+        """The limits this ledger enforces, as last read (see :meth:`current_limits`)."""
         return self._limits
+
+    async def current_limits(self) -> BudgetLimits:
+        """Return the limits, reading the stored ones again when older than ``stored_seconds``.
+
+        When they cannot be read, the limits read last stay in force (tried again after
+        ``stored_seconds``); before any read, the error is raised: a call is never admitted
+        against limits that were never known.
+        """
+        if monotonic_time.monotonic() - self._loaded_at < self._stored_seconds:
+            return self._limits
+        async with self._loading:
+            if monotonic_time.monotonic() - self._loaded_at >= self._stored_seconds:
+                try:
+                    stored = await self.book.all()
+                except Exception as exc:
+                    if not self._ever_loaded:
+                        raise
+                    logger.warning("stored budget limits not read, the last ones hold: %r", exc)
+                    self._loaded_at = monotonic_time.monotonic()
+                    return self._limits
+                self._limits = self._defaults.with_stored(stored)
+                self._loaded_at = monotonic_time.monotonic()
+                self._ever_loaded = True
+        return self._limits
+
+    async def set_limit(
+        self, scope: str, period: Period, amount: Decimal, *, by: str | None
+    ) -> StoredBudget | None:
+        """Store a limit (it wins over the settings); return the stored one it replaced.
+
+        This ledger enforces it from its next call on; other processes within their
+        ``stored_seconds``.
+        """
+        previous = await self.book.set(scope, period, amount, by=by)
+        self._loaded_at = -math.inf
+        return previous
+
+    async def remove_limit(self, scope: str, period: Period) -> StoredBudget | None:
+        """Remove a stored limit (the settings' default applies again); return it, or None."""
+        previous = await self.book.remove(scope, period)
+        self._loaded_at = -math.inf
+        return previous
 
     def today(self) -> date:
         """Return the current UTC day, by this ledger's clock."""
-        return _utc_day(self._now())
+        return utc_day(self._now())
 
     async def reserve(self, scopes: Iterable[str], amount: Decimal) -> Reservation:
-        """Hold ``amount`` in every limited scope, or in none.
+        """Hold ``amount`` in every limited counter of ``scopes``, or in none.
 
         Raises:
-            BudgetExceeded: One scope cannot cover ``amount``; nothing is held anywhere.
+            BudgetExceeded: One budget cannot cover ``amount``; nothing is held anywhere.
         """
         day = self.today()
-        limited = tuple(sorted({s for s in scopes if self._limits.limit(s) is not None}))
-        if amount <= 0 or not limited:
-            # Free calls (local models) and unlimited scopes never wait on the database.
-            return Reservation(scopes=limited, amount=max(amount, _ZERO), day=day)
+        named = list(scopes)
+        tenant = next((s.partition(":")[2] for s in named if s.startswith("tenant:")), None)
+        # Free calls never wait on the database, not even to read the stored limits.
+        limits = await self.current_limits() if amount > 0 else self._limits
+        counters = tuple(
+            sorted(
+                Counter(scope=s, period=p, start=period_start(p, day))
+                for s in set(named)
+                for p in PERIODS
+                if limits.limit(s, p) is not None
+            )
+        )
+        reservation = Reservation(
+            scopes=tuple(sorted({c.scope for c in counters})),
+            amount=max(amount, _ZERO),
+            day=day,
+            counters=counters,
+            tenant=tenant,
+        )
+        if amount <= 0 or not counters:
+            return reservation
         try:
-            await self._hold_all(limited, day, amount)
+            await self._hold_all(counters, amount, limits)
         except BudgetExceeded:
             if not self._settlements.pending:
                 raise
             # Settlements written behind still hold their reservations: apply them and look
             # again, so the refusal stands on the actual spend.
             await self._settlements.flush()
-            await self._hold_all(limited, day, amount)
-        return Reservation(scopes=limited, amount=amount, day=day)
+            await self._hold_all(counters, amount, limits)
+        return reservation
 
-    async def _hold_all(self, scopes: tuple[str, ...], day: date, amount: Decimal) -> None:
+    async def _hold_all(
+        self, counters: tuple[Counter, ...], amount: Decimal, limits: BudgetLimits
+    ) -> None:
         if not self._db.is_sqlite:
-            await self._hold_all_driver(scopes, day, amount)
+            await self._hold_all_driver(counters, amount, limits)
             return
         async with self._db.transaction() as conn:
-            for scope in scopes:
-                limit = self._limits.limit(scope)
+            for counter in counters:
+                limit = limits.limit(counter.scope, counter.period)
                 assert limit is not None
-                if not await self._hold(conn, scope, day, amount, limit):
-                    refusal = await self._refusal(conn, scope, day, amount, limit)
-                    raise refusal
+                if not await self._hold(conn, counter, amount, limit):
+                    found = await self._read(conn, counter)
+                    raise _refusal(counter, amount, limit, found)
 
     async def settle(self, reservation: Reservation, actual_cost: Decimal) -> None:
         """Turn a reservation into spend of ``actual_cost``, which may differ from it.
 
         A cost above the reservation is counted in full, even past the limit: the call was
-        made. Later calls are refused until the day ends.
+        made. Later calls are refused until the period ends.
         """
         actual = max(actual_cost, _ZERO)
-        if not reservation.scopes or (reservation.amount == 0 and actual == 0):
+        if not reservation.counters or (reservation.amount == 0 and actual == 0):
             return
         async with self._db.transaction() as conn:
             if reservation.amount == 0:
-                await self._ensure_rows(conn, reservation.scopes, reservation.day)
+                await self._ensure_rows(conn, reservation.counters)
             await self._move(conn, reservation, spent=actual)
+        if actual > 0:
+            await self._check_thresholds(
+                self._watched({c: reservation.tenant for c in reservation.counters})
+            )
 
     async def settle_later(self, reservation: Reservation, actual_cost: Decimal) -> None:
         """Settle like :meth:`settle`, written behind: queued, and applied within ~20 ms.
 
-        The reservation stays held until then. A settlement whose scope rows may not exist yet
+        The reservation stays held until then. A settlement whose counters may not exist yet
         (a reservation of nothing) is settled at once.
         """
         actual = max(actual_cost, _ZERO)
-        if not reservation.scopes or (reservation.amount == 0 and actual == 0):
+        if not reservation.counters or (reservation.amount == 0 and actual == 0):
             return
         if reservation.amount == 0:
             await self.settle(reservation, actual)
@@ -306,165 +397,247 @@ class BudgetLedger:
 
     async def release(self, reservation: Reservation) -> None:
         """Give a reservation back: the call failed or was never made."""
-        if not reservation.scopes or reservation.amount == 0:
+        if not reservation.counters or reservation.amount == 0:
             return
         async with self._db.transaction() as conn:
             await self._move(conn, reservation, spent=_ZERO)
 
-    async def state(self, scope: str, *, day: date | None = None) -> BudgetState:
-        """Tell what ``scope`` has spent and holds reserved on ``day`` (default today)."""
+    async def state(
+        self, scope: str, *, day: date | None = None, period: Period = "daily"
+    ) -> BudgetState:
+        """Tell what ``scope`` has spent and holds reserved in the ``period`` of ``day``."""
+        return (await self.states(scope, day=day, periods=(period,)))[0]
+
+    async def states(
+        self, scope: str, *, day: date | None = None, periods: Sequence[Period] = PERIODS
+    ) -> list[BudgetState]:
+        """Tell where ``scope`` stands in each of ``periods`` that ``day`` (today) falls in."""
         day = day or self.today()
+        limits = await self.current_limits()
         await self._settlements.flush()  # read this process's own settlements back
-        query = sa.select(_SPEND.c.spent, _SPEND.c.reserved).where(
-            _SPEND.c.scope == scope, _SPEND.c.day == day
+        starts = {p: period_start(p, day) for p in periods}
+        query = sa.select(_SPEND.c.period, _SPEND.c.day, _SPEND.c.spent, _SPEND.c.reserved).where(
+            _SPEND.c.scope == scope,
+            sa.or_(*(sa.and_(_SPEND.c.period == p, _SPEND.c.day == d) for p, d in starts.items())),
         )
         async with self._db.transaction() as conn:
-            row = (await conn.execute(query)).one_or_none()
-        spent, reserved = (row.spent, row.reserved) if row is not None else (_ZERO, _ZERO)
-        return BudgetState(
-            scope=scope,
-            day=day,
-            limit=self._limits.limit(scope),
-            spent=spent,
-            reserved=reserved,
-            resets_at=_next_midnight(day),
-        )
+            found = {(r.period, r.day): (r.spent, r.reserved) for r in await conn.execute(query)}
+        states = []
+        for period, start in starts.items():
+            spent, reserved = found.get((period, start), (_ZERO, _ZERO))
+            states.append(
+                BudgetState(
+                    scope=scope,
+                    day=start,
+                    period=period,
+                    limit=limits.limit(scope, period),
+                    spent=spent,
+                    reserved=reserved,
+                    resets_at=resets_at(period, start),
+                )
+            )
+        return states
 
-    async def _hold_all_driver(self, scopes: tuple[str, ...], day: date, amount: Decimal) -> None:
-        # One scope: its statements commit on their own; several: one transaction.
+    async def current_alerts(self, scope: str, *, day: date | None = None) -> list[BudgetAlert]:
+        """Return the thresholds ``scope`` reached in the periods ``day`` (today) falls in."""
+        day = day or self.today()
+        return await self.alerts.current(scope, {p: period_start(p, day) for p in PERIODS})
+
+    async def _hold_all_driver(
+        self, counters: tuple[Counter, ...], amount: Decimal, limits: BudgetLimits
+    ) -> None:
+        # One counter: its statements commit on their own; several: one transaction.
         async with self._db.driver() as raw:
-            together = raw.transaction() if len(scopes) > 1 else contextlib.nullcontext()
+            together = raw.transaction() if len(counters) > 1 else contextlib.nullcontext()
             async with together:
-                for scope in scopes:
-                    limit = self._limits.limit(scope)
+                for counter in counters:
+                    limit = limits.limit(counter.scope, counter.period)
                     assert limit is not None
-                    if not await _hold_driver(raw, scope, day, amount, limit):
-                        row = await raw.fetchrow(_READ_SQL, scope, day)
+                    if not await _hold_driver(raw, counter, amount, limit):
+                        row = await raw.fetchrow(
+                            _READ_SQL, counter.scope, counter.period, counter.start
+                        )
                         found = (row["spent"], row["reserved"]) if row is not None else None
-                        raise _refusal(scope, day, amount, limit, found)
+                        raise _refusal(counter, amount, limit, found)
+
+    # -- thresholds ----------------------------------------------------------------------------
+
+    def _watched(self, touched: dict[Counter, str | None]) -> dict[Counter, str | None]:
+        """Keep the counters whose spend may still reach a threshold not yet recorded."""
+        limits = self._limits
+        return {
+            c: t
+            for c, t in touched.items()
+            if self.alerts.watching(c, limits.limit(c.scope, c.period))
+        }
+
+    async def _check_thresholds(
+        self, watched: dict[Counter, str | None], spent: dict[Counter, Decimal] | None = None
+    ) -> None:
+        """Record and announce each threshold the spend of ``watched`` newly reached.
+
+        ``spent`` is their spend when the caller read it already. Never raises: the spend is
+        settled already, and a threshold missed now is found by the counter's next settlement.
+        """
+        if not watched:
+            return
+        try:
+            if spent is None:
+                spent = await self._spent(list(watched))
+            for counter in sorted(watched):
+                limit = self._limits.limit(counter.scope, counter.period)
+                if limit is not None and counter in spent:
+                    await self.alerts.observe(
+                        counter,
+                        spent=spent[counter],
+                        limit=limit,
+                        tenant=watched[counter],
+                        at=self._now(),
+                    )
+        except Exception as exc:
+            logger.warning("budget thresholds not checked: %r", exc)
+
+    async def _spent(self, counters: list[Counter]) -> dict[Counter, Decimal]:
+        key = sa.tuple_(_SPEND.c.scope, _SPEND.c.period, _SPEND.c.day)
+        query = sa.select(_SPEND.c.scope, _SPEND.c.period, _SPEND.c.day, _SPEND.c.spent).where(
+            key.in_([(c.scope, c.period, c.start) for c in counters])
+        )
+        async with self._db.transaction() as conn:
+            rows = (await conn.execute(query)).all()
+        return {Counter(scope=r.scope, period=r.period, start=r.day): r.spent for r in rows}
 
     # -- statements ---------------------------------------------------------------------------
 
     async def _hold(
-        self, conn: AsyncConnection, scope: str, day: date, amount: Decimal, limit: Decimal
+        self, conn: AsyncConnection, counter: Counter, amount: Decimal, limit: Decimal
     ) -> bool:
-        held = await conn.execute(
-            _HOLD, {"p_scope": scope, "p_day": day, "p_amount": amount, "p_limit": limit}
-        )
+        values = {**_bound(counter), "p_amount": amount, "p_limit": limit}
+        held = await conn.execute(_HOLD, values)
         if held.rowcount:
             return True
-        # No row yet (the scope's first call of the day) or no room left. Insert the row if
-        # missing, then try again: another call may have just inserted it, and the retry
+        # No row yet (the counter's first call of its period) or no room left. Insert the row
+        # if missing, then try again: another call may have just inserted it, and the retry
         # must see that row, not a refusal based on the first statement's snapshot.
-        await self._ensure_rows(conn, (scope,), day)
-        held = await conn.execute(
-            _HOLD, {"p_scope": scope, "p_day": day, "p_amount": amount, "p_limit": limit}
-        )
+        await self._ensure_rows(conn, (counter,))
+        held = await conn.execute(_HOLD, values)
         return bool(held.rowcount)
 
-    async def _ensure_rows(self, conn: AsyncConnection, scopes: Iterable[str], day: date) -> None:
-        rows = [{"scope": s, "day": day, "spent": _ZERO, "reserved": _ZERO} for s in scopes]
+    async def _ensure_rows(self, conn: AsyncConnection, counters: Iterable[Counter]) -> None:
+        rows = [
+            {
+                "scope": c.scope,
+                "period": c.period,
+                "day": c.start,
+                "spent": _ZERO,
+                "reserved": _ZERO,
+            }
+            for c in counters
+        ]
         await conn.execute(self._insert(_SPEND).values(rows).on_conflict_do_nothing())
 
     async def _read(
-        self, conn: AsyncConnection, scope: str, day: date
+        self, conn: AsyncConnection, counter: Counter
     ) -> tuple[Decimal, Decimal] | None:
         query = sa.select(_SPEND.c.spent, _SPEND.c.reserved).where(
-            _SPEND.c.scope == scope, _SPEND.c.day == day
+            _SPEND.c.scope == counter.scope,
+            _SPEND.c.period == counter.period,
+            _SPEND.c.day == counter.start,
         )
         row = (await conn.execute(query)).one_or_none()
         return (row.spent, row.reserved) if row is not None else None
 
-    async def _refusal(
-        self, conn: AsyncConnection, scope: str, day: date, amount: Decimal, limit: Decimal
-    ) -> BudgetExceeded:
-        return _refusal(scope, day, amount, limit, await self._read(conn, scope, day))
-
     async def _settle_many(self, settlements: list[_Settlement]) -> None:
-        # Summed per scope and day: one UPDATE per scope for the whole batch, in sorted order
-        # like the reservations, so the two cannot deadlock. A batch retried after a commit
-        # whose answer was lost counts its spend twice: it errs on the side of spending less.
-        totals: dict[tuple[str, date], tuple[Decimal, Decimal]] = {}
+        # Summed per counter: one UPDATE per counter for the whole batch, in sorted order like
+        # the reservations, so the two cannot deadlock. A batch retried after a commit whose
+        # answer was lost counts its spend twice: it errs on the side of spending less.
+        totals: dict[Counter, tuple[Decimal, Decimal]] = {}
+        tenants: dict[Counter, str | None] = {}
         for settlement in settlements:
             reservation = settlement.reservation
-            for scope in reservation.scopes:
-                held, spent = totals.get((scope, reservation.day), (_ZERO, _ZERO))
-                totals[scope, reservation.day] = (
-                    held + reservation.amount,
-                    spent + settlement.actual,
-                )
+            for counter in reservation.counters:
+                held, spent = totals.get(counter, (_ZERO, _ZERO))
+                totals[counter] = (held + reservation.amount, spent + settlement.actual)
+                tenants[counter] = tenants.get(counter) or reservation.tenant
+        # Then the spend of the counters that may reach a threshold is read back.
+        watched = self._watched({c: tenants[c] for c, (_, spent) in totals.items() if spent})
+        found: dict[Counter, Decimal] | None = None
         if not self._db.is_sqlite:
-            rows = [(scope, day, held, spent) for (scope, day), (held, spent) in totals.items()]
+            rows = [
+                (c.scope, c.period, c.start, held, spent)
+                for c, (held, spent) in sorted(totals.items())
+            ]
             async with self._db.driver() as raw:
-                await raw.executemany(_SETTLE_SQL, sorted(rows))  # atomic, one round trip
-            return
-        async with self._db.transaction() as conn:
-            for (scope, day), (held, spent) in sorted(totals.items()):
-                await conn.execute(
-                    _SETTLE,
-                    {"p_scope": scope, "p_day": day, "p_amount": held, "p_actual": spent},
-                )
+                await raw.executemany(_SETTLE_SQL, rows)  # atomic, one round trip
+                if watched:
+                    found = await _spent_driver(raw, list(watched))
+        else:
+            async with self._db.transaction() as conn:
+                for counter, (held, spent) in sorted(totals.items()):
+                    await conn.execute(
+                        _SETTLE, {**_bound(counter), "p_amount": held, "p_actual": spent}
+                    )
+        await self._check_thresholds(watched, found)
 
     async def _move(
         self, conn: AsyncConnection, reservation: Reservation, *, spent: Decimal
     ) -> None:
-        for scope in reservation.scopes:
+        for counter in reservation.counters:
             await conn.execute(
-                _SETTLE,
-                {
-                    "p_scope": scope,
-                    "p_day": reservation.day,
-                    "p_amount": reservation.amount,
-                    "p_actual": spent,
-                },
+                _SETTLE, {**_bound(counter), "p_amount": reservation.amount, "p_actual": spent}
             )
 
 
-async def _hold_driver(raw: Any, scope: str, day: date, amount: Decimal, limit: Decimal) -> bool:
+def _bound(counter: Counter) -> dict[str, Any]:
+    return {"p_scope": counter.scope, "p_period": counter.period, "p_day": counter.start}
+
+
+async def _spent_driver(raw: Any, counters: list[Counter]) -> dict[Counter, Decimal]:
+    rows = await raw.fetch(
+        _SPENT_SQL,
+        [c.scope for c in counters],
+        [c.period for c in counters],
+        [c.start for c in counters],
+    )
+    return {Counter(scope=r["scope"], period=r["period"], start=r["day"]): r["spent"] for r in rows}
+
+
+async def _hold_driver(raw: Any, counter: Counter, amount: Decimal, limit: Decimal) -> bool:
     # As _hold: on no row, insert it if missing and try again.
-    if await raw.execute(_HOLD_SQL, scope, day, amount, limit) != "UPDATE 0":
+    key = (counter.scope, counter.period, counter.start)
+    if await raw.execute(_HOLD_SQL, *key, amount, limit) != "UPDATE 0":
         return True
-    await raw.execute(_ENSURE_SQL, scope, day)
-    return bool(await raw.execute(_HOLD_SQL, scope, day, amount, limit) != "UPDATE 0")
+    await raw.execute(_ENSURE_SQL, *key)
+    return bool(await raw.execute(_HOLD_SQL, *key, amount, limit) != "UPDATE 0")
 
 
 def _refusal(
-    scope: str,
-    day: date,
+    counter: Counter,
     amount: Decimal,
     limit: Decimal,
     found: tuple[Decimal, Decimal] | None,
 ) -> BudgetExceeded:
     spent, reserved = found or (_ZERO, _ZERO)
-    resets_at = _next_midnight(day)
+    resets = resets_at(counter.period, counter.start)
     logger.info(
-        "budget %s refused %s: limit %s, spent %s, reserved %s",
-        scope,
+        "budget %s (%s) refused %s: limit %s, spent %s, reserved %s",
+        counter.scope,
+        counter.period,
         amount,
         limit,
         spent,
         reserved,
     )
     return BudgetExceeded(
-        f"the daily budget of {scope} is exhausted: {_text(spent)} spent and "
-        f"{_text(reserved)} reserved of {_text(limit)}; it resets at {resets_at.isoformat()}",
-        scope=scope,
+        f"the {counter.period} budget of {counter.scope} is exhausted: {_text(spent)} spent "
+        f"and {_text(reserved)} reserved of {_text(limit)}; it resets at {resets.isoformat()}",
+        scope=counter.scope,
+        period=counter.period,
         budget=_text(limit),
         spent=_text(spent),
         reserved=_text(reserved),
         requested=_text(amount),
-        resets_at=resets_at.isoformat(),
+        resets_at=resets.isoformat(),
     )
-
-
-def _utc_day(moment: datetime) -> date:
-    if moment.tzinfo is None:
-        raise ValueError("the budget clock must give timezone-aware datetimes")
-    return moment.astimezone(UTC).date()
-
-
-def _next_midnight(day: date) -> datetime:
-    return datetime.combine(day + timedelta(days=1), time.min, tzinfo=UTC)
 
 
 def _text(amount: Decimal) -> str:

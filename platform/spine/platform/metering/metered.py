@@ -21,6 +21,9 @@
 6. hands that row to the outcome hook, if one was given (:class:`OutcomeHook`: the API wires
    a publisher of outcome events to JetStream there; this module knows nothing of NATS).
 
+Each call is one model-call span when tracing is on (:mod:`spine.platform.telemetry.tracing`):
+what answered, its provider and tokens; a stream's ends when the stream does.
+
 Embedding calls (:meth:`MeteredModels.embed`) take steps 2 to 6 (they are not cached): the
 reservation is the input's estimated tokens at the dearest input price of the plan. Streams
 are reserved when they open and settled when they end (:mod:`spine.platform.metering.streams`).
@@ -30,8 +33,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -60,6 +63,7 @@ from spine.platform.metering.streams import MeteredStream, replayed
 from spine.platform.metering.usage import OK, ModelCallRecord, UsageLedger
 from spine.platform.models import Attempt, ChatRequest, Completion, Embedding, EmbeddingRequest
 from spine.platform.router import ModelRouter, ModelSpec, Requirements, RoutePlan
+from spine.platform.telemetry import ModelCallSpan, model_call, start_model_call
 
 __all__ = ["MeteredCompletion", "MeteredEmbedding", "MeteredModels"]
 
@@ -67,7 +71,6 @@ logger = logging.getLogger(__name__)
 
 _Request = TypeVar("_Request", ChatRequest, EmbeddingRequest)
 _ZERO = Decimal(0)
-_CHARS_PER_TOKEN = 4
 
 
 @dataclass(slots=True, kw_only=True)
@@ -124,6 +127,22 @@ class MeteredModels:
             BudgetExceeded: A budget scope of the caller cannot cover the call.
             SpineError: What the router raises (unknown model, every model failed, ...).
         """
+        with model_call("chat", request.model, messages=request.messages) as traced:
+            metered = await self._complete(request, context)
+            if traced is not None:
+                answer = metered.completion
+                traced.answered(
+                    model=answer.model,
+                    provider=answer.provider,
+                    input_tokens=answer.input_tokens,
+                    output_tokens=answer.output_tokens,
+                    cache=metered.cache,
+                    cost=float(metered.cost),
+                    text=answer.text,
+                )
+            return metered
+
+    async def _complete(self, request: ChatRequest, context: CallContext) -> MeteredCompletion:
         started = time.perf_counter()
         request, context = await self._chooser.in_experiment(request, context)
         request = self._with_strategy(request, context)
@@ -163,6 +182,20 @@ class MeteredModels:
             BudgetExceeded: A budget scope of the caller cannot cover the call.
             SpineError: What the router raises before the first output.
         """
+        # Its span ends with the stream (when its books are settled).
+        traced = start_model_call("chat", request.model, messages=request.messages)
+        try:
+            opened = await self._stream(request, context)
+        except BaseException as exc:
+            if traced is not None:
+                traced.failed(exc)
+                traced.end()
+            raise
+        if traced is not None:
+            opened.finish = _ending_span(traced, opened.finish)
+        return opened
+
+    async def _stream(self, request: ChatRequest, context: CallContext) -> MeteredStream:
         started = time.perf_counter()
         request, context = await self._chooser.in_experiment(request, context)
         request = self._with_strategy(request, context)
@@ -211,6 +244,20 @@ class MeteredModels:
             BudgetExceeded: A budget scope of the caller cannot cover the call.
             SpineError: What the router raises (no embedding model, every model failed, ...).
         """
+        with model_call("embeddings", request.model) as traced:
+            metered = await self._embed(request, context)
+            if traced is not None:
+                answer = metered.embedding
+                traced.answered(
+                    model=answer.model,
+                    provider=answer.provider,
+                    input_tokens=answer.input_tokens,
+                    output_tokens=0,
+                    cost=float(metered.cost),
+                )
+            return metered
+
+    async def _embed(self, request: EmbeddingRequest, context: CallContext) -> MeteredEmbedding:
         started = time.perf_counter()
         request = self._with_strategy(request, context)
         strategy = self._strategy(request)
@@ -446,11 +493,8 @@ class MeteredModels:
                 outcome=outcome,
             )
             return
-        input_tokens, output_tokens = inner.input_tokens, inner.output_tokens
-        if not input_tokens and not output_tokens:
-            # The provider sent no usage: estimate from what was seen.
-            input_tokens = stream.prompt_tokens
-            output_tokens = math.ceil(stream.chars / _CHARS_PER_TOKEN)
+        # The provider's usage, else an estimate: the same numbers the client's usage chunk has.
+        input_tokens, output_tokens = stream.tokens()
         cost = cost_of(stream.spec, input_tokens, output_tokens)
         stream.cost = cost
         if stream.reservation is not None:
@@ -483,6 +527,29 @@ class MeteredModels:
             if spec.name == name:
                 return spec
         return self.router.catalog.get(name)
+
+
+def _ending_span(
+    traced: ModelCallSpan, finish: Callable[[MeteredStream, str], asyncio.Task[None]]
+) -> Callable[[MeteredStream, str], asyncio.Task[None]]:
+    """Wrap a stream's ``finish`` so that it also ends the stream's span."""
+
+    def finishing(stream: MeteredStream, outcome: str) -> asyncio.Task[None]:
+        input_tokens, output_tokens = stream.tokens()
+        traced.answered(
+            model=stream.model,
+            provider=stream.provider,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            cache=stream.cache,
+            text="".join(stream.texts),
+        )
+        if outcome != OK:
+            traced.failed(outcome)
+        traced.end()
+        return finish(stream, outcome)
+
+    return finishing
 
 
 def _requirements(request: ChatRequest) -> Requirements:

@@ -10,6 +10,7 @@ any answer, and a cache hit is replayed as a one-delta stream (:func:`replayed`)
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -24,6 +25,8 @@ from spine.platform.models import Attempt, Completion, CompletionDelta
 from spine.platform.router import CompletionStream, ModelSpec
 
 __all__ = ["MeteredStream", "replayed"]
+
+_CHARS_PER_TOKEN = 4
 
 
 @dataclass(slots=True, kw_only=True)
@@ -73,13 +76,25 @@ class MeteredStream:
 
     @property
     def input_tokens(self) -> int:
-        """Prompt tokens, as the provider reported them (0 until then)."""
-        return self.inner.input_tokens
+        """Prompt tokens: as the provider reported them, else the estimate (see :meth:`tokens`)."""
+        return self.tokens()[0]
 
     @property
     def output_tokens(self) -> int:
-        """Answer tokens, as the provider reported them (0 until then)."""
-        return self.inner.output_tokens
+        """Answer tokens: as the provider reported them, else the estimate (see :meth:`tokens`)."""
+        return self.tokens()[1]
+
+    def tokens(self) -> tuple[int, int]:
+        """Return the (prompt, answer) tokens the stream is charged for.
+
+        The provider's usage when it sent any; else (llama-cpp-python's server never does, and
+        not every Ollama) the prompt's estimate and 4 characters a token of what was streamed,
+        so the usage chunk a client reads and the usage ledger tell the same numbers.
+        """
+        reported = self.inner.input_tokens, self.inner.output_tokens
+        if any(reported):
+            return reported
+        return self.prompt_tokens, math.ceil(self.chars / _CHARS_PER_TOKEN)
 
     def answer(self, input_tokens: int, output_tokens: int, latency_ms: float) -> Completion:
         """Return what was streamed as one answer (to cache it)."""

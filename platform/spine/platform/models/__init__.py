@@ -10,6 +10,7 @@ call tries; metering (:mod:`spine.platform.metering`) prices and records it.
 
 from spine.platform.models.providers import (
     HOW_TO_CONFIGURE,
+    TOOL_MODEL_HINT,
     ProviderTarget,
     configured_providers,
     default_provider,
@@ -28,6 +29,7 @@ from spine.platform.models.values import (
 
 __all__ = [
     "HOW_TO_CONFIGURE",
+    "TOOL_MODEL_HINT",
     "Attempt",
     "ChatRequest",
     "Completion",

@@ -109,10 +109,13 @@ async def _ask_child(pairs: list[tuple[str, str]]) -> dict[tuple[str, str], Mode
         out, err = await asyncio.wait_for(
             child.communicate(json.dumps(pairs).encode()), ASK_TIMEOUT
         )
-    except TimeoutError:
+    except (TimeoutError, asyncio.CancelledError) as exc:
+        # Cancelled too (a worker stopped while it warmed up): the child never outlives us.
         with contextlib.suppress(ProcessLookupError):
             child.kill()
         await child.wait()
+        if isinstance(exc, asyncio.CancelledError):
+            raise
         logger.warning("LiteLLM's model facts are unknown: no answer in %.0f s", ASK_TIMEOUT)
         return {}
     if child.returncode != 0:

@@ -15,6 +15,7 @@ from spine.platform.settings import Provider, Settings
 
 __all__ = [
     "HOW_TO_CONFIGURE",
+    "TOOL_MODEL_HINT",
     "ProviderTarget",
     "configured_providers",
     "default_provider",
@@ -28,6 +29,10 @@ HOW_TO_CONFIGURE = (
     "GENAI_DEFAULT_PROVIDER with its key (GENAI_OPENAI_API_KEY, GENAI_ANTHROPIC_API_KEY, "
     "GENAI_GROQ_API_KEY; GENAI_AWS_REGION for bedrock); for a toy local model, install "
     "'genai-spine[local]' and run `spine up`"
+)
+TOOL_MODEL_HINT = (
+    "set GENAI_OLLAMA_URL to an Ollama server with a tool-calling model (e.g. llama3.2), or a "
+    "cloud provider and its key (the embedded toy model cannot choose tools)"
 )
 
 _PROVIDERS: tuple[Provider, ...] = ("ollama", "openai", "anthropic", "bedrock", "groq", "local")

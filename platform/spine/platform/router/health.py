@@ -24,6 +24,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from spine.platform.telemetry import observe_breakers
+
 __all__ = [
     "BreakerPolicy",
     "BreakerState",
@@ -196,15 +198,29 @@ class HealthView(Protocol):
         ...
 
 
-@dataclass(slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True, weakref_slot=True)
 class ModelHealth:
-    """A breaker per (model, kind of call) and a latency average per model, made on first use."""
+    """A breaker per (model, kind of call) and a latency average per model, made on first use.
+
+    Its breakers show on this process's ``/metrics`` (``spine_model_breaker_state``) for as
+    long as it lives.
+    """
 
     policy: BreakerPolicy = field(default_factory=BreakerPolicy)
     clock: Clock = field(default_factory=MonotonicClock)
     latency_alpha: float = 0.3
     _breakers: dict[tuple[str, CallKind], CircuitBreaker] = field(default_factory=dict)
     _latency: dict[str, LatencyAverage] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        observe_breakers(self.breaker_states)
+
+    def breaker_states(self) -> list[tuple[str, str, str]]:
+        """List every breaker as (model, kind of call, state)."""
+        return [
+            (model, kind, breaker.state.value)
+            for (model, kind), breaker in list(self._breakers.items())
+        ]
 
     def breaker(self, model: str, kind: CallKind = "chat") -> CircuitBreaker:
         """Return the breaker of ``model``'s calls of ``kind``."""

@@ -31,6 +31,7 @@ from spine.platform.errors import (
 from spine.platform.learning.features import SparseFeatures
 from spine.platform.models import (
     HOW_TO_CONFIGURE,
+    TOOL_MODEL_HINT,
     Attempt,
     ChatRequest,
     Completion,
@@ -248,8 +249,12 @@ class ModelRouter:
                 f"{name}: {why}" for name, why in self.catalog.refusals(requirements).items()
             )
             sized = requirements.embeddings and requirements.dimensions is not None
+            hint = ""
+            if requirements.tools:
+                # What a new user meets first: a tool-using agent on the toy local model.
+                hint = f"; tool-using agents need a tool-capable model: {TOOL_MODEL_HINT}"
             raise BadRequest(
-                f"no configured model meets the request ({reasons})",
+                f"no configured model meets the request ({reasons}){hint}",
                 field="dimensions" if sized else None,
             )
         return admitted(RoutePlan(strategy=chosen, models=ordered, decision=decision), admit)

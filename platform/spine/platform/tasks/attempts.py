@@ -2,12 +2,18 @@
 
 Transitions are guarded by the attempt number a worker claimed (a fencing token), so a stale
 worker can never overwrite a newer attempt.
+
+A claim may be bounded by a running limit per tenant (``running_limit``, see
+:mod:`spine.platform.limits.running`): the task is claimed only while fewer of its tenant's
+tasks are running with a live lease, decided in the claim's own UPDATE (on PostgreSQL after a
+per-tenant advisory lock, so concurrent claims are counted one after the other); otherwise the
+claim's outcome is ``throttled`` and the task stays queued.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -29,15 +35,29 @@ from spine.platform.tasks._rows import (
 )
 from spine.platform.tasks.models import TERMINAL_STATES, Claim, TaskError, TaskEvent
 
-__all__ = ["Attempts"]
+__all__ = ["Attempts", "RunningLimit"]
+
+RunningLimit = Callable[[str], int | None]
+"""How many tasks of a tenant may run at once (None: no limit)."""
 
 
 class Attempts(StorePart):
     """The worker's side of the task store."""
 
-    async def claim(self, task_id: str, *, lease: float) -> Claim:
-        """Start an attempt, unless the task is finished or another worker holds its lease."""
+    async def claim(
+        self, task_id: str, *, lease: float, running_limit: RunningLimit | None = None
+    ) -> Claim:
+        """Start an attempt, unless the task is finished or another worker holds its lease.
+
+        With ``running_limit``, a task whose tenant already runs that many tasks is not
+        claimed: the outcome is ``throttled`` and the task stays as it was (queued).
+        """
         now = utcnow()
+        if running_limit is not None:
+            tenant = await self._tenant_of(task_id)
+            limit = running_limit(tenant) if tenant is not None else None
+            if tenant is not None and limit is not None:
+                return await self._claim_within(task_id, tenant, limit, now, lease)
         if self._pg:
             async with self._db.driver() as raw:
                 row = await raw.fetchrow(_pg.CLAIM, task_id, now, now + timedelta(seconds=lease))
@@ -56,40 +76,52 @@ class Attempts(StorePart):
                 await self._announce([event])
                 return Claim(outcome="claimed", task=task, attempt=task.attempts, events=[event])
             # Not claimable now: the portable path below decides why, under the row's lock.
-        claimable = sa.and_(
-            TASKS.c.cancel_requested == sa.false(),
-            sa.or_(TASKS.c.deadline.is_(None), TASKS.c.deadline > now),
-            sa.or_(
-                TASKS.c.state == "queued",
-                sa.and_(TASKS.c.state == "running", TASKS.c.lease_expires_at <= now),
-            ),
-        )
         async with self._db.transaction() as conn:
             # The common case is one conditional UPDATE; the rest is decided below.
-            claimed = await change(
-                conn,
-                task_id,
-                now,
-                where=claimable,
-                event={"state": "running"},
-                values={
-                    "state": "running",
-                    "attempts": TASKS.c.attempts + 1,
-                    "started_at": sa.func.coalesce(
-                        TASKS.c.started_at, sa.literal(now, UtcDateTime())
-                    ),
-                    "lease_expires_at": now + timedelta(seconds=lease),
-                },
-            )
-            if claimed is not None:
-                task, event = claimed
-                event.data["attempt"] = task.attempts
-                await conn.execute(sa.insert(EVENTS).values(event.model_dump()))
-                found = Claim(outcome="claimed", task=task, attempt=task.attempts, events=[event])
-            else:
+            found = await _claim_row(conn, task_id, now, lease, where=_claimable(now))
+            if found is None:
                 found = await _undecided(conn, task_id, now)
         await self._announce(found.events)
         return found
+
+    async def _claim_within(
+        self, task_id: str, tenant: str, limit: int, now: datetime, lease: float
+    ) -> Claim:
+        """Claim a task only while its tenant runs fewer than ``limit`` tasks."""
+        others = TASKS.alias("others")
+        running = (
+            sa.select(sa.func.count())
+            .select_from(others)
+            .where(
+                others.c.tenant == tenant,
+                others.c.state == "running",
+                others.c.lease_expires_at > now,
+                others.c.id != task_id,
+            )
+            .scalar_subquery()
+        )
+        async with self._db.transaction() as conn:
+            if self._pg:
+                # Claims of one tenant queue here, so each UPDATE below counts the claims
+                # committed before it (a statement reads what was committed when it began).
+                await conn.execute(
+                    sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtext(tenant)))
+                )
+            where = sa.and_(_claimable(now), running < limit)
+            found = await _claim_row(conn, task_id, now, lease, where=where)
+            if found is None:
+                row = await read_locked(conn, task_id)
+                if row is not None and _could_run(row, now):
+                    return Claim(outcome="throttled", task=task_of(row))
+                found = await _undecided(conn, task_id, now)
+        await self._announce(found.events)
+        return found
+
+    async def _tenant_of(self, task_id: str) -> str | None:
+        async with self._db.transaction() as conn:
+            query = sa.select(TASKS.c.tenant).where(TASKS.c.id == task_id)
+            tenant: str | None = (await conn.execute(query)).scalar_one_or_none()
+        return tenant
 
     async def extend_lease(self, task_id: str, *, attempt: int, lease: float) -> bool:
         """Keep the claim of a running attempt alive; False if the attempt lost it."""
@@ -202,6 +234,62 @@ class Attempts(StorePart):
         written = [ended[1]] if ended is not None else []
         await self._announce(written)
         return written
+
+
+def _claimable(now: datetime) -> sa.ColumnElement[bool]:
+    """Hold for a task that an attempt may start now."""
+    return sa.and_(
+        TASKS.c.cancel_requested == sa.false(),
+        sa.or_(TASKS.c.deadline.is_(None), TASKS.c.deadline > now),
+        sa.or_(
+            TASKS.c.state == "queued",
+            sa.and_(TASKS.c.state == "running", TASKS.c.lease_expires_at <= now),
+        ),
+    )
+
+
+def _could_run(row: sa.RowMapping, now: datetime) -> bool:
+    """Tell whether a task read under its lock is one :func:`_claimable` would accept."""
+    if row["cancel_requested"] or (row["deadline"] is not None and row["deadline"] <= now):
+        return False
+    return bool(
+        row["state"] == "queued"
+        or (
+            row["state"] == "running"
+            and row["lease_expires_at"] is not None
+            and row["lease_expires_at"] <= now
+        )
+    )
+
+
+async def _claim_row(
+    conn: AsyncConnection,
+    task_id: str,
+    now: datetime,
+    lease: float,
+    *,
+    where: sa.ColumnElement[bool],
+) -> Claim | None:
+    """Start an attempt if ``where`` holds, writing its ``running`` event; None otherwise."""
+    claimed = await change(
+        conn,
+        task_id,
+        now,
+        where=where,
+        event={"state": "running"},
+        values={
+            "state": "running",
+            "attempts": TASKS.c.attempts + 1,
+            "started_at": sa.func.coalesce(TASKS.c.started_at, sa.literal(now, UtcDateTime())),
+            "lease_expires_at": now + timedelta(seconds=lease),
+        },
+    )
+    if claimed is None:
+        return None
+    task, event = claimed
+    event.data["attempt"] = task.attempts
+    await conn.execute(sa.insert(EVENTS).values(event.model_dump()))
+    return Claim(outcome="claimed", task=task, attempt=task.attempts, events=[event])
 
 
 async def _owned(conn: AsyncConnection, task_id: str, attempt: int) -> bool:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from spine.platform.errors import SpineError
 from spine.platform.inputs import StoredJson, StoredMoment
@@ -33,16 +33,43 @@ Priority = Literal["high", "normal", "low"]
 TERMINAL_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled", "dead_lettered"})
 
 
+def _object_or_prompt(schema: dict[str, Any]) -> None:
+    # The document says what the validator below takes: an object, or a bare prompt.
+    described = dict(schema)
+    schema.clear()
+    schema["anyOf"] = [described, {"type": "string", "minLength": 1}]
+    schema["description"] = (
+        'The agent\'s input, e.g. {"prompt": "..."} (chat and tool-using agents); a bare '
+        'string is taken as {"prompt": <string>}.'
+    )
+
+
 class TaskSubmission(BaseModel):
-    """The body of ``POST /v1/tasks``."""
+    """The body of ``POST /v1/tasks``.
+
+    ``input`` is the agent's input object; a bare string is taken as ``{"prompt": <string>}``,
+    the shape of the ``chat`` agent and of every tool-using agent.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     agent: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")
-    input: Annotated[dict[str, Any], StoredJson]
+    input: Annotated[dict[str, Any], StoredJson] = Field(json_schema_extra=_object_or_prompt)
     metadata: Annotated[dict[str, Any], StoredJson] = Field(default_factory=dict, max_length=64)
     priority: Priority = "normal"
     deadline: StoredMoment | None = None
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _bare_prompt(cls, value: Any) -> Any:
+        if isinstance(value, str) and value:
+            return {"prompt": value}
+        if not isinstance(value, dict):
+            raise ValueError(
+                'must be the agent\'s input object, e.g. {"prompt": "Say hello"}, or a '
+                "non-empty string (taken as the prompt)"
+            )
+        return value
 
     def fingerprint(self) -> str:
         """Hash the request so a reused Idempotency-Key can be checked against it."""
@@ -146,7 +173,8 @@ class NewTask:
 class Claim:
     """What a worker learned when it tried to claim a delivered task."""
 
-    outcome: Literal["claimed", "finished", "busy", "paused", "missing"]
+    # throttled: its tenant runs as many tasks as it may (see spine.platform.limits.running).
+    outcome: Literal["claimed", "finished", "busy", "paused", "missing", "throttled"]
     task: Task | None = None
     attempt: int = 0
     retry_in: float = 0.0

@@ -49,6 +49,7 @@ from spine.platform.tasks.models import (
     TaskSubmission,
 )
 from spine.platform.tasks.outbox import Outbox
+from spine.platform.telemetry import record_task_submitted
 
 __all__ = ["TaskStore"]
 
@@ -102,6 +103,7 @@ class TaskStore(Attempts, Approvals, Outbox, StorePart):
             return task_of(existing), [], False
         written = [TaskEvent(**event)]
         await self._announce(written)
+        record_task_submitted(submission.agent, tenant=tenant)
         return task_of(values), written, True
 
     async def _insert_pg(self, values: dict[str, Any], event: dict[str, Any]) -> None:
@@ -140,7 +142,8 @@ class TaskStore(Attempts, Approvals, Outbox, StorePart):
         """Insert queued tasks in the caller's transaction, a statement per chunk.
 
         A task whose idempotency key the tenant already used is skipped, so inserting the same
-        work twice (a retry after a crash) creates nothing new. Returns the tasks created.
+        work twice (a retry after a crash) creates nothing new. Returns the tasks created
+        (counted as submitted here: a caller's transaction that then fails over-counts).
         """
         created: list[Task] = []
         now = utcnow()
@@ -170,6 +173,8 @@ class TaskStore(Attempts, Approvals, Outbox, StorePart):
                 ],
             )
             created.extend(task_of(row) for row in kept)
+        for task in created:
+            record_task_submitted(task.agent, tenant=tenant)
         return created
 
     async def _by_idempotency_key(self, tenant: str, key: str) -> sa.RowMapping:

@@ -1,10 +1,11 @@
-"""Prometheus metrics: one registry per process, typed recording functions, ``/metrics``.
+"""Telemetry: Prometheus metrics (one registry per process, ``/metrics``) and OpenTelemetry traces.
 
 The definitions and the functions that record them are in
 :mod:`~spine.platform.telemetry.metrics`; label values are bounded by
 :mod:`~spine.platform.telemetry.labels`; values read on a scrape (queue depth, task counts,
 budgets) by :mod:`~spine.platform.telemetry.probes`; a worker's or the learner's own
-``/metrics`` port by :mod:`~spine.platform.telemetry.exposition`.
+``/metrics`` port by :mod:`~spine.platform.telemetry.exposition`. Traces (OpenTelemetry) by
+:mod:`~spine.platform.telemetry.tracing`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from spine.platform.telemetry.metrics import (
     describe_process,
     http_in_flight,
     observe_breakers,
+    record_budget_alert,
     record_feedback,
     record_http_request,
     record_model_call,
@@ -36,6 +38,19 @@ from spine.platform.telemetry.metrics import (
     set_jetstream,
 )
 from spine.platform.telemetry.probes import Probe, ProbeSet
+from spine.platform.telemetry.tracing import (
+    ModelCallSpan,
+    annotate,
+    http_telemetry,
+    model_call,
+    setup_tracing,
+    shutdown_tracing,
+    start_model_call,
+    task_delivered,
+    task_published,
+    tool_call,
+    tracing_active,
+)
 
 __all__ = [
     "GUARD",
@@ -45,16 +60,21 @@ __all__ = [
     "ConsumerState",
     "LabelGuard",
     "MetricsServer",
+    "ModelCallSpan",
     "Probe",
     "ProbeSet",
     "StreamState",
     "TaskCount",
+    "annotate",
     "configure",
     "describe_process",
     "http_in_flight",
+    "http_telemetry",
     "looks_like_id",
+    "model_call",
     "observe_breakers",
     "process_server",
+    "record_budget_alert",
     "record_feedback",
     "record_http_request",
     "record_model_call",
@@ -68,6 +88,13 @@ __all__ = [
     "set_active_tasks",
     "set_budget",
     "set_jetstream",
+    "setup_tracing",
+    "shutdown_tracing",
+    "start_model_call",
+    "task_delivered",
+    "task_published",
+    "tool_call",
+    "tracing_active",
 ]
 
 

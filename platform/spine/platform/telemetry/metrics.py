@@ -22,7 +22,9 @@ Where each family comes from:
 
 from __future__ import annotations
 
+import inspect
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
@@ -51,6 +53,7 @@ __all__ = [
     "describe_process",
     "http_in_flight",
     "observe_breakers",
+    "record_budget_alert",
     "record_feedback",
     "record_http_request",
     "record_model_call",
@@ -225,6 +228,12 @@ _BUDGET_REMAINING = Gauge(
     ["scope"],
     registry=REGISTRY,
 )
+_BUDGET_ALERTS = Counter(
+    "spine_budget_alerts",
+    "Budget thresholds (80, 100 percent) reached and announced by this process, by period.",
+    ["period", "threshold"],
+    registry=REGISTRY,
+)
 
 
 def describe_process(role: str) -> None:
@@ -326,6 +335,11 @@ def record_tool_call(tool: str, outcome: str | None, seconds: float) -> None:
     tool = GUARD.value("tool", tool)
     _TOOL_CALLS.labels(tool=tool, outcome=GUARD.value("outcome", outcome or "ok")).inc()
     _TOOL_SECONDS.labels(tool=tool).observe(max(seconds, 0.0))
+
+
+def record_budget_alert(period: str, threshold: int) -> None:
+    """Count one budget threshold announced (once across processes: by the one that saw it)."""
+    _BUDGET_ALERTS.labels(period=GUARD.value("period", period), threshold=str(threshold)).inc()
 
 
 def set_budget(scope: str, *, limit: float | None, spent: float, remaining: float | None) -> None:
@@ -469,10 +483,22 @@ _BREAKER_LEVEL = {"closed": 0.0, "half_open": 1.0, "open": 2.0}
 
 
 class _Breakers(Collector):
-    """The circuit breakers of this process's model router, read when scraped."""
+    """The circuit breakers of this process's model routers, read when scraped.
+
+    A bound method is held weakly (a router that is gone drops out); when two routers of one
+    process list the same model, the worse state shows.
+    """
 
     def __init__(self) -> None:
-        self.sources: list[BreakerSource] = []
+        self._lock = threading.Lock()
+        self._sources: list[Callable[[], BreakerSource | None]] = []
+
+    def add(self, source: BreakerSource) -> None:
+        held: Callable[[], BreakerSource | None] = (
+            weakref.WeakMethod(source) if inspect.ismethod(source) else (lambda: source)
+        )
+        with self._lock:
+            self._sources = [s for s in self._sources if s() is not None] + [held]
 
     def collect(self) -> Iterator[Metric]:
         family = GaugeMetricFamily(
@@ -480,10 +506,18 @@ class _Breakers(Collector):
             "A model's circuit breaker in this process: 0 closed, 1 half open, 2 open.",
             labels=["model", "kind"],
         )
-        for source in list(self.sources):
+        with self._lock:
+            sources = [s() for s in self._sources]
+        levels: dict[tuple[str, str], float] = {}
+        for source in sources:
+            if source is None:
+                continue
             for model, kind, state in source():
+                key = (GUARD.value("model", model), str(kind))
                 level = _BREAKER_LEVEL.get(str(state), 2.0)
-                family.add_metric([GUARD.value("model", model), str(kind)], level)
+                levels[key] = max(level, levels.get(key, 0.0))
+        for (model, kind), level in levels.items():
+            family.add_metric([model, kind], level)
         yield family
 
 
@@ -492,5 +526,8 @@ REGISTRY.register(_BREAKERS)
 
 
 def observe_breakers(source: BreakerSource) -> None:
-    """Show the breakers ``source`` lists on every scrape of this process."""
-    _BREAKERS.sources.append(source)
+    """Show the breakers ``source`` lists on every scrape of this process.
+
+    A bound method is held weakly: its object may go away, and its breakers with it.
+    """
+    _BREAKERS.add(source)

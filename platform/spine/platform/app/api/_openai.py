@@ -19,7 +19,7 @@ from fastapi import Response
 from fastapi.responses import JSONResponse
 
 from spine.platform.app.api.errors import loggable, retry_after_of
-from spine.platform.errors import SpineError
+from spine.platform.errors import RateLimited, SpineError
 from spine.platform.models import Attempt, CompletionDelta
 from spine.platform.models.openai_wire import (
     AUTO,
@@ -45,6 +45,7 @@ __all__ = [
     "new_completion_id",
     "openai_error",
     "openai_errors",
+    "rate_limited",
     "sse",
     "usage_body",
 ]
@@ -114,6 +115,15 @@ def openai_error(error: GatewayError) -> JSONResponse:
     return JSONResponse(body, status_code=error.status, headers=error_headers(error))
 
 
+def rate_limited(exc: RateLimited) -> GatewayError:
+    """Answer a rate limit as OpenAI does: 429, type ``requests`` or ``tokens``, with
+    ``Retry-After`` and the ``x-ratelimit-*`` headers."""
+    measure = str(exc.details.get("limit_type") or "requests")
+    return GatewayError(
+        429, exc.message, type=measure, code="rate_limit_exceeded", headers=dict(exc.headers)
+    )
+
+
 def error_headers(error: GatewayError) -> dict[str, str]:
     """Return the headers of an error: its own, ``WWW-Authenticate`` on 401, ``Retry-After`` on 503."""
     headers = dict(error.headers)
@@ -135,6 +145,8 @@ def openai_errors(
             return await endpoint(*args, **kwargs)
         except GatewayError as exc:
             return openai_error(exc)
+        except RateLimited as exc:
+            return openai_error(rate_limited(exc))
         except SpineError as exc:
             return openai_error(GatewayError.of(exc))
 

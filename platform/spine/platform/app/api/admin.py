@@ -3,24 +3,29 @@
 Who may do what follows the roles of :mod:`spine.platform.keys`:
 
 - an **operator** key administers every tenant: creates tenants, issues keys of any role for
-  any tenant that exists, lists, revokes and rotates any key, reads any budget;
+  any tenant that exists, lists, revokes and rotates any key, reads and sets any budget;
 - an **admin** key administers its own tenant: issues member and admin keys there, lists,
-  revokes and rotates that tenant's keys (not an operator's: 403), reads its budgets; another
-  tenant, and any key of it, is not found (404), as if it did not exist;
+  revokes and rotates that tenant's keys (not an operator's: 403), reads its budgets and sets
+  the budgets of its keys (not of its tenant, nor of an operator's key: 403); another tenant,
+  and any key of it, is not found (404), as if it did not exist;
 - a **member** key reads its own tenant, its own key and their budgets; anything else is 403.
 
 Changes take effect in every API process within ``GENAI_API__KEY_CACHE_SECONDS`` (5 s by
 default: how long a process trusts a key it verified), and at once in the process that made
 them. A key's expiry holds to the second, cached or not.
 
-Budgets are read here (the daily budget of a tenant or a key: limit, spent, reserved,
-remaining, reset time). Their limits are settings today (``GENAI_BUDGET_DAILY``,
-``GENAI_BUDGETS__TENANTS``, ``GENAI_BUDGETS__KEYS``), so they are not set over HTTP.
+Budgets (``/v1/budgets/tenants/{tenant}``, ``/v1/budgets/keys/{key_id}``) are read with their
+daily, weekly and monthly periods (limit and where it comes from, spent, reserved, remaining,
+reset time) and the thresholds reached this period (``alerts``). ``PUT .../{period}`` stores a
+limit, ``DELETE .../{period}`` removes it: a stored limit wins over the settings
+(``GENAI_BUDGET_DAILY``, ``GENAI_BUDGETS__TENANTS``, ``GENAI_BUDGETS__KEYS``), and removing it
+brings the settings' default back. Every API process and worker enforces a change within
+``GENAI_BUDGETS__STORED_SECONDS`` (2 s by default), this one at once.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Annotated, Literal
 
@@ -33,7 +38,10 @@ from spine.platform.app.api.errors import documented
 from spine.platform.errors import BadRequest, Forbidden, NotFound
 from spine.platform.inputs import StoredMoment, StoredText
 from spine.platform.keys import MAX_LIFETIME, ApiKey, IssuedKey, Principal, Role, parse_lifetime
-from spine.platform.metering.budgets import BudgetState, budget_scopes
+from spine.platform.metering.budget_alerts import BudgetAlert
+from spine.platform.metering.budget_limits import MAX_LIMIT, LimitSource
+from spine.platform.metering.budget_periods import Period
+from spine.platform.metering.budgets import BudgetLedger, BudgetState, budget_scopes
 from spine.platform.schema import utcnow
 
 __all__ = ["router"]
@@ -157,32 +165,82 @@ class KeyList(BaseModel):
 
 
 class BudgetPeriod(BaseModel):
-    """Where one budget stands in its period; amounts are decimal strings (USD)."""
+    """Where one budget stands in its current period; amounts are decimal strings (USD)."""
 
     limit: str | None = Field(description="None: unlimited.")
+    source: LimitSource | None = Field(
+        None,
+        description="Where the limit comes from: stored (set over this API or the CLI), which "
+        "wins over the settings' default; None: unlimited.",
+    )
     spent: str
     reserved: str = Field(description="Held by calls in flight.")
     remaining: str | None
+    period_start: date | None = Field(None, description="The period's first UTC day.")
     resets_at: datetime
 
     @classmethod
-    def of(cls, state: BudgetState) -> BudgetPeriod:
+    def of(cls, state: BudgetState, source: LimitSource | None = None) -> BudgetPeriod:
         """Describe a budget's state."""
         remaining = state.remaining
         return cls(
             limit=_amount(state.limit) if state.limit is not None else None,
+            source=source,
             spent=_amount(state.spent),
             reserved=_amount(state.reserved),
             remaining=_amount(remaining) if remaining is not None else None,
+            period_start=state.day,
             resets_at=state.resets_at,
         )
 
 
+class BudgetAlertView(BaseModel):
+    """A threshold a budget reached in its current period (also published on NATS)."""
+
+    period: Period
+    period_start: date
+    threshold: int = Field(description="Percent of the limit: 80 or 100.")
+    limit: str
+    spent: str = Field(description="What was spent when it was reached.")
+    reached_at: datetime
+
+    @classmethod
+    def of(cls, alert: BudgetAlert) -> BudgetAlertView:
+        """Describe a recorded alert."""
+        return cls(
+            period=alert.period,
+            period_start=alert.period_start,
+            threshold=alert.threshold,
+            limit=_amount(alert.limit),
+            spent=_amount(alert.spent),
+            reached_at=alert.reached_at,
+        )
+
+
 class BudgetView(BaseModel):
-    """The budgets of one scope (``tenant:<name>`` or ``key:<id>``)."""
+    """The budgets of one scope (``tenant:<name>`` or ``key:<id>``), one per period."""
 
     scope: str
     daily: BudgetPeriod
+    weekly: BudgetPeriod
+    monthly: BudgetPeriod
+    alerts: list[BudgetAlertView] = Field(
+        default_factory=list, description="Thresholds reached in the current periods."
+    )
+
+
+class BudgetLimitInput(BaseModel):
+    """The body of ``PUT /v1/budgets/.../{period}``: the period's limit in USD."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    limit: Decimal = Field(
+        ge=0,
+        le=MAX_LIMIT,
+        decimal_places=8,
+        description='A decimal string or number, e.g. "25.00"; 0 refuses every paid call.',
+        examples=["25.00"],
+    )
 
 
 # -- tenants -----------------------------------------------------------------------------------
@@ -324,6 +382,47 @@ async def tenant_budget(tenant: str, request: Request, caller: Caller) -> Budget
     return await _budget(request, budget_scopes(tenant=tenant)[-1])
 
 
+@router.put(
+    "/budgets/tenants/{tenant}/{period}",
+    response_model=BudgetView,
+    responses=documented(403, 404),
+)
+async def set_tenant_budget(
+    tenant: str, period: Period, given: BudgetLimitInput, request: Request, caller: Caller
+) -> BudgetView:
+    """Store a tenant's limit for a period (operator keys); it wins over the settings."""
+    scope = budget_scopes(tenant=tenant)[-1]
+    async with audited(request, caller, "budget.set", target=scope, tenant=tenant) as note:
+        note.details.update({"period": period, "limit": _amount(given.limit)})
+        _visible_tenant(caller, tenant)
+        _set_tenant_budgets(caller)
+        await platform_of(request).keys.tenant(tenant)  # 404: create the tenant first
+        previous = await _ledger(request).set_limit(scope, period, given.limit, by=caller.key_id)
+        note.details["previous"] = _amount(previous.amount) if previous else None
+    return await _budget(request, scope)
+
+
+@router.delete(
+    "/budgets/tenants/{tenant}/{period}",
+    response_model=BudgetView,
+    responses=documented(403, 404),
+)
+async def remove_tenant_budget(
+    tenant: str, period: Period, request: Request, caller: Caller
+) -> BudgetView:
+    """Remove a tenant's stored limit for a period (operator keys): the default applies again."""
+    scope = budget_scopes(tenant=tenant)[-1]
+    async with audited(request, caller, "budget.remove", target=scope, tenant=tenant) as note:
+        note.details["period"] = period
+        _visible_tenant(caller, tenant)
+        _set_tenant_budgets(caller)
+        previous = await _ledger(request).remove_limit(scope, period)
+        if previous is None:
+            raise NotFound(f"no {period} budget is stored for {scope}", field="period")
+        note.details["previous"] = _amount(previous.amount)
+    return await _budget(request, scope)
+
+
 @router.get("/budgets/keys/{key_id}", response_model=BudgetView, responses=documented(403, 404))
 async def key_budget(key_id: str, request: Request, caller: Caller) -> BudgetView:
     """Return a key's budgets (a member key: only its own)."""
@@ -333,9 +432,79 @@ async def key_budget(key_id: str, request: Request, caller: Caller) -> BudgetVie
     return await _budget(request, budget_scopes(key_id=key_id)[-1])
 
 
+@router.put(
+    "/budgets/keys/{key_id}/{period}",
+    response_model=BudgetView,
+    responses=documented(403, 404),
+)
+async def set_key_budget(
+    key_id: str, period: Period, given: BudgetLimitInput, request: Request, caller: Caller
+) -> BudgetView:
+    """Store a key's limit for a period (operator keys; admin keys: of their tenant's keys)."""
+    scope = budget_scopes(key_id=key_id)[-1]
+    async with audited(request, caller, "budget.set", target=scope) as note:
+        note.details.update({"period": period, "limit": _amount(given.limit)})
+        key = await _managed_key(request, caller, key_id)
+        note.tenant = key.tenant
+        _may_manage(caller, key)
+        previous = await _ledger(request).set_limit(scope, period, given.limit, by=caller.key_id)
+        note.details["previous"] = _amount(previous.amount) if previous else None
+    return await _budget(request, scope)
+
+
+@router.delete(
+    "/budgets/keys/{key_id}/{period}",
+    response_model=BudgetView,
+    responses=documented(403, 404),
+)
+async def remove_key_budget(
+    key_id: str, period: Period, request: Request, caller: Caller
+) -> BudgetView:
+    """Remove a key's stored limit for a period: the default applies again."""
+    scope = budget_scopes(key_id=key_id)[-1]
+    async with audited(request, caller, "budget.remove", target=scope) as note:
+        note.details["period"] = period
+        key = await _managed_key(request, caller, key_id)
+        note.tenant = key.tenant
+        _may_manage(caller, key)
+        previous = await _ledger(request).remove_limit(scope, period)
+        if previous is None:
+            raise NotFound(f"no {period} budget is stored for {scope}", field="period")
+        note.details["previous"] = _amount(previous.amount)
+    return await _budget(request, scope)
+
+
+def _ledger(request: Request) -> BudgetLedger:
+    return platform_of(request).metered.budgets
+
+
 async def _budget(request: Request, scope: str) -> BudgetView:
-    state = await platform_of(request).metered.budgets.state(scope)
-    return BudgetView(scope=scope, daily=BudgetPeriod.of(state))
+    ledger = _ledger(request)
+    states = {state.period: state for state in await ledger.states(scope)}
+    limits = ledger.limits
+    periods = {
+        period: BudgetPeriod.of(state, limits.source(scope, period))
+        for period, state in states.items()
+    }
+    alerts = await ledger.current_alerts(scope)
+    return BudgetView(
+        scope=scope,
+        daily=periods["daily"],
+        weekly=periods["weekly"],
+        monthly=periods["monthly"],
+        alerts=[BudgetAlertView.of(alert) for alert in alerts],
+    )
+
+
+async def _managed_key(request: Request, caller: Principal, key_id: str) -> ApiKey:
+    if not caller.is_admin:
+        raise Forbidden("budgets are set with an admin or operator key")
+    return await _visible_key(request, caller, key_id)
+
+
+def _set_tenant_budgets(caller: Principal) -> None:
+    if not caller.is_operator:
+        raise Forbidden("a tenant's budgets are set with an operator key")
 
 
 # -- who may ----------------------------------------------------------------------------------

@@ -9,14 +9,21 @@ from fastapi import Depends, Request
 from spine.platform.app.wiring import Platform
 from spine.platform.errors import Unauthorized
 from spine.platform.keys import Principal
+from spine.platform.limits import RateLimits
 
-__all__ = ["Caller", "authenticate", "platform_of"]
+__all__ = ["Caller", "authenticate", "platform_of", "rate_limits_of"]
 
 
 def platform_of(request: Request) -> Platform:
     """Return the wired services of this app."""
     platform: Platform = request.app.state.platform
     return platform
+
+
+def rate_limits_of(request: Request) -> RateLimits:
+    """Return this app's rate limits (built with the platform when the app starts)."""
+    limits: RateLimits = request.app.state.rate_limits
+    return limits
 
 
 async def authenticate(request: Request) -> Principal:

@@ -6,6 +6,10 @@ headers, the data in the body). Every event is checked before any is accepted: a
 one, or one breaking its type's schema, is a 400 naming the attribute. Accepted events are
 recorded (``pending``) and published to the EVENTS stream; 202 lists them, with
 ``duplicate: true`` for an event (same source and id) received before.
+
+One naming on every events route: ``key`` is the platform's id of a received event (what
+``GET /v1/events/{key}`` takes), ``event_id`` the CloudEvents ``id``. Each route also keeps
+the ``id`` it answered before (here the CloudEvents id, in the list the key), deprecated.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 
 from spine.events.cloudevent import (
     BATCH_CONTENT_TYPE,
@@ -35,10 +39,14 @@ router = APIRouter(prefix="/v1", tags=["events"])
 class AcceptedEventInfo(BaseModel):
     """One accepted event."""
 
-    id: str
+    key: str = Field(description="The received event's key: GET /v1/events/{key} finds it.")
+    event_id: str = Field(description="The CloudEvents id its producer gave it.")
+    id: str = Field(
+        description="Deprecated: the same as event_id (kept for existing clients).",
+        json_schema_extra={"deprecated": True},
+    )
     source: str
     type: str
-    key: str
     duplicate: bool
 
 
@@ -59,6 +67,7 @@ async def publish_events(request: Request, caller: Caller) -> EventsAccepted:
         accepted=len(accepted),
         events=[
             AcceptedEventInfo(
+                event_id=a.event.id,
                 id=a.event.id,
                 source=a.event.source,
                 type=a.event.type,
@@ -68,6 +77,33 @@ async def publish_events(request: Request, caller: Caller) -> EventsAccepted:
             for a in accepted
         ],
     )
+
+
+class RemapRequest(BaseModel):
+    """The body of ``POST /v1/events/remap``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: str | None = Field(None, max_length=255, description="Only events of this type.")
+    limit: int = Field(1000, ge=1, le=10000, description="At most this many, oldest first.")
+
+
+class Remapped(BaseModel):
+    """The answer to ``POST /v1/events/remap``."""
+
+    remapped: int = Field(description="Unmapped events sent to ingestion again (now pending).")
+
+
+@router.post("/events/remap", status_code=202, response_model=Remapped)
+async def remap_events(body: RemapRequest, request: Request, caller: Caller) -> Remapped:
+    """Send the caller's ``unmapped`` events to ingestion again (after adding mappings).
+
+    They are mapped by the mappings in force now; triggers do not fire on them (a trigger
+    applies only to events received after it was enabled).
+    """
+    intake = platform_of(request).knowledge.intake
+    count = await intake.remap(tenant=caller.tenant, type=body.type, limit=body.limit)
+    return Remapped(remapped=count)
 
 
 @router.get("/events", response_model=EventPage)

@@ -14,6 +14,12 @@ ledger. ``X-Spine-Cost`` says what the answer cost (USD; 0 for a cache hit) and
 end, so its headers carry ``X-Spine-Cost`` only for a hit (0); the usage ledger has it. A spent
 budget is a 429 with code ``budget_exceeded``, naming the budget, the spend and when it resets.
 
+Rate limits (:mod:`spine.platform.limits`) count each call against its key's and tenant's
+requests per minute before it runs, and the tokens it used after; a call over a limit is a 429
+with code ``rate_limit_exceeded``, type ``requests`` or ``tokens``, and ``Retry-After``. Every
+answer of a limited caller carries OpenAI's ``x-ratelimit-limit-*``, ``x-ratelimit-remaining-*``
+and ``x-ratelimit-reset-*`` headers (a stream's, as they stood when it began).
+
 A streamed answer falls back while no token has been sent; a failure after that ends the
 stream with ``data: {"error": {...}}`` and ``data: [DONE]``. Errors are in OpenAI's shape.
 """
@@ -28,10 +34,18 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from spine.platform.app.api._openai import DONE, chunk, error_headers, fallback_header, sse
-from spine.platform.app.api.auth import authenticate, platform_of
+from spine.platform.app.api._openai import (
+    DONE,
+    chunk,
+    error_headers,
+    fallback_header,
+    rate_limited,
+    sse,
+)
+from spine.platform.app.api.auth import authenticate, platform_of, rate_limits_of
 from spine.platform.app.api.errors import documented, loggable
-from spine.platform.errors import SpineError
+from spine.platform.errors import RateLimited, SpineError
+from spine.platform.limits import Admission, RateLimits
 from spine.platform.metering import CallContext, MeteredStream
 from spine.platform.models import Attempt, CompletionDelta
 from spine.platform.models.openai_wire import (
@@ -61,6 +75,8 @@ async def chat_completions(request: Request) -> Response:
     try:
         caller = await authenticate(request)
         chat = ChatCompletionRequest.parse(await request.body())
+        limits = rate_limits_of(request)
+        admission = await limits.admit(caller)
         models = await platform_of(request).metered_models()
         call = chat.to_request(strategy=request.headers.get(STRATEGY_HEADER))
         completion_id, created = new_completion_id()
@@ -78,14 +94,22 @@ async def chat_completions(request: Request) -> Response:
                 # counted as answered before the server noticed.
                 await opened.aclose()
                 return Response(status_code=499)
-            return _streamed(opened, chat, completion_id=completion_id, created=created)
+            settle = _Settle(limits, admission)
+            return _streamed(
+                opened, chat, completion_id=completion_id, created=created, settle=settle
+            )
         metered = await models.complete(call, context)
+    except RateLimited as exc:
+        return _error(rate_limited(exc))
     except SpineError as exc:
         return _error(GatewayError.of(exc))
     answer = metered.completion
+    if not answer.cache_hit:  # an answer from the cache used no tokens
+        await limits.settle(admission, answer.input_tokens + answer.output_tokens)
     headers = _headers(answer.model, answer.provider, answer.strategy, answer.fallback_path, chat)
     headers["X-Spine-Cost"] = _amount(metered.cost)
     headers["X-Spine-Cache"] = metered.cache
+    headers.update(admission.headers())
     return JSONResponse(
         completion_body(answer, completion_id=completion_id, created=created), headers=headers
     )
@@ -122,7 +146,12 @@ async def list_models(request: Request) -> Response:
 
 
 def _streamed(
-    opened: MeteredStream, chat: ChatCompletionRequest, *, completion_id: str, created: int
+    opened: MeteredStream,
+    chat: ChatCompletionRequest,
+    *,
+    completion_id: str,
+    created: int,
+    settle: _Settle,
 ) -> Response:
     frame: dict[str, Any] = {
         "completion_id": completion_id,
@@ -148,6 +177,8 @@ def _streamed(
         finally:
             # Also when the client went away: stop reading the model and free its breaker.
             await deltas.aclose()
+            if opened.cache != "hit":
+                await settle(opened.input_tokens + opened.output_tokens)
         if not finished:
             yield chunk(CompletionDelta(finish_reason="stop"), **frame)
         if chat.include_usage:
@@ -161,7 +192,19 @@ def _streamed(
     headers["X-Spine-Cache"] = opened.cache
     if opened.cache == "hit":
         headers["X-Spine-Cost"] = "0"
+    headers.update(settle.admission.headers())
     return StreamingResponse(frames(), media_type="text/event-stream", headers=headers)
+
+
+class _Settle:
+    """Counts a stream's tokens once it ends, against the windows that admitted it."""
+
+    def __init__(self, limits: RateLimits, admission: Admission) -> None:
+        self.limits = limits
+        self.admission = admission
+
+    async def __call__(self, tokens: int) -> None:
+        await self.limits.settle(self.admission, tokens)
 
 
 def _headers(

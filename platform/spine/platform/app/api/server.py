@@ -20,6 +20,7 @@ from spine.platform.app.api import (
     events,
     files,
     graph,
+    key_limits,
     learning,
     metrics,
     tasks,
@@ -40,9 +41,11 @@ from spine.platform.app.api.metrics import HttpMetrics
 from spine.platform.app.console.site import install as install_console
 from spine.platform.app.observed import api_probes
 from spine.platform.app.wiring import Platform
+from spine.platform.limits import RateLimits
 from spine.platform.periodic import run_every
 from spine.platform.settings import Settings
 from spine.platform.telemetry import configure as configure_metrics
+from spine.platform.telemetry import http_telemetry
 
 __all__ = ["create_app"]
 
@@ -58,6 +61,7 @@ def create_app(settings: Settings) -> FastAPI:
         await platform.start()
         platform.start_router_warm_up()
         app.state.platform = platform
+        app.state.rate_limits = RateLimits.build(settings, platform.db)
         if settings.metrics.enabled:
             probes = configure_metrics(settings.metrics, role="api")
             app.state.metric_probes = api_probes(platform, settings, probes)
@@ -93,9 +97,13 @@ def create_app(settings: Settings) -> FastAPI:
             for job in background:
                 job.cancel()
             await asyncio.gather(*background, return_exceptions=True)
+            await app.state.rate_limits.close()
             await platform.close()
 
-    app = FastAPI(title="GenAI Spine", version="0.1.0", lifespan=lifespan)
+    # Server spans (FastAPI's own) when this process traces: set tracing up before this.
+    app = FastAPI(
+        title="GenAI Spine", version="0.1.0", lifespan=lifespan, telemetry=http_telemetry()
+    )
     install_error_handlers(app)
     # Batch files are larger than any other body (multipart framing adds a little).
     upload = settings.batches.max_file_bytes
@@ -128,6 +136,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(events.router)
     app.include_router(graph.router)
     app.include_router(admin.router)
+    app.include_router(key_limits.router)
     app.include_router(audit.router)
     document_errors(app, openai_paths=OPENAI_PATHS)
     app.include_router(learning.router)

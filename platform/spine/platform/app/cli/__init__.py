@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import inspect
 import os
+import re
 import sys
 
 import typer
@@ -24,10 +26,36 @@ app.add_typer(admin.keys_app, name="keys")
 app.add_typer(admin.tenants_app, name="tenants")
 app.add_typer(admin.budgets_app, name="budgets")
 app.add_typer(client.graph_app, name="graph")
+app.add_typer(client.events_app, name="events")
 app.add_typer(client.docs_app, name="docs")
 app.add_typer(learning.routing_app, name="routing")
 app.add_typer(learning.experiments_app, name="experiments")
 app.add_typer(learn.learn_app, name="learn")
+
+_ROLE = re.compile(r":[a-z]+:`~?\.?([^`]+)`")
+
+
+def _plain_help(text: str) -> str:
+    """Return a docstring as a terminal shows it: no reStructuredText markup."""
+    return _ROLE.sub(r"\1", text).replace("``", "'")
+
+
+def _clean_help(tree: typer.Typer) -> None:
+    # Docstrings are written for the API docs (``code``); help text is read in a terminal.
+    if tree.info.help:
+        tree.info.help = _plain_help(str(tree.info.help))
+    for command in tree.registered_commands:
+        doc = command.help or (command.callback and inspect.getdoc(command.callback))
+        if doc:
+            command.help = _plain_help(str(doc))
+    for group in tree.registered_groups:
+        if group.help:
+            group.help = _plain_help(str(group.help))
+        if group.typer_instance is not None:
+            _clean_help(group.typer_instance)
+
+
+_clean_help(app)
 
 
 def main() -> None:

@@ -13,7 +13,11 @@ from spine.platform.app.launcher import ADMIN_KEY_FILE
 from spine.platform.errors import ConfigurationError
 from spine.platform.settings import Settings, load_settings
 
-__all__ = ["api_client", "json_or_exit"]
+__all__ = ["api_client", "json_or_exit", "resolve_id"]
+
+PREFIX_SCAN = 1000
+"""How many of the newest items an id prefix is looked for among."""
+_PAGE = 200
 
 
 def api_client() -> httpx.Client:
@@ -45,3 +49,50 @@ def json_or_exit(response: httpx.Response) -> Any:
         )
         raise typer.Exit(1)
     return body
+
+
+def resolve_id(
+    client: httpx.Client, collection: str, given: str, *, noun: str, field: str = "id"
+) -> str:
+    """Return the full id of the item of ``collection`` whose id is or starts with ``given``.
+
+    The id as given is tried first; else the newest :data:`PREFIX_SCAN` items are searched
+    for ids that start with it. None or several is an error naming what to give instead.
+
+    Args:
+        client: A client of the running API.
+        collection: The list route, e.g. ``/v1/tasks``.
+        given: A whole id or the start of one.
+        noun: What the items are called in messages (``task``).
+        field: The listed items' field that holds the id.
+    """
+    exact = client.get(f"{collection}/{given}")
+    if exact.status_code != 404 or not given:
+        return given
+    found: list[str] = []
+    cursor: str | None = None
+    seen = 0
+    while seen < PREFIX_SCAN:
+        params: dict[str, Any] = {"limit": _PAGE}
+        if cursor:
+            params["cursor"] = cursor
+        page = json_or_exit(client.get(collection, params=params))
+        items = page.get("data") or []
+        seen += len(items)
+        found += [str(i[field]) for i in items if str(i.get(field, "")).startswith(given)]
+        cursor = page.get("next_cursor")
+        if not cursor or not items:
+            break
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        err_console.print(
+            f"[red]404 not_found:[/red] no {noun} id is or starts with {given!r} "
+            f"(among the newest {PREFIX_SCAN}); give the whole id"
+        )
+    else:
+        err_console.print(
+            f"[red]ambiguous:[/red] {len(found)} {noun} ids start with {given!r}; give more "
+            "of the id: " + ", ".join(found[:10]) + (", ..." if len(found) > 10 else "")
+        )
+    raise typer.Exit(1)

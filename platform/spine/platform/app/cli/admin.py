@@ -1,6 +1,6 @@
 """Administration, straight on the database (no running API needed, no key either):
-``spine keys create|list|revoke|rotate``, ``spine tenants create|list``, ``spine budgets show``,
-``spine audit``; and ``spine keys nats`` (credentials of the embedded NATS for external
+``spine keys create|list|revoke|rotate|limits``, ``spine tenants create|list``,
+``spine budgets show|set|remove``, ``spine audit``; and ``spine keys nats`` (credentials of the embedded NATS for external
 publishers).
 
 Every change is recorded in the audit log as made ``via`` the CLI, with no key, from
@@ -17,13 +17,14 @@ import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.table import Table
 
 from spine.platform.app.cli._shared import console, require, settings_for_command
-from spine.platform.errors import ConfigurationError
+from spine.platform.errors import ConfigurationError, NotFound
 from spine.platform.keys import ROLES, ApiKey, parse_lifetime
 from spine.platform.schema import utcnow
 
@@ -31,13 +32,18 @@ if TYPE_CHECKING:
     from spine.platform.audit import AuditLog
     from spine.platform.db import Database
     from spine.platform.keys import KeyStore
+    from spine.platform.metering.budget_periods import Period
+    from spine.platform.metering.budgets import BudgetLedger
     from spine.platform.settings import Settings
 
 __all__ = ["budgets_app", "commands", "keys_app", "tenants_app"]
 
 keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
 tenants_app = typer.Typer(help="Manage tenants.", no_args_is_help=True)
-budgets_app = typer.Typer(help="Read budgets.", no_args_is_help=True)
+budgets_app = typer.Typer(
+    help="Read and set budgets (daily, weekly, monthly; per tenant and per key).",
+    no_args_is_help=True,
+)
 commands = typer.Typer()
 _T = TypeVar("_T")
 
@@ -139,6 +145,61 @@ def keys_rotate(key_id: str, expires_in: Annotated[str | None, EXPIRES_IN] = Non
     console.print(issued.secret, soft_wrap=True)
 
 
+@keys_app.command("limits")
+def keys_limits(
+    key_id: str,
+    requests_per_minute: Annotated[
+        int | None,
+        typer.Option("--rpm", min=0, max=2_000_000_000, help="Requests per minute; 0: no limit."),
+    ] = None,
+    tokens_per_minute: Annotated[
+        int | None,
+        typer.Option("--tpm", min=0, max=2_000_000_000, help="Tokens per minute; 0: no limit."),
+    ] = None,
+    default: Annotated[
+        bool, typer.Option("--default", help="Drop the key's own limits: the settings hold.")
+    ] = False,
+) -> None:
+    """Show a key's own rate limits, or set them (--rpm, --tpm; --default drops them)."""
+    from spine.platform.limits import KeyLimits, KeyLimitStore
+
+    changing = default or requests_per_minute is not None or tokens_per_minute is not None
+
+    async def go(admin: _Admin) -> KeyLimits:
+        store = KeyLimitStore(admin.db, cache_seconds=0)
+        key = await admin.keys.get(key_id)
+        if not changing:
+            return await store.get(key_id)
+        current = KeyLimits() if default else await store.get(key_id)
+        wanted = KeyLimits(
+            requests_per_minute=requests_per_minute
+            if requests_per_minute is not None
+            else current.requests_per_minute,
+            tokens_per_minute=tokens_per_minute
+            if tokens_per_minute is not None
+            else current.tokens_per_minute,
+        )
+        stored = await store.set(key_id, wanted)
+        await admin.audit_key(
+            "key.limits",
+            key,
+            requests_per_minute=stored.requests_per_minute,
+            tokens_per_minute=stored.tokens_per_minute,
+        )
+        return stored
+
+    own = _administer(go)
+
+    def shown(value: int | None) -> str:
+        return "default" if value is None else "no limit" if value == 0 else f"{value}/min"
+
+    console.print(
+        f"key {key_id}: requests {shown(own.requests_per_minute)}, "
+        f"tokens {shown(own.tokens_per_minute)}"
+        + (" (a running API applies it within the key cache time, 5 s)" if changing else "")
+    )
+
+
 # -- tenants ----------------------------------------------------------------------------------
 
 
@@ -179,38 +240,162 @@ def tenants_list() -> None:
 # -- budgets ----------------------------------------------------------------------------------
 
 
+TENANT_BUDGET = typer.Option(help="A tenant's budget.")
+KEY_BUDGET = typer.Option(help="A key's budget (by its id).")
+PERIOD = typer.Option(help="daily, weekly (from Monday) or monthly; UTC.")
+
+
 @budgets_app.command("show")
 def budgets_show(
-    tenant: Annotated[str | None, typer.Option(help="A tenant's budget.")] = None,
-    key: Annotated[str | None, typer.Option(help="A key's budget (by its id).")] = None,
+    tenant: Annotated[str | None, TENANT_BUDGET] = None,
+    key: Annotated[str | None, KEY_BUDGET] = None,
 ) -> None:
-    """Show today's budget of a tenant or a key (its limits are settings)."""
-    if (tenant is None) == (key is None):
-        raise ConfigurationError("give --tenant or --key", field="--tenant")
-    scope = f"tenant:{tenant}" if tenant is not None else f"key:{key}"
+    """Show a tenant's or a key's budgets in their current periods, and the thresholds reached."""
+    scope = _budget_scope(tenant, key)
 
     async def go(admin: _Admin) -> Any:
-        from spine.platform.metering.budgets import BudgetLedger, BudgetLimits
-
-        ledger = BudgetLedger(admin.db, BudgetLimits.from_settings(admin.settings))
+        ledger = _budget_ledger(admin)
         try:
-            return await ledger.state(scope)
+            states = await ledger.states(scope)
+            return states, ledger.limits, await ledger.current_alerts(scope)
         finally:
             await ledger.close()
 
-    state = _administer(go)
-    table = Table("scope", "period", "limit", "spent", "reserved", "remaining", "resets")
-    remaining = state.remaining
-    table.add_row(
-        scope,
-        "daily",
-        "unlimited" if state.limit is None else str(state.limit.normalize()),
-        str(state.spent.normalize()),
-        str(state.reserved.normalize()),
-        "" if remaining is None else str(remaining.normalize()),
-        _when(state.resets_at),
-    )
+    states, limits, alerts = _administer(go)
+    table = Table("scope", "period", "limit", "from", "spent", "reserved", "remaining", "resets")
+    for state in states:
+        remaining = state.remaining
+        table.add_row(
+            scope,
+            state.period,
+            "unlimited" if state.limit is None else _money(state.limit),
+            limits.source(scope, state.period) or "",
+            _money(state.spent),
+            _money(state.reserved),
+            "" if remaining is None else _money(remaining),
+            _when(state.resets_at),
+        )
     console.print(table)
+    for alert in alerts:
+        console.print(
+            f"{alert.period} budget reached {alert.threshold}% at {_when(alert.reached_at)} "
+            f"({_money(alert.spent)} of {_money(alert.limit)})"
+        )
+
+
+@budgets_app.command("set")
+def budgets_set(
+    amount: Annotated[str, typer.Argument(help="The limit in USD, e.g. 25.00.")],
+    tenant: Annotated[str | None, TENANT_BUDGET] = None,
+    key: Annotated[str | None, KEY_BUDGET] = None,
+    period: Annotated[str, PERIOD] = "daily",
+) -> None:
+    """Store a budget's limit; it wins over the settings, and every process enforces it within
+    GENAI_BUDGETS__STORED_SECONDS."""
+    scope = _budget_scope(tenant, key)
+    chosen = _period(period)
+    limit = _limit(amount)
+
+    async def go(admin: _Admin) -> None:
+        owner = await _budget_owner(admin, tenant, key)
+        ledger = _budget_ledger(admin)
+        previous = await ledger.set_limit(scope, chosen, limit, by=None)
+        await admin.audit.record(
+            "budget.set",
+            tenant=owner,
+            target=scope,
+            key_id=None,
+            address=_origin(),
+            via="cli",
+            details={
+                "period": chosen,
+                "limit": _money(limit),
+                "previous": _money(previous.amount) if previous else None,
+            },
+        )
+
+    _administer(go)
+    console.print(f"the {chosen} budget of {scope} is {_money(limit)}")
+
+
+@budgets_app.command("remove")
+def budgets_remove(
+    tenant: Annotated[str | None, TENANT_BUDGET] = None,
+    key: Annotated[str | None, KEY_BUDGET] = None,
+    period: Annotated[str, PERIOD] = "daily",
+) -> None:
+    """Remove a stored limit: the settings' default (or none) applies again."""
+    scope = _budget_scope(tenant, key)
+    chosen = _period(period)
+
+    async def go(admin: _Admin) -> None:
+        owner = await _budget_owner(admin, tenant, key)
+        previous = await _budget_ledger(admin).remove_limit(scope, chosen)
+        if previous is None:
+            raise NotFound(f"no {chosen} budget is stored for {scope}", field="--period")
+        await admin.audit.record(
+            "budget.remove",
+            tenant=owner,
+            target=scope,
+            key_id=None,
+            address=_origin(),
+            via="cli",
+            details={"period": chosen, "previous": _money(previous.amount)},
+        )
+
+    _administer(go)
+    console.print(f"the stored {chosen} budget of {scope} is removed")
+
+
+def _budget_scope(tenant: str | None, key: str | None) -> str:
+    if (tenant is None) == (key is None):
+        raise ConfigurationError("give --tenant or --key", field="--tenant")
+    return f"tenant:{tenant}" if tenant is not None else f"key:{key}"
+
+
+def _budget_ledger(admin: _Admin) -> BudgetLedger:
+    from spine.platform.metering.budgets import BudgetLedger, BudgetLimits
+
+    return BudgetLedger(admin.db, BudgetLimits.from_settings(admin.settings), stored_seconds=0)
+
+
+async def _budget_owner(admin: _Admin, tenant: str | None, key: str | None) -> str:
+    """Return the tenant a budget belongs to; NotFound when the tenant or key does not exist."""
+    if tenant is not None:
+        return (await admin.keys.tenant(tenant)).name
+    assert key is not None
+    return (await admin.keys.get(key)).tenant
+
+
+def _period(value: str) -> Period:
+    from spine.platform.metering.budget_periods import PERIODS
+
+    for period in PERIODS:
+        if period == value:
+            return period
+    raise ConfigurationError(
+        f"--period must be one of {', '.join(PERIODS)}, not {value!r}", field="--period"
+    )
+
+
+def _limit(value: str) -> Decimal:
+    from spine.platform.metering.budget_limits import MAX_LIMIT
+
+    try:
+        amount = Decimal(value)
+    except InvalidOperation:
+        amount = Decimal("NaN")
+    if not amount.is_finite() or not 0 <= amount <= MAX_LIMIT or amount != round(amount, 8):
+        raise ConfigurationError(
+            f"the limit must be an amount from 0 to {MAX_LIMIT} with at most 8 decimals, "
+            f"not {value!r}",
+            field="amount",
+        )
+    return amount
+
+
+def _money(amount: Decimal) -> str:
+    return format(amount.normalize(), "f") if amount else "0"
 
 
 # -- audit ------------------------------------------------------------------------------------

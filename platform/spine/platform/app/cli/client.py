@@ -9,17 +9,20 @@ from typing import Annotated, Any
 
 import httpx
 import typer
-from rich.table import Table
+from rich.table import Column, Table
 
-from spine.platform.app.cli._http import api_client, json_or_exit
+from spine.platform.app.cli._http import api_client, json_or_exit, resolve_id
 from spine.platform.app.cli._shared import console
 from spine.platform.errors import ConfigurationError
 
-__all__ = ["commands", "docs_app", "graph_app", "tasks_app"]
+__all__ = ["commands", "docs_app", "events_app", "graph_app", "tasks_app"]
 
 commands = typer.Typer()
 tasks_app = typer.Typer(help="Inspect tasks, and decide on paused ones.", no_args_is_help=True)
 graph_app = typer.Typer(help="Explore the knowledge graph.", no_args_is_help=True)
+events_app = typer.Typer(
+    help="List received events, and map unmapped ones again.", no_args_is_help=True
+)
 docs_app = typer.Typer(
     help="Add, list, show and delete searchable documents.", no_args_is_help=True
 )
@@ -76,14 +79,19 @@ def _follow(client: httpx.Client, task_id: str) -> None:
 def tasks_list(
     state: Annotated[str | None, typer.Option()] = None,
     limit: Annotated[int, typer.Option()] = 20,
+    ids: Annotated[bool, typer.Option("--ids", help="Print only the ids, one a line.")] = False,
 ) -> None:
-    """List your recent tasks."""
+    """List your recent tasks, newest first (ids in full: any unique start of one will do)."""
     params: dict[str, Any] = {"limit": limit}
     if state:
         params["state"] = state
     with api_client() as client:
         page = json_or_exit(client.get("/v1/tasks", params=params))
-    table = Table("id", "agent", "state", "attempts", "created")
+    if ids:
+        for task in page["data"]:
+            typer.echo(task["id"])
+        return
+    table = Table(_id_column(), "agent", "state", "attempts", "created")
     for task in page["data"]:
         table.add_row(
             task["id"], task["agent"], task["state"], str(task["attempts"]), task["created_at"]
@@ -91,28 +99,39 @@ def tasks_list(
     console.print(table)
 
 
+_TASK_ID = Annotated[str, typer.Argument(metavar="ID", help="A task id, or its unique start.")]
+
+
+def _id_column() -> Column:
+    # Ids are copied from here: never shortened, whatever the terminal's width.
+    return Column("id", no_wrap=True, min_width=36)
+
+
 @tasks_app.command("show")
-def tasks_show(task_id: str) -> None:
+def tasks_show(task_id: _TASK_ID) -> None:
     """Show one task."""
     with api_client() as client:
+        task_id = resolve_id(client, "/v1/tasks", task_id, noun="task")
         console.print_json(json.dumps(json_or_exit(client.get(f"/v1/tasks/{task_id}"))))
 
 
 @tasks_app.command("approve")
-def tasks_approve(task_id: str) -> None:
+def tasks_approve(task_id: _TASK_ID) -> None:
     """Let a paused task make the tool call it proposed."""
     with api_client() as client:
+        task_id = resolve_id(client, "/v1/tasks", task_id, noun="task")
         task = json_or_exit(client.post(f"/v1/tasks/{task_id}/approve", json={}))
     console.print(f"task {task['id']} approved; it is {task['state']}")
 
 
 @tasks_app.command("reject")
 def tasks_reject(
-    task_id: str,
+    task_id: _TASK_ID,
     reason: Annotated[str | None, typer.Option(help="Told to the model.")] = None,
 ) -> None:
     """Refuse a paused task's proposed tool call; the model is told, with the reason."""
     with api_client() as client:
+        task_id = resolve_id(client, "/v1/tasks", task_id, noun="task")
         task = json_or_exit(client.post(f"/v1/tasks/{task_id}/reject", json={"reason": reason}))
     console.print(f"task {task['id']} rejected; it is {task['state']}")
 
@@ -170,7 +189,57 @@ def publish(
         )
     for accepted in answer["events"]:
         note = " (duplicate)" if accepted["duplicate"] else ""
-        console.print(f"event {accepted['id']} accepted as {accepted['key']}{note}")
+        console.print(f"event {accepted['event_id']} accepted: key {accepted['key']}{note}")
+
+
+@events_app.command("list")
+def events_list(
+    status: Annotated[
+        str | None, typer.Option(help="pending, mapped, unmapped or dead_lettered.")
+    ] = None,
+    event_type: Annotated[str | None, typer.Option("--type", help="Only this type.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=200)] = 20,
+) -> None:
+    """List your received events, newest first, with their status."""
+    params: dict[str, Any] = {"limit": limit}
+    if status:
+        params["status"] = status
+    if event_type:
+        params["type"] = event_type
+    with api_client() as client:
+        page = json_or_exit(client.get("/v1/events", params=params))
+    table = Table(Column("key", no_wrap=True), "event_id", "type", "status", "reason", "received")
+    for event in page["data"]:
+        table.add_row(
+            event["key"],
+            event["event_id"],
+            event["type"],
+            event["status"],
+            event["reason"] or "",
+            event["received_at"],
+        )
+    console.print(table)
+
+
+@events_app.command("show")
+def events_show(
+    key: Annotated[str, typer.Argument(help="The event's key, or its unique start.")],
+) -> None:
+    """Show one received event: its status and the event as received."""
+    with api_client() as client:
+        key = resolve_id(client, "/v1/events", key, noun="event", field="key")
+        console.print_json(json.dumps(json_or_exit(client.get(f"/v1/events/{key}"))))
+
+
+@events_app.command("remap")
+def events_remap(
+    event_type: Annotated[str | None, typer.Option("--type", help="Only this type.")] = None,
+) -> None:
+    """Send your unmapped events to ingestion again, after adding mappings (triggers stay quiet)."""
+    body: dict[str, Any] = {"type": event_type} if event_type else {}
+    with api_client() as client:
+        answer = json_or_exit(client.post("/v1/events/remap", json=body))
+    console.print(f"{answer['remapped']} unmapped event(s) sent to ingestion again")
 
 
 @graph_app.command("neighbors")
@@ -304,7 +373,7 @@ def docs_list(
         params["status"] = status
     with api_client() as client:
         page = json_or_exit(client.get("/v1/documents", params=params))
-    table = Table("id", "status", "chunks", "model", "source", "created")
+    table = Table(_id_column(), "status", "chunks", "model", "source", "created")
     for document in page["data"]:
         table.add_row(
             document["id"],
@@ -317,17 +386,24 @@ def docs_list(
     console.print(table)
 
 
+_DOCUMENT_ID = Annotated[
+    str, typer.Argument(metavar="ID", help="A document id, or its unique start.")
+]
+
+
 @docs_app.command("show")
-def docs_show(document_id: str) -> None:
+def docs_show(document_id: _DOCUMENT_ID) -> None:
     """Show one document: its status, chunks, model and last error."""
     with api_client() as client:
+        document_id = resolve_id(client, "/v1/documents", document_id, noun="document")
         console.print_json(json.dumps(json_or_exit(client.get(f"/v1/documents/{document_id}"))))
 
 
 @docs_app.command("delete")
-def docs_delete(document_id: str) -> None:
+def docs_delete(document_id: _DOCUMENT_ID) -> None:
     """Delete a document and its chunks."""
     with api_client() as client:
+        document_id = resolve_id(client, "/v1/documents", document_id, noun="document")
         response = client.delete(f"/v1/documents/{document_id}")
         if response.is_error:
             json_or_exit(response)

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
+from rich.table import Column, Table
 
-from spine.platform.app.cli._http import api_client, json_or_exit
+from spine.platform.app.cli._http import api_client, json_or_exit, resolve_id
 from spine.platform.app.cli._shared import console
 from spine.platform.errors import ConfigurationError
 
@@ -124,7 +124,7 @@ def experiments_list() -> None:
     """List the tenant's experiments."""
     with api_client() as client:
         listing = json_or_exit(client.get("/v1/experiments"))
-    table = Table("id", "name", "scope", "arms", "status")
+    table = Table(Column("id", no_wrap=True), "name", "scope", "arms", "status")
     for item in listing["data"]:
         scope = item["scope"]["kind"] + (
             f":{item['scope']['agent']}" if item["scope"].get("agent") else ""
@@ -143,6 +143,7 @@ def experiments_list() -> None:
 def experiments_show(experiment_id: str) -> None:
     """Show per-arm results: calls, quality with its 95% interval, cost, latency."""
     with api_client() as client:
+        experiment_id = resolve_id(client, "/v1/experiments", experiment_id, noun="experiment")
         report = json_or_exit(client.get(f"/v1/experiments/{experiment_id}"))
     table = Table("arm", "calls", "errors", "quality (n)", "95% interval", "cost", "latency ms")
     for arm in report["arms"]:
@@ -165,6 +166,7 @@ def experiments_show(experiment_id: str) -> None:
 def experiments_stop(experiment_id: str) -> None:
     """End an experiment; calls route as before it."""
     with api_client() as client:
+        experiment_id = resolve_id(client, "/v1/experiments", experiment_id, noun="experiment")
         json_or_exit(client.post(f"/v1/experiments/{experiment_id}/stop"))
     console.print(f"experiment {experiment_id} stopped")
 
@@ -173,6 +175,7 @@ def experiments_stop(experiment_id: str) -> None:
 def experiments_promote(experiment_id: str, arm: str) -> None:
     """Give one arm all of the experiment's traffic from now on."""
     with api_client() as client:
+        experiment_id = resolve_id(client, "/v1/experiments", experiment_id, noun="experiment")
         json_or_exit(client.post(f"/v1/experiments/{experiment_id}/promote", json={"arm": arm}))
     console.print(f"arm {arm} of experiment {experiment_id} promoted")
 

@@ -19,6 +19,7 @@ from spine.platform.app.launcher import StackRunner, describe_config, plan_local
 from spine.platform.errors import ConfigurationError
 from spine.platform.logs import configure_logging
 from spine.platform.settings import Settings, load_settings
+from spine.platform.telemetry import process_server, setup_tracing, shutdown_tracing
 
 __all__ = ["commands"]
 
@@ -73,8 +74,12 @@ def api() -> None:
     from spine.platform.app.api.serving import server_config
 
     settings = settings_for_command()
-    # Deadlines for slow clients, a connection limit, keep-alive: see GENAI_API__*.
-    uvicorn.Server(server_config(create_app(settings), settings.api)).run()
+    setup_tracing(settings.otel, role="api")  # before the app: its server spans need it
+    try:
+        # Deadlines for slow clients, a connection limit, keep-alive: see GENAI_API__*.
+        uvicorn.Server(server_config(create_app(settings), settings.api)).run()
+    finally:
+        shutdown_tracing()
     gc.freeze()  # exit promptly (see `worker`)
 
 
@@ -88,7 +93,11 @@ def worker(
         settings = settings.model_copy(
             update={"worker": settings.worker.model_copy(update={"concurrency": concurrency})}
         )
-    asyncio.run(_run_worker(settings))
+    setup_tracing(settings.otel, role="worker")
+    try:
+        asyncio.run(_run_worker(settings))
+    finally:
+        shutdown_tracing()  # export the spans still buffered
     # Exit promptly: a final collection over LiteLLM's thousands of modules takes seconds.
     gc.freeze()
 
@@ -101,16 +110,23 @@ async def _run_worker(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await platform.start()
+    # GET /metrics on a port of its own (GENAI_METRICS__PORT, the first free one of its span).
+    metrics = process_server(settings.metrics, role="worker")
+    await metrics.start()
     try:
-        # Graph ingestion and triggers run beside the agent worker (they consume EVENTS).
-        await asyncio.gather(
-            platform.worker().run(stop),
-            platform.run_event_consumers(stop),
-            platform.follow_weights(stop),
-        )
+        await platform.start()
+        try:
+            # Graph ingestion and triggers run beside the agent worker (they consume EVENTS).
+            # A task group, not a bare gather: a part that fails stops the others and is
+            # awaited, so nothing is left running or unretrieved when the process ends.
+            async with asyncio.TaskGroup() as parts:
+                parts.create_task(platform.worker().run(stop))
+                parts.create_task(platform.run_event_consumers(stop))
+                parts.create_task(platform.follow_weights(stop))
+        finally:
+            await platform.close()
     finally:
-        await platform.close()
+        await metrics.close()
 
 
 @commands.command()
@@ -131,7 +147,11 @@ def learner(
             loop.add_signal_handler(sig, stop.set)
         await run_learner(settings, stop, replay=replay)
 
-    asyncio.run(go())
+    setup_tracing(settings.otel, role="learner")
+    try:
+        asyncio.run(go())
+    finally:
+        shutdown_tracing()
 
 
 @commands.command()
