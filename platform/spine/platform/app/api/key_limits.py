@@ -16,10 +16,11 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from spine.platform.app.api.audit import audited
-from spine.platform.app.api.auth import Caller, platform_of, rate_limits_of
+from spine.platform.app.api.auth import Caller, rate_limits_of
 from spine.platform.app.api.errors import documented
-from spine.platform.errors import Forbidden, NotFound
-from spine.platform.keys import ApiKey, Principal
+from spine.platform.app.api.permissions import may_manage, visible_key
+from spine.platform.errors import Forbidden
+from spine.platform.keys import ApiKey
 from spine.platform.limits import KeyLimits, RateLimits
 
 __all__ = ["router"]
@@ -65,7 +66,7 @@ async def get_key_limits(key_id: str, request: Request, caller: Caller) -> KeyLi
     """Return a key's rate limits (a member key: only its own)."""
     if not caller.is_admin and key_id != caller.key_id:
         raise Forbidden("a member key may read only its own limits")
-    key = await _visible_key(request, caller, key_id)
+    key = await visible_key(request, caller, key_id)
     limits = rate_limits_of(request)
     return await _view(limits, key, await limits.keys.get(key_id))
 
@@ -79,10 +80,9 @@ async def set_key_limits(
     async with audited(request, caller, "key.limits", target=key_id, details=details) as note:
         if not caller.is_admin:
             raise Forbidden("limits are set with an admin or operator key")
-        key = await _visible_key(request, caller, key_id)
+        key = await visible_key(request, caller, key_id)
         note.tenant = key.tenant
-        if key.role == "operator" and not caller.is_operator:
-            raise Forbidden("an operator key is managed with an operator key", field="key_id")
+        may_manage(caller, key)
         limits = rate_limits_of(request)
         own = await limits.keys.set(
             key_id,
@@ -112,14 +112,3 @@ async def _view(limits: RateLimits, key: ApiKey, own: KeyLimits) -> KeyLimitsVie
             tokens_per_minute=tenant.tokens_per_minute,
         ),
     )
-
-
-async def _visible_key(request: Request, caller: Principal, key_id: str) -> ApiKey:
-    try:
-        key: ApiKey | None = await platform_of(request).keys.get(key_id)
-    except NotFound:
-        key = None
-    if key is None or not caller.may_read_tenant(key.tenant):
-        # Another tenant's key is answered exactly as a key that does not exist.
-        raise NotFound(f"no key {key_id!r}", field="key_id")
-    return key

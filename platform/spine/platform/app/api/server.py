@@ -15,6 +15,7 @@ from spine.platform.app.api import (
     agents,
     audit,
     batches,
+    budgets,
     documents,
     embeddings,
     events,
@@ -136,6 +137,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(events.router)
     app.include_router(graph.router)
     app.include_router(admin.router)
+    app.include_router(budgets.router)
     app.include_router(key_limits.router)
     app.include_router(audit.router)
     document_errors(app, openai_paths=OPENAI_PATHS)
