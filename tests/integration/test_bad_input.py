@@ -427,3 +427,45 @@ async def test_requests_while_the_database_starts_up_are_503_with_retry_after(
                         assert int(response.headers["retry-after"]) >= 1
             finally:
                 await starting.close()
+
+
+# -- this session's new inputs: event remapping, a key's rate limits, the console's lookups ------
+
+
+def key_id_of(key: str) -> str:
+    return key.split("_")[1]  # spn_<id>_<secret>
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "field"),
+    [
+        ("POST", "/v1/events/remap", {"limit": 0}, "limit"),
+        ("POST", "/v1/events/remap", {"limit": 10_001}, "limit"),
+        ("POST", "/v1/events/remap", {"type": "x" * 256}, "type"),
+        ("POST", "/v1/events/remap", {"type": "a\x00b"}, "type"),
+        ("PUT", "/v1/keys/{key}/limits", {"requests_per_minute": -1}, "requests_per_minute"),
+        ("PUT", "/v1/keys/{key}/limits", {"tokens_per_minute": 2**40}, "tokens_per_minute"),
+        ("PUT", "/v1/keys/{key}/limits", {"requests_per_minute": "many"}, "requests_per_minute"),
+    ],
+)
+async def test_new_bodies_refuse_bad_fields_by_name(
+    spine: RunningPlatform, method: str, path: str, body: dict[str, Any], field: str
+) -> None:
+    url = path.replace("{key}", key_id_of(spine.key))
+    refused(await spine.client.request(method, url, **escaped(body)), field)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/ui/api/mappings?type=a%00b",
+        "/ui/api/graph/nodes/Person%3A%00/events",
+        "/ui/api/tasks/a%00b/calls",
+    ],
+)
+async def test_the_console_lookups_refuse_bad_input_without_a_5xx(
+    spine: RunningPlatform, path: str
+) -> None:
+    response = await spine.client.get(path)
+    assert 400 <= response.status_code < 500, (response.status_code, response.text[:300])
+    assert "error" in response.json()
