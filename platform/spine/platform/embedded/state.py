@@ -36,6 +36,9 @@ STATE_VERSION = 1
 LOG_TAIL_LINES = 20
 # psutil derives creation times from boot time and clock ticks; allow for rounding.
 _CREATE_TIME_TOLERANCE = 1.0
+# A recorded creation time above this is an epoch time (a state file of an older version);
+# current records count seconds after boot, which no uptime reaches.
+_EPOCH_RECORD = 1e9
 # Lowest port probed when a port must stay below the kernel's ephemeral range.
 _LOW_PORT = 20000
 
@@ -64,6 +67,7 @@ class ServerRecord:
     log: Path
     pid: int | None = None
     create_time: float | None = None
+    """When ``pid`` started, seconds after boot (see :func:`process_create_time`)."""
     started_at: str | None = None
     stop_signal: str = "SIGTERM"
 
@@ -177,11 +181,20 @@ def _state_from_json(raw: dict[str, Any], data_dir: Path) -> StackState:
 
 
 def process_create_time(pid: int) -> float | None:
-    """Return the creation time of a process, or ``None`` if it does not exist."""
+    """Return when a process started, in seconds after boot (``None``: no such process).
+
+    Not an epoch time: psutil's is the boot time plus the start in clock ticks, and the boot
+    time the kernel reports moves whenever the clock is stepped (NTP, a resumed VM), which once
+    made a live server look gone to ``spine status`` and ``spine down``.
+    """
     try:
-        return psutil.Process(pid).create_time()
+        return _since_boot(psutil.Process(pid))
     except psutil.Error:
         return None
+
+
+def _since_boot(proc: psutil.Process) -> float:
+    return proc.create_time() - psutil.boot_time()
 
 
 def find_process(pid: int | None, create_time: float | None) -> psutil.Process | None:
@@ -194,10 +207,11 @@ def find_process(pid: int | None, create_time: float | None) -> psutil.Process |
         return None
     try:
         proc = psutil.Process(pid)
-        if create_time is not None and abs(proc.create_time() - create_time) > (
-            _CREATE_TIME_TOLERANCE
-        ):
-            return None
+        if create_time is not None:
+            legacy = create_time > _EPOCH_RECORD
+            started = proc.create_time() if legacy else _since_boot(proc)
+            if abs(started - create_time) > _CREATE_TIME_TOLERANCE:
+                return None
         if proc.status() == psutil.STATUS_ZOMBIE:
             return None
     except psutil.Error:

@@ -77,7 +77,8 @@ class Watchdog:
         import psutil
 
         try:
-            created = psutil.Process(pid).create_time()
+            # Seconds after boot: an epoch time moves when the clock is stepped.
+            created = psutil.Process(pid).create_time() - psutil.boot_time()
         except psutil.Error:
             return
         line = f"watch {pid} {created!r} {int(stop_signal)} {name}"
@@ -134,7 +135,7 @@ def _same(pid: int, created: float) -> psutil.Process | None:
 
     try:
         proc = psutil.Process(pid)
-        if abs(proc.create_time() - created) > _TOLERANCE:
+        if abs(proc.create_time() - psutil.boot_time() - created) > _TOLERANCE:
             return None
         if proc.status() == psutil.STATUS_ZOMBIE:
             return None
