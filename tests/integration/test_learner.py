@@ -88,6 +88,17 @@ async def rate_calls(spine: RunningPlatform, n: int, *, topic: str = "apples") -
     return used
 
 
+async def decisions_seen(spine: RunningPlatform, used: Counter[str]) -> str:
+    """What the router decided, for a failure message: served models, cold starts, rankings."""
+    listed = await spine.client.get("/v1/routing/decisions", params={"limit": 500})
+    shown: Counter[str] = Counter()
+    for row in listed.json().get("data", []):
+        decision = row["decision"]
+        cold = "cold" if decision.get("cold_start", True) else "warm"
+        shown[f"{cold} v{decision.get('weights_version')} {decision.get('ranking')}"] += 1
+    return f"served {dict(used)}; decisions {dict(shown.most_common(8))}"
+
+
 async def until_stored(
     store: SnapshotStore, events: int, *, after: datetime | None = None, timeout: float = 20.0
 ) -> None:
@@ -121,7 +132,7 @@ async def test_weights_move_toward_the_better_model_and_routing_follows(
             if first[GOOD] and first[BAD]:
                 break
             first += await rate_calls(spine, 30)
-        assert first[GOOD] and first[BAD], first  # exploration tried both
+        assert first[GOOD] and first[BAD], await decisions_seen(spine, first)  # both tried
         await asyncio.sleep(0.5)
         latest = await store.latest()
         assert latest is not None
