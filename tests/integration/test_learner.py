@@ -93,7 +93,7 @@ async def decisions_seen(spine: RunningPlatform, used: Counter[str]) -> str:
     listed = await spine.client.get("/v1/routing/decisions", params={"limit": 500})
     shown: Counter[str] = Counter()
     for row in listed.json().get("data", []):
-        decision = row["decision"]
+        decision = row.get("decision") or {}
         cold = "cold" if decision.get("cold_start", True) else "warm"
         shown[f"{cold} v{decision.get('weights_version')} {decision.get('ranking')}"] += 1
     return f"served {dict(used)}; decisions {dict(shown.most_common(8))}"

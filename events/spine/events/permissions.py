@@ -39,10 +39,10 @@ from spine.events.subjects import (
     EVENTS_ALL,
     OUTCOMES_ALL,
     TASKS_ALL,
+    WEIGHTS_BUCKET,
     progress_subject,
     subject_token,
 )
-from spine.events.weights import BUCKET as WEIGHTS_BUCKET
 
 __all__ = [
     "JETSTREAM_ACK",

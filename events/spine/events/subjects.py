@@ -8,6 +8,7 @@ record lives in the database; ``spine.dlq.tasks`` holds dead letters (stream TAS
 dots make more tokens); ``spine.dlq.events`` holds events that could not be ingested.
 ``spine.budget.threshold`` is a core NATS signal: a budget reached 80 % or 100 % of its limit
 (its durable record is the database's ``budget_alerts`` row).
+``spine_routing`` is the key-value bucket that announces routing weights (:mod:`.weights`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ __all__ = [
     "LANES",
     "OUTCOMES_ALL",
     "TASKS_ALL",
+    "WEIGHTS_BUCKET",
     "cancel_subject",
     "event_subject",
     "lane_subject",
@@ -30,6 +32,8 @@ __all__ = [
     "progress_subject",
     "subject_token",
 ]
+
+WEIGHTS_BUCKET = "spine_routing"
 
 LANES: tuple[str, ...] = ("high", "normal", "low")
 TASKS_ALL = "spine.tasks.>"

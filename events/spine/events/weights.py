@@ -19,12 +19,13 @@ from nats.js.errors import BucketNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
 from spine.events.bus import NatsBus
+from spine.events.subjects import WEIGHTS_BUCKET
 
 __all__ = ["BUCKET", "KEY", "WeightsChannel"]
 
 logger = logging.getLogger(__name__)
 
-BUCKET = "spine_routing"
+BUCKET = WEIGHTS_BUCKET
 KEY = "weights"
 
 

@@ -12,6 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 from nats.js.errors import NotFoundError
 
@@ -19,15 +23,15 @@ from spine.events.bus import NatsBus
 from spine.events.learner import LEARNER_CONSUMER, Learner, learner_broker
 from spine.events.streams import OUTCOMES_STREAM
 from spine.events.weights import WeightsChannel
-from spine.platform.app.observed import ObservedLearner
-from spine.platform.app.wiring import stream_layout
+from spine.platform.app.observed import observe_learning_event
+from spine.platform.app.streams import stream_layout
 from spine.platform.db import Database
 from spine.platform.errors import ConfigurationError
 from spine.platform.learning.snapshots import SnapshotStore
 from spine.platform.settings import Settings
 from spine.platform.telemetry import process_server
 
-__all__ = ["run_learner"]
+__all__ = ["ObservedLearner", "run_learner"]
 
 logger = logging.getLogger(__name__)
 
@@ -71,3 +75,37 @@ async def run_learner(settings: Settings, stop: asyncio.Event, *, replay: bool =
         await metrics.close()
         await bus.close()
         await db.dispose()
+
+
+_REMEMBERED = 100_000
+
+
+@dataclass(slots=True)
+class ObservedLearner(Learner):
+    """The learner, counting each learning event it is handed once (redeliveries are not):
+    it reads every routed model call, task end and rating, so ``/metrics`` counts them here."""
+
+    _counted: OrderedDict[str, None] = field(default_factory=OrderedDict)
+
+    async def take(
+        self, events: Sequence[Any], *, ack: Callable[[], Awaitable[None]] | None = None
+    ) -> int:
+        """Count the events, then apply them as :meth:`Learner.take` does."""
+        try:
+            self._count(events)
+        except Exception:  # metrics never stop learning
+            logger.exception("counting learning events failed")
+        return await Learner.take(self, events, ack=ack)
+
+    def _count(self, events: Sequence[Any]) -> None:
+        counted = self._counted
+        for event in events:
+            if not isinstance(event, dict) or not event.get("id"):
+                continue
+            key = f"{event.get('type')}:{event['id']}"
+            if key in counted:
+                continue
+            counted[key] = None
+            if len(counted) > _REMEMBERED:
+                counted.popitem(last=False)
+            observe_learning_event(event)

@@ -4,8 +4,8 @@
   the queue depth and DLQ sizes (JetStream stream info), each durable consumer's lag and
   progress (consumer info: graph ingestion's rate is ``graph-ingest``'s), the tasks not yet
   ended by state and agent (one grouped count over the ``state`` index), and today's budgets.
-- :class:`ObservedLearner`: the learner reads every routed model call, task end and rating from
-  the OUTCOMES stream already, so it counts them (model calls by model, provider, strategy and
+- :func:`observe_learning_event`: the learner reads every routed model call, task end and
+  rating from the OUTCOMES stream already, so it counts them (model calls by model, provider, strategy and
   outcome, with latency, tokens, cost, cache hits; tasks finished by agent and state): one
   process sees every call of every API and worker once.
 """
@@ -13,15 +13,12 @@
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from spine.events.learner import Learner
 from spine.events.streams import (
     DLQ_STREAM,
     EVENTS_DLQ_STREAM,
@@ -29,8 +26,6 @@ from spine.events.streams import (
     OUTCOMES_STREAM,
     TASKS_STREAM,
 )
-from spine.platform.app.wiring import Platform
-from spine.platform.metering.budgets import GLOBAL
 from spine.platform.schema import TaskRow
 from spine.platform.settings import Settings
 from spine.platform.telemetry import (
@@ -47,7 +42,10 @@ from spine.platform.telemetry import (
     set_jetstream,
 )
 
-__all__ = ["STREAMS", "ObservedLearner", "api_probes", "observe_learning_event"]
+if TYPE_CHECKING:  # the learner imports this module too, and needs none of the platform
+    from spine.platform.app.wiring import Platform
+
+__all__ = ["STREAMS", "api_probes", "observe_learning_event"]
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +55,6 @@ STREAMS = (TASKS_STREAM, DLQ_STREAM, OUTCOMES_STREAM, EVENTS_STREAM, EVENTS_DLQ_
 _ACTIVE = ("queued", "running", "waiting_approval")
 _ENDS = frozenset({"succeeded", "failed", "cancelled", "dead_lettered"})
 _TASKS: sa.Table = TaskRow.__table__  # type: ignore[assignment]
-_REMEMBERED = 100_000
 
 
 def api_probes(platform: Platform, settings: Settings, probes: ProbeSet) -> ProbeSet:
@@ -110,6 +107,8 @@ async def _count_active_tasks(platform: Platform) -> None:
 
 
 def _budgets_reader(platform: Platform, settings: Settings) -> Callable[[], Awaitable[None]]:
+    from spine.platform.metering.budgets import GLOBAL
+
     scopes = [GLOBAL]
     if settings.metrics.tenant_label:
         scopes += [f"tenant:{name}" for name in settings.budgets.tenants]
@@ -129,36 +128,6 @@ def _budgets_reader(platform: Platform, settings: Settings) -> Callable[[], Awai
 
 def _float(value: Decimal | None) -> float | None:
     return None if value is None else float(value)
-
-
-@dataclass(slots=True)
-class ObservedLearner(Learner):
-    """The learner, counting each learning event it is handed once (redeliveries are not)."""
-
-    _counted: OrderedDict[str, None] = field(default_factory=OrderedDict)
-
-    async def take(
-        self, events: Sequence[Any], *, ack: Callable[[], Awaitable[None]] | None = None
-    ) -> int:
-        """Count the events, then apply them as :meth:`Learner.take` does."""
-        try:
-            self._count(events)
-        except Exception:  # metrics never stop learning
-            logger.exception("counting learning events failed")
-        return await Learner.take(self, events, ack=ack)
-
-    def _count(self, events: Sequence[Any]) -> None:
-        counted = self._counted
-        for event in events:
-            if not isinstance(event, dict) or not event.get("id"):
-                continue
-            key = f"{event.get('type')}:{event['id']}"
-            if key in counted:
-                continue
-            counted[key] = None
-            if len(counted) > _REMEMBERED:
-                counted.popitem(last=False)
-            observe_learning_event(event)
 
 
 def observe_learning_event(event: dict[str, Any]) -> None:

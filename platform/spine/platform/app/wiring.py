@@ -27,6 +27,7 @@ from spine.events.weights import WeightsChannel
 from spine.graph.explore import GraphExplorer
 from spine.graph.hybrid import HybridRetriever
 from spine.platform.app.knowledge import KnowledgeLayer
+from spine.platform.app.streams import stream_layout
 from spine.platform.batches.files import FileStore
 from spine.platform.batches.store import Batches
 from spine.platform.db import Database
@@ -301,23 +302,6 @@ class Platform:
         with contextlib.suppress(Exception):
             await self.bus.close()
         await self.db.dispose()
-
-
-def stream_layout(settings: Settings) -> StreamLayout:
-    """The JetStream streams and consumers these settings call for."""
-    return StreamLayout(
-        replicas=settings.streams.replicas,
-        duplicate_window=settings.streams.duplicate_window,
-        outcomes_max_age=settings.streams.outcomes_max_age,
-        events_max_age=settings.knowledge.events_max_age,
-        events_duplicate_window=settings.knowledge.events_duplicate_window,
-        ack_wait=settings.worker.ack_wait,
-        # After a worker dies, the redelivery (ack_wait after delivery) usually comes just
-        # before the dead attempt's lease (ack_wait after its claim) runs out, and is nakked
-        # as "busy": an attempt can take two deliveries, and so can the one that finally
-        # dead-letters. A tighter cap let JetStream drop a twice-crashed task silently.
-        max_deliver=2 * (settings.worker.max_attempts + 1),
-    )
 
 
 def tool_registry(

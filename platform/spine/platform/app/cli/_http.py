@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 import typer
 
 from spine.platform.app.cli._shared import err_console
 from spine.platform.app.launcher import ADMIN_KEY_FILE
 from spine.platform.errors import ConfigurationError
 from spine.platform.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = ["api_client", "json_or_exit", "resolve_id"]
 
@@ -31,6 +33,8 @@ def api_client() -> httpx.Client:
         )
     host = "127.0.0.1" if settings.api.host in {"0.0.0.0", "::"} else settings.api.host
     base = os.environ.get("GENAI_API_URL") or f"http://{host}:{settings.api.port}"
+    import httpx  # here, not at the top: `spine up` and the admin commands never need it
+
     return httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=30)
 
 

@@ -25,13 +25,11 @@ from rich.table import Table
 
 from spine.platform.app.cli._shared import console, require, settings_for_command
 from spine.platform.errors import ConfigurationError, NotFound
-from spine.platform.keys import ROLES, ApiKey, parse_lifetime
-from spine.platform.schema import utcnow
 
 if TYPE_CHECKING:
     from spine.platform.audit import AuditLog
     from spine.platform.db import Database
-    from spine.platform.keys import KeyStore
+    from spine.platform.keys import ApiKey, KeyStore
     from spine.platform.metering.budget_periods import Period
     from spine.platform.metering.budgets import BudgetLedger
     from spine.platform.settings import Settings
@@ -69,6 +67,8 @@ def keys_create(
     expires_in: Annotated[str | None, EXPIRES_IN] = None,
 ) -> None:
     """Create an API key; its secret is printed once."""
+    from spine.platform.keys import ROLES
+
     chosen = "admin" if admin else role
     if chosen not in ROLES:
         raise ConfigurationError(
@@ -98,7 +98,7 @@ def keys_list(tenant: Annotated[str | None, typer.Option()] = None) -> None:
     async def go(admin: _Admin) -> list[ApiKey]:
         return await admin.keys.list_keys(tenant=tenant)
 
-    now = utcnow()
+    now = datetime.now(UTC)
     table = Table("id", "tenant", "role", "name", "created", "expires", "revoked", "state")
     for key in _administer(go):
         table.add_row(
@@ -568,7 +568,9 @@ def _origin() -> str:
 def _expiry(expires_in: str | None) -> datetime | None:
     if expires_in is None:
         return None
-    return utcnow() + parse_lifetime(expires_in, field="--expires-in")
+    from spine.platform.keys import parse_lifetime
+
+    return datetime.now(UTC) + parse_lifetime(expires_in, field="--expires-in")
 
 
 def _moment(value: str | None, name: str) -> datetime | None:

@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import httpx
 import typer
 from rich.table import Column, Table
 
 from spine.platform.app.cli._http import api_client, json_or_exit, resolve_id
 from spine.platform.app.cli._shared import console
 from spine.platform.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    import httpx  # imported by _http when a command talks to the API
 
 __all__ = ["commands", "docs_app", "events_app", "graph_app", "tasks_app"]
 

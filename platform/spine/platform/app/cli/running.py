@@ -14,12 +14,10 @@ import typer
 from rich.table import Table
 
 from spine.platform.app.cli._shared import console, require, settings_for_command
-from spine.platform.app.doctor import run_checks
 from spine.platform.app.launcher import StackRunner, describe_config, plan_local_model
 from spine.platform.errors import ConfigurationError
 from spine.platform.logs import configure_logging
 from spine.platform.settings import Settings, load_settings
-from spine.platform.telemetry import process_server, setup_tracing, shutdown_tracing
 
 __all__ = ["commands"]
 
@@ -72,6 +70,7 @@ def api() -> None:
 
     from spine.platform.app.api import create_app
     from spine.platform.app.api.serving import server_config
+    from spine.platform.telemetry import setup_tracing, shutdown_tracing
 
     settings = settings_for_command()
     setup_tracing(settings.otel, role="api")  # before the app: its server spans need it
@@ -88,6 +87,8 @@ def worker(
     concurrency: Annotated[int | None, typer.Option(help="Tasks run at once.")] = None,
 ) -> None:
     """Run an agent worker until SIGINT or SIGTERM, then finish the tasks in hand."""
+    from spine.platform.telemetry import setup_tracing, shutdown_tracing
+
     settings = settings_for_command(role="worker")
     if concurrency is not None:
         settings = settings.model_copy(
@@ -104,6 +105,7 @@ def worker(
 
 async def _run_worker(settings: Settings) -> None:
     from spine.platform.app.wiring import Platform
+    from spine.platform.telemetry import process_server
 
     platform = Platform.build(settings, name=f"spine-worker-{os.getpid()}")
     stop = asyncio.Event()
@@ -136,6 +138,8 @@ def learner(
     ] = False,
 ) -> None:
     """Run the learning consumer: outcomes and feedback into routing weights."""
+    from spine.platform.telemetry import setup_tracing, shutdown_tracing
+
     settings = settings_for_command(role="learner")
 
     async def go() -> None:
@@ -201,6 +205,8 @@ def config(
 @commands.command()
 def doctor() -> None:
     """Check each backing service and the model provider; say what is wrong and how to fix it."""
+    from spine.platform.app.doctor import run_checks
+
     settings = settings_for_command()
     results = asyncio.run(run_checks(settings))
     table = Table("check", "status", "detail")
