@@ -1,8 +1,10 @@
 """Agent-loop benchmark: what the platform adds per step of a tool-using agent.
 
 Run it as ``.venv/bin/python bench/agent_loop.py`` (``--quick`` for a short run). It starts the
-embedded NATS and PostgreSQL, a 0 ms fake model server (a thread of this process) and one
-platform with its worker in this process, then in one run:
+embedded NATS and PostgreSQL, a 0 ms fake model server in a process of its own (as a model
+server is; ``--model-in-thread`` runs it as a thread of this process, as this bench did before:
+its HTTP serving then competes with the platform for the GIL) and one platform with its worker
+in this process, then in one run:
 
 1. **Dispatch**: sequential one-call ``chat`` tasks, submit to final state (the backbone's
    figure), p50/p99.
@@ -59,7 +61,13 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     from spine.platform.settings import load_settings
     from spine.platform.tasks import TaskSubmission
     from spine.tools.tool import ModelArguments, Tool, ToolContext
-    from support.fake_models import FakeModelServer, ModelRequest, Rule, ToolCall
+    from support.fake_models import (
+        FakeModelProcess,
+        FakeModelServer,
+        ModelRequest,
+        Rule,
+        ToolCall,
+    )
 
     steps = args.steps
 
@@ -77,13 +85,15 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         tmp = Path(tmp_name)
         (tmp / "agents").mkdir()
         (tmp / "agents" / "bench.yaml").write_text(AGENT)
-        with (
-            EmbeddedStack(tmp / "servers", ["nats", "postgres"]) as stack,
-            FakeModelServer(latency=0.0) as models,
-        ):
-            endpoints = stack.start()
+        models: FakeModelServer | FakeModelProcess
+        if args.model_in_thread:
+            models = FakeModelServer(latency=0.0)
             models.add(Rule(containing="loop", when=more_steps, tool_calls=[ToolCall(name="noop")]))
             models.add(Rule(containing="loop", reply="done"))
+        else:
+            models = FakeModelProcess(latency=0.0, tool_loop=("loop", "noop", steps))
+        with EmbeddedStack(tmp / "servers", ["nats", "postgres"]) as stack, models:
+            endpoints = stack.start()
             settings = load_settings(
                 _env_file=None,
                 database_url=endpoints.database_url,
@@ -146,7 +156,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 loop_cpu = 0.0
                 for i in range(args.tasks):
                     # CPU of this thread, the event loop's: the platform, the worker, the model
-                    # client and the follower; not the fake model server (a thread of its own).
+                    # client and the follower; not the fake model server (its own thread or process).
                     cpu_started = time.thread_time()
                     task_id = await run_task("bench", f"loop {i}")
                     loop_cpu += time.thread_time() - cpu_started
@@ -185,7 +195,12 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "benchmark": "agent_loop",
         "command": ".venv/bin/python bench/agent_loop.py " + " ".join(sys.argv[1:]),
         "code": code_version(),
-        "config": {"tasks": args.tasks, "steps_per_task": steps, "fake_model_latency_ms": 0},
+        "config": {
+            "tasks": args.tasks,
+            "steps_per_task": steps,
+            "fake_model_latency_ms": 0,
+            "fake_model": "thread of this process" if args.model_in_thread else "own process",
+        },
         "dispatch_ms": summary_ms(dispatch),
         "loop": {
             "platform_ms_per_step": {
@@ -232,6 +247,11 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--tasks", type=int, default=30)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--quick", action="store_true", help="5 tasks of 5 steps")
+    parser.add_argument(
+        "--model-in-thread",
+        action="store_true",
+        help="the fake model server as a thread of this process (the method before)",
+    )
     args = parser.parse_args()
     if args.quick:
         args.tasks, args.steps = 5, 5

@@ -119,17 +119,30 @@ class TaskJournal:
         data: dict[str, Any],
         events: Sequence[tuple[str, dict[str, Any]]] = (),
     ) -> None:
-        """Commit a step that may safely run again (a read-only tool's result) as the loop goes on.
+        """Commit a step as the loop goes on: one whose repetition harms nothing (a read-only
+        tool's result, or a model answer that asks only for read-only tools).
 
-        The commit overlaps what comes next (the next model call); the next :meth:`record`, and
-        :meth:`settle`, wait for it first, so the journal and the feed keep their order. A crash
-        before it committed only runs the read-only step again.
+        The commit is sent at once and overlaps what comes next (the tools, the next model
+        call); commits behind are made in order, and the next :meth:`record`, and
+        :meth:`settle`, wait for them first, so the journal and the feed keep their order. A
+        crash in the millisecond before it committed runs that step again on replay, as a crash
+        just before a :meth:`record` commit does.
         """
+        self._raise_failed()  # a commit behind that lost the claim stops the loop here
         (await self.load())[key] = JournalEntry(key=key, kind=kind, attempt=self.attempt, data=data)
-        commit = asyncio.create_task(self._commit(key, kind, data, list(events)))
+        previous = self._behind[-1] if self._behind else None
+        commit = asyncio.create_task(self._commit_after(previous, key, kind, data, list(events)))
         # Retrieved here too, so one that nobody settles (the attempt died) is not reported.
         commit.add_done_callback(lambda done: done.cancelled() or done.exception())
         self._behind.append(commit)
+
+    def _raise_failed(self) -> None:
+        """Raise the failure of a commit behind that ended; forget those that succeeded."""
+        for commit in [c for c in self._behind if c.done()]:
+            if not commit.cancelled() and (failure := commit.exception()) is not None:
+                self._behind.remove(commit)
+                raise failure
+        self._behind = [c for c in self._behind if not c.done()]
 
     async def settle(self) -> None:
         """Wait for the steps committed behind; raise as :meth:`record` would."""
@@ -137,6 +150,18 @@ class TaskJournal:
         for outcome in await asyncio.gather(*behind, return_exceptions=True):
             if isinstance(outcome, BaseException):
                 raise outcome
+
+    async def _commit_after(
+        self,
+        previous: asyncio.Task[None] | None,
+        key: str,
+        kind: StepKind,
+        data: dict[str, Any],
+        events: Sequence[tuple[str, dict[str, Any]]],
+    ) -> None:
+        if previous is not None:  # in order: the feed numbers events as they commit
+            await asyncio.wait({previous})  # its failure is raised by settle
+        await self._commit(key, kind, data, events)
 
     async def _commit(
         self,

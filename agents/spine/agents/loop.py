@@ -197,7 +197,11 @@ class ToolAgent:
                 for call in answer["tool_calls"]
                 if not self._gated(ctx, call)
             )
-            await ctx.journal.record(key, "model", answer, events)
+            if answer["tool_calls"] and all(self._may_repeat(ctx, c) for c in answer["tool_calls"]):
+                # Only read-only tools follow: the commit overlaps them (see record_behind).
+                await ctx.journal.record_behind(key, "model", answer, events)
+            else:
+                await ctx.journal.record(key, "model", answer, events)
         run.input_tokens += answer["input_tokens"]
         run.output_tokens += answer["output_tokens"]
         run.cost += Decimal(answer["cost"])
@@ -351,6 +355,12 @@ class ToolAgent:
                 key, "tool", result.model_dump(mode="json"), [("tool_call_finished", finished)]
             )
         return result
+
+    def _may_repeat(self, ctx: RunContext, call: dict[str, Any]) -> bool:
+        """Whether running ``call`` again on a replay harms nothing: a read-only tool, asking
+        no person first."""
+        tool = ctx.tools.get(call["function"]["name"])
+        return tool is not None and tool.effect == "read" and not tool.needs_approval
 
     def _gated(self, ctx: RunContext, call: dict[str, Any]) -> bool:
         tool = ctx.tools.get(call["function"]["name"])

@@ -12,11 +12,12 @@ import os
 import selectors
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Self
 
 from ._uvicorn import wait_until_up
+from .scripting import ModelRequest, Rule, ToolCall
 from .server import DEFAULT_MODELS, FakeModelServer
 
 _TESTS_DIR = Path(__file__).resolve().parents[2]
@@ -32,6 +33,8 @@ class FakeModelProcess:
         token_delay: Seconds between streamed tokens.
         reply: Fixed reply text instead of the echo.
         embedding_dims: Default embedding size.
+        tool_loop: ``(marker, tool, steps)``: a conversation containing ``marker`` is answered
+            with a call of ``tool`` until ``steps - 1`` tool results are in it, then "done".
         startup_timeout: Seconds to wait for the server to answer.
     """
 
@@ -43,6 +46,7 @@ class FakeModelProcess:
         token_delay: float = 0.0,
         reply: str | None = None,
         embedding_dims: int = 384,
+        tool_loop: tuple[str, str, int] | None = None,
         startup_timeout: float = 20.0,
     ) -> None:
         self.args = [
@@ -53,6 +57,8 @@ class FakeModelProcess:
         ]  # fmt: skip
         if reply is not None:
             self.args += ["--reply", reply]
+        if tool_loop is not None:
+            self.args += ["--tool-loop", ":".join(map(str, tool_loop))]
         self.startup_timeout = startup_timeout
         self.url = ""
         self.process: subprocess.Popen[str] | None = None
@@ -115,8 +121,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--reply", default=None, help="fixed reply text (default: echo)")
     parser.add_argument("--embedding-dims", type=int, default=384)
     parser.add_argument("--model", action="append", help="model to list (repeatable)")
+    parser.add_argument(
+        "--tool-loop",
+        metavar="MARKER:TOOL:STEPS",
+        help="a conversation containing MARKER gets a call of TOOL until STEPS-1 tool results "
+        "are in it, then the reply 'done' (an agent loop of STEPS model calls)",
+    )
     args = parser.parse_args(argv)
-    FakeModelServer(
+    server = FakeModelServer(
         models=args.model or DEFAULT_MODELS,
         default_reply=args.reply,
         latency=args.latency_ms / 1000,
@@ -124,4 +136,22 @@ def main(argv: Sequence[str] | None = None) -> None:
         embedding_dims=args.embedding_dims,
         host=args.host,
         port=args.port,
-    ).serve_forever()
+    )
+    if args.tool_loop:
+        marker, tool, steps = args.tool_loop.rsplit(":", 2)
+        server.add(
+            Rule(
+                containing=marker,
+                when=_fewer_tool_results(int(steps) - 1),
+                tool_calls=[ToolCall(name=tool)],
+            )
+        )
+        server.add(Rule(containing=marker, reply="done"))
+    server.serve_forever()
+
+
+def _fewer_tool_results(count: int) -> Callable[[ModelRequest], bool]:
+    def when(request: ModelRequest) -> bool:
+        return sum(1 for m in request.messages if m.get("role") == "tool") < count
+
+    return when

@@ -285,6 +285,8 @@ class MeteredModels:
     async def flush(self) -> None:
         """Write the usage rows and budget settlements of the calls made so far (both are
         written behind)."""
+        if self._pending:  # streams that ended and are still settling
+            await asyncio.gather(*self._pending, return_exceptions=True)
         await self.budgets.flush()
         await self.usage.flush()
 
@@ -448,9 +450,12 @@ class MeteredModels:
         started: float,
         model: str,
         provider: str,
+        *,
+        ended: float | None = None,
         **outcome: Any,
     ) -> None:
-        """Queue the call's usage row and tell the outcome hook.
+        """Queue the call's usage row and tell the outcome hook (``ended``: when the call
+        ended, if not now).
 
         Queued for the ledger's background writer: no commit on the call's path. Losing a
         usage row must not fail a call that was made (and maybe paid for).
@@ -463,7 +468,7 @@ class MeteredModels:
             completion_id=context.completion_id,
             model=model,
             provider=provider,
-            latency_ms=_since(started),
+            latency_ms=_since(started, ended),
             strategy=strategy,
             experiment_id=context.assignment.experiment_id if context.assignment else None,
             arm=context.assignment.arm if context.assignment else None,
@@ -482,21 +487,24 @@ class MeteredModels:
     async def _finish_stream(self, stream: MeteredStream, outcome: str) -> None:
         inner = stream.inner
         if stream.cache == "hit":
-            stream.cost = _ZERO
             await self._record(
                 stream.context,
                 stream.routing,
                 stream.started,
                 inner.model,
                 inner.provider,
+                ended=stream.ended,
                 cache_hit=True,
                 outcome=outcome,
             )
             return
         # The provider's usage, else an estimate: the same numbers the client's usage chunk has.
         input_tokens, output_tokens = stream.tokens()
-        cost = cost_of(stream.spec, input_tokens, output_tokens)
-        stream.cost = cost
+        cost = (
+            stream.cost
+            if stream.cost is not None
+            else cost_of(stream.spec, input_tokens, output_tokens)
+        )
         if stream.reservation is not None:
             await self._settle(stream.reservation, cost)
         await self._record(
@@ -505,6 +513,7 @@ class MeteredModels:
             stream.started,
             inner.model,
             inner.provider,
+            ended=stream.ended,
             input_tokens=input_tokens,
             output_tokens=output_tokens,
             cost=cost,
@@ -513,10 +522,18 @@ class MeteredModels:
             decision=stream.decision,
         )
         if outcome == OK and stream.key is not None and self.cache is not None:
-            answer = stream.answer(input_tokens, output_tokens, _since(stream.started))
+            answer = stream.answer(
+                input_tokens, output_tokens, _since(stream.started, stream.ended)
+            )
             await self.cache.put(stream.key, answer)
 
     def _settle_later(self, stream: MeteredStream, outcome: str) -> asyncio.Task[None]:
+        # The cost, which the caller reads as the stream ends, is known now; the books follow.
+        stream.ended = time.perf_counter()
+        if stream.cache == "hit":
+            stream.cost = _ZERO
+        else:
+            stream.cost = cost_of(stream.spec, *stream.tokens())
         task = asyncio.get_running_loop().create_task(self._finish_stream(stream, outcome))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
@@ -560,5 +577,5 @@ def _tried_before(path: list[Attempt]) -> list[str]:
     return [attempt.model for attempt in path[:-1]]
 
 
-def _since(started: float) -> float:
-    return (time.perf_counter() - started) * 1000
+def _since(started: float, ended: float | None = None) -> float:
+    return ((time.perf_counter() if ended is None else ended) - started) * 1000
