@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import struct
 
 import httpx2
@@ -18,6 +19,7 @@ from spine.platform.errors import (
 )
 from spine.platform.models import ChatRequest, ProviderTarget
 from spine.platform.models.openai_upstream import (
+    OpenAIUpstream,
     _chat_body,
     _floats,
     _translate,
@@ -136,3 +138,98 @@ def test_vectors_are_read_as_base64_or_as_the_floats_a_server_sent_instead() -> 
     packed = base64.b64encode(struct.pack("<3f", *vector)).decode()
     assert _floats(packed) == vector
     assert _floats([1, 2.5]) == [1.0, 2.5]
+
+
+# -- answers read as JSON (not into the SDK's types) ---------------------------------------------
+
+
+def _upstream_answering(handler: object) -> tuple[OpenAIUpstream, ChatRequest]:
+    upstream = OpenAIUpstream(load_settings(_env_file=None))
+    transport = httpx2.MockTransport(handler)  # type: ignore[arg-type]
+    upstream._clients[(base_url(TARGET), SECRET)] = openai.AsyncOpenAI(
+        api_key=SECRET,
+        base_url=base_url(TARGET),
+        max_retries=0,
+        http_client=httpx2.AsyncClient(transport=transport),
+    )
+    return upstream, ChatRequest(messages=[{"role": "user", "content": "hi"}])
+
+
+def _sse(*events: object) -> httpx2.Response:
+    body = "".join(f"data: {e if isinstance(e, str) else json.dumps(e)}\n\n" for e in events)
+    return httpx2.Response(200, headers={"content-type": "text/event-stream"}, text=body)
+
+
+def _chunk(delta: dict[str, object], finish: str | None = None) -> dict[str, object]:
+    return {"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+
+async def test_a_stream_is_read_into_deltas_text_tool_calls_and_usage() -> None:
+    call = {"index": 0, "id": "c1", "function": {"name": "add", "arguments": '{"a":'}}
+    events = [
+        _chunk({"role": "assistant", "content": "Sum"}),
+        _chunk({"content": "ming"}),
+        _chunk({"tool_calls": [call]}),
+        _chunk({"tool_calls": [{"index": 0, "function": {"arguments": "1}"}}]}, "tool_calls"),
+        {"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 3}},
+        "[DONE]",
+    ]
+    upstream, request = _upstream_answering(lambda _request: _sse(*events))
+    deltas = [d async for d in upstream.stream(TARGET, request)]
+    assert "".join(d.text for d in deltas) == "Summing"
+    parts = [p for d in deltas for p in d.tool_calls]
+    assert parts[0] == {"index": 0, "id": "c1", "type": "function", "function": call["function"]}
+    assert parts[1] == {"index": 0, "function": {"arguments": "1}"}}
+    assert [d.finish_reason for d in deltas if d.finish_reason] == ["tool_calls"]
+    assert (deltas[-1].input_tokens, deltas[-1].output_tokens) == (7, 3)
+
+
+async def test_an_error_event_in_a_stream_fails_the_call_without_the_key() -> None:
+    events = [_chunk({"content": "a"}), {"error": {"message": f"overloaded ({SECRET})"}}]
+    upstream, request = _upstream_answering(lambda _request: _sse(*events))
+    seen: list[str] = []
+    with pytest.raises(PermanentFailure) as failed:
+        async for delta in upstream.stream(TARGET, request):
+            seen.append(delta.text)
+    assert seen == ["a"]
+    assert "overloaded" in failed.value.message and SECRET not in failed.value.message
+
+
+async def test_a_stream_of_broken_json_fails_the_call() -> None:
+    upstream, request = _upstream_answering(lambda _request: _sse("{not json"))
+    with pytest.raises(SpineError):
+        _ = [d async for d in upstream.stream(TARGET, request)]
+
+
+async def test_a_whole_answer_is_read_with_its_tool_calls_and_usage() -> None:
+    answer = {
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": "tool_calls",
+                "message": {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {
+                            "id": "c9",
+                            "type": "function",
+                            "function": {"name": "f", "arguments": "{}"},
+                        }
+                    ],
+                },
+            }
+        ],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 2},
+    }
+    upstream, request = _upstream_answering(lambda _request: httpx2.Response(200, json=answer))
+    completion = await upstream.call(TARGET, request)
+    assert completion.text == ""
+    assert completion.tool_calls == [
+        {"id": "c9", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    ]
+    assert (completion.input_tokens, completion.output_tokens) == (5, 2)
+    assert completion.finish_reason == "tool_calls"
+    no_choice, request = _upstream_answering(lambda _request: httpx2.Response(200, json={}))
+    with pytest.raises(PermanentFailure, match="without a choice"):
+        await no_choice.call(TARGET, request)

@@ -18,20 +18,27 @@ the same ``cause`` names as LiteLLM's (``Timeout``, ``ServiceUnavailableError``,
 ``ContextWindowExceededError``, ...), so the router's fallbacks and the gateway's status codes
 (:meth:`~spine.platform.models.openai_wire.GatewayError.of`) do not depend on the path a call took.
 The SDK's own retries are off: the router's fallbacks and breakers decide.
+
+Chat answers are read as JSON, not into the SDK's types: building its pydantic objects for every
+streamed chunk cost about 2 ms of CPU per streamed call (4.1 against 1.8-2.4 ms, the SDK's
+request either way, ``httpx-sse`` reading the events, so a stream must come as
+``text/event-stream``, as OpenAI's protocol says; 0.25 ms for a whole answer).
 """
 
 from __future__ import annotations
 
 import array
 import base64
+import json
 import logging
 import time
 from collections.abc import AsyncGenerator
-from typing import Any
+from typing import Any, cast
 
+import httpx2
 import openai
-from openai import AsyncOpenAI, AsyncStream
-from openai.types.chat import ChatCompletion, ChatCompletionChunk
+from httpx_sse import EventSource
+from openai import AsyncOpenAI
 from openai.types.create_embedding_response import CreateEmbeddingResponse
 
 from spine.platform.errors import (
@@ -41,7 +48,13 @@ from spine.platform.errors import (
     TransientFailure,
 )
 from spine.platform.models.providers import HOW_TO_CONFIGURE, ProviderTarget, without_secrets
-from spine.platform.models.shapes import delta_of, params_for, says_too_long, tool_calls_of
+from spine.platform.models.shapes import (
+    delta_of,
+    field_of,
+    params_for,
+    says_too_long,
+    tool_calls_of,
+)
 from spine.platform.models.values import (
     ChatRequest,
     Completion,
@@ -98,34 +111,36 @@ class OpenAIUpstream:
         body = _chat_body(target, request, request.params)
         started = time.perf_counter()
         try:
-            response = await self._client(target).post(
+            response: Any = await self._client(target).post(
                 _CHAT_PATH,
                 body=body,
-                cast_to=ChatCompletion,
+                cast_to=dict,
                 options={"timeout": self._timeout(request)},
             )
         except Exception as exc:
             raise _translate(exc, target, self._settings) from exc
         latency_ms = (time.perf_counter() - started) * 1000
-        if not response.choices:
+        choices = field_of(response, "choices")
+        if not choices or not isinstance(choices, list):
             raise PermanentFailure(
                 f"{target.provider} model {target.model} answered without a choice",
                 provider=target.provider,
             )
-        usage = response.usage
-        choice = response.choices[0]
+        usage = field_of(response, "usage")
+        choice = choices[0]
+        message = field_of(choice, "message")
         logger.info(
             "model call %s/%s answered in %.0f ms", target.provider, target.model, latency_ms
         )
         return Completion(
-            text=choice.message.content or "",
+            text=field_of(message, "content") or "",
             model=target.model,
             provider=target.provider,
-            input_tokens=(usage.prompt_tokens if usage else 0) or 0,
-            output_tokens=(usage.completion_tokens if usage else 0) or 0,
+            input_tokens=field_of(usage, "prompt_tokens") or 0,
+            output_tokens=field_of(usage, "completion_tokens") or 0,
             latency_ms=latency_ms,
-            finish_reason=choice.finish_reason,
-            tool_calls=tool_calls_of(choice.message.tool_calls),
+            finish_reason=field_of(choice, "finish_reason"),
+            tool_calls=tool_calls_of(field_of(message, "tool_calls")),
         )
 
     async def stream(
@@ -142,23 +157,26 @@ class OpenAIUpstream:
         body["stream_options"] = {"include_usage": True}
         started = time.perf_counter()
         try:
+            # The SDK sends the request and raises its errors; the events are read here.
             response = await self._client(target).post(
                 _CHAT_PATH,
                 body=body,
-                cast_to=ChatCompletion,
+                cast_to=httpx2.Response,
                 options={"timeout": self._timeout(request)},
                 stream=True,
-                stream_cls=AsyncStream[ChatCompletionChunk],
             )
         except Exception as exc:
             raise _translate(exc, target, self._settings) from exc
         try:
-            async for chunk in response:
-                yield delta_of(chunk)
+            # httpx-sse is typed for httpx; the SDK's httpx2 response has the same reading API.
+            async for event in EventSource(cast(Any, response)).aiter_sse():
+                if event.data.startswith("[DONE]"):
+                    continue  # read on to the end: the connection then goes back to the pool
+                yield delta_of(_chunk(event.data, response))
         except Exception as exc:
-            raise _translate(exc, target, self._settings) from exc
+            raise _translate(_sdk_error(exc, response), target, self._settings) from exc
         finally:
-            await response.close()
+            await response.aclose()
         logger.info(
             "model stream %s/%s ended after %.0f ms",
             target.provider,
@@ -264,6 +282,29 @@ def _floats(embedding: list[float] | str) -> list[float]:
     if isinstance(embedding, str):
         return array.array("f", base64.b64decode(embedding)).tolist()
     return [float(x) for x in embedding]
+
+
+def _chunk(data: str, response: httpx2.Response) -> Any:
+    """Decode one streamed event; an ``error`` object in it raises as the SDK raises it."""
+    chunk = json.loads(data)
+    error = field_of(chunk, "error")
+    if error:
+        message = field_of(error, "message")
+        raise openai.APIError(
+            message if isinstance(message, str) and message else "an error during streaming",
+            response.request,
+            body=error,
+        )
+    return chunk
+
+
+def _sdk_error(exc: Exception, response: httpx2.Response) -> Exception:
+    """The SDK's error for a transport failure while the events are read (as its streams do)."""
+    if isinstance(exc, httpx2.TimeoutException):
+        return openai.APITimeoutError(request=response.request)
+    if isinstance(exc, httpx2.RequestError):
+        return openai.APIConnectionError(request=response.request)
+    return exc
 
 
 def _translate(exc: Exception, target: ProviderTarget, settings: Settings) -> Exception:

@@ -1,7 +1,8 @@
 """Converters shared by the two upstream adapters (LiteLLM and the ``openai`` SDK).
 
-Both answer with objects of OpenAI's shape; these turn them into the platform's own values and
-adapt the parameters a provider's server spells its own way.
+Both answer in OpenAI's shape (LiteLLM as objects, the SDK adapter as the decoded JSON); these
+turn either into the platform's own values and adapt the parameters a provider's server spells
+its own way.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Any
 from spine.platform.models.providers import ProviderTarget
 from spine.platform.models.values import CompletionDelta
 
-__all__ = ["delta_of", "params_for", "says_too_long", "tool_calls_of"]
+__all__ = ["delta_of", "field_of", "params_for", "says_too_long", "tool_calls_of"]
 
 
 def params_for(target: ProviderTarget, params: dict[str, Any]) -> dict[str, Any]:
@@ -45,25 +46,32 @@ def says_too_long(message: str) -> bool:
     return "context length" in lowered or "input length exceeds" in lowered
 
 
+def field_of(value: Any, name: str) -> Any:
+    """Read ``name`` of a JSON object (a dict) or of an object of OpenAI's shape; None if absent."""
+    if isinstance(value, dict):
+        return value.get(name)
+    return getattr(value, name, None)
+
+
 def tool_calls_of(calls: Any, *, delta: bool = False) -> list[dict[str, Any]]:
     """Render tool calls (or tool call deltas) of OpenAI's shape as plain dicts."""
     rendered: list[dict[str, Any]] = []
     for position, call in enumerate(calls or []):
-        function = getattr(call, "function", None)
-        name = getattr(function, "name", None)
-        arguments = getattr(function, "arguments", None)
+        function = field_of(call, "function")
+        name = field_of(function, "name")
+        arguments = field_of(function, "arguments")
         if not delta:
             rendered.append(
                 {
-                    "id": getattr(call, "id", None) or f"call_{position}",
+                    "id": field_of(call, "id") or f"call_{position}",
                     "type": "function",
                     "function": {"name": name or "", "arguments": arguments or ""},
                 }
             )
             continue
-        part: dict[str, Any] = {"index": getattr(call, "index", None) or position}
-        if getattr(call, "id", None):
-            part["id"] = call.id
+        part: dict[str, Any] = {"index": field_of(call, "index") or position}
+        if field_of(call, "id"):
+            part["id"] = field_of(call, "id")
             part["type"] = "function"
         fn: dict[str, Any] = {}
         if name:
@@ -78,14 +86,16 @@ def tool_calls_of(calls: Any, *, delta: bool = False) -> list[dict[str, Any]]:
 
 def delta_of(chunk: Any) -> CompletionDelta:
     """Turn one streamed chunk of OpenAI's shape into a :class:`CompletionDelta`."""
-    usage = getattr(chunk, "usage", None)
+    usage = field_of(chunk, "usage")
     found = CompletionDelta(
-        input_tokens=getattr(usage, "prompt_tokens", None) if usage else None,
-        output_tokens=getattr(usage, "completion_tokens", None) if usage else None,
+        input_tokens=field_of(usage, "prompt_tokens") if usage else None,
+        output_tokens=field_of(usage, "completion_tokens") if usage else None,
     )
-    if chunk.choices:
-        choice = chunk.choices[0]
-        found.text = getattr(choice.delta, "content", None) or ""
-        found.tool_calls = tool_calls_of(getattr(choice.delta, "tool_calls", None), delta=True)
-        found.finish_reason = choice.finish_reason
+    choices = field_of(chunk, "choices")
+    if choices:
+        choice = choices[0]
+        delta = field_of(choice, "delta")
+        found.text = field_of(delta, "content") or ""
+        found.tool_calls = tool_calls_of(field_of(delta, "tool_calls"), delta=True)
+        found.finish_reason = field_of(choice, "finish_reason")
     return found
