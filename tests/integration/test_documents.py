@@ -101,7 +101,8 @@ async def test_a_document_is_queued_embedded_searched_and_deleted(
     done = await wait_for(client, added["id"])
     assert done["embedded_at"] is not None
     assert done["attempts"] == 0
-    task = (await client.get(f"/v1/tasks/{added['task_id']}")).json()
+    # The document is marked embedded by its task, which ends a moment later.
+    task = await spine.wait_for(added["task_id"])
     assert (task["agent"], task["state"]) == ("embed_document", "succeeded")
     assert task["result"]["chunks"] == 3
     embedded = [c for c in models.calls(kind="embed")]
