@@ -61,19 +61,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     from spine.platform.settings import load_settings
     from spine.platform.tasks import TaskSubmission
     from spine.tools.tool import ModelArguments, Tool, ToolContext
-    from support.fake_models import (
-        FakeModelProcess,
-        FakeModelServer,
-        ModelRequest,
-        Rule,
-        ToolCall,
-    )
+    from support.fake_models import FakeModelProcess, FakeModelServer, tool_loop_rules
 
     steps = args.steps
-
-    def more_steps(request: ModelRequest) -> bool:
-        done = sum(1 for m in request.messages if m.get("role") == "tool")
-        return done < steps - 1
 
     class NoArguments(BaseModel):
         pass
@@ -88,8 +78,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         models: FakeModelServer | FakeModelProcess
         if args.model_in_thread:
             models = FakeModelServer(latency=0.0)
-            models.add(Rule(containing="loop", when=more_steps, tool_calls=[ToolCall(name="noop")]))
-            models.add(Rule(containing="loop", reply="done"))
+            for rule in tool_loop_rules("loop", "noop", steps):
+                models.add(rule)
         else:
             models = FakeModelProcess(latency=0.0, tool_loop=("loop", "noop", steps))
         with EmbeddedStack(tmp / "servers", ["nats", "postgres"]) as stack, models:

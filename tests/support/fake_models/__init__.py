@@ -25,7 +25,7 @@ HTTP app), ``replies`` (protocol-independent answers and embeddings), ``openai``
 in its own process, and the command line).
 """
 
-from .process import FakeModelProcess
+from .process import FakeModelProcess, tool_loop_rules
 from .replies import fake_embedding
 from .scripting import ModelRequest, RecordedCall, Rule, ToolCall
 from .server import DEFAULT_MODELS, FakeModelServer
@@ -39,4 +39,5 @@ __all__ = [
     "Rule",
     "ToolCall",
     "fake_embedding",
+    "tool_loop_rules",
 ]

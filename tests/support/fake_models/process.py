@@ -12,7 +12,7 @@ import os
 import selectors
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Self
 
@@ -139,19 +139,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     if args.tool_loop:
         marker, tool, steps = args.tool_loop.rsplit(":", 2)
-        server.add(
-            Rule(
-                containing=marker,
-                when=_fewer_tool_results(int(steps) - 1),
-                tool_calls=[ToolCall(name=tool)],
-            )
-        )
-        server.add(Rule(containing=marker, reply="done"))
+        for rule in tool_loop_rules(marker, tool, int(steps)):
+            server.add(rule)
     server.serve_forever()
 
 
-def _fewer_tool_results(count: int) -> Callable[[ModelRequest], bool]:
-    def when(request: ModelRequest) -> bool:
-        return sum(1 for m in request.messages if m.get("role") == "tool") < count
+def tool_loop_rules(marker: str, tool: str, steps: int) -> list[Rule]:
+    """Rules for an agent loop of ``steps`` model calls: a conversation containing ``marker``
+    gets a call of ``tool`` until ``steps - 1`` tool results are in it, then "done"."""
 
-    return when
+    def more_steps(request: ModelRequest) -> bool:
+        return sum(1 for m in request.messages if m.get("role") == "tool") < steps - 1
+
+    return [
+        Rule(containing=marker, when=more_steps, tool_calls=[ToolCall(name=tool)]),
+        Rule(containing=marker, reply="done"),
+    ]

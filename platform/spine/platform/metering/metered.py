@@ -500,11 +500,7 @@ class MeteredModels:
             return
         # The provider's usage, else an estimate: the same numbers the client's usage chunk has.
         input_tokens, output_tokens = stream.tokens()
-        cost = (
-            stream.cost
-            if stream.cost is not None
-            else cost_of(stream.spec, input_tokens, output_tokens)
-        )
+        cost = stream.cost  # set by _settle_later as the stream ended
         if stream.reservation is not None:
             await self._settle(stream.reservation, cost)
         await self._record(

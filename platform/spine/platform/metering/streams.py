@@ -57,8 +57,6 @@ class MeteredStream:
     _finished: bool = field(default=False, init=False)
     ended: float | None = field(default=None, init=False)
     """When the stream ended (``time.perf_counter``): its latency ends there, not at the books."""
-    books: asyncio.Task[None] | None = field(default=None, init=False)
-    """The task settling this stream's books, once it ended."""
 
     @property
     def model(self) -> str:
@@ -168,7 +166,7 @@ class MeteredStream:
         # The books are kept in a task of their own (a client that went away cancels the
         # response, not the books), and not waited for: an agent's next step, or the end of a
         # streamed response, need not wait for a settlement (~0.5 ms a call).
-        self.books = self.finish(self, outcome)
+        self.finish(self, outcome)  # MeteredModels holds the task until it is done
 
 
 def replayed(hit: Completion) -> CompletionStream:
