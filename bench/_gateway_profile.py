@@ -32,7 +32,7 @@ OPERATIONS: list[tuple[str, str, str]] = [
     (
         "spine/platform/models/upstream.py",
         "UpstreamClient.call",
-        "model call: upstream SDK or LiteLLM (awaited)",
+        "model call: upstream HTTP or LiteLLM (awaited)",
     ),
     (
         "spine/platform/models/openai_wire.py",
@@ -94,11 +94,10 @@ FALLBACKS: list[tuple[str, str]] = [
     ("/asyncpg/", "db: asyncpg protocol callbacks"),
     ("/aiosqlite/", "db: aiosqlite thread"),
     ("/nats/", "nats: client read loop, flusher"),
-    ("/openai/", "upstream HTTP client (openai SDK, outside the awaited call)"),
     ("/httpx/", "upstream HTTP client (httpx, outside the awaited call)"),
     ("/httpx2/", "upstream HTTP client (httpx, outside the awaited call)"),
     ("/httpcore/", "upstream HTTP client (httpx, outside the awaited call)"),
-    ("/aiohttp/", "upstream HTTP client (aiohttp transport callbacks)"),
+    ("/aiohttp/", "upstream HTTP client (aiohttp, outside the awaited call)"),
     ("/uvicorn/", "HTTP server (uvicorn, Starlette, FastAPI)"),
     ("/starlette/", "HTTP server (uvicorn, Starlette, FastAPI)"),
     ("/fastapi/", "HTTP server (uvicorn, Starlette, FastAPI)"),

@@ -28,7 +28,7 @@ OPERATIONS: list[tuple[str, str, str]] = [
     (
         "spine/platform/models/upstream.py",
         "UpstreamClient.call",
-        "model call: upstream SDK or LiteLLM (event loop side)",
+        "model call: upstream HTTP or LiteLLM (event loop side)",
     ),
     (
         "spine/platform/tasks/store.py",

@@ -1,14 +1,17 @@
-"""The openai SDK path: its errors become the SpineErrors, and causes, LiteLLM's path gives."""
+"""The OpenAI-protocol path: its failures become the SpineErrors, and causes, LiteLLM's path
+gives; answers (whole, streamed, embeddings) are read from a real HTTP server on 127.0.0.1."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import struct
+from collections.abc import AsyncIterator, Awaitable, Callable
 
-import httpx2
-import openai
+import aiohttp
 import pytest
+from aiohttp import web
 
 from spine.platform.errors import (
     ContextWindowExceeded,
@@ -17,11 +20,13 @@ from spine.platform.errors import (
     SpineError,
     TransientFailure,
 )
-from spine.platform.models import ChatRequest, ProviderTarget
+from spine.platform.models import ChatRequest, EmbeddingRequest, ProviderTarget
 from spine.platform.models.openai_upstream import (
     OpenAIUpstream,
+    UpstreamStatusError,
     _chat_body,
     _floats,
+    _proxy_for,
     _translate,
     base_url,
     wire_model,
@@ -29,8 +34,6 @@ from spine.platform.models.openai_upstream import (
 from spine.platform.models.openai_wire import GatewayError
 from spine.platform.settings import load_settings
 
-# httpx2, not httpx: the openai SDK installed here is built on it, as are its errors.
-REQUEST = httpx2.Request("POST", "http://upstream.test/v1/chat/completions")
 SECRET = "sk-upstream-secret"
 TARGET = ProviderTarget(
     provider="openai-compatible",
@@ -39,29 +42,25 @@ TARGET = ProviderTarget(
 )
 
 
-def status(kind: type[openai.APIStatusError], code: int, body: object = None) -> Exception:
-    # Shaped as the SDK shapes it: the message carries the error body.
-    response = httpx2.Response(code, request=REQUEST)
-    return kind(f"Error code: {code} - {body} (key {SECRET})", response=response, body=body)
+def status(code: int, body: object = None) -> Exception:
+    # Shaped as the adapter shapes it: the message carries the error body (and here the key).
+    return UpstreamStatusError(code, f"Error code: {code} - {body} (key {SECRET})")
 
 
 @pytest.mark.parametrize(
     ("exc", "kind", "cause", "http"),
     [
-        (openai.APITimeoutError(request=REQUEST), TransientFailure, "Timeout", 502),
-        (openai.APIConnectionError(request=REQUEST), TransientFailure, "APIConnectionError", 502),
-        (status(openai.RateLimitError, 429), TransientFailure, "RateLimitError", 429),
-        (status(openai.InternalServerError, 500), TransientFailure, "InternalServerError", 502),
-        (status(openai.InternalServerError, 502), TransientFailure, "BadGatewayError", 502),
-        (
-            status(openai.InternalServerError, 503),
-            TransientFailure,
-            "ServiceUnavailableError",
-            502,
-        ),
+        (TimeoutError(), TransientFailure, "Timeout", 502),
+        (aiohttp.ServerTimeoutError("read"), TransientFailure, "Timeout", 502),
+        (aiohttp.ServerDisconnectedError(), TransientFailure, "APIConnectionError", 502),
+        (aiohttp.ClientPayloadError("cut"), TransientFailure, "APIConnectionError", 502),
+        (status(429), TransientFailure, "RateLimitError", 429),
+        (status(500), TransientFailure, "InternalServerError", 502),
+        (status(502), TransientFailure, "BadGatewayError", 502),
+        (status(503), TransientFailure, "ServiceUnavailableError", 502),
+        (status(408), TransientFailure, "Timeout", 502),
         (
             status(
-                openai.BadRequestError,
                 400,
                 {
                     "message": "This model's maximum context length is 8192 tokens.",
@@ -72,19 +71,17 @@ def status(kind: type[openai.APIStatusError], code: int, body: object = None) ->
             "ContextWindowExceededError",
             400,
         ),
-        (status(openai.BadRequestError, 400), PermanentFailure, "BadRequestError", 400),
-        (
-            status(openai.UnprocessableEntityError, 422),
-            PermanentFailure,
-            "UnprocessableEntityError",
-            400,
-        ),
-        (status(openai.NotFoundError, 404), PermanentFailure, "NotFoundError", 404),
-        (status(openai.AuthenticationError, 401), ProviderNotConfigured, None, 503),
+        (status(400), PermanentFailure, "BadRequestError", 400),
+        (status(422), PermanentFailure, "UnprocessableEntityError", 400),
+        (status(404), PermanentFailure, "NotFoundError", 404),
+        (status(418), PermanentFailure, "APIStatusError", 502),
+        (status(401), ProviderNotConfigured, None, 503),
+        (UpstreamStatusError(None, "overloaded"), PermanentFailure, "APIError", 502),
+        (json.JSONDecodeError("bad", "{", 1), PermanentFailure, "JSONDecodeError", 502),
     ],
     ids=lambda value: value if isinstance(value, str) else None,
 )
-def test_sdk_errors_are_translated_like_litellm_errors(
+def test_failures_are_translated_like_litellm_errors(
     exc: Exception, kind: type[SpineError], cause: str | None, http: int
 ) -> None:
     settings = load_settings(_env_file=None)
@@ -133,6 +130,23 @@ def test_other_providers_keep_their_model_name_and_base() -> None:
     assert (wire_model(target), base_url(target)) == ("ollama/x", "http://h/v1/")
 
 
+def test_the_proxy_the_environment_names_is_used_unless_no_proxy_covers_the_server(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    assert _proxy_for("https://api.openai.com/v1/chat/completions") is None
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    monkeypatch.setenv("NO_PROXY", "ollama.internal,127.0.0.1")
+    assert _proxy_for("https://api.openai.com/v1/chat/completions") == (
+        "http://proxy.internal:3128"
+    )
+    assert _proxy_for("https://ollama.internal/v1/embeddings") is None
+    assert _proxy_for("http://127.0.0.1:11434/v1/chat/completions") is None
+    assert _proxy_for("http://plain.example/v1/chat/completions") is None  # HTTPS_PROXY only
+
+
 def test_vectors_are_read_as_base64_or_as_the_floats_a_server_sent_instead() -> None:
     vector = [0.5, -1.25, 3.0]
     packed = base64.b64encode(struct.pack("<3f", *vector)).decode()
@@ -140,43 +154,87 @@ def test_vectors_are_read_as_base64_or_as_the_floats_a_server_sent_instead() -> 
     assert _floats([1, 2.5]) == [1.0, 2.5]
 
 
-# -- answers read as JSON (not into the SDK's types) ---------------------------------------------
+# -- answers read from a real server ---------------------------------------------------------
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _upstream_answering(handler: object) -> tuple[OpenAIUpstream, ChatRequest]:
-    upstream = OpenAIUpstream(load_settings(_env_file=None))
-    transport = httpx2.MockTransport(handler)  # type: ignore[arg-type]
-    upstream._clients[(base_url(TARGET), SECRET)] = openai.AsyncOpenAI(
-        api_key=SECRET,
-        base_url=base_url(TARGET),
-        max_retries=0,
-        http_client=httpx2.AsyncClient(transport=transport),
-    )
-    return upstream, ChatRequest(messages=[{"role": "user", "content": "hi"}])
+@pytest.fixture
+async def serve() -> AsyncIterator[Callable[[Handler], Awaitable[ProviderTarget]]]:
+    """Serve one handler at ``/v1/chat/completions`` and ``/v1/embeddings`` on 127.0.0.1."""
+    runners: list[web.AppRunner] = []
+
+    async def start(handler: Handler) -> ProviderTarget:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", handler)
+        app.router.add_post("/v1/embeddings", handler)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        runners.append(runner)
+        port = runner.addresses[0][1]
+        return ProviderTarget(
+            provider="openai-compatible",
+            model="m",
+            kwargs={"api_base": f"http://127.0.0.1:{port}/v1", "api_key": SECRET},
+        )
+
+    yield start
+    for runner in runners:
+        await runner.cleanup()
 
 
-def _sse(*events: object) -> httpx2.Response:
+@pytest.fixture
+async def upstream() -> AsyncIterator[OpenAIUpstream]:
+    adapter = OpenAIUpstream(load_settings(_env_file=None))
+    yield adapter
+    await adapter.close()
+
+
+REQUEST = ChatRequest(messages=[{"role": "user", "content": "hi"}])
+
+
+def _sse_handler(*events: object, pieces: int = 1) -> Handler:
     body = "".join(f"data: {e if isinstance(e, str) else json.dumps(e)}\n\n" for e in events)
-    return httpx2.Response(200, headers={"content-type": "text/event-stream"}, text=body)
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        sent = await request.json()
+        assert sent["stream"] is True and sent["stream_options"] == {"include_usage": True}
+        assert request.headers["Authorization"] == f"Bearer {SECRET}"
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        data = body.encode()
+        step = max(1, len(data) // pieces)
+        for start in range(0, len(data), step):  # events split anywhere, as TCP may
+            await response.write(data[start : start + step])
+            await asyncio.sleep(0)
+        await response.write_eof()
+        return response
+
+    return handler
 
 
 def _chunk(delta: dict[str, object], finish: str | None = None) -> dict[str, object]:
     return {"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
 
 
-async def test_a_stream_is_read_into_deltas_text_tool_calls_and_usage() -> None:
+@pytest.mark.parametrize("pieces", [1, 7, 500])
+async def test_a_stream_is_read_into_deltas_text_tool_calls_and_usage(
+    serve: Callable[[Handler], Awaitable[ProviderTarget]], upstream: OpenAIUpstream, pieces: int
+) -> None:
     call = {"index": 0, "id": "c1", "function": {"name": "add", "arguments": '{"a":'}}
     events = [
         _chunk({"role": "assistant", "content": "Sum"}),
-        _chunk({"content": "ming"}),
+        _chunk({"content": "ming ✓"}),
         _chunk({"tool_calls": [call]}),
         _chunk({"tool_calls": [{"index": 0, "function": {"arguments": "1}"}}]}, "tool_calls"),
         {"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 3}},
         "[DONE]",
     ]
-    upstream, request = _upstream_answering(lambda _request: _sse(*events))
-    deltas = [d async for d in upstream.stream(TARGET, request)]
-    assert "".join(d.text for d in deltas) == "Summing"
+    target = await serve(_sse_handler(*events, pieces=pieces))
+    deltas = [d async for d in upstream.stream(target, REQUEST)]
+    assert "".join(d.text for d in deltas) == "Summing ✓"
     parts = [p for d in deltas for p in d.tool_calls]
     assert parts[0] == {"index": 0, "id": "c1", "type": "function", "function": call["function"]}
     assert parts[1] == {"index": 0, "function": {"arguments": "1}"}}
@@ -184,24 +242,103 @@ async def test_a_stream_is_read_into_deltas_text_tool_calls_and_usage() -> None:
     assert (deltas[-1].input_tokens, deltas[-1].output_tokens) == (7, 3)
 
 
-async def test_an_error_event_in_a_stream_fails_the_call_without_the_key() -> None:
+async def test_a_chunk_longer_than_aiohttps_line_limit_is_read_whole(
+    serve: Callable[[Handler], Awaitable[ProviderTarget]], upstream: OpenAIUpstream
+) -> None:
+    arguments = json.dumps({"text": "x" * 300_000})  # one tool call's arguments in one event
+    call = {"index": 0, "id": "c1", "function": {"name": "save", "arguments": arguments}}
+    target = await serve(_sse_handler(_chunk({"tool_calls": [call]}, "tool_calls"), "[DONE]"))
+    deltas = [d async for d in upstream.stream(target, REQUEST)]
+    assert deltas[0].tool_calls[0]["function"]["arguments"] == arguments
+
+
+async def test_an_error_event_in_a_stream_fails_the_call_without_the_key(
+    serve: Callable[[Handler], Awaitable[ProviderTarget]], upstream: OpenAIUpstream
+) -> None:
     events = [_chunk({"content": "a"}), {"error": {"message": f"overloaded ({SECRET})"}}]
-    upstream, request = _upstream_answering(lambda _request: _sse(*events))
+    target = await serve(_sse_handler(*events))
     seen: list[str] = []
     with pytest.raises(PermanentFailure) as failed:
-        async for delta in upstream.stream(TARGET, request):
+        async for delta in upstream.stream(target, REQUEST):
             seen.append(delta.text)
     assert seen == ["a"]
     assert "overloaded" in failed.value.message and SECRET not in failed.value.message
 
 
-async def test_a_stream_of_broken_json_fails_the_call() -> None:
-    upstream, request = _upstream_answering(lambda _request: _sse("{not json"))
-    with pytest.raises(SpineError):
-        _ = [d async for d in upstream.stream(TARGET, request)]
+async def test_a_stream_of_broken_json_fails_the_call(
+    serve: Callable[[Handler], Awaitable[ProviderTarget]], upstream: OpenAIUpstream
+) -> None:
+    target = await serve(_sse_handler("{not json"))
+    with pytest.raises(PermanentFailure):
+        _ = [d async for d in upstream.stream(target, REQUEST)]
 
 
-async def test_a_whole_answer_is_read_with_its_tool_calls_and_usage() -> None:
+async def test_a_stream_answered_as_json_fails_with_the_reason(
+    serve: Callable[[Handler], Awaitable[ProviderTarget]], upstream: OpenAIUpstream
+) -> None:
+    async def handler(request: web.Request) -> web.Response:
+        return web.json_response({"choices": []})
+
+    target = await serve(handler)
+    with pytest.raises(PermanentFailure, match="not text/event-stream"):
+        _ = [d async for d in upstream.stream(target, REQUEST)]
+
+
+@pytest.mark.parametrize(
+    ("code", "kind", "cause"),
+    [
+        (503, TransientFailure, "ServiceUnavailableError"),
+        (429, TransientFailure, "RateLimitError"),
+        (400, PermanentFailure, "BadRequestError"),
+        (401, ProviderNotConfigured, None),
+    ],
+)
+async def test_an_error_status_fails_whole_and_streamed_calls_alike(
+    serve: Callable[[Handler], Awaitable[ProviderTarget]],
+    upstream: OpenAIUpstream,
+    code: int,
+    kind: type[SpineError],
+    cause: str | None,
+) -> None:
+    async def handler(request: web.Request) -> web.Response:
+        return web.json_response({"error": {"message": f"no ({SECRET})"}}, status=code)
+
+    target = await serve(handler)
+    with pytest.raises(kind) as whole:
+        await upstream.call(target, REQUEST)
+    with pytest.raises(kind) as streamed:
+        _ = [d async for d in upstream.stream(target, REQUEST)]
+    for failed in (whole.value, streamed.value):
+        assert failed.details.get("cause") == cause
+        assert SECRET not in failed.message
+
+
+async def test_a_refused_connection_and_a_silent_server_are_transient(
+    serve: Callable[[Handler], Awaitable[ProviderTarget]], upstream: OpenAIUpstream
+) -> None:
+    release = asyncio.Event()
+
+    async def silent(request: web.Request) -> web.Response:
+        await release.wait()
+        return web.json_response({})
+
+    target = await serve(silent)
+    quick = ChatRequest(messages=REQUEST.messages, timeout=0.2)
+    with pytest.raises(TransientFailure) as slow:
+        await upstream.call(target, quick)
+    release.set()
+    assert slow.value.details.get("cause") == "Timeout"
+    closed = ProviderTarget(
+        provider="openai-compatible", model="m", kwargs={"api_base": "http://127.0.0.1:9/v1"}
+    )
+    with pytest.raises(TransientFailure) as refused:
+        await upstream.call(closed, REQUEST)
+    assert refused.value.details.get("cause") == "APIConnectionError"
+
+
+async def test_a_whole_answer_is_read_with_its_tool_calls_and_usage(
+    serve: Callable[[Handler], Awaitable[ProviderTarget]], upstream: OpenAIUpstream
+) -> None:
     answer = {
         "choices": [
             {
@@ -222,14 +359,41 @@ async def test_a_whole_answer_is_read_with_its_tool_calls_and_usage() -> None:
         ],
         "usage": {"prompt_tokens": 5, "completion_tokens": 2},
     }
-    upstream, request = _upstream_answering(lambda _request: httpx2.Response(200, json=answer))
-    completion = await upstream.call(TARGET, request)
+
+    async def handler(request: web.Request) -> web.Response:
+        sent = await request.json()
+        assert sent == {"model": "m", "messages": REQUEST.messages}
+        return web.json_response(answer)
+
+    completion = await upstream.call(await serve(handler), REQUEST)
     assert completion.text == ""
     assert completion.tool_calls == [
         {"id": "c9", "type": "function", "function": {"name": "f", "arguments": "{}"}}
     ]
     assert (completion.input_tokens, completion.output_tokens) == (5, 2)
     assert completion.finish_reason == "tool_calls"
-    no_choice, request = _upstream_answering(lambda _request: httpx2.Response(200, json={}))
+
+    async def empty(request: web.Request) -> web.Response:
+        return web.json_response({})
+
     with pytest.raises(PermanentFailure, match="without a choice"):
-        await no_choice.call(TARGET, request)
+        await upstream.call(await serve(empty), REQUEST)
+
+
+async def test_embeddings_come_back_in_input_order_from_base64(
+    serve: Callable[[Handler], Awaitable[ProviderTarget]], upstream: OpenAIUpstream
+) -> None:
+    vectors = {0: [0.5, 1.0], 1: [-2.0, 0.25]}
+
+    async def handler(request: web.Request) -> web.Response:
+        sent = await request.json()
+        assert sent["encoding_format"] == "base64" and sent["input"] == ["a", "b"]
+        rows = [
+            {"index": i, "embedding": base64.b64encode(struct.pack("<2f", *vectors[i])).decode()}
+            for i in (1, 0)  # out of order, as a server may answer
+        ]
+        return web.json_response({"data": rows, "usage": {"prompt_tokens": 4}})
+
+    embedding = await upstream.embed(await serve(handler), EmbeddingRequest(texts=["a", "b"]))
+    assert embedding.vectors == [vectors[0], vectors[1]]
+    assert embedding.input_tokens == 4

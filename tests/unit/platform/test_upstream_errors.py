@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import os
 
-import httpx2 as httpx
-import openai
 import pytest
 from litellm import exceptions as litellm_errors
 
 from spine.platform.errors import ContextWindowExceeded, TransientFailure
 from spine.platform.models import ProviderTarget
 from spine.platform.models.litellm_upstream import _translate as litellm_translate
+from spine.platform.models.openai_upstream import UpstreamStatusError
 from spine.platform.models.openai_upstream import _translate as openai_translate
 from spine.platform.settings import load_settings
 
@@ -38,11 +37,8 @@ def test_a_plain_500_is_still_an_outage() -> None:
 
 
 @pytest.mark.parametrize("status", [400, 500])
-def test_the_sdk_path_agrees_whatever_the_status(status: int) -> None:
-    request = httpx.Request("POST", "http://127.0.0.1/v1/embeddings")
-    response = httpx.Response(status, request=request, json={"error": {"message": OLLAMA_SAYS}})
-    kind = openai.BadRequestError if status == 400 else openai.InternalServerError
-    error = kind(OLLAMA_SAYS, response=response, body=None)
+def test_the_openai_protocol_path_agrees_whatever_the_status(status: int) -> None:
+    error = UpstreamStatusError(status, f'Error code: {status} - {{"error": "{OLLAMA_SAYS}"}}')
     target = ProviderTarget(provider="openai-compatible", model="m", kwargs={})
     translated = openai_translate(error, target, load_settings(_env_file=None))
     assert isinstance(translated, ContextWindowExceeded)

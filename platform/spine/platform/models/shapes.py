@@ -1,8 +1,8 @@
-"""Converters shared by the two upstream adapters (LiteLLM and the ``openai`` SDK).
+"""Converters shared by the two upstream adapters (LiteLLM and the OpenAI-protocol one).
 
-Both answer in OpenAI's shape (LiteLLM as objects, the SDK adapter as the decoded JSON); these
-turn either into the platform's own values and adapt the parameters a provider's server spells
-its own way.
+Both answer in OpenAI's shape (LiteLLM as objects, the OpenAI-protocol adapter as the decoded
+JSON); these turn either into the platform's own values and adapt the parameters a provider's
+server spells its own way.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
-"""One call to one provider target: through the ``openai`` SDK where the provider speaks
-OpenAI's protocol, through LiteLLM for the rest.
+"""One call to one provider target: posted as it is where the provider speaks OpenAI's
+protocol, through LiteLLM for the rest.
 
 :class:`UpstreamClient` is what the model router calls for each model it tries. Chat and
-embedding calls to :data:`SDK_PROVIDERS` (Ollama among them, at its ``/v1`` routes) skip
-LiteLLM (it costs several ms of CPU a call above the SDK's own); Anthropic, Bedrock and Groq
-take LiteLLM. Each library is imported on the first call
+embedding calls to :data:`OPENAI_PROTOCOL_PROVIDERS` (Ollama among them, at its ``/v1``
+routes) skip LiteLLM (it costs several ms of CPU a call above a plain HTTP call); Anthropic,
+Bedrock and Groq take LiteLLM. Each library is imported on the first call
 that needs it, in a thread (seconds for LiteLLM; the event loop, and with it every heartbeat
 of the tasks in hand, goes on): a process that makes no call through one never loads it. Both
 paths translate their errors to the same :class:`~spine.platform.errors.RunFailure` classes
@@ -32,10 +32,12 @@ from spine.platform.settings import Settings
 if TYPE_CHECKING:
     from spine.platform.models.openai_upstream import OpenAIUpstream
 
-__all__ = ["SDK_PROVIDERS", "UpstreamClient"]
+__all__ = ["OPENAI_PROTOCOL_PROVIDERS", "UpstreamClient"]
 
-SDK_PROVIDERS: frozenset[str] = frozenset({"openai", "openai-compatible", "local", "ollama"})
-"""The providers whose calls go through the ``openai`` SDK instead of LiteLLM."""
+OPENAI_PROTOCOL_PROVIDERS: frozenset[str] = frozenset(
+    {"openai", "openai-compatible", "local", "ollama"}
+)
+"""The providers called at their OpenAI-protocol routes directly instead of through LiteLLM."""
 
 
 class UpstreamClient:
@@ -44,12 +46,12 @@ class UpstreamClient:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._litellm = LiteLLMUpstream(settings)
-        self._sdk: OpenAIUpstream | None = None
+        self._direct: OpenAIUpstream | None = None
 
     async def close(self) -> None:
         """Close the connections of the OpenAI-compatible upstreams."""
-        if self._sdk is not None:
-            await self._sdk.close()
+        if self._direct is not None:
+            await self._direct.close()
 
     async def complete(self, request: ChatRequest) -> Completion:
         """Answer with the default provider (or ``request.model`` there), in one call."""
@@ -57,7 +59,7 @@ class UpstreamClient:
 
     async def call(self, target: ProviderTarget, request: ChatRequest) -> Completion:
         """Answer one chat call at ``target``."""
-        if target.provider in SDK_PROVIDERS:
+        if target.provider in OPENAI_PROTOCOL_PROVIDERS:
             return await (await self._openai()).call(target, request)
         return await self._litellm.call(target, request)
 
@@ -67,7 +69,7 @@ class UpstreamClient:
         """Stream one chat call at ``target``; failures raise from the iteration."""
         deltas = (
             (await self._openai()).stream(target, request)
-            if target.provider in SDK_PROVIDERS
+            if target.provider in OPENAI_PROTOCOL_PROVIDERS
             else self._litellm.stream(target, request)
         )
         try:
@@ -78,16 +80,16 @@ class UpstreamClient:
 
     async def embed(self, target: ProviderTarget, request: EmbeddingRequest) -> Embedding:
         """Embed ``request.texts`` with one call at ``target``."""
-        if target.provider in SDK_PROVIDERS:
+        if target.provider in OPENAI_PROTOCOL_PROVIDERS:
             return await (await self._openai()).embed(target, request)
         return await self._litellm.embed(target, request)
 
     async def _openai(self) -> OpenAIUpstream:
-        if self._sdk is None:
-            # The SDK's import takes a moment and ~14 MiB: in a thread, on the first call.
+        if self._direct is None:
+            # Its import (aiohttp) takes a moment: in a thread, on the first call.
             module = await asyncio.to_thread(
                 importlib.import_module, "spine.platform.models.openai_upstream"
             )
-            if self._sdk is None:
-                self._sdk = module.OpenAIUpstream(self._settings)
-        return self._sdk
+            if self._direct is None:
+                self._direct = module.OpenAIUpstream(self._settings)
+        return self._direct
