@@ -3,8 +3,11 @@
 - resumed after the final event, it sends that event again and ends at once;
 - resumed after an event the task does not have, or beyond any event number, it is a 4xx;
 - while it waits, it is woken by the NATS nudge of each new event, not by reading the
-  database each second (the database is read for the stored events, then only as a slow
-  safety net or when a nudge is missing).
+  database each second (the database is read for the stored events, once more a moment after
+  it subscribed, then only as a slow safety net or when a nudge is missing);
+- a task that ends while its stream subscribes (its nudge, published by a worker's
+  connection, can miss a subscription the server does not show that connection yet) still
+  ends the stream at once, not at the safety poll.
 
 No worker runs: the tests move tasks through the store the worker uses.
 """
@@ -18,7 +21,8 @@ from typing import Any
 
 import pytest
 
-from spine.platform.tasks import TaskEvent
+from spine.events.progress import ProgressFeed
+from spine.platform.tasks import TaskEvent, TaskStore
 from support.databases import create_database
 from support.fake_models import FakeModelServer
 from support.live_platform import RunningPlatform, running_platform
@@ -27,6 +31,7 @@ pytestmark = pytest.mark.integration
 
 CHAT = {"agent": "chat", "input": {"prompt": "hello"}}
 BOUND = 10.0  # seconds a stream that should end at once may take before the test fails
+ROUNDS = 3  # tasks ending as their stream subscribes
 
 
 @pytest.fixture(scope="module")
@@ -126,11 +131,11 @@ async def test_a_live_stream_is_woken_by_nudges_not_by_reading_the_database(
 
     following = asyncio.create_task(follow())
     try:
-        for _ in range(200):  # subscribed, stored events read: it waits for a nudge
-            if len(reads) >= 2:
+        for _ in range(200):  # subscribed, stored events read (and again once settled)
+            if len(reads) >= 3:
                 break
             await asyncio.sleep(0.02)
-        assert reads == [0, 1]  # the event resumed after, then the ones after it
+        assert reads == [0, 1, 1]  # the event resumed after, the ones after it, the same again
 
         claim = await store.claim(task["id"], lease=30)
         await store.append_event(task["id"], "step", {"n": 1})
@@ -141,4 +146,39 @@ async def test_a_live_stream_is_woken_by_nudges_not_by_reading_the_database(
     assert [(e.seq, e.type) for e in seen] == [(2, "state"), (3, "step"), (4, "state")]
     assert seen[-1].is_final
     # Each new event came with its nudge: none was read from the database.
-    assert reads == [0, 1]
+    assert reads == [0, 1, 1]
+
+
+async def test_a_task_ending_while_its_stream_subscribes_ends_the_stream_at_once(
+    spine: RunningPlatform, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The worker's nudge is lost, as one published by another connection the moment after the
+    # stream subscribed can be (nats-server does not show a new subscription to the publishes
+    # of other connections at once: see ProgressFeed). The task ends right after the stream
+    # read the stored events, so only a read after the subscription settled can find the end.
+    silent_worker = TaskStore(spine.platform.db, announce=None)
+    store = spine.platform.tasks
+    feed = ProgressFeed(store, spine.platform.bus, safety_poll=60.0, settle=0.25)
+    real_events = store.events
+    ending: dict[str, int] = {}
+
+    async def then_the_task_ends(task_id: str, **kwargs: Any) -> list[TaskEvent]:
+        found = await real_events(task_id, **kwargs)
+        attempt = ending.pop(task_id, None)
+        if attempt is not None:
+            await silent_worker.finish(task_id, attempt=attempt, state="succeeded", result={})
+        return found
+
+    monkeypatch.setattr(store, "events", then_the_task_ends)
+    for _ in range(ROUNDS):
+        task = (await spine.client.post("/v1/tasks", json=CHAT)).json()
+        ending[task["id"]] = (await silent_worker.claim(task["id"], lease=30)).attempt
+        began = asyncio.get_running_loop().time()
+        follow = feed.follow(task["id"], tenant="acme", after_seq=0)
+        seen = await asyncio.wait_for(_all(follow), BOUND)
+        assert asyncio.get_running_loop().time() - began < 2.0  # not the 60 s safety poll
+        assert [e.seq for e in seen] == [1, 2, 3] and seen[-1].is_final
+
+
+async def _all(events: AsyncIterator[TaskEvent]) -> list[TaskEvent]:
+    return [event async for event in events]
