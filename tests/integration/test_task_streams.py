@@ -158,7 +158,7 @@ async def test_a_task_ending_while_its_stream_subscribes_ends_the_stream_at_once
     # read the stored events, so only a read after the subscription settled can find the end.
     silent_worker = TaskStore(spine.platform.db, announce=None)
     store = spine.platform.tasks
-    feed = ProgressFeed(store, spine.platform.bus, safety_poll=60.0, settle=0.25)
+    feed = ProgressFeed(store, spine.platform.bus, safety_poll=60.0)
     real_events = store.events
     ending: dict[str, int] = {}
 

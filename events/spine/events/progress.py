@@ -63,7 +63,7 @@ class ProgressFeed:
         *,
         poll_interval: float = 1.0,
         safety_poll: float = 30.0,
-        settle: float = 0.25,
+        settle: float = 0.1,
     ) -> None:
         self._store = store
         self._bus = bus
