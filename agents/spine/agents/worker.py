@@ -389,7 +389,9 @@ class TaskWorker:
         if self._still_owned(task, attempt, written):
             if state in _ENDS:
                 self._signal(task, state, f"{task.id}:end")
-            await msg.ack_sync()
+            # Not waited for (no ack of the ack): if it is lost, JetStream redelivers the
+            # message and its claim finds the task finished, so it is only acked again.
+            await msg.ack()
 
     def _signal(self, task: Task, kind: TaskSignalKind, signal_id: str) -> None:
         if self._signals is None:
