@@ -145,7 +145,6 @@ class OpenAIUpstream:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._sessions: dict[asyncio.AbstractEventLoop, aiohttp.ClientSession] = {}
-        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
         self._routes: dict[tuple[str | None, str, str], _Route] = {}
 
     async def call(self, target: ProviderTarget, request: ChatRequest) -> Completion:
@@ -310,11 +309,7 @@ class OpenAIUpstream:
 
     def _timeout(self, request: ChatRequest | EmbeddingRequest) -> aiohttp.ClientTimeout:
         seconds = request.timeout or self._settings.models.timeout
-        timeout = self._timeouts.get(seconds)
-        if timeout is None:
-            timeout = aiohttp.ClientTimeout(total=None, connect=seconds, sock_read=seconds)
-            self._timeouts[seconds] = timeout
-        return timeout
+        return aiohttp.ClientTimeout(total=None, connect=seconds, sock_read=seconds)
 
     def _session(self) -> aiohttp.ClientSession:
         loop = asyncio.get_running_loop()
