@@ -87,7 +87,8 @@ async def test_a_document_is_queued_embedded_searched_and_deleted(
 ) -> None:
     client = spine.client
     added = await add(client, source="ops.md", metadata={"team": "ops", "year": 2024})
-    assert added["status"] == "queued"
+    # Queued as a rule; already embedded when the worker was done before the reply was built.
+    assert added["status"] in ("queued", "embedded")
     assert (added["source"], added["format"], added["metadata"]) == (
         "ops.md",
         "markdown",
