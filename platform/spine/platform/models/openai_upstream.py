@@ -30,6 +30,7 @@ from __future__ import annotations
 import array
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import os
@@ -192,16 +193,8 @@ class OpenAIUpstream:
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
         started = time.perf_counter()
-        route = self._route(target, _CHAT_PATH)
         try:
-            async with self._session().post(
-                route.url,
-                data=json.dumps(body),
-                headers=route.headers,
-                proxy=route.proxy,
-                timeout=self._timeout(request),
-            ) as response:
-                await _raise_for_status(response)
+            async with self._answer(target, _CHAT_PATH, body, request) as response:
                 kind = response.headers.get("Content-Type", "")
                 if not kind.startswith("text/event-stream"):
                     raise PermanentFailure(
@@ -282,6 +275,18 @@ class OpenAIUpstream:
         body: dict[str, Any],
         request: ChatRequest | EmbeddingRequest,
     ) -> Any:
+        async with self._answer(target, path, body, request) as response:
+            return json.loads(await response.read())
+
+    @contextlib.asynccontextmanager
+    async def _answer(
+        self,
+        target: ProviderTarget,
+        path: str,
+        body: dict[str, Any],
+        request: ChatRequest | EmbeddingRequest,
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """Post ``body`` at ``path`` of ``target``; yield the answer, an error status raised."""
         route = self._route(target, path)
         async with self._session().post(
             route.url,
@@ -291,7 +296,7 @@ class OpenAIUpstream:
             timeout=self._timeout(request),
         ) as response:
             await _raise_for_status(response)
-            return json.loads(await response.read())
+            yield response
 
     def _route(self, target: ProviderTarget, path: str) -> _Route:
         # A key is always sent, as OpenAI's clients send one; Ollama takes any (its docs say
