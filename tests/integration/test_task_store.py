@@ -462,6 +462,21 @@ async def test_unpublished_mark_published_and_stalled(store: TaskStore) -> None:
     assert await store.unpublished(grace=0, limit=10) == []
 
 
+async def test_publish_marks_written_behind_are_written_at_close(
+    store: TaskStore, db: Database
+) -> None:
+    tasks = [(await store.submit(chat(f"m{i}"), tenant="acme"))[0] for i in range(3)]
+    await store.mark_published([t.id for t in tasks])
+    await store.close()  # as a process stops: what is queued is written
+    async with db.transaction() as conn:
+        stamps = (
+            await conn.execute(
+                sa.select(TaskRow.published_at).where(TaskRow.id.in_([t.id for t in tasks]))
+            )
+        ).scalars()
+        assert all(stamp is not None for stamp in stamps)
+
+
 # -- time -------------------------------------------------------------------------------------
 
 
@@ -471,6 +486,7 @@ async def test_timestamps_are_timezone_aware_utc(store: TaskStore, db: Database)
     claim = await store.claim(task.id, lease=30)
     await store.finish(task.id, attempt=claim.attempt, state="succeeded")
     await store.mark_published([task.id])
+    await store.flush_marks()  # written behind
 
     stored = await store.get(task.id, tenant=None)
     stamps = {

@@ -289,12 +289,14 @@ class Platform:
             self._warming.cancel()
             await asyncio.gather(self._warming, return_exceptions=True)
         # Streams still settling report their outcomes before the publisher drains, the usage
-        # rows written behind are drained (metered.close) before the database is disposed, and
+        # rows and publish marks written behind are drained before the database is disposed, and
         # the publisher drains before the connection closes.
         with contextlib.suppress(Exception):
             await self._resources.aclose()  # MCP servers
         with contextlib.suppress(Exception):
             await self.metered.close()
+        with contextlib.suppress(Exception):
+            await self.tasks.close()  # publish marks written behind
         with contextlib.suppress(Exception):
             await self.outcomes.close()
         with contextlib.suppress(Exception):

@@ -115,7 +115,11 @@ WHERE task_id = $1 AND seq > $2 AND ($3::varchar IS NULL OR tenant = $3)
 ORDER BY seq LIMIT $4"""
 
 MARK_PUBLISHED = """
-UPDATE tasks SET published_at = $2 WHERE id = ANY($1::varchar[]) AND published_at IS NULL"""
+UPDATE tasks SET published_at = $2
+WHERE id = ANY($1::varchar[]) AND published_at IS NULL
+  AND (SELECT set_config('synchronous_commit', 'off', true)) IS NOT NULL"""
+"""Record that JetStream acknowledged tasks; its commit does not wait for the WAL's flush (a
+mark lost in a crash of PostgreSQL means a harmless re-publish, see :mod:`.outbox`)."""
 
 EXTEND_LEASE = """
 UPDATE tasks SET lease_expires_at = $3 WHERE id = $1 AND attempts = $2 AND state = 'running'"""
