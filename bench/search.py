@@ -89,7 +89,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="an extra setting for the API process (repeatable), e.g. "
         "GENAI_DOCUMENTS__EF_SEARCH=40",
     )
-    parser.add_argument("--ef", default="40,100,200,400", help="ef_search values of the sweep")
+    parser.add_argument(
+        "--ef", default="40,100,120,160,200,400", help="ef_search values of the sweep"
+    )
     parser.add_argument("--quick", action="store_true", help="20k chunks, 60 queries")
     args = parser.parse_args(argv)
     args.ef_values = [int(v) for v in args.ef.split(",") if v]

@@ -17,6 +17,7 @@ from spine.platform.db import MIGRATIONS, Database
 from spine.platform.errors import BadRequest, Conflict, IdempotencyConflict, NotFound
 from spine.platform.schema import Base, TaskEventRow, TaskRow
 from spine.platform.tasks import StepJournal, TaskError, TaskStore, TaskSubmission
+from support.vectors import INDEX
 
 pytestmark = pytest.mark.integration
 
@@ -63,6 +64,33 @@ async def test_migrations_apply_twice_and_match_the_declared_schema(db: Database
         for column in table.columns:
             assert tables[name][column.name]["nullable"] == column.nullable, (name, column.name)
     assert diff == [], diff
+
+
+async def test_the_chunks_vector_index_is_rebuilt_as_declared_both_ways(db: Database) -> None:
+    if db.is_sqlite:
+        pytest.skip("the HNSW index exists on PostgreSQL with pgvector only")
+    from alembic import command
+
+    declared = next(i for i in Base.metadata.tables["chunks"].indexes if i.name == INDEX)
+    ef_construction = declared.dialect_options["postgresql"]["with"]["ef_construction"]
+
+    def index_and_migrate(conn: sa.Connection, target: str | None) -> str:
+        if target is not None:
+            config = Config()
+            config.set_main_option("script_location", str(MIGRATIONS))
+            config.attributes["connection"] = conn
+            step = command.downgrade if target == "0010" else command.upgrade
+            step(config, target)
+        query = sa.text("SELECT indexdef FROM pg_indexes WHERE indexname = :name")
+        return str(conn.execute(query, {"name": INDEX}).scalar_one())
+
+    async with db.engine.begin() as conn:
+        assert f"ef_construction='{ef_construction}'" in await conn.run_sync(
+            index_and_migrate, None
+        )
+        assert "ef_construction='64'" in await conn.run_sync(index_and_migrate, "0010")
+        rebuilt = await conn.run_sync(index_and_migrate, "head")
+    assert "hnsw" in rebuilt and f"ef_construction='{ef_construction}'" in rebuilt
 
 
 # -- submit, get, list ------------------------------------------------------------------------

@@ -257,7 +257,11 @@ class DocumentSettings(BaseModel):
     )
     batch_size: int = Field(64, ge=1, le=2048, description="Chunks embedded per model call.")
     ef_search: int = Field(
-        100, ge=1, le=1000, description="HNSW candidate list per search (pgvector hnsw.ef_search)."
+        160,
+        ge=1,
+        le=1000,
+        description="HNSW candidate list per search (pgvector hnsw.ef_search); recall@10 on the "
+        "search bench's 100k chunks: 0.95 at 120, 0.975 at 200.",
     )
     oversample: int = Field(
         4,
