@@ -244,8 +244,11 @@ async def run(args: argparse.Namespace, url: str) -> dict[str, Any]:
                 f"  at ef_search {chosen}: {point['qps_concurrent']:.0f} q/s with {args.clients} clients, {point['speedup_over_exact']}x the exact scan"
             )
 
-        say("as shipped (ef_search 100, oversample 4, iterative scans), with filters")
         shipped = DocumentSettings()
+        say(
+            f"as shipped (ef_search {shipped.ef_search}, oversample {shipped.oversample}, "
+            "iterative scans), with filters"
+        )
         as_shipped = {}
         for name, (filter, _) in FILTERS.items():
             store = bench.store()
