@@ -158,7 +158,9 @@ async def test_a_killed_worker_is_restarted_and_no_task_is_lost(run: Run) -> Non
         await db.dispose()
 
 
-@pytest.mark.parametrize(("server", "service"), [("nats", "nats"), ("falkordb", "graph")])
+@pytest.mark.parametrize(
+    ("server", "service"), [("nats", "nats"), ("falkordb", "graph"), ("postgres", "database")]
+)
 def test_a_killed_server_is_restarted_and_readyz_says_so_meanwhile(
     run: Run, server: str, service: str
 ) -> None:
