@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
@@ -69,8 +70,6 @@ async def test_migrations_apply_twice_and_match_the_declared_schema(db: Database
 async def test_the_chunks_vector_index_is_rebuilt_as_declared_both_ways(db: Database) -> None:
     if db.is_sqlite:
         pytest.skip("the HNSW index exists on PostgreSQL with pgvector only")
-    from alembic import command
-
     declared = next(i for i in Base.metadata.tables["chunks"].indexes if i.name == INDEX)
     ef_construction = declared.dialect_options["postgresql"]["with"]["ef_construction"]
 
@@ -497,12 +496,14 @@ async def test_publish_marks_written_behind_are_written_at_close(
     await store.mark_published([t.id for t in tasks])
     await store.close()  # as a process stops: what is queued is written
     async with db.transaction() as conn:
-        stamps = (
-            await conn.execute(
-                sa.select(TaskRow.published_at).where(TaskRow.id.in_([t.id for t in tasks]))
-            )
-        ).scalars()
-        assert all(stamp is not None for stamp in stamps)
+        stamps = list(
+            (
+                await conn.execute(
+                    sa.select(TaskRow.published_at).where(TaskRow.id.in_([t.id for t in tasks]))
+                )
+            ).scalars()
+        )
+    assert len(stamps) == 3 and None not in stamps, stamps
 
 
 # -- time -------------------------------------------------------------------------------------
