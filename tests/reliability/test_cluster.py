@@ -210,6 +210,9 @@ async def test_cluster_of_3_nats_2_apis_3_workers_loses_nothing_when_one_of_each
                 while True:
                     assert time.monotonic() < deadline, "the victim never held a called task"
                     victim.proc.send_signal(signal.SIGSTOP)
+                    # A statement it sent just before (a finish) still commits: let it land,
+                    # or a task read as running here ends without running again.
+                    await asyncio.sleep(0.2)
                     by_victim = {c.prompt for c in its_model.calls()}
                     running = await _running_prompts(db)
                     victim_held.update(t for t, p in running.items() if p in by_victim)
