@@ -8,6 +8,7 @@ import gc
 import json
 import os
 import signal
+from collections.abc import Callable
 from typing import Annotated
 
 import typer
@@ -82,6 +83,19 @@ def api() -> None:
     gc.freeze()  # exit promptly (see `worker`)
 
 
+def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop for the long-running consumers when installed, else asyncio's (None).
+
+    The API runs on it already (uvicorn picks it); a worker spends a third of its CPU in the
+    event loop itself, and uvloop's costs it 7 % less CPU per task (``bench/dispatch.py``).
+    """
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
 @commands.command()
 def worker(
     concurrency: Annotated[int | None, typer.Option(help="Tasks run at once.")] = None,
@@ -96,7 +110,8 @@ def worker(
         )
     setup_tracing(settings.otel, role="worker")
     try:
-        asyncio.run(_run_worker(settings))
+        with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+            runner.run(_run_worker(settings))
     finally:
         shutdown_tracing()  # export the spans still buffered
     # Exit promptly: a final collection over LiteLLM's thousands of modules takes seconds.
@@ -153,7 +168,8 @@ def learner(
 
     setup_tracing(settings.otel, role="learner")
     try:
-        asyncio.run(go())
+        with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+            runner.run(go())
     finally:
         shutdown_tracing()
 
