@@ -239,7 +239,7 @@ async def test_an_external_publisher_reaches_only_its_tenants_subjects(
         try:
             nc = await _connect(url, violations, inbox_prefix=user.inbox_prefix or "")
             break
-        except nats.errors.Error:
+        except (nats.errors.Error, OSError):  # refused, or reset while the server reloads
             await asyncio.sleep(0.1)
     assert nc is not None
     try:

@@ -88,6 +88,11 @@ async def test_a_killed_agent_resumes_from_its_journal_without_repeating_steps(
                 while models.count(containing=prompt) < 2:  # step 2's call is hanging now
                     assert time.monotonic() < deadline, worker.log()
                     await asyncio.sleep(0.01)
+                # A read-only tool's result is journalled behind, overlapping the next model
+                # call; killed before that commit, the tool would rightly run again.
+                while not await _journalled_tool(spine.platform.db, task_id):
+                    assert time.monotonic() < deadline, worker.log()
+                    await asyncio.sleep(0.01)
                 worker.kill()
                 worker.start()
                 done = await spine.wait_for(task_id, timeout=60)
@@ -116,3 +121,9 @@ async def test_a_killed_agent_resumes_from_its_journal_without_repeating_steps(
     assert steps["s1.model"] == 1
     assert steps[tool_keys[0]] == 1
     assert steps["s2.model"] == 2
+
+
+async def _journalled_tool(db: Any, task_id: str) -> bool:
+    async with db.transaction() as conn:
+        keys = await conn.scalars(sa.select(TaskStepRow.key).where(TaskStepRow.task_id == task_id))
+        return any(".tool." in key for key in keys)
