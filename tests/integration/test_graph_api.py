@@ -117,6 +117,12 @@ async def test_each_tenant_reads_only_its_own_graph_on_every_path(
     assert found["nodes"] == []
     found = (await spine.client.get("/v1/graph/search", params={"q": "only in"})).json()
     assert [n["id"] for n in found["nodes"]] == ["Person:9"]
+    # Provenance is searched only when asked for by name.
+    found = (await spine.client.get("/v1/graph/search", params={"q": "/hr"})).json()
+    assert found["nodes"] == []
+    by_source = {"q": "/hr", "property": "source"}
+    found = (await spine.client.get("/v1/graph/search", params=by_source)).json()
+    assert "Person:1" in {n["id"] for n in found["nodes"]}
 
     cross = await globex.get("/v1/graph/path", params={"from": "Person:1", "to": "Person:9"})
     assert cross.status_code == 404

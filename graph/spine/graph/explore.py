@@ -21,7 +21,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from spine.graph.cypher_guard import check_query
-from spine.graph.identifiers import IDENTIFIER, Allowlist
+from spine.graph.identifiers import IDENTIFIER, PROVENANCE_PROPERTIES, Allowlist
 from spine.graph.mapping import MappingSet
 from spine.graph.store import GraphStore
 from spine.graph.values import Node, Path, Relationship
@@ -40,6 +40,8 @@ __all__ = [
 
 Direction = Literal["out", "in", "both"]
 _HIDDEN = frozenset({"tenant", "version"})
+# What a search leaves out unless asked for by name: provenance, but not the uid users name.
+_NOT_SEARCHED = PROVENANCE_PROPERTIES - {"uid"}
 _MAX_PATH_DEPTH = 6
 
 
@@ -249,7 +251,11 @@ class GraphExplorer:
         property: str | None = None,
         limit: int = 20,
     ) -> GraphView:
-        """Return nodes whose property (any mapped one by default) contains ``text``."""
+        """Return nodes whose property (any mapped one, or the uid, by default) contains ``text``.
+
+        Provenance (event ids, sources, times) is searched only when named as ``property``: a
+        hex event id holds short names by chance ("ada" in about 1 of 140).
+        """
         if not text.strip():
             raise BadRequest("the search text is empty", field="q")
         pattern = (
@@ -262,7 +268,7 @@ class GraphExplorer:
         elif label is not None:
             names = self._mappings.node_properties(label)
         else:
-            names = sorted(self.allowlist.properties - {"tenant", "version"})
+            names = sorted(self.allowlist.properties - _NOT_SEARCHED)
         result = await self.store.read(
             f"MATCH {pattern} WHERE any(k IN $props WHERE toLower(toString(n[k])) CONTAINS $text) "
             "RETURN n LIMIT $limit",

@@ -117,7 +117,8 @@ async def search(
     property: Annotated[str | None, Query(max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 20,
 ) -> GraphView:
-    """Return nodes (of ``label``) whose property (any mapped one) contains ``q``."""
+    """Return nodes (of ``label``) whose property (any mapped one, or the uid; provenance such as
+    ``event_id`` or ``source`` only when named as ``property``) contains ``q``."""
     return await _explorer(request).search(
         q, tenant=caller.tenant, label=label, property=property, limit=limit
     )
