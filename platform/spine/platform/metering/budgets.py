@@ -13,7 +13,8 @@ others. Counters are always updated in the same (sorted) order, so two reservati
 deadlock. A budget without a limit is not counted at all (a limit set later counts from then
 on), and a call that costs nothing never touches the ledger. On PostgreSQL the reservation
 runs through asyncpg's prepared statements (:meth:`~spine.platform.db.Database.driver`), and
-the usual call, with one limited counter, is a single statement that commits on its own.
+the usual call, with one limited counter, is a single statement that commits on its own. The
+statements of both databases are in :mod:`.budget_statements`.
 
 Settling can be written behind (:meth:`BudgetLedger.settle_later`): settlements are queued and
 a background writer applies every ~20 ms what gathered, summed per counter, in one transaction.
@@ -41,11 +42,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from spine.platform.db import Database
 from spine.platform.errors import BudgetExceeded
@@ -64,8 +63,20 @@ from spine.platform.metering.budget_periods import (
     resets_at,
     utc_day,
 )
+from spine.platform.metering.budget_statements import (
+    READ_SQL,
+    SETTLE_SQL,
+    SPEND,
+    ensure_rows,
+    hold,
+    hold_driver,
+    move,
+    read_counter,
+    refusal,
+    spent_driver,
+)
 from spine.platform.router import ModelSpec, Requirements
-from spine.platform.schema import BudgetSpendRow, Money, utcnow
+from spine.platform.schema import utcnow
 from spine.platform.write_behind import WriteBehind
 
 __all__ = [
@@ -87,56 +98,6 @@ logger = logging.getLogger(__name__)
 # What an answer may cost when the request sets no max_tokens and the model's window is unknown.
 DEFAULT_ANSWER_TOKENS = 4096
 _ZERO = Decimal(0)
-_SPEND: sa.Table = BudgetSpendRow.__table__  # type: ignore[assignment]
-
-# Bound names differ from column names: in an UPDATE those would become SET clauses.
-_SCOPE = sa.bindparam("p_scope", type_=sa.String())
-_PERIOD = sa.bindparam("p_period", type_=sa.String())
-_DAY = sa.bindparam("p_day", type_=sa.Date())
-_AMOUNT = sa.bindparam("p_amount", type_=Money())
-_LIMIT = sa.bindparam("p_limit", type_=Money())
-_ACTUAL = sa.bindparam("p_actual", type_=Money())
-_HOLD = (
-    sa.update(_SPEND)
-    .where(
-        _SPEND.c.scope == _SCOPE,
-        _SPEND.c.period == _PERIOD,
-        _SPEND.c.day == _DAY,
-        sa.type_coerce(_SPEND.c.spent + _SPEND.c.reserved + _AMOUNT, Money()) <= _LIMIT,
-    )
-    .values(reserved=_SPEND.c.reserved + _AMOUNT)
-)
-_SETTLE = (
-    sa.update(_SPEND)
-    .where(_SPEND.c.scope == _SCOPE, _SPEND.c.period == _PERIOD, _SPEND.c.day == _DAY)
-    .values(
-        # Never below zero, even if a reservation were settled twice.
-        reserved=sa.case(
-            (_SPEND.c.reserved >= _AMOUNT, _SPEND.c.reserved - _AMOUNT), else_=sa.literal(0)
-        ),
-        spent=_SPEND.c.spent + _ACTUAL,
-    )
-)
-
-# The same hold, row insert and read for asyncpg, in PostgreSQL's own terms (budget_spend).
-_HOLD_SQL = (
-    "UPDATE budget_spend SET reserved = reserved + $4 "
-    "WHERE scope = $1 AND period = $2 AND day = $3 AND spent + reserved + $4 <= $5"
-)
-_ENSURE_SQL = (
-    "INSERT INTO budget_spend (scope, period, day, spent, reserved) VALUES ($1, $2, $3, 0, 0) "
-    "ON CONFLICT DO NOTHING"
-)
-_READ_SQL = "SELECT spent, reserved FROM budget_spend WHERE scope = $1 AND period = $2 AND day = $3"
-_SPENT_SQL = (
-    "SELECT s.scope, s.period, s.day, s.spent FROM budget_spend s "
-    "JOIN unnest($1::text[], $2::text[], $3::date[]) AS k(scope, period, day) "
-    "ON s.scope = k.scope AND s.period = k.period AND s.day = k.day"
-)
-_SETTLE_SQL = (
-    "UPDATE budget_spend SET reserved = CASE WHEN reserved >= $4 THEN reserved - $4 ELSE 0 END, "
-    "spent = spent + $5 WHERE scope = $1 AND period = $2 AND day = $3"
-)
 
 
 def budget_scopes(*, tenant: str | None = None, key_id: str | None = None) -> list[str]:
@@ -351,9 +312,9 @@ class BudgetLedger:
             for counter in counters:
                 limit = limits.limit(counter.scope, counter.period)
                 assert limit is not None
-                if not await self._hold(conn, counter, amount, limit):
-                    found = await self._read(conn, counter)
-                    raise _refusal(counter, amount, limit, found)
+                if not await hold(conn, self._insert, counter, amount, limit):
+                    found = await read_counter(conn, counter)
+                    raise refusal(counter, amount, limit, found)
 
     async def settle(self, reservation: Reservation, actual_cost: Decimal) -> None:
         """Turn a reservation into spend of ``actual_cost``, which may differ from it.
@@ -366,8 +327,8 @@ class BudgetLedger:
             return
         async with self._db.transaction() as conn:
             if reservation.amount == 0:
-                await self._ensure_rows(conn, reservation.counters)
-            await self._move(conn, reservation, spent=actual)
+                await ensure_rows(conn, self._insert, reservation.counters)
+            await move(conn, reservation.counters, reservation.amount, spent=actual)
         if actual > 0:
             await self._check_thresholds(
                 self._watched({c: reservation.tenant for c in reservation.counters})
@@ -400,7 +361,7 @@ class BudgetLedger:
         if not reservation.counters or reservation.amount == 0:
             return
         async with self._db.transaction() as conn:
-            await self._move(conn, reservation, spent=_ZERO)
+            await move(conn, reservation.counters, reservation.amount, spent=_ZERO)
 
     async def state(
         self, scope: str, *, day: date | None = None, period: Period = "daily"
@@ -416,9 +377,9 @@ class BudgetLedger:
         limits = await self.current_limits()
         await self._settlements.flush()  # read this process's own settlements back
         starts = {p: period_start(p, day) for p in periods}
-        query = sa.select(_SPEND.c.period, _SPEND.c.day, _SPEND.c.spent, _SPEND.c.reserved).where(
-            _SPEND.c.scope == scope,
-            sa.or_(*(sa.and_(_SPEND.c.period == p, _SPEND.c.day == d) for p, d in starts.items())),
+        query = sa.select(SPEND.c.period, SPEND.c.day, SPEND.c.spent, SPEND.c.reserved).where(
+            SPEND.c.scope == scope,
+            sa.or_(*(sa.and_(SPEND.c.period == p, SPEND.c.day == d) for p, d in starts.items())),
         )
         async with self._db.transaction() as conn:
             found = {(r.period, r.day): (r.spent, r.reserved) for r in await conn.execute(query)}
@@ -453,12 +414,12 @@ class BudgetLedger:
                 for counter in counters:
                     limit = limits.limit(counter.scope, counter.period)
                     assert limit is not None
-                    if not await _hold_driver(raw, counter, amount, limit):
+                    if not await hold_driver(raw, counter, amount, limit):
                         row = await raw.fetchrow(
-                            _READ_SQL, counter.scope, counter.period, counter.start
+                            READ_SQL, counter.scope, counter.period, counter.start
                         )
                         found = (row["spent"], row["reserved"]) if row is not None else None
-                        raise _refusal(counter, amount, limit, found)
+                        raise refusal(counter, amount, limit, found)
 
     # -- thresholds ----------------------------------------------------------------------------
 
@@ -498,53 +459,13 @@ class BudgetLedger:
             logger.warning("budget thresholds not checked: %r", exc)
 
     async def _spent(self, counters: list[Counter]) -> dict[Counter, Decimal]:
-        key = sa.tuple_(_SPEND.c.scope, _SPEND.c.period, _SPEND.c.day)
-        query = sa.select(_SPEND.c.scope, _SPEND.c.period, _SPEND.c.day, _SPEND.c.spent).where(
+        key = sa.tuple_(SPEND.c.scope, SPEND.c.period, SPEND.c.day)
+        query = sa.select(SPEND.c.scope, SPEND.c.period, SPEND.c.day, SPEND.c.spent).where(
             key.in_([(c.scope, c.period, c.start) for c in counters])
         )
         async with self._db.transaction() as conn:
             rows = (await conn.execute(query)).all()
         return {Counter(scope=r.scope, period=r.period, start=r.day): r.spent for r in rows}
-
-    # -- statements ---------------------------------------------------------------------------
-
-    async def _hold(
-        self, conn: AsyncConnection, counter: Counter, amount: Decimal, limit: Decimal
-    ) -> bool:
-        values = {**_bound(counter), "p_amount": amount, "p_limit": limit}
-        held = await conn.execute(_HOLD, values)
-        if held.rowcount:
-            return True
-        # No row yet (the counter's first call of its period) or no room left. Insert the row
-        # if missing, then try again: another call may have just inserted it, and the retry
-        # must see that row, not a refusal based on the first statement's snapshot.
-        await self._ensure_rows(conn, (counter,))
-        held = await conn.execute(_HOLD, values)
-        return bool(held.rowcount)
-
-    async def _ensure_rows(self, conn: AsyncConnection, counters: Iterable[Counter]) -> None:
-        rows = [
-            {
-                "scope": c.scope,
-                "period": c.period,
-                "day": c.start,
-                "spent": _ZERO,
-                "reserved": _ZERO,
-            }
-            for c in counters
-        ]
-        await conn.execute(self._insert(_SPEND).values(rows).on_conflict_do_nothing())
-
-    async def _read(
-        self, conn: AsyncConnection, counter: Counter
-    ) -> tuple[Decimal, Decimal] | None:
-        query = sa.select(_SPEND.c.spent, _SPEND.c.reserved).where(
-            _SPEND.c.scope == counter.scope,
-            _SPEND.c.period == counter.period,
-            _SPEND.c.day == counter.start,
-        )
-        row = (await conn.execute(query)).one_or_none()
-        return (row.spent, row.reserved) if row is not None else None
 
     async def _settle_many(self, settlements: list[_Settlement]) -> None:
         # Summed per counter: one UPDATE per counter for the whole batch, in sorted order like
@@ -567,79 +488,11 @@ class BudgetLedger:
                 for c, (held, spent) in sorted(totals.items())
             ]
             async with self._db.driver() as raw:
-                await raw.executemany(_SETTLE_SQL, rows)  # atomic, one round trip
+                await raw.executemany(SETTLE_SQL, rows)  # atomic, one round trip
                 if watched:
-                    found = await _spent_driver(raw, list(watched))
+                    found = await spent_driver(raw, list(watched))
         else:
             async with self._db.transaction() as conn:
                 for counter, (held, spent) in sorted(totals.items()):
-                    await conn.execute(
-                        _SETTLE, {**_bound(counter), "p_amount": held, "p_actual": spent}
-                    )
+                    await move(conn, (counter,), held, spent=spent)
         await self._check_thresholds(watched, found)
-
-    async def _move(
-        self, conn: AsyncConnection, reservation: Reservation, *, spent: Decimal
-    ) -> None:
-        for counter in reservation.counters:
-            await conn.execute(
-                _SETTLE, {**_bound(counter), "p_amount": reservation.amount, "p_actual": spent}
-            )
-
-
-def _bound(counter: Counter) -> dict[str, Any]:
-    return {"p_scope": counter.scope, "p_period": counter.period, "p_day": counter.start}
-
-
-async def _spent_driver(raw: Any, counters: list[Counter]) -> dict[Counter, Decimal]:
-    rows = await raw.fetch(
-        _SPENT_SQL,
-        [c.scope for c in counters],
-        [c.period for c in counters],
-        [c.start for c in counters],
-    )
-    return {Counter(scope=r["scope"], period=r["period"], start=r["day"]): r["spent"] for r in rows}
-
-
-async def _hold_driver(raw: Any, counter: Counter, amount: Decimal, limit: Decimal) -> bool:
-    # As _hold: on no row, insert it if missing and try again.
-    key = (counter.scope, counter.period, counter.start)
-    if await raw.execute(_HOLD_SQL, *key, amount, limit) != "UPDATE 0":
-        return True
-    await raw.execute(_ENSURE_SQL, *key)
-    return bool(await raw.execute(_HOLD_SQL, *key, amount, limit) != "UPDATE 0")
-
-
-def _refusal(
-    counter: Counter,
-    amount: Decimal,
-    limit: Decimal,
-    found: tuple[Decimal, Decimal] | None,
-) -> BudgetExceeded:
-    spent, reserved = found or (_ZERO, _ZERO)
-    resets = resets_at(counter.period, counter.start)
-    logger.info(
-        "budget %s (%s) refused %s: limit %s, spent %s, reserved %s",
-        counter.scope,
-        counter.period,
-        amount,
-        limit,
-        spent,
-        reserved,
-    )
-    return BudgetExceeded(
-        f"the {counter.period} budget of {counter.scope} is exhausted: {_text(spent)} spent "
-        f"and {_text(reserved)} reserved of {_text(limit)}; it resets at {resets.isoformat()}",
-        scope=counter.scope,
-        period=counter.period,
-        budget=_text(limit),
-        spent=_text(spent),
-        reserved=_text(reserved),
-        requested=_text(amount),
-        resets_at=resets.isoformat(),
-    )
-
-
-def _text(amount: Decimal) -> str:
-    # Amounts leave as strings: exact, and JSON can carry them (Decimal it cannot).
-    return format(amount.normalize(), "f") if amount.is_finite() else str(amount)

@@ -1,0 +1,200 @@
+"""The budget counters' statements, and the refusal a full counter answers with.
+
+The ledger (:mod:`.budgets`) runs the same few statements on both databases: SQLAlchemy Core on
+SQLite, plain SQL through asyncpg's prepared statements on PostgreSQL (its hot path: a hold is
+one statement that commits on its own). Both sets are kept here, side by side, so a change to
+one is seen beside the other.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from spine.platform.errors import BudgetExceeded
+from spine.platform.metering.budget_periods import Counter, resets_at
+from spine.platform.schema import BudgetSpendRow, Money
+
+__all__ = [
+    "READ_SQL",
+    "SETTLE_SQL",
+    "SPEND",
+    "Insert",
+    "ensure_rows",
+    "hold",
+    "hold_driver",
+    "move",
+    "read_counter",
+    "refusal",
+    "spent_driver",
+]
+
+# The dialect's INSERT (SQLite's or PostgreSQL's: both have ON CONFLICT DO NOTHING).
+Insert = Callable[[sa.Table], Any]
+logger = logging.getLogger("spine.platform.metering.budgets")  # the ledger's log, as before
+_ZERO = Decimal(0)
+
+SPEND: sa.Table = BudgetSpendRow.__table__  # type: ignore[assignment]
+
+# Bound names differ from column names: in an UPDATE those would become SET clauses.
+_SCOPE = sa.bindparam("p_scope", type_=sa.String())
+_PERIOD = sa.bindparam("p_period", type_=sa.String())
+_DAY = sa.bindparam("p_day", type_=sa.Date())
+_AMOUNT = sa.bindparam("p_amount", type_=Money())
+_LIMIT = sa.bindparam("p_limit", type_=Money())
+_ACTUAL = sa.bindparam("p_actual", type_=Money())
+HOLD = (
+    sa.update(SPEND)
+    .where(
+        SPEND.c.scope == _SCOPE,
+        SPEND.c.period == _PERIOD,
+        SPEND.c.day == _DAY,
+        sa.type_coerce(SPEND.c.spent + SPEND.c.reserved + _AMOUNT, Money()) <= _LIMIT,
+    )
+    .values(reserved=SPEND.c.reserved + _AMOUNT)
+)
+SETTLE = (
+    sa.update(SPEND)
+    .where(SPEND.c.scope == _SCOPE, SPEND.c.period == _PERIOD, SPEND.c.day == _DAY)
+    .values(
+        # Never below zero, even if a reservation were settled twice.
+        reserved=sa.case(
+            (SPEND.c.reserved >= _AMOUNT, SPEND.c.reserved - _AMOUNT), else_=sa.literal(0)
+        ),
+        spent=SPEND.c.spent + _ACTUAL,
+    )
+)
+
+# The same hold, row insert and read for asyncpg, in PostgreSQL's own terms (budget_spend).
+HOLD_SQL = (
+    "UPDATE budget_spend SET reserved = reserved + $4 "
+    "WHERE scope = $1 AND period = $2 AND day = $3 AND spent + reserved + $4 <= $5"
+)
+ENSURE_SQL = (
+    "INSERT INTO budget_spend (scope, period, day, spent, reserved) VALUES ($1, $2, $3, 0, 0) "
+    "ON CONFLICT DO NOTHING"
+)
+READ_SQL = "SELECT spent, reserved FROM budget_spend WHERE scope = $1 AND period = $2 AND day = $3"
+SPENT_SQL = (
+    "SELECT s.scope, s.period, s.day, s.spent FROM budget_spend s "
+    "JOIN unnest($1::text[], $2::text[], $3::date[]) AS k(scope, period, day) "
+    "ON s.scope = k.scope AND s.period = k.period AND s.day = k.day"
+)
+SETTLE_SQL = (
+    "UPDATE budget_spend SET reserved = CASE WHEN reserved >= $4 THEN reserved - $4 ELSE 0 END, "
+    "spent = spent + $5 WHERE scope = $1 AND period = $2 AND day = $3"
+)
+
+
+def bound(counter: Counter) -> dict[str, Any]:
+    """The bound values naming ``counter`` in the Core statements."""
+    return {"p_scope": counter.scope, "p_period": counter.period, "p_day": counter.start}
+
+
+async def spent_driver(raw: Any, counters: list[Counter]) -> dict[Counter, Decimal]:
+    """Read what each of ``counters`` has spent, in one statement (asyncpg)."""
+    rows = await raw.fetch(
+        SPENT_SQL,
+        [c.scope for c in counters],
+        [c.period for c in counters],
+        [c.start for c in counters],
+    )
+    return {Counter(scope=r["scope"], period=r["period"], start=r["day"]): r["spent"] for r in rows}
+
+
+async def hold_driver(raw: Any, counter: Counter, amount: Decimal, limit: Decimal) -> bool:
+    """Hold ``amount`` in ``counter`` if its limit leaves room (asyncpg); as :func:`hold`."""
+    key = (counter.scope, counter.period, counter.start)
+    if await raw.execute(HOLD_SQL, *key, amount, limit) != "UPDATE 0":
+        return True
+    await raw.execute(ENSURE_SQL, *key)
+    return bool(await raw.execute(HOLD_SQL, *key, amount, limit) != "UPDATE 0")
+
+
+def refusal(
+    counter: Counter,
+    amount: Decimal,
+    limit: Decimal,
+    found: tuple[Decimal, Decimal] | None,
+) -> BudgetExceeded:
+    """The error refusing ``amount`` in ``counter`` (``found``: its spent and reserved)."""
+    spent, reserved = found or (_ZERO, _ZERO)
+    resets = resets_at(counter.period, counter.start)
+    logger.info(
+        "budget %s (%s) refused %s: limit %s, spent %s, reserved %s",
+        counter.scope,
+        counter.period,
+        amount,
+        limit,
+        spent,
+        reserved,
+    )
+    return BudgetExceeded(
+        f"the {counter.period} budget of {counter.scope} is exhausted: "
+        f"{amount_text(spent)} spent and {amount_text(reserved)} reserved of "
+        f"{amount_text(limit)}; it resets at {resets.isoformat()}",
+        scope=counter.scope,
+        period=counter.period,
+        budget=amount_text(limit),
+        spent=amount_text(spent),
+        reserved=amount_text(reserved),
+        requested=amount_text(amount),
+        resets_at=resets.isoformat(),
+    )
+
+
+def amount_text(amount: Decimal) -> str:
+    # Amounts leave as strings: exact, and JSON can carry them (Decimal it cannot).
+    return format(amount.normalize(), "f") if amount.is_finite() else str(amount)
+
+
+# -- the SQLite side, through SQLAlchemy Core -------------------------------------------------
+
+
+async def hold(
+    conn: AsyncConnection, insert: Insert, counter: Counter, amount: Decimal, limit: Decimal
+) -> bool:
+    """Hold ``amount`` in ``counter`` if its limit leaves room; tell whether it did."""
+    values = {**bound(counter), "p_amount": amount, "p_limit": limit}
+    held = await conn.execute(HOLD, values)
+    if held.rowcount:
+        return True
+    # No row yet (the counter's first call of its period) or no room left. Insert the row
+    # if missing, then try again: another call may have just inserted it, and the retry
+    # must see that row, not a refusal based on the first statement's snapshot.
+    await ensure_rows(conn, insert, (counter,))
+    held = await conn.execute(HOLD, values)
+    return bool(held.rowcount)
+
+
+async def ensure_rows(conn: AsyncConnection, insert: Insert, counters: Iterable[Counter]) -> None:
+    """Insert the counters' rows that are missing (at zero)."""
+    rows = [
+        {"scope": c.scope, "period": c.period, "day": c.start, "spent": _ZERO, "reserved": _ZERO}
+        for c in counters
+    ]
+    await conn.execute(insert(SPEND).values(rows).on_conflict_do_nothing())
+
+
+async def read_counter(conn: AsyncConnection, counter: Counter) -> tuple[Decimal, Decimal] | None:
+    """Return what ``counter`` has spent and holds reserved, None when it has no row."""
+    query = sa.select(SPEND.c.spent, SPEND.c.reserved).where(
+        SPEND.c.scope == counter.scope,
+        SPEND.c.period == counter.period,
+        SPEND.c.day == counter.start,
+    )
+    row = (await conn.execute(query)).one_or_none()
+    return (row.spent, row.reserved) if row is not None else None
+
+
+async def move(
+    conn: AsyncConnection, counters: Iterable[Counter], held: Decimal, *, spent: Decimal
+) -> None:
+    """Give back ``held`` in each counter and count ``spent`` instead."""
+    for counter in counters:
+        await conn.execute(SETTLE, {**bound(counter), "p_amount": held, "p_actual": spent})
