@@ -1,5 +1,5 @@
 """The ``spine`` command, by audience: running the platform (:mod:`.running`), administration
-(:mod:`.admin`), and the commands that talk to a running platform over HTTP (:mod:`.client`)."""
+(:mod:`.admin`, :mod:`.budgets`), and the commands that talk to a running platform over HTTP (:mod:`.client`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from spine.platform.app.cli import admin, client, learn, learning, running
+from spine.platform.app.cli import admin, budgets, client, learn, learning, running
 from spine.platform.app.cli._shared import err_console
 from spine.platform.errors import SpineError
 
@@ -24,7 +24,7 @@ for group in (running.commands, client.commands, learning.commands, admin.comman
 app.add_typer(client.tasks_app, name="tasks")
 app.add_typer(admin.keys_app, name="keys")
 app.add_typer(admin.tenants_app, name="tenants")
-app.add_typer(admin.budgets_app, name="budgets")
+app.add_typer(budgets.budgets_app, name="budgets")
 app.add_typer(client.graph_app, name="graph")
 app.add_typer(client.events_app, name="events")
 app.add_typer(client.docs_app, name="docs")

@@ -1,7 +1,7 @@
 """Administration, straight on the database (no running API needed, no key either):
-``spine keys create|list|revoke|rotate|limits``, ``spine tenants create|list``,
-``spine budgets show|set|remove``, ``spine audit``; and ``spine keys nats`` (credentials of the embedded NATS for external
-publishers).
+``spine keys create|list|revoke|rotate|limits``, ``spine tenants create|list``, ``spine audit``;
+and ``spine keys nats`` (credentials of the embedded NATS for external publishers). Budgets are
+in :mod:`.budgets`.
 
 Every change is recorded in the audit log as made ``via`` the CLI, with no key, from
 ``cli:<user>@<host>``. A running API takes a revocation or rotation within
@@ -11,39 +11,24 @@ Every change is recorded in the audit log as made ``via`` the CLI, with no key, 
 
 from __future__ import annotations
 
-import asyncio
-import getpass
-import socket
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
-from spine.platform.app.cli._shared import console, require, settings_for_command
-from spine.platform.errors import ConfigurationError, NotFound
+from spine.platform.app.cli._administering import Admin, administer, when
+from spine.platform.app.cli._shared import console, settings_for_command
+from spine.platform.errors import ConfigurationError
 
 if TYPE_CHECKING:
-    from spine.platform.audit import AuditLog
-    from spine.platform.db import Database
-    from spine.platform.keys import ApiKey, KeyStore
-    from spine.platform.metering.budget_periods import Period
-    from spine.platform.metering.budgets import BudgetLedger
-    from spine.platform.settings import Settings
+    from spine.platform.keys import ApiKey
 
-__all__ = ["budgets_app", "commands", "keys_app", "tenants_app"]
+__all__ = ["commands", "keys_app", "tenants_app"]
 
 keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
 tenants_app = typer.Typer(help="Manage tenants.", no_args_is_help=True)
-budgets_app = typer.Typer(
-    help="Read and set budgets (daily, weekly, monthly; per tenant and per key).",
-    no_args_is_help=True,
-)
 commands = typer.Typer()
-_T = TypeVar("_T")
 
 EXPIRES_IN = typer.Option(
     "--expires-in", help="The key stops working after this long: 30d, 12h, 90m, or seconds."
@@ -76,14 +61,14 @@ def keys_create(
         )
     expires_at = _expiry(expires_in)
 
-    async def go(admin: _Admin) -> Any:
+    async def go(admin: Admin) -> Any:
         issued = await admin.keys.create(
             tenant=tenant, name=name, role=chosen, expires_at=expires_at
         )
         await admin.audit_key("key.create", issued.key, role=chosen, name=name)
         return issued
 
-    issued = _administer(go)
+    issued = administer(go)
     until = f", expires {issued.key.expires_at.isoformat(' ', 'seconds')}" if expires_at else ""
     console.print(
         f"key id {issued.key.id} for tenant {tenant!r}{until}; store it now, it is not shown again:"
@@ -95,20 +80,20 @@ def keys_create(
 def keys_list(tenant: Annotated[str | None, typer.Option()] = None) -> None:
     """List keys (never their secrets)."""
 
-    async def go(admin: _Admin) -> list[ApiKey]:
+    async def go(admin: Admin) -> list[ApiKey]:
         return await admin.keys.list_keys(tenant=tenant)
 
     now = datetime.now(UTC)
     table = Table("id", "tenant", "role", "name", "created", "expires", "revoked", "state")
-    for key in _administer(go):
+    for key in administer(go):
         table.add_row(
             key.id,
             key.tenant,
             key.role,
             key.name,
-            _when(key.created_at),
-            _when(key.expires_at),
-            _when(key.revoked_at),
+            when(key.created_at),
+            when(key.expires_at),
+            when(key.revoked_at),
             "revoked" if key.revoked_at else "active" if key.usable(now) else "expired",
         )
     console.print(table)
@@ -118,12 +103,12 @@ def keys_list(tenant: Annotated[str | None, typer.Option()] = None) -> None:
 def keys_revoke(key_id: str) -> None:
     """Revoke a key; a running API refuses it within the key cache time (5 s)."""
 
-    async def go(admin: _Admin) -> ApiKey:
+    async def go(admin: Admin) -> ApiKey:
         key = await admin.keys.revoke(key_id)
         await admin.audit_key("key.revoke", key)
         return key
 
-    _administer(go)
+    administer(go)
     console.print(f"revoked {key_id}")
 
 
@@ -132,12 +117,12 @@ def keys_rotate(key_id: str, expires_in: Annotated[str | None, EXPIRES_IN] = Non
     """Issue a new key with the same tenant, role and name, and revoke the old one."""
     expires_at = _expiry(expires_in)
 
-    async def go(admin: _Admin) -> Any:
+    async def go(admin: Admin) -> Any:
         issued = await admin.keys.rotate(key_id, expires_at=expires_at)
         await admin.audit_key("key.rotate", issued.key, target=key_id, new_key=issued.key.id)
         return issued
 
-    issued = _administer(go)
+    issued = administer(go)
     console.print(
         f"key {key_id} revoked; its successor {issued.key.id} (tenant {issued.key.tenant!r}, "
         f"role {issued.key.role}); store it now, it is not shown again:"
@@ -165,7 +150,7 @@ def keys_limits(
 
     changing = default or requests_per_minute is not None or tokens_per_minute is not None
 
-    async def go(admin: _Admin) -> KeyLimits:
+    async def go(admin: Admin) -> KeyLimits:
         store = KeyLimitStore(admin.db, cache_seconds=0)
         key = await admin.keys.get(key_id)
         if not changing:
@@ -188,7 +173,7 @@ def keys_limits(
         )
         return stored
 
-    own = _administer(go)
+    own = administer(go)
 
     def shown(value: int | None) -> str:
         return "default" if value is None else "no limit" if value == 0 else f"{value}/min"
@@ -207,13 +192,11 @@ def keys_limits(
 def tenants_create(name: str) -> None:
     """Register a tenant (keys for it are then created with `spine keys create`)."""
 
-    async def go(admin: _Admin) -> None:
+    async def go(admin: Admin) -> None:
         await admin.keys.create_tenant(name)
-        await admin.audit.record(
-            "tenant.create", tenant=name, target=name, key_id=None, address=_origin(), via="cli"
-        )
+        await admin.audit_change("tenant.create", tenant=name, target=name)
 
-    _administer(go)
+    administer(go)
     console.print(f"tenant {name!r} created")
 
 
@@ -221,7 +204,7 @@ def tenants_create(name: str) -> None:
 def tenants_list() -> None:
     """List the tenants, newest first."""
 
-    async def go(admin: _Admin) -> list[Any]:
+    async def go(admin: Admin) -> list[Any]:
         tenants: list[Any] = []
         cursor: str | None = None
         while True:
@@ -232,170 +215,9 @@ def tenants_list() -> None:
             cursor = page.next_cursor
 
     table = Table("tenant", "created")
-    for tenant in _administer(go):
-        table.add_row(tenant.name, _when(tenant.created_at))
+    for tenant in administer(go):
+        table.add_row(tenant.name, when(tenant.created_at))
     console.print(table)
-
-
-# -- budgets ----------------------------------------------------------------------------------
-
-
-TENANT_BUDGET = typer.Option(help="A tenant's budget.")
-KEY_BUDGET = typer.Option(help="A key's budget (by its id).")
-PERIOD = typer.Option(help="daily, weekly (from Monday) or monthly; UTC.")
-
-
-@budgets_app.command("show")
-def budgets_show(
-    tenant: Annotated[str | None, TENANT_BUDGET] = None,
-    key: Annotated[str | None, KEY_BUDGET] = None,
-) -> None:
-    """Show a tenant's or a key's budgets in their current periods, and the thresholds reached."""
-    scope = _budget_scope(tenant, key)
-
-    async def go(admin: _Admin) -> Any:
-        ledger = _budget_ledger(admin)
-        try:
-            states = await ledger.states(scope)
-            return states, ledger.limits, await ledger.current_alerts(scope)
-        finally:
-            await ledger.close()
-
-    states, limits, alerts = _administer(go)
-    table = Table("scope", "period", "limit", "from", "spent", "reserved", "remaining", "resets")
-    for state in states:
-        remaining = state.remaining
-        table.add_row(
-            scope,
-            state.period,
-            "unlimited" if state.limit is None else _money(state.limit),
-            limits.source(scope, state.period) or "",
-            _money(state.spent),
-            _money(state.reserved),
-            "" if remaining is None else _money(remaining),
-            _when(state.resets_at),
-        )
-    console.print(table)
-    for alert in alerts:
-        console.print(
-            f"{alert.period} budget reached {alert.threshold}% at {_when(alert.reached_at)} "
-            f"({_money(alert.spent)} of {_money(alert.limit)})"
-        )
-
-
-@budgets_app.command("set")
-def budgets_set(
-    amount: Annotated[str, typer.Argument(help="The limit in USD, e.g. 25.00.")],
-    tenant: Annotated[str | None, TENANT_BUDGET] = None,
-    key: Annotated[str | None, KEY_BUDGET] = None,
-    period: Annotated[str, PERIOD] = "daily",
-) -> None:
-    """Store a budget's limit; it wins over the settings, and every process enforces it within
-    GENAI_BUDGETS__STORED_SECONDS."""
-    scope = _budget_scope(tenant, key)
-    chosen = _period(period)
-    limit = _limit(amount)
-
-    async def go(admin: _Admin) -> None:
-        owner = await _budget_owner(admin, tenant, key)
-        ledger = _budget_ledger(admin)
-        previous = await ledger.set_limit(scope, chosen, limit, by=None)
-        await admin.audit.record(
-            "budget.set",
-            tenant=owner,
-            target=scope,
-            key_id=None,
-            address=_origin(),
-            via="cli",
-            details={
-                "period": chosen,
-                "limit": _money(limit),
-                "previous": _money(previous.amount) if previous else None,
-            },
-        )
-
-    _administer(go)
-    console.print(f"the {chosen} budget of {scope} is {_money(limit)}")
-
-
-@budgets_app.command("remove")
-def budgets_remove(
-    tenant: Annotated[str | None, TENANT_BUDGET] = None,
-    key: Annotated[str | None, KEY_BUDGET] = None,
-    period: Annotated[str, PERIOD] = "daily",
-) -> None:
-    """Remove a stored limit: the settings' default (or none) applies again."""
-    scope = _budget_scope(tenant, key)
-    chosen = _period(period)
-
-    async def go(admin: _Admin) -> None:
-        owner = await _budget_owner(admin, tenant, key)
-        previous = await _budget_ledger(admin).remove_limit(scope, chosen)
-        if previous is None:
-            raise NotFound(f"no {chosen} budget is stored for {scope}", field="--period")
-        await admin.audit.record(
-            "budget.remove",
-            tenant=owner,
-            target=scope,
-            key_id=None,
-            address=_origin(),
-            via="cli",
-            details={"period": chosen, "previous": _money(previous.amount)},
-        )
-
-    _administer(go)
-    console.print(f"the stored {chosen} budget of {scope} is removed")
-
-
-def _budget_scope(tenant: str | None, key: str | None) -> str:
-    if (tenant is None) == (key is None):
-        raise ConfigurationError("give --tenant or --key", field="--tenant")
-    return f"tenant:{tenant}" if tenant is not None else f"key:{key}"
-
-
-def _budget_ledger(admin: _Admin) -> BudgetLedger:
-    from spine.platform.metering.budgets import BudgetLedger, BudgetLimits
-
-    return BudgetLedger(admin.db, BudgetLimits.from_settings(admin.settings), stored_seconds=0)
-
-
-async def _budget_owner(admin: _Admin, tenant: str | None, key: str | None) -> str:
-    """Return the tenant a budget belongs to; NotFound when the tenant or key does not exist."""
-    if tenant is not None:
-        return (await admin.keys.tenant(tenant)).name
-    assert key is not None
-    return (await admin.keys.get(key)).tenant
-
-
-def _period(value: str) -> Period:
-    from spine.platform.metering.budget_periods import PERIODS
-
-    for period in PERIODS:
-        if period == value:
-            return period
-    raise ConfigurationError(
-        f"--period must be one of {', '.join(PERIODS)}, not {value!r}", field="--period"
-    )
-
-
-def _limit(value: str) -> Decimal:
-    from spine.platform.metering.budget_limits import MAX_LIMIT
-
-    try:
-        amount = Decimal(value)
-    except InvalidOperation:
-        amount = Decimal("NaN")
-    if not amount.is_finite() or not 0 <= amount <= MAX_LIMIT or amount != round(amount, 8):
-        raise ConfigurationError(
-            f"the limit must be an amount from 0 to {MAX_LIMIT} with at most 8 decimals, "
-            f"not {value!r}",
-            field="amount",
-        )
-    return amount
-
-
-def _money(amount: Decimal) -> str:
-    return format(amount.normalize(), "f") if amount else "0"
 
 
 # -- audit ------------------------------------------------------------------------------------
@@ -416,7 +238,7 @@ def audit(
     """Show the audit log, newest first; the last line gives the cursor of the next page."""
     start, end = _moment(since, "--since"), _moment(until, "--until")
 
-    async def go(admin: _Admin) -> Any:
+    async def go(admin: Admin) -> Any:
         return await admin.audit.page(
             tenant=tenant,
             action=action,
@@ -427,11 +249,11 @@ def audit(
             cursor=cursor,
         )
 
-    page = _administer(go)
+    page = administer(go)
     table = Table("time", "action", "outcome", "tenant", "target", "key", "via", "from")
     for entry in page.data:
         table.add_row(
-            _when(entry.at),
+            when(entry.at),
             entry.action,
             entry.outcome,
             entry.tenant,
@@ -521,50 +343,6 @@ def keys_nats(
         console.print("[yellow]the embedded NATS is not running; it takes the user when it starts")
 
 
-@dataclass(slots=True, kw_only=True)
-class _Admin:
-    settings: Settings
-    db: Database
-    keys: KeyStore
-    audit: AuditLog
-
-    async def audit_key(
-        self, action: str, key: ApiKey, *, target: str | None = None, **details: Any
-    ) -> None:
-        await self.audit.record(
-            action,
-            tenant=key.tenant,
-            target=target or key.id,
-            key_id=None,
-            address=_origin(),
-            via="cli",
-            details=details,
-        )
-
-
-def _administer(action: Callable[[_Admin], Awaitable[_T]]) -> _T:
-    settings = settings_for_command()
-
-    async def go() -> _T:
-        from spine.platform.audit import AuditLog
-        from spine.platform.db import Database
-        from spine.platform.keys import KeyStore
-
-        db = Database(require(settings.database_url, "GENAI_DATABASE_URL"))
-        try:
-            await db.migrate()
-            admin = _Admin(settings=settings, db=db, keys=KeyStore(db), audit=AuditLog(db))
-            return await action(admin)
-        finally:
-            await db.dispose()
-
-    return asyncio.run(go())
-
-
-def _origin() -> str:
-    return f"cli:{getpass.getuser()}@{socket.gethostname()}"
-
-
 def _expiry(expires_in: str | None) -> datetime | None:
     if expires_in is None:
         return None
@@ -581,7 +359,3 @@ def _moment(value: str | None, name: str) -> datetime | None:
     except ValueError:
         raise ConfigurationError(f"{name} must be an ISO time, not {value!r}", field=name) from None
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
-
-
-def _when(moment: datetime | None) -> str:
-    return moment.isoformat(" ", "seconds") if moment is not None else ""
