@@ -3,7 +3,8 @@
 The definitions and the functions that record them are in
 :mod:`~spine.platform.telemetry.metrics`; label values are bounded by
 :mod:`~spine.platform.telemetry.labels`; values read on a scrape (queue depth, task counts,
-budgets) by :mod:`~spine.platform.telemetry.probes`; a worker's or the learner's own
+budgets) by :mod:`~spine.platform.telemetry.probes`, the JetStream and breaker snapshots shown
+then by :mod:`~spine.platform.telemetry.snapshots`; a worker's or the learner's own
 ``/metrics`` port by :mod:`~spine.platform.telemetry.exposition`. Traces (OpenTelemetry) by
 :mod:`~spine.platform.telemetry.tracing`.
 """
@@ -16,13 +17,9 @@ from spine.platform.telemetry.labels import OTHER, LabelGuard, looks_like_id
 from spine.platform.telemetry.metrics import (
     GUARD,
     REGISTRY,
-    BreakerSource,
-    ConsumerState,
-    StreamState,
     TaskCount,
     describe_process,
     http_in_flight,
-    observe_breakers,
     record_budget_alert,
     record_feedback,
     record_http_request,
@@ -35,9 +32,15 @@ from spine.platform.telemetry.metrics import (
     record_tool_call,
     set_active_tasks,
     set_budget,
-    set_jetstream,
 )
 from spine.platform.telemetry.probes import Probe, ProbeSet
+from spine.platform.telemetry.snapshots import (
+    BreakerSource,
+    ConsumerState,
+    StreamState,
+    observe_breakers,
+    set_jetstream,
+)
 from spine.platform.telemetry.tracing import (
     ModelCallSpan,
     annotate,
