@@ -43,6 +43,7 @@ __all__ = [
     "TaskStepRow",
     "TenantRow",
     "UtcDateTime",
+    "money_text",
     "utcnow",
 ]
 
@@ -69,6 +70,14 @@ class UtcDateTime(TypeDecorator[datetime]):
         if value is not None and value.tzinfo is None:
             return value.replace(tzinfo=UTC)
         return value
+
+
+def money_text(amount: Decimal) -> str:
+    """An amount as it leaves the platform: text, exact, without exponent or trailing zeros
+    ("0" for zero); JSON cannot carry a Decimal."""
+    if not amount:
+        return "0"
+    return format(amount.normalize(), "f") if amount.is_finite() else str(amount)
 
 
 class Money(TypeDecorator[Decimal]):

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from spine.platform.errors import BudgetExceeded
 from spine.platform.metering.budget_periods import Counter, resets_at
-from spine.platform.schema import BudgetSpendRow, Money
+from spine.platform.schema import BudgetSpendRow, Money, money_text
 
 __all__ = [
     "READ_SQL",
@@ -136,21 +136,16 @@ def refusal(
     )
     return BudgetExceeded(
         f"the {counter.period} budget of {counter.scope} is exhausted: "
-        f"{amount_text(spent)} spent and {amount_text(reserved)} reserved of "
-        f"{amount_text(limit)}; it resets at {resets.isoformat()}",
+        f"{money_text(spent)} spent and {money_text(reserved)} reserved of "
+        f"{money_text(limit)}; it resets at {resets.isoformat()}",
         scope=counter.scope,
         period=counter.period,
-        budget=amount_text(limit),
-        spent=amount_text(spent),
-        reserved=amount_text(reserved),
-        requested=amount_text(amount),
+        budget=money_text(limit),
+        spent=money_text(spent),
+        reserved=money_text(reserved),
+        requested=money_text(amount),
         resets_at=resets.isoformat(),
     )
-
-
-def amount_text(amount: Decimal) -> str:
-    # Amounts leave as strings: exact, and JSON can carry them (Decimal it cannot).
-    return format(amount.normalize(), "f") if amount.is_finite() else str(amount)
 
 
 # -- the SQLite side, through SQLAlchemy Core -------------------------------------------------

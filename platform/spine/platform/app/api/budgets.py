@@ -31,6 +31,7 @@ from spine.platform.metering.budget_alerts import BudgetAlert
 from spine.platform.metering.budget_limits import MAX_LIMIT, LimitSource
 from spine.platform.metering.budget_periods import Period
 from spine.platform.metering.budgets import BudgetLedger, BudgetState, budget_scopes
+from spine.platform.schema import money_text
 
 __all__ = ["router"]
 
@@ -57,11 +58,11 @@ class BudgetPeriod(BaseModel):
         """Describe a budget's state."""
         remaining = state.remaining
         return cls(
-            limit=_amount(state.limit) if state.limit is not None else None,
+            limit=money_text(state.limit) if state.limit is not None else None,
             source=source,
-            spent=_amount(state.spent),
-            reserved=_amount(state.reserved),
-            remaining=_amount(remaining) if remaining is not None else None,
+            spent=money_text(state.spent),
+            reserved=money_text(state.reserved),
+            remaining=money_text(remaining) if remaining is not None else None,
             period_start=state.day,
             resets_at=state.resets_at,
         )
@@ -84,8 +85,8 @@ class BudgetAlertView(BaseModel):
             period=alert.period,
             period_start=alert.period_start,
             threshold=alert.threshold,
-            limit=_amount(alert.limit),
-            spent=_amount(alert.spent),
+            limit=money_text(alert.limit),
+            spent=money_text(alert.spent),
             reached_at=alert.reached_at,
         )
 
@@ -134,12 +135,12 @@ async def set_tenant_budget(
     """Store a tenant's limit for a period (operator keys); it wins over the settings."""
     scope = budget_scopes(tenant=tenant)[-1]
     async with audited(request, caller, "budget.set", target=scope, tenant=tenant) as note:
-        note.details.update({"period": period, "limit": _amount(given.limit)})
+        note.details.update({"period": period, "limit": money_text(given.limit)})
         visible_tenant(caller, tenant)
         _set_tenant_budgets(caller)
         await platform_of(request).keys.tenant(tenant)  # 404: create the tenant first
         previous = await _ledger(request).set_limit(scope, period, given.limit, by=caller.key_id)
-        note.details["previous"] = _amount(previous.amount) if previous else None
+        note.details["previous"] = money_text(previous.amount) if previous else None
     return await _budget(request, scope)
 
 
@@ -160,7 +161,7 @@ async def remove_tenant_budget(
         previous = await _ledger(request).remove_limit(scope, period)
         if previous is None:
             raise NotFound(f"no {period} budget is stored for {scope}", field="period")
-        note.details["previous"] = _amount(previous.amount)
+        note.details["previous"] = money_text(previous.amount)
     return await _budget(request, scope)
 
 
@@ -184,12 +185,12 @@ async def set_key_budget(
     """Store a key's limit for a period (operator keys; admin keys: of their tenant's keys)."""
     scope = budget_scopes(key_id=key_id)[-1]
     async with audited(request, caller, "budget.set", target=scope) as note:
-        note.details.update({"period": period, "limit": _amount(given.limit)})
+        note.details.update({"period": period, "limit": money_text(given.limit)})
         key = await _managed_key(request, caller, key_id)
         note.tenant = key.tenant
         may_manage(caller, key)
         previous = await _ledger(request).set_limit(scope, period, given.limit, by=caller.key_id)
-        note.details["previous"] = _amount(previous.amount) if previous else None
+        note.details["previous"] = money_text(previous.amount) if previous else None
     return await _budget(request, scope)
 
 
@@ -211,7 +212,7 @@ async def remove_key_budget(
         previous = await _ledger(request).remove_limit(scope, period)
         if previous is None:
             raise NotFound(f"no {period} budget is stored for {scope}", field="period")
-        note.details["previous"] = _amount(previous.amount)
+        note.details["previous"] = money_text(previous.amount)
     return await _budget(request, scope)
 
 
@@ -246,7 +247,3 @@ async def _managed_key(request: Request, caller: Principal, key_id: str) -> ApiK
 def _set_tenant_budgets(caller: Principal) -> None:
     if not caller.is_operator:
         raise Forbidden("a tenant's budgets are set with an operator key")
-
-
-def _amount(value: Decimal) -> str:
-    return format(value.normalize(), "f") if value else "0"

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import struct
-from decimal import Decimal
 from typing import Literal
 
 from fastapi import APIRouter, Request, Response
@@ -30,6 +29,7 @@ from spine.platform.errors import SpineError
 from spine.platform.inputs import InvalidInput, load_json
 from spine.platform.metering import EXPLICIT, CallContext
 from spine.platform.models import EmbeddingRequest
+from spine.platform.schema import money_text
 
 __all__ = ["EmbeddingsBody", "router"]
 
@@ -149,7 +149,7 @@ async def create_embeddings(request: Request) -> Response:
         "X-Spine-Provider": answer.provider,
         "X-Spine-Strategy": EXPLICIT if asked.routed_model else (answer.strategy or ""),
         "X-Spine-Fallback": fallback_header(answer.fallback_path),
-        "X-Spine-Cost": _amount(metered.cost),
+        "X-Spine-Cost": money_text(metered.cost),
         "X-Spine-Cache": "bypass",
     }
     return JSONResponse(body, headers=headers)
@@ -166,7 +166,3 @@ def _about_input(error: GatewayError) -> GatewayError:
     if error.body.get("param") == "messages":
         error.body["param"] = "input"
     return error
-
-
-def _amount(cost: Decimal) -> str:
-    return format(cost.normalize(), "f") if cost else "0"

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from decimal import Decimal
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -57,6 +56,7 @@ from spine.platform.models.openai_wire import (
     usage_body,
 )
 from spine.platform.router import ModelRouter
+from spine.platform.schema import money_text
 
 __all__ = ["router"]
 
@@ -107,7 +107,7 @@ async def chat_completions(request: Request) -> Response:
     if not answer.cache_hit:  # an answer from the cache used no tokens
         await limits.settle(admission, answer.input_tokens + answer.output_tokens)
     headers = _headers(answer.model, answer.provider, answer.strategy, answer.fallback_path, chat)
-    headers["X-Spine-Cost"] = _amount(metered.cost)
+    headers["X-Spine-Cost"] = money_text(metered.cost)
     headers["X-Spine-Cache"] = metered.cache
     headers.update(admission.headers())
     return JSONResponse(
@@ -233,10 +233,6 @@ def _error(error: GatewayError) -> JSONResponse:
     if error.status >= 500:
         logger.warning("gateway answered %d: %s", error.status, loggable(error))
     return JSONResponse(error_body(error), status_code=error.status, headers=error_headers(error))
-
-
-def _amount(cost: Decimal) -> str:
-    return format(cost.normalize(), "f") if cost else "0"
 
 
 def _price(value: object) -> str | None:

@@ -26,6 +26,7 @@ from spine.platform.learning.experiments import Experiment, ExperimentInput, Exp
 from spine.platform.learning.feedback import Feedback, FeedbackInput
 from spine.platform.metering.usage import ModelCallRecord
 from spine.platform.router import STRATEGIES
+from spine.platform.schema import money_text
 
 __all__ = ["router"]
 
@@ -95,7 +96,7 @@ class RoutingDecision(BaseModel):
             provider=call.provider,
             outcome=call.outcome,
             latency_ms=call.latency_ms,
-            cost=format(call.cost.normalize(), "f") if call.cost else "0",
+            cost=money_text(call.cost),
             fallback_path=call.fallback_path,
             decision=_public(call.decision),
             experiment_id=call.experiment_id,

@@ -20,6 +20,7 @@ from spine.platform.app.api.errors import documented
 from spine.platform.errors import BadRequest, NotFound
 from spine.platform.inputs import check_moment
 from spine.platform.metering.usage import Grouping, UsageRow
+from spine.platform.schema import money_text
 
 __all__ = ["router"]
 
@@ -91,7 +92,7 @@ def _row(row: UsageRow) -> dict[str, Any]:
         calls=row.calls,
         input_tokens=row.input_tokens,
         output_tokens=row.output_tokens,
-        cost=_amount(row.cost),
+        cost=money_text(row.cost),
         cache_hits=row.cache_hits,
         errors=row.errors,
     )
@@ -103,11 +104,7 @@ def _total(rows: list[UsageRow]) -> dict[str, Any]:
         "calls": sum(r.calls for r in rows),
         "input_tokens": sum(r.input_tokens for r in rows),
         "output_tokens": sum(r.output_tokens for r in rows),
-        "cost": _amount(sum((r.cost for r in rows), Decimal(0))),
+        "cost": money_text(sum((r.cost for r in rows), Decimal(0))),
         "cache_hits": sum(r.cache_hits for r in rows),
         "errors": sum(r.errors for r in rows),
     }
-
-
-def _amount(value: Decimal) -> str:
-    return format(value.normalize(), "f") if value else "0"

@@ -15,6 +15,7 @@ from rich.table import Table
 from spine.platform.app.cli._administering import Admin, administer, when
 from spine.platform.app.cli._shared import console
 from spine.platform.errors import ConfigurationError, NotFound
+from spine.platform.schema import money_text
 
 if TYPE_CHECKING:
     from spine.platform.metering.budget_periods import Period
@@ -55,18 +56,18 @@ def budgets_show(
         table.add_row(
             scope,
             state.period,
-            "unlimited" if state.limit is None else _money(state.limit),
+            "unlimited" if state.limit is None else money_text(state.limit),
             limits.source(scope, state.period) or "",
-            _money(state.spent),
-            _money(state.reserved),
-            "" if remaining is None else _money(remaining),
+            money_text(state.spent),
+            money_text(state.reserved),
+            "" if remaining is None else money_text(remaining),
             when(state.resets_at),
         )
     console.print(table)
     for alert in alerts:
         console.print(
             f"{alert.period} budget reached {alert.threshold}% at {when(alert.reached_at)} "
-            f"({_money(alert.spent)} of {_money(alert.limit)})"
+            f"({money_text(alert.spent)} of {money_text(alert.limit)})"
         )
 
 
@@ -93,13 +94,13 @@ def budgets_set(
             target=scope,
             details={
                 "period": chosen,
-                "limit": _money(limit),
-                "previous": _money(previous.amount) if previous else None,
+                "limit": money_text(limit),
+                "previous": money_text(previous.amount) if previous else None,
             },
         )
 
     administer(go)
-    console.print(f"the {chosen} budget of {scope} is {_money(limit)}")
+    console.print(f"the {chosen} budget of {scope} is {money_text(limit)}")
 
 
 @budgets_app.command("remove")
@@ -121,7 +122,7 @@ def budgets_remove(
             "budget.remove",
             tenant=owner,
             target=scope,
-            details={"period": chosen, "previous": _money(previous.amount)},
+            details={"period": chosen, "previous": money_text(previous.amount)},
         )
 
     administer(go)
@@ -173,7 +174,3 @@ def _limit(value: str) -> Decimal:
             field="amount",
         )
     return amount
-
-
-def _money(amount: Decimal) -> str:
-    return format(amount.normalize(), "f") if amount else "0"

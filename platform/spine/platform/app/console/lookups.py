@@ -30,6 +30,7 @@ from spine.platform.app.wiring import Platform
 from spine.platform.errors import NotFound, Unauthorized
 from spine.platform.keys import Principal, Role
 from spine.platform.router.health import CallKind
+from spine.platform.schema import money_text
 
 __all__ = ["router"]
 
@@ -222,12 +223,12 @@ async def task_calls(task_id: str, request: Request, caller: Caller) -> TaskCall
                 outcome=c.outcome,
                 input_tokens=c.input_tokens,
                 output_tokens=c.output_tokens,
-                cost=_amount(c.cost),
+                cost=money_text(c.cost),
                 latency_ms=c.latency_ms,
             )
             for c in reversed(calls)
         ],
-        cost=_amount(total),
+        cost=money_text(total),
         input_tokens=sum(c.input_tokens for c in calls),
         output_tokens=sum(c.output_tokens for c in calls),
     )
@@ -260,7 +261,3 @@ async def breakers(request: Request, caller: Caller) -> BreakerList:
                 )
             )
     return BreakerList(data=rows)
-
-
-def _amount(value: Decimal) -> str:
-    return format(value.normalize(), "f") if value else "0"
