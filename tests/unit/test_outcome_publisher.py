@@ -86,3 +86,29 @@ def test_the_outcomes_stream_keeps_events_for_a_limited_time() -> None:
         3,
         3600,
     )
+
+
+async def test_queued_events_are_published_together_in_their_order() -> None:
+    bus = SlowBus(delay=0.05)
+    outcomes = publisher(bus, in_flight=8)
+    events = [record(tenant=f"t{i}") for i in range(20)]
+    for event in events:
+        outcomes(event)
+    started = asyncio.get_running_loop().time()
+    await outcomes.close()
+    # 20 events at 50 ms each, up to 8 at a time: three rounds, not twenty.
+    assert asyncio.get_running_loop().time() - started < 0.5
+    assert [subject for subject, _, _ in bus.published] == [
+        f"spine.outcomes.t{i}" for i in range(20)
+    ]
+    assert (outcomes.published, outcomes.dropped) == (20, 0)
+
+
+async def test_events_in_flight_at_the_drain_deadline_count_as_dropped() -> None:
+    bus = SlowBus(delay=10.0)
+    outcomes = publisher(bus, in_flight=4)
+    for _ in range(6):
+        outcomes(record())
+    await asyncio.sleep(0.01)  # four are in flight, two wait
+    await outcomes.close(drain_timeout=0.05)
+    assert (outcomes.published, outcomes.dropped) == (0, 6)
