@@ -7,8 +7,8 @@ completion, on ``spine.outcomes.<tenant>.feedback``). The learning consumer read
 
 :class:`OutcomePublisher` is the :class:`~spine.platform.metering.OutcomeHook` the API wires into
 its model calls, and publishes the other two kinds too. Publishing never fails nor slows a call: the hook only puts the call on a
-bounded queue, and one background task publishes from it, what is queued together in flight
-together (up to ``in_flight``), in the order queued. When NATS is down, JetStream does not
+bounded queue, and one background task publishes from it: the events waiting at that moment
+all at once (up to ``in_flight``), in the order they were queued. When NATS is down, JetStream does not
 acknowledge, or the queue is full, the event is dropped, counted in :attr:`OutcomePublisher.dropped`
 and logged at WARNING (at most once a minute while drops go on). The usage row in the database
 is the durable record of every call; these events feed the learning consumer, which can live
