@@ -14,7 +14,15 @@ from spine.graph.explore import (
 from spine.graph.identifiers import Allowlist, UnknownIdentifier
 from spine.graph.ingest import GraphIngestor, IngestStats
 from spine.graph.mapping import EventMapping, MappingError, MappingSet
-from spine.graph.store import Backend, GraphError, GraphStore, ReadResult, Record, Statement
+from spine.graph.store import (
+    Backend,
+    GraphError,
+    GraphStore,
+    QueryLimitExceeded,
+    ReadResult,
+    Record,
+    Statement,
+)
 from spine.graph.values import Node, Path, Relationship
 from spine.graph.writer import GraphWriter
 
@@ -37,6 +45,7 @@ __all__ = [
     "Node",
     "Path",
     "PathView",
+    "QueryLimitExceeded",
     "QueryResult",
     "ReadResult",
     "Record",

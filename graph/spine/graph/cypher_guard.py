@@ -15,16 +15,30 @@ anchored: each chain of nodes and relationships must hold a node written with
 already bound by an anchored pattern. Variables survive ``WITH n`` and ``WITH n AS m``; a value
 computed into a variable (``UNWIND``, ``collect``) is not anchored. Whatever the checker cannot
 follow is refused with a message saying how to write it.
+
+Cost. The server stops a query at its time and memory limits, but only between records: a
+single expression runs to its end. ``range(1, 2000000000)`` allocates all its values at once
+(32 GB) and ``reduce(s = 'ab', x IN range(1, 40) | s + s)`` doubles a value forty times, so
+either would take the server's memory before any limit is looked at. So ``range()`` takes only
+integer literals or integer parameters, and all the ``range()`` calls of a query together may
+make at most :data:`MAX_RANGE_VALUES` values (nested, their sizes multiply); ``reduce()`` is
+refused (``UNWIND`` with an aggregate such as ``sum()`` does the same work row by row, where
+the limits apply).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from spine.platform.errors import BadRequest
 
-__all__ = ["UnsafeQuery", "check_query"]
+__all__ = ["MAX_RANGE_VALUES", "UnsafeQuery", "check_query"]
+
+MAX_RANGE_VALUES = 1_000_000
+"""Values all ``range()`` calls of one query may make together (16 MB as the server holds them)."""
 
 _WRITES = frozenset(
     {
@@ -117,12 +131,14 @@ class _Token:
         return self.text.upper() if self.kind == "word" else ""
 
 
-def check_query(query: str) -> None:
-    """Raise :class:`UnsafeQuery` unless the query is one read-only, tenant-anchored statement."""
+def check_query(query: str, params: Mapping[str, Any] | None = None) -> None:
+    """Raise :class:`UnsafeQuery` unless the query is one read-only, tenant-anchored statement
+    whose expressions are bounded (``params`` are the values ``range()`` may be given)."""
     tokens = _tokenize(query)
     if not tokens:
         raise UnsafeQuery("the query is empty", field="query")
     _check_read_only(tokens)
+    _check_bounded(tokens, params or {})
     _Anchors(tokens).check()
 
 
@@ -165,6 +181,80 @@ def _check_read_only(tokens: list[_Token]) -> None:
             )
         if word == "GRAPH" and after == ".":
             raise UnsafeQuery("GRAPH.* commands are not allowed", field="query")
+
+
+def _check_bounded(tokens: list[_Token], params: Mapping[str, Any]) -> None:
+    """Refuse ``reduce()`` and ``range()`` calls that could make more than the values allowed."""
+    total = 1
+    for index, token in enumerate(tokens):
+        name = token.text.upper() if token.kind in ("word", "qword") else ""
+        if name not in ("RANGE", "REDUCE") or index + 1 == len(tokens):
+            continue
+        if tokens[index + 1].text != "(" or (index and tokens[index - 1].text in (".", ":")):
+            continue  # a property key, a label, or a name that is not called
+        if name == "REDUCE":
+            raise UnsafeQuery(
+                "reduce() is not allowed: its value grows inside one expression, where the "
+                "server's time and memory limits do not apply; UNWIND the list and aggregate "
+                "(sum(), collect(), ...) instead",
+                field="query",
+            )
+        # An empty range makes no values, but must not hide the ranges after it.
+        total *= max(1, _range_size(_arguments(tokens, index + 2), params))
+        if total > MAX_RANGE_VALUES:
+            raise UnsafeQuery(
+                f"range() would make {total:,} values in this query; at most "
+                f"{MAX_RANGE_VALUES:,} are allowed (nested ranges multiply)",
+                field="query",
+            )
+
+
+def _arguments(tokens: list[_Token], start: int) -> list[list[_Token]]:
+    """Split the arguments of a call whose ``(`` is just before ``start``."""
+    arguments: list[list[_Token]] = [[]]
+    depth = 0
+    for token in tokens[start:]:
+        text = token.text if token.kind == "punct" else ""
+        if depth == 0 and text == ")":
+            return arguments
+        if text in ("(", "[", "{"):
+            depth += 1
+        elif text in (")", "]", "}"):
+            depth -= 1
+        if depth == 0 and text == ",":
+            arguments.append([])
+        else:
+            arguments[-1].append(token)
+    raise UnsafeQuery("range() is not closed", field="query")
+
+
+def _range_size(arguments: list[list[_Token]], params: Mapping[str, Any]) -> int:
+    if len(arguments) not in (2, 3):
+        raise UnsafeQuery("range() takes a start, an end and an optional step", field="query")
+    start, end, step = (*(_integer(a, params) for a in arguments), 1)[:3]
+    if step == 0:
+        raise UnsafeQuery("range() needs a step other than 0", field="query")
+    return max(0, (end - start) // step + 1)
+
+
+def _integer(argument: list[_Token], params: Mapping[str, Any]) -> int:
+    """Read an argument of ``range()``: an integer literal (maybe negative) or parameter."""
+    sign = 1
+    if len(argument) == 2 and argument[0].text == "-" and argument[0].kind == "punct":
+        sign, argument = -1, argument[1:]
+    if len(argument) == 1:
+        token = argument[0]
+        if token.kind == "number" and token.text.isdigit():
+            return sign * int(token.text)
+        if token.kind == "param":
+            value = params.get(token.text[1:].strip("`"))
+            if isinstance(value, int) and not isinstance(value, bool):
+                return sign * value
+    raise UnsafeQuery(
+        "range() takes integer literals or integer parameters here, so that its size can be "
+        "checked; to go through a list, UNWIND the list itself",
+        field="query",
+    )
 
 
 class _Anchors:

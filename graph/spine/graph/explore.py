@@ -23,7 +23,7 @@ from pydantic import BaseModel, Field
 from spine.graph.cypher_guard import check_query
 from spine.graph.identifiers import IDENTIFIER, PROVENANCE_PROPERTIES, Allowlist
 from spine.graph.mapping import MappingSet
-from spine.graph.store import GraphStore
+from spine.graph.store import GraphStore, QueryLimitExceeded
 from spine.graph.values import Node, Path, Relationship
 from spine.platform.errors import BadRequest, NotFound
 
@@ -287,7 +287,9 @@ class GraphExplorer:
     ) -> QueryResult:
         """Run a read-only, tenant-anchored query (see :mod:`spine.graph.cypher_guard`).
 
-        ``$tenant`` is always the caller's tenant; a parameter of that name is refused.
+        ``$tenant`` is always the caller's tenant; a parameter of that name is refused. The
+        server stops the query at the time and memory one query may use: that is a 400 naming
+        ``query`` (:class:`~spine.graph.store.QueryLimitExceeded`), not an outage.
         """
         params = dict(params or {})
         if "tenant" in params:
@@ -300,10 +302,17 @@ class GraphExplorer:
                 raise BadRequest(
                     f"params: {name[:60]!r} is not a parameter name", field=f"params.{name[:60]}"
                 )
-        check_query(text)
-        result = await self.store.read(
-            text, {**params, "tenant": tenant}, timeout=self._timeout, max_rows=self._max_rows
-        )
+        check_query(text, params)
+        try:
+            result = await self.store.read(
+                text, {**params, "tenant": tenant}, timeout=self._timeout, max_rows=self._max_rows
+            )
+        except QueryLimitExceeded as exc:
+            raise QueryLimitExceeded(
+                f"query: {exc.message}; narrow it (fewer start nodes, shorter paths, a LIMIT)",
+                field="query",
+                **exc.details,
+            ) from exc
         if result.wrote:  # the guard and the server refuse writes; this would be a hole
             raise TenantLeak("the query changed the graph", field="query")
         collector = _Collector(tenant)

@@ -8,9 +8,14 @@ constructor opens a blocking connection to ask ``INFO`` (is the server a cluster
 fails, and holds up the event loop, whenever the server is down at start-up.
 
 - Reads are ``GRAPH.RO_QUERY``: the server refuses any write in them. ``timeout`` goes to the
-  server (it stops the query) and bounds the wait here. A graph not written yet reads empty.
+  server, which stops the query between records; the wait here ends
+  :data:`~spine.graph.store.WAIT_GRACE` later, so the server's answer is what comes back. The
+  embedded server also caps the memory of one query
+  (:class:`~spine.platform.embedded.servers.FalkorServer`). A graph not written yet reads
+  empty.
 - Writes are ``GRAPH.QUERY``, one per statement, in order; each commits by itself (callers
-  write idempotently). The embedded server runs with ``appendfsync always``, so a write is in
+  write idempotently). One the server stops at its default time limit is undone and, like one
+  that outlasts :data:`WRITE_TIMEOUT` here, is :class:`~spine.platform.errors.ServiceUnavailable`. The embedded server runs with ``appendfsync always``, so a write is in
   its append-only file, fsynced, before it is answered.
 - Parameters: checked, then written as the client writes them
   (:mod:`spine.graph.falkordb_params`), which carries any string exactly.
@@ -20,9 +25,11 @@ fails, and holds up the event loop, whenever the server is down at start-up.
 - Schema: range indexes on ``uid`` and ``tenant`` per label (writes MERGE on both; FalkorDB runs
   writes one at a time, so MERGE makes no duplicates).
 - Errors: a refusal is a :class:`~spine.graph.store.GraphError` with the server's message; a
-  server that is down, loading, out of memory or failing to persist, a wrong password, or a
-  timeout, is :class:`~spine.platform.errors.ServiceUnavailable`. A pooled connection broken by
-  a server restart is retried once on a fresh one.
+  query the server stopped at its time or memory limit is
+  :class:`~spine.graph.store.QueryLimitExceeded`; a server that is down, loading, out of memory
+  (Redis ``maxmemory``) or failing to persist, a wrong password, or no answer even after the
+  grace, is :class:`~spine.platform.errors.ServiceUnavailable`. A pooled connection broken by a
+  server restart is retried once on a fresh one.
 """
 
 from __future__ import annotations
@@ -40,7 +47,15 @@ from redis.exceptions import AuthenticationError, RedisError, ResponseError
 
 from spine.graph.falkordb_params import cypher_prefix
 from spine.graph.falkordb_results import CompactResult, read_compact
-from spine.graph.store import Backend, GraphError, ReadResult, Record, Statement
+from spine.graph.store import (
+    WAIT_GRACE,
+    Backend,
+    GraphError,
+    QueryLimitExceeded,
+    ReadResult,
+    Record,
+    Statement,
+)
 from spine.platform.errors import ServiceUnavailable, SpineError
 
 __all__ = ["GRAPH", "FalkorStore"]
@@ -52,7 +67,9 @@ WRITE_TIMEOUT = 60.0
 _CONNECT_TIMEOUT = 5.0
 _EMPTY_GRAPH = "empty key"  # "Invalid graph operation on empty key": no graph written yet
 # Replies that mean "not now" rather than "not this statement".
-_BUSY = ("Query timed out", "MISCONF", "OOM", "LOADING", "BUSY", "READONLY", "Max pending")
+_BUSY = ("MISCONF", "OOM", "LOADING", "BUSY", "READONLY", "Max pending")
+# Replies that mean "this query asked for more than one query may have".
+_LIMITS = {"Query timed out": "time", "Query's mem consumption exceeded capacity": "memory"}
 _MESSAGE_LIMIT = 300  # the server may quote the query, parameters included
 _CHANGES = ("Nodes created", "Nodes deleted", "Relationships created", "Relationships deleted",
             "Properties set", "Properties removed", "Labels added", "Labels removed",
@@ -102,19 +119,22 @@ class FalkorStore:
         """Run ``GRAPH.RO_QUERY`` (see :class:`~spine.graph.store.GraphStore`)."""
         text = cypher_prefix(params) + query
         server_ms = None if timeout is None else max(1, round(timeout * 1000))
+        wait = None if timeout is None else timeout + WAIT_GRACE
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(wait):
                 result = await self._run("GRAPH.RO_QUERY", text, timeout_ms=server_ms)
         except ResponseError as exc:
             if _EMPTY_GRAPH in str(exc):
                 return ReadResult(records=[], truncated=False, wrote=False)
+            if str(exc).startswith("Query timed out") and timeout is not None:
+                raise QueryLimitExceeded(
+                    f"the graph query ran past its time limit ({timeout:g} s)", limit="time"
+                ) from exc
             raise _translated(exc, "the query") from exc
         except TimeoutError as exc:
             if timeout is None:
                 raise _translated(exc, "the query") from exc
-            raise ServiceUnavailable(
-                f"the graph query did not finish within {timeout:g} s", field="timeout"
-            ) from exc
+            raise ServiceUnavailable(f"the graph server did not answer within {wait:g} s") from exc
         except (RedisError, OSError) as exc:
             raise _translated(exc, "the query") from exc
         rows = result.rows
@@ -137,6 +157,12 @@ class FalkorStore:
             raise ServiceUnavailable(
                 f"the graph write did not finish within {self._write_timeout:g} s"
             ) from exc
+        except ResponseError as exc:
+            # A write stopped at the server's default time limit is undone: try it again later,
+            # as when the wait here ends first.
+            if str(exc).startswith("Query timed out"):
+                raise ServiceUnavailable(f"the graph write did not finish: {exc}") from exc
+            raise _translated(exc, "a write") from exc
         except (RedisError, OSError) as exc:
             raise _translated(exc, "a write") from exc
 
@@ -192,6 +218,11 @@ def _translated(exc: Exception, what: str) -> SpineError:
             f"the graph server refused the credentials (check GENAI_FALKORDB_URL): {message}"
         )
     if isinstance(exc, ResponseError):
+        for reply, limit in _LIMITS.items():
+            if message.startswith(reply):
+                return QueryLimitExceeded(
+                    f"the graph query ran past its {limit} limit: {message}", limit=limit
+                )
         if message.startswith(_BUSY) or message.startswith("NOAUTH"):
             return ServiceUnavailable(f"the graph server cannot run {what} now: {message}")
         return GraphError(f"the graph server refused {what}: {message}")

@@ -1,7 +1,8 @@
 """Neo4j over Bolt: the :class:`~spine.graph.store.GraphStore` backend on the ``neo4j`` driver.
 
 One long-lived async driver per process. Reads run in READ transactions (Neo4j enforces them)
-with the query timeout sent to the server; writes run in one write transaction; both are
+with the query timeout sent to the server (the wait here ends a moment later, so the server's
+answer that it stopped the query comes back); writes run in one write transaction; both are
 managed transactions, which the driver retries on a dropped connection. Uniqueness of
 ``(tenant, uid)`` per label is a constraint. Records come back as plain values
 (:mod:`spine.graph.values`); Neo4j's temporal values become :mod:`datetime` ones, durations
@@ -21,7 +22,15 @@ from neo4j.exceptions import DriverError, Neo4jError, SessionExpired
 from neo4j.exceptions import ServiceUnavailable as Neo4jUnavailable
 from neo4j.time import Date, DateTime, Duration, Time
 
-from spine.graph.store import Backend, GraphError, ReadResult, Record, Statement
+from spine.graph.store import (
+    WAIT_GRACE,
+    Backend,
+    GraphError,
+    QueryLimitExceeded,
+    ReadResult,
+    Record,
+    Statement,
+)
 from spine.graph.values import Node, Path, Relationship
 from spine.platform.errors import ServiceUnavailable, SpineError
 
@@ -32,6 +41,13 @@ logger = logging.getLogger(__name__)
 _UNAVAILABLE = (Neo4jUnavailable, SessionExpired, OSError, ConnectionError)
 # Values the driver cannot pack (a type it does not know, an integer beyond 64 bits).
 _UNPACKABLE = (TypeError, ValueError, OverflowError)
+# Codes of a query stopped at the time or memory a transaction may use (the query's own cost).
+_LIMITS = {
+    "Neo.ClientError.Transaction.TransactionTimedOut": "time",
+    "Neo.ClientError.Transaction.TransactionTimedOutClientConfiguration": "time",
+    "Neo.TransientError.General.MemoryPoolOutOfMemoryError": "memory",
+    "Neo.TransientError.General.TransactionMemoryLimit": "memory",
+}
 
 
 class Neo4jStore:
@@ -79,16 +95,18 @@ class Neo4jStore:
                 records=records, truncated=truncated, wrote=summary.counters.contains_updates
             )
 
+        wait = None
         if timeout is not None:
             work = unit_of_work(timeout=timeout)(work)
+            wait = timeout + WAIT_GRACE
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(wait):
                 async with self.driver.session(**self._session_options()) as session:
                     return await session.execute_read(work)
         except Exception as exc:
-            if isinstance(exc, TimeoutError) and timeout is not None:
+            if isinstance(exc, TimeoutError) and wait is not None:
                 raise ServiceUnavailable(
-                    f"the graph query did not finish within {timeout:g} s", field="timeout"
+                    f"the graph server did not answer within {wait:g} s"
                 ) from exc
             translated = _translated(exc, "the query")
             if translated is None:
@@ -147,6 +165,11 @@ def _translated(exc: Exception, what: str) -> SpineError | None:
         return ServiceUnavailable(f"the graph server does not answer: {exc!r}")
     if isinstance(exc, Neo4jError):
         message = exc.message or exc.code or repr(exc)
+        limit = _LIMITS.get(exc.code or "")
+        if limit is not None:
+            return QueryLimitExceeded(
+                f"the graph query ran past its {limit} limit: {message}", limit=limit
+            )
         if exc.is_retryable():
             return ServiceUnavailable(f"the graph server is busy: {message}")
         return GraphError(f"the graph server refused {what}: {message}")

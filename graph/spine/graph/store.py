@@ -10,8 +10,10 @@ backends implement it (:func:`spine.graph.backends.open_store` picks one from th
 
 Every store answers the same way: records are dicts of plain values (nodes, relationships and
 paths as :mod:`spine.graph.values`), a statement the server refuses is a :class:`GraphError`
-(HTTP 400), and a server that does not answer, or not in time, is
-:class:`~spine.platform.errors.ServiceUnavailable`. What differs between the two servers
+(HTTP 400), a read the server stopped at its time or memory limit is
+:class:`QueryLimitExceeded` (HTTP 400: the query asked too much, and asking again will not
+help), and a server that does not answer, or not even a moment after the query's time limit,
+is :class:`~spine.platform.errors.ServiceUnavailable` (HTTP 503). What differs between the two servers
 (schema statements, shortest paths, what a parameter may hold) stays inside each backend, or
 is asked of :attr:`GraphStore.backend` where a query must be written differently.
 """
@@ -24,12 +26,22 @@ from typing import Any, Literal, Protocol
 
 from spine.platform.errors import SpineError
 
-__all__ = ["Backend", "GraphError", "GraphStore", "ReadResult", "Record", "Statement"]
+__all__ = [
+    "Backend",
+    "GraphError",
+    "GraphStore",
+    "QueryLimitExceeded",
+    "ReadResult",
+    "Record",
+    "Statement",
+]
 
 Backend = Literal["neo4j", "falkordb"]
 Statement = tuple[str, Mapping[str, Any]]
 Record = dict[str, Any]
 """One row of a read: column name to value (a node, relationship, path, list, map or scalar)."""
+WAIT_GRACE = 2.0
+"""Seconds a store waits past a read's timeout for the server to answer that it stopped it."""
 
 
 class GraphError(SpineError):
@@ -37,6 +49,16 @@ class GraphError(SpineError):
 
     status_code = 400
     error_type = "graph_error"
+
+
+class QueryLimitExceeded(GraphError):
+    """The server stopped a read at the time or memory one query may use.
+
+    The query's own cost, not the server's state: it would fail again the same way.
+    ``details`` name the ``limit`` (``time`` or ``memory``).
+    """
+
+    error_type = "query_limit_exceeded"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -66,11 +88,13 @@ class GraphStore(Protocol):
     ) -> ReadResult:
         """Run a read-only query, keeping at most ``max_rows`` records.
 
-        ``timeout`` bounds the query on the server and the wait here.
+        ``timeout`` bounds the query on the server; the wait here ends a moment later, so the
+        server's own answer (:class:`QueryLimitExceeded`) comes back when it stops the query.
 
         Raises:
+            QueryLimitExceeded: The server stopped the query at its time or memory limit.
             GraphError: The server refused the query (a write included) or a parameter.
-            ServiceUnavailable: The server did not answer (or not within ``timeout``).
+            ServiceUnavailable: The server did not answer (or not soon after ``timeout``).
         """
         ...
 

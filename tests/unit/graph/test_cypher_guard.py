@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
-from spine.graph.cypher_guard import UnsafeQuery, check_query
+from spine.graph.cypher_guard import MAX_RANGE_VALUES, UnsafeQuery, check_query
 
 ACCEPTED = [
     "MATCH (n:Person {tenant: $tenant}) RETURN n LIMIT 5",
@@ -60,3 +62,58 @@ def test_writes_calls_and_unanchored_patterns_are_refused(query: str) -> None:
     with pytest.raises(UnsafeQuery) as caught:
         check_query(query)
     assert caught.value.field == "query"
+
+
+# What the server cannot stop once it starts: one expression allocating past any limit.
+ANCHOR = "MATCH (p:Person {tenant: $tenant}) "
+BOUNDED: list[tuple[str, dict[str, Any]]] = [
+    (ANCHOR + "UNWIND range(1, 1000) AS x RETURN count(x)", {}),
+    (ANCHOR + "UNWIND range(-5, 5, 2) AS x RETURN x", {}),
+    (ANCHOR + "UNWIND range(10, 1, -1) AS x RETURN x", {}),
+    (ANCHOR + "UNWIND range(1, $n) AS x RETURN x", {"n": 1_000_000}),
+    (ANCHOR + "UNWIND range(0, 999) AS a UNWIND range(0, 999) AS b RETURN count(*)", {}),
+    (ANCHOR + "RETURN range(5, 1) AS empty, range(1, 2000000000, 1000000000) AS few", {}),
+    (ANCHOR + "RETURN p.range, p.reduce, {range: 1, reduce: 2} AS m", {}),
+    (ANCHOR + "RETURN 'range(1, 2000000000)', 'reduce(s = 0, x IN [] | s)'", {}),
+]
+UNBOUNDED: list[tuple[str, dict[str, Any], str]] = [
+    (ANCHOR + "UNWIND range(1,2000000000) AS x RETURN count(x)", {}, "2,000,000,000"),
+    (ANCHOR + "UNWIND range(1, $n) AS x RETURN x", {"n": 10**9}, "1,000,000,000"),
+    (ANCHOR + "RETURN `range`(1, 2000000000)", {}, "range()"),
+    (ANCHOR + "RETURN range(5, 1) AS none, range(1, 2000000000) AS all", {}, "2,000,000,000"),
+    (ANCHOR + "RETURN RANGE /* a comment */ (0, 1000000)", {}, "1,000,001"),
+    (ANCHOR + "RETURN [a IN range(1, 1000) | [b IN range(1, 1001) | a + b]]", {}, "1,001,000"),
+    (ANCHOR + "UNWIND range(1, size(p.friends)) AS x RETURN x", {}, "integer literals"),
+    (ANCHOR + "UNWIND range(1, 2000000000 + 0) AS x RETURN x", {}, "integer literals"),
+    (ANCHOR + "UNWIND range(1, 2e9) AS x RETURN x", {}, "integer literals"),
+    (ANCHOR + "UNWIND range(1, $n) AS x RETURN x", {}, "integer literals"),
+    (ANCHOR + "UNWIND range(1, $n) AS x RETURN x", {"n": "9"}, "integer literals"),
+    (ANCHOR + "UNWIND range(1, 10, 0) AS x RETURN x", {}, "step"),
+    (ANCHOR + "UNWIND range(1) AS x RETURN x", {}, "start, an end"),
+    (ANCHOR + "RETURN size(reduce(s = 'ab', x IN range(1, 40) | s + s))", {}, "reduce()"),
+    (ANCHOR + "RETURN reduce(total = 0, x IN [1, 2] | total + x)", {}, "reduce()"),
+]
+
+
+@pytest.mark.parametrize(("query", "params"), BOUNDED)
+def test_bounded_ranges_pass(query: str, params: dict[str, Any]) -> None:
+    check_query(query, params)
+
+
+@pytest.mark.parametrize(("query", "params", "said"), UNBOUNDED)
+def test_ranges_too_large_or_unknown_and_reduce_are_refused(
+    query: str, params: dict[str, Any], said: str
+) -> None:
+    with pytest.raises(UnsafeQuery) as caught:
+        check_query(query, params)
+    assert caught.value.field == "query"
+    assert caught.value.status_code == 400
+    assert said in caught.value.message
+
+
+def test_the_range_bound_is_the_product_of_all_ranges() -> None:
+    side = 1000
+    check_query(ANCHOR + f"UNWIND range(1, {side}) AS a UNWIND range(1, {side}) AS b RETURN a")
+    assert side * side == MAX_RANGE_VALUES
+    with pytest.raises(UnsafeQuery):
+        check_query(ANCHOR + f"UNWIND range(1, {side}) AS a UNWIND range(0, {side}) AS b RETURN a")

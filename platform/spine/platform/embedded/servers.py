@@ -10,6 +10,10 @@ Facts this module relies on (measured with the versions pinned by the ``embedded
   request over about 4 KiB, and crashes the append-only file on the first write; over the
   Redis protocol it binds where it is told, takes a password, and keeps an append-only file
   that survives SIGKILL (see :class:`FalkorServer`). The same server is the cache.
+- FalkorDB stops a query past ``TIMEOUT_DEFAULT`` (or the query's own ``timeout``, at most
+  ``TIMEOUT_MAX``) and past ``QUERY_MEM_CAPACITY`` bytes, but only between records: one
+  expression (``range(1, 2000000000)``, a doubling ``reduce()``) runs to its end whatever it
+  allocates, which the query guard (:mod:`spine.graph.cypher_guard`) refuses to send.
 """
 
 from __future__ import annotations
@@ -47,6 +51,13 @@ logger = logging.getLogger(__name__)
 
 INSTALL_HINT = "pip install 'genai-spine[embedded]'"
 PROBE_TIMEOUT = 1.0
+# What one graph query may use on the embedded FalkorDB. Memory: a few hundred MB, room for any
+# exploration of a development graph, far from what a workstation has. Time: reads send their
+# own timeout (GENAI_KNOWLEDGE__QUERY_TIMEOUT, at most 300 s, which TIMEOUT_MAX must allow);
+# a query without one (a write) stops where the graph store stops waiting for it.
+FALKORDB_QUERY_MEMORY = 256 * 1024 * 1024
+FALKORDB_TIMEOUT_MAX_MS = 300_000
+FALKORDB_TIMEOUT_DEFAULT_MS = 60_000
 
 Progress = Callable[[str], None]
 
@@ -263,6 +274,10 @@ class FalkorServer(ServerSpec):
 
     The graph is database 0 and the cache database 1 of the same server (``graph`` and
     ``cache`` say which URLs :meth:`endpoints` gives).
+
+    The module runs with per-query limits (:data:`FALKORDB_QUERY_MEMORY`, the ``TIMEOUT_*``
+    values), so one costly query is stopped with an error instead of taking the host's memory
+    and every tenant's graph with it.
     """
 
     name = "falkordb"
@@ -314,7 +329,7 @@ class FalkorServer(ServerSpec):
         self._converting = (workdir / "dump.rdb").exists() and not (
             workdir / "appendonlydir"
         ).exists()
-        options = [
+        options: list[tuple[str, ...]] = [
             ("port", str(ports["client"])),
             ("bind", "127.0.0.1"),
             ("protected-mode", "yes"),
@@ -327,12 +342,22 @@ class FalkorServer(ServerSpec):
             ("save", ""),
             ("daemonize", "no"),
             ("logfile", ""),
-            ("loadmodule", str(self.module)),
+            ("loadmodule", str(self.module), *self.module_arguments()),
         ]
         conf = self.data_dir / "run" / "falkordb.conf"
         conf.parent.mkdir(parents=True, exist_ok=True)
-        _write_private(conf, "".join(f"{key} {_quoted(value)}\n" for key, value in options))
+        lines = (" ".join([key, *map(_quoted, values)]) + "\n" for key, *values in options)
+        _write_private(conf, "".join(lines))
         return Launch(argv=[str(self.redis_server), str(conf)], cwd=workdir)
+
+    @staticmethod
+    def module_arguments() -> list[str]:
+        """The FalkorDB module's arguments: the limits of one query."""
+        return [
+            "QUERY_MEM_CAPACITY", str(FALKORDB_QUERY_MEMORY),
+            "TIMEOUT_MAX", str(FALKORDB_TIMEOUT_MAX_MS),
+            "TIMEOUT_DEFAULT", str(FALKORDB_TIMEOUT_DEFAULT_MS),
+        ]  # fmt: skip
 
     def ready(self, ports: Mapping[str, int]) -> bool:
         """The server takes the password and answers PING (not ``-LOADING``)."""
