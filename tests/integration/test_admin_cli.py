@@ -15,7 +15,8 @@ import pytest
 from spine.platform.db import Database
 from spine.platform.errors import BadRequest, Unauthorized
 from spine.platform.keys import KeyStore
-from support.cli import in_process_cli
+from support.cli import cli_env, in_process_cli
+from support.cli import spine as spine_process
 
 pytestmark = pytest.mark.integration
 
@@ -60,3 +61,19 @@ def test_the_admin_commands_change_keys_and_record_each_change(
     asyncio.run(check())
     with pytest.raises(BadRequest, match="--expires-in"):
         spine(*["keys", "create", "--tenant", "acme", "--expires-in", "soon"])
+
+
+async def test_an_admin_command_migrates_quietly(tmp_path: Path) -> None:
+    env = cli_env(
+        GENAI_DATABASE_URL=f"sqlite:///{tmp_path}/genai.db", GENAI_DATA_DIR=str(tmp_path / "data")
+    )
+
+    first = await spine_process("tenants", "list", env=env, cwd=tmp_path)
+    again = await spine_process("tenants", "list", env=env, cwd=tmp_path)
+
+    assert first.code == 0 and again.code == 0, first.both + again.both
+    for run in (first, again):
+        assert not [line for line in run.err.splitlines() if "alembic" in line], run.err
+    # The schema change gets one line of ours; a run that changes nothing gets none.
+    assert first.err.count("migrated the database schema from empty to ") == 1, first.err
+    assert "migrated the database schema" not in again.err, again.err

@@ -7,6 +7,7 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 
 import asyncpg
 import nats
@@ -25,6 +26,7 @@ from spine.events.streams import (
 )
 from spine.events.subjects import (
     DLQ_TASKS,
+    OUTCOMES_ALL,
     cancel_subject,
     event_subject,
     lane_subject,
@@ -43,6 +45,7 @@ from spine.platform.embedded.credentials import (
 )
 from spine.platform.embedded.stack import EmbeddedStack, reload_nats
 from spine.platform.errors import ServiceUnavailable
+from support.cli import cli_env, spine
 from support.servers import embedded_data_dir
 
 pytestmark = pytest.mark.integration
@@ -346,3 +349,39 @@ async def test_the_learner_announces_weights_that_the_api_and_the_worker_follow(
         stop.set()
         for bus in buses.values():
             await bus.close()
+
+
+async def test_learn_replay_runs_over_a_running_stack_as_the_replay_user(
+    stack: EmbeddedStack, tmp_path: Path
+) -> None:
+    line = {"id": "p0", "prompt": "hello", "outcomes": {"a": {"score": 1.0}, "b": {"score": 0.0}}}
+    (tmp_path / "rec.jsonl").write_text("\n".join(json.dumps(line) for _ in range(3)) + "\n")
+    # No NATS URL: the command attaches to the stack running in the data dir, as `make up` does.
+    env = cli_env(GENAI_DATA_DIR=str(stack.data_dir), GENAI_OLLAMA_URL="http://127.0.0.1:9")
+
+    run = await spine(
+        "learn", "replay", "rec.jsonl", "--knob", "0.1", env=env, cwd=tmp_path, timeout=120
+    )
+
+    assert run.code == 0, run.both
+    assert json.loads(run.out)["prompts"] == 3
+    assert "permissions violation" not in run.err
+
+
+async def test_the_replay_role_touches_none_of_the_platforms_subjects(
+    stack: EmbeddedStack,
+) -> None:
+    violations = Violations()
+    nc = await _connect(_url(stack, "replay"), violations)
+    try:
+        for subject in (
+            lane_subject("normal"),
+            event_subject("acme", "order.created"),
+            outcome_subject("acme"),
+        ):
+            await nc.publish(subject, b"{}")
+            await violations.wait_for(subject)
+        await nc.subscribe(OUTCOMES_ALL)
+        await violations.wait_for(OUTCOMES_ALL)
+    finally:
+        await nc.close()

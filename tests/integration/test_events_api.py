@@ -16,6 +16,7 @@ from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent as SdkEvent
 
 from spine.events.cloudevent import BATCH_CONTENT_TYPE, dedupe_id
+from spine.events.subjects import event_subject
 from support.fake_models import FakeModelServer
 from support.knowledge import (
     clear_tenants,
@@ -107,6 +108,31 @@ async def test_a_repeated_event_is_one_event(spine: RunningPlatform) -> None:
     assert len(await events_of(spine.client)) == 1
     info = await spine.platform.bus.js.stream_info("EVENTS")
     assert info.state.messages == 1
+
+
+async def test_a_batch_repeating_an_event_holds_it_once_and_marks_the_repeat(
+    spine: RunningPlatform,
+) -> None:
+    event = hired(8)
+    repeat = SdkEvent(
+        attributes=event.get_attributes(),
+        data={"person": {"id": 8, "name": "Someone else"}, "company": {"id": "c1"}},
+    )
+    body = b"[" + b",".join(JSONFormat().write(e) for e in (event, repeat)) + b"]"
+
+    answer = await spine.client.post(
+        "/v1/events", content=body, headers={"Content-Type": BATCH_CONTENT_TYPE}
+    )
+
+    assert answer.status_code == 202, answer.text
+    assert answer.json()["accepted"] == 2  # both accepted, as two requests would be
+    assert [e["duplicate"] for e in answer.json()["events"]] == [False, True]
+    assert len(await events_of(spine.client)) == 1
+    info = await spine.platform.bus.js.stream_info("EVENTS")
+    assert info.state.messages == 1
+    stored = await spine.platform.bus.js.get_last_msg("EVENTS", event_subject("acme", HIRED))
+    assert stored.data is not None
+    assert json.loads(stored.data)["data"] == event.get_data()  # the first occurrence
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,9 @@ import pytest
 from nats.aio.msg import Msg
 from openai import AsyncOpenAI
 
+from spine.events.weights import WeightsChannel
+from spine.platform.learning.snapshots import SnapshotStore
+from spine.platform.learning.weights import Observation, RoutingWeights
 from support.fake_models import FakeModelServer
 from support.live_platform import RunningPlatform, running_platform
 
@@ -194,3 +197,25 @@ async def test_an_experiment_assigns_sticky_arms_and_reports_what_they_did(
     assert after.headers["x-spine-model"] == CHEAP
     again = await spine.client.post(f"/v1/experiments/{experiment}/stop")
     assert again.status_code == 409
+
+
+async def test_the_weights_shown_count_the_events_they_were_learnt_from(
+    spine: RunningPlatform,
+) -> None:
+    weights = RoutingWeights()
+    for _ in range(5):  # five observations folded in ...
+        weights.observe(Observation(model=CHEAP, latency_ms=10.0, cost=0.001))
+    # ... from nine events (feedback without a known call, say, folds nothing in)
+    await SnapshotStore(spine.platform.db).save(
+        version=3, state=weights.to_dict(), events=9, applied=[]
+    )
+    await WeightsChannel(spine.platform.bus).announce(3)
+
+    shown: dict[str, Any] = {}
+    for _ in range(200):
+        shown = (await spine.client.get("/v1/routing/weights")).json()
+        if shown["version"] == 3:
+            break
+        await asyncio.sleep(0.05)
+
+    assert (shown["version"], shown["events"]) == (3, 9), shown  # what `spine doctor` says

@@ -112,7 +112,10 @@ async def test_agents_share_the_router_and_fall_back_within_one_attempt(
 
 
 async def test_permanent_error_fails_the_task_and_copies_it_to_the_dlq(
-    spine: RunningPlatform, models: FakeModelServer, services: Any
+    spine: RunningPlatform,
+    models: FakeModelServer,
+    services: Any,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     models.add(Rule(containing="too long", status=400))
     task = await submit(spine, "a prompt far too long")
@@ -123,10 +126,42 @@ async def test_permanent_error_fails_the_task_and_copies_it_to_the_dlq(
     dead = await dlq_messages(services)
     assert [d["task_id"] for d in dead] == [task["id"]]
     assert json.loads(dead[0]["payload"])["task_id"] == task["id"]
+    line = dead_letter_line(caplog, task["id"])
+    assert line.startswith(f"task {task['id']} failed: {done['error']['type']}"), line
+    assert line.endswith("; its message is copied to TASKS_DLQ (spine.dlq.tasks)"), line
+    assert "None" not in line and "too long" not in line, line
+
+
+async def test_a_task_naming_an_unknown_model_fails_with_a_readable_dead_letter_line(
+    spine: RunningPlatform, caplog: pytest.LogCaptureFixture
+) -> None:
+    task = await submit(spine, "hello", model="no-such-model")
+    done = await spine.wait_for(task["id"])
+    assert done["state"] == "failed"
+    line = dead_letter_line(caplog, task["id"])
+    assert line == (
+        f"task {task['id']} failed: {done['error']['type']}; "
+        "its message is copied to TASKS_DLQ (spine.dlq.tasks)"
+    ), line
+
+
+def dead_letter_line(caplog: pytest.LogCaptureFixture, task_id: str) -> str:
+    """The worker's log line about the task's dead letter."""
+    lines = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "spine.agents.worker" and "copied to" in r.getMessage()
+    ]
+    found = [line for line in lines if line.startswith(f"task {task_id} ")]
+    assert len(found) == 1, lines
+    return found[0]
 
 
 async def test_poison_task_is_dead_lettered_after_the_configured_attempts(
-    spine: RunningPlatform, models: FakeModelServer, services: Any
+    spine: RunningPlatform,
+    models: FakeModelServer,
+    services: Any,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     models.add(Rule(containing="poison", status=503))
     poison = await submit(spine, "poison pill", model="llama3.2")
@@ -140,6 +175,9 @@ async def test_poison_task_is_dead_lettered_after_the_configured_attempts(
     dead = await dlq_messages(services)
     assert [d["task_id"] for d in dead] == [poison["id"]]
     assert dead[0]["reason"]["reason"] == "too many attempts"
+    line = dead_letter_line(caplog, poison["id"])
+    assert f"dead_lettered: {done['error']['type']} (" in line, line
+    assert "reason=too many attempts" in line and "None" not in line, line
 
 
 async def test_cancel_a_running_task_stops_it(

@@ -30,7 +30,7 @@ from spine.agents.base import AwaitingApproval, ModelSource, RunContext, TaskJou
 from spine.agents.catalog import AgentCatalog
 from spine.events.bus import NatsBus
 from spine.events.outcomes import TaskSignal, TaskSignalKind
-from spine.events.streams import TASKS_STREAM, StreamLayout, consumer_name
+from spine.events.streams import DLQ_STREAM, TASKS_STREAM, StreamLayout, consumer_name
 from spine.events.subjects import CANCEL_ALL, DLQ_TASKS, LANES
 from spine.platform.errors import (
     PermanentFailure,
@@ -60,6 +60,8 @@ logger = logging.getLogger(__name__)
 _ENDS: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 
 _FETCH_TIMEOUT = 2.0
+_LOGGED_DETAILS = ("provider", "cause", "reason", "attempts")
+"""Details of a dead letter's reason that its log line shows: names and counts, no content."""
 # While a clustered consumer elects a new leader JetStream answers 503 and an ack finds no
 # responder: wait (an unacked message is redelivered, and a finished one skipped), as for a lost link.
 _LOST_CONNECTION = (
@@ -452,14 +454,19 @@ class TaskWorker:
         await self._bus.publish_durable(
             DLQ_TASKS, json.dumps(body).encode(), msg_id=f"dlq:{task_id or msg.reply}:{attempt}"
         )
-        # The reason's type, not its message: a provider's message may quote the prompt. The
-        # word is the task's state as the API and CLI show it; the copy is kept either way.
+        # The reason's type and the details that name no content, not its message: a
+        # provider's message may quote the prompt. The word is the task's state as the API and
+        # CLI show it; the copy is kept either way.
+        details = ", ".join(
+            f"{name}={reason[name]}" for name in _LOGGED_DETAILS if reason.get(name) is not None
+        )
         logger.warning(
-            "task %s %s: %s (%s); its message is copied to %s",
+            "task %s %s: %s%s; its message is copied to %s (%s)",
             task_id,
             ending,
             reason.get("type"),
-            reason.get("cause"),
+            f" ({details})" if details else "",
+            DLQ_STREAM,
             DLQ_TASKS,
         )
 

@@ -81,6 +81,11 @@ class EventIntake:
     async def accept(self, events: Sequence[CloudEvent], *, tenant: str) -> list[AcceptedEvent]:
         """Check every event first (all or none), then record and publish them.
 
+        An event is a duplicate when its key (tenant, source, id) was received before: by an
+        earlier request, straight on NATS, or earlier in the same batch. A batch's repeat is
+        accepted as a duplicate of its first occurrence, which is the one recorded and
+        published, as if the two had come in two requests.
+
         Raises:
             InvalidEvent: An event names another tenant or breaks its type's schema (400).
             PayloadTooLarge: An event is over ``max_event_bytes`` (413).
@@ -93,15 +98,21 @@ class EventIntake:
         for index, event in enumerate(events):
             where = f"[{index}]" if batch else ""
             received.append(self._prepare(event, tenant=tenant, now=now, where=where))
-        fresh = await self._log.record(received)
+        first: dict[str, ReceivedEvent] = {}
+        for r in received:
+            first.setdefault(r.key, r)
+        unique = list(first.values())
+        fresh = await self._log.record(unique)
         duplicates: set[str] = set()
-        for start in range(0, len(received), _PUBLISH_AT_ONCE):
-            chunk = received[start : start + _PUBLISH_AT_ONCE]
+        for start in range(0, len(unique), _PUBLISH_AT_ONCE):
+            chunk = unique[start : start + _PUBLISH_AT_ONCE]
             acks = await asyncio.gather(*(self._publish(r) for r in chunk))
             duplicates.update(r.key for r, dup in zip(chunk, acks, strict=True) if dup)
         return [
             AcceptedEvent(
-                key=r.key, event=r.event, duplicate=r.key not in fresh or r.key in duplicates
+                key=r.key,
+                event=r.event,
+                duplicate=first[r.key] is not r or r.key not in fresh or r.key in duplicates,
             )
             for r in received
         ]

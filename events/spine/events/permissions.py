@@ -22,6 +22,9 @@ Roles:
   cancellations; watches the routing weights' key.
 - ``learner``: consumes the OUTCOMES stream and announces new routing weights (the key-value
   bucket of :mod:`spine.events.weights`).
+- ``replay``: ``spine learn replay`` against a running stack: creates and deletes its run's
+  stream, publishes and consumes the run's learning events (``spine.replay.>``) and nothing of
+  the platform's work, events or outcomes.
 - an external publisher of one tenant: publishes on ``spine.events.<tenant>.>`` only, and reads
   the replies in an inbox of its own, so it never sees another client's replies.
 
@@ -38,6 +41,7 @@ from spine.events.subjects import (
     CANCEL_ALL,
     EVENTS_ALL,
     OUTCOMES_ALL,
+    REPLAY_ALL,
     TASKS_ALL,
     WEIGHTS_BUCKET,
     progress_subject,
@@ -102,6 +106,10 @@ ROLE_GRANTS: dict[str, SubjectGrant] = {
     "learner": SubjectGrant(
         publish=(JETSTREAM_API, JETSTREAM_ACK, JETSTREAM_FLOW_CONTROL, _WEIGHTS_KEYS),
         subscribe=(OUTCOMES_ALL, REPLY_INBOXES),
+    ),
+    "replay": SubjectGrant(
+        publish=(REPLAY_ALL, JETSTREAM_API, JETSTREAM_ACK),
+        subscribe=(REPLY_INBOXES,),
     ),
 }
 """The grant of each process role of the platform."""

@@ -8,6 +8,8 @@ record lives in the database; ``spine.dlq.tasks`` holds dead letters (stream TAS
 dots make more tokens); ``spine.dlq.events`` holds events that could not be ingested.
 ``spine.budget.threshold`` is a core NATS signal: a budget reached 80 % or 100 % of its limit
 (its durable record is the database's ``budget_alerts`` row).
+``spine.replay.<run>.>`` carry the learning events of one ``spine learn replay`` run (a stream of
+its own, deleted when the run ends).
 ``spine_routing`` is the key-value bucket that announces routing weights (:mod:`.weights`).
 """
 
@@ -23,6 +25,7 @@ __all__ = [
     "EVENTS_ALL",
     "LANES",
     "OUTCOMES_ALL",
+    "REPLAY_ALL",
     "TASKS_ALL",
     "WEIGHTS_BUCKET",
     "cancel_subject",
@@ -41,6 +44,7 @@ DLQ_TASKS = "spine.dlq.tasks"
 CANCEL_ALL = "spine.cancel.*"
 OUTCOMES_ALL = "spine.outcomes.>"
 EVENTS_ALL = "spine.events.>"
+REPLAY_ALL = "spine.replay.>"
 DLQ_EVENTS = "spine.dlq.events"
 BUDGET_THRESHOLD = "spine.budget.threshold"
 _NOT_IN_A_TOKEN = re.compile(r"[^A-Za-z0-9_-]")

@@ -320,11 +320,18 @@ def _upgrade_to_head(connection: sa.Connection) -> None:
     # Alembic (and Mako under it) is imported here: only a process that migrates needs it.
     from alembic import command
     from alembic.config import Config
+    from alembic.runtime.migration import MigrationContext
 
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.attributes["connection"] = connection
+    before = MigrationContext.configure(connection).get_current_revision()
     command.upgrade(config, "head")
+    after = MigrationContext.configure(connection).get_current_revision()
+    # Alembic's own INFO lines are silenced by the entry points (spine.platform.logs): this is
+    # the one line a schema change gets.
+    if after != before:
+        logger.info("migrated the database schema from %s to %s", before or "empty", after)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

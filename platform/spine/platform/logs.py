@@ -37,6 +37,7 @@ def configure_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # These libraries log every request at INFO; one line per call of ours is enough.
-    for noisy in ("httpx", "LiteLLM", "litellm", "uvicorn.access", "neo4j"):
+    # These libraries log every request (alembic: every plugin and step of each migration run)
+    # at INFO; one line per call of ours is enough (the database logs a migration it applied).
+    for noisy in ("httpx", "LiteLLM", "litellm", "uvicorn.access", "neo4j", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -7,7 +7,8 @@ JetStream; the production learning consumer (:class:`~spine.events.learner.Learn
 FastStream subscriber) takes them from there, and the next prompt waits until it has. Each knob
 of a sweep is an independent learner on subjects of its own, run side by side.
 
-NATS is the configured one (or a detached stack's); without one, a nats-server is started from
+NATS is the configured one (or a running stack's, reached as its ``replay`` user, which may
+create and use the run's stream and ``spine.replay.>`` subjects and nothing else); without one, a nats-server is started from
 its package in a temporary folder. The learners keep their state in memory: a replay never touches
 the platform's weights.
 """

@@ -253,7 +253,7 @@ class Platform:
             if latest is None or latest.version == self.router.learned.version:
                 return
             weights = await asyncio.to_thread(RoutingWeights.from_dict, latest.state)
-            self.router.learned.use(weights, latest.version)
+            self.router.learned.use(weights, latest.version, events=latest.events)
 
         channel = WeightsChannel(self.bus, replicas=self.settings.streams.replicas)
         await channel.follow(load, stop)

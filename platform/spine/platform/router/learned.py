@@ -36,13 +36,16 @@ class LearnedRouting:
         )
         self.weights: RoutingWeights | None = None
         self.version: int | None = None
+        self.events = 0
+        """How many learning events the weights in use were learnt from (their snapshot's)."""
         self.loaded_at: float | None = None
         self._rng = np.random.default_rng(seed)
         self._lock = threading.Lock()  # the generator is not thread-safe
 
-    def use(self, weights: RoutingWeights, version: int) -> None:
-        """Route by these weights from now on."""
-        self.weights, self.version, self.loaded_at = weights, version, time.time()
+    def use(self, weights: RoutingWeights, version: int, *, events: int) -> None:
+        """Route by these weights (``version``, learnt from ``events`` events) from now on."""
+        self.weights, self.version, self.events = weights, version, events
+        self.loaded_at = time.time()
 
     def age_seconds(self) -> float | None:
         """How long ago the weights in use were loaded (None: none yet)."""

@@ -187,7 +187,10 @@ class WeightsView(BaseModel):
 
     version: int | None = Field(description="None: no weights yet (the learner has not run).")
     loaded_seconds_ago: float | None
-    events: int = Field(description="Observations folded in (every signal).")
+    events: int = Field(
+        description="The learning events (outcomes and feedback) the weights were learnt from, "
+        "as `spine doctor` reports; each model's `observations` count its quality scores."
+    )
     category: str | None
     models: list[ModelWeights]
 
@@ -236,7 +239,7 @@ async def routing_weights(
     return WeightsView(
         version=learned.version,
         loaded_seconds_ago=None if age is None else round(age, 1),
-        events=weights.version,
+        events=learned.events,
         category=category,
         models=rows,
     )

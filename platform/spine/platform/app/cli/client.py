@@ -201,8 +201,14 @@ def events_list(
     ] = None,
     event_type: Annotated[str | None, typer.Option("--type", help="Only this type.")] = None,
     limit: Annotated[int, typer.Option(min=1, max=200)] = 20,
+    wide: Annotated[
+        bool, typer.Option("--wide", help="Show each whole key, not its start.")
+    ] = False,
 ) -> None:
-    """List your received events, newest first, with their status."""
+    """List your received events, newest first, with their status.
+
+    A key is shown by its start, which `spine events show` takes; `--wide` shows it whole.
+    """
     params: dict[str, Any] = {"limit": limit}
     if status:
         params["status"] = status
@@ -210,17 +216,39 @@ def events_list(
         params["type"] = event_type
     with api_client() as client:
         page = json_or_exit(client.get("/v1/events", params=params))
-    table = Table(Column("key", no_wrap=True), "event_id", "type", "status", "reason", "received")
-    for event in page["data"]:
+    console.print(_events_table(page["data"], wide=wide))
+
+
+_SHORT_KEY = 12
+"""Characters of an event's key that ``spine events list`` shows (48 bits of a SHA-256)."""
+
+
+def _events_table(events: list[dict[str, Any]], *, wide: bool = False) -> Table:
+    """Return the table of ``spine events list``: readable on an 80-column terminal.
+
+    The key is shortened to its first :data:`_SHORT_KEY` characters (``wide``: whole, folded
+    over lines when the terminal is narrow); the status never wraps, and long values of the
+    other columns fold rather than squeeze their neighbours out.
+    """
+    table = Table(
+        Column("key", overflow="fold", no_wrap=not wide),
+        Column("event_id", overflow="fold"),
+        Column("type", overflow="fold"),
+        Column("status", no_wrap=True),
+        Column("reason", overflow="fold"),
+        Column("received", overflow="fold"),
+    )
+    for event in events:
+        key = str(event["key"])
         table.add_row(
-            event["key"],
+            key if wide else key[:_SHORT_KEY],
             event["event_id"],
             event["type"],
             event["status"],
             event["reason"] or "",
             event["received_at"],
         )
-    console.print(table)
+    return table
 
 
 @events_app.command("show")

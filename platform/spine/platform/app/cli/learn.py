@@ -65,7 +65,9 @@ def replay(
 
     if (knob is None) == (not sweep):
         raise ConfigurationError("give --knob V or --sweep", field="--knob")
-    settings = settings_for_command()
+    # A running stack's NATS is reached as its ``replay`` user: the run's own stream and
+    # subjects, none of the platform's work, events or outcomes.
+    settings = settings_for_command(role="replay")
     wanted = [m.strip() for m in models.split(",") if m.strip()] if models else None
     records = read_records(recording, models=wanted, use_category=not no_category)
     catalog: dict[str, float] = {}

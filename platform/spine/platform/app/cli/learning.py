@@ -94,7 +94,9 @@ def routing_weights(as_json: Annotated[bool, typer.Option("--json")] = False) ->
     if as_json:
         console.print_json(json.dumps(weights))
         return
-    console.print(f"weights version {weights.get('version')} ({weights.get('events', 0)} events)")
+    console.print(
+        f"weights version {weights.get('version')} from {weights.get('events', 0)} events"
+    )
     table = Table("model", "observations", "quality", "± (sd)", "latency ms", "cost")
     for row in weights.get("models", []):
         table.add_row(
