@@ -15,14 +15,18 @@ Ollama: its OpenAI-compatible routes take chat calls with tools, streaming with 
 chunk, and embeddings; a model named with LiteLLM's prefix (``ollama/x``, ``ollama_chat/x``)
 is sent as ``x``, as LiteLLM sends it.
 
+The embedded ``local`` model (llama-cpp-python's server) takes a message's content as a string
+only: arrays of text parts are joined into one before it is called (:func:`string_contents`).
+
 Errors are translated to the same :class:`~spine.platform.errors.SpineError` classes with
 the same ``cause`` names as LiteLLM's and the SDK's (``Timeout``, ``APIConnectionError``,
 ``ServiceUnavailableError``, ``ContextWindowExceededError``, ``BadRequestError``, ...), so the
 router's fallbacks and the gateway's status codes
 (:meth:`~spine.platform.models.openai_wire.GatewayError.of`) do not depend on the path a call
-took. Nothing is retried here: the router's fallbacks and breakers decide. The timeout is the
-SDK's kind: for connecting and for each read, not for the whole answer (a long stream that
-keeps sending is not cut).
+took; a 500 that is FastAPI's refusal of the body (llama-cpp-python's server answers its
+validation errors so) is a refusal too, not an outage. Nothing is retried here: the router's
+fallbacks and breakers decide. The timeout is the SDK's kind: for connecting and for each
+read, not for the whole answer (a long stream that keeps sending is not cut).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import time
 import urllib.request
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -43,6 +48,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from spine.platform.errors import (
+    BadRequest,
     ContextWindowExceeded,
     PermanentFailure,
     ProviderNotConfigured,
@@ -65,7 +71,7 @@ from spine.platform.models.values import (
 )
 from spine.platform.settings import Settings
 
-__all__ = ["OpenAIUpstream", "UpstreamStatusError", "wire_model"]
+__all__ = ["OpenAIUpstream", "UpstreamStatusError", "string_contents", "wire_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +96,14 @@ _OPENAI_BASE = "https://api.openai.com/v1"
 # As many connections as the SDK's client allowed (httpx limits of the openai SDK: 1,000).
 _CONNECTIONS = 1000
 _ERROR_TEXT = 2000  # characters of an error answer kept in the message
+# Servers that take a message's content as a string only: llama-cpp-python's (the embedded
+# model), whose chat templates concatenate it.
+_STRING_CONTENT_ONLY = frozenset({"local"})
+# The parts such a server is sent as text: an assistant's refusal is its text.
+_TEXT_PARTS = frozenset({"text", "refusal"})
+# How FastAPI words a request body it refused ("3 validation errors:"): llama-cpp-python's
+# server answers it with a 500, yet it is the request at fault, not the server.
+_REQUEST_REFUSED = re.compile(r"\b\d+ validation errors?:")
 
 
 class UpstreamStatusError(Exception):
@@ -383,11 +397,46 @@ def _present(params: dict[str, Any]) -> dict[str, Any]:
 def _chat_body(
     target: ProviderTarget, request: ChatRequest, params: dict[str, Any]
 ) -> dict[str, Any]:
+    messages = request.messages
+    if target.provider in _STRING_CONTENT_ONLY:
+        messages = string_contents(messages, model=target.model)
     return {
         **_present(params_for(target, params)),
         "model": wire_model(target),
-        "messages": request.messages,
+        "messages": messages,
     }
+
+
+def string_contents(messages: list[dict[str, Any]], *, model: str) -> list[dict[str, Any]]:
+    """Return ``messages`` with each array of text parts joined into one string.
+
+    For servers that take only string content (llama-cpp-python's fails on an array with a
+    500). The parts are joined by newlines; other messages are passed as they are.
+
+    Raises:
+        BadRequest: A message holds a part that is not text (an image, audio, a file): the
+            model cannot read it.
+    """
+    if not any(isinstance(m.get("content"), list) for m in messages):
+        return messages
+    flat: list[dict[str, Any]] = []
+    for index, message in enumerate(messages):
+        content = message.get("content")
+        if not isinstance(content, list):
+            flat.append(message)
+            continue
+        texts: list[str] = []
+        for position, part in enumerate(content):
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind not in _TEXT_PARTS:
+                raise BadRequest(
+                    f"model {model!r} reads text only; 'messages.{index}.content.{position}' "
+                    f"is a {kind!r} part",
+                    field="messages",
+                )
+            texts.append(str(part.get(kind) or ""))
+        flat.append({**message, "content": "\n".join(texts)})
+    return flat
 
 
 def _floats(embedding: list[float] | str) -> list[float]:
@@ -423,6 +472,13 @@ def _translate(exc: Exception, target: ProviderTarget, settings: Settings) -> Ex
             cause=type(exc).__name__,
         )
     status, cause = exc.status, exc.cause
+    if status == 500 and _REQUEST_REFUSED.search(exc.message):
+        # A refusal, not an outage: no breaker counts it and no other model is tried.
+        return PermanentFailure(
+            f"{target.provider} refused the call: {message}",
+            provider=target.provider,
+            cause="UnprocessableEntityError",
+        )
     if status == 429:
         return _transient(target, where, message, cause)
     if status is not None and says_too_long(message):

@@ -3,9 +3,11 @@
 The request model (:class:`ChatCompletionRequest`), the answer (:func:`completion_body`,
 :func:`usage_body`) and errors in OpenAI's shape (:class:`GatewayError`,
 ``{"error": {"message", "type", "param", "code"}}``), so the official clients raise the exception
-a caller expects (404 ``model_not_found``, 400 naming the parameter, ...). The gateway speaks it
-over HTTP; the ``completion`` agent runs batch lines with it. Streaming frames stay with the
-gateway (:mod:`spine.platform.app.api._openai`).
+a caller expects (404 ``model_not_found``, 400 naming the parameter, ...). The request is checked
+by OpenAI's rules (strict types, ranges, each message's role rules and content parts) so that
+no malformed call reaches a model. The gateway speaks it over HTTP; the ``completion`` agent
+runs batch lines with it. Streaming frames stay with the gateway
+(:mod:`spine.platform.app.api._openai`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,19 @@ import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from spine.platform.errors import (
     BadRequest,
@@ -49,15 +63,11 @@ __all__ = [
 
 AUTO = "auto"
 
-# OpenAI request fields forwarded to the model as they are.
+# OpenAI request fields forwarded to the model as they are, unchecked (those the gateway checks,
+# such as the penalties and logprobs, are fields of ChatCompletionRequest).
 PASSED_THROUGH = frozenset(
     {
-        "frequency_penalty",
-        "presence_penalty",
         "logit_bias",
-        "logprobs",
-        "top_logprobs",
-        "parallel_tool_calls",
         "reasoning_effort",
         "modalities",
         "prediction",
@@ -114,13 +124,15 @@ class GatewayError(SpineError):
         if isinstance(exc, UnknownModel):
             return cls(404, exc.message, param="model", code="model_not_found")
         if isinstance(exc, ContextWindowExceeded):
-            return cls(400, exc.message, param="messages", code="context_length_exceeded")
+            return cls(400, exc.message, param=param or "messages", code="context_length_exceeded")
         if isinstance(exc, Unauthorized):
             return cls(401, exc.message, code="invalid_api_key")
         if isinstance(exc, BudgetExceeded):
             return cls._budget(exc)
         if isinstance(exc, BadRequest):
-            code = None if exc.error_type == "invalid_request" else exc.error_type
+            code = exc.details.get("code")  # OpenAI's own, where it has one
+            if not isinstance(code, str):
+                code = None if exc.error_type == "invalid_request" else exc.error_type
             return cls(exc.status_code, exc.message, param=param, code=code)
         if isinstance(exc, ProviderNotConfigured):
             return cls(503, exc.message, type="service_unavailable", code=exc.error_type)
@@ -213,11 +225,148 @@ class _Open(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
+StrictFloat = Annotated[float, Field(strict=True)]
+"""A JSON number: an integer or a float, never a boolean or a numeric string."""
+
+
+class TextPart(_Open):
+    """Text in a content array."""
+
+    type: Literal["text"]
+    text: StrictStr
+
+
+class ImageUrl(_Open):
+    """Where an image is: an ``https`` URL or a ``data:`` URL."""
+
+    url: StrictStr = Field(min_length=1)
+
+
+class ImagePart(_Open):
+    """An image in a content array (user messages; models with the ``vision`` capability)."""
+
+    type: Literal["image_url"]
+    image_url: ImageUrl
+
+
+class AudioPart(_Open):
+    """Audio in a content array (user messages)."""
+
+    type: Literal["input_audio"]
+    input_audio: dict[str, Any]
+
+
+class FilePart(_Open):
+    """A file in a content array (user messages)."""
+
+    type: Literal["file"]
+    file: dict[str, Any]
+
+
+class RefusalPart(_Open):
+    """A refusal in an assistant message's content array."""
+
+    type: Literal["refusal"]
+    refusal: StrictStr
+
+
+ContentPart = Annotated[
+    TextPart | ImagePart | AudioPart | FilePart | RefusalPart, Field(discriminator="type")
+]
+_PARTS: TypeAdapter[list[ContentPart]] = TypeAdapter(list[ContentPart])
+# The part types each role may send, as OpenAI accepts them.
+_PART_TYPES: dict[str, frozenset[str]] = {
+    "user": frozenset({"text", "image_url", "input_audio", "file"}),
+    "assistant": frozenset({"text", "refusal"}),
+}
+_TEXT_ONLY = frozenset({"text"})
+
+
+class FunctionCall(_Open):
+    """The function an assistant's tool call names, and its arguments as JSON text."""
+
+    name: StrictStr
+    arguments: StrictStr
+
+
+class ToolCallMessage(_Open):
+    """A tool call in an assistant message of the conversation so far."""
+
+    id: StrictStr = Field(min_length=1)
+    type: Literal["function"]
+    function: FunctionCall
+
+
 class Message(_Open):
-    """One chat message; fields besides role and content (tool_calls, name, ...) pass on."""
+    """One chat message, checked by OpenAI's rules for its role; other fields pass on.
+
+    ``system``, ``developer`` and ``user`` messages need content; an ``assistant`` message
+    needs content or ``tool_calls`` (content may be null only with them); a ``tool``
+    message needs ``tool_call_id`` and content; a ``function`` message needs ``name``.
+    Content is a string or a non-empty array of parts of the types the role may send.
+    """
 
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
-    content: str | list[dict[str, Any]] | None = None
+    content: str | list[ContentPart] | None = None
+    name: StrictStr | None = None
+    tool_calls: list[ToolCallMessage] | None = None
+    tool_call_id: StrictStr | None = None
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _string_or_parts(cls, value: object) -> object:
+        # Checked here, not by the union: its errors would name each branch ("str", "list[...]").
+        if value is None or isinstance(value, str):
+            return value
+        if not isinstance(value, list):
+            raise PydanticCustomError(
+                "content_type", "expected a string or an array of content parts"
+            )
+        if not value:
+            raise PydanticCustomError("content_empty", "an array of content parts may not be empty")
+        try:
+            return _PARTS.validate_python(value)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            loc = first["loc"]  # (index, the part's type, its field, ...)
+            raise _message_error(
+                ".".join(str(p) for p in (loc[0], *loc[2:])), first["msg"]
+            ) from None
+
+    @model_validator(mode="after")
+    def _follows_its_roles_rules(self) -> Message:
+        role, content = self.role, self.content
+        if isinstance(content, list):
+            allowed = _PART_TYPES.get(role, _TEXT_ONLY)
+            for index, part in enumerate(content):
+                if part.type not in allowed:
+                    raise _message_error(
+                        f"content.{index}",
+                        f"a '{role}' message cannot hold '{part.type}' parts "
+                        f"(it may hold {', '.join(sorted(allowed))})",
+                    )
+        if role == "assistant":
+            if (
+                content is None
+                and not self.tool_calls
+                and "function_call" not in (self.model_extra or {})
+            ):
+                raise _message_error(
+                    "content", "an 'assistant' message needs content or tool_calls"
+                )
+        elif role == "function":
+            if not self.name:
+                raise _message_error("name", "a 'function' message needs a name")
+        elif content is None:
+            raise _message_error("content", f"a '{role}' message needs content")
+        if role == "tool" and not self.tool_call_id:
+            raise _message_error("tool_call_id", "a 'tool' message needs a tool_call_id")
+        return self
+
+
+def _message_error(field: str, message: str) -> PydanticCustomError:
+    """Return a message's error naming its ``field`` (added to where the error is by ``_invalid``)."""
+    return PydanticCustomError("invalid_message", message, {"field": field})
 
 
 class FunctionDefinition(_Open):
@@ -259,7 +408,7 @@ class JsonSchema(BaseModel):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
     description: str | None = None
     json_schema: dict[str, Any] | None = Field(None, alias="schema")
-    strict: bool | None = None
+    strict: StrictBool | None = None
 
 
 class JsonSchemaFormat(BaseModel):
@@ -278,7 +427,7 @@ ResponseFormat = Annotated[
 class StreamOptions(BaseModel):
     """Options of a streamed answer."""
 
-    include_usage: bool = False
+    include_usage: StrictBool = False
 
 
 class ChatCompletionRequest(_Open):
@@ -288,23 +437,28 @@ class ChatCompletionRequest(_Open):
     header) names the routing strategy.
     """
 
-    model: str = Field(min_length=1)
+    model: StrictStr = Field(min_length=1)
     messages: list[Message] = Field(min_length=1)
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, ge=0, le=1)
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-    stop: str | list[str] | None = None
+    temperature: StrictFloat | None = Field(None, ge=0, le=2)
+    top_p: StrictFloat | None = Field(None, ge=0, le=1)
+    frequency_penalty: StrictFloat | None = Field(None, ge=-2, le=2)
+    presence_penalty: StrictFloat | None = Field(None, ge=-2, le=2)
+    max_tokens: StrictInt | None = Field(None, ge=1)
+    max_completion_tokens: StrictInt | None = Field(None, ge=1)
+    logprobs: StrictBool | None = None
+    top_logprobs: StrictInt | None = Field(None, ge=0, le=20)
+    parallel_tool_calls: StrictBool | None = None
+    stop: StrictStr | list[StrictStr] | None = None
     tools: list[Tool] | None = None
     tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
     response_format: ResponseFormat | None = None
-    seed: int | None = None
-    stream: bool = False
+    seed: StrictInt | None = None
+    stream: StrictBool = False
     stream_options: StreamOptions | None = None
-    user: str | None = None
-    n: int | None = None
-    spine_strategy: str | None = None
-    spine_cost_weight: float | None = Field(
+    user: StrictStr | None = None
+    n: StrictInt | None = Field(None, ge=1)
+    spine_strategy: StrictStr | None = None
+    spine_cost_weight: StrictFloat | None = Field(
         None, ge=0, le=1, description="The learned strategy's knob: quality given up to save cost."
     )
 
@@ -321,6 +475,16 @@ class ChatCompletionRequest(_Open):
         if value not in (None, 1):
             raise ValueError("only n=1 is supported")
         return value
+
+    @model_validator(mode="after")
+    def _top_logprobs_need_logprobs(self) -> ChatCompletionRequest:
+        if self.top_logprobs is not None and self.logprobs is not True:
+            raise PydanticCustomError(
+                "top_logprobs_without_logprobs",
+                "top_logprobs needs logprobs set to true",
+                {"field": "top_logprobs"},
+            )
+        return self
 
     @classmethod
     def parse(cls, raw: bytes, *, max_depth: int = MAX_JSON_DEPTH) -> ChatCompletionRequest:
@@ -349,12 +513,7 @@ class ChatCompletionRequest(_Open):
         try:
             request = cls.model_validate(body)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            loc = [str(part) for part in first["loc"]]
-            where = ".".join(loc) or "body"
-            raise GatewayError(
-                400, f"invalid '{where}': {first['msg']}", param=loc[0] if loc else None
-            ) from None
+            raise _invalid(exc) from None
         unknown = request.unknown_parameters()
         if unknown:
             raise GatewayError(
@@ -414,6 +573,17 @@ class ChatCompletionRequest(_Open):
             params=self.params(),
             cost_weight=self.spine_cost_weight,
         )
+
+
+def _invalid(exc: ValidationError) -> GatewayError:
+    """Refuse a body with a 400 naming the top-level parameter; the message says where in it."""
+    first = exc.errors()[0]
+    loc = [str(part) for part in first["loc"]]
+    inner = (first.get("ctx") or {}).get("field")
+    if isinstance(inner, str):  # a check of a whole object that names the field at fault
+        loc += inner.split(".")
+    where = ".".join(loc) or "body"
+    return GatewayError(400, f"invalid '{where}': {first['msg']}", param=loc[0] if loc else None)
 
 
 # -- the answer --------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from spine.platform.models import Attempt
 from spine.platform.router.health import CallKind, CircuitBreaker, ModelHealth, Permit
 from spine.platform.router.specs import ModelSpec, Requirements
 
-__all__ = ["RoutePlan", "admitted", "exhausted", "param_named", "record_failure"]
+__all__ = ["RoutePlan", "admitted", "exhausted", "param_named", "record_failure", "unmet"]
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +65,36 @@ def param_named(lacking: str, requirements: Requirements) -> str:
     for name in sorted(requirements.params):
         if name in lacking:
             return name
-    return "response_format" if "response_format" in lacking else "tools"
+    for name in ("response_format", "messages"):
+        if f"({name})" in lacking:
+            return name
+    return "tools"
+
+
+def unmet(
+    chat_models: list[ModelSpec], requirements: Requirements
+) -> tuple[str | None, str | None]:
+    """Name the parameter (and OpenAI's code) of a chat call no model of the catalog meets.
+
+    Too long for every model is ``context_length_exceeded``: of ``max_tokens`` when the prompt
+    alone would fit one, else of ``messages``. Otherwise the parameter a model that has the
+    room lacks (``tools``, ``response_format``, ...); None when nothing a client sends is at
+    fault (a quality floor).
+    """
+    roomy = [s for s in chat_models if not _too_small(s, requirements.context_tokens)]
+    if chat_models and not roomy:
+        prompt_fits = any(not _too_small(s, requirements.prompt_tokens) for s in chat_models)
+        param = "max_tokens" if prompt_fits and requirements.max_tokens else "messages"
+        return param, "context_length_exceeded"
+    for spec in roomy:
+        lacking = spec.unsupported(requirements)
+        if lacking is not None:
+            return param_named(lacking, requirements), None
+    return None, None
+
+
+def _too_small(spec: ModelSpec, tokens: int) -> bool:
+    return spec.context_window is not None and tokens > spec.context_window
 
 
 def exhausted(

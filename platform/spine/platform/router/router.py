@@ -57,6 +57,7 @@ from spine.platform.router.attempts import (
     exhausted,
     param_named,
     record_failure,
+    unmet,
 )
 from spine.platform.router.catalog import ModelCatalog, discover_ollama
 from spine.platform.router.health import ModelHealth, Permit
@@ -248,14 +249,19 @@ class ModelRouter:
             reasons = "; ".join(
                 f"{name}: {why}" for name, why in self.catalog.refusals(requirements).items()
             )
-            sized = requirements.embeddings and requirements.dimensions is not None
+            field, code = None, None
+            if requirements.embeddings:
+                field = "dimensions" if requirements.dimensions is not None else None
+            else:
+                field, code = unmet(self.catalog.chat_models(), requirements)
             hint = ""
             if requirements.tools:
                 # What a new user meets first: a tool-using agent on the toy local model.
                 hint = f"; tool-using agents need a tool-capable model: {TOOL_MODEL_HINT}"
             raise BadRequest(
                 f"no configured model meets the request ({reasons}){hint}",
-                field="dimensions" if sized else None,
+                field=field,
+                **({"code": code} if code else {}),
             )
         return admitted(RoutePlan(strategy=chosen, models=ordered, decision=decision), admit)
 

@@ -67,6 +67,7 @@ class Capabilities(BaseModel):
 
     tools: bool = True
     json_output: bool = True
+    vision: bool = Field(True, description="Reads images in messages (`image_url` parts).")
     embeddings: bool = False
     dimensions: int | None = Field(
         None, ge=1, description="Size of the vectors an embedding model gives; None: unknown."
@@ -119,7 +120,7 @@ class ModelSpec(BaseModel):
                 "output_price": 0,
                 "tags": {LOCAL},
                 "capabilities": Capabilities(
-                    tools=False, json_output=False, embeddings=True, dimensions=384
+                    tools=False, json_output=False, vision=False, embeddings=True, dimensions=384
                 ),
             }
         elif provider == "local":
@@ -128,7 +129,7 @@ class ModelSpec(BaseModel):
                 "output_price": 0,
                 "tags": {LOCAL, TOY},
                 "note": TOY_NOTE,
-                "capabilities": Capabilities(tools=False, json_output=True),
+                "capabilities": Capabilities(tools=False, json_output=True, vision=False),
             }
         return cls(name=name or model, provider=provider, model=model, **(defaults | fields))
 
@@ -173,6 +174,8 @@ class ModelSpec(BaseModel):
             return "cannot call tools (tools)"
         if requirements.json_output and not self.capabilities.json_output:
             return "cannot produce JSON output (response_format)"
+        if requirements.images and not self.capabilities.vision:
+            return "cannot read images (messages)"
         if self.supported_params is not None:
             missing = sorted(requirements.params - self.supported_params)
             if missing:
@@ -223,6 +226,8 @@ class Requirements:
     max_tokens: int | None = None
     tools: bool = False
     json_output: bool = False
+    images: bool = False
+    """Whether a message holds an image (an ``image_url`` part)."""
     min_quality: float = 0.0
     embeddings: bool = False
     dimensions: int | None = None
@@ -251,6 +256,7 @@ class Requirements:
             max_tokens=params.get("max_tokens") or params.get("max_completion_tokens"),
             tools=bool(tools),
             json_output=kind in {"json", "json_object", "json_schema"},
+            images=any(_holds_image(message) for message in messages),
             min_quality=min_quality,
             params=frozenset(name for name in params if name in CHECKED_PARAMS),
         )
@@ -269,3 +275,10 @@ class Requirements:
             longest_input=max(sizes, default=0),
             min_quality=min_quality,
         )
+
+
+def _holds_image(message: dict[str, Any]) -> bool:
+    content = message.get("content")
+    return isinstance(content, list) and any(
+        isinstance(part, dict) and part.get("type") == "image_url" for part in content
+    )

@@ -18,7 +18,7 @@ from typing import Any, ParamSpec
 from fastapi import Response
 from fastapi.responses import JSONResponse
 
-from spine.platform.app.api.errors import loggable, retry_after_of
+from spine.platform.app.api.errors import OPENAI_PATHS, loggable, retry_after_of
 from spine.platform.errors import RateLimited, SpineError
 from spine.platform.models import Attempt, CompletionDelta
 from spine.platform.models.openai_wire import (
@@ -53,8 +53,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DONE = b"data: [DONE]\n\n"
-OPENAI_PATHS = ("/v1/chat/", "/v1/embeddings", "/v1/models", "/v1/files", "/v1/batches")
-"""Path prefixes of the routes that answer errors in OpenAI's shape."""
 P = ParamSpec("P")
 
 

@@ -1,7 +1,9 @@
 """One JSON error shape for every failure, the request body size limit, and the documented codes.
 
 Every error body is ``{"error": {"type": ..., "message": ..., "field": ...}}``; no stack trace
-ever reaches a client. A 503 (a backing service is down) carries ``Retry-After``; a 405 carries
+ever reaches a client. Under the OpenAI-compatible paths (:data:`OPENAI_PATHS`) the body is
+OpenAI's, ``{"error": {"message", "type", "param", "code"}}``, for every answer there: an
+unknown path, a method the path does not take, a body over its limit, an unexpected error. A 503 (a backing service is down) carries ``Retry-After``; a 405 carries
 ``Allow`` with every method the path answers. An unexpected error is logged by its type and
 where it was raised, never its message: the messages of database and validation errors quote
 the values they refused, and those may be a user's prompt.
@@ -29,6 +31,7 @@ from spine.platform.errors import RunFailure, SpineError
 from spine.platform.models.openai_wire import GatewayError
 
 __all__ = [
+    "OPENAI_PATHS",
     "BodySizeLimit",
     "ErrorBody",
     "UnexpectedErrors",
@@ -57,6 +60,10 @@ _HTTP_TYPES = {
     503: "service_unavailable",
 }
 DEFAULT_RETRY_AFTER = 2
+OPENAI_PATHS = ("/v1/chat/", "/v1/embeddings", "/v1/models", "/v1/files", "/v1/batches")
+"""Path prefixes of the routes that answer errors in OpenAI's shape."""
+# OpenAI's error type of a status its routes answer on their own (other statuses: the request).
+_OPENAI_TYPES = {404: "invalid_request_error", 500: "server_error"}
 
 
 class ErrorDetail(BaseModel):
@@ -176,10 +183,18 @@ def error_response(
     *,
     headers: Mapping[str, str] | None = None,
     retry_after: int = DEFAULT_RETRY_AFTER,
+    request_path: str | None = None,
     **extra: Any,
 ) -> JSONResponse:
-    """Build a response in the one error shape (401: ``WWW-Authenticate``; 503: ``Retry-After``)."""
+    """Build a response in the one error shape (401: ``WWW-Authenticate``; 503: ``Retry-After``).
+
+    A ``request_path`` under :data:`OPENAI_PATHS` is answered in OpenAI's shape instead, with
+    ``error_type`` as its ``code``.
+    """
     body = {"type": error_type, "message": message, **{k: v for k, v in extra.items() if v}}
+    if request_path is not None and request_path.startswith(OPENAI_PATHS):
+        kind = _OPENAI_TYPES.get(status, "invalid_request_error")
+        body = {"message": message, "type": kind, "param": None, "code": error_type}
     sent = dict(headers or {})
     if status == 401:
         sent["WWW-Authenticate"] = "Bearer"
@@ -245,11 +260,15 @@ def install_error_handlers(app: FastAPI) -> None:
         headers = dict(exc.headers or {})
         if exc.status_code == 405:
             headers["Allow"] = ", ".join(_allowed_methods(request.scope))
+        message = str(exc.detail)
+        if exc.status_code == 404 and request.url.path.startswith(OPENAI_PATHS):
+            message = f"Invalid URL ({request.method} {request.url.path})"  # OpenAI's words
         return error_response(
             exc.status_code,
             _HTTP_TYPES.get(exc.status_code, "http_error"),
-            str(exc.detail),
+            message,
             headers=headers,
+            request_path=request.url.path,
         )
 
 
@@ -289,7 +308,10 @@ class UnexpectedErrors:
             )
             if not started:
                 response = error_response(
-                    500, "internal_error", "an internal error occurred; see the logs"
+                    500,
+                    "internal_error",
+                    "an internal error occurred; see the logs",
+                    request_path=scope["path"],
                 )
                 await response(scope, receive, send)
 
@@ -364,7 +386,10 @@ class BodySizeLimit:
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
         response = error_response(
-            413, "request_too_large", f"the request body is over {limit} bytes"
+            413,
+            "request_too_large",
+            f"the request body is over {limit} bytes",
+            request_path=scope["path"],
         )
         await response(scope, receive, send)
 

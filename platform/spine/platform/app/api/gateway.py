@@ -1,4 +1,9 @@
-"""The OpenAI-compatible gateway: ``POST /v1/chat/completions`` and ``GET /v1/models``.
+"""The OpenAI-compatible gateway: ``POST /v1/chat/completions`` and ``GET /v1/models[/{id}]``.
+
+A call is checked before any model sees it (:class:`ChatCompletionRequest`): the body's types
+are strict (``"stream": "yes"`` and ``"max_tokens": true`` are refused), the parameters are
+in OpenAI's ranges, and each message follows its role's rules, so a client's malformed
+request is a 400 naming the parameter and never a provider failure that moves a breaker.
 
 Every call goes through the process's one :class:`~spine.platform.router.ModelRouter`: an
 explicit ``model`` wins, ``model: "auto"`` lets the strategy choose (``spine_strategy`` in the
@@ -55,7 +60,7 @@ from spine.platform.models.openai_wire import (
     new_completion_id,
     usage_body,
 )
-from spine.platform.router import ModelRouter
+from spine.platform.router import ModelRouter, ModelSpec
 from spine.platform.schema import money_text
 
 __all__ = ["router"]
@@ -123,26 +128,48 @@ async def list_models(request: Request) -> Response:
         models: ModelRouter = await platform_of(request).warm_router()
     except SpineError as exc:
         return _error(GatewayError.of(exc))
-    data = [
-        {
-            "id": spec.name,
-            "object": "model",
-            "created": 0,
-            "owned_by": spec.provider,
-            "spine": {
-                "provider": spec.provider,
-                "model": spec.model,
-                "tags": sorted(spec.tags),
-                "capabilities": spec.capabilities.model_dump(),
-                "quality": spec.quality,
-                "context_window": spec.context_window,
-                "input_price": _price(spec.input_price),
-                "output_price": _price(spec.output_price),
-            },
-        }
-        for spec in sorted(models.catalog, key=lambda s: s.name)
-    ]
+    data = [_model_object(spec) for spec in sorted(models.catalog, key=lambda s: s.name)]
     return JSONResponse({"object": "list", "data": data})
+
+
+@router.get("/models/{model:path}", response_model=None, responses=documented(404))
+async def retrieve_model(request: Request, model: str) -> Response:
+    """Describe one model of the catalog as ``GET /v1/models`` lists it (names may hold ``/``)."""
+    try:
+        await authenticate(request)
+        models: ModelRouter = await platform_of(request).warm_router()
+    except SpineError as exc:
+        return _error(GatewayError.of(exc))
+    spec = models.catalog.get(model)
+    if spec is None:
+        return _error(
+            GatewayError(
+                404,
+                f"The model '{model}' does not exist; GET /v1/models lists the models",
+                param="model",
+                code="model_not_found",
+            )
+        )
+    return JSONResponse(_model_object(spec))
+
+
+def _model_object(spec: ModelSpec) -> dict[str, Any]:
+    return {
+        "id": spec.name,
+        "object": "model",
+        "created": 0,
+        "owned_by": spec.provider,
+        "spine": {
+            "provider": spec.provider,
+            "model": spec.model,
+            "tags": sorted(spec.tags),
+            "capabilities": spec.capabilities.model_dump(),
+            "quality": spec.quality,
+            "context_window": spec.context_window,
+            "input_price": _price(spec.input_price),
+            "output_price": _price(spec.output_price),
+        },
+    }
 
 
 def _streamed(
