@@ -21,6 +21,7 @@ from spine.platform.errors import (
     TransientFailure,
 )
 from spine.platform.models import ChatRequest, EmbeddingRequest, ProviderTarget
+from spine.platform.models.openai_errors import GatewayError
 from spine.platform.models.openai_upstream import (
     OpenAIUpstream,
     UpstreamStatusError,
@@ -31,7 +32,6 @@ from spine.platform.models.openai_upstream import (
     base_url,
     wire_model,
 )
-from spine.platform.models.openai_wire import GatewayError
 from spine.platform.settings import load_settings
 
 SECRET = "sk-upstream-secret"

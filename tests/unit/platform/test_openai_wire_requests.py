@@ -12,7 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spine.platform.models.openai_wire import ChatCompletionRequest, GatewayError
+from spine.platform.models.openai_errors import GatewayError
+from spine.platform.models.openai_wire import ChatCompletionRequest
 
 USER = {"role": "user", "content": "hi"}
 CALL = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}

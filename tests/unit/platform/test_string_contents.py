@@ -13,13 +13,13 @@ import pytest
 
 from spine.platform.errors import BadRequest, PermanentFailure, TransientFailure
 from spine.platform.models import ChatRequest, ProviderTarget
+from spine.platform.models.openai_errors import GatewayError
 from spine.platform.models.openai_upstream import (
     UpstreamStatusError,
     _chat_body,
     _translate,
     string_contents,
 )
-from spine.platform.models.openai_wire import GatewayError
 from spine.platform.settings import load_settings
 
 LOCAL = ProviderTarget(

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from spine.platform.models.openai_wire import GatewayError, error_body
+from spine.platform.models.openai_errors import GatewayError, error_body
 from spine.platform.tasks import TERMINAL_STATES
 
 __all__ = [

@@ -1,9 +1,8 @@
 """The OpenAI chat-completions wire format shared by the gateway and the agents.
 
-The request model (:class:`ChatCompletionRequest`), the answer (:func:`completion_body`,
-:func:`usage_body`) and errors in OpenAI's shape (:class:`GatewayError`,
-``{"error": {"message", "type", "param", "code"}}``), so the official clients raise the exception
-a caller expects (404 ``model_not_found``, 400 naming the parameter, ...). The request is checked
+The request model (:class:`ChatCompletionRequest`) and the answer (:func:`completion_body`,
+:func:`usage_body`); a request that breaks the rules is a
+:class:`~spine.platform.models.openai_errors.GatewayError` naming the parameter. The request is checked
 by OpenAI's rules (strict types, ranges, each message's role rules and content parts) so that
 no malformed call reaches a model. The gateway speaks it over HTTP; the ``completion`` agent
 runs batch lines with it. Streaming frames stay with the gateway
@@ -12,11 +11,8 @@ runs batch lines with it. Streaming frames stay with the gateway
 
 from __future__ import annotations
 
-import contextlib
-import math
 import time
 import uuid
-from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -33,30 +29,16 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from spine.platform.errors import (
-    BadRequest,
-    BudgetExceeded,
-    ContextWindowExceeded,
-    PermanentFailure,
-    ProviderNotConfigured,
-    ServiceUnavailable,
-    SpineError,
-    TaskCancelled,
-    TransientFailure,
-    Unauthorized,
-    UnknownModel,
-)
 from spine.platform.inputs import MAX_JSON_DEPTH, InvalidInput, check_json, load_json
 from spine.platform.models import ChatRequest, Completion
+from spine.platform.models.openai_errors import GatewayError
 
 __all__ = [
     "AUTO",
     "IGNORED",
     "PASSED_THROUGH",
     "ChatCompletionRequest",
-    "GatewayError",
     "completion_body",
-    "error_body",
     "new_completion_id",
     "usage_body",
 ]
@@ -78,145 +60,6 @@ PASSED_THROUGH = frozenset(
 )
 # OpenAI fields about OpenAI's own bookkeeping: accepted, not forwarded.
 IGNORED = frozenset({"metadata", "store", "service_tier", "prompt_cache_key", "safety_identifier"})
-# Our strategy names the field "strategy"; on the wire it is "spine_strategy".
-_PARAM_NAMES = {"strategy": "spine_strategy"}
-_REFUSED_BY_PROVIDER = {"BadRequestError", "UnsupportedParamsError", "UnprocessableEntityError"}
-
-
-class GatewayError(SpineError):
-    """An error already in OpenAI's terms: status, type, code and the parameter at fault.
-
-    Part of the one error tree; the gateway renders it in OpenAI's shape (``body``), and
-    anything else that meets it renders it in the platform's (``status_code``, ``error_type``).
-    """
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        type: str = "invalid_request_error",
-        param: str | None = None,
-        code: str | None = None,
-        headers: dict[str, str] | None = None,
-        **extra: Any,
-    ) -> None:
-        super().__init__(message, field=param)
-        self.status = status
-        self.status_code = status  # type: ignore[misc]  # per instance, unlike the tree's classes
-        self.error_type = type  # type: ignore[misc]
-        self.body: dict[str, Any] = {
-            "message": message,
-            "type": type,
-            "param": param,
-            "code": code,
-            **extra,
-        }
-        self.headers = headers or {}
-
-    @classmethod
-    def of(cls, exc: SpineError) -> GatewayError:
-        """Translate a platform error into OpenAI's status, type and code."""
-        if isinstance(exc, GatewayError):
-            return exc
-        cause = str(exc.details.get("cause") or "")
-        param = _PARAM_NAMES.get(exc.field or "", exc.field)
-        if isinstance(exc, UnknownModel):
-            return cls(404, exc.message, param="model", code="model_not_found")
-        if isinstance(exc, ContextWindowExceeded):
-            return cls(400, exc.message, param=param or "messages", code="context_length_exceeded")
-        if isinstance(exc, Unauthorized):
-            return cls(401, exc.message, code="invalid_api_key")
-        if isinstance(exc, BudgetExceeded):
-            return cls._budget(exc)
-        if isinstance(exc, BadRequest):
-            code = exc.details.get("code")  # OpenAI's own, where it has one
-            if not isinstance(code, str):
-                code = None if exc.error_type == "invalid_request" else exc.error_type
-            return cls(exc.status_code, exc.message, param=param, code=code)
-        if isinstance(exc, ProviderNotConfigured):
-            return cls(503, exc.message, type="service_unavailable", code=exc.error_type)
-        if isinstance(exc, TransientFailure | ServiceUnavailable):
-            if cause == "RateLimitError":
-                return cls(429, exc.message, type="rate_limit_error", code="rate_limit_exceeded")
-            if not cause:  # every model is cooling down after failures
-                return cls(503, exc.message, type="service_unavailable", code="models_unavailable")
-            return cls(502, exc.message, type="upstream_error", code="provider_error")
-        if isinstance(exc, PermanentFailure):
-            if cause in _REFUSED_BY_PROVIDER:
-                return cls(400, exc.message, code="provider_rejected_request")
-            if cause == "NotFoundError":
-                return cls(404, exc.message, param="model", code="model_not_found")
-            return cls(502, exc.message, type="upstream_error", code="provider_error")
-        return cls(
-            exc.status_code, exc.message, type=exc.error_type, param=param, code=exc.error_type
-        )
-
-    @classmethod
-    def unstorable(cls, exc: InvalidInput) -> GatewayError:
-        """Refuse a value that cannot be stored: 400 naming the top-level parameter."""
-        param = (exc.field or "").split(".", 1)[0] or None
-        return cls(400, exc.message, param=param)
-
-    @classmethod
-    def of_task_error(cls, error: dict[str, Any]) -> GatewayError | None:
-        """Translate a failed task's stored error (``SpineError.to_dict()``) the same way.
-
-        None when the error is not one of the platform's own (too many attempts, a deadline
-        passed, a cancel): those have no HTTP answer to stand for.
-        """
-        kind = _error_types(SpineError).get(str(error.get("type")))
-        if kind is None or kind is TaskCancelled:
-            return None
-        field = error.get("field")
-        details = {k: v for k, v in error.items() if k not in _NOT_DETAILS}
-        exc = kind(
-            str(error.get("message") or kind.error_type),
-            field=field if isinstance(field, str) else None,
-            **details,
-        )
-        return cls.of(exc)
-
-    @classmethod
-    def _budget(cls, exc: BudgetExceeded) -> GatewayError:
-        # OpenAI's own "quota spent" type; our fields say which budget, its spend and reset.
-        # Clients must not retry before the reset: x-should-retry stops the official ones.
-        headers = {"x-should-retry": "false"}
-        resets_at = exc.details.get("resets_at")
-        if isinstance(resets_at, str):
-            with contextlib.suppress(ValueError):
-                wait = datetime.fromisoformat(resets_at) - datetime.now(UTC)
-                headers["Retry-After"] = str(max(math.ceil(wait.total_seconds()), 1))
-        fields = {
-            name: exc.details[name]
-            for name in ("scope", "budget", "spent", "reserved", "requested", "resets_at")
-            if name in exc.details
-        }
-        return cls(
-            429,
-            exc.message,
-            type="insufficient_quota",
-            code="budget_exceeded",
-            headers=headers,
-            **fields,
-        )
-
-
-def _error_types(root: type[SpineError]) -> dict[str, type[SpineError]]:
-    found = {root.error_type: root}
-    for child in root.__subclasses__():
-        found.update({k: v for k, v in _error_types(child).items() if k not in found})
-    return found
-
-
-# Keys of a stored task error that are not the error's own details.
-_NOT_DETAILS = frozenset({"type", "message", "field", "retryable", "attempts", "reason"})
-
-
-def error_body(error: GatewayError) -> dict[str, Any]:
-    """Return the OpenAI error object for ``error``."""
-    return {"error": dict(error.body)}
-
 
 # -- the request -------------------------------------------------------------------------------
 

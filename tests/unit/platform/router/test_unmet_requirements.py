@@ -15,7 +15,7 @@ import pytest
 
 from spine.platform.errors import BadRequest
 from spine.platform.models import ChatRequest
-from spine.platform.models.openai_wire import GatewayError
+from spine.platform.models.openai_errors import GatewayError
 from spine.platform.router import Capabilities, ModelCatalog, ModelRouter, ModelSpec
 from spine.platform.settings import load_settings
 

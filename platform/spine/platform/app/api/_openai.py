@@ -3,8 +3,10 @@
 The gateway streams ``chat.completion.chunk`` objects as SSE frames ending with ``[DONE]``. The
 OpenAI-compatible routes (batches, files) answer errors as ``{"error": {"message", "type",
 "param", "code"}}`` through :func:`openai_errors`, with ``field`` repeating ``param`` as every
-platform error names its field. The request model, answers and :class:`GatewayError` live in
-:mod:`spine.platform.models.openai_wire` (the agents use them too) and are re-exported here.
+platform error names its field. The request model and answers live in
+:mod:`spine.platform.models.openai_wire`, :class:`GatewayError` in
+:mod:`spine.platform.models.openai_errors` (the agents and batches use them too); both are
+re-exported here.
 """
 
 from __future__ import annotations
@@ -21,12 +23,11 @@ from fastapi.responses import JSONResponse
 from spine.platform.app.api.errors import OPENAI_PATHS, loggable, retry_after_of
 from spine.platform.errors import RateLimited, SpineError
 from spine.platform.models import Attempt, CompletionDelta
+from spine.platform.models.openai_errors import GatewayError, error_body
 from spine.platform.models.openai_wire import (
     AUTO,
     ChatCompletionRequest,
-    GatewayError,
     completion_body,
-    error_body,
     new_completion_id,
     usage_body,
 )

@@ -23,7 +23,7 @@ from spine.platform.app.api.errors import documented
 from spine.platform.batches.input import CHAT_COMPLETIONS, COMPLETION_WINDOW, BatchCreate
 from spine.platform.batches.output import Batch
 from spine.platform.errors import BadRequest
-from spine.platform.models.openai_wire import GatewayError
+from spine.platform.models.openai_errors import GatewayError
 
 __all__ = ["JSONL_TYPES", "page_limit", "router"]
 

@@ -28,7 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from spine.platform.app.api.path_templates import match_path
 from spine.platform.errors import RunFailure, SpineError
-from spine.platform.models.openai_wire import GatewayError
+from spine.platform.models.openai_errors import GatewayError
 
 __all__ = [
     "OPENAI_PATHS",

@@ -18,7 +18,7 @@ from spine.platform.app.api._openai import openai_errors
 from spine.platform.app.api.auth import authenticate, platform_of
 from spine.platform.app.api.batches import JSONL_MEDIA, page_limit
 from spine.platform.errors import BadRequest
-from spine.platform.models.openai_wire import GatewayError
+from spine.platform.models.openai_errors import GatewayError
 
 __all__ = ["router"]
 

@@ -52,11 +52,10 @@ from spine.platform.errors import RateLimited, SpineError
 from spine.platform.limits import Admission, RateLimits
 from spine.platform.metering import CallContext, MeteredStream
 from spine.platform.models import Attempt, CompletionDelta
+from spine.platform.models.openai_errors import GatewayError, error_body
 from spine.platform.models.openai_wire import (
     ChatCompletionRequest,
-    GatewayError,
     completion_body,
-    error_body,
     new_completion_id,
     usage_body,
 )
