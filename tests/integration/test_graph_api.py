@@ -239,6 +239,9 @@ WRITES = [
     "MATCH (n {tenant: 'acme'}) RETURN n",
     "MATCH (a {tenant: $tenant}), (b) RETURN b.name",
     "MATCH (a {tenant: $tenant}) WITH 1 AS x MATCH (a) RETURN a.name",
+    # the server reads <--> and arrows with spaces inside as relationships
+    "MATCH (a {tenant: $tenant}) RETURN [(x)<-->(y) WHERE y.tenant <> $tenant | properties(y)]",
+    "MATCH (a {tenant: $tenant}) RETURN [(x) < - - > (y) WHERE y.tenant <> $tenant | y.name]",
 ]
 
 
@@ -253,6 +256,27 @@ async def test_writes_procedures_and_unanchored_queries_are_refused(
     assert response.json()["error"]["type"] == "query_rejected"
     assert response.json()["error"]["field"] == "query"
     assert await counts(spine) == before
+
+
+@pytest.mark.usefixtures("graphs")
+async def test_every_spelling_of_a_relationship_is_one_the_guard_follows(
+    spine: RunningPlatform,
+) -> None:
+    # Each spelling is a relationship to the server (same rows as the plain one), so the
+    # guard must read it as one: anchored it passes, unanchored it is refused above.
+    answers = []
+    for arrow in ("--", "<-->", "< - - >", "- - >", "-->", "<-[]->"):
+        query = (
+            f"MATCH (p:Person {{tenant: $tenant}}) "
+            f"RETURN p.uid AS p, [(p){arrow}(c) | c.uid] AS cs ORDER BY p"
+        )
+        response = await spine.client.post("/v1/graph/query", json={"query": query})
+        assert response.status_code == 200, (arrow, response.text)
+        answers.append(sorted(map(str, response.json()["rows"])))
+    both, to = answers[0], answers[3]  # -- and <--> go both ways; - - > and --> one way
+    assert both != to
+    assert answers[1] == answers[2] == answers[5] == both
+    assert answers[4] == to
 
 
 @pytest.mark.usefixtures("graphs")

@@ -325,7 +325,7 @@ class _Anchors:
     def _chain(self) -> tuple[set[str], bool]:
         names: set[str] = set()
         anchored = self._node(names)
-        while self._peek("-") or self._peek("<-"):
+        while self._relationship_at(self.i):
             self._relationship(names)
             anchored = self._node(names) or anchored
         return names, anchored
@@ -347,7 +347,7 @@ class _Anchors:
         return anchored
 
     def _relationship(self, names: set[str]) -> None:
-        self.i += 1  # - or <-
+        self.i += 2 if self._peek("<") else 1  # -, <-, or < - written apart
         if self._peek("["):
             self.i += 1
             if self._kind(0) in ("word", "qword") and not self._peek(":"):
@@ -355,8 +355,10 @@ class _Anchors:
                 self.i += 1
             self._inside_pattern("]")
             self._expect("]")
-        if self._peek("-") or self._peek("->"):
+        if self._peek("->"):
             self.i += 1
+        elif self._peek("-"):
+            self.i += 2 if self._peek(">", 1) else 1  # - > written apart
         else:
             raise UnsafeQuery("a relationship pattern is not closed", field="query")
 
@@ -494,13 +496,20 @@ class _Anchors:
             elif text == ")":
                 depth -= 1
             j += 1
-        if j >= len(self.t):
+        return self._relationship_at(j)
+
+    def _relationship_at(self, j: int) -> bool:
+        """Tell whether a relationship opens at token ``j``, in any of its spellings.
+
+        The server reads ``<-->`` as ``<-`` ``->`` and allows spaces inside an arrow (``< - -
+        >``), so every one is recognised here; an arithmetic ``(a) - -(b)`` is then read as a
+        pattern too, and refused unless anchored: when unsure, the guard refuses.
+        """
+        if self._punct(j) == "<" and self._punct(j + 1) == "-":
+            j += 1
+        elif self._punct(j) not in ("-", "<-"):
             return False
-        follow = self.t[j].text
-        second = self.t[j + 1].text if j + 1 < len(self.t) else ""
-        return (follow == "-" and second in ("[", "-", "->")) or (
-            follow == "<-" and second in ("[", "-")
-        )
+        return self._punct(j + 1) in ("[", "-", "->")
 
     @staticmethod
     def _scan(tokens: list[_Token], bound: set[str]) -> None:
@@ -515,6 +524,9 @@ class _Anchors:
     def _peek(self, text: str, ahead: int = 0) -> bool:
         j = self.i + ahead
         return j < len(self.t) and self.t[j].kind == "punct" and self.t[j].text == text
+
+    def _punct(self, j: int) -> str:
+        return self.t[j].text if j < len(self.t) and self.t[j].kind == "punct" else ""
 
     def _kind(self, ahead: int) -> str:
         j = self.i + ahead

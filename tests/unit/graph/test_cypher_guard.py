@@ -20,6 +20,13 @@ ACCEPTED = [
     "MATCH (a:Person {tenant: $tenant}), (b:Person {tenant: $tenant}) RETURN a, b",
     "MATCH (a {tenant: $tenant}) OPTIONAL MATCH (a)-[r]->(b) RETURN a, collect(b) AS bs ORDER BY a.name SKIP 1 LIMIT 3",
     "MATCH (a {tenant: $tenant}) UNWIND [1, 2] AS x RETURN a, x",
+    # every spelling of a relationship the server reads, anchored
+    "MATCH (a {tenant: $tenant})<-->(b) RETURN b",
+    "MATCH (a {tenant: $tenant}) < - - > (b) RETURN b",
+    "MATCH (a {tenant: $tenant}) - - > (b) RETURN b",
+    "MATCH (a {tenant: $tenant})<-[:K]->(b) RETURN b",
+    "MATCH (a {tenant: $tenant}) RETURN [(a)<-->(y) | y.name], [(a) < - [:K] - (y) | y.name]",
+    "MATCH (a {tenant: $tenant}) RETURN a.n - -1, (a.n) - (a.m), (a.n) < 2",
 ]
 
 REFUSED = [
@@ -48,6 +55,20 @@ REFUSED = [
     "MATCH (a {tenant: $tenant}) WITH a UNWIND [1] AS a MATCH (a)--(b) RETURN b",
     "MATCH (n {tenant: $tenant}) RETURN n; MATCH (m) RETURN m",
     "match (n {tenant: $tenant}) create (m)",
+    # unanchored patterns in every spelling the server reads (<--> lexes as <- then ->)
+    "MATCH (a {tenant: $tenant}) RETURN [(x)<-->(y) WHERE y.tenant <> $tenant | properties(y)]",
+    "MATCH (a {tenant: $tenant}) WITH [(x)<-->(y) | y] AS ys RETURN ys",
+    "MATCH (a {tenant: $tenant}) RETURN [(x) < - - > (y) | y]",
+    "MATCH (a {tenant: $tenant}) RETURN [(x) < - - (y) | y]",
+    "MATCH (a {tenant: $tenant}) RETURN [(x) - - > (y) | y]",
+    "MATCH (a {tenant: $tenant}) RETURN [(x)<-[:K]->(y) | y]",
+    "MATCH (a {tenant: $tenant}) RETURN [(x)-/* gap */->(y) | y]",
+    "MATCH (a {tenant: $tenant}) RETURN size([(x)\n<\n-\n-\n>\n(y) | y])",
+    "MATCH (a {tenant: $tenant}) WHERE exists((x)<-->(y)) RETURN a",
+    "MATCH (a {tenant: $tenant}) RETURN COUNT { (x)<-->(y) }",
+    "MATCH (x)<-->(y) RETURN y",
+    "MATCH (x) < - - > (y) RETURN y",
+    "MATCH (a {tenant: $tenant}), (x) - - > (y) RETURN y",
     "",
 ]
 
