@@ -342,7 +342,11 @@ async def test_graph_queries_experiment_changes_and_approvals_are_audited(
         assert (await admin.post(f"/v1/experiments/{experiment}/stop")).status_code == 200
         approved, rejected = [await paused_task(spine, admin) for _ in range(2)]
         assert (await admin.post(f"/v1/tasks/{approved}/approve", json={})).status_code == 202
-        assert (await admin.post(f"/v1/tasks/{rejected}/reject", json={})).status_code == 202
+        reject = await admin.post(f"/v1/tasks/{rejected}/reject", json={"reason": "too costly"})
+        assert reject.status_code == 202
+        # A query the guard refuses (it reads past its tenant) is a probe: audited as denied.
+        leak = "MATCH (a {tenant: $tenant}) RETURN [(x)<-->(y) | properties(y)] AS leak"
+        assert (await admin.post("/v1/graph/query", json={"query": leak})).status_code == 400
     async with client(spine, member_secret) as member:
         assert (await member.post("/v1/graph/query", json={"query": query})).status_code == 403
         promote = await member.post(f"/v1/experiments/{experiment}/promote", json={"arm": "a"})
@@ -355,11 +359,14 @@ async def test_graph_queries_experiment_changes_and_approvals_are_audited(
         ("experiment.stop", experiment, "ok", key_id(admin_secret)),
         ("task.approve", approved, "ok", key_id(admin_secret)),
         ("task.reject", rejected, "ok", key_id(admin_secret)),
+        ("graph.query", "cypher", "denied", key_id(admin_secret)),
         ("graph.query", "cypher", "denied", key_id(member_secret)),
         ("experiment.promote", experiment, "denied", key_id(member_secret)),
         ("experiment.create", "", "denied", key_id(member_secret)),
     ]
     assert rows[0]["details"]["query"] == query
+    assert rows[3]["details"]["reason"] == "too costly"
+    assert rows[4]["details"]["query"] == leak and "tenant" in rows[4]["details"]["reason"]
     assert rows[-2]["details"]["arm"] == "a" and rows[-1]["details"]["name"] == "ab"
 
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from spine.platform.db import Database
-from spine.platform.errors import BadRequest, Unauthorized
+from spine.platform.embedded.credentials import ensure_credentials
+from spine.platform.errors import BadRequest, NotFound, Unauthorized
 from spine.platform.keys import KeyStore
 from support.cli import cli_env, in_process_cli
 from support.cli import spine as spine_process
@@ -77,3 +78,35 @@ async def test_an_admin_command_migrates_quietly(tmp_path: Path) -> None:
     # The schema change gets one line of ours; a run that changes nothing gets none.
     assert first.err.count("migrated the database schema from empty to ") == 1, first.err
     assert "migrated the database schema" not in again.err, again.err
+
+
+def test_a_tenant_name_that_means_every_tenant_or_no_subject_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # "*" reads every tenant's usage where tenants are read: the CLI once created it.
+    spine = in_process_cli(tmp_path, monkeypatch)
+    for name in ("*", "a b", ".acme", "acme>"):
+        with pytest.raises(BadRequest, match="tenant name") as refused:
+            spine("tenants", "create", name)
+        assert refused.value.field == "name"
+        with pytest.raises(BadRequest, match="tenant name") as refused:
+            spine("keys", "create", "--tenant", name)
+        assert refused.value.field == "tenant"
+    assert "*" not in spine("tenants", "list").split()
+
+
+def test_nats_credentials_are_minted_for_known_tenants_and_audited(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spine = in_process_cli(tmp_path, monkeypatch)
+    with pytest.raises(NotFound, match=r"no\.such"):
+        spine("keys", "nats", "--tenant", "no.such")
+    spine("tenants", "create", "acme.eu")
+    ensure_credentials(tmp_path / "data")  # what `spine up` writes (its NATS is not running)
+    minted = spine("keys", "nats", "--tenant", "acme.eu")
+    assert "publishes on: spine.events.acme~2Eeu.>" in minted
+    user = re.search(r"NATS user (\S+) for tenant", minted)
+    assert user is not None
+    spine("keys", "nats", "--revoke", user[1])
+    audit = spine("audit", "--tenant", "acme.eu")
+    assert "nats_user.create" in audit and "nats_user.revoke" in audit

@@ -220,17 +220,22 @@ async def test_the_learner_role_reads_outcomes_and_publishes_no_work(
         await nc.close()
 
 
+@pytest.mark.parametrize(
+    ("tenant", "other"), [("acme", "globex"), ("acme.eu", "acme_eu"), ("acme_eu", "acme.eu")]
+)
 async def test_an_external_publisher_reaches_only_its_tenants_subjects(
-    stack: EmbeddedStack, api: NatsBus
+    stack: EmbeddedStack, api: NatsBus, tenant: str, other: str
 ) -> None:
-    name = f"publisher-acme-{uuid.uuid4().hex[:6]}"
-    grant = publisher_grant("acme", name)
+    # acme.eu and acme_eu once shared a subject token, so either could publish the other's.
+    name = f"publisher-{uuid.uuid4().hex[:6]}"
+    kind = f"order.created_{name}"  # this case's own subjects (another case may publish acme.eu's)
+    grant = publisher_grant(tenant, name)
     user = NatsUser(
         user=name,
         password=new_password(),
         publish=grant.publish,
         subscribe=grant.subscribe,
-        tenant="acme",
+        tenant=tenant,
         inbox_prefix=publisher_inbox_prefix(name),
     )
     add_nats_user(stack.data_dir, user)
@@ -247,19 +252,19 @@ async def test_an_external_publisher_reaches_only_its_tenants_subjects(
     assert nc is not None
     try:
         js = nc.jetstream(timeout=1)
-        ack = await js.publish(event_subject("acme", "order.created"), b'{"ok": 1}')
+        ack = await js.publish(event_subject(tenant, kind), b'{"ok": 1}')
         assert ack.stream == "EVENTS"
         with pytest.raises((nats.errors.TimeoutError, nats.errors.NoRespondersError)):
-            await js.publish(event_subject("globex", "order.created"), b'{"spoofed": 1}')
-        await violations.wait_for("spine.events.globex.order.created")
+            await js.publish(event_subject(other, kind), b'{"spoofed": 1}')
+        await violations.wait_for(event_subject(other, kind))
         await nc.publish(lane_subject("normal"), b"{}")
         await violations.wait_for("spine.tasks.normal")
         await nc.subscribe("_INBOX.>")  # other clients' replies stay theirs
         await violations.wait_for("_INBOX.>")
     finally:
         await nc.close()
-    with pytest.raises(nats.js.errors.NotFoundError):  # nothing of globex's was stored
-        await api.js.get_last_msg("EVENTS", event_subject("globex", "order.created"))
+    with pytest.raises(nats.js.errors.NotFoundError):  # nothing of the other's was stored
+        await api.js.get_last_msg("EVENTS", event_subject(other, kind))
 
     remove_nats_user(stack.data_dir, name)
     reload_nats(stack.data_dir)

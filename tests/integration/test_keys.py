@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from spine.platform.db import Database
-from spine.platform.errors import NotFound, Unauthorized
+from spine.platform.errors import BadRequest, NotFound, Unauthorized
 from spine.platform.keys import KeyStore
 
 pytestmark = pytest.mark.integration
@@ -147,5 +147,5 @@ async def test_keys_are_listed_per_tenant_oldest_first(keys: KeyStore) -> None:
 
 @pytest.mark.parametrize("tenant", ["", "x" * 129])
 async def test_a_tenant_name_must_be_1_to_128_characters(keys: KeyStore, tenant: str) -> None:
-    with pytest.raises(ValueError, match="tenant"):
+    with pytest.raises(BadRequest, match="tenant"):
         await keys.create(tenant=tenant)

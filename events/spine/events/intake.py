@@ -30,7 +30,7 @@ from spine.events.cloudevent import (
 )
 from spine.events.log import EventLog, ReceivedEvent
 from spine.events.schemas import EventSchemas
-from spine.events.subjects import event_subject, subject_token
+from spine.events.subjects import event_subject, tenant_of_token, tenant_token
 from spine.platform.errors import PayloadTooLarge
 from spine.platform.schema import utcnow
 
@@ -218,10 +218,10 @@ def read_event(
     try:
         tenant = _tenant_of(subject, event, headers or {})
     except InvalidEvent as exc:
-        token = _token_of(subject)
+        named = _tenant_named_by(subject)
         blamed = (
-            ReceivedEvent(key=dedupe_id(token, event.source, event.id), tenant=token, event=event)
-            if token
+            ReceivedEvent(key=dedupe_id(named, event.source, event.id), tenant=named, event=event)
+            if named
             else None
         )
         raise RejectedEvent(exc.message, field=exc.field, received=blamed) from exc
@@ -237,9 +237,9 @@ def read_event(
     return received
 
 
-def _token_of(subject: str) -> str | None:
+def _tenant_named_by(subject: str) -> str | None:
     token, _, rest = subject.removeprefix(_PREFIX).partition(".")
-    return token if subject.startswith(_PREFIX) and token and rest else None
+    return tenant_of_token(token) if subject.startswith(_PREFIX) and token and rest else None
 
 
 def _tenant_of(subject: str, event: CloudEvent, headers: Mapping[str, str]) -> str:
@@ -260,8 +260,15 @@ def _tenant_of(subject: str, event: CloudEvent, headers: Mapping[str, str]) -> s
         )
     claimed = in_event if in_event is not None else in_header
     if claimed is None:
-        return token
-    if subject_token(claimed) != token:
+        tenant = tenant_of_token(token)
+        if tenant is None:
+            raise InvalidEvent(
+                f"the subject {subject!r} names no tenant (its token {token!r} is not one "
+                "that spine.events.<tenant>.> spells)",
+                field="subject",
+            )
+        return tenant
+    if tenant_token(claimed) != token:
         raise InvalidEvent(
             f"the event names tenant {claimed!r}, but it was published on {subject!r} "
             f"(tenant token {token!r})",

@@ -46,6 +46,7 @@ from spine.events.subjects import (
     WEIGHTS_BUCKET,
     progress_subject,
     subject_token,
+    tenant_token,
 )
 
 __all__ = [
@@ -130,6 +131,6 @@ def publisher_grant(tenant: str, user: str) -> SubjectGrant:
     in its own inbox (:func:`publisher_inbox_prefix`), which JetStream's acknowledgements need.
     """
     return SubjectGrant(
-        publish=(f"spine.events.{subject_token(tenant)}.>",),
+        publish=(f"spine.events.{tenant_token(tenant)}.>",),
         subscribe=(f"{publisher_inbox_prefix(user)}.>",),
     )

@@ -118,6 +118,7 @@ class UnsafeQuery(BadRequest):
     """The query writes, calls a procedure, or is not anchored to the caller's tenant."""
 
     error_type = "query_rejected"
+    refusal = True  # audited: a query refused for writing or leaving its tenant is a probe
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,6 +43,8 @@ ACTIONS = frozenset(
         "key.revoke",
         "key.rotate",
         "key.limits",
+        "nats_user.create",
+        "nats_user.revoke",
         "budget.set",
         "budget.remove",
         "task.approve",

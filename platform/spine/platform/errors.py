@@ -72,6 +72,9 @@ class SpineError(Exception):
     status_code: ClassVar[int] = 500
     error_type: ClassVar[str] = "internal_error"
     retryable: bool = False
+    # A policy refused the request (a role, a tenant boundary, an unsafe query): the audit log
+    # records it as ``denied``, as a probe worth seeing. Every 403 is one.
+    refusal: ClassVar[bool] = False
 
     def __init__(self, message: str, *, field: str | None = None, **details: Any) -> None:
         super().__init__(message)

@@ -46,6 +46,7 @@ from spine.platform.schema import ApiKeyRow, TenantRow, utcnow
 __all__ = [
     "MAX_LIFETIME",
     "ROLES",
+    "TENANT_NAME",
     "ApiKey",
     "IssuedKey",
     "KeyPage",
@@ -54,12 +55,16 @@ __all__ = [
     "Role",
     "Tenant",
     "TenantPage",
+    "check_new_tenant",
     "parse_lifetime",
 ]
 
 Role = Literal["operator", "admin", "member"]
 ROLES: tuple[Role, ...] = ("operator", "admin", "member")
 _PREFIX = "spn"
+TENANT_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+"""A new tenant's name: ``*`` (every tenant, where tenants are read) and spaces are not one."""
+_TENANT_NAME = re.compile(TENANT_NAME)
 MAX_LIFETIME = timedelta(days=3660)
 """The longest expiry a key may be given (about ten years)."""
 _LIFETIME = re.compile(r"^\s*(\d{1,7})\s*([smhdw]?)\s*$")
@@ -166,6 +171,8 @@ class KeyStore:
         _check_tenant(tenant)
         row, presented = _new_row(tenant=tenant, role=role, name=name, expires_at=expires_at)
         async with self._db.session() as session, session.begin():
+            if await session.get(TenantRow, tenant) is None:
+                check_new_tenant(tenant, field="tenant")
             await self._register(session, tenant)
             session.add(row)
         return IssuedKey(key=_view(row), secret=presented)
@@ -303,7 +310,7 @@ class KeyStore:
         Raises:
             Conflict: The tenant exists already.
         """
-        _check_tenant(name)
+        check_new_tenant(name, field="name")
         async with self._db.session() as session, session.begin():
             if await session.get(TenantRow, name) is not None:
                 raise Conflict(f"tenant {name!r} exists already", field="name")
@@ -382,7 +389,17 @@ def parse_lifetime(text: str, *, field: str = "expires_in") -> timedelta:
 
 def _check_tenant(tenant: str) -> None:
     if not tenant or len(tenant) > 128 or text_problem(tenant):
-        raise ValueError("tenant must be 1-128 storable characters")
+        raise BadRequest("tenant must be 1-128 storable characters", field="tenant")
+
+
+def check_new_tenant(name: str, *, field: str) -> None:
+    """Refuse a name a new tenant may not have (``*`` means every tenant where tenants are read)."""
+    if not _TENANT_NAME.fullmatch(name):
+        raise BadRequest(
+            f"a tenant name is 1-128 letters, digits, '.', '_' or '-', starting with a letter "
+            f"or digit, not {name!r}",
+            field=field,
+        )
 
 
 def _new_row(

@@ -18,7 +18,7 @@ from nats.js.api import PubAck
 from pydantic import BaseModel, ConfigDict, Field
 
 from spine.events.cloudevent import TENANT_ATTRIBUTE, dedupe_id
-from spine.events.subjects import subject_token
+from spine.events.subjects import tenant_token
 from spine.tools.tool import ModelArguments, Tool, ToolContext, ToolFailure
 
 __all__ = ["EVENT_PREFIX", "DurablePublisher", "PublishEventArguments", "publish_event_tool"]
@@ -77,7 +77,7 @@ def publish_event_tool(
         payload = json.dumps(envelope, ensure_ascii=False, default=str).encode()
         if len(payload) > MAX_EVENT_BYTES:
             raise ToolFailure(f"the event is over {MAX_EVENT_BYTES} bytes")
-        subject = f"{prefix}.{subject_token(ctx.tenant)}.{args.type}"
+        subject = f"{prefix}.{tenant_token(ctx.tenant)}.{args.type}"
         ack = await publisher.publish_durable(
             subject,
             payload,

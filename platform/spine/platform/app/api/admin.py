@@ -34,14 +34,19 @@ from spine.platform.app.api.errors import documented
 from spine.platform.app.api.permissions import administer, may_manage, visible_key, visible_tenant
 from spine.platform.errors import BadRequest, Forbidden
 from spine.platform.inputs import StoredMoment, StoredText
-from spine.platform.keys import MAX_LIFETIME, ApiKey, IssuedKey, Role, parse_lifetime
+from spine.platform.keys import (
+    MAX_LIFETIME,
+    TENANT_NAME,
+    ApiKey,
+    IssuedKey,
+    Role,
+    parse_lifetime,
+)
 from spine.platform.schema import utcnow
 
 __all__ = ["router"]
 
 router = APIRouter(prefix="/v1", tags=["admin"])
-
-TENANT_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 
 
 # -- models ------------------------------------------------------------------------------------

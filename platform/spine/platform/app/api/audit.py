@@ -21,7 +21,7 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from spine.platform.app.api.auth import Caller, platform_of
 from spine.platform.app.api.errors import documented
 from spine.platform.audit import AuditEntry, AuditLog, AuditPage
-from spine.platform.errors import Forbidden, NotFound
+from spine.platform.errors import Forbidden, NotFound, SpineError
 from spine.platform.inputs import check_moment
 from spine.platform.keys import Principal
 
@@ -85,7 +85,9 @@ async def audited(
 ) -> AsyncIterator[AuditNote]:
     """Record the action the block carries out, or its refusal by role (``denied``).
 
-    Other failures (404, 409, 4xx for bad input, 503) record nothing: nothing was done.
+    A refusal is any 403 and any error the platform marks as one (``SpineError.refusal``: a
+    query the graph guard refuses). Other failures (404, 409, 4xx for bad input, 503) record
+    nothing: nothing was done.
     """
     note = AuditNote(
         target=target,
@@ -95,9 +97,9 @@ async def audited(
     log = audit_log(request)
     try:
         yield note
-    except (Forbidden, HTTPException) as exc:
-        if isinstance(exc, Forbidden) or exc.status_code == 403:
-            reason = exc.message if isinstance(exc, Forbidden) else str(exc.detail)
+    except (SpineError, HTTPException) as exc:
+        if exc.status_code == 403 or (isinstance(exc, SpineError) and exc.refusal):
+            reason = exc.message if isinstance(exc, SpineError) else str(exc.detail)
             await log.record(
                 action,
                 tenant=note.tenant,

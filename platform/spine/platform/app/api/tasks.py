@@ -127,7 +127,8 @@ async def approve_task(
     task = await platform_of(request).dispatcher.decide(
         task_id, principal=caller, approved=True, reason=body.reason if body else None
     )
-    await record(request, caller, "task.approve", target=task_id)
+    reason = body.reason if body else None
+    await record(request, caller, "task.approve", target=task_id, details={"reason": reason})
     return TaskResponse.of(task)
 
 
@@ -144,7 +145,8 @@ async def reject_task(
     task = await platform_of(request).dispatcher.decide(
         task_id, principal=caller, approved=False, reason=body.reason if body else None
     )
-    await record(request, caller, "task.reject", target=task_id)
+    reason = body.reason if body else None
+    await record(request, caller, "task.reject", target=task_id, details={"reason": reason})
     return TaskResponse.of(task)
 
 

@@ -287,7 +287,7 @@ def keys_nats(
     import secrets
 
     from spine.events.permissions import publisher_grant, publisher_inbox_prefix
-    from spine.events.subjects import subject_token
+    from spine.events.subjects import tenant_token
     from spine.platform.embedded.credentials import (
         NatsUser,
         add_nats_user,
@@ -306,8 +306,16 @@ def keys_nats(
         )
     data_dir = settings.data_dir.resolve()
     if revoke is not None:
+        credentials = load_credentials(data_dir)
+        known = credentials.nats_users.get(revoke) if credentials else None
         remove_nats_user(data_dir, revoke)
         reload_nats(data_dir)
+
+        async def record_revoke(admin: Admin) -> None:
+            owner = known.tenant if known is not None and known.tenant else "default"
+            await admin.audit_change("nats_user.revoke", tenant=owner, target=revoke)
+
+        administer(record_revoke)
         console.print(f"removed NATS user {revoke}")
         return
     if tenant is None:
@@ -320,8 +328,13 @@ def keys_nats(
                 )
         console.print(table)
         return
-    name = f"publisher-{subject_token(tenant)}-{secrets.token_hex(3)}"
+    name = f"publisher-{tenant_token(tenant)}-{secrets.token_hex(3)}"
     grant = publisher_grant(tenant, name)
+
+    async def exists(admin: Admin) -> None:
+        await admin.keys.tenant(tenant)  # a NotFound naming --tenant: create the tenant first
+
+    administer(exists)
     user = NatsUser(
         user=name,
         password=new_password(),
@@ -332,6 +345,13 @@ def keys_nats(
     )
     credentials = add_nats_user(data_dir, user)
     running = reload_nats(data_dir)
+
+    async def record_create(admin: Admin) -> None:
+        await admin.audit_change(
+            "nats_user.create", tenant=tenant, target=name, details={"publish": list(grant.publish)}
+        )
+
+    administer(record_create)
     state = read_state(data_dir)
     record = state.servers.get("nats") if state else None
     address = f"127.0.0.1:{record.ports['client']}" if record else "<host>:<port>"
