@@ -25,6 +25,7 @@ from spine.events.streams import (
     consumer_name,
 )
 from spine.events.subjects import (
+    BUDGET_THRESHOLD,
     DLQ_TASKS,
     OUTCOMES_ALL,
     cancel_subject,
@@ -154,6 +155,25 @@ async def test_the_api_role_submits_signals_and_follows_progress_and_no_more(
         assert "subscription" in (await violations.wait_for("spine.cancel.*")).lower()
     finally:
         await nc.close()
+
+
+@pytest.mark.parametrize("role", ["api", "worker"])
+async def test_the_processes_that_meter_calls_announce_budget_thresholds(
+    stack: EmbeddedStack, role: str
+) -> None:
+    # Both run model calls against budgets; the README promises the alert on this subject.
+    listener = await _connect(_url(stack, "operator"), Violations())
+    sender = await _connect(_url(stack, role), violations := Violations())
+    try:
+        heard = await listener.subscribe(BUDGET_THRESHOLD)
+        await listener.flush()
+        await sender.publish(BUDGET_THRESHOLD, b'{"type": "budget.threshold"}')
+        await sender.flush()
+        message = await heard.next_msg(timeout=5)
+        assert message.data == b'{"type": "budget.threshold"}', violations.seen
+    finally:
+        await sender.close()
+        await listener.close()
 
 
 async def test_the_worker_role_consumes_acks_dead_letters_and_hears_cancels(

@@ -38,6 +38,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict
 
 from spine.events.subjects import (
+    BUDGET_THRESHOLD,
     CANCEL_ALL,
     EVENTS_ALL,
     OUTCOMES_ALL,
@@ -86,6 +87,7 @@ ROLE_GRANTS: dict[str, SubjectGrant] = {
             OUTCOMES_ALL,
             _PROGRESS_ALL,
             CANCEL_ALL,
+            BUDGET_THRESHOLD,  # the gateway's calls cross budget thresholds
             JETSTREAM_API,
             JETSTREAM_FLOW_CONTROL,
         ),
@@ -98,6 +100,7 @@ ROLE_GRANTS: dict[str, SubjectGrant] = {
             OUTCOMES_ALL,
             _PROGRESS_ALL,
             _DLQ_ALL,
+            BUDGET_THRESHOLD,  # so do agents' calls
             JETSTREAM_API,
             JETSTREAM_ACK,
             JETSTREAM_FLOW_CONTROL,

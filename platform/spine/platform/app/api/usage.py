@@ -43,7 +43,8 @@ async def usage(
         # As for another tenant's tasks: not told apart from nothing at all. A tenant's admin
         # administers that tenant only; reading across tenants is the operator's.
         raise NotFound(f"no tenant {tenant!r} for this key", field="tenant")
-    chosen = caller.tenant if tenant is None else (None if tenant == ALL_TENANTS else tenant)
+    every = tenant == ALL_TENANTS and caller.is_operator  # a tenant once named "*" is just one
+    chosen = caller.tenant if tenant is None else (None if every else tenant)
     groups = [part.strip() for value in group_by or [] for part in value.split(",")]
     ledger = platform_of(request).metered.usage
     rows = await ledger.summary(
