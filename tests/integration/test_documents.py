@@ -157,6 +157,24 @@ async def test_metadata_filters_keep_only_matching_documents(spine: RunningPlatf
     assert await search(client, query, filter={"team": "finance"}) == []
 
 
+async def test_the_list_of_documents_pages_through_every_one(spine: RunningPlatform) -> None:
+    # A limit of 200 with no cursor once left every older document out of reach.
+    client = spine.client
+    added = {(await add(client, f"Note number {n}."))["id"] for n in range(7)}
+    seen: list[str] = []
+    cursor = None
+    for _ in range(10):
+        params: dict[str, Any] = {"limit": 3, **({"cursor": cursor} if cursor else {})}
+        page = (await client.get("/v1/documents", params=params)).json()
+        seen += [d["id"] for d in page["data"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert set(seen) >= added and len(seen) == len(set(seen))
+    bad = await client.get("/v1/documents", params={"cursor": "nope"})
+    assert bad.status_code == 400 and bad.json()["error"]["field"] == "cursor"
+
+
 async def test_another_tenant_sees_nothing_on_any_read_path(spine: RunningPlatform) -> None:
     mine = await add(spine.client, metadata={"team": "ops"})
     await wait_for(spine.client, mine["id"])

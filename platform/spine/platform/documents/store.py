@@ -32,6 +32,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from spine.platform.cursors import decode_cursor, encode_cursor
 from spine.platform.db import Database
 from spine.platform.documents.chunking import Chunker
 from spine.platform.documents.models import (
@@ -207,17 +208,33 @@ class DocumentStore:
         return _document(row._mapping)
 
     async def list_page(
-        self, *, tenant: str, status: DocumentStatus | None = None, limit: int = 50
-    ) -> list[Document]:
-        """Return the tenant's documents, newest first."""
+        self,
+        *,
+        tenant: str,
+        status: DocumentStatus | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> tuple[list[Document], str | None]:
+        """Return the tenant's documents, newest first, ``limit`` at a time, and the next cursor."""
         await self.require_vectors()
         query = sa.select(_DOCS).where(_DOCS.c.tenant == tenant)
         if status is not None:
             query = query.where(_DOCS.c.status == status)
-        query = query.order_by(_DOCS.c.created_at.desc(), _DOCS.c.id).limit(limit)
+        if cursor is not None:
+            created_at, last_id = decode_cursor(cursor)
+            query = query.where(
+                sa.or_(
+                    _DOCS.c.created_at < created_at,
+                    sa.and_(_DOCS.c.created_at == created_at, _DOCS.c.id < last_id),
+                )
+            )
+        query = query.order_by(_DOCS.c.created_at.desc(), _DOCS.c.id.desc()).limit(limit + 1)
         async with self._db.transaction() as conn:
-            rows = (await conn.execute(query)).all()
-        return [_document(row._mapping) for row in rows]
+            rows = [row._mapping for row in (await conn.execute(query)).all()]
+        more = len(rows) > limit
+        rows = rows[:limit]
+        following = encode_cursor(rows[-1]["created_at"], rows[-1]["id"]) if more else None
+        return [_document(row) for row in rows], following
 
     async def delete(self, document_id: str, *, tenant: str) -> None:
         """Remove the tenant's document and its chunks.

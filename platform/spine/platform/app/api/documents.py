@@ -18,7 +18,7 @@ from contextlib import asynccontextmanager
 from typing import Annotated, ClassVar
 
 from fastapi import APIRouter, Query, Request, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from spine.graph.hybrid import HybridQuery, HybridResult, HybridRetriever
 from spine.platform.app.api.auth import Caller, platform_of
@@ -60,6 +60,9 @@ class DocumentList(BaseModel):
     """The caller's documents, newest first."""
 
     data: list[Document]
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next page; null: no more."
+    )
 
 
 @router.post("/documents", status_code=202, response_model=Document, responses=documented(502))
@@ -83,12 +86,13 @@ async def list_documents(
     caller: Caller,
     status: DocumentStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=1000)] = None,
 ) -> DocumentList:
-    """List the caller's documents, newest first."""
-    found = await platform_of(request).documents.list_page(
-        tenant=caller.tenant, status=status, limit=limit
+    """List the caller's documents, newest first, a page at a time."""
+    found, following = await platform_of(request).documents.list_page(
+        tenant=caller.tenant, status=status, limit=limit, cursor=cursor
     )
-    return DocumentList(data=found)
+    return DocumentList(data=found, next_cursor=following)
 
 
 @router.get("/documents/{document_id}", response_model=Document)
