@@ -11,6 +11,7 @@ import json
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -26,6 +27,7 @@ from support.knowledge import (
     hired,
     knowledge,
     met,
+    tenant_name,
 )
 from support.live_platform import RunningPlatform, running_platform
 
@@ -356,3 +358,84 @@ async def test_injections_through_every_endpoint_are_refused_naming_the_field(
         assert response.status_code == 200, response.text
         assert response.json()["nodes"] == []
     assert await counts(spine) == before
+
+
+def person_hired(person: Any, name: Any, company: str = "c1") -> dict[str, Any]:
+    """A ``person.hired`` CloudEvent with any key and name."""
+    event = hired(0, company, 0, "x")
+    event["data"]["person"] = {"id": person, "name": name}
+    return event
+
+
+async def ingest(spine: RunningPlatform, client: httpx.AsyncClient, events: list[Any]) -> None:
+    answer = await client.post(
+        "/v1/events",
+        content=json.dumps(events),
+        headers={"Content-Type": "application/cloudevents-batch+json"},
+    )
+    assert answer.status_code == 202, answer.text
+
+    async def statuses() -> list[str]:
+        page = (await client.get("/v1/events", params={"limit": 200})).json()["data"]
+        return [e["status"] for e in page]
+
+    async with event_consumers(spine.platform):
+        await eventually(statuses, lambda s: s == ["mapped"] * len(events))
+
+
+async def test_a_list_value_of_one_tenant_breaks_no_search_of_another(
+    spine: RunningPlatform,
+) -> None:
+    theirs, fresh = tenant_name("list"), tenant_name("fresh")
+    try:
+        # person.updated has no schema that would refuse a list.
+        updated = person_hired(1, None)
+        updated["type"], updated["data"] = (
+            "com.example.person.updated",
+            {"id": 1, "name": ["Grace", "Hopper"]},
+        )
+        for tenant, events in ((theirs, [updated]), (fresh, [])):
+            secret = await spine.new_key(tenant)
+            async with httpx.AsyncClient(
+                base_url=spine.url, headers={"Authorization": f"Bearer {secret}"}, timeout=30
+            ) as client:
+                if events:
+                    await ingest(spine, client, events)
+                for query, found in (("ada", []), ("hopper", ["Person:1"] if events else [])):
+                    answer = await client.get("/v1/graph/search", params={"q": query})
+                    assert answer.status_code == 200, answer.text
+                    assert [n["id"] for n in answer.json()["nodes"]] == found
+    finally:
+        await clear_tenants(spine.platform, theirs, fresh)
+
+
+async def test_any_node_id_can_be_fetched_slashes_and_newlines_included(
+    spine: RunningPlatform,
+) -> None:
+    tenant = tenant_name("ids")
+    keys = ["x", "x/neighbors", "x/neighbors/neighbors", "new\nline", "sl/ash"]
+    try:
+        secret = await spine.new_key(tenant)
+        async with httpx.AsyncClient(
+            base_url=spine.url, headers={"Authorization": f"Bearer {secret}"}, timeout=30
+        ) as client:
+            await ingest(spine, client, [person_hired(key, f"name of {key}") for key in keys])
+            fetched = {}
+            for key in keys:
+                uid = quote(f"Person:{key}", safe="")
+                node = await client.get(f"/v1/graph/nodes/{uid}")
+                view = await client.get(f"/v1/graph/nodes/{uid}/neighbors")
+                fetched[key] = (
+                    node.json().get("id"),
+                    sorted(n["id"] for n in view.json().get("nodes", [])),
+                )
+            assert fetched == {
+                key: (f"Person:{key}", ["Company:c1", f"Person:{key}"]) for key in keys
+            }
+            # An unencoded /neighbors still asks for the neighbors.
+            literal = (await client.get("/v1/graph/nodes/Person:x/neighbors")).json()
+            assert {n["id"] for n in literal["nodes"]} == {"Person:x", "Company:c1"}
+            literal = (await client.get("/v1/graph/nodes/Person:x%2Fneighbors/neighbors")).json()
+            assert {n["id"] for n in literal["nodes"]} == {"Person:x/neighbors", "Company:c1"}
+    finally:
+        await clear_tenants(spine.platform, tenant)

@@ -13,6 +13,7 @@ unset); ``at`` follows the facts valid at that time; ``history`` follows all of 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime, time, timedelta
@@ -21,7 +22,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from spine.graph.cypher_guard import check_query
-from spine.graph.identifiers import IDENTIFIER, PROVENANCE_PROPERTIES, Allowlist
+from spine.graph.identifiers import PROVENANCE_PROPERTIES, Allowlist
 from spine.graph.mapping import MappingSet
 from spine.graph.store import GraphStore, QueryLimitExceeded
 from spine.graph.values import Node, Path, Relationship
@@ -43,6 +44,8 @@ _HIDDEN = frozenset({"tenant", "version"})
 # What a search leaves out unless asked for by name: provenance, but not the uid users name.
 _NOT_SEARCHED = PROVENANCE_PROPERTIES - {"uid"}
 _MAX_PATH_DEPTH = 6
+# A query parameter's name: what Cypher writes as ``$name`` without backticks.
+_PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 
 
 class TenantLeak(BadRequest):
@@ -127,6 +130,14 @@ class GraphExplorer:
             raise NotFound(f"no node {uid!r}", field=field)
         return _Collector(tenant).node(result.records[0]["n"])
 
+    def is_node_id(self, uid: str) -> bool:
+        """Return whether ``uid`` is written as a node id (``<Label>:<key>``, a known label)."""
+        try:
+            self._label_of(uid)
+        except BadRequest:  # UnknownIdentifier included
+            return False
+        return True
+
     def neighbors_query(
         self,
         uid: str,
@@ -148,11 +159,13 @@ class GraphExplorer:
         left, right = {"out": ("-", "->"), "in": ("<-", "-"), "both": ("-", "-")}[direction]
         params: dict[str, Any] = {"tenant": tenant, "uid": uid, "limit": limit}
         valid = _validity("r", at=at, history=history, params=params)
-        # One round trip: the start node comes back even when it has no neighbors.
+        # One round trip: the start node comes back even when it has no neighbors. A path
+        # back to the start counts only as a self-loop (length 1), so self-loops are drawn.
         text = (
             f"MATCH (a:`{label}` {{tenant: $tenant, uid: $uid}}) "
             f"OPTIONAL MATCH p = (a){left}[{rel}*1..{depth}]{right}(m) "
-            f"WHERE m <> a AND all(r IN relationships(p) WHERE r.tenant = $tenant{valid}) "
+            "WHERE (m <> a OR length(p) = 1) "
+            f"AND all(r IN relationships(p) WHERE r.tenant = $tenant{valid}) "
             "WITH a, m, head(collect(p)) AS p LIMIT $limit "
             "RETURN a, nodes(p) AS nodes, relationships(p) AS rels"
         )
@@ -254,7 +267,9 @@ class GraphExplorer:
         """Return nodes whose property (any mapped one, or the uid, by default) contains ``text``.
 
         Provenance (event ids, sources, times) is searched only when named as ``property``: a
-        hex event id holds short names by chance ("ada" in about 1 of 140).
+        hex event id holds short names by chance ("ada" in about 1 of 140). A value that is
+        not text, a number or a boolean is skipped, not an error (the server may look at other
+        tenants' nodes before the tenant filter); on FalkorDB a list is searched item by item.
         """
         if not text.strip():
             raise BadRequest("the search text is empty", field="q")
@@ -269,9 +284,16 @@ class GraphExplorer:
             names = self._mappings.node_properties(label)
         else:
             names = sorted(self.allowlist.properties - _NOT_SEARCHED)
+        # toString() refuses lists (and the whole query with them); toStringOrNull() does not.
+        if self.store.backend == "neo4j":
+            matches = "toLower(toStringOrNull(n[k])) CONTAINS $text"
+        else:
+            matches = (
+                "any(v IN CASE WHEN typeOf(n[k]) = 'List' THEN n[k] ELSE [n[k]] END "
+                "WHERE toLower(toStringOrNull(v)) CONTAINS $text)"
+            )
         result = await self.store.read(
-            f"MATCH {pattern} WHERE any(k IN $props WHERE toLower(toString(n[k])) CONTAINS $text) "
-            "RETURN n LIMIT $limit",
+            f"MATCH {pattern} WHERE any(k IN $props WHERE {matches}) RETURN n LIMIT $limit",
             {"tenant": tenant, "props": names, "text": text.lower(), "limit": limit},
             timeout=self._timeout,
         )
@@ -298,7 +320,7 @@ class GraphExplorer:
                 field="params.tenant",
             )
         for name in params:
-            if not IDENTIFIER.match(name):
+            if not _PARAM_NAME.match(name):
                 raise BadRequest(
                     f"params: {name[:60]!r} is not a parameter name", field=f"params.{name[:60]}"
                 )

@@ -4,7 +4,8 @@
 2. The graph entities they mention are found two ways: the ids a document names in its
    metadata (``"entities": ["Company:acme", ...]``, set by whoever adds it), and the graph
    nodes whose properties contain a name the query spells out (a capitalised word or a quoted
-   phrase, e.g. ``"Acme"`` in ``who supplies Acme?``).
+   phrase, e.g. ``"Acme"`` in ``who supplies Acme?``). A name in metadata that is not a node
+   id of a known label is skipped, so one bad document cannot fail every query.
 3. Each entity is scored by the passages that mention it (their similarities, summed) plus a
    fixed amount when the query names it; the best few are expanded to their neighborhood.
 4. The answer is one ranked result: the passages (best first, each with its document and
@@ -16,6 +17,7 @@ Every read binds the caller's tenant: the vector search, the node lookups and th
 
 from __future__ import annotations
 
+import logging
 import re
 from collections import defaultdict
 from typing import Any, Protocol
@@ -28,6 +30,8 @@ from spine.platform.errors import NotFound
 from spine.platform.metering import CallContext
 
 __all__ = ["HybridQuery", "HybridResult", "HybridRetriever"]
+
+logger = logging.getLogger(__name__)
 
 _NAMED_BOOST = 0.5  # what naming an entity in the query is worth, beside a passage's similarity
 _NAMES = re.compile(r'"([^"]{2,80})"|\b([A-Z][\w&.-]*(?:\s+[A-Z][\w&.-]*)*)')
@@ -109,7 +113,7 @@ class HybridRetriever:
         reasons: dict[str, list[str]] = defaultdict(list)
         passages = []
         for hit in found.hits:
-            mentioned = _mentions(hit)
+            mentioned = self._mentions(hit)
             passages.append(_passage(hit, mentioned))
             for uid in mentioned:
                 scores[uid] += hit.score
@@ -149,12 +153,24 @@ class HybridRetriever:
             graph=GraphView(nodes=list(nodes.values()), edges=facts),
         )
 
-
-def _mentions(hit: SearchHit) -> list[str]:
-    named = hit.metadata.get("entities")
-    if not isinstance(named, list):
-        return []
-    return [str(uid) for uid in named if isinstance(uid, str) and ":" in uid][:20]
+    def _mentions(self, hit: SearchHit) -> list[str]:
+        """Return the node ids a passage's document names (at most 20), skipping the bad ones."""
+        named = hit.metadata.get("entities")
+        if not isinstance(named, list):
+            return []
+        found: list[str] = []
+        for uid in named:
+            if len(found) == 20:
+                break
+            if isinstance(uid, str) and self._explorer.is_node_id(uid):
+                found.append(uid)
+            else:
+                logger.debug(
+                    "document %s names %.80r as an entity: not a node id, skipped",
+                    hit.document_id,
+                    uid,
+                )
+        return found
 
 
 def _named(query: str) -> list[str]:

@@ -26,7 +26,13 @@ A node is identified by its tenant and ``uid`` = ``<Label>:<key value>``. A rela
 ``supersedes: true`` is a fact with a validity: each event makes a new one from its time, and
 the one before it (same start node and type) gets ``valid_to`` = that time instead of being
 removed. An event whose data lacks a node's key cannot be mapped: it is dead-lettered with the
-reason. Other missing properties are left unset.
+reason. So is one whose key ends in ASCII whitespace or holds U+0001: FalkorDB's ``uid``
+index does not find such a key again, so its relationships would be dropped and its node
+duplicated on replay. Other missing properties are left unset.
+
+A write's ``version`` (compared as text: the newest one wins) is its event time in epoch
+milliseconds, then its dedupe id. Times from 1970 on are 15 digits; earlier ones are ``-``
+(which sorts before digits) and 15 digits that grow with the time (``10**15 + ms``).
 """
 
 from __future__ import annotations
@@ -60,6 +66,10 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _MAX_KEY_CHARS = 500
+# What FalkorDB's range index drops or splits on in a string (measured with FalkorDB 4.16):
+# trailing ASCII whitespace, and U+0001 anywhere. A uid with either is stored but not found.
+_UNINDEXABLE_END = " \t\n\v\f\r"
+_UNINDEXABLE = "\x01"
 _INT64 = 2**63
 
 
@@ -268,7 +278,7 @@ class MappingSet:
         if mapping is None:
             return None
         event = received.event
-        version = f"{time_ms:015d}:{received.key[:16]}"
+        version = f"{_time_text(time_ms)}:{received.key[:16]}"
         writes = EventWrites()
         uids: dict[str, tuple[str, str]] = {}
         for alias, spec in mapping.nodes.items():
@@ -312,8 +322,8 @@ class MappingSet:
 
 def _read(path: Path) -> list[EventMapping]:
     try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise ConfigurationError(
             f"cannot read the mapping file {path}: {exc}", field="GENAI_KNOWLEDGE__MAPPINGS_DIR"
         ) from exc
@@ -349,20 +359,36 @@ def _checked_properties(value: dict[str, str]) -> dict[str, str]:
 def _key_text(value: Any, *, alias: str, spec: NodeSpec, path: str) -> str:
     if value is MISSING:
         raise MappingError(
-            f"{path} is missing: it is the key ({spec.key}) of node {alias!r} ({spec.label})"
+            f"{path} is missing: it is the key ({spec.key}) of node {alias!r} ({spec.label})",
+            field=path,
         )
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise MappingError(
             f"{path} must be a string or an integer to key node {alias!r} ({spec.label}), "
-            f"not {type(value).__name__}"
+            f"not {type(value).__name__}",
+            field=path,
         )
     text = str(value)
     if not text.strip() or len(text) > _MAX_KEY_CHARS:
         raise MappingError(
             f"{path} must be a non-empty key of at most {_MAX_KEY_CHARS} characters "
-            f"(node {alias!r}, {spec.label})"
+            f"(node {alias!r}, {spec.label})",
+            field=path,
+        )
+    if text.endswith(tuple(_UNINDEXABLE_END)) or _UNINDEXABLE in text:
+        raise MappingError(
+            f"{path} cannot key node {alias!r} ({spec.label}): a key may not end in whitespace "
+            "or hold the character U+0001 (the graph's index would not find it again)",
+            field=path,
         )
     return text
+
+
+def _time_text(time_ms: int) -> str:
+    """Return epoch milliseconds as text whose order is time order, before 1970 too."""
+    if time_ms >= 0:
+        return f"{time_ms:015d}"
+    return f"-{10**15 + time_ms:015d}"
 
 
 def _values(event: Any, paths: dict[str, str]) -> dict[str, Any]:

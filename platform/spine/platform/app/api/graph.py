@@ -5,6 +5,10 @@ must be ones the mappings define (400 naming the field otherwise). Results are
 ``{"nodes": [...], "edges": [...]}`` a graph viewer can draw. ``POST /v1/graph/query`` runs
 read-only Cypher for admin keys (see :mod:`spine.graph.cypher_guard`); each one, and each
 refusal by role, is recorded in the audit log.
+
+A node id may hold any character: ``/`` and newlines included, percent-encoded
+(``/v1/graph/nodes/Thing%3Ax%2Fneighbors`` is the node ``Thing:x/neighbors``). Only a
+literal ``/neighbors`` at the end of the path asks for the neighbors route.
 """
 
 from __future__ import annotations
@@ -13,7 +17,11 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.convertors import Convertor, register_url_convertor
+from starlette.routing import Match
+from starlette.types import Scope
 
 from spine.graph.explore import (
     Direction,
@@ -29,6 +37,38 @@ from spine.platform.app.api.errors import documented
 from spine.platform.inputs import StoredJson, StoredMoment, StoredText
 
 __all__ = ["router"]
+
+
+class _NodeIdConvertor(Convertor[str]):
+    """A path parameter that is the rest of the path, newlines included (``path`` stops at one)."""
+
+    regex = "(?s:.*)"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+# Starlette looks convertors up by name when a route's path is compiled.
+register_url_convertor("node_id", _NodeIdConvertor())
+
+
+class _NeighborsRoute(APIRoute):
+    """The neighbors route, taken only when the request spells ``/neighbors`` unencoded.
+
+    The router matches the decoded path, where ``Thing%3Ax%2Fneighbors`` (the node
+    ``Thing:x/neighbors``) looks like the neighbors of ``Thing:x``; the raw path tells them apart.
+    """
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        match, child = super().matches(scope)
+        raw = scope.get("raw_path")
+        if match is not Match.NONE and isinstance(raw, bytes) and not raw.endswith(b"/neighbors"):
+            return Match.NONE, {}
+        return match, child
+
 
 router = APIRouter(prefix="/v1/graph", tags=["graph"])
 
@@ -55,7 +95,6 @@ def _split(types: list[str]) -> list[str]:
     return [part.strip() for item in types for part in item.split(",") if part.strip()]
 
 
-@router.get("/nodes/{node_id:path}/neighbors", response_model=GraphView)
 async def neighbors(
     node_id: str,
     request: Request,
@@ -81,7 +120,17 @@ async def neighbors(
     )
 
 
-@router.get("/nodes/{node_id:path}", response_model=GraphNode)
+# Before the node route, which would take ``.../neighbors`` as part of the id.
+router.add_api_route(
+    "/nodes/{node_id:node_id}/neighbors",
+    neighbors,
+    methods=["GET"],
+    response_model=GraphView,
+    route_class_override=_NeighborsRoute,
+)
+
+
+@router.get("/nodes/{node_id:node_id}", response_model=GraphNode)
 async def node(node_id: str, request: Request, caller: Caller) -> GraphNode:
     """Return one node."""
     return await _explorer(request).node(node_id, tenant=caller.tenant)
