@@ -26,7 +26,7 @@ const Spine = (() => {
 
   function requireKey() {
     if (!key()) {
-      const next = location.pathname + location.search;
+      const next = location.pathname + location.search + location.hash;
       location.replace("/ui/?next=" + encodeURIComponent(next));
       return false;
     }
@@ -134,8 +134,9 @@ const Spine = (() => {
     return el("span", { class: "badge badge-" + String(state).replace(/[^a-z_]/g, ""), text: state });
   }
 
+  // The status bar's id is the console's own: a page's form may name a field "status".
   function status(message, { error = false } = {}) {
-    const node = document.getElementById("status");
+    const node = document.getElementById("console-status");
     if (!node) return;
     node.textContent = message || "";
     node.classList.toggle("error", error);

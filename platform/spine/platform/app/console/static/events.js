@@ -3,7 +3,19 @@
 
 Spine.start(async () => {
   const $ = (id) => document.getElementById(id);
+  // A cursor belongs to the filter it was read with: "Show more" goes on with that filter,
+  // whatever the form reads now, until "Show" applies the form.
+  let shown = form();
   let cursor = null;
+
+  function form() {
+    return { status: $("status").value, type: $("type").value.trim() };
+  }
+
+  function pending() {
+    const now = form();
+    $("filters-pending").hidden = now.status === shown.status && now.type === shown.type;
+  }
 
   const mappings = new Map(); // event type -> what its mapping writes (null: no mapping)
 
@@ -22,9 +34,7 @@ Spine.start(async () => {
   }
 
   async function recent({ append }) {
-    const page = await Spine.api("/v1/events", {
-      params: { status: $("status").value, type: $("type").value.trim(), limit: 50, cursor },
-    });
+    const page = await Spine.api("/v1/events", { params: { ...shown, limit: 50, cursor } });
     await learn(page.data.map((e) => e.type)).catch(Spine.report);
     const rows = page.data.map((e) => {
       const line = Spine.row(Spine.time(e.received_at), e.type, e.source, e.subject || "", Spine.badge(e.status), e.attempts, mapping(e.type));
@@ -46,9 +56,13 @@ Spine.start(async () => {
     );
   }
 
+  $("event-filters").addEventListener("input", pending);
+  $("event-filters").addEventListener("change", pending);
   $("event-filters").addEventListener("submit", (event) => {
     event.preventDefault();
+    shown = form();
     cursor = null;
+    pending();
     recent({ append: false }).catch(Spine.report);
   });
   $("more").addEventListener("click", () => recent({ append: true }).catch(Spine.report));

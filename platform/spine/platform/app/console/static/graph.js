@@ -5,6 +5,8 @@ Spine.start(async () => {
   const $ = (id) => document.getElementById(id);
   const drawable = typeof window.cytoscape === "function";
   const drawn = new Map(); // node id -> node (as the API gave it)
+  const links = new Map(); // edge id -> edge (as the API gave it)
+  const MAX_FIT_ZOOM = 1.6; // a small neighbourhood is not blown up until its labels collide
   let cy = null;
 
   if (drawable) {
@@ -54,9 +56,11 @@ Spine.start(async () => {
     $("cy").replaceChildren(
       Spine.el("p", {
         class: "notice",
-        text: "The graph drawing library is not installed; the drawn nodes are listed below.",
+        text: "The graph drawing library is not installed; the nodes and relationships are listed below.",
       }),
     );
+    $("cy").classList.add("cy-absent");
+    for (const id of ["drawn-nodes", "drawn-edges"]) $(id).open = true;
   }
 
   function filters() {
@@ -84,6 +88,7 @@ Spine.start(async () => {
       }
     }
     for (const edge of view.edges) {
+      links.set(edge.id, edge);
       if (cy && cy.getElementById("e:" + edge.id).empty()) {
         cy.add({
           group: "edges",
@@ -91,12 +96,30 @@ Spine.start(async () => {
         });
       }
     }
-    if (cy) cy.layout({ name: "cose", animate: false, randomize: false, fit: true, padding: 30 }).run();
+    if (cy) {
+      const layout = cy.layout({ name: "cose", animate: false, randomize: false, fit: true, padding: 30 });
+      layout.one("layoutstop", () => {
+        if (cy.zoom() > MAX_FIT_ZOOM) {
+          cy.zoom(MAX_FIT_ZOOM);
+          cy.center();
+        }
+      });
+      layout.run();
+    }
     list();
     return fresh;
   }
 
+  function name(id) {
+    const node = drawn.get(id);
+    return node ? `${title(node)} (${id})` : id;
+  }
+
   function list() {
+    $("edge-count").textContent = String(links.size);
+    const rows = [...links.values()].map((edge) => Spine.row(name(edge.source), edge.type, name(edge.target)));
+    if (rows.length) $("edges").replaceChildren(...rows);
+    else Spine.emptyRow($("edges"), 3, "No relationship drawn.");
     $("node-count").textContent = String(drawn.size);
     $("graph-empty").hidden = drawn.size > 0;
     $("drawn").replaceChildren(
@@ -117,6 +140,7 @@ Spine.start(async () => {
 
   async function draw(id) {
     drawn.clear();
+    links.clear();
     if (cy) cy.elements().remove();
     $("focus").textContent = "of " + id;
     await select(id, { expand: true });
@@ -129,7 +153,16 @@ Spine.start(async () => {
           params: filters(),
         });
         const fresh = add(view);
-        Spine.status(`${id}: ${view.nodes.length - 1} neighbours, ${fresh.length} new on the drawing.`);
+        const count = Math.max(0, view.nodes.length - 1);
+        const neighbours = `${count} ${count === 1 ? "neighbour" : "neighbours"}`;
+        // The API caps a neighbourhood; where it says it did, the count is not the whole.
+        const capped = view.truncated === true;
+        $("capped").hidden = !capped;
+        $("capped").textContent = capped
+          ? `${id} has more neighbours than the ${count} drawn: narrow the filters (types, hops) to see others.`
+          : "";
+        const shown = capped ? `the first ${neighbours} of more (the rest are not drawn)` : neighbours;
+        Spine.status(`${id}: ${shown}, ${fresh.length} new on the drawing.`);
       }
       if (cy) {
         cy.nodes().removeClass("focus");

@@ -1,6 +1,25 @@
 // Sign in: check the key against the API, keep it in this tab's sessionStorage, go on.
 "use strict";
 
+// Where to go after signing in: a console page of this site (its query and fragment kept, so a
+// deep link such as /ui/graph?node=Person:42 survives), never an address somebody put in the
+// link: not another host ("//host", "https://host"), not a backslash (browsers read "/\host"
+// as "//host"), not a scheme ("javascript:"), not a way out of /ui/ ("/ui/../v1").
+function destination(next) {
+  const fallback = "/ui/graph";
+  if (typeof next !== "string" || !next.startsWith("/ui/") || /[\\\u0000-\u0020\u007f]/.test(next)) {
+    return fallback;
+  }
+  let url;
+  try {
+    url = new URL(next, location.origin);
+  } catch (_) {
+    return fallback;
+  }
+  if (url.origin !== location.origin || !url.pathname.startsWith("/ui/")) return fallback;
+  return url.pathname + url.search + url.hash;
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   const form = document.getElementById("signin-form");
   const input = document.getElementById("key");
@@ -20,9 +39,7 @@ document.addEventListener("DOMContentLoaded", () => {
       sessionStorage.setItem(Spine.KEY, token);
       sessionStorage.setItem("spine.session", JSON.stringify(who));
       input.value = "";
-      const next = new URLSearchParams(location.search).get("next") || "";
-      // Only a console path: never an address somebody put in the link.
-      location.assign(/^\/ui\/[A-Za-z0-9/_-]*$/.test(next) ? next : "/ui/graph");
+      location.assign(destination(new URLSearchParams(location.search).get("next")));
     } catch (failure) {
       input.setAttribute("aria-invalid", "true");
       error.textContent =

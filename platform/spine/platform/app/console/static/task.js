@@ -8,6 +8,8 @@ Spine.start(async () => {
   const ENDED = new Set(["succeeded", "failed", "cancelled", "dead_lettered"]);
   let lastSeq = 0;
   let streaming = null; // the timeline item that collects a model's streamed text
+  let reconnecting = false; // the status bar says the feed is being resumed
+  let finalSeen = false; // the feed brought the task's final state
 
   function render(task) {
     const state = $("task-state");
@@ -44,7 +46,10 @@ Spine.start(async () => {
 
   async function cost() {
     const calls = await Spine.api(`/ui/api/tasks/${encodeURIComponent(taskId)}/calls`);
-    $("task-cost").textContent = `${calls.cost} USD · ${calls.input_tokens} tokens in, ${calls.output_tokens} out · ${calls.calls.length} model calls`;
+    const count = calls.calls.length;
+    $("task-cost").textContent =
+      `${calls.cost} USD · ${calls.input_tokens} tokens in, ${calls.output_tokens} out · ` +
+      `${count} model ${count === 1 ? "call" : "calls"}`;
     if (!calls.calls.length) {
       Spine.emptyRow($("task-calls"), 4, "No model call yet.");
       return;
@@ -59,7 +64,8 @@ Spine.start(async () => {
   function summary(event) {
     const skip = new Set(["seq", "type", "at"]);
     const rest = Object.fromEntries(Object.entries(event).filter(([name]) => !skip.has(name)));
-    if (event.type === "state") return event.state + (event.attempt ? ` (attempt ${event.attempt})` : "");
+    if (event.type === "state") return stateSummary(event);
+    if (event.type === "cancel_requested") return "cancellation requested";
     if (event.type === "tool_call_started") {
       const args = typeof event.arguments === "string" ? event.arguments : JSON.stringify(event.arguments ?? {});
       return `${event.tool || event.name || "tool"} ${args}`;
@@ -73,12 +79,34 @@ Spine.start(async () => {
       return `${event.tool} → ${event.ok ? "ok" : "failed"}: ${event.ok ? event.result : JSON.stringify(event.error)}`;
     }
     if (event.type === "final") return typeof event.text === "string" ? event.text : JSON.stringify(rest);
+    if (!Object.keys(rest).length) return "";
     const text = JSON.stringify(rest);
     return text.length > 300 ? text.slice(0, 300) + "…" : text;
   }
 
+  // A state change, with why an attempt ended and when the next one starts (a retry).
+  function stateSummary(event) {
+    let text = event.state + (event.attempt ? ` (attempt ${event.attempt})` : "");
+    const error = event.error;
+    if (error && typeof error === "object") {
+      const why = [error.type, error.message].filter((part) => part).join(": ");
+      if (why) text += ` · ${why}`;
+    } else if (error) {
+      text += ` · ${error}`;
+    }
+    const wait = Number(event.retry_in);
+    if (event.retry_in !== undefined && event.retry_in !== null && Number.isFinite(wait)) {
+      text += ` · retry in ${wait < 10 ? Math.round(wait * 10) / 10 : Math.round(wait)} s`;
+    }
+    return text;
+  }
+
   function onEvent(event) {
     lastSeq = Math.max(lastSeq, event.seq || 0);
+    if (reconnecting) {
+      reconnecting = false;
+      Spine.status("Reconnected to the live feed.");
+    }
     if (event.type === "delta") {
       if (!streaming) {
         streaming = Spine.el("span", { class: "streamed" });
@@ -88,6 +116,7 @@ Spine.start(async () => {
       return;
     }
     streaming = null;
+    if (event.type === "state" && ENDED.has(event.state)) finalSeen = true;
     $("timeline").append(item(event, summary(event)));
     if (event.type === "state" || event.type === "approval_requested" || event.type === "final") {
       refresh().catch(Spine.report);
@@ -104,18 +133,51 @@ Spine.start(async () => {
     );
   }
 
+  // Follow the feed until the task ends. A stream can close before the end (the API restarted,
+  // a proxy timed out, the network dropped): the task is read again and, until the feed has
+  // brought its final state, the feed is resumed after the last event seen, with a growing
+  // pause between tries that bring nothing.
   async function follow() {
+    let failures = 0;
+    let endedBefore = false; // the task had ended before this try began
     $("live").textContent = "(live)";
-    for (let attempt = 0; attempt < 5; attempt += 1) {
+    for (;;) {
+      const before = lastSeq;
+      let problem = null;
       try {
         await Spine.follow(`${base}/events?after=${lastSeq}`, onEvent);
-        break;
       } catch (error) {
-        Spine.report(error);
-        await new Promise((resolve) => setTimeout(resolve, 1000 * (attempt + 1)));
+        problem = error;
       }
+      // The feed of an ended task replays what is left and closes: nothing more will come.
+      if (finalSeen || (endedBefore && !problem)) break;
+      let task = null;
+      try {
+        task = await refresh();
+      } catch (error) {
+        problem = problem || error;
+      }
+      if (problem instanceof Spine.ApiError && [400, 403, 404].includes(problem.status)) {
+        $("live").textContent = "(stopped)";
+        Spine.report(problem);
+        return;
+      }
+      if (task && ENDED.has(task.state) && !endedBefore) {
+        endedBefore = true;
+        continue; // read the feed's last events at once
+      }
+      failures = lastSeq > before ? 1 : failures + 1;
+      const seconds = Math.min(30, 2 ** (failures - 1));
+      $("live").textContent = "(reconnecting…)";
+      const why = problem ? ` (${problem.message})` : "";
+      Spine.status(`The live feed was interrupted${why}; reconnecting in ${seconds} s…`);
+      reconnecting = true;
+      await new Promise((resolve) => setTimeout(resolve, seconds * 1000));
+      $("live").textContent = "(live)";
     }
     $("live").textContent = "(ended)";
+    if (reconnecting) Spine.status("");
+    reconnecting = false;
     await refresh();
     await cost();
   }

@@ -3,14 +3,22 @@
 
 Spine.start(async () => {
   const $ = (id) => document.getElementById(id);
+  // A cursor belongs to the filter it was read with: "Show more" goes on with that filter,
+  // whatever the form reads now, until "Show" applies the form.
+  let shown = form();
   let cursor = null;
 
-  function params() {
-    return { state: $("state").value, agent: $("agent").value.trim(), limit: 25, cursor };
+  function form() {
+    return { state: $("state").value, agent: $("agent").value.trim() };
+  }
+
+  function pending() {
+    const now = form();
+    $("filters-pending").hidden = now.state === shown.state && now.agent === shown.agent;
   }
 
   async function load({ append }) {
-    const page = await Spine.api("/v1/tasks", { params: params() });
+    const page = await Spine.api("/v1/tasks", { params: { ...shown, limit: 25, cursor } });
     const rows = page.data.map((task) =>
       Spine.row(
         Spine.el("a", { href: "/ui/tasks/" + encodeURIComponent(task.id) }, Spine.el("code", { text: task.id })),
@@ -27,9 +35,13 @@ Spine.start(async () => {
     $("more").hidden = !cursor;
   }
 
+  $("task-filters").addEventListener("input", pending);
+  $("task-filters").addEventListener("change", pending);
   $("task-filters").addEventListener("submit", (event) => {
     event.preventDefault();
+    shown = form();
     cursor = null;
+    pending();
     load({ append: false }).catch(Spine.report);
   });
   $("more").addEventListener("click", () => load({ append: true }).catch(Spine.report));
