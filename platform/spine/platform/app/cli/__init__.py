@@ -9,6 +9,7 @@ import re
 import sys
 
 import typer
+from rich.text import Text
 
 from spine.platform.app.cli import admin, budgets, client, learn, learning, running
 from spine.platform.app.cli._shared import err_console
@@ -63,5 +64,27 @@ def main() -> None:
     try:
         app()
     except SpineError as exc:
-        err_console.print(f"[red]error:[/red] {exc.message}")
+        # The message quotes what was given (a path, a value): printed as it is.
+        err_console.print(Text.assemble(("error:", "red"), f" {exc.message}"))
         sys.exit(1)
+    except Exception as exc:
+        import httpx  # the client commands' transport; a failure to reach the API is one line
+
+        if not isinstance(exc, httpx.TransportError):
+            raise
+        where = exc.request.url.copy_with(path="/", query=None) if _has_request(exc) else "the API"
+        err_console.print(
+            Text.assemble(
+                ("error:", "red"),
+                f" cannot reach the API at {where} ({type(exc).__name__}: {exc or 'no answer'}); "
+                "is `spine up` running? `spine status` tells",
+            )
+        )
+        sys.exit(1)
+
+
+def _has_request(exc: Exception) -> bool:
+    try:
+        return exc.request is not None  # type: ignore[attr-defined]
+    except RuntimeError:  # httpx raises when the error carries no request
+        return False

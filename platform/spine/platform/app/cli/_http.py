@@ -6,6 +6,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 import typer
+from rich.text import Text
 
 from spine.platform.app.cli._shared import err_console
 from spine.platform.app.launcher import ADMIN_KEY_FILE
@@ -45,11 +46,22 @@ def _saved_key(settings: Settings) -> str | None:
 
 def json_or_exit(response: httpx.Response) -> Any:
     """Return the JSON body, or print the error in one line and exit 1."""
-    body = response.json()
+    try:
+        body = response.json()
+    except ValueError:  # not JSON: a proxy's page, an empty redirect
+        err_console.print(
+            Text.assemble(
+                (f"{response.status_code}:", "red"),
+                f" {response.request.method} {response.request.url.path} answered no JSON",
+            )
+        )
+        raise typer.Exit(1) from None
     if response.is_error:
         error = body.get("error", {})
         err_console.print(
-            f"[red]{response.status_code} {error.get('type')}:[/red] {error.get('message')}"
+            Text.assemble(
+                (f"{response.status_code} {error.get('type')}:", "red"), f" {error.get('message')}"
+            )
         )
         raise typer.Exit(1)
     return body
@@ -70,8 +82,10 @@ def resolve_id(
         noun: What the items are called in messages (``task``).
         field: The listed items' field that holds the id.
     """
+    if not given.strip():
+        raise ConfigurationError(f"give a {noun} id (or the start of one)", field=field)
     exact = client.get(f"{collection}/{given}")
-    if exact.status_code != 404 or not given:
+    if exact.status_code != 404:
         return given
     found: list[str] = []
     cursor: str | None = None
@@ -91,12 +105,19 @@ def resolve_id(
         return found[0]
     if not found:
         err_console.print(
-            f"[red]404 not_found:[/red] no {noun} id is or starts with {given!r} "
-            f"(among the newest {PREFIX_SCAN}); give the whole id"
+            Text.assemble(
+                ("404 not_found:", "red"),
+                f" no {noun} id is or starts with {given!r} "
+                f"(among the newest {PREFIX_SCAN}); give the whole id",
+            )
         )
     else:
         err_console.print(
-            f"[red]ambiguous:[/red] {len(found)} {noun} ids start with {given!r}; give more "
-            "of the id: " + ", ".join(found[:10]) + (", ..." if len(found) > 10 else "")
+            Text.assemble(
+                ("ambiguous:", "red"),
+                f" {len(found)} {noun} ids start with {given!r}; give more of the id: "
+                + ", ".join(found[:10])
+                + (", ..." if len(found) > 10 else ""),
+            )
         )
     raise typer.Exit(1)

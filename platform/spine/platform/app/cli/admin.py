@@ -16,9 +16,15 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from spine.platform.app.cli._administering import Admin, administer, when
-from spine.platform.app.cli._shared import console, settings_for_command
+from spine.platform.app.cli._shared import (
+    add_literal_row,
+    console,
+    literal,
+    settings_for_command,
+)
 from spine.platform.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -71,9 +77,12 @@ def keys_create(
     issued = administer(go)
     until = f", expires {issued.key.expires_at.isoformat(' ', 'seconds')}" if expires_at else ""
     console.print(
-        f"key id {issued.key.id} for tenant {tenant!r}{until}; store it now, it is not shown again:"
+        literal(
+            f"key id {issued.key.id} for tenant {tenant!r}{until}; "
+            "store it now, it is not shown again:"
+        )
     )
-    console.print(issued.secret, soft_wrap=True)
+    console.print(literal(issued.secret), soft_wrap=True)
 
 
 @keys_app.command("list")
@@ -86,7 +95,8 @@ def keys_list(tenant: Annotated[str | None, typer.Option()] = None) -> None:
     now = datetime.now(UTC)
     table = Table("id", "tenant", "role", "name", "created", "expires", "revoked", "state")
     for key in administer(go):
-        table.add_row(
+        add_literal_row(
+            table,
             key.id,
             key.tenant,
             key.role,
@@ -109,7 +119,7 @@ def keys_revoke(key_id: str) -> None:
         return key
 
     administer(go)
-    console.print(f"revoked {key_id}")
+    console.print(literal(f"revoked {key_id}"))
 
 
 @keys_app.command("rotate")
@@ -124,10 +134,12 @@ def keys_rotate(key_id: str, expires_in: Annotated[str | None, EXPIRES_IN] = Non
 
     issued = administer(go)
     console.print(
-        f"key {key_id} revoked; its successor {issued.key.id} (tenant {issued.key.tenant!r}, "
-        f"role {issued.key.role}); store it now, it is not shown again:"
+        literal(
+            f"key {key_id} revoked; its successor {issued.key.id} (tenant {issued.key.tenant!r}, "
+            f"role {issued.key.role}); store it now, it is not shown again:"
+        )
     )
-    console.print(issued.secret, soft_wrap=True)
+    console.print(literal(issued.secret), soft_wrap=True)
 
 
 @keys_app.command("limits")
@@ -179,9 +191,11 @@ def keys_limits(
         return "default" if value is None else "no limit" if value == 0 else f"{value}/min"
 
     console.print(
-        f"key {key_id}: requests {shown(own.requests_per_minute)}, "
-        f"tokens {shown(own.tokens_per_minute)}"
-        + (" (a running API applies it within the key cache time, 5 s)" if changing else "")
+        literal(
+            f"key {key_id}: requests {shown(own.requests_per_minute)}, "
+            f"tokens {shown(own.tokens_per_minute)}"
+            + (" (a running API applies it within the key cache time, 5 s)" if changing else "")
+        )
     )
 
 
@@ -197,7 +211,7 @@ def tenants_create(name: str) -> None:
         await admin.audit_change("tenant.create", tenant=name, target=name)
 
     administer(go)
-    console.print(f"tenant {name!r} created")
+    console.print(literal(f"tenant {name!r} created"))
 
 
 @tenants_app.command("list")
@@ -216,7 +230,7 @@ def tenants_list() -> None:
 
     table = Table("tenant", "created")
     for tenant in administer(go):
-        table.add_row(tenant.name, when(tenant.created_at))
+        add_literal_row(table, tenant.name, when(tenant.created_at))
     console.print(table)
 
 
@@ -252,7 +266,8 @@ def audit(
     page = administer(go)
     table = Table("time", "action", "outcome", "tenant", "target", "key", "via", "from")
     for entry in page.data:
-        table.add_row(
+        add_literal_row(
+            table,
             when(entry.at),
             entry.action,
             entry.outcome,
@@ -264,7 +279,7 @@ def audit(
         )
     console.print(table)
     if page.next_cursor is not None:
-        console.print(f"next page: --cursor {page.next_cursor}", soft_wrap=True)
+        console.print(literal(f"next page: --cursor {page.next_cursor}"), soft_wrap=True)
 
 
 @keys_app.command("nats")
@@ -316,15 +331,19 @@ def keys_nats(
             await admin.audit_change("nats_user.revoke", tenant=owner, target=revoke)
 
         administer(record_revoke)
-        console.print(f"removed NATS user {revoke}")
+        console.print(literal(f"removed NATS user {revoke}"))
         return
     if tenant is None:
         credentials = load_credentials(data_dir)
         table = Table("user", "tenant", "publishes on", "inbox prefix")
         for user in credentials.nats_users.values() if credentials else []:
             if user.tenant is not None:
-                table.add_row(
-                    user.user, user.tenant, ", ".join(user.publish or ()), user.inbox_prefix or ""
+                add_literal_row(
+                    table,
+                    user.user,
+                    user.tenant,
+                    ", ".join(user.publish or ()),
+                    user.inbox_prefix or "",
                 )
         console.print(table)
         return
@@ -355,12 +374,18 @@ def keys_nats(
     state = read_state(data_dir)
     record = state.servers.get("nats") if state else None
     address = f"127.0.0.1:{record.ports['client']}" if record else "<host>:<port>"
-    console.print(f"NATS user {name} for tenant {tenant!r} (kept in the data dir's credentials):")
-    console.print(credentials.nats_url(f"nats://{address}", name), soft_wrap=True)
-    console.print(f"publishes on: {', '.join(grant.publish)}")
-    console.print(f"connect with inbox prefix: {user.inbox_prefix}")
+    console.print(
+        literal(f"NATS user {name} for tenant {tenant!r} (kept in the data dir's credentials):")
+    )
+    console.print(literal(credentials.nats_url(f"nats://{address}", name)), soft_wrap=True)
+    console.print(literal(f"publishes on: {', '.join(grant.publish)}"))
+    console.print(literal(f"connect with inbox prefix: {user.inbox_prefix}"))
     if not running:
-        console.print("[yellow]the embedded NATS is not running; it takes the user when it starts")
+        console.print(
+            Text(
+                "the embedded NATS is not running; it takes the user when it starts", style="yellow"
+            )
+        )
 
 
 def _expiry(expires_in: str | None) -> datetime | None:

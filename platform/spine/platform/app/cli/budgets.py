@@ -13,7 +13,7 @@ import typer
 from rich.table import Table
 
 from spine.platform.app.cli._administering import Admin, administer, when
-from spine.platform.app.cli._shared import console
+from spine.platform.app.cli._shared import add_literal_row, console, literal
 from spine.platform.errors import ConfigurationError, NotFound
 from spine.platform.schema import money_text
 
@@ -53,7 +53,8 @@ def budgets_show(
     table = Table("scope", "period", "limit", "from", "spent", "reserved", "remaining", "resets")
     for state in states:
         remaining = state.remaining
-        table.add_row(
+        add_literal_row(
+            table,
             scope,
             state.period,
             "unlimited" if state.limit is None else money_text(state.limit),
@@ -66,8 +67,10 @@ def budgets_show(
     console.print(table)
     for alert in alerts:
         console.print(
-            f"{alert.period} budget reached {alert.threshold}% at {when(alert.reached_at)} "
-            f"({money_text(alert.spent)} of {money_text(alert.limit)})"
+            literal(
+                f"{alert.period} budget reached {alert.threshold}% at {when(alert.reached_at)} "
+                f"({money_text(alert.spent)} of {money_text(alert.limit)})"
+            )
         )
 
 
@@ -100,7 +103,7 @@ def budgets_set(
         )
 
     administer(go)
-    console.print(f"the {chosen} budget of {scope} is {money_text(limit)}")
+    console.print(literal(f"the {chosen} budget of {scope} is {money_text(limit)}"))
 
 
 @budgets_app.command("remove")
@@ -126,7 +129,7 @@ def budgets_remove(
         )
 
     administer(go)
-    console.print(f"the stored {chosen} budget of {scope} is removed")
+    console.print(literal(f"the stored {chosen} budget of {scope} is removed"))
 
 
 def _budget_scope(tenant: str | None, key: str | None) -> str:

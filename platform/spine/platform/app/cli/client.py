@@ -4,14 +4,16 @@ documents and search."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Column, Table
+from rich.text import Text
 
 from spine.platform.app.cli._http import api_client, json_or_exit, resolve_id
-from spine.platform.app.cli._shared import console
+from spine.platform.app.cli._shared import add_literal_row, console, literal, read_text
 from spine.platform.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -45,36 +47,77 @@ def submit(
             "/v1/tasks", json={"agent": agent, "input": {"prompt": prompt}, "priority": priority}
         )
         task = json_or_exit(response)
-        console.print(f"task [bold]{task['id']}[/bold] {task['state']}")
+        console.print(Text.assemble("task ", (str(task["id"]), "bold"), f" {task['state']}"))
         if follow:
             _follow(client, task["id"])
 
 
 def _follow(client: httpx.Client, task_id: str) -> None:
+    """Print the task's events until its final one, then its answer.
+
+    A feed that drops (the API restarted, a backing service went away) is resumed after the
+    last event seen, waiting 1 s doubling to 30 s between tries: the task goes on meanwhile.
+    """
+    import httpx
     from httpx_sse import connect_sse
 
+    from spine.platform.tasks.models import TERMINAL_STATES
+
     final: dict[str, Any] = {}
-    with (
-        console.status("waiting for a worker..."),
-        connect_sse(client, "GET", f"/v1/tasks/{task_id}/events", timeout=None) as source,
-    ):
-        for sse in source.iter_sse():
-            if not sse.data:
-                # The API's keep-alive ping (a comment line every 15 s while a task is quiet):
-                # httpx-sse hands it on as an empty event.
-                continue
-            data = json.loads(sse.data)
-            detail = data.get("state") or ", ".join(
-                f"{k}={v}" for k, v in data.items() if k not in {"seq", "type", "at"}
-            )
-            console.print(f"  [dim]{data['seq']:>3}[/dim] {sse.event}: {detail}")
-            if data.get("error"):
-                console.print(f"      [red]{data['error'].get('message')}[/red]")
-            final = data
+    seen, wait = 0, 1.0
+    with console.status("waiting for a worker..."):
+        while final.get("state") not in TERMINAL_STATES:
+            try:
+                with connect_sse(
+                    client,
+                    "GET",
+                    f"/v1/tasks/{task_id}/events",
+                    params={"after": seen} if seen else None,
+                    timeout=None,
+                ) as source:
+                    if source.response.status_code in (400, 401, 403, 404):
+                        source.response.read()
+                        json_or_exit(source.response)
+                    if source.response.is_error:
+                        source.response.read()
+                        raise _FeedDropped(f"the API answered {source.response.status_code}")
+                    for sse in source.iter_sse():
+                        if not sse.data:
+                            # The API's keep-alive ping (a comment line every 15 s while a task
+                            # is quiet): httpx-sse hands it on as an empty event.
+                            continue
+                        data = json.loads(sse.data)
+                        _print_event(sse.event, data)
+                        seen, wait = data["seq"], 1.0
+                        final = data
+                        if final.get("state") in TERMINAL_STATES:
+                            break
+            except (httpx.TransportError, _FeedDropped) as exc:
+                console.print(
+                    literal(f"      the live feed dropped ({exc}); resuming in {wait:g} s"),
+                    style="dim",
+                )
+                time.sleep(wait)
+                wait = min(wait * 2, 30.0)
     task = json_or_exit(client.get(f"/v1/tasks/{task_id}"))
     if task.get("result"):
-        console.print(task["result"].get("text", task["result"]))
+        answer = task["result"].get("text", task["result"])
+        # The model's answer as written; a result without text is pretty-printed, also literally.
+        console.print(literal(answer) if isinstance(answer, str) else answer)
     raise typer.Exit(0 if final.get("state") == "succeeded" else 1)
+
+
+class _FeedDropped(Exception):
+    """The task's feed answered an error that may pass (a 503 while a service is away)."""
+
+
+def _print_event(kind: str, data: dict[str, Any]) -> None:
+    detail = data.get("state") or ", ".join(
+        f"{k}={v}" for k, v in data.items() if k not in {"seq", "type", "at"}
+    )
+    console.print(Text.assemble("  ", (f"{data['seq']:>3}", "dim"), f" {kind}: {detail}"))
+    if data.get("error"):
+        console.print(Text.assemble("      ", (str(data["error"].get("message")), "red")))
 
 
 @tasks_app.command("list")
@@ -95,8 +138,8 @@ def tasks_list(
         return
     table = Table(_id_column(), "agent", "state", "attempts", "created")
     for task in page["data"]:
-        table.add_row(
-            task["id"], task["agent"], task["state"], str(task["attempts"]), task["created_at"]
+        add_literal_row(
+            table, task["id"], task["agent"], task["state"], task["attempts"], task["created_at"]
         )
     console.print(table)
 
@@ -123,7 +166,7 @@ def tasks_approve(task_id: _TASK_ID) -> None:
     with api_client() as client:
         task_id = resolve_id(client, "/v1/tasks", task_id, noun="task")
         task = json_or_exit(client.post(f"/v1/tasks/{task_id}/approve", json={}))
-    console.print(f"task {task['id']} approved; it is {task['state']}")
+    console.print(literal(f"task {task['id']} approved; it is {task['state']}"))
 
 
 @tasks_app.command("reject")
@@ -135,7 +178,7 @@ def tasks_reject(
     with api_client() as client:
         task_id = resolve_id(client, "/v1/tasks", task_id, noun="task")
         task = json_or_exit(client.post(f"/v1/tasks/{task_id}/reject", json={"reason": reason}))
-    console.print(f"task {task['id']} rejected; it is {task['state']}")
+    console.print(literal(f"task {task['id']} rejected; it is {task['state']}"))
 
 
 def require(value: str | None, name: str) -> str:
@@ -160,13 +203,7 @@ def publish(
     """Publish a CloudEvent (structured mode) to POST /v1/events."""
     import uuid
 
-    text = data
-    if data.startswith("@"):
-        try:
-            with open(data[1:], encoding="utf-8") as handle:
-                text = handle.read()
-        except OSError as exc:
-            raise ConfigurationError(f"cannot read {data[1:]}: {exc}", field="--data") from exc
+    text = read_text(data[1:], option="--data") if data.startswith("@") else data
     try:
         payload = json.loads(text)
     except ValueError as exc:
@@ -191,7 +228,9 @@ def publish(
         )
     for accepted in answer["events"]:
         note = " (duplicate)" if accepted["duplicate"] else ""
-        console.print(f"event {accepted['event_id']} accepted: key {accepted['key']}{note}")
+        console.print(
+            literal(f"event {accepted['event_id']} accepted: key {accepted['key']}{note}")
+        )
 
 
 @events_app.command("list")
@@ -240,7 +279,8 @@ def _events_table(events: list[dict[str, Any]], *, wide: bool = False) -> Table:
     )
     for event in events:
         key = str(event["key"])
-        table.add_row(
+        add_literal_row(
+            table,
             key if wide else key[:_SHORT_KEY],
             event["event_id"],
             event["type"],
@@ -269,7 +309,7 @@ def events_remap(
     body: dict[str, Any] = {"type": event_type} if event_type else {}
     with api_client() as client:
         answer = json_or_exit(client.post("/v1/events/remap", json=body))
-    console.print(f"{answer['remapped']} unmapped event(s) sent to ingestion again")
+    console.print(literal(f"{answer['remapped']} unmapped event(s) sent to ingestion again"))
 
 
 @graph_app.command("neighbors")
@@ -297,13 +337,15 @@ def graph_neighbors(
     table = Table("node", "labels", "properties")
     for node in view["nodes"]:
         shown = {k: v for k, v in node["properties"].items() if k not in _PROVENANCE}
-        table.add_row(node["id"], ",".join(node["labels"]), json.dumps(shown, ensure_ascii=False))
+        add_literal_row(
+            table, node["id"], ",".join(node["labels"]), json.dumps(shown, ensure_ascii=False)
+        )
     console.print(table)
     edges = Table("from", "relationship", "to", "valid")
     for edge in view["edges"]:
         props = edge["properties"]
         valid = f"{props.get('valid_from', '')}..{props.get('valid_to') or ''}"
-        edges.add_row(edge["source"], edge["type"], edge["target"], valid)
+        add_literal_row(edges, edge["source"], edge["type"], edge["target"], valid)
     console.print(edges)
 
 
@@ -328,10 +370,13 @@ def graph_query(
         result = json_or_exit(
             client.post("/v1/graph/query", json={"query": query, "params": params})
         )
-    table = Table(*result["columns"]) if result["columns"] else Table("(no rows)")
+    # The column names are the query's own aliases: data too.
+    columns = [Column(literal(name)) for name in result["columns"]]
+    table = Table(*columns) if columns else Table("(no rows)")
     for row in result["rows"]:
-        table.add_row(
-            *(json.dumps(v, ensure_ascii=False) if not isinstance(v, str) else v for v in row)
+        add_literal_row(
+            table,
+            *(json.dumps(v, ensure_ascii=False) if not isinstance(v, str) else v for v in row),
         )
     console.print(table)
     if result["truncated"]:
@@ -356,12 +401,8 @@ def docs_add(
     wait: Annotated[bool, typer.Option(help="Wait until it is embedded (or failed).")] = False,
 ) -> None:
     """Store a text or markdown file as a document; it is embedded in the background."""
-    try:
-        text = file.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigurationError(f"cannot read {file} as UTF-8 text: {exc}", field="FILE") from None
     body = {
-        "text": text,
+        "text": read_text(file, option="FILE"),
         "format": "markdown" if file.suffix.lower() in _MARKDOWN_SUFFIXES else "text",
         "metadata": _pairs(meta or [], "--meta"),
         "source": source or file.name,
@@ -369,12 +410,15 @@ def docs_add(
     with api_client() as client:
         document = json_or_exit(client.post("/v1/documents", json=body))
         console.print(
-            f"document [bold]{document['id']}[/bold] {document['status']}: "
-            f"{document['chunk_count']} chunks for {document['model']}"
+            Text.assemble(
+                "document ",
+                (str(document["id"]), "bold"),
+                f" {document['status']}: {document['chunk_count']} chunks for {document['model']}",
+            )
         )
         if wait:
             document = _wait_for_document(client, document["id"])
-            console.print(f"document {document['id']} {document['status']}")
+            console.print(literal(f"document {document['id']} {document['status']}"))
             if document["status"] != "embedded":
                 raise typer.Exit(1)
 
@@ -388,7 +432,8 @@ def _wait_for_document(client: httpx.Client, document_id: str) -> Any:
             if document["status"] != "queued":
                 return document
             if document.get("error"):
-                console.print(f"  [yellow]waiting: {document['error']['message']}[/yellow]")
+                message = document["error"]["message"]
+                console.print(Text.assemble("  ", (f"waiting: {message}", "yellow")))
             time.sleep(1.0)
 
 
@@ -405,10 +450,11 @@ def docs_list(
         page = json_or_exit(client.get("/v1/documents", params=params))
     table = Table(_id_column(), "status", "chunks", "model", "source", "created")
     for document in page["data"]:
-        table.add_row(
+        add_literal_row(
+            table,
             document["id"],
             document["status"],
-            str(document["chunk_count"]),
+            document["chunk_count"],
             document["model"] or "",
             document["source"] or "",
             document["created_at"],
@@ -437,7 +483,7 @@ def docs_delete(document_id: _DOCUMENT_ID) -> None:
         response = client.delete(f"/v1/documents/{document_id}")
         if response.is_error:
             json_or_exit(response)
-    console.print(f"deleted {document_id}")
+    console.print(literal(f"deleted {document_id}"))
 
 
 @commands.command("search")
@@ -463,7 +509,8 @@ def search(
     table = Table("score", "source", "heading", "text")
     for hit in result["hits"]:
         text = " ".join(hit["text"].split())
-        table.add_row(
+        add_literal_row(
+            table,
             f"{hit['score']:.3f}",
             f"{hit['source'] or hit['document_id']}#{hit['chunk']}",
             hit["heading"] or "",

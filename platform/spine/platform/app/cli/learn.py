@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.text import Text
 
-from spine.platform.app.cli._shared import err_console, settings_for_command
+from spine.platform.app.cli._shared import err_console, read_text, settings_for_command
 from spine.platform.errors import ConfigurationError
 
 __all__ = ["learn_app"]
@@ -69,7 +70,8 @@ def replay(
     # subjects, none of the platform's work, events or outcomes.
     settings = settings_for_command(role="replay")
     wanted = [m.strip() for m in models.split(",") if m.strip()] if models else None
-    records = read_records(recording, models=wanted, use_category=not no_category)
+    lines = read_text(recording, option="FILE").splitlines()
+    records = read_records(lines, models=wanted, use_category=not no_category)
     catalog: dict[str, float] = {}
     if models_file is not None:
         for spec in load_models_file(models_file):
@@ -78,7 +80,7 @@ def replay(
     knobs = list(SWEEP_KNOBS) if sweep else [float(knob or 0.0)]
     prices, notes = prices_of(records, catalog, known=listed_price)
     for note in notes:
-        err_console.print(f"[yellow]{note}[/yellow]")
+        err_console.print(Text(note, style="yellow"))
     report = asyncio.run(
         run_replay(
             records,

@@ -11,7 +11,7 @@ import typer
 from rich.table import Column, Table
 
 from spine.platform.app.cli._http import api_client, json_or_exit, resolve_id
-from spine.platform.app.cli._shared import console
+from spine.platform.app.cli._shared import add_literal_row, console, literal, read_text
 from spine.platform.errors import ConfigurationError
 
 __all__ = ["commands", "experiments_app", "routing_app"]
@@ -45,7 +45,7 @@ def feedback(
     body: dict[str, Any] = {"target": target, "score": score, "label": label, "comment": comment}
     with api_client() as client:
         given = json_or_exit(client.post("/v1/feedback", json=body))
-    console.print(f"feedback {given['id']} on {len(given['call_ids'])} call(s)")
+    console.print(literal(f"feedback {given['id']} on {len(given['call_ids'])} call(s)"))
 
 
 @commands.command()
@@ -74,13 +74,14 @@ def routing_decisions(
     table = Table("time", "strategy", "model", "outcome", "explored", "weights", "call id")
     for item in page["data"]:
         decision = item["decision"] or {}
-        table.add_row(
+        add_literal_row(
+            table,
             item["time"][:19],
             item["strategy"] or "",
             item["model"],
             item["outcome"],
             "yes" if decision.get("explored") else "",
-            str(decision.get("weights_version", "")),
+            decision.get("weights_version", ""),
             item["call_id"],
         )
     console.print(table)
@@ -95,13 +96,14 @@ def routing_weights(as_json: Annotated[bool, typer.Option("--json")] = False) ->
         console.print_json(json.dumps(weights))
         return
     console.print(
-        f"weights version {weights.get('version')} from {weights.get('events', 0)} events"
+        literal(f"weights version {weights.get('version')} from {weights.get('events', 0)} events")
     )
     table = Table("model", "observations", "quality", "± (sd)", "latency ms", "cost")
     for row in weights.get("models", []):
-        table.add_row(
+        add_literal_row(
+            table,
             row["model"],
-            str(row.get("observations", 0)),
+            row.get("observations", 0),
             _number(row.get("quality")),
             _number(row.get("quality_sd")),
             _number(row.get("latency_ms")),
@@ -115,10 +117,13 @@ def experiments_create(
     spec: Annotated[Path, typer.Argument(help="A JSON file: {name, scope, arms}.")],
 ) -> None:
     """Start an experiment described by a JSON file (see POST /v1/experiments)."""
-    body = json.loads(spec.read_text(encoding="utf-8"))
+    try:
+        body = json.loads(read_text(spec, option="SPEC"))
+    except ValueError as exc:
+        raise ConfigurationError(f"SPEC: {spec} is not JSON: {exc}", field="SPEC") from None
     with api_client() as client:
         created = json_or_exit(client.post("/v1/experiments", json=body))
-    console.print(f"experiment {created['id']} running")
+    console.print(literal(f"experiment {created['id']} running"))
 
 
 @experiments_app.command("list")
@@ -131,7 +136,8 @@ def experiments_list() -> None:
         scope = item["scope"]["kind"] + (
             f":{item['scope']['agent']}" if item["scope"].get("agent") else ""
         )
-        table.add_row(
+        add_literal_row(
+            table,
             item["id"],
             item["name"],
             scope,
@@ -150,10 +156,11 @@ def experiments_show(experiment_id: str) -> None:
     table = Table("arm", "calls", "errors", "quality (n)", "95% interval", "cost", "latency ms")
     for arm in report["arms"]:
         interval = arm["quality_ci"]
-        table.add_row(
+        add_literal_row(
+            table,
             arm["arm"],
-            str(arm["calls"]),
-            str(arm["errors"]),
+            arm["calls"],
+            arm["errors"],
             f"{_number(arm['quality_mean'])} ({arm['quality_n']})",
             f"{_number(interval[0])}..{_number(interval[1])}" if interval else "",
             _number(arm["cost_mean"]),
@@ -161,7 +168,9 @@ def experiments_show(experiment_id: str) -> None:
         )
     console.print(table)
     verdict = "significant" if report["significant"] else "not significant"
-    console.print(f"best arm: {report['best_arm']} ({verdict}, p={_number(report['p_value'])})")
+    console.print(
+        literal(f"best arm: {report['best_arm']} ({verdict}, p={_number(report['p_value'])})")
+    )
 
 
 @experiments_app.command("stop")
@@ -170,7 +179,7 @@ def experiments_stop(experiment_id: str) -> None:
     with api_client() as client:
         experiment_id = resolve_id(client, "/v1/experiments", experiment_id, noun="experiment")
         json_or_exit(client.post(f"/v1/experiments/{experiment_id}/stop"))
-    console.print(f"experiment {experiment_id} stopped")
+    console.print(literal(f"experiment {experiment_id} stopped"))
 
 
 @experiments_app.command("promote")
@@ -179,7 +188,7 @@ def experiments_promote(experiment_id: str, arm: str) -> None:
     with api_client() as client:
         experiment_id = resolve_id(client, "/v1/experiments", experiment_id, noun="experiment")
         json_or_exit(client.post(f"/v1/experiments/{experiment_id}/promote", json={"arm": arm}))
-    console.print(f"arm {arm} of experiment {experiment_id} promoted")
+    console.print(literal(f"arm {arm} of experiment {experiment_id} promoted"))
 
 
 def _number(value: Any) -> str:

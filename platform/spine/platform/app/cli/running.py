@@ -13,8 +13,15 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
-from spine.platform.app.cli._shared import console, require, settings_for_command
+from spine.platform.app.cli._shared import (
+    add_literal_row,
+    console,
+    literal,
+    require,
+    settings_for_command,
+)
 from spine.platform.app.launcher import StackRunner, describe_config, plan_local_model
 from spine.platform.errors import ConfigurationError
 from spine.platform.logs import configure_logging
@@ -46,7 +53,9 @@ def down() -> None:
     settings = load_settings()
     stopped = StackRunner(settings, console=console).stop_detached()
     console.print(
-        f"stopped {', '.join(stopped)}" if stopped else "no spine up or detached servers running"
+        literal(f"stopped {', '.join(stopped)}")
+        if stopped
+        else "no spine up or detached servers running"
     )
 
 
@@ -56,11 +65,11 @@ def status() -> None:
     settings = load_settings()
     rows = StackRunner(settings, console=console).status()
     if not rows:
-        console.print(f"no embedded servers recorded under {settings.data_dir}")
+        console.print(literal(f"no embedded servers recorded under {settings.data_dir}"))
         return
     table = Table("name", "state", "pid", "detail")
     for row in rows:
-        table.add_row(*row)
+        add_literal_row(table, *row)
     console.print(table)
 
 
@@ -205,17 +214,19 @@ def config(
         return
     table = Table("variable", "value")
     for name, value in rows:
-        table.add_row(name, value)
+        add_literal_row(table, name, value)
     console.print(table)
     console.print(
-        "embedded by `spine up`: " + (", ".join(embedded) if embedded else "nothing (all set)")
+        literal(
+            "embedded by `spine up`: " + (", ".join(embedded) if embedded else "nothing (all set)")
+        )
     )
     try:
         note = plan_local_model(settings).note
     except ConfigurationError as exc:
         note = exc.message
     if note:
-        console.print(f"[yellow]{note}[/yellow]")
+        console.print(Text(note, style="yellow"))
 
 
 @commands.command()
@@ -227,11 +238,11 @@ def doctor() -> None:
     results = asyncio.run(run_checks(settings))
     table = Table("check", "status", "detail")
     for result in results:
-        mark = "[green]ok[/green]" if result.ok else "[red]FAIL[/red]"
-        table.add_row(result.name, mark, result.detail)
+        mark = Text("ok", style="green") if result.ok else Text("FAIL", style="red")
+        add_literal_row(table, result.name, mark, result.detail)
     console.print(table)
     failed = [r for r in results if not r.ok]
     for result in failed:
         if result.fix:
-            console.print(f"[yellow]{result.name}[/yellow]: {result.fix}")
+            console.print(Text.assemble((result.name, "yellow"), f": {result.fix}"))
     raise typer.Exit(1 if failed else 0)
