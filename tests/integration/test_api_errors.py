@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -383,6 +383,104 @@ async def test_database_down_is_503_and_readyz_names_it(
             await proxy.open()  # same port: the API recovers without a restart
             assert (await spine.client.get(f"/v1/tasks/{task['id']}")).status_code == 200
             assert (await spine.client.get("/readyz")).status_code == 200
+
+
+async def test_a_database_that_stops_answering_is_a_503_in_bounded_time(
+    services: Any, pg_url: str, models: FakeModelServer
+) -> None:
+    # A frozen server (SIGSTOP) keeps its connections open: requests once waited for it for as
+    # long as it stayed frozen, and /readyz waited too, then said "ok".
+    real = make_url(pg_url)
+    async with proxy_to(real.host or "127.0.0.1", real.port or 5432) as proxy:
+        through_proxy = real.set(host="127.0.0.1", port=proxy.port)
+        database_url = through_proxy.render_as_string(hide_password=False)
+        async with running_platform(
+            services, database_url, models, workers=0, database_timeout=2
+        ) as spine:
+            task = await submit(spine)
+            proxy.freeze()
+            try:
+                started = asyncio.get_running_loop().time()
+                ready = await spine.client.get("/readyz")
+                assert ready.status_code == 503
+                assert "did not answer" in ready.json()["services"]["database"]
+                assert ready.json()["services"]["nats"] == "ok"
+                response = await spine.client.get(f"/v1/tasks/{task['id']}")
+                assert_error(response, 503, "service_unavailable")
+                assert response.headers["retry-after"]
+                assert asyncio.get_running_loop().time() - started < 10
+            finally:
+                proxy.thaw()
+            await eventually_ok(lambda: spine.client.get(f"/v1/tasks/{task['id']}"))
+            await eventually_ok(lambda: spine.client.get("/readyz"))
+
+
+async def test_a_task_feed_waits_through_a_database_outage_and_goes_on(
+    services: Any, pg_url: str, models: FakeModelServer
+) -> None:
+    # The feed once broke off mid-stream (an unhandled ServiceUnavailable after the 200).
+    real = make_url(pg_url)
+    async with proxy_to(real.host or "127.0.0.1", real.port or 5432) as proxy:
+        through_proxy = real.set(host="127.0.0.1", port=proxy.port)
+        database_url = through_proxy.render_as_string(hide_password=False)
+        async with running_platform(services, database_url, models, workers=0) as spine:
+            task = await submit(spine)
+            seen: list[dict[str, Any]] = []
+
+            async def follow() -> None:
+                path = f"/v1/tasks/{task['id']}/events"
+                async with spine.client.stream("GET", path) as response:
+                    assert response.status_code == 200
+                    async for line in response.aiter_lines():
+                        if line.startswith("data:"):
+                            seen.append(json.loads(line[5:]))
+
+            reader = asyncio.create_task(follow())
+            for _ in range(100):
+                if seen:
+                    break
+                await asyncio.sleep(0.05)
+            assert [e.get("state") for e in seen] == ["queued"]
+            await proxy.shut()
+            await asyncio.sleep(2.5)  # the feed's safety reads meet the outage
+            assert not reader.done()
+            await proxy.open()
+            await eventually_ok(lambda: spine.client.get(f"/v1/tasks/{task['id']}"))
+            cancelled = await spine.client.post(f"/v1/tasks/{task['id']}/cancel")
+            assert cancelled.status_code in (200, 202), cancelled.text
+            await asyncio.wait_for(reader, 30)
+            assert seen[-1]["state"] == "cancelled"
+            assert [e["seq"] for e in seen] == list(range(1, len(seen) + 1))
+
+
+async def test_readyz_says_a_nats_that_stopped_answering_is_not_ready(
+    services: Any, pg_url: str, models: FakeModelServer
+) -> None:
+    real = make_url(services.nats_url.replace("nats://", "postgresql://"))
+    async with proxy_to(real.host or "127.0.0.1", real.port or 4222) as proxy:
+        through = real.set(host="127.0.0.1", port=proxy.port)
+        nats_url = through.render_as_string(hide_password=False).replace("postgresql", "nats", 1)
+        async with running_platform(
+            services, pg_url, models, nats_url=nats_url, workers=0
+        ) as spine:
+            assert (await spine.client.get("/readyz")).status_code == 200
+            proxy.freeze()
+            try:
+                ready = await spine.client.get("/readyz")
+                assert ready.status_code == 503
+                assert "did not answer" in ready.json()["services"]["nats"]
+            finally:
+                proxy.thaw()
+            await eventually_ok(lambda: spine.client.get("/readyz"))
+
+
+async def eventually_ok(call: Callable[[], Awaitable[httpx.Response]]) -> None:
+    """Wait until ``call`` answers 200 (a thawed connection may first fail, then recover)."""
+    for _ in range(100):
+        if (await call()).status_code == 200:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("never answered 200")
 
 
 @pytest.mark.usefixtures("clean_jetstream")

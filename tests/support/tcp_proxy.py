@@ -1,7 +1,8 @@
-"""A TCP forwarder a test can shut (refusing and dropping connections) and reopen.
+"""A TCP forwarder a test can shut (refusing and dropping connections) and reopen, or freeze.
 
 Put between the API and PostgreSQL or NATS, it makes the API's connections fail the way they do
-when the server goes away, and come back on the same port.
+when the server goes away, and come back on the same port; frozen, it holds every byte with the
+connections open, as a server stopped with SIGSTOP does.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ class TcpProxy:
         self.port = 0
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._flowing = asyncio.Event()
+        self._flowing.set()
 
     @property
     def is_open(self) -> bool:
@@ -42,6 +45,14 @@ class TcpProxy:
         await self._server.wait_closed()
         self._server = None
 
+    def freeze(self) -> None:
+        """Hold every byte from now on, keeping the connections open (a server that hangs)."""
+        self._flowing.clear()
+
+    def thaw(self) -> None:
+        """Forward again what was held and whatever comes next."""
+        self._flowing.set()
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.target)
@@ -49,13 +60,18 @@ class TcpProxy:
             writer.transport.abort()
             return
         self._writers |= {writer, up_writer}
-        await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+        await asyncio.gather(
+            _pipe(reader, up_writer, self._flowing), _pipe(up_reader, writer, self._flowing)
+        )
         self._writers -= {writer, up_writer}
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _pipe(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, flowing: asyncio.Event
+) -> None:
     try:
         while data := await reader.read(65536):
+            await flowing.wait()
             writer.write(data)
             await writer.drain()
     except (OSError, RuntimeError):

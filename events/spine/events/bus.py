@@ -122,6 +122,21 @@ class NatsBus:
         except _PUBLISH_ERRORS as exc:
             raise ServiceUnavailable(f"JetStream did not acknowledge {subject}: {exc!r}") from exc
 
+    async def ping(self, timeout: float) -> None:
+        """Make a round trip to JetStream, raising :class:`ServiceUnavailable` when it is not
+        connected or does not answer within ``timeout`` seconds (a frozen server keeps its
+        connections open, so ``connected`` alone does not tell).
+
+        A request, not ``flush()``: nats-py fails a PONG that comes after its flush gave up
+        (InvalidStateError in its read loop), and the connection with it.
+        """
+        if not self.connected:
+            raise ServiceUnavailable("disconnected")
+        try:
+            await self.client.request("$JS.API.INFO", b"", timeout=timeout)
+        except (NatsTimeout, NoRespondersError, ConnectionClosedError) as exc:
+            raise ServiceUnavailable(f"NATS did not answer within {timeout:g} s") from exc
+
     async def signal(self, subject: str, payload: bytes) -> None:
         """Publish a core NATS message; best effort, since its durable copy is elsewhere."""
         if not self.connected:

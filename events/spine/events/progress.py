@@ -78,6 +78,21 @@ class ProgressFeed:
         found = await self._store.events(task_id, tenant=tenant, after_seq=seq - 1, limit=1)
         return found[0] if found and found[0].seq == seq else None
 
+    async def _read_through_outage(
+        self, task_id: str, *, tenant: str | None, after: int
+    ) -> list[TaskEvent]:
+        """Read the stored events after ``after``; while the database is away, wait and read
+        again (1 s doubling to 15 s): the feed stays open (its pings with it) and goes on where
+        it was once the database answers, instead of breaking off mid-stream."""
+        wait = self._poll_interval
+        while True:
+            try:
+                return await self._store.events(task_id, tenant=tenant, after_seq=after)
+            except ServiceUnavailable as exc:
+                logger.info("task %s's feed waits for the database: %s", task_id, exc.message)
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, 15.0)
+
     async def follow(
         self, task_id: str, *, tenant: str | None, after_seq: int = 0
     ) -> AsyncIterator[TaskEvent]:
@@ -101,7 +116,8 @@ class ProgressFeed:
         try:
             while True:
                 if read:
-                    for event in await self._store.events(task_id, tenant=tenant, after_seq=last):
+                    stored = await self._read_through_outage(task_id, tenant=tenant, after=last)
+                    for event in stored:
                         yield event
                         last = event.seq
                         if event.is_final:

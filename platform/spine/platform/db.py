@@ -37,6 +37,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.pool import NullPool
 
 from spine.platform.errors import BadRequest, ConfigurationError, ServiceUnavailable, SpineError
 
@@ -79,8 +80,11 @@ def async_url(url: str) -> URL:
 class Database:
     """An async engine plus the session factory and migrations that go with it."""
 
-    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+    def __init__(self, url: str, *, pool_size: int = 10, timeout: float = 30.0) -> None:
         self.url = async_url(url)
+        # Each PostgreSQL statement may take ``timeout`` seconds (asyncpg's command_timeout, on
+        # the client: a frozen server enforces nothing), then fails as ServiceUnavailable.
+        self._timeout = timeout
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
         # No pre-ping: it costs a round trip per checkout (~2 ms here). A connection that died
         # fails its first use with ServiceUnavailable, and SQLAlchemy then drops the pool.
@@ -91,6 +95,7 @@ class Database:
                 Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
             options["connect_args"] = {"timeout": 30}
         else:
+            options["connect_args"] = {"command_timeout": timeout, "timeout": min(timeout, 10)}
             # Up to twice pool_size connections, as before, but every one kept once opened: an
             # overflow connection was closed at its return and opened again at the next burst
             # (an asyncpg connect, its type introspection and re-prepared statements, and a new
@@ -169,6 +174,8 @@ class Database:
                 self._driver_pool = await asyncpg.create_pool(
                     min_size=0,
                     max_size=self._pool_size,
+                    command_timeout=self._timeout,
+                    timeout=min(self._timeout, 10),
                     init=_json_codecs,
                     reset=_keep_session,
                     **options,
@@ -203,17 +210,27 @@ class Database:
             return ServiceUnavailable(f"the database is unreachable: {_short(exc)}")
         return None
 
-    async def ping(self) -> None:
-        """Run a trivial query, raising :class:`ServiceUnavailable` when it fails."""
-        async with self.session() as session:
-            await session.execute(sa.text("SELECT 1"))
+    async def ping(self, timeout: float | None = None) -> None:
+        """Run a trivial query, raising :class:`ServiceUnavailable` when it fails or takes over
+        ``timeout`` seconds (default: the statement timeout)."""
+        try:
+            async with asyncio.timeout(timeout):
+                async with self.session() as session:
+                    await session.execute(sa.text("SELECT 1"))
+        except TimeoutError as exc:
+            waited = timeout if timeout is not None else self._timeout
+            raise ServiceUnavailable(f"the database did not answer within {waited:g} s") from exc
 
     async def migrate(self) -> None:
         """Bring the schema to the newest migration; safe to call from many processes."""
         if self.is_sqlite:
             await asyncio.to_thread(self._lock_sqlite_file)
+        # Its own engine, without the statement timeout: building an index may take minutes.
+        engine = (
+            self.engine if self.is_sqlite else create_async_engine(self.url, poolclass=NullPool)
+        )
         try:
-            async with self.engine.begin() as conn:
+            async with engine.begin() as conn:
                 if not self.is_sqlite:
                     # One migrator at a time across API and worker processes.
                     await conn.execute(sa.text("SELECT pg_advisory_xact_lock(4242001)"))
@@ -226,6 +243,8 @@ class Database:
         except OSError as exc:
             raise ServiceUnavailable(f"the database is unreachable: {_short(exc)}") from exc
         finally:
+            if engine is not self.engine:
+                await engine.dispose()
             self._unlock_sqlite_file()
 
     async def dispose(self) -> None:

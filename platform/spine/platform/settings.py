@@ -570,6 +570,13 @@ class Settings(BaseSettings):
     default_provider: Provider = "ollama"
     ollama_url: str | None = None
     database_url: str | None = None
+    database_timeout: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="Seconds a database statement may take before the call fails with a 503 "
+        "(a server that stopped answering must not hold requests; migrations are not bounded).",
+    )
     openai_api_key: SecretStr | None = None
     anthropic_api_key: SecretStr | None = None
     fallback_chain: Annotated[list[Provider], NoDecode] = Field(default_factory=list)

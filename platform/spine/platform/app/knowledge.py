@@ -38,8 +38,8 @@ __all__ = ["KnowledgeLayer"]
 
 logger = logging.getLogger(__name__)
 
-READY_TIMEOUT = 1.0
-"""Seconds ``/readyz`` waits for the graph server."""
+READY_TIMEOUT = 2.0
+"""Seconds ``/readyz`` waits for each backing service (a frozen server is not ready)."""
 
 
 @dataclass(slots=True, kw_only=True)

@@ -43,7 +43,7 @@ async def run_learner(settings: Settings, stop: asyncio.Event, *, replay: bool =
             "the learner needs GENAI_DATABASE_URL and GENAI_NATS_URL (`spine up` sets them)",
             field="GENAI_DATABASE_URL" if settings.database_url is None else "GENAI_NATS_URL",
         )
-    db = Database(settings.database_url)
+    db = Database(settings.database_url, timeout=settings.database_timeout)
     bus = NatsBus(settings.nats_url, name="spine-learner")
     store = SnapshotStore(db)
     metrics = process_server(settings.metrics, role="learner")

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 
 from spine.agents.base import ModelSource
@@ -26,7 +27,7 @@ from spine.events.streams import StreamLayout, StreamWatch
 from spine.events.weights import WeightsChannel
 from spine.graph.explore import GraphExplorer
 from spine.graph.hybrid import HybridRetriever
-from spine.platform.app.knowledge import KnowledgeLayer
+from spine.platform.app.knowledge import READY_TIMEOUT, KnowledgeLayer
 from spine.platform.app.streams import stream_layout
 from spine.platform.batches.files import FileStore
 from spine.platform.batches.store import Batches
@@ -100,7 +101,7 @@ class Platform:
                 "the servers it starts)",
                 field="GENAI_DATABASE_URL" if settings.database_url is None else "GENAI_NATS_URL",
             )
-        db = Database(settings.database_url)
+        db = Database(settings.database_url, timeout=settings.database_timeout)
         bus = NatsBus(settings.nats_url, name=name)
         tasks = TaskStore(db, announce=ProgressNudges(bus))
         feed = ProgressFeed(tasks, bus)
@@ -234,16 +235,23 @@ class Platform:
 
     async def ready(self) -> dict[str, str]:
         """Check each backing service this process uses."""
-        status = {"nats": "ok" if self.bus.connected else "disconnected"}
-        graph = asyncio.ensure_future(self.knowledge.ready())  # beside the database check
-        try:
-            await self.db.ping()
-            status["database"] = "ok"
-        except ServiceUnavailable as exc:
-            status["database"] = exc.message
-        finally:
-            status.update(await graph)
-        return status
+        # Each answers within READY_TIMEOUT, all at once: a frozen server is not ready.
+        status: dict[str, str] = {}
+
+        async def check(name: str, probe: Awaitable[None]) -> None:
+            try:
+                await probe
+                status[name] = "ok"
+            except ServiceUnavailable as exc:
+                status[name] = exc.message
+
+        graph = asyncio.ensure_future(self.knowledge.ready())
+        await asyncio.gather(
+            check("nats", self.bus.ping(READY_TIMEOUT)),
+            check("database", self.db.ping(READY_TIMEOUT)),
+        )
+        status.update(await graph)
+        return {name: status[name] for name in ("nats", "database", *sorted(status))}
 
     async def follow_weights(self, stop: asyncio.Event) -> None:
         """Load each version of the routing weights the learner announces, until ``stop``."""
