@@ -32,6 +32,7 @@ pytestmark = pytest.mark.integration
 
 CHEAP = "cheap"
 PRESET = f"preset-{uuid.uuid4().hex[:6]}"  # a tenant whose daily budget is a setting
+ZERO = Decimal(0)
 
 
 @pytest.fixture(scope="module")
@@ -293,10 +294,11 @@ async def test_thresholds_are_published_once_and_shown_with_the_budget(
         async with client(spine, await spine.new_key(tenant)) as member:
             first = await chat(member, "call 99")  # as long as the calls below
             cost = Decimal(first.headers["x-spine-cost"])
-            # A limit of ten such calls: the eighth reaches 80 %, and its reservation still fits.
+            # A limit of twenty such calls, counted from the first: the sixteenth reaches 80 %,
+            # and its reservation (the most it may cost, under 5 such calls) still fits.
             path = f"/v1/budgets/tenants/{tenant}/weekly"
-            ok(await operator.put(path, json={"limit": str(cost * 10)}))
-            for i in range(8):
+            ok(await operator.put(path, json={"limit": str(cost * 20)}))
+            for i in range(15):
                 assert (await chat(member, f"call {i:02d}")).status_code == 200
         await asyncio.wait_for(arrived.wait(), 10)
         budget = ok(await operator.get(f"/v1/budgets/tenants/{tenant}"))
@@ -305,6 +307,97 @@ async def test_thresholds_are_published_once_and_shown_with_the_budget(
     assert [(a["type"], a["scope"], a["period"], a["threshold"]) for a in heard] == [
         ("budget.threshold", f"tenant:{tenant}", "weekly", 80)
     ]
-    assert Decimal(heard[0]["spent"]) >= cost * 8
+    assert Decimal(heard[0]["spent"]) >= cost * 16
     assert [(a["period"], a["threshold"]) for a in budget["alerts"]] == [("weekly", 80)]
-    assert Decimal(budget["weekly"]["spent"]) >= cost * 8
+    assert Decimal(budget["weekly"]["spent"]) >= cost * 16
+
+
+def money(amount: Decimal) -> str:
+    return format(amount.normalize(), "f") if amount else "0"
+
+
+def cost_of(answer: httpx.Response) -> Decimal:
+    assert answer.status_code == 200, answer.text
+    return Decimal(answer.headers["x-spine-cost"])
+
+
+async def test_a_limit_set_after_spending_counts_what_the_period_spent(
+    spine: RunningPlatform, operator: httpx.AsyncClient
+) -> None:
+    tenant = await new_tenant(operator, "fresh")
+    path = f"/v1/budgets/tenants/{tenant}"
+    async with client(spine, await spine.new_key(tenant)) as member:
+        spent = sum([cost_of(await chat(member, f"paid question {n}")) for n in range(3)], ZERO)
+        assert spent > 0
+        # Periods without a limit show the usage ledger's spend.
+        shown = ok(await operator.get(path))
+        assert shown["weekly"]["spent"] == shown["monthly"]["spent"] == money(spent)
+        assert shown["weekly"]["limit"] is None
+
+        limit = (spent * 3 / 4).quantize(Decimal("0.00000001"))
+        daily = ok(await operator.put(f"{path}/daily", json={"limit": str(limit)}))["daily"]
+        assert (daily["spent"], daily["remaining"]) == (money(spent), "0")
+        refused = await chat(member, "one more")
+        assert refused.status_code == 429, refused.text
+        assert refused.json()["error"]["spent"] == money(spent)
+        assert "daily" in refused.json()["error"]["message"]
+        # Raising it counts on from there: nothing is seeded twice.
+        raised = ok(await operator.put(f"{path}/daily", json={"limit": str(spent * 2)}))["daily"]
+        assert raised["spent"] == money(spent)
+
+
+async def test_concurrent_calls_never_take_a_key_past_its_limit(
+    spine: RunningPlatform, operator: httpx.AsyncClient
+) -> None:
+    tenant = await new_tenant(operator, "burst")
+    secret = await spine.new_key(tenant)
+    member_id = key_id(secret)
+    ok(await operator.put(f"/v1/budgets/keys/{member_id}/daily", json={"limit": "1.00"}))
+    # 400 words: the fake server reports 400 prompt tokens, about twice what 4 characters of
+    # JSON per token would guess.
+    body = {"model": CHEAP, "messages": [{"role": "user", "content": "a " * 400}], "max_tokens": 1}
+    async with client(spine, secret) as member:
+        answers = await asyncio.gather(
+            *(
+                member.post(
+                    "/v1/chat/completions", json=body, headers={"Cache-Control": "no-cache"}
+                )
+                for _ in range(10)
+            )
+        )
+    admitted = [cost_of(a) for a in answers if a.status_code == 200]
+    refused = [a.json()["error"] for a in answers if a.status_code == 429]
+    assert admitted and len(admitted) + len(refused) == 10
+    assert all(Decimal(error["requested"]) >= max(admitted) for error in refused), refused
+    daily = ok(await operator.get(f"/v1/budgets/keys/{member_id}"))["daily"]
+    assert Decimal(daily["spent"]) == sum(admitted, ZERO) <= Decimal("1.00")
+
+
+async def test_a_rotated_key_keeps_its_budgets_and_what_it_spent(
+    spine: RunningPlatform, operator: httpx.AsyncClient
+) -> None:
+    tenant = await new_tenant(operator, "rotating")
+    secret = await spine.new_key(tenant)
+    old = key_id(secret)
+    ok(await operator.put(f"/v1/budgets/keys/{old}/daily", json={"limit": "10"}))
+    async with client(spine, secret) as member:
+        spent = cost_of(await chat(member, "before the rotation"))
+    ok(await operator.put(f"/v1/budgets/keys/{old}/monthly", json={"limit": "0"}))
+
+    rotated = await operator.post(f"/v1/keys/{old}/rotate")
+    assert rotated.status_code == 201, rotated.text
+    new_secret, new = rotated.json()["secret"], rotated.json()["id"]
+    # The API reads the stored limits again within GENAI_BUDGETS__STORED_SECONDS (2 s).
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 15
+    while (shown := ok(await operator.get(f"/v1/budgets/keys/{new}")))["daily"]["limit"] is None:
+        assert loop.time() < deadline, "the rotated key has no budget"
+        await asyncio.sleep(0.2)
+    assert (shown["daily"]["limit"], shown["daily"]["spent"]) == ("10", money(spent))
+    assert (shown["monthly"]["limit"], shown["monthly"]["spent"]) == ("0", money(spent))
+
+    async with client(spine, new_secret) as member:
+        refused = await chat(member, "after the rotation")
+    assert refused.status_code == 429, refused.text
+    assert refused.json()["error"]["scope"] == f"key:{new}"
+    assert "monthly" in refused.json()["error"]["message"]

@@ -20,6 +20,7 @@ from spine.platform.metering.budgets import (
     budget_scopes,
     estimate_cost,
 )
+from spine.platform.metering.usage import ModelCallRecord, UsageLedger
 from spine.platform.router import ModelSpec, Requirements
 from spine.platform.schema import BudgetSpendRow
 from spine.platform.settings import load_settings
@@ -282,6 +283,61 @@ async def test_budget_exceeded_names_the_budget_the_spend_and_the_reset(
     assert json.loads(json.dumps(body)) == body  # the HTTP layer can render it as is
 
 
+async def test_a_call_dearer_than_what_is_left_is_told_so_in_plain_numbers(
+    db: Database, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    ledger = ledger_of(db, clock, keys={"k1": Decimal(1)})
+    await ledger.reserve(ACME, Decimal("0.25"))  # the counter's row exists: its zeros are read
+    with (
+        caplog.at_level("INFO", logger="spine.platform.metering.budgets"),
+        pytest.raises(BudgetExceeded) as refused,
+    ):
+        await ledger.reserve(ACME, Decimal("1.2"))
+    message = refused.value.message
+    assert message.startswith(
+        "this call may cost up to 1.2, more than the 0.75 left of the daily budget of key:k1: "
+        "0 spent and 0.25 reserved of 1;"
+    ), message
+    assert "exhausted" not in message
+    logged = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert logged == ["budget key:k1 (daily) refused 1.2: limit 1, spent 0, reserved 0.25"]
+
+    spent = await ledger.reserve(ACME, Decimal("0.75"))  # all that is left
+    await ledger.settle(spent, Decimal("0.75"))
+    with pytest.raises(BudgetExceeded) as exhausted:
+        await ledger.reserve(ACME, Decimal("0.01"))
+    assert exhausted.value.message.startswith("the daily budget of key:k1 is exhausted:")
+
+
+async def test_a_limit_set_later_counts_the_periods_spend_from_the_usage_ledger(
+    db: Database, clock: FakeClock
+) -> None:
+    usage = UsageLedger(db)
+    for tenant, cost, when in (
+        ("acme", "0.113", NOON),
+        ("acme", "0.113", NOON - timedelta(hours=1)),
+        ("acme", "0.113", NOON - timedelta(days=1)),  # yesterday: the same week and month
+        ("globex", "5", NOON),
+    ):
+        record = ModelCallRecord(tenant=tenant, key_id="k1", model="m", provider="openai")
+        record.cost, record.created_at = Decimal(cost), when
+        await usage.record(record)
+    ledger = ledger_of(db, clock)
+    shown = {s.period: s.spent for s in await ledger.states("tenant:acme")}
+    assert shown == {
+        "daily": Decimal("0.226"),
+        "weekly": Decimal("0.339"),
+        "monthly": Decimal("0.339"),
+    }
+
+    await ledger.set_limit("tenant:acme", "daily", Decimal("0.25"), by=None)
+    assert (await ledger.state("tenant:acme")).spent == Decimal("0.226")
+    with pytest.raises(BudgetExceeded):
+        await ledger.reserve(ACME, Decimal("0.05"))
+    await ledger.set_limit("global", "weekly", Decimal("100"), by=None)
+    assert (await ledger.state("global", period="weekly")).spent == Decimal("5.339")
+
+
 # -- limits and estimates ---------------------------------------------------------------------
 
 
@@ -337,8 +393,12 @@ def test_estimate_cost_from_prompt_max_tokens_and_prices() -> None:
     unknown = ModelSpec(name="x", provider="openai", model="x")
     assert estimate_cost(unknown, 1000, 100) is None
     needs = Requirements.of([{"role": "user", "content": "x" * 400}], {"max_tokens": 50})
-    assert estimate_cost(priced, needs.prompt_tokens, needs.max_tokens) == (
-        needs.prompt_tokens * Decimal("0.000002") + 50 * Decimal("0.00001")
+    assert estimate_cost(priced, needs.prompt_ceiling, needs.max_tokens) == (
+        needs.prompt_ceiling * Decimal("0.000002") + 50 * Decimal("0.00001")
+    )
+    # The answer's room in the window is what the prompt's estimate leaves.
+    assert estimate_cost(priced, 2000, None, window_prompt_tokens=1000) == (
+        Decimal("0.004") + 7000 * Decimal("0.00001")
     )
 
 

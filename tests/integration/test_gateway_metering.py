@@ -24,6 +24,7 @@ from openai.types import CompletionUsage
 from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolParam
 
 from spine.platform.metering.budgets import GLOBAL
+from spine.platform.router import Requirements
 from support.fake_models import FakeModelServer, Rule, ToolCall
 from support.live_platform import RunningPlatform, running_platform
 
@@ -257,11 +258,13 @@ async def test_an_exhausted_budget_is_a_429_naming_budget_spend_and_reset(
 async def test_concurrent_calls_never_overspend_through_the_gateway(
     services: Any, pg_url: str, models: FakeModelServer, tmp_path: Path
 ) -> None:
-    # Each call reserves its prompt estimate (4 characters a token) and max_tokens=5 answer
-    # tokens; the budget admits four such reservations, and all twenty calls are in flight
-    # together (the model answers after a second), so exactly four may pass.
+    # Each call reserves the most its prompt can take (a token per byte, and the template's)
+    # and max_tokens=5 answer tokens; the budget admits four such reservations, and all twenty
+    # calls are in flight together (the model answers after a second), so exactly four pass.
     messages = [ask(f"race {i:02d}") for i in range(20)]
-    prompt_tokens = math.ceil(len(json.dumps(messages[0])) / 4)
+    prompt_tokens = Requirements.of(
+        [dict(m) for m in messages[0]], {"max_tokens": 5}
+    ).prompt_ceiling
     reservation = INPUT_PRICE * prompt_tokens + OUTPUT_PRICE * 5
     budget = 4 * reservation + reservation / 2
     models.add(Rule(latency=1.0))

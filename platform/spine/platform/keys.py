@@ -12,9 +12,9 @@ a revocation or rotation made by another process therefore takes effect there wi
 ``GENAI_API__KEY_CACHE_SECONDS`` (5 s by default), and at once in the process that made it. A
 key may carry an expiry: from then on it is refused, cached or not.
 
-Rotating a key issues a new key (new id, new secret) with the old one's tenant, role, name and
-rate limits, and revokes the old one in the same transaction; the new key's ``rotated_from``
-names the old.
+Rotating a key issues a new key (new id, new secret) with the old one's tenant, role, name,
+rate limits and stored budget limits (with what it spent in the current periods), and revokes
+the old one in the same transaction; the new key's ``rotated_from`` names the old.
 
 A tenant is a row of its own (:class:`Tenant`): it exists before its first key and after its
 last one is revoked, and the admin API issues keys only for a tenant that exists, so a typo
@@ -31,6 +31,7 @@ import secrets
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Literal, TypeVar
 
 import sqlalchemy as sa
@@ -41,7 +42,13 @@ from spine.platform.cursors import decode_cursor, encode_cursor
 from spine.platform.db import Database
 from spine.platform.errors import BadRequest, Conflict, NotFound, Unauthorized
 from spine.platform.inputs import text_problem
-from spine.platform.schema import ApiKeyRow, TenantRow, utcnow
+from spine.platform.schema import (
+    ApiKeyRow,
+    BudgetLimitRow,
+    BudgetSpendRow,
+    TenantRow,
+    utcnow,
+)
 
 __all__ = [
     "MAX_LIFETIME",
@@ -263,6 +270,7 @@ class KeyStore:
             row.requests_per_minute = old.requests_per_minute
             row.tokens_per_minute = old.tokens_per_minute
             session.add(row)
+            await _carry_budgets(session, old.id, row.id, now)
             old.revoked_at = now
         self._cache.clear()
         return IssuedKey(key=_view(row), secret=presented)
@@ -440,4 +448,41 @@ def _view(row: ApiKeyRow) -> ApiKey:
         revoked_at=row.revoked_at,
         expires_at=row.expires_at,
         rotated_from=row.rotated_from,
+    )
+
+
+async def _carry_budgets(session: AsyncSession, old_id: str, new_id: str, now: datetime) -> None:
+    """Give a rotated key's successor its stored budget limits and this period's spend.
+
+    The same caller spends on: the successor starts where the old key stands in its current
+    days, weeks and months (its reservations in flight settle on the old key).
+    """
+    old_scope, new_scope = f"key:{old_id}", f"key:{new_id}"
+    limits: sa.Table = BudgetLimitRow.__table__  # type: ignore[assignment]
+    await session.execute(
+        sa.insert(limits).from_select(
+            ["scope", "period", "amount", "updated_at", "updated_by"],
+            sa.select(
+                sa.literal(new_scope),
+                limits.c.period,
+                limits.c.amount,
+                limits.c.updated_at,
+                limits.c.updated_by,
+            ).where(limits.c.scope == old_scope),
+        )
+    )
+    today = now.date()
+    since = min(today.replace(day=1), today - timedelta(days=today.weekday()))
+    spend: sa.Table = BudgetSpendRow.__table__  # type: ignore[assignment]
+    await session.execute(
+        sa.insert(spend).from_select(
+            ["scope", "period", "day", "spent", "reserved"],
+            sa.select(
+                sa.literal(new_scope),
+                spend.c.period,
+                spend.c.day,
+                spend.c.spent,
+                sa.literal(Decimal(0), spend.c.reserved.type),
+            ).where(spend.c.scope == old_scope, spend.c.day >= since),
+        )
     )

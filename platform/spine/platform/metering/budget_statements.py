@@ -3,13 +3,16 @@
 The ledger (:mod:`.budgets`) runs the same few statements on both databases: SQLAlchemy Core on
 SQLite, plain SQL through asyncpg's prepared statements on PostgreSQL (its hot path: a hold is
 one statement that commits on its own). Both sets are kept here, side by side, so a change to
-one is seen beside the other.
+one is seen beside the other. :func:`usage_spend` and :func:`seed` read a scope's spend from the
+usage ledger (``model_calls``, the durable record of every call's cost), for a budget that was
+not counted until it got a limit.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
+from datetime import UTC, date, datetime, time
 from decimal import Decimal
 from typing import Any
 
@@ -18,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from spine.platform.errors import BudgetExceeded
 from spine.platform.metering.budget_periods import Counter, resets_at
-from spine.platform.schema import BudgetSpendRow, Money, money_text
+from spine.platform.schema import ApiKeyRow, BudgetSpendRow, ModelCallRow, Money, money_text
 
 __all__ = [
     "READ_SQL",
@@ -31,7 +34,9 @@ __all__ = [
     "move",
     "read_counter",
     "refusal",
+    "seed",
     "spent_driver",
+    "usage_spend",
 ]
 
 # The dialect's INSERT (SQLite's or PostgreSQL's: both have ON CONFLICT DO NOTHING).
@@ -40,6 +45,8 @@ logger = logging.getLogger("spine.platform.metering.budgets")  # the ledger's lo
 _ZERO = Decimal(0)
 
 SPEND: sa.Table = BudgetSpendRow.__table__  # type: ignore[assignment]
+_CALLS: sa.Table = ModelCallRow.__table__  # type: ignore[assignment]
+_KEYS: sa.Table = ApiKeyRow.__table__  # type: ignore[assignment]
 
 # Bound names differ from column names: in an UPDATE those would become SET clauses.
 _SCOPE = sa.bindparam("p_scope", type_=sa.String())
@@ -68,6 +75,11 @@ SETTLE = (
         ),
         spent=SPEND.c.spent + _ACTUAL,
     )
+)
+SEED = (
+    sa.update(SPEND)
+    .where(SPEND.c.scope == _SCOPE, SPEND.c.period == _PERIOD, SPEND.c.day == _DAY)
+    .values(spent=sa.case((SPEND.c.spent >= _ACTUAL, SPEND.c.spent), else_=_ACTUAL))
 )
 
 # The same hold, row insert and read for asyncpg, in PostgreSQL's own terms (budget_spend).
@@ -129,14 +141,22 @@ def refusal(
         "budget %s (%s) refused %s: limit %s, spent %s, reserved %s",
         counter.scope,
         counter.period,
-        amount,
-        limit,
-        spent,
-        reserved,
+        money_text(amount),
+        money_text(limit),
+        money_text(spent),
+        money_text(reserved),
     )
+    left = limit - spent - reserved
+    if left > 0:
+        # Room is left, only not enough for this call's worst case: say so, not "exhausted".
+        problem = (
+            f"this call may cost up to {money_text(amount)}, more than the "
+            f"{money_text(left)} left of the {counter.period} budget of {counter.scope}"
+        )
+    else:
+        problem = f"the {counter.period} budget of {counter.scope} is exhausted"
     return BudgetExceeded(
-        f"the {counter.period} budget of {counter.scope} is exhausted: "
-        f"{money_text(spent)} spent and {money_text(reserved)} reserved of "
+        f"{problem}: {money_text(spent)} spent and {money_text(reserved)} reserved of "
         f"{money_text(limit)}; it resets at {resets.isoformat()}",
         scope=counter.scope,
         period=counter.period,
@@ -193,3 +213,42 @@ async def move(
     """Give back ``held`` in each counter and count ``spent`` instead."""
     for counter in counters:
         await conn.execute(SETTLE, {**bound(counter), "p_amount": held, "p_actual": spent})
+
+
+# -- the usage ledger's record of a scope's spend ---------------------------------------------
+
+
+def _midnight(day: date) -> datetime:
+    return datetime.combine(day, time.min, tzinfo=UTC)
+
+
+def _usage_spend_query(scope: str, start: date, end: date) -> sa.Select[Any]:
+    """The sum of the costs ``scope`` recorded in the usage ledger from ``start`` to ``end``."""
+    query = sa.select(
+        sa.type_coerce(sa.func.coalesce(sa.func.sum(_CALLS.c.cost), 0), Money())
+    ).where(_CALLS.c.created_at >= _midnight(start), _CALLS.c.created_at < _midnight(end))
+    kind, _, name = scope.partition(":")
+    if kind == "tenant":
+        query = query.where(_CALLS.c.tenant == name)
+    elif kind == "key":
+        # The key's tenant lets the (tenant, created_at) index find its calls.
+        tenant = sa.select(_KEYS.c.tenant).where(_KEYS.c.id == name).scalar_subquery()
+        query = query.where(_CALLS.c.tenant == tenant, _CALLS.c.key_id == name)
+    return query
+
+
+async def usage_spend(conn: AsyncConnection, scope: str, start: date, end: date) -> Decimal:
+    """Return what ``scope`` spent from ``start`` to ``end`` by the usage ledger."""
+    found: Decimal | None = (await conn.execute(_usage_spend_query(scope, start, end))).scalar()
+    return found if found is not None else _ZERO
+
+
+async def seed(conn: AsyncConnection, insert: Insert, counter: Counter, end: date) -> Decimal:
+    """Count in ``counter`` what its scope spent so far in its period; return that spend.
+
+    The counter keeps what it counted when that is more (usage rows are written behind).
+    """
+    spent = await usage_spend(conn, counter.scope, counter.start, end)
+    await ensure_rows(conn, insert, (counter,))
+    await conn.execute(SEED, {**bound(counter), "p_actual": spent})
+    return spent

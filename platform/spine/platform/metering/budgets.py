@@ -10,11 +10,15 @@ A reservation is one conditional ``UPDATE ... SET reserved = reserved + :amount 
 reserved + :amount <= :limit`` per limited counter, all in one transaction: the database
 decides, so concurrent calls can never overspend, and a refusal in any counter rolls back the
 others. Counters are always updated in the same (sorted) order, so two reservations cannot
-deadlock. A budget without a limit is not counted at all (a limit set later counts from then
-on), and a call that costs nothing never touches the ledger. On PostgreSQL the reservation
-runs through asyncpg's prepared statements (:meth:`~spine.platform.db.Database.driver`), and
-the usual call, with one limited counter, is a single statement that commits on its own. The
-statements of both databases are in :mod:`.budget_statements`.
+deadlock. A budget without a limit is not counted (a call that costs nothing never touches the
+ledger either): when a limit is set for a budget that had none, its counter is seeded with what
+the scope spent so far in the period by the usage ledger (``model_calls``, where every call's
+cost is recorded), so the limit holds against the period's real spend; reads of a budget
+without a limit take its spend from there too (:meth:`BudgetLedger.states`). On PostgreSQL the
+reservation runs through asyncpg's prepared statements
+(:meth:`~spine.platform.db.Database.driver`), and the usual call, with one limited counter, is
+a single statement that commits on its own. The statements of both databases are in
+:mod:`.budget_statements`.
 
 Settling can be written behind (:meth:`BudgetLedger.settle_later`): settlements are queued and
 a background writer applies every ~20 ms what gathered, summed per counter, in one transaction.
@@ -59,6 +63,7 @@ from spine.platform.metering.budget_periods import (
     PERIODS,
     Counter,
     Period,
+    next_start,
     period_start,
     resets_at,
     utc_day,
@@ -73,10 +78,12 @@ from spine.platform.metering.budget_statements import (
     move,
     read_counter,
     refusal,
+    seed,
     spent_driver,
+    usage_spend,
 )
 from spine.platform.router import ModelSpec, Requirements
-from spine.platform.schema import utcnow
+from spine.platform.schema import money_text, utcnow
 from spine.platform.write_behind import WriteBehind
 
 __all__ = [
@@ -110,15 +117,23 @@ def budget_scopes(*, tenant: str | None = None, key_id: str | None = None) -> li
     return scopes
 
 
-def estimate_cost(spec: ModelSpec, prompt_tokens: int, max_tokens: int | None) -> Decimal | None:
+def estimate_cost(
+    spec: ModelSpec,
+    prompt_tokens: int,
+    max_tokens: int | None,
+    *,
+    window_prompt_tokens: int | None = None,
+) -> Decimal | None:
     """Return the most a call can cost, to reserve before it; None when a price is unknown.
 
-    Without ``max_tokens`` the answer may fill what the context window leaves (or
-    :data:`DEFAULT_ANSWER_TOKENS` when the window is unknown). Estimate ``prompt_tokens`` from
-    the messages with :meth:`Requirements.of`.
+    ``prompt_tokens`` is the most the prompt can take (:attr:`Requirements.prompt_ceiling`).
+    Without ``max_tokens`` the answer may fill what the context window leaves after
+    ``window_prompt_tokens`` (the prompt's estimate; default ``prompt_tokens``), or
+    :data:`DEFAULT_ANSWER_TOKENS` when the window is unknown.
     """
     if max_tokens is None:
-        left = (spec.context_window or 0) - prompt_tokens
+        taken = prompt_tokens if window_prompt_tokens is None else window_prompt_tokens
+        left = (spec.context_window or 0) - taken
         max_tokens = left if spec.context_window is not None else DEFAULT_ANSWER_TOKENS
     requirements = Requirements(prompt_tokens=max(prompt_tokens, 0), max_tokens=max(max_tokens, 0))
     return spec.estimated_cost(requirements)
@@ -246,12 +261,32 @@ class BudgetLedger:
     ) -> StoredBudget | None:
         """Store a limit (it wins over the settings); return the stored one it replaced.
 
-        This ledger enforces it from its next call on; other processes within their
-        ``stored_seconds``.
+        A budget that had no limit was not counted: its counter is seeded with the period's
+        spend by the usage ledger first (calls of other processes that are still writing their
+        usage rows, ~20 ms behind, may be missed). This ledger enforces the limit from its next
+        call on; other processes within their ``stored_seconds``.
         """
         previous = await self.book.set(scope, period, amount, by=by)
+        if previous is None and self._defaults.limit(scope, period) is None:
+            start = period_start(period, self.today())
+            counter = Counter(scope=scope, period=period, start=start)
+            async with self._db.transaction() as conn:
+                spent = await seed(conn, self._insert, counter, next_start(period, start))
+            logger.info(
+                "budget %s (%s) limited to %s, counted from %s spent since %s",
+                scope,
+                period,
+                money_text(amount),
+                money_text(spent),
+                start,
+            )
         self._loaded_at = -math.inf
         return previous
+
+    def reload_limits(self) -> None:
+        """Read the stored limits again on the next call: another store changed them (a key
+        rotation gives the new key the old one's)."""
+        self._loaded_at = -math.inf
 
     async def remove_limit(self, scope: str, period: Period) -> StoredBudget | None:
         """Remove a stored limit (the settings' default applies again); return it, or None."""
@@ -366,13 +401,26 @@ class BudgetLedger:
     async def state(
         self, scope: str, *, day: date | None = None, period: Period = "daily"
     ) -> BudgetState:
-        """Tell what ``scope`` has spent and holds reserved in the ``period`` of ``day``."""
-        return (await self.states(scope, day=day, periods=(period,)))[0]
+        """Tell what ``scope`` has spent and holds reserved in the ``period`` of ``day``.
+
+        Its counter only: a budget without a limit reads 0 spent (see :meth:`states`).
+        """
+        states = await self.states(scope, day=day, periods=(period,), unlimited_from_usage=False)
+        return states[0]
 
     async def states(
-        self, scope: str, *, day: date | None = None, periods: Sequence[Period] = PERIODS
+        self,
+        scope: str,
+        *,
+        day: date | None = None,
+        periods: Sequence[Period] = PERIODS,
+        unlimited_from_usage: bool = True,
     ) -> list[BudgetState]:
-        """Tell where ``scope`` stands in each of ``periods`` that ``day`` (today) falls in."""
+        """Tell where ``scope`` stands in each of ``periods`` that ``day`` (today) falls in.
+
+        A period without a limit has no counter: its spend is summed from the usage ledger
+        (rows are written ~20 ms behind), or read as 0 when ``unlimited_from_usage`` is False.
+        """
         day = day or self.today()
         limits = await self.current_limits()
         await self._settlements.flush()  # read this process's own settlements back
@@ -381,8 +429,14 @@ class BudgetLedger:
             SPEND.c.scope == scope,
             sa.or_(*(sa.and_(SPEND.c.period == p, SPEND.c.day == d) for p, d in starts.items())),
         )
+        unlimited = [p for p in periods if limits.limit(scope, p) is None]
         async with self._db.transaction() as conn:
             found = {(r.period, r.day): (r.spent, r.reserved) for r in await conn.execute(query)}
+            if unlimited_from_usage:
+                for period in unlimited:
+                    start = starts[period]
+                    end = next_start(period, start)
+                    found[(period, start)] = (await usage_spend(conn, scope, start, end), _ZERO)
         states = []
         for period, start in starts.items():
             spent, reserved = found.get((period, start), (_ZERO, _ZERO))

@@ -37,7 +37,7 @@ class OutcomeHook(Protocol):
 
     Called in the caller's task, so it must return at once (hand the work to a background
     task) and should not raise; an exception it raises is logged and otherwise ignored. The
-    record carries the routing strategy (``"explicit"`` when the call named a model), the
+    record carries the routing strategy (``"explicit"`` when the caller named a model), the
     decision of the ``learned`` strategy and the experiment arm, if any.
     """
 

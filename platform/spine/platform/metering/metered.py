@@ -146,7 +146,7 @@ class MeteredModels:
         started = time.perf_counter()
         request, context = await self._chooser.in_experiment(request, context)
         request = self._with_strategy(request, context)
-        strategy = self._strategy(request)
+        strategy = self._strategy(request, context)
         key = self._cache_key(request, context)
         if key is not None and self.cache is not None:
             hit = await self.cache.get(key)
@@ -199,7 +199,7 @@ class MeteredModels:
         started = time.perf_counter()
         request, context = await self._chooser.in_experiment(request, context)
         request = self._with_strategy(request, context)
-        strategy = self._strategy(request)
+        strategy = self._strategy(request, context)
         requirements = _requirements(request)
         key = self._cache_key(request, context)
         if key is not None and self.cache is not None:
@@ -260,7 +260,7 @@ class MeteredModels:
     async def _embed(self, request: EmbeddingRequest, context: CallContext) -> MeteredEmbedding:
         started = time.perf_counter()
         request = self._with_strategy(request, context)
-        strategy = self._strategy(request)
+        strategy = self._strategy(request, context)
         requirements = Requirements.for_embedding(
             request.texts, dimensions=request.dimensions, min_quality=request.min_quality
         )
@@ -308,8 +308,11 @@ class MeteredModels:
             return request
         return replace(request, strategy=self.router.strategy_for(context.tenant))
 
-    def _strategy(self, request: ChatRequest | EmbeddingRequest) -> str:
-        if request.model is not None:
+    def _strategy(self, request: ChatRequest | EmbeddingRequest, context: CallContext) -> str:
+        # A model an experiment's arm set was chosen for the caller, not named by it: the call
+        # is routed, under the strategy in force (the arm's, else the caller's).
+        chosen = context.assignment is not None and context.assignment.model is not None
+        if request.model is not None and not chosen:
             return EXPLICIT
         return request.strategy or self.router.default_strategy
 
@@ -339,8 +342,16 @@ class MeteredModels:
         strategy: str,
         started: float,
     ) -> _Budgeted:
+        # The prompt's upper bound, not the estimate the context checks use: a reservation
+        # below the actual cost lets concurrent calls overspend.
         prices = [
-            estimate_cost(spec, requirements.prompt_tokens, requirements.max_tokens) or _ZERO
+            estimate_cost(
+                spec,
+                requirements.prompt_ceiling,
+                requirements.max_tokens,
+                window_prompt_tokens=requirements.prompt_tokens,
+            )
+            or _ZERO
             for spec in plan.models
         ]
         scopes = budget_scopes(tenant=context.tenant, key_id=context.key_id)

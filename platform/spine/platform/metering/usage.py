@@ -84,10 +84,11 @@ class ModelCallRecord:
 
     ``outcome`` is ``"ok"`` or the error class (an ``error_type`` such as ``"rate_limited"``);
     ``fallback_path`` lists the models tried before the one that answered, in order.
-    ``strategy`` is the routing strategy (``explicit`` for a named model); ``decision`` how the
-    ``learned`` strategy chose (candidates and scores, exploration, the weights version and
-    the request's features); ``completion_id`` the gateway's answer id, by which a client may
-    rate it; ``experiment_id``/``arm`` the A/B arm the call was routed by.
+    ``strategy`` is the routing strategy (``explicit`` for a model the caller named, not for one
+    an experiment's arm set); ``decision`` how the ``learned`` strategy chose (candidates and
+    scores, exploration, the weights version and the request's features); ``completion_id`` the
+    gateway's answer id, by which a client may rate it; ``experiment_id``/``arm`` the A/B arm
+    the call was routed by.
     """
 
     tenant: str

@@ -56,6 +56,19 @@ TOY_NOTE = (
 _DEFAULT_QUALITY = {"ollama": 0.5, "local": 0.1, "local-embed": 0.5}
 _HOSTED_QUALITY = 0.8
 _CHARS_PER_TOKEN = 4
+# The prompt's upper bound (what a budget reserves) counts a token per UTF-8 byte of its text:
+# byte-level BPE (tiktoken, Llama 3, Qwen, ...) and SentencePiece with byte fallback never make
+# more tokens than bytes. The chat template adds special tokens that are not in the text: per
+# message ChatML has 5 (<|im_start|>, the role, \n, <|im_end|>, \n), Llama 3 5, OpenAI counts
+# 3 or 4; a message is given 8 besides its role's and name's bytes. The answer's opening (ChatML's
+# <|im_start|>assistant\n, Llama 3's <|begin_of_text|> and header) is given 8 more, and tools
+# their JSON plus 256 for the instructions a template puts around them.
+_MESSAGE_TOKENS = 8
+_REPLY_TOKENS = 8
+_TOOLS_TOKENS = 256
+# An image is priced by its size, not its URL's: OpenAI's high detail and Anthropic's largest
+# come to about 1,600 tokens. A data URL is counted at least as the estimate counts it.
+_IMAGE_TOKENS = 2048
 # OpenAI's embedding models that shorten their vectors on request (OpenAI's ``dimensions``).
 _VARIABLE_DIMENSIONS = ("text-embedding-3-",)
 
@@ -236,23 +249,42 @@ class Requirements:
     """Tokens of the longest text of an embedding call (each must fit the model)."""
     params: frozenset[str] = frozenset()
     """The optional OpenAI generation parameters the call sets (see :data:`CHECKED_PARAMS`)."""
+    prompt_bound: int | None = None
+    """The most tokens the prompt can take (None: ``prompt_tokens``), which budgets reserve;
+    ``prompt_tokens`` is the estimate the context-window checks use."""
 
     @property
     def context_tokens(self) -> int:
         """Tokens the prompt and the longest answer asked for take together."""
         return self.prompt_tokens + (self.max_tokens or 0)
 
+    @property
+    def prompt_ceiling(self) -> int:
+        """The most tokens the prompt can take: its bound, never below the estimate."""
+        return max(self.prompt_tokens, self.prompt_bound or 0)
+
     @classmethod
     def of(
         cls, messages: list[dict[str, Any]], params: dict[str, Any], *, min_quality: float = 0.0
     ) -> Requirements:
-        """Read the needs of a chat call; prompt tokens are estimated (4 characters each)."""
+        """Read the needs of a chat call.
+
+        Prompt tokens are estimated (4 characters of JSON each) for the context-window checks,
+        and bounded from above (a token per UTF-8 byte of text, plus the template's tokens)
+        for the budgets' reservations.
+        """
         tools = params.get("tools") or []
         chars = len(json.dumps(messages, ensure_ascii=False)) + len(json.dumps(tools))
         response_format = params.get("response_format") or {}
         kind = response_format.get("type") if isinstance(response_format, dict) else "json"
+        bound = _REPLY_TOKENS + sum(_message_bound(message) for message in messages)
+        if tools:
+            bound += _TOOLS_TOKENS + _json_bytes(tools)
+        if kind == "json_schema":  # the schema is put in the prompt
+            bound += _json_bytes(response_format)
         return cls(
             prompt_tokens=math.ceil(chars / _CHARS_PER_TOKEN),
+            prompt_bound=bound,
             max_tokens=params.get("max_tokens") or params.get("max_completion_tokens"),
             tools=bool(tools),
             json_output=kind in {"json", "json_object", "json_schema"},
@@ -282,3 +314,40 @@ def _holds_image(message: dict[str, Any]) -> bool:
     return isinstance(content, list) and any(
         isinstance(part, dict) and part.get("type") == "image_url" for part in content
     )
+
+
+def _message_bound(message: dict[str, Any]) -> int:
+    """The most tokens one chat message can take: its text's bytes and the template's tokens."""
+    total = _MESSAGE_TOKENS
+    for name, value in message.items():
+        if name == "content":
+            total += _content_bound(value)
+        elif isinstance(value, str):  # role, name, tool_call_id
+            total += len(value.encode())
+        elif value is not None:  # tool calls: templates render them as JSON
+            total += _json_bytes(value)
+    return total
+
+
+def _content_bound(content: Any) -> int:
+    if content is None:
+        return 0
+    if isinstance(content, str):
+        return len(content.encode())
+    if not isinstance(content, list):
+        return _json_bytes(content)
+    total = 0
+    for part in content:
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text" and isinstance(part.get("text"), str):
+            total += len(part["text"].encode())
+        elif kind == "image_url":
+            estimate = math.ceil(len(json.dumps(part, ensure_ascii=False)) / _CHARS_PER_TOKEN)
+            total += max(_IMAGE_TOKENS, estimate)
+        else:
+            total += _json_bytes(part)
+    return total
+
+
+def _json_bytes(value: Any) -> int:
+    return len(json.dumps(value, ensure_ascii=False).encode())

@@ -287,6 +287,7 @@ async def rotate_key(
         may_manage(caller, key)
         expires_at = body.moment() if body is not None else None
         issued = await platform_of(request).keys.rotate(key_id, expires_at=expires_at)
+        platform_of(request).metered.budgets.reload_limits()  # the new key's, carried over
         note.details["new_key"] = issued.key.id
     return IssuedKeyView.issued(issued)
 

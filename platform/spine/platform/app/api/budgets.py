@@ -6,7 +6,9 @@ reset time) and the thresholds reached this period (``alerts``). ``PUT .../{peri
 limit, ``DELETE .../{period}`` removes it: a stored limit wins over the settings
 (``GENAI_BUDGET_DAILY``, ``GENAI_BUDGETS__TENANTS``, ``GENAI_BUDGETS__KEYS``), and removing it
 brings the settings' default back. Every API process and worker enforces a change within
-``GENAI_BUDGETS__STORED_SECONDS`` (2 s by default), this one at once.
+``GENAI_BUDGETS__STORED_SECONDS`` (2 s by default), this one at once. A limit set for a budget
+that had none counts the period's spend so far (from the usage ledger), and a period without a
+limit shows that spend too.
 
 Who may: any key reads its own tenant's budgets (a member only its own key's); an operator
 reads and sets any; an admin sets its own tenant's keys' budgets (not its tenant's, nor an
@@ -28,7 +30,7 @@ from spine.platform.app.api.permissions import may_manage, visible_key, visible_
 from spine.platform.errors import Forbidden, NotFound
 from spine.platform.keys import ApiKey, Principal
 from spine.platform.metering.budget_alerts import BudgetAlert
-from spine.platform.metering.budget_limits import MAX_LIMIT, LimitSource
+from spine.platform.metering.budget_limits import MAX_LIMIT, LimitSource, StoredBudget
 from spine.platform.metering.budget_periods import Period
 from spine.platform.metering.budgets import BudgetLedger, BudgetState, budget_scopes
 from spine.platform.schema import money_text
@@ -139,7 +141,7 @@ async def set_tenant_budget(
         visible_tenant(caller, tenant)
         _set_tenant_budgets(caller)
         await platform_of(request).keys.tenant(tenant)  # 404: create the tenant first
-        previous = await _ledger(request).set_limit(scope, period, given.limit, by=caller.key_id)
+        previous = await _set_limit(request, scope, period, given.limit, caller)
         note.details["previous"] = money_text(previous.amount) if previous else None
     return await _budget(request, scope)
 
@@ -189,7 +191,7 @@ async def set_key_budget(
         key = await _managed_key(request, caller, key_id)
         note.tenant = key.tenant
         may_manage(caller, key)
-        previous = await _ledger(request).set_limit(scope, period, given.limit, by=caller.key_id)
+        previous = await _set_limit(request, scope, period, given.limit, caller)
         note.details["previous"] = money_text(previous.amount) if previous else None
     return await _budget(request, scope)
 
@@ -220,7 +222,18 @@ def _ledger(request: Request) -> BudgetLedger:
     return platform_of(request).metered.budgets
 
 
+async def _set_limit(
+    request: Request, scope: str, period: Period, limit: Decimal, caller: Principal
+) -> StoredBudget | None:
+    # A budget that had no limit is seeded from the usage rows: this process's queued ones
+    # are written first, so the calls it just answered are counted.
+    metered = platform_of(request).metered
+    await metered.flush()
+    return await metered.budgets.set_limit(scope, period, limit, by=caller.key_id)
+
+
 async def _budget(request: Request, scope: str) -> BudgetView:
+    await platform_of(request).metered.flush()  # this process's calls are read back
     ledger = _ledger(request)
     states = {state.period: state for state in await ledger.states(scope)}
     limits = ledger.limits
