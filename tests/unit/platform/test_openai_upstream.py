@@ -17,6 +17,7 @@ from spine.platform.errors import (
     ContextWindowExceeded,
     PermanentFailure,
     ProviderNotConfigured,
+    ServiceUnavailable,
     SpineError,
     TransientFailure,
 )
@@ -397,3 +398,23 @@ async def test_embeddings_come_back_in_input_order_from_base64(
     embedding = await upstream.embed(await serve(handler), EmbeddingRequest(texts=["a", "b"]))
     assert embedding.vectors == [vectors[0], vectors[1]]
     assert embedding.input_tokens == 4
+
+
+def test_a_backing_service_away_and_models_cooling_down_are_told_apart() -> None:
+    # A database outage once answered code models_unavailable, as if every model had failed.
+    database = GatewayError.of(ServiceUnavailable("the database is unreachable"))
+    cooling = GatewayError.of(TransientFailure("every model that could answer is cooling down"))
+    assert (database.status, database.body["code"]) == (503, "service_unavailable")
+    assert (cooling.status, cooling.body["code"]) == (503, "models_unavailable")
+
+
+def test_the_local_models_server_away_is_not_advice_to_configure_a_model() -> None:
+    local = ProviderTarget(
+        provider="local", model="smollm2-135m", kwargs={"api_base": "http://127.0.0.1:1/v1"}
+    )
+    settings = load_settings(_env_file=None)
+    translated = _translate(aiohttp.ClientConnectionError("reset by peer"), local, settings)
+    assert "restarts it" in str(translated)
+    assert "install" not in str(translated)
+    elsewhere = _translate(aiohttp.ClientConnectionError("refused"), TARGET, settings)
+    assert "GENAI_OLLAMA_URL" in str(elsewhere)

@@ -88,7 +88,9 @@ class GatewayError(SpineError):
             return cls(exc.status_code, exc.message, param=param, code=code)
         if isinstance(exc, ProviderNotConfigured):
             return cls(503, exc.message, type="service_unavailable", code=exc.error_type)
-        if isinstance(exc, TransientFailure | ServiceUnavailable):
+        if isinstance(exc, ServiceUnavailable):  # a backing service (database, NATS, ...)
+            return cls(503, exc.message, type="service_unavailable", code="service_unavailable")
+        if isinstance(exc, TransientFailure):
             if cause == "RateLimitError":
                 return cls(429, exc.message, type="rate_limit_error", code="rate_limit_exceeded")
             if not cause:  # every model is cooling down after failures

@@ -54,7 +54,12 @@ from spine.platform.errors import (
     ProviderNotConfigured,
     TransientFailure,
 )
-from spine.platform.models.providers import HOW_TO_CONFIGURE, ProviderTarget, without_secrets
+from spine.platform.models.providers import (
+    HOW_TO_CONFIGURE,
+    LOCAL_SERVER_HINT,
+    ProviderTarget,
+    without_secrets,
+)
 from spine.platform.models.shapes import (
     delta_of,
     field_of,
@@ -464,7 +469,9 @@ def _translate(exc: Exception, target: ProviderTarget, settings: Settings) -> Ex
     if isinstance(exc, TimeoutError):  # asyncio's and aiohttp's timeouts alike
         return _transient(target, where, message or "timed out", "Timeout")
     if isinstance(exc, aiohttp.ClientError):  # refused, reset, cut off mid-answer
-        return _transient(target, where, f"{message} ({HOW_TO_CONFIGURE})", "APIConnectionError")
+        # Configuring a model is the advice, unless the model is the embedded one: it is.
+        hint = LOCAL_SERVER_HINT if target.provider == "local" else HOW_TO_CONFIGURE
+        return _transient(target, where, f"{message} ({hint})", "APIConnectionError")
     if not isinstance(exc, UpstreamStatusError):
         return PermanentFailure(
             f"{target.provider} answered what cannot be read: {message}",

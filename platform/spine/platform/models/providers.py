@@ -15,6 +15,7 @@ from spine.platform.settings import Provider, Settings
 
 __all__ = [
     "HOW_TO_CONFIGURE",
+    "LOCAL_SERVER_HINT",
     "TOOL_MODEL_HINT",
     "ProviderTarget",
     "configured_providers",
@@ -29,6 +30,10 @@ HOW_TO_CONFIGURE = (
     "GENAI_DEFAULT_PROVIDER with its key (GENAI_OPENAI_API_KEY, GENAI_ANTHROPIC_API_KEY, "
     "GENAI_GROQ_API_KEY; GENAI_AWS_REGION for bedrock); for a toy local model, install "
     "'genai-spine[local]' and run `spine up`"
+)
+LOCAL_SERVER_HINT = (
+    "the embedded local model's server is not answering; `spine up` restarts it (`spine status` "
+    "shows it)"
 )
 TOOL_MODEL_HINT = (
     "set GENAI_OLLAMA_URL to an Ollama server with a tool-calling model (e.g. llama3.2), or a "
