@@ -224,6 +224,20 @@ async def test_a_self_loop_is_among_the_neighbors(graph: Graph) -> None:
     }
 
 
+async def test_neighbours_over_the_limit_say_the_view_is_not_whole(graph: Graph) -> None:
+    # 130 hires at one company once showed as 100 neighbours, said to be all of them.
+    explorer = graph.explorer
+    tenant = graph.tenant()
+    await graph.write(*[hired(tenant, n, f"P{n}", company="big") for n in range(5)])
+    capped = await explorer.neighbors("Company:big", tenant=tenant, limit=3)
+    assert capped.truncated
+    assert len([n for n in capped.nodes if n.id != "Company:big"]) == 3
+    assert len(capped.edges) == 3
+    whole = await explorer.neighbors("Company:big", tenant=tenant, limit=5)
+    assert not whole.truncated
+    assert len(whole.nodes) == 6
+
+
 class _Documents:
     """A vector search that finds one passage naming ``entities`` (the seam hybrid owns)."""
 

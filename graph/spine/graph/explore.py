@@ -82,6 +82,9 @@ class GraphView(BaseModel):
 
     nodes: list[GraphNode] = Field(default_factory=list)
     edges: list[GraphEdge] = Field(default_factory=list)
+    truncated: bool = Field(
+        False, description="More neighbours than the limit: only the first ones are here."
+    )
 
 
 class PathView(GraphView):
@@ -192,18 +195,20 @@ class GraphExplorer:
             direction=direction,
             at=at,
             history=history,
-            limit=limit,
+            limit=limit + 1,  # one more than shown tells whether there were more
         )
         result = await self.store.read(text, params, timeout=self._timeout)
         if not result.records:
             raise NotFound(f"no node {uid!r}", field="id")
         collector = _Collector(tenant)
         collector.walk(result.records[0]["a"])
-        for record in result.records:
-            if record["nodes"] is not None:
-                collector.walk(record["nodes"])
-                collector.walk(record["rels"])
-        return collector.view()
+        reached = [record for record in result.records if record["nodes"] is not None]
+        for record in reached[:limit]:
+            collector.walk(record["nodes"])
+            collector.walk(record["rels"])
+        view = collector.view()
+        view.truncated = len(reached) > limit
+        return view
 
     async def path(
         self,
