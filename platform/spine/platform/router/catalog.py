@@ -212,6 +212,10 @@ def load_models_file(path: Path) -> list[ModelSpec]:
         raise ConfigurationError(
             f"{where}: cannot read it ({exc.strerror})", field="GENAI_MODELS_FILE"
         ) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigurationError(
+            f"{where}: not UTF-8 text (byte {exc.start})", field="GENAI_MODELS_FILE"
+        ) from None
     except yaml.YAMLError as exc:
         raise ConfigurationError(
             f"{where}: not valid YAML ({exc})", field="GENAI_MODELS_FILE"

@@ -195,6 +195,14 @@ def test_a_missing_models_file_says_so(tmp_path: Path) -> None:
         ModelCatalog.from_settings(settings(models_file=missing))
 
 
+def test_a_models_file_that_is_not_utf8_says_so(tmp_path: Path) -> None:
+    latin = tmp_path / "models.yaml"
+    latin.write_bytes("- name: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigurationError, match="not UTF-8") as caught:
+        ModelCatalog.from_settings(settings(models_file=latin))
+    assert caught.value.field == "GENAI_MODELS_FILE"
+
+
 def test_the_models_file_setting_is_read_from_the_environment(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
