@@ -14,6 +14,7 @@ The tests publish with the SDK, so both agree on the wire format.
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import json
 import re
@@ -22,7 +23,15 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import unquote
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from spine.platform.errors import BadRequest
 from spine.platform.inputs import (
@@ -45,6 +54,7 @@ __all__ = [
     "parse_batch",
     "parse_binary",
     "parse_structured",
+    "same_json",
 ]
 
 STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
@@ -57,6 +67,20 @@ _CORE = frozenset(
     {"specversion", "id", "source", "type", "subject", "time", "datacontenttype", "dataschema"}
 )
 _MAX_BATCH = 1000
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
+_RFC3339_START = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")
+_BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
+# Error types whose message already says what is wrong with the value.
+_SELF_EXPLAINED = frozenset(
+    {
+        "datetime_out_of_range",
+        "unstorable_text",
+        "unstorable_json",
+        "control_character",
+        "not_rfc3339",
+        "not_base64",
+    }
+)
 
 
 class InvalidEvent(BadRequest):
@@ -70,7 +94,8 @@ class CloudEvent(BaseModel):
 
     Extension attributes are kept as extra fields (lower-case letters and digits, at most 20
     characters, string, integer or boolean values). ``data`` is JSON; binary data travels as
-    ``data_base64``.
+    ``data_base64``. ``id`` and ``source`` hold no control characters: they make the dedupe id,
+    whose hash input separates them with one.
     """
 
     model_config = ConfigDict(extra="allow", frozen=True)
@@ -86,6 +111,39 @@ class CloudEvent(BaseModel):
     data: Annotated[Any, StoredJson] = None
     data_base64: StoredText | None = None
 
+    @field_validator("id", "source")
+    @classmethod
+    def _no_control_characters(cls, value: str) -> str:
+        if _CONTROL.search(value):
+            raise PydanticCustomError(
+                "control_character", "must not contain control characters (U+0000-U+001F, U+007F)"
+            )
+        return value
+
+    @field_validator("time", mode="before")
+    @classmethod
+    def _time_is_text(cls, value: Any) -> Any:
+        # Left alone, pydantic reads a number (or a string of digits) as Unix time.
+        if isinstance(value, datetime) or value is None:
+            return value
+        if not isinstance(value, str) or not _RFC3339_START.match(value):
+            raise PydanticCustomError(
+                "not_rfc3339",
+                "must be an RFC 3339 time with a zone, such as 2026-01-01T09:30:00Z, not {value}",
+                {"value": repr(value)[:80]},
+            )
+        return value
+
+    @field_validator("data_base64")
+    @classmethod
+    def _is_base64(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                base64.b64decode(value, validate=True)
+            except (binascii.Error, ValueError):
+                raise PydanticCustomError("not_base64", "is not valid base64") from None
+        return value
+
     @model_validator(mode="after")
     def _check_extensions(self) -> CloudEvent:
         for name, value in (self.model_extra or {}).items():
@@ -94,7 +152,11 @@ class CloudEvent(BaseModel):
                     f"extension attribute {name!r} must be 1-20 lower-case letters or digits"
                 )
             if value is not None and not isinstance(value, str | int | bool):
-                raise ValueError(f"extension attribute {name!r} must be a string, number or bool")
+                # CloudEvents' types are string, integer, boolean (and URI, timestamp,
+                # binary as strings): no fractions, no objects.
+                raise ValueError(
+                    f"extension attribute {name!r} must be a string, an integer or a boolean"
+                )
             problem = json_problem(value)
             if problem is not None:
                 raise ValueError(f"extension attribute {name!r} {problem.reason}")
@@ -142,6 +204,23 @@ def dedupe_id(tenant: str, source: str, event_id: str) -> str:
     return hashlib.sha256(raw).hexdigest()
 
 
+def same_json(a: object, b: object) -> bool:
+    """Tell whether two decoded JSON values are the same value.
+
+    Numbers compare by value: an envelope read back from PostgreSQL may hold an integer where
+    the event had a float (``1e300``), or ``0.0`` for ``-0.0``.
+    """
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return float(a) == float(b) if isinstance(a, float) or isinstance(b, float) else a == b
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same_json(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(same_json(x, y) for x, y in zip(a, b, strict=True))
+    return type(a) is type(b) and a == b
+
+
 def parse_structured(
     body: bytes | str | Mapping[str, Any], *, where: str = "", max_depth: int = MAX_JSON_DEPTH
 ) -> CloudEvent:
@@ -171,15 +250,16 @@ def parse_binary(
 ) -> CloudEvent:
     """Check an event in binary mode: attributes in ``ce-*`` headers, the data in the body.
 
-    Header values are percent-decoded (CloudEvents HTTP binding 3.1.3.2). A JSON content
-    type (``application/json``, ``*+json``) makes the body JSON data; any other is kept as
-    ``data_base64``.
+    Header values are percent-decoded (CloudEvents HTTP binding 3.1.3.2); one that is not
+    valid percent-encoded UTF-8 is refused rather than repaired, since two different ids would
+    be repaired into one. A JSON content type (``application/json``, ``*+json``) makes the body
+    JSON data; any other is kept as ``data_base64``.
     """
     attributes: dict[str, Any] = {}
     for name, value in headers.items():
         lower = name.lower()
         if lower.startswith("ce-") and len(lower) > 3:
-            attributes[lower[3:]] = unquote(value)
+            attributes[lower[3:]] = _percent_decoded(value, lower[3:])
     if "specversion" not in attributes:
         raise InvalidEvent(
             "binary mode needs the ce-specversion header (and ce-id, ce-source, ce-type)",
@@ -194,6 +274,18 @@ def parse_binary(
         else:
             attributes["data_base64"] = base64.b64encode(body).decode()
     return _validate(attributes, "")
+
+
+def _percent_decoded(value: str, attribute: str) -> str:
+    problem = None
+    if _BAD_PERCENT.search(value):
+        problem = "has a % not followed by two hex digits"
+    else:
+        try:
+            return unquote(value, errors="strict")
+        except UnicodeDecodeError:
+            problem = "is not percent-encoded UTF-8"
+    raise InvalidEvent(f"{attribute}: the ce-{attribute} header {problem}", field=attribute)
 
 
 def _validate(raw: dict[str, Any], where: str) -> CloudEvent:
@@ -212,8 +304,13 @@ def _validate(raw: dict[str, Any], where: str) -> CloudEvent:
             message = "is required"
         elif attribute == "specversion":
             message = f"must be '1.0', not {raw.get('specversion')!r}"
-        elif error["type"] in ("datetime_out_of_range", "unstorable_text", "unstorable_json"):
-            pass  # the message says what is wrong with the value
+        elif error["type"] in _SELF_EXPLAINED:
+            pass
+        elif error["type"] in ("too_short", "string_too_short"):
+            optional = attribute in ("subject", "dataschema")
+            message = "must not be empty" + (" (leave it out instead)" if optional else "")
+        elif error["type"] in ("too_long", "string_too_long"):
+            message = f"is too long: at most {error.get('ctx', {}).get('max_length')} characters"
         elif attribute == "time":
             message = f"must be an RFC 3339 time with a zone ({error['msg']})"
         if not loc:  # a model-level check: the message names the attribute itself

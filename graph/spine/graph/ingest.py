@@ -1,14 +1,22 @@
 """Graph ingestion: a durable JetStream pull consumer from EVENTS into the graph.
 
-It fetches events in batches, checks each (CloudEvent, tenant, schema), maps it, writes the
-batch in a few ``UNWIND`` statements, records each event's status in the event log, and only
-then acks. Replaying or redelivering gives the same graph (see :mod:`spine.graph.writer`).
-An event is marked ``mapped`` only after the server answered its writes, and an answered
-write is durable (the embedded FalkorDB fsyncs its append-only file before it answers).
+It fetches events in batches, checks each (size, CloudEvent, tenant, schema), claims its row
+in the event log, maps it, writes the batch in a few ``UNWIND`` statements, records each
+event's status, and only then acks. Replaying or redelivering gives the same graph (see
+:mod:`spine.graph.writer`). An event is marked ``mapped`` only after the server answered its
+writes, and an answered write is durable (the embedded FalkorDB fsyncs its append-only file
+before it answers).
 
+- The first event with a key wins, as over HTTP: its row (recorded over HTTP, or here when
+  the event is first seen on NATS) holds its envelope. A later message with the same key and
+  another envelope is a duplicate: acked and counted, with no graph write, no row change and
+  no dead letter. The same envelope again (a redelivery, a replay, a remap) is ingested as
+  usual.
 - No mapping for the type: stored, ``unmapped``, acked.
-- Not a CloudEvent, tenant mismatch, schema broken, a mapped key missing: ``dead_lettered``
-  with the reason, copied to ``spine.dlq.events`` (stream EVENTS_DLQ), acked.
+- Over ``max_event_bytes``, not a CloudEvent, tenant mismatch, schema broken, a mapped key
+  missing: ``dead_lettered`` with the reason, copied to ``spine.dlq.events`` (stream
+  EVENTS_DLQ), acked. When the subject names the tenant the row says why, even for a message
+  that is not a CloudEvent (see :func:`spine.events.intake.read_event`).
 - The batch's write refused (a value the server cannot store): its events are written one by
   one, so the rest go on; a failing one is nakked with backoff and dead-lettered after
   ``ingest_max_attempts`` deliveries.
@@ -30,15 +38,16 @@ from nats.errors import ConnectionClosedError
 from nats.js import JetStreamContext
 
 from spine.events.bus import NatsBus, bind_durable, fetched
+from spine.events.cloudevent import same_json
 from spine.events.intake import RejectedEvent, read_event
-from spine.events.log import EventLog, EventOutcome, EventStatus, ReceivedEvent
+from spine.events.log import EventEntry, EventLog, EventOutcome, EventStatus, ReceivedEvent
 from spine.events.schemas import EventSchemas
 from spine.events.streams import EVENTS_STREAM, INGEST_CONSUMER, StreamLayout
 from spine.events.subjects import DLQ_EVENTS
 from spine.graph.mapping import EventWrites, MappingError, MappingSet
 from spine.graph.store import GraphError, GraphStore
 from spine.graph.writer import GraphWriter
-from spine.platform.errors import ServiceUnavailable
+from spine.platform.errors import NotFound, ServiceUnavailable
 from spine.platform.settings import KnowledgeSettings
 
 __all__ = ["GraphIngestor", "IngestStats"]
@@ -47,6 +56,7 @@ logger = logging.getLogger(__name__)
 
 _LOST = (ConnectionClosedError, ServiceUnavailable, OSError)
 _NO_GRAPH = "no graph server is configured (GENAI_FALKORDB_URL or GENAI_NEO4J_URI)"
+_READ_AT_ONCE = 32
 
 
 @dataclass(slots=True, kw_only=True)
@@ -58,6 +68,7 @@ class IngestStats:
     unmapped: int = 0
     dead_lettered: int = 0
     retried: int = 0
+    duplicates: int = 0
 
 
 @dataclass(slots=True, kw_only=True)
@@ -69,6 +80,7 @@ class _Item:
     status: EventStatus | None = None
     reason: str | None = None
     retry: bool = False
+    duplicate: bool = False
 
 
 class GraphIngestor:
@@ -126,12 +138,20 @@ class GraphIngestor:
         self.stats.batches += 1
         items = [self._read(msg) for msg in messages]
         try:
+            await self._claim(items)
+        except ServiceUnavailable as exc:
+            await self._retry_all(items, f"the event log is unavailable: {exc.message}")
+            return
+        for item in items:
+            if item.status is None and not item.duplicate:
+                self._plan(item)
+        try:
             await self._write(items)
         except ServiceUnavailable as exc:
             await self._retry_all(items, f"the graph is unavailable: {exc.message}")
             return
         for item in items:
-            if item.status == "dead_lettered":
+            if item.status == "dead_lettered" and not item.duplicate:
                 await self._dead_letter(item)
         outcomes = [
             EventOutcome(
@@ -141,7 +161,7 @@ class GraphIngestor:
                 attempts=item.attempt,
             )
             for item in items
-            if item.received is not None
+            if item.received is not None and not item.duplicate
         ]
         try:
             await self._log.settle(outcomes)
@@ -149,7 +169,10 @@ class GraphIngestor:
             await self._retry_all(items, f"the event log is unavailable: {exc.message}")
             return
         for item in items:
-            if item.retry:
+            if item.duplicate:
+                self.stats.duplicates += 1
+                await item.msg.ack()
+            elif item.retry:
                 self.stats.retried += 1
                 await item.msg.nak(delay=self._settings.delay_before(item.attempt + 1))
             else:
@@ -171,25 +194,70 @@ class GraphIngestor:
                 msg.headers,
                 stream_time=metadata.timestamp,
                 schemas=self._schemas,
+                sequence=metadata.sequence.stream,
+                max_bytes=self._settings.max_event_bytes,
             )
         except RejectedEvent as exc:
             item.received = exc.received
             item.status, item.reason = "dead_lettered", exc.message
-            return item
+        return item
+
+    async def _claim(self, items: list[_Item]) -> None:
+        """Record the rows of events first seen here; mark each repeat with another envelope.
+
+        The row is what decides, whoever recorded it first (over HTTP, or an earlier batch).
+        :meth:`EventLog.record` tells new keys by a read before its insert, so two workers
+        recording one new key at the same instant both take it as theirs.
+        """
+        owners: dict[str, ReceivedEvent] = {}
+        for item in items:
+            if item.received is not None:
+                owners.setdefault(item.received.key, item.received)
+        fresh = await self._log.record(list(owners.values()))
+        envelopes = {key: r.event.to_dict() for key, r in owners.items() if key in fresh}
+        older = [r for key, r in owners.items() if key not in fresh]
+        for start in range(0, len(older), _READ_AT_ONCE):
+            chunk = older[start : start + _READ_AT_ONCE]
+            for r, entry in zip(
+                chunk, await asyncio.gather(*(self._stored(r) for r in chunk)), strict=True
+            ):
+                if entry is not None:
+                    envelopes[r.key] = entry.event
+        for item in items:
+            if item.received is None:
+                continue
+            envelope = envelopes.get(item.received.key)
+            if envelope is not None and not same_json(item.received.event.to_dict(), envelope):
+                item.duplicate = True
+                logger.info(
+                    "event #%d on %s has the key %s of an earlier event but other content: "
+                    "a duplicate, left out",
+                    item.msg.metadata.sequence.stream,
+                    item.msg.subject,
+                    item.received.key,
+                )
+
+    async def _stored(self, received: ReceivedEvent) -> EventEntry | None:
+        try:
+            return await self._log.get(received.key, tenant=received.tenant)
+        except NotFound:
+            return None
+
+    def _plan(self, item: _Item) -> None:
+        assert item.received is not None  # only read events are planned
         event = item.received.event
         try:
             assert event.time is not None  # read_event fills it in
             writes = self._mappings.plan(item.received, time_ms=int(event.time.timestamp() * 1000))
         except MappingError as exc:
             item.status, item.reason = "dead_lettered", str(exc)
-            return item
+            return
         if writes is None:
             item.status, item.reason = "unmapped", f"no mapping for the event type {event.type!r}"
         elif self._writer is None:
             item.status, item.reason = "unmapped", _NO_GRAPH
         else:
             item.writes = writes
-        return item
 
     async def _write(self, items: list[_Item]) -> None:
         pending = [item for item in items if item.writes is not None]

@@ -15,6 +15,7 @@ from spine.events.cloudevent import (
     parse_batch,
     parse_binary,
     parse_structured,
+    same_json,
 )
 from spine.events.paths import MISSING, resolve
 from spine.events.schemas import EventSchemas
@@ -137,3 +138,90 @@ def test_a_schema_violation_names_the_field_in_the_data() -> None:
     assert caught.value.field == "data.a.z"
     with pytest.raises(ValueError, match="not a valid JSON Schema"):
         EventSchemas({"t": {"type": "nonsense"}})
+
+
+BASE = {"specversion": "1.0", "id": "1", "source": "/s", "type": "t"}
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"id": "b\x1fc", "source": "/a"}, "id"),
+        ({"id": "c", "source": "/a\x1fb"}, "source"),
+        ({"id": "tab\there"}, "id"),
+        ({"source": "/s\x7f"}, "source"),
+        ({"id": "line\nbreak"}, "id"),
+    ],
+)
+def test_control_characters_in_id_or_source_are_refused(
+    changes: dict[str, Any], field: str
+) -> None:
+    # dedupe_id joins tenant, source and id with U+001F: one inside either made two events
+    # ({id: "b\x1fc", source: "/a"} and {id: "c", source: "/a\x1fb"}) one key.
+    with pytest.raises(InvalidEvent) as caught:
+        parse_structured({**BASE, **changes})
+    assert caught.value.field == field
+    assert "control characters" in caught.value.message
+
+
+@pytest.mark.parametrize("value", ["z%FF", "z%FE", "z%C3", "z%", "z%G1", "100%"])
+def test_binary_mode_refuses_an_id_that_is_not_percent_encoded_utf8(value: str) -> None:
+    headers = {"ce-specversion": "1.0", "ce-id": value, "ce-source": "/s", "ce-type": "t"}
+    with pytest.raises(InvalidEvent) as caught:
+        parse_binary(headers, b"")
+    assert caught.value.field == "id"
+    assert "ce-id" in caught.value.message
+
+
+def test_binary_mode_decodes_valid_percent_encoding() -> None:
+    headers = {"ce-specversion": "1.0", "ce-id": "%E2%82%AC%201", "ce-source": "/s", "ce-type": "t"}
+    assert parse_binary(headers, b"").id == "€ 1"
+
+
+@pytest.mark.parametrize("value", [1700000000, "1700000000", -1, 1.5, "0", True])
+def test_a_time_given_as_a_number_is_refused(value: Any) -> None:
+    with pytest.raises(InvalidEvent) as caught:
+        parse_structured({**BASE, "time": value})
+    assert caught.value.field == "time"
+    assert "RFC 3339" in caught.value.message
+
+
+def test_an_rfc3339_time_is_read() -> None:
+    event = parse_structured({**BASE, "time": "2026-01-01T09:30:00.5+02:00"})
+    assert event.time is not None and event.time.isoformat() == "2026-01-01T09:30:00.500000+02:00"
+
+
+def test_data_base64_must_be_base64() -> None:
+    with pytest.raises(InvalidEvent) as caught:
+        parse_structured({**BASE, "data_base64": "!!notbase64"})
+    assert caught.value.field == "data_base64"
+    assert "base64" in caught.value.message
+    assert parse_structured({**BASE, "data_base64": "aGVsbG8="}).data_base64 == "aGVsbG8="
+
+
+@pytest.mark.parametrize("attribute", ["subject", "dataschema"])
+def test_an_empty_optional_attribute_is_named_in_words(attribute: str) -> None:
+    with pytest.raises(InvalidEvent) as caught:
+        parse_structured({**BASE, attribute: ""})
+    assert caught.value.field == attribute
+    assert caught.value.message == f"{attribute}: must not be empty (leave it out instead)"
+
+
+def test_an_extension_must_be_a_string_an_integer_or_a_boolean() -> None:
+    with pytest.raises(InvalidEvent) as caught:
+        parse_structured({**BASE, "ratio": 1.5})
+    assert caught.value.field == "ratio"
+    assert "an integer" in caught.value.message
+    assert "number" not in caught.value.message
+    event = parse_structured({**BASE, "count": 3, "flag": True, "name": "x"})
+    assert event.extensions == {"count": 3, "flag": True, "name": "x"}
+
+
+def test_same_json_compares_numbers_by_value_as_the_database_gives_them_back() -> None:
+    assert same_json({"a": [1e300, 1.0, -0.0]}, {"a": [10**300, 1.0, 0.0]})
+    assert same_json({"a": 1, "b": "x"}, {"b": "x", "a": 1.0})
+    assert not same_json({"a": 1}, {"a": 2})
+    assert not same_json({"a": True}, {"a": 1})
+    assert not same_json({"a": "1"}, {"a": 1})
+    assert not same_json({"a": [1, 2]}, {"a": [1, 2, 3]})
+    assert not same_json({"a": None}, {})

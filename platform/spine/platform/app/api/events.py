@@ -5,7 +5,9 @@ batch (``application/cloudevents-batch+json``), or one event in binary mode (``c
 headers, the data in the body). Every event is checked before any is accepted: a malformed
 one, or one breaking its type's schema, is a 400 naming the attribute. Accepted events are
 recorded (``pending``) and published to the EVENTS stream; 202 lists them, with
-``duplicate: true`` for an event (same source and id) received before.
+``duplicate: true`` for an event (same source and id) received before. Ids and sources hold
+no control characters, and binary mode's ``ce-*`` headers must be valid percent-encoded UTF-8:
+either could make two events one.
 
 One naming on every events route: ``key`` is the platform's id of a received event (what
 ``GET /v1/events/{key}`` takes), ``event_id`` the CloudEvents ``id``. Each route also keeps
@@ -47,7 +49,12 @@ class AcceptedEventInfo(BaseModel):
     )
     source: str
     type: str
-    duplicate: bool
+    duplicate: bool = Field(
+        description=(
+            "True when this event (same source and id) was received before: its row was there, "
+            "or the stream held it already; the first one received is the one kept."
+        )
+    )
 
 
 class EventsAccepted(BaseModel):
