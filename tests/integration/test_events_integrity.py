@@ -10,11 +10,13 @@ from typing import Any
 import httpx
 import nats
 import pytest
+import sqlalchemy as sa
 
 from spine.events.cloudevent import STRUCTURED_CONTENT_TYPE, dedupe_id, parse_structured
 from spine.events.log import ReceivedEvent
 from spine.events.streams import EVENTS_STREAM, INGEST_CONSUMER
 from spine.events.subjects import event_subject
+from spine.platform.schema import EventRow, utcnow
 from support.fake_models import FakeModelServer
 from support.knowledge import (
     clear_tenants,
@@ -353,3 +355,30 @@ async def test_binary_mode_refuses_ids_that_are_not_percent_encoded_utf8(
         assert answer.status_code == 400, answer.text
         assert answer.json()["error"]["field"] == "id"
     assert await events_of(spine.client) == []
+
+
+async def test_remap_settles_a_row_stored_before_a_check_it_now_fails(
+    spine: RunningPlatform,
+) -> None:
+    # A row stored with a control character in its id (refused since) made remap a 500.
+    envelope = {**hire("old\u001fid", 7, "Old"), "spinetenant": "acme"}
+    async with spine.platform.db.transaction() as conn:
+        await conn.execute(
+            sa.insert(EventRow).values(
+                id="f" * 64,
+                tenant="acme",
+                source="/hr",
+                event_id="old\u001fid",
+                type=HIRED,
+                envelope=envelope,
+                status="unmapped",
+                received_at=utcnow(),
+                updated_at=utcnow(),
+            )
+        )
+    answer = await spine.client.post("/v1/events/remap", json={"type": HIRED})
+    assert answer.status_code == 202, answer.text
+    assert answer.json() == {"remapped": 0}
+    row = (await spine.client.get(f"/v1/events/{'f' * 64}")).json()
+    assert row["status"] == "dead_lettered"
+    assert "no longer a valid CloudEvent" in row["reason"]

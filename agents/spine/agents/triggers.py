@@ -246,6 +246,7 @@ class TriggerRunner:
                 msg.headers,
                 stream_time=metadata.timestamp,
                 schemas=self._schemas,
+                max_bytes=self._settings.max_event_bytes,  # what ingestion refuses fires nothing
             )
         except RejectedEvent:
             await msg.ack()  # ingestion dead-letters it with the reason
