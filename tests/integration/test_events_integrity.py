@@ -188,6 +188,27 @@ async def test_a_retry_after_a_failure_between_recording_and_publishing_runs_onc
     assert [(r["key"], r["status"]) for r in rows] == [(key, "mapped")]
 
 
+async def test_an_event_whose_publish_failed_is_sent_again_by_the_sweeper(
+    spine: RunningPlatform,
+) -> None:
+    # The request recorded the row, then NATS was away (503) and the client never retried:
+    # the row stayed pending for good.
+    stamped = parse_structured(hire("lost-1", 43, "Found")).with_attributes(spinetenant="acme")
+    key = dedupe_id("acme", "/hr", "lost-1")
+    await spine.platform.knowledge.log.record(
+        [ReceivedEvent(key=key, tenant="acme", event=stamped)]
+    )
+    intake = spine.platform.knowledge.intake
+    assert await intake.resend_pending(older_than=60) == 0  # too young: may be on its way
+    assert await intake.resend_pending(older_than=0) == 1
+    assert await intake.resend_pending(older_than=0) == 1  # still pending: JetStream drops it
+    assert await stream_messages(spine) == 1
+    rows = await settled(spine, 1)
+    assert [(r["key"], r["status"]) for r in rows] == [(key, "mapped")]
+    assert await name_of(spine, 43) == "Found"
+    assert await intake.resend_pending(older_than=0) == 0
+
+
 # -- a repeated key with other content -------------------------------------------------------
 
 

@@ -230,6 +230,21 @@ class EventIntake:
             found.event.to_dict(), json.loads(outgoing.payload)
         )
 
+    async def resend_pending(self, *, older_than: float, limit: int = 200) -> int:
+        """Publish again the events recorded but not seen by ingestion ``older_than`` seconds
+        later; return how many were sent.
+
+        Their publish failed after the row was committed (NATS was down: the client got a 503)
+        and the client never retried, or JetStream stored them after a timeout. Each goes again
+        as recorded, under its key: JetStream drops it if it holds it already (within its
+        duplicate window), and ingestion is idempotent per key otherwise.
+        """
+        stale = await self._log.stale_pending(older_than=older_than, limit=limit)
+        if not stale or not self._bus.connected:
+            return 0
+        await self._publish_all([_as_recorded(entry, tenant=tenant) for tenant, entry in stale])
+        return len(stale)
+
     async def remap(self, *, tenant: str, type: str | None = None, limit: int = 1000) -> int:
         """Send a tenant's ``unmapped`` events to ingestion again; return how many.
 

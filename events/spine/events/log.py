@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import sqlalchemy as sa
@@ -171,6 +171,24 @@ class EventLog:
         )
         async with self._db.transaction() as conn:
             await conn.execute(statement)
+
+    async def stale_pending(self, *, older_than: float, limit: int) -> list[tuple[str, EventEntry]]:
+        """Return ``(tenant, event)`` of events ``pending`` for over ``older_than`` seconds that
+        ingestion never saw (no attempt): their publish may never have reached JetStream."""
+        cutoff = utcnow() - timedelta(seconds=older_than)
+        query = (
+            sa.select(_EVENTS)
+            .where(
+                _EVENTS.c.status == "pending",
+                _EVENTS.c.attempts == 0,
+                _EVENTS.c.received_at < cutoff,
+            )
+            .order_by(_EVENTS.c.received_at)
+            .limit(limit)
+        )
+        async with self._db.transaction() as conn:
+            rows = list((await conn.execute(query)).mappings())
+        return [(row["tenant"], _entry(row)) for row in rows]
 
     async def get(self, key: str, *, tenant: str) -> EventEntry:
         """Return one of a tenant's events by its dedupe id."""

@@ -38,6 +38,10 @@ __all__ = ["KnowledgeLayer"]
 
 logger = logging.getLogger(__name__)
 
+RESEND_AFTER = 60.0
+"""Seconds an event may stay ``pending`` without an ingestion attempt before it is resent."""
+RESEND_EVERY = 30.0
+"""Seconds between the API's looks for such events."""
 READY_TIMEOUT = 2.0
 """Seconds ``/readyz`` waits for each backing service (a frozen server is not ready)."""
 
@@ -85,6 +89,18 @@ class KnowledgeLayer:
             store=store,
             explorer=explorer,
         )
+
+    async def resend_pending_events(self) -> int:
+        """Publish again events whose publish never reached ingestion (see
+        :meth:`EventIntake.resend_pending`); the API runs it every ``RESEND_EVERY`` seconds."""
+        try:
+            sent = await self.intake.resend_pending(older_than=RESEND_AFTER)
+        except ServiceUnavailable as exc:
+            logger.info("pending events not resent yet: %s", exc.message)
+            return 0
+        if sent:
+            logger.info("published %d pending event(s) again", sent)
+        return sent
 
     def graph(self) -> GraphExplorer:
         """Return the explorer, or answer that no graph is configured."""

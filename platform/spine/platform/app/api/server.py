@@ -40,6 +40,7 @@ from spine.platform.app.api.gateway import router as gateway_router
 from spine.platform.app.api.input_guard import InputGuard
 from spine.platform.app.api.metrics import HttpMetrics
 from spine.platform.app.console.site import install as install_console
+from spine.platform.app.knowledge import RESEND_EVERY
 from spine.platform.app.observed import api_probes
 from spine.platform.app.wiring import Platform
 from spine.platform.limits import RateLimits
@@ -81,6 +82,15 @@ def create_app(settings: Settings) -> FastAPI:
             ),
             asyncio.create_task(platform.indexer.run_sweeper(stop), name="document-sweeper"),
             asyncio.create_task(platform.follow_weights(stop), name="weights"),
+            asyncio.create_task(
+                run_every(
+                    platform.knowledge.resend_pending_events,
+                    interval=RESEND_EVERY,
+                    stop=stop,
+                    name="pending events sweep",
+                ),
+                name="events-sweeper",
+            ),
             asyncio.create_task(
                 run_every(
                     platform.feedback_announcer.sweep_once,
