@@ -146,5 +146,6 @@ async def test_passages_come_with_the_entities_they_mention_and_the_facts_around
             "graph": {
                 "nodes": [],
                 "edges": [],
+                "truncated": False,
             },
         }

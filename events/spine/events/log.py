@@ -190,6 +190,14 @@ class EventLog:
             rows = list((await conn.execute(query)).mappings())
         return [(row["tenant"], _entry(row)) for row in rows]
 
+    async def envelopes(self, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Return the stored envelope of each of ``keys`` that has a row (one query)."""
+        if not keys:
+            return {}
+        query = sa.select(_EVENTS.c.id, _EVENTS.c.envelope).where(_EVENTS.c.id.in_(list(keys)))
+        async with self._db.transaction() as conn:
+            return {row.id: row.envelope for row in (await conn.execute(query)).all()}
+
     async def get(self, key: str, *, tenant: str) -> EventEntry:
         """Return one of a tenant's events by its dedupe id."""
         query = sa.select(_EVENTS).where(_EVENTS.c.id == key, _EVENTS.c.tenant == tenant)

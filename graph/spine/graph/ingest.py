@@ -40,14 +40,14 @@ from nats.js import JetStreamContext
 from spine.events.bus import NatsBus, bind_durable, fetched
 from spine.events.cloudevent import same_json
 from spine.events.intake import RejectedEvent, read_event
-from spine.events.log import EventEntry, EventLog, EventOutcome, EventStatus, ReceivedEvent
+from spine.events.log import EventLog, EventOutcome, EventStatus, ReceivedEvent
 from spine.events.schemas import EventSchemas
 from spine.events.streams import EVENTS_STREAM, INGEST_CONSUMER, StreamLayout
 from spine.events.subjects import DLQ_EVENTS
 from spine.graph.mapping import EventWrites, MappingError, MappingSet
 from spine.graph.store import GraphError, GraphStore
 from spine.graph.writer import GraphWriter
-from spine.platform.errors import NotFound, ServiceUnavailable
+from spine.platform.errors import ServiceUnavailable
 from spine.platform.settings import KnowledgeSettings
 
 __all__ = ["GraphIngestor", "IngestStats"]
@@ -56,7 +56,6 @@ logger = logging.getLogger(__name__)
 
 _LOST = (ConnectionClosedError, ServiceUnavailable, OSError)
 _NO_GRAPH = "no graph server is configured (GENAI_FALKORDB_URL or GENAI_NEO4J_URI)"
-_READ_AT_ONCE = 32
 
 
 @dataclass(slots=True, kw_only=True)
@@ -215,14 +214,8 @@ class GraphIngestor:
                 owners.setdefault(item.received.key, item.received)
         fresh = await self._log.record(list(owners.values()))
         envelopes = {key: r.event.to_dict() for key, r in owners.items() if key in fresh}
-        older = [r for key, r in owners.items() if key not in fresh]
-        for start in range(0, len(older), _READ_AT_ONCE):
-            chunk = older[start : start + _READ_AT_ONCE]
-            for r, entry in zip(
-                chunk, await asyncio.gather(*(self._stored(r) for r in chunk)), strict=True
-            ):
-                if entry is not None:
-                    envelopes[r.key] = entry.event
+        # The key hashes the tenant in: a row under it is this tenant's.
+        envelopes.update(await self._log.envelopes([k for k in owners if k not in fresh]))
         for item in items:
             if item.received is None:
                 continue
@@ -236,12 +229,6 @@ class GraphIngestor:
                     item.msg.subject,
                     item.received.key,
                 )
-
-    async def _stored(self, received: ReceivedEvent) -> EventEntry | None:
-        try:
-            return await self._log.get(received.key, tenant=received.tenant)
-        except NotFound:
-            return None
 
     def _plan(self, item: _Item) -> None:
         assert item.received is not None  # only read events are planned
