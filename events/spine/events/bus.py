@@ -134,8 +134,10 @@ class NatsBus:
             raise ServiceUnavailable("disconnected")
         try:
             await self.client.request("$JS.API.INFO", b"", timeout=timeout)
-        except (NatsTimeout, NoRespondersError, ConnectionClosedError) as exc:
+        except (NatsTimeout, NoRespondersError) as exc:
             raise ServiceUnavailable(f"NATS did not answer within {timeout:g} s") from exc
+        except (nats.errors.Error, OSError) as exc:  # the connection went while it waited
+            raise ServiceUnavailable(f"NATS connection lost: {exc!r}") from exc
 
     async def signal(self, subject: str, payload: bytes) -> None:
         """Publish a core NATS message; best effort, since its durable copy is elsewhere."""

@@ -168,8 +168,9 @@ def create_app(settings: Settings) -> FastAPI:
         restarting or crash-looping; any of them makes the answer 503 too.
         """
         platform = platform_of(request)
-        status = await platform.ready()
+        # The supervisor's view as the request came: the checks below may take their 2 s.
         children = platform.supervision()
+        status = await platform.ready()
         ok = all(value == "ok" for value in status.values()) and not children
         body: dict[str, object] = {"status": "ok" if ok else "degraded", "services": status}
         if children is not None:
