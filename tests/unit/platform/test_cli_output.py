@@ -479,3 +479,18 @@ def test_an_empty_id_is_an_error_saying_what_to_give(
     code, err = run_main(monkeypatch, capsys, "tasks", "show", "")
     assert code == 1
     assert "give a task id" in err and "Traceback" not in err
+
+
+def test_at_80_columns_key_ids_actions_and_states_are_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `keys list` showed "7f97c5…", which `keys limits` then refused; audit showed "experi…".
+    spine = in_process_cli(tmp_path, monkeypatch)
+    monkeypatch.setenv("COLUMNS", "80")
+    spine("tenants", "create", "acme")
+    created = spine("keys", "create", "--tenant", "acme", "--name", "a rather long key name")
+    key_id = created.split("key id ", 1)[1].split()[0]
+    spine("keys", "revoke", key_id)
+    assert key_id in spine("keys", "list")
+    audit = spine("audit", "--tenant", "acme")
+    assert "tenant.create" in audit and "key.revoke" in audit

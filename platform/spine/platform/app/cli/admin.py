@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.table import Table
+from rich.table import Column, Table
 from rich.text import Text
 
 from spine.platform.app.cli._administering import Admin, administer, when
@@ -93,7 +93,17 @@ def keys_list(tenant: Annotated[str | None, typer.Option()] = None) -> None:
         return await admin.keys.list_keys(tenant=tenant)
 
     now = datetime.now(UTC)
-    table = Table("id", "tenant", "role", "name", "created", "expires", "revoked", "state")
+    # The id is what `keys revoke|rotate|limits` take: never shortened, whatever the width.
+    table = Table(
+        Column("id", no_wrap=True, min_width=12),
+        "tenant",
+        "role",
+        "name",
+        "created",
+        "expires",
+        "revoked",
+        Column("state", no_wrap=True, min_width=7),
+    )
     for key in administer(go):
         add_literal_row(
             table,
@@ -264,7 +274,16 @@ def audit(
         )
 
     page = administer(go)
-    table = Table("time", "action", "outcome", "tenant", "target", "key", "via", "from")
+    table = Table(
+        "time",
+        Column("action", no_wrap=True, min_width=18),  # experiment.promote, whole
+        "outcome",
+        "tenant",
+        "target",
+        Column("key", no_wrap=True, min_width=12),
+        "via",
+        "from",
+    )
     for entry in page.data:
         add_literal_row(
             table,

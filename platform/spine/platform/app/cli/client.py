@@ -136,7 +136,9 @@ def tasks_list(
         for task in page["data"]:
             typer.echo(task["id"])
         return
-    table = Table(_id_column(), "agent", "state", "attempts", "created")
+    table = Table(
+        _id_column(), "agent", Column("state", no_wrap=True, min_width=16), "attempts", "created"
+    )
     for task in page["data"]:
         add_literal_row(
             table, task["id"], task["agent"], task["state"], task["attempts"], task["created_at"]
