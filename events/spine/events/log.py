@@ -95,16 +95,11 @@ class EventLog:
             return set()
         now = utcnow()
         rows = {e.key: _row(e, status="pending", reason=None, attempts=0, now=now) for e in events}
+        # One statement decides which rows are new: two processes recording one new key at the
+        # same instant cannot both take it as theirs (a read before the insert let them).
+        insert = self._insert().on_conflict_do_nothing().returning(_EVENTS.c.id)
         async with self._db.transaction() as conn:
-            existing = set(
-                (
-                    await conn.execute(sa.select(_EVENTS.c.id).where(_EVENTS.c.id.in_(list(rows))))
-                ).scalars()
-            )
-            fresh = [row for key, row in rows.items() if key not in existing]
-            if fresh:
-                await conn.execute(self._insert().on_conflict_do_nothing(), fresh)
-        return set(rows) - existing
+            return set((await conn.execute(insert, list(rows.values()))).scalars())
 
     async def settle(self, outcomes: Sequence[EventOutcome]) -> None:
         """Record each event's status, creating the rows of events first seen on NATS."""

@@ -205,8 +205,6 @@ class GraphIngestor:
         """Record the rows of events first seen here; mark each repeat with another envelope.
 
         The row is what decides, whoever recorded it first (over HTTP, or an earlier batch).
-        :meth:`EventLog.record` tells new keys by a read before its insert, so two workers
-        recording one new key at the same instant both take it as theirs.
         """
         owners: dict[str, ReceivedEvent] = {}
         for item in items:
