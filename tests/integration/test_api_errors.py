@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -21,7 +22,7 @@ from sqlalchemy.engine import make_url
 from support.databases import create_database
 from support.fake_models import FakeModelServer, Rule
 from support.live_platform import RunningPlatform, running_platform
-from support.tcp_proxy import proxy_to
+from support.tcp_proxy import TcpProxy, proxy_to
 
 pytestmark = pytest.mark.integration
 
@@ -352,37 +353,43 @@ async def test_unknown_route_and_method_use_the_same_shape(spine: RunningPlatfor
 
 
 # -- backing services down --------------------------------------------------------------------
+@contextlib.asynccontextmanager
+async def database_behind_proxy(pg_url: str) -> AsyncIterator[tuple[TcpProxy, str]]:
+    """A TCP proxy in front of the test PostgreSQL, and the database URL through it."""
+    real = make_url(pg_url)
+    async with proxy_to(real.host or "127.0.0.1", real.port or 5432) as proxy:
+        through = real.set(host="127.0.0.1", port=proxy.port)
+        yield proxy, through.render_as_string(hide_password=False)
 
 
 async def test_database_down_is_503_and_readyz_names_it(
     services: Any, pg_url: str, models: FakeModelServer
 ) -> None:
-    real = make_url(pg_url)
-    async with proxy_to(real.host or "127.0.0.1", real.port or 5432) as proxy:
-        through_proxy = real.set(host="127.0.0.1", port=proxy.port)
-        database_url = through_proxy.render_as_string(hide_password=False)
-        async with running_platform(services, database_url, models, workers=0) as spine:
-            task = await submit(spine)
-            assert (await spine.client.get("/readyz")).status_code == 200
+    async with (
+        database_behind_proxy(pg_url) as (proxy, database_url),
+        running_platform(services, database_url, models, workers=0) as spine,
+    ):
+        task = await submit(spine)
+        assert (await spine.client.get("/readyz")).status_code == 200
 
-            await proxy.shut()
-            for response in (
-                await spine.client.get(f"/v1/tasks/{task['id']}"),
-                await spine.client.get("/v1/tasks"),
-                await spine.client.post("/v1/tasks", json=CHAT),
-            ):
-                error = assert_error(response, 503, "service_unavailable")
-                assert "database is unreachable" in error["message"]
-            ready = await spine.client.get("/readyz")
-            assert ready.status_code == 503
-            body = ready.json()
-            assert body["status"] == "degraded"
-            assert body["services"]["nats"] == "ok"
-            assert "database is unreachable" in body["services"]["database"]
+        await proxy.shut()
+        for response in (
+            await spine.client.get(f"/v1/tasks/{task['id']}"),
+            await spine.client.get("/v1/tasks"),
+            await spine.client.post("/v1/tasks", json=CHAT),
+        ):
+            error = assert_error(response, 503, "service_unavailable")
+            assert "database is unreachable" in error["message"]
+        ready = await spine.client.get("/readyz")
+        assert ready.status_code == 503
+        body = ready.json()
+        assert body["status"] == "degraded"
+        assert body["services"]["nats"] == "ok"
+        assert "database is unreachable" in body["services"]["database"]
 
-            await proxy.open()  # same port: the API recovers without a restart
-            assert (await spine.client.get(f"/v1/tasks/{task['id']}")).status_code == 200
-            assert (await spine.client.get("/readyz")).status_code == 200
+        await proxy.open()  # same port: the API recovers without a restart
+        assert (await spine.client.get(f"/v1/tasks/{task['id']}")).status_code == 200
+        assert (await spine.client.get("/readyz")).status_code == 200
 
 
 async def test_a_database_that_stops_answering_is_a_503_in_bounded_time(
@@ -390,67 +397,63 @@ async def test_a_database_that_stops_answering_is_a_503_in_bounded_time(
 ) -> None:
     # A frozen server (SIGSTOP) keeps its connections open: requests once waited for it for as
     # long as it stayed frozen, and /readyz waited too, then said "ok".
-    real = make_url(pg_url)
-    async with proxy_to(real.host or "127.0.0.1", real.port or 5432) as proxy:
-        through_proxy = real.set(host="127.0.0.1", port=proxy.port)
-        database_url = through_proxy.render_as_string(hide_password=False)
-        async with running_platform(
-            services, database_url, models, workers=0, database_timeout=2
-        ) as spine:
-            task = await submit(spine)
-            proxy.freeze()
-            try:
-                started = asyncio.get_running_loop().time()
-                ready = await spine.client.get("/readyz")
-                assert ready.status_code == 503
-                assert "did not answer" in ready.json()["services"]["database"]
-                assert ready.json()["services"]["nats"] == "ok"
-                response = await spine.client.get(f"/v1/tasks/{task['id']}")
-                assert_error(response, 503, "service_unavailable")
-                assert response.headers["retry-after"]
-                assert asyncio.get_running_loop().time() - started < 10
-            finally:
-                proxy.thaw()
-            await eventually_ok(lambda: spine.client.get(f"/v1/tasks/{task['id']}"))
-            await eventually_ok(lambda: spine.client.get("/readyz"))
+    async with (
+        database_behind_proxy(pg_url) as (proxy, database_url),
+        running_platform(services, database_url, models, workers=0, database_timeout=2) as spine,
+    ):
+        task = await submit(spine)
+        proxy.freeze()
+        try:
+            started = asyncio.get_running_loop().time()
+            ready = await spine.client.get("/readyz")
+            assert ready.status_code == 503
+            assert "did not answer" in ready.json()["services"]["database"]
+            assert ready.json()["services"]["nats"] == "ok"
+            response = await spine.client.get(f"/v1/tasks/{task['id']}")
+            assert_error(response, 503, "service_unavailable")
+            assert response.headers["retry-after"]
+            assert asyncio.get_running_loop().time() - started < 10
+        finally:
+            proxy.thaw()
+        await eventually_ok(lambda: spine.client.get(f"/v1/tasks/{task['id']}"))
+        await eventually_ok(lambda: spine.client.get("/readyz"))
 
 
 async def test_a_task_feed_waits_through_a_database_outage_and_goes_on(
     services: Any, pg_url: str, models: FakeModelServer
 ) -> None:
     # The feed once broke off mid-stream (an unhandled ServiceUnavailable after the 200).
-    real = make_url(pg_url)
-    async with proxy_to(real.host or "127.0.0.1", real.port or 5432) as proxy:
-        through_proxy = real.set(host="127.0.0.1", port=proxy.port)
-        database_url = through_proxy.render_as_string(hide_password=False)
-        async with running_platform(services, database_url, models, workers=0) as spine:
-            task = await submit(spine)
-            seen: list[dict[str, Any]] = []
+    async with (
+        database_behind_proxy(pg_url) as (proxy, database_url),
+        running_platform(services, database_url, models, workers=0) as spine,
+    ):
+        task = await submit(spine)
+        seen: list[dict[str, Any]] = []
 
-            async def follow() -> None:
-                path = f"/v1/tasks/{task['id']}/events"
-                async with spine.client.stream("GET", path) as response:
-                    assert response.status_code == 200
-                    async for line in response.aiter_lines():
-                        if line.startswith("data:"):
-                            seen.append(json.loads(line[5:]))
+        async def follow() -> None:
+            path = f"/v1/tasks/{task['id']}/events"
+            async with spine.client.stream("GET", path) as response:
+                assert response.status_code == 200
+                async for line in response.aiter_lines():
+                    if line.startswith("data:"):
+                        seen.append(json.loads(line[5:]))
 
-            reader = asyncio.create_task(follow())
-            for _ in range(100):
-                if seen:
-                    break
-                await asyncio.sleep(0.05)
-            assert [e.get("state") for e in seen] == ["queued"]
-            await proxy.shut()
-            await asyncio.sleep(2.5)  # the feed's safety reads meet the outage
-            assert not reader.done()
-            await proxy.open()
-            await eventually_ok(lambda: spine.client.get(f"/v1/tasks/{task['id']}"))
-            cancelled = await spine.client.post(f"/v1/tasks/{task['id']}/cancel")
-            assert cancelled.status_code in (200, 202), cancelled.text
-            await asyncio.wait_for(reader, 30)
-            assert seen[-1]["state"] == "cancelled"
-            assert [e["seq"] for e in seen] == list(range(1, len(seen) + 1))
+        reader = asyncio.create_task(follow())
+        for _ in range(100):
+            if seen:
+                break
+            await asyncio.sleep(0.05)
+        assert [e.get("state") for e in seen] == ["queued"]
+        await proxy.shut()
+        await asyncio.sleep(2.5)  # the feed's safety reads meet the outage
+        assert not reader.done()
+        await proxy.open()
+        await eventually_ok(lambda: spine.client.get(f"/v1/tasks/{task['id']}"))
+        cancelled = await spine.client.post(f"/v1/tasks/{task['id']}/cancel")
+        assert cancelled.status_code in (200, 202), cancelled.text
+        await asyncio.wait_for(reader, 30)
+        assert seen[-1]["state"] == "cancelled"
+        assert [e["seq"] for e in seen] == list(range(1, len(seen) + 1))
 
 
 async def test_readyz_says_a_nats_that_stopped_answering_is_not_ready(

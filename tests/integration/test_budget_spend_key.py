@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from spine.platform.db import Database
-from support.databases import create_database
+from support.databases import migrated_database
 
 pytestmark = pytest.mark.integration
 
@@ -21,10 +20,7 @@ async def test_every_period_of_a_scope_gets_its_row_on_the_same_day(
     backend: str, tmp_path: Path, pg_url: str
 ) -> None:
     # SQLite's copy of the table (migration 0009) had left period out of its primary key.
-    url = f"sqlite:///{tmp_path}/genai.db" if backend == "sqlite" else create_database(pg_url)
-    db = Database(url)
-    try:
-        await db.migrate()
+    async with migrated_database(backend, tmp_path, pg_url) as db:
         async with db.transaction() as conn:
             for period in ("daily", "weekly", "monthly"):
                 await conn.execute(
@@ -36,5 +32,3 @@ async def test_every_period_of_a_scope_gets_its_row_on_the_same_day(
                 )
             count = await conn.scalar(sa.text("SELECT count(*) FROM budget_spend"))
         assert count == 3
-    finally:
-        await db.dispose()

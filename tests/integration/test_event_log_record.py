@@ -9,8 +9,7 @@ import pytest
 
 from spine.events.cloudevent import dedupe_id, parse_structured
 from spine.events.log import EventLog, ReceivedEvent
-from spine.platform.db import Database
-from support.databases import create_database
+from support.databases import migrated_database
 
 pytestmark = pytest.mark.integration
 
@@ -27,10 +26,7 @@ async def test_one_of_many_recorders_of_a_new_key_gets_it(
     backend: str, tmp_path: Path, pg_url: str
 ) -> None:
     # A read before the insert once let two recorders of one new key both take it as theirs.
-    url = f"sqlite:///{tmp_path}/genai.db" if backend == "sqlite" else create_database(pg_url)
-    db = Database(url)
-    try:
-        await db.migrate()
+    async with migrated_database(backend, tmp_path, pg_url) as db:
         log = EventLog(db)
         for round_ in range(5):
             events = [received(f"e{round_}-{n}") for n in range(3)]
@@ -38,5 +34,3 @@ async def test_one_of_many_recorders_of_a_new_key_gets_it(
             keys = [key for fresh in owned for key in fresh]
             assert sorted(keys) == sorted(e.key for e in events)  # each key exactly once
         assert await log.record([received("e0-0"), received("new")]) == {received("new").key}
-    finally:
-        await db.dispose()

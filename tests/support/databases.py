@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import asyncpg
+
+from spine.platform.db import Database
 
 
 def create_database(server_url: str) -> str:
@@ -37,3 +42,16 @@ def create_database(server_url: str) -> str:
 def asyncpg_dsn(url: str) -> str:
     """Turn a SQLAlchemy asyncpg URL into the DSN that asyncpg itself accepts."""
     return url.replace("postgresql+asyncpg://", "postgresql://")
+
+
+@contextlib.asynccontextmanager
+async def migrated_database(backend: str, folder: Path, pg_url: str) -> AsyncIterator[Database]:
+    """A fresh database at the newest schema: a SQLite file in ``folder``, or a new PostgreSQL
+    database on the test server (``backend`` ``sqlite`` or ``postgresql``)."""
+    url = f"sqlite:///{folder}/genai.db" if backend == "sqlite" else create_database(pg_url)
+    db = Database(url)
+    try:
+        await db.migrate()
+        yield db
+    finally:
+        await db.dispose()
