@@ -11,6 +11,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -474,6 +475,33 @@ async def test_readyz_says_a_nats_that_stopped_answering_is_not_ready(
                 assert "did not answer" in ready.json()["services"]["nats"]
             finally:
                 proxy.thaw()
+            await eventually_ok(lambda: spine.client.get("/readyz"))
+
+
+async def test_readyz_answers_at_once_when_nats_goes_away_during_its_check(
+    services: Any, pg_url: str, models: FakeModelServer
+) -> None:
+    # nats-py leaves a request in flight to time out when its connection drops; /readyz once
+    # waited its whole 2 s then, long enough to miss a server that `spine up` restarted at once.
+    real = make_url(services.nats_url.replace("nats://", "postgresql://"))
+    async with proxy_to(real.host or "127.0.0.1", real.port or 4222) as proxy:
+        through = real.set(host="127.0.0.1", port=proxy.port)
+        nats_url = through.render_as_string(hide_password=False).replace("postgresql", "nats", 1)
+        async with running_platform(
+            services, pg_url, models, nats_url=nats_url, workers=0
+        ) as spine:
+            assert (await spine.client.get("/readyz")).status_code == 200
+            proxy.freeze()  # the check's request goes out and waits
+            asking = asyncio.ensure_future(spine.client.get("/readyz"))
+            await asyncio.sleep(0.3)
+            started = time.monotonic()
+            await proxy.shut()  # then the connection drops
+            ready = await asking
+            assert time.monotonic() - started < 1.0
+            assert ready.status_code == 503
+            assert ready.json()["services"]["nats"] == "NATS connection lost while it was asked"
+            proxy.thaw()
+            await proxy.open()
             await eventually_ok(lambda: spine.client.get("/readyz"))
 
 

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import nats
@@ -55,6 +56,9 @@ class NatsBus:
         self._ready = asyncio.Event()
         self._connecting: asyncio.Task[None] | None = None
         self._closing = False
+        # Pings in flight, told when the connection drops: nats-py leaves their requests to
+        # time out, and readiness should not take that long to say "lost".
+        self._pings: set[asyncio.Future[None]] = set()
 
     @property
     def connected(self) -> bool:
@@ -132,8 +136,25 @@ class NatsBus:
         """
         if not self.connected:
             raise ServiceUnavailable("disconnected")
+        lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        request = asyncio.ensure_future(
+            self.client.request("$JS.API.INFO", b"", timeout=timeout + 1)
+        )
+        self._pings.add(lost)
+        either: set[asyncio.Future[Any]] = {request, lost}
         try:
-            await self.client.request("$JS.API.INFO", b"", timeout=timeout)
+            done, _ = await asyncio.wait(either, timeout=timeout, return_when="FIRST_COMPLETED")
+        finally:
+            self._pings.discard(lost)
+            lost.cancel()
+            if not request.done():
+                request.cancel()
+        if lost in done:
+            raise ServiceUnavailable("NATS connection lost while it was asked")
+        if not done:
+            raise ServiceUnavailable(f"NATS did not answer within {timeout:g} s")
+        try:
+            request.result()
         except (NatsTimeout, NoRespondersError) as exc:
             raise ServiceUnavailable(f"NATS did not answer within {timeout:g} s") from exc
         except (nats.errors.Error, OSError) as exc:  # the connection went while it waited
@@ -179,6 +200,9 @@ class NatsBus:
         logger.warning("NATS error: %r", exc)
 
     async def _on_disconnected(self) -> None:
+        for waiter in self._pings:
+            if not waiter.done():
+                waiter.set_result(None)
         if self._closing:
             return
         logger.warning("disconnected from NATS at %s; reconnecting", self.url)

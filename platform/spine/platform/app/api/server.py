@@ -168,9 +168,12 @@ def create_app(settings: Settings) -> FastAPI:
         restarting or crash-looping; any of them makes the answer 503 too.
         """
         platform = platform_of(request)
-        # The supervisor's view as the request came: the checks below may take their 2 s.
-        children = platform.supervision()
+        # The supervisor's view before and after the checks (they may take their 2 s): a child
+        # down at either moment is named, so a quick restart is not missed between two views.
+        before = platform.supervision()
         status = await platform.ready()
+        after = platform.supervision()
+        children = None if before is None and after is None else {**(before or {}), **(after or {})}
         ok = all(value == "ok" for value in status.values()) and not children
         body: dict[str, object] = {"status": "ok" if ok else "degraded", "services": status}
         if children is not None:
