@@ -330,6 +330,19 @@ async def test_finish_queued_hands_the_task_back_for_a_retry(store: TaskStore) -
     assert await store.dead_letter(task.id, reason=gave_up) == []
 
 
+async def test_a_retry_keeps_the_error_until_an_attempt_succeeds(store: TaskStore) -> None:
+    task, _, _ = await store.submit(chat(), tenant="acme")
+    await store.claim(task.id, lease=30)
+    error = TaskError(type="transient_error", message="try later", retryable=True)
+    await store.finish(task.id, attempt=1, state="queued", error=error, retry_in=0)
+    waiting = await store.get(task.id, tenant=None)
+    assert waiting.error is not None and waiting.error.message == "try later"
+    await store.claim(task.id, lease=30)
+    await store.finish(task.id, attempt=2, state="succeeded", result={"text": "ok"})
+    done = await store.get(task.id, tenant=None)
+    assert (done.state, done.error) == ("succeeded", None)
+
+
 async def test_finish_commits_the_attempts_last_events_before_its_state(store: TaskStore) -> None:
     task, _, _ = await store.submit(chat(), tenant="acme")
     await store.claim(task.id, lease=30)

@@ -90,6 +90,10 @@ async def test_transient_errors_are_retried_with_backoff(
     done = await spine.wait_for(task["id"])
     assert done["state"] == "succeeded"
     assert done["attempts"] == 3
+    # The failed attempts' errors are in the task's events, not on the task that succeeded.
+    assert done["error"] is None
+    retries = [e for e in await sse_events(spine, task["id"]) if e.get("state") == "queued"]
+    assert [e["error"]["type"] for e in retries[-2:]] == ["transient_error"] * 2
     assert models.count(containing="flaky") == 3
 
 

@@ -59,7 +59,8 @@ SELECT * FROM t"""
 FINISH = """
 WITH t AS (
   UPDATE tasks
-  SET state = $3, result = $4::jsonb, error = coalesce($5::jsonb, error),
+  SET state = $3::varchar, result = $4::jsonb,
+      error = CASE WHEN $3::varchar = 'succeeded' THEN NULL ELSE coalesce($5::jsonb, error) END,
       lease_expires_at = NULL, finished_at = CASE WHEN $6 THEN $7 ELSE finished_at END,
       updated_at = $7, event_seq = event_seq + jsonb_array_length($8::jsonb)
   WHERE id = $1 AND attempts = $2 AND state = 'running'

@@ -102,6 +102,8 @@ async def transition(
     values: dict[str, Any] = {"state": state, "result": result, "lease_expires_at": None}
     if error is not None:
         values["error"] = error
+    elif state == "succeeded":  # an earlier attempt's error is history (its events keep it)
+        values["error"] = None
     if state in TERMINAL_STATES:
         values["finished_at"] = now
     if cancel_requested is not None:
