@@ -186,6 +186,34 @@ async def test_a_restart_resumes_and_a_replay_rebuilds_the_same_weights(
     assert replayed.state == before.state  # the same events in the same order
 
 
+async def test_a_second_learner_stands_by_and_takes_over_when_the_first_ends(
+    spine: RunningPlatform,
+) -> None:
+    # Two learners consuming at once each kept half the evidence and stored the same version
+    # numbers: the second to store one crashed on the table's key.
+    store = SnapshotStore(spine.platform.db)
+    first_stop, second_stop = asyncio.Event(), asyncio.Event()
+    first = asyncio.create_task(run_learner(spine.settings, first_stop))
+    await asyncio.sleep(0.5)  # the first leads
+    second = asyncio.create_task(run_learner(spine.settings, second_stop))
+    try:
+        await rate_calls(spine, 10)
+        await until_stored(store, 20)  # 10 outcomes, 10 ratings: all in the leader's weights
+        assert not second.done() and not first.done()
+        first_stop.set()
+        await asyncio.wait_for(first, 30)
+        handed_over = await store.latest()
+        assert handed_over is not None
+        await rate_calls(spine, 10)
+        await until_stored(store, 40, after=handed_over.created_at)  # the second took over
+        latest = await store.latest()
+        assert latest is not None and latest.version > handed_over.version
+    finally:
+        first_stop.set()
+        second_stop.set()
+        await asyncio.wait_for(asyncio.gather(first, second), 30)
+
+
 async def test_duplicate_events_change_nothing(spine: RunningPlatform) -> None:
     store = SnapshotStore(spine.platform.db)
     learner = Learner(store)

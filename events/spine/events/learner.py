@@ -215,11 +215,16 @@ class Learner:
             or time.monotonic() - self._last_checkpoint >= self.checkpoint_seconds
         )
 
-    async def run_checkpoints(self, stop: asyncio.Event) -> None:
-        """Checkpoint on time even when no new batch comes; a last one at ``stop``."""
+    async def run_checkpoints(
+        self, stop: asyncio.Event, *, lost: asyncio.Event | None = None
+    ) -> None:
+        """Checkpoint on time even when no new batch comes; a last one at ``stop``, none once
+        the lead is ``lost`` (another learner may store versions by then)."""
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.checkpoint_seconds)
+            if lost is not None and lost.is_set():
+                return
             await self.checkpoint()
 
     async def _recall(self, events: list[dict[str, Any]]) -> None:

@@ -17,6 +17,7 @@ a user's prompt, and these messages reach the logs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import json
 import logging
@@ -221,6 +222,60 @@ class Database:
             waited = timeout if timeout is not None else self._timeout
             raise ServiceUnavailable(f"the database did not answer within {waited:g} s") from exc
 
+    @asynccontextmanager
+    async def exclusive(self, name: str) -> AsyncIterator[asyncio.Event | None]:
+        """Hold the lock ``name`` for every process on this database while the block runs, or
+        yield ``None`` at once when another process holds it.
+
+        The event yielded is set when the lock is lost while held (its connection died or
+        stopped answering): the block should then stop what the lock guards. PostgreSQL: a
+        session advisory lock on a connection of its own, which the server releases when the
+        holder ends, SIGKILL included; SQLite: a file lock beside the database (the kernel's).
+
+        Raises:
+            ServiceUnavailable: The database cannot answer.
+        """
+        if self.is_sqlite:
+            path = Path(self.url.database or "memory").with_suffix(f".{name}-lock")
+            handle = await asyncio.to_thread(_try_file_lock, path)
+            if handle is None:
+                yield None
+                return
+            try:
+                yield asyncio.Event()
+            finally:
+                handle.close()
+            return
+        import asyncpg
+
+        _, options = self.engine.dialect.create_connect_args(self.url)
+        for only_sqlalchemy in _SQLALCHEMY_CONNECT_OPTIONS:
+            options.pop(only_sqlalchemy, None)
+        with _driver_translated():
+            conn = await asyncpg.connect(
+                timeout=min(self._timeout, 10), command_timeout=self._timeout, **options
+            )
+        try:
+            with _driver_translated():
+                held = await conn.fetchval(
+                    "SELECT pg_try_advisory_lock($1, hashtext($2))", _LOCK_SPACE, name
+                )
+            if not held:
+                yield None
+                return
+            lost = asyncio.Event()
+            conn.add_termination_listener(lambda _conn: lost.set())
+            watching = asyncio.create_task(_watch_lock(conn, lost), name=f"lock-{name}")
+            try:
+                yield lost
+            finally:
+                watching.cancel()
+        finally:
+            with contextlib.suppress(Exception):  # closing the session releases the lock
+                await conn.close(timeout=5)
+            if not conn.is_closed():
+                conn.terminate()
+
     async def migrate(self) -> None:
         """Bring the schema to the newest migration; safe to call from many processes."""
         if self.is_sqlite:
@@ -287,6 +342,37 @@ _SQLALCHEMY_CONNECT_OPTIONS = (
     "prepared_statement_cache_size",
     "prepared_statement_name_func",
 )
+
+
+# The first key of the two-key advisory locks :meth:`Database.exclusive` takes: apart from the
+# one-key locks of migrations and per-tenant claims.
+_LOCK_SPACE = 4242002
+# How often a held lock's connection is asked whether it still answers, and for how long.
+_LOCK_CHECK_SECONDS = 2.0
+_LOCK_CHECK_TIMEOUT = 5.0
+
+
+async def _watch_lock(conn: Any, lost: asyncio.Event) -> None:
+    """Set ``lost`` when the lock's connection stops answering (a dead peer may go unnoticed
+    by the socket for minutes; the server may meanwhile have given the lock to another)."""
+    while not lost.is_set():
+        await asyncio.sleep(_LOCK_CHECK_SECONDS)
+        try:
+            await conn.fetchval("SELECT 1", timeout=_LOCK_CHECK_TIMEOUT)
+        except Exception as exc:  # any failure: the lock can no longer be counted on
+            logger.warning("the database lock's connection failed: %s", _short(exc))
+            lost.set()
+
+
+def _try_file_lock(path: Path) -> Any:
+    """Open and lock ``path`` without waiting; None when another process holds it."""
+    handle = path.open("w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    return handle
 
 
 async def _json_codecs(conn: Any) -> None:

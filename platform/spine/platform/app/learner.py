@@ -2,9 +2,11 @@
 
 It needs the database (snapshots, applied events, call facts) and NATS (the OUTCOMES stream, the
 weights announcements); it runs until SIGINT/SIGTERM and stores a last snapshot before it
-exits. Several learners may run (for availability): the durable consumer spreads batches
-across them, but each keeps its own weights, so run one unless you accept that. ``--replay``
-forgets every stored version and reads the stream again from its start.
+exits. One learner leads at a time (a lock on the database, :meth:`Database.exclusive`):
+another one started beside it stands by, consuming nothing, and takes over within
+:data:`STANDBY_SECONDS` of the leader's end. Two consuming at once would each keep half the
+evidence and store the same version numbers. ``--replay`` forgets every stored version and
+reads the stream again from its start.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from spine.events.weights import WeightsChannel
 from spine.platform.app.observed import observe_learning_event
 from spine.platform.app.streams import stream_layout
 from spine.platform.db import Database
-from spine.platform.errors import ConfigurationError
+from spine.platform.errors import ConfigurationError, ServiceUnavailable
 from spine.platform.learning.snapshots import SnapshotStore
 from spine.platform.settings import Settings
 from spine.platform.telemetry import process_server
@@ -36,8 +38,13 @@ __all__ = ["ObservedLearner", "run_learner"]
 logger = logging.getLogger(__name__)
 
 
+STANDBY_SECONDS = 1.0
+"""How often a standing-by learner tries to take the lead."""
+LEAD_LOCK = "learner"
+
+
 async def run_learner(settings: Settings, stop: asyncio.Event, *, replay: bool = False) -> None:
-    """Consume learning events until ``stop`` is set."""
+    """Consume learning events until ``stop`` is set, while this learner leads."""
     if settings.database_url is None or settings.nats_url is None:
         raise ConfigurationError(
             "the learner needs GENAI_DATABASE_URL and GENAI_NATS_URL (`spine up` sets them)",
@@ -45,36 +52,81 @@ async def run_learner(settings: Settings, stop: asyncio.Event, *, replay: bool =
         )
     db = Database(settings.database_url, timeout=settings.database_timeout)
     bus = NatsBus(settings.nats_url, name="spine-learner")
-    store = SnapshotStore(db)
     metrics = process_server(settings.metrics, role="learner")
     try:
         await metrics.start()
         await db.migrate()
         await stream_layout(settings).ensure_when_ready(bus)
-        if replay:
-            await store.reset()
-            with contextlib.suppress(NotFoundError):
-                await bus.js.delete_consumer(OUTCOMES_STREAM, LEARNER_CONSUMER)
-            logger.info("replaying %s from its start", OUTCOMES_STREAM)
-        channel = WeightsChannel(bus, replicas=settings.streams.replicas)
-        learner: Learner = ObservedLearner(  # counts model calls for /metrics
-            store,
-            announce=channel.announce,
-            checkpoint_seconds=settings.learning.checkpoint_seconds,
-        )
-        await learner.start()
-        broker = learner_broker(settings.nats_url, learner)
-        await broker.start()
-        logger.info("learner consuming %s (weights version %d)", OUTCOMES_STREAM, learner.version)
-        try:
-            await learner.run_checkpoints(stop)
-        finally:
-            await broker.stop()
-            await learner.checkpoint()
+        standing_by = False
+        while not stop.is_set():
+            try:
+                async with db.exclusive(LEAD_LOCK) as lost:
+                    if lost is not None:
+                        logger.info("this learner leads")
+                        standing_by = False
+                        await _lead(settings, db, bus, stop, lost, replay=replay)
+                        replay = False  # done once, by the first lead
+                        continue
+            except ServiceUnavailable as exc:
+                logger.warning("the learner cannot lead now: %s", exc)
+            if not standing_by:
+                logger.info("another learner leads; this one stands by")
+                standing_by = True
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), STANDBY_SECONDS)
     finally:
         await metrics.close()
         await bus.close()
         await db.dispose()
+
+
+async def _lead(
+    settings: Settings,
+    db: Database,
+    bus: NatsBus,
+    stop: asyncio.Event,
+    lost: asyncio.Event,
+    *,
+    replay: bool,
+) -> None:
+    """Consume until ``stop``, or until the lead is ``lost`` (then another learner may lead:
+    the events held here are left unacknowledged, for it)."""
+    store = SnapshotStore(db)
+    if replay:
+        await store.reset()
+        with contextlib.suppress(NotFoundError):
+            await bus.js.delete_consumer(OUTCOMES_STREAM, LEARNER_CONSUMER)
+        logger.info("replaying %s from its start", OUTCOMES_STREAM)
+    channel = WeightsChannel(bus, replicas=settings.streams.replicas)
+    learner: Learner = ObservedLearner(  # counts model calls for /metrics
+        store,
+        announce=channel.announce,
+        checkpoint_seconds=settings.learning.checkpoint_seconds,
+    )
+    await learner.start()  # from the newest stored version, whoever stored it
+    broker = learner_broker(settings.nats_url or "", learner)
+    await broker.start()
+    logger.info("learner consuming %s (weights version %d)", OUTCOMES_STREAM, learner.version)
+    ended = asyncio.Event()
+    watchers = [
+        asyncio.create_task(_set_when(stop, ended)),
+        asyncio.create_task(_set_when(lost, ended)),
+    ]
+    try:
+        await learner.run_checkpoints(ended, lost=lost)
+    finally:
+        for watcher in watchers:
+            watcher.cancel()
+        await broker.stop()
+        if lost.is_set():
+            logger.warning("the learner's lead was lost; it stops consuming and stands by")
+        else:
+            await learner.checkpoint()
+
+
+async def _set_when(source: asyncio.Event, target: asyncio.Event) -> None:
+    await source.wait()
+    target.set()
 
 
 _REMEMBERED = 100_000
