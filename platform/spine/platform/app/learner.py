@@ -70,7 +70,10 @@ async def run_learner(settings: Settings, stop: asyncio.Event, *, replay: bool =
             except ServiceUnavailable as exc:
                 logger.warning("the learner cannot lead now: %s", exc)
             if not standing_by:
-                logger.info("another learner leads; this one stands by")
+                logger.info(
+                    "another learner leads; this one stands by%s",
+                    " (the replay starts when it leads: stop the other learner)" if replay else "",
+                )
                 standing_by = True
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), STANDBY_SECONDS)
