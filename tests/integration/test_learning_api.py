@@ -173,6 +173,22 @@ async def test_an_experiment_assigns_sticky_arms_and_reports_what_they_did(
     )
     assert created.status_code == 201, created.text
     experiment = created.json()["id"]
+    # A call gets one arm: an experiment over calls another one covers would get none.
+    for scope in ({"kind": "gateway"}, {"kind": "tenant"}):
+        overlapping = await spine.client.post(
+            "/v1/experiments",
+            json={
+                "name": "shadowed",
+                "scope": scope,
+                "arms": [
+                    {"name": "a", "share": 0.5, "model": CHEAP},
+                    {"name": "b", "share": 0.5, "model": LOCAL},
+                ],
+            },
+        )
+        assert overlapping.status_code == 409, overlapping.text
+        assert overlapping.json()["error"]["field"] == "scope"
+        assert overlapping.json()["error"]["experiment_id"] == experiment
     keys = [spine.key] + [await spine.new_key("acme") for _ in range(5)]
     arms: dict[str, set[str]] = {}
     for key in keys:
@@ -195,8 +211,16 @@ async def test_an_experiment_assigns_sticky_arms_and_reports_what_they_did(
         model="auto", messages=[{"role": "user", "content": "after promotion"}]
     )
     assert after.headers["x-spine-model"] == CHEAP
+    # A promotion is undone by a stop (it once stayed for good: stop answered 409).
+    stopped = await spine.client.post(f"/v1/experiments/{experiment}/stop")
+    assert stopped.status_code == 200, stopped.text
+    assert (stopped.json()["status"], stopped.json()["promoted_arm"]) == ("stopped", "cheap")
     again = await spine.client.post(f"/v1/experiments/{experiment}/stop")
     assert again.status_code == 409
+    untested = await client_of(spine, keys[1]).chat.completions.with_raw_response.create(
+        model="auto", messages=[{"role": "user", "content": "after the stop"}]
+    )
+    assert untested.headers["x-spine-model"] == LOCAL  # local_first again
 
 
 async def test_the_weights_shown_count_the_events_they_were_learnt_from(

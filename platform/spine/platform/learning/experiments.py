@@ -65,6 +65,12 @@ class Scope(BaseModel):
             raise ValueError("scope.agent is given exactly when scope.kind is 'agent'")
         return self
 
+    def overlaps(self, other: Scope) -> bool:
+        """Tell whether a call could be in both scopes (a tenant's scope holds every call)."""
+        if "tenant" in (self.kind, other.kind):
+            return True
+        return self.kind == other.kind and self.agent == other.agent
+
 
 class WeightedModel(BaseModel):
     """A model of an arm's list and its share of the arm's traffic."""
@@ -203,8 +209,21 @@ class ExperimentBook:
         self._read_at = -math.inf
 
     async def create(self, given: ExperimentInput, *, tenant: str, key_id: str) -> Experiment:
-        """Store a running experiment (its models are checked by the caller)."""
+        """Store a running experiment (its models are checked by the caller).
+
+        Raises:
+            Conflict: A running or promoted experiment of the tenant covers some of the same
+                calls (a call gets one arm: the other would silently get no traffic).
+        """
         given.check_split()
+        for other in await self.listing(tenant=tenant):
+            if other.status != "stopped" and other.scope.overlaps(given.scope):
+                raise Conflict(
+                    f"experiment {other.id} ({other.name!r}, {other.status}) already covers "
+                    "calls of this scope; stop it first",
+                    field="scope",
+                    experiment_id=other.id,
+                )
         row = {
             "id": str(uuid.uuid4()),
             "tenant": tenant,
@@ -245,7 +264,7 @@ class ExperimentBook:
             return [Experiment.model_validate(dict(r)) for r in rows]
 
     async def stop(self, experiment_id: str, *, tenant: str) -> Experiment:
-        """End a running experiment; its calls route as they did before it."""
+        """End a running or promoted experiment; its calls route as they did before it."""
         return await self._end(experiment_id, tenant=tenant, status="stopped", arm=None)
 
     async def promote(self, experiment_id: str, arm: str, *, tenant: str) -> Experiment:
@@ -309,9 +328,13 @@ class ExperimentBook:
                 .where(
                     _EXPERIMENTS.c.id == experiment_id,
                     _EXPERIMENTS.c.tenant == tenant,
-                    _EXPERIMENTS.c.status == "running",
+                    # A promotion can be undone by a stop; it is kept as it was promoted.
+                    _EXPERIMENTS.c.status.in_(
+                        ["running", "promoted"] if status == "stopped" else ["running"]
+                    ),
                 )
-                .values(status=status, promoted_arm=arm, stopped_at=utcnow())
+                .values(status=status, stopped_at=utcnow())
+                .values(**({"promoted_arm": arm} if arm is not None else {}))
             )
         if not done.rowcount:
             found = await self.get(experiment_id, tenant=tenant)
@@ -322,7 +345,12 @@ class ExperimentBook:
     async def _running(self) -> list[Experiment]:
         now = time.monotonic()
         if now - self._read_at >= self._refresh:
-            query = sa.select(_EXPERIMENTS).where(_EXPERIMENTS.c.status != "stopped")
+            # Oldest first: of experiments created before overlaps were refused, the first wins.
+            query = (
+                sa.select(_EXPERIMENTS)
+                .where(_EXPERIMENTS.c.status != "stopped")
+                .order_by(_EXPERIMENTS.c.created_at, _EXPERIMENTS.c.id)
+            )
             async with self._db.transaction() as conn:
                 rows = (await conn.execute(query)).mappings()
                 self._active = [Experiment.model_validate(dict(r)) for r in rows]

@@ -273,7 +273,10 @@ class Promotion(BaseModel):
 
 
 @router.post(
-    "/experiments", status_code=201, response_model=Experiment, responses=documented(400, 403)
+    "/experiments",
+    status_code=201,
+    response_model=Experiment,
+    responses=documented(400, 403, 409),
 )
 async def create_experiment(given: ExperimentInput, request: Request, caller: Caller) -> Experiment:
     """Start an A/B test of routing over a scope of the caller's tenant (admin keys)."""
