@@ -123,7 +123,9 @@ def read_records(
             record = ReplayRecord.model_validate(json.loads(line))
         except (json.JSONDecodeError, ValidationError) as exc:
             where = _first_field(exc)
-            raise BadRequest(f"line {number}: not a replay record: {exc}", field=where) from exc
+            raise BadRequest(
+                f"line {number}: not a replay record: {_said(exc, where)}", field=where
+            ) from exc
         names = wanted or sorted(record.outcomes)
         missing = [m for m in names if m not in record.outcomes]
         if missing:
@@ -137,6 +139,14 @@ def read_records(
             )
         )
     return records
+
+
+def _said(exc: Exception, where: str | None) -> str:
+    """One line for the first problem (pydantic's own text spans lines and links its docs)."""
+    if isinstance(exc, ValidationError) and exc.errors():
+        message = exc.errors()[0]["msg"]
+        return f"{where}: {message}" if where else message
+    return str(exc)
 
 
 def _first_field(exc: Exception) -> str | None:

@@ -82,6 +82,10 @@ def test_bad_lines_are_refused_naming_the_line_and_field() -> None:
     with pytest.raises(BadRequest) as refused:
         read_records(['{"id": "x", "prompt": "p", "outcomes": {"a": {"score": 2}}}'])
     assert refused.value.field == "outcomes.a.score"
+    # One line naming the field, not pydantic's report over several lines with links.
+    assert refused.value.message == (
+        "line 1: not a replay record: outcomes.a.score: Input should be less than or equal to 1"
+    )
     with pytest.raises(BadRequest, match="no outcome of b"):
         read_records([line(0, {"a": 1.0})], models=["a", "b"])
 
