@@ -83,6 +83,9 @@ def test_a_message_that_breaks_its_roles_rules_is_refused_naming_where(
         ({"top_logprobs": 3}, "top_logprobs"),
         ({"logprobs": False, "top_logprobs": 3}, "top_logprobs"),
         ({"parallel_tool_calls": "no"}, "parallel_tool_calls"),
+        ({"tool_choice": "required"}, "tool_choice"),  # OpenAI's rule: only with tools
+        ({"tool_choice": "none", "tools": []}, "tool_choice"),
+        ({"parallel_tool_calls": False}, "parallel_tool_calls"),
         ({"seed": "7"}, "seed"),
         ({"user": 7}, "user"),
     ],
@@ -121,6 +124,9 @@ def test_messages_openai_accepts_are_accepted_and_passed_on_as_sent(
     ]
 
 
+TOOL = {"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}
+
+
 def test_checked_parameters_go_to_the_model_as_given() -> None:
     body = {
         "model": "auto",
@@ -130,10 +136,12 @@ def test_checked_parameters_go_to_the_model_as_given() -> None:
         "logprobs": True,
         "top_logprobs": 20,
         "parallel_tool_calls": False,
+        "tools": [TOOL],
         "max_completion_tokens": 9,
         "logit_bias": {"50256": -100},
     }
     params = ChatCompletionRequest.from_body(body).params()
+    assert params.pop("tools") == [TOOL]
     assert params == {
         "presence_penalty": -2,
         "frequency_penalty": 1.5,

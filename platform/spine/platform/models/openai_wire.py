@@ -329,6 +329,18 @@ class ChatCompletionRequest(_Open):
             )
         return self
 
+    @model_validator(mode="after")
+    def _tool_settings_need_tools(self) -> ChatCompletionRequest:
+        # OpenAI refuses them without tools; passed on, a provider would ignore them silently.
+        for name in ("tool_choice", "parallel_tool_calls"):
+            if getattr(self, name) is not None and not self.tools:
+                raise PydanticCustomError(
+                    "tool_setting_without_tools",
+                    "{field} is only allowed when tools are specified",
+                    {"field": name},
+                )
+        return self
+
     @classmethod
     def parse(cls, raw: bytes, *, max_depth: int = MAX_JSON_DEPTH) -> ChatCompletionRequest:
         """Read and validate a body; problems are 400s naming the parameter."""
