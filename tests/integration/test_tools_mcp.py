@@ -7,7 +7,7 @@ import json
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from spine.tools import (
     ToolContext,
     ToolRegistry,
     ToolSettings,
+    mcp_servers,
 )
 from spine.tools.mcp_servers import McpServers, mcp_tool_name
 
@@ -121,6 +122,38 @@ async def test_a_hanging_mcp_tool_times_out_and_the_session_stays_usable() -> No
         assert "echo: slow did not answer within 0.5 s" in slow.error.message
         again = await registry.call("echo__echo", {"text": "still here"}, CTX)
         assert again.content == "still here"
+
+
+async def test_a_server_that_dies_is_connected_again_and_its_tools_work_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # It once stayed listed as connected and every call failed, not retryable, until a restart.
+    monkeypatch.setattr(mcp_servers, "_PING_SECONDS", 0.2)
+    registry = ToolRegistry()
+    before = children()
+    async with McpServers([stdio_config()], registry) as servers:
+        assert (await registry.call("echo__echo", {"text": "a"}, CTX)).content == "a"
+        for pid in children() - before:  # died mid-use: the next call finds it closed
+            psutil.Process(pid).kill()
+        await gone_soon(before)
+        lost = await registry.call("echo__echo", {"text": "b"}, CTX)
+        assert lost.error is not None and lost.error.retryable, lost.error
+        await until(lambda: servers.connected == ["echo"] and children() - before != set())
+        assert (await registry.call("echo__add", {"a": 1, "b": 2}, CTX)).content == "3"
+
+        for pid in children() - before:  # died while idle: a ping finds it
+            psutil.Process(pid).kill()
+        await until(lambda: servers.connected == [])
+        await until(lambda: servers.connected == ["echo"])
+        assert (await registry.call("echo__echo", {"text": "c"}, CTX)).content == "c"
+    assert await gone_soon(before) == set()
+
+
+async def until(condition: Callable[[], bool], within: float = 20.0) -> None:
+    deadline = asyncio.get_running_loop().time() + within
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "never came true"
+        await asyncio.sleep(0.05)
 
 
 async def test_only_the_listed_tools_are_taken_and_effects_follow_the_config() -> None:

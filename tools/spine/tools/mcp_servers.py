@@ -45,6 +45,12 @@ IDEMPOTENCY_META_KEY = "io.spine/idempotency-key"
 _NOT_IN_NAME = re.compile(r"[^A-Za-z0-9_-]")
 _MAX_PAGES = 100
 _STOP_TIMEOUT = 10.0
+# A server that went away is connected again after 0.5 s, doubling to 30 s while it stays away.
+_RECONNECT_INITIAL = 0.5
+_RECONNECT_MAX = 30.0
+# How often an idle session is pinged, and how long the answer may take.
+_PING_SECONDS = 5.0
+_PING_TIMEOUT = 10.0
 _CLOSED = (anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream)
 
 
@@ -64,35 +70,71 @@ class _Connection:
     ready: asyncio.Future[list[mcp_types.Tool]] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
+    broken: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set when a call found the session closed, and by :meth:`close` to wake the task."""
     session: ClientSession | None = None
     task: asyncio.Task[None] | None = None
     tool_names: list[str] = field(default_factory=list)
 
     async def run(self) -> None:
-        try:
-            async with (
-                _transport(self.config) as (read, write),
-                ClientSession(read, write) as session,
-            ):
-                await session.initialize()
-                tools = await _list_tools(session)
-                self.session = session
-                self.ready.set_result(tools)
-                await self.stop.wait()
-        except BaseException as exc:
-            if not self.ready.done():
-                self.ready.set_exception(
-                    exc if isinstance(exc, Exception) else ServiceUnavailable("cancelled")
-                )
-            elif not isinstance(exc, asyncio.CancelledError):
-                logger.warning("MCP server %s disconnected: %r", self.config.name, exc)
-            if not isinstance(exc, Exception):
+        """Connect, and connect again (with backoff) whenever the server goes away, until told
+        to stop; a first connection that fails ends it (the server is then left out)."""
+        delay = _RECONNECT_INITIAL
+        while not self.stop.is_set():
+            began = asyncio.get_running_loop().time()
+            try:
+                await self._serve()
+            except Exception as exc:
+                if not self.ready.done():
+                    self.ready.set_exception(exc)
+                    return
+                logger.warning(
+                    "MCP server %s: %s; connecting again in %g s",
+                    self.config.name, _describe(exc), delay,
+                )  # fmt: skip
+            except BaseException:  # cancelled
+                if not self.ready.done():
+                    self.ready.set_exception(ServiceUnavailable("cancelled"))
                 raise
-        finally:
-            self.session = None
+            finally:
+                self.session = None
+            if asyncio.get_running_loop().time() - began > _RECONNECT_MAX:
+                delay = _RECONNECT_INITIAL  # it stayed up a while: not a crash loop
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), delay)
+            delay = min(2 * delay, _RECONNECT_MAX)
+
+    async def _serve(self) -> None:
+        """One session: open it, then keep it while it answers; raises when it went away."""
+        async with (
+            _transport(self.config) as (read, write),
+            ClientSession(read, write) as session,
+        ):
+            await session.initialize()
+            tools = await _list_tools(session)
+            self.broken.clear()
+            self.session = session
+            if self.ready.done():
+                logger.info("MCP server %s connected again", self.config.name)
+            else:
+                self.ready.set_result(tools)
+            # A server that died while idle is found by a ping (a stdio server's end is not
+            # reported to the session otherwise); a call that found it closed sets `broken`.
+            while not self.stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.broken.wait(), _PING_SECONDS)
+                if self.stop.is_set():
+                    return
+                if self.broken.is_set():
+                    raise ServiceUnavailable("the connection closed")
+                try:
+                    await asyncio.wait_for(session.send_ping(), _PING_TIMEOUT)
+                except (MCPError, TimeoutError, *_CLOSED) as exc:
+                    raise ServiceUnavailable(f"no answer to a ping ({_describe(exc)})") from exc
 
     async def close(self) -> None:
         self.stop.set()
+        self.broken.set()  # wakes the session's wait
         if self.task is None:
             return
         if not self.ready.done():
@@ -225,6 +267,11 @@ def _caller(connection: _Connection, remote_name: str) -> ToolHandler[dict[str, 
                 remote_name, args, read_timeout_seconds=connection.config.timeout, meta=meta
             )
         except MCPError as exc:
+            if exc.code == mcp_types.CONNECTION_CLOSED:
+                connection.broken.set()  # the connection's task connects again
+                raise ToolFailure(
+                    f"the MCP server {server} closed the connection", retryable=True
+                ) from exc
             if exc.code == mcp_types.REQUEST_TIMEOUT:
                 raise ToolFailure(
                     f"{server}: {remote_name} did not answer within "
@@ -233,6 +280,7 @@ def _caller(connection: _Connection, remote_name: str) -> ToolHandler[dict[str, 
                 ) from exc
             raise ToolFailure(f"{server}: {exc.message}") from exc
         except _CLOSED as exc:
+            connection.broken.set()
             raise ToolFailure(
                 f"the MCP server {server} closed the connection", retryable=True
             ) from exc
