@@ -457,52 +457,42 @@ async def test_a_task_feed_waits_through_a_database_outage_and_goes_on(
         assert [e["seq"] for e in seen] == list(range(1, len(seen) + 1))
 
 
-async def test_readyz_says_a_nats_that_stopped_answering_is_not_ready(
-    services: Any, pg_url: str, models: FakeModelServer
-) -> None:
-    real = make_url(services.nats_url.replace("nats://", "postgresql://"))
+@contextlib.asynccontextmanager
+async def nats_behind_proxy(nats_url: str) -> AsyncIterator[tuple[TcpProxy, str]]:
+    """A TCP proxy in front of the test NATS, and the same URL (credentials too) through it."""
+    real = make_url(nats_url.replace("nats://", "postgresql://"))  # a URL parser at hand
     async with proxy_to(real.host or "127.0.0.1", real.port or 4222) as proxy:
         through = real.set(host="127.0.0.1", port=proxy.port)
-        nats_url = through.render_as_string(hide_password=False).replace("postgresql", "nats", 1)
-        async with running_platform(
-            services, pg_url, models, nats_url=nats_url, workers=0
-        ) as spine:
-            assert (await spine.client.get("/readyz")).status_code == 200
-            proxy.freeze()
-            try:
-                ready = await spine.client.get("/readyz")
-                assert ready.status_code == 503
-                assert "did not answer" in ready.json()["services"]["nats"]
-            finally:
-                proxy.thaw()
-            await eventually_ok(lambda: spine.client.get("/readyz"))
+        yield proxy, through.render_as_string(hide_password=False).replace("postgresql", "nats", 1)
 
 
-async def test_readyz_answers_at_once_when_nats_goes_away_during_its_check(
+async def test_readyz_says_a_frozen_nats_is_not_ready_and_a_dropped_one_at_once(
     services: Any, pg_url: str, models: FakeModelServer
 ) -> None:
-    # nats-py leaves a request in flight to time out when its connection drops; /readyz once
-    # waited its whole 2 s then, long enough to miss a server that `spine up` restarted at once.
-    real = make_url(services.nats_url.replace("nats://", "postgresql://"))
-    async with proxy_to(real.host or "127.0.0.1", real.port or 4222) as proxy:
-        through = real.set(host="127.0.0.1", port=proxy.port)
-        nats_url = through.render_as_string(hide_password=False).replace("postgresql", "nats", 1)
-        async with running_platform(
-            services, pg_url, models, nats_url=nats_url, workers=0
-        ) as spine:
-            assert (await spine.client.get("/readyz")).status_code == 200
-            proxy.freeze()  # the check's request goes out and waits
+    async with (
+        nats_behind_proxy(services.nats_url) as (proxy, nats_url),
+        running_platform(services, pg_url, models, nats_url=nats_url, workers=0) as spine,
+    ):
+        assert (await spine.client.get("/readyz")).status_code == 200
+        proxy.freeze()  # a server that stopped answering keeps its connections open
+        try:
+            ready = await spine.client.get("/readyz")
+            assert ready.status_code == 503
+            assert "did not answer" in ready.json()["services"]["nats"]
+            # nats-py leaves a request in flight to time out when its connection drops: /readyz
+            # once waited its whole 2 s then, long enough to miss a server `spine up` restarted.
             asking = asyncio.ensure_future(spine.client.get("/readyz"))
             await asyncio.sleep(0.3)
             started = time.monotonic()
-            await proxy.shut()  # then the connection drops
+            await proxy.shut()
             ready = await asking
             assert time.monotonic() - started < 1.0
             assert ready.status_code == 503
             assert ready.json()["services"]["nats"] == "NATS connection lost while it was asked"
+        finally:  # a failure above must not leave the platform's shutdown waiting
             proxy.thaw()
-            await proxy.open()
-            await eventually_ok(lambda: spine.client.get("/readyz"))
+        await proxy.open()
+        await eventually_ok(lambda: spine.client.get("/readyz"))
 
 
 async def eventually_ok(call: Callable[[], Awaitable[httpx.Response]]) -> None:
@@ -519,40 +509,38 @@ async def test_nats_down_at_submit_still_accepts_and_runs_the_task_later(
     services: Any, pg_url: str, models: FakeModelServer
 ) -> None:
     models.add(Rule(containing="while NATS was down", reply="published by the sweeper"))
-    real = make_url(services.nats_url.replace("nats://", "postgresql://"))
-    async with proxy_to(real.host or "127.0.0.1", real.port or 4222) as proxy:
-        # The same URL (credentials too) through the proxy's port.
-        through = real.set(host="127.0.0.1", port=proxy.port)
-        nats_url = through.render_as_string(hide_password=False).replace("postgresql", "nats", 1)
-        async with running_platform(services, pg_url, models, nats_url=nats_url) as spine:
-            # A first task proves the worker is consuming before NATS goes away.
-            warm = await submit(spine)
-            assert (await spine.wait_for(warm["id"]))["state"] == "succeeded"
+    async with (
+        nats_behind_proxy(services.nats_url) as (proxy, nats_url),
+        running_platform(services, pg_url, models, nats_url=nats_url) as spine,
+    ):
+        # A first task proves the worker is consuming before NATS goes away.
+        warm = await submit(spine)
+        assert (await spine.wait_for(warm["id"]))["state"] == "succeeded"
 
-            await proxy.shut()
-            await eventually(lambda: not spine.platform.bus.connected)
+        await proxy.shut()
+        await eventually(lambda: not spine.platform.bus.connected)
 
-            response = await spine.client.post(
-                "/v1/tasks", json={"agent": "chat", "input": {"prompt": "while NATS was down"}}
-            )
-            assert response.status_code == 202, response.text
-            task = response.json()
-            assert task["state"] == "queued"
-            waiting = await spine.platform.tasks.unpublished(grace=0, limit=10)
-            assert [t.id for t in waiting] == [task["id"]]
-            ready = await spine.client.get("/readyz")
-            assert ready.status_code == 503
-            assert ready.json()["services"] == {
-                "nats": "disconnected",
-                "database": "ok",
-                "graph": "ok",
-            }
-            await asyncio.sleep(1.0)  # a few sweeps while NATS is down change nothing
-            assert (await spine.client.get(f"/v1/tasks/{task['id']}")).json()["state"] == "queued"
+        response = await spine.client.post(
+            "/v1/tasks", json={"agent": "chat", "input": {"prompt": "while NATS was down"}}
+        )
+        assert response.status_code == 202, response.text
+        task = response.json()
+        assert task["state"] == "queued"
+        waiting = await spine.platform.tasks.unpublished(grace=0, limit=10)
+        assert [t.id for t in waiting] == [task["id"]]
+        ready = await spine.client.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["services"] == {
+            "nats": "disconnected",
+            "database": "ok",
+            "graph": "ok",
+        }
+        await asyncio.sleep(1.0)  # a few sweeps while NATS is down change nothing
+        assert (await spine.client.get(f"/v1/tasks/{task['id']}")).json()["state"] == "queued"
 
-            await proxy.open()
-            done = await spine.wait_for(task["id"], timeout=30)
-            assert done["state"] == "succeeded", done
-            assert done["result"]["text"] == "published by the sweeper"
-            assert await spine.platform.tasks.unpublished(grace=0, limit=10) == []
-            assert (await spine.client.get("/readyz")).status_code == 200
+        await proxy.open()
+        done = await spine.wait_for(task["id"], timeout=30)
+        assert done["state"] == "succeeded", done
+        assert done["result"]["text"] == "published by the sweeper"
+        assert await spine.platform.tasks.unpublished(grace=0, limit=10) == []
+        assert (await spine.client.get("/readyz")).status_code == 200
