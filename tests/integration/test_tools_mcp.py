@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import subprocess
@@ -170,7 +171,7 @@ async def test_only_the_listed_tools_are_taken_and_effects_follow_the_config() -
         assert waiting.error.type == "approval_required"
 
 
-async def test_a_server_that_fails_to_start_is_left_out_unless_required() -> None:
+async def test_a_server_that_fails_to_start_is_reported_and_stops_start_up_if_required() -> None:
     registry = ToolRegistry()
     broken = stdio_config(name="broken", args=["-c", "import sys; sys.exit(3)"])
     async with McpServers([broken, stdio_config()], registry) as servers:
@@ -204,6 +205,13 @@ def free_port() -> int:
 @pytest.fixture
 async def http_server() -> AsyncIterator[str]:
     port = free_port()
+    async with serving_http(port):
+        yield f"http://127.0.0.1:{port}/mcp"
+
+
+@contextlib.asynccontextmanager
+async def serving_http(port: int) -> AsyncIterator[None]:
+    """The echo server over streamable HTTP on ``port``, once it accepts connections."""
     process = subprocess.Popen(
         [sys.executable, str(SERVER), "http", str(port)],
         stdout=subprocess.DEVNULL,
@@ -217,7 +225,7 @@ async def http_server() -> AsyncIterator[str]:
             except OSError:
                 assert process.poll() is None, "the MCP server exited"
                 await asyncio.sleep(0.05)
-        yield f"http://127.0.0.1:{port}/mcp"
+        yield
     finally:
         process.terminate()
         try:
@@ -225,6 +233,23 @@ async def http_server() -> AsyncIterator[str]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+async def test_a_server_that_comes_after_start_up_joins_with_its_tools() -> None:
+    # It was left out until the platform restarted (in Kubernetes, pods start in any order).
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/mcp"
+    config = McpServerConfig.model_validate(
+        {"name": "late", "transport": "http", "url": url, "connect_timeout": 5}
+    )
+    registry = ToolRegistry()
+    async with McpServers([config], registry) as servers:
+        assert "late" in servers.failed and registry.names() == []
+        async with serving_http(port):
+            await until(lambda: servers.connected == ["late"])
+            assert servers.failed == {}
+            assert (await registry.call("late__add", {"a": 2, "b": 3}, CTX)).content == "5"
+    assert registry.names() == []
 
 
 async def test_a_streamable_http_servers_tools_work_with_configured_headers(

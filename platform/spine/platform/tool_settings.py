@@ -24,7 +24,7 @@ class McpServerConfig(BaseModel):
     unset). MCP says nothing of what a tool changes, so its tools are ``external`` unless
     ``effect`` says otherwise. ``timeout`` bounds one call; ``connect_timeout`` the start,
     handshake and tool listing. A ``required`` server that cannot be reached stops start-up;
-    any other is logged and left out.
+    any other is logged and tried again in the background, its tools joining when it answers.
     """
 
     model_config = ConfigDict(extra="forbid")

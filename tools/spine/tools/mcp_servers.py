@@ -18,7 +18,7 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from types import TracebackType
@@ -72,13 +72,16 @@ class _Connection:
     )
     broken: asyncio.Event = field(default_factory=asyncio.Event)
     """Set when a call found the session closed, and by :meth:`close` to wake the task."""
+    on_tools: Callable[[_Connection, list[mcp_types.Tool]], None] | None = None
+    """Registers the tools at the first session (at start-up, or when a server comes late)."""
     session: ClientSession | None = None
     task: asyncio.Task[None] | None = None
     tool_names: list[str] = field(default_factory=list)
 
     async def run(self) -> None:
         """Connect, and connect again (with backoff) whenever the server goes away, until told
-        to stop; a first connection that fails ends it (the server is then left out)."""
+        to stop. A first connection that fails ends it for a ``required`` server (start-up
+        fails); any other is tried again, and its tools join the registry when it answers."""
         delay = _RECONNECT_INITIAL
         while not self.stop.is_set():
             began = asyncio.get_running_loop().time()
@@ -87,11 +90,13 @@ class _Connection:
             except Exception as exc:
                 if not self.ready.done():
                     self.ready.set_exception(exc)
-                    return
-                logger.warning(
-                    "MCP server %s: %s; connecting again in %g s",
-                    self.config.name, _describe(exc), delay,
-                )  # fmt: skip
+                    if self.config.required:
+                        return
+                else:
+                    logger.warning(
+                        "MCP server %s: %s; connecting again in %g s",
+                        self.config.name, _describe(exc), delay,
+                    )  # fmt: skip
             except BaseException:  # cancelled
                 if not self.ready.done():
                     self.ready.set_exception(ServiceUnavailable("cancelled"))
@@ -106,39 +111,51 @@ class _Connection:
 
     async def _serve(self) -> None:
         """One session: open it, then keep it while it answers; raises when it went away."""
-        async with (
-            _transport(self.config) as (read, write),
-            ClientSession(read, write) as session,
-        ):
-            await session.initialize()
-            tools = await _list_tools(session)
-            self.broken.clear()
-            self.session = session
-            if self.ready.done():
-                logger.info("MCP server %s connected again", self.config.name)
-            else:
-                self.ready.set_result(tools)
-            # A server that died while idle is found by a ping (a stdio server's end is not
-            # reported to the session otherwise); a call that found it closed sets `broken`.
-            while not self.stop.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.broken.wait(), _PING_SECONDS)
-                if self.stop.is_set():
-                    return
-                if self.broken.is_set():
-                    raise ServiceUnavailable("the connection closed")
-                try:
-                    await asyncio.wait_for(session.send_ping(), _PING_TIMEOUT)
-                except (MCPError, TimeoutError, *_CLOSED) as exc:
-                    raise ServiceUnavailable(f"no answer to a ping ({_describe(exc)})") from exc
+        handshake = asyncio.timeout(self.config.connect_timeout)
+        try:
+            async with (
+                handshake,
+                _transport(self.config) as (read, write),
+                ClientSession(read, write) as session,
+            ):
+                await session.initialize()
+                tools = await _list_tools(session)
+                handshake.reschedule(None)
+                self.broken.clear()
+                self.session = session
+                if self.tool_names:
+                    logger.info("MCP server %s connected again", self.config.name)
+                elif self.on_tools is not None:
+                    self.on_tools(self, tools)
+                if not self.ready.done():
+                    self.ready.set_result(tools)
+                # A server that died while idle is found by a ping (a stdio server's end is not
+                # reported to the session otherwise); a call that found it closed sets `broken`.
+                while not self.stop.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.broken.wait(), _PING_SECONDS)
+                    if self.stop.is_set():
+                        return
+                    if self.broken.is_set():
+                        raise ServiceUnavailable("the connection closed")
+                    try:
+                        await asyncio.wait_for(session.send_ping(), _PING_TIMEOUT)
+                    except (MCPError, TimeoutError, *_CLOSED) as exc:
+                        raise ServiceUnavailable(f"no answer to a ping ({_describe(exc)})") from exc
+        except TimeoutError as exc:
+            if handshake.expired():
+                raise ServiceUnavailable(
+                    f"no answer within {self.config.connect_timeout:g} s"
+                ) from exc
+            raise
 
     async def close(self) -> None:
         self.stop.set()
         self.broken.set()  # wakes the session's wait
         if self.task is None:
             return
-        if not self.ready.done():
-            self.task.cancel()  # still starting: nothing to finish, so don't wait for it
+        if self.session is None:
+            self.task.cancel()  # starting or waiting to: nothing to finish, so don't wait for it
         # The SDK's own shutdown is bounded (stdin closed, then SIGTERM, then SIGKILL).
         _, pending = await asyncio.wait({self.task}, timeout=_STOP_TIMEOUT)
         if pending:
@@ -171,7 +188,7 @@ class McpServers:
         return sorted(connection.tool_names) if connection else []
 
     async def __aenter__(self) -> Self:
-        connections = [_Connection(config) for config in self._configs]
+        connections = [_Connection(config, on_tools=self._register) for config in self._configs]
         for connection in connections:
             connection.task = asyncio.create_task(
                 connection.run(), name=f"mcp-{connection.config.name}"
@@ -185,13 +202,17 @@ class McpServers:
             if isinstance(outcome, BaseException):
                 reason = _describe(outcome)
                 self.failed[name] = reason
-                logger.warning("MCP server %s is not available: %s", name, reason)
-                await connection.close()
-                if connection.config.required and required_failure is None:
-                    required_failure = f"MCP server {name} is not available: {reason}"
-                continue
+                if connection.config.required:
+                    logger.warning("MCP server %s is not available: %s", name, reason)
+                    await connection.close()
+                    if required_failure is None:
+                        required_failure = f"MCP server {name} is not available: {reason}"
+                    continue
+                logger.warning(
+                    "MCP server %s is not available: %s; its tools join when it answers",
+                    name, reason,
+                )  # fmt: skip
             self._connections[name] = connection
-            self._register(connection, outcome)
         if required_failure is not None:
             await self.aclose()
             raise ServiceUnavailable(required_failure)
@@ -215,8 +236,9 @@ class McpServers:
 
     async def _await_ready(self, connection: _Connection) -> list[mcp_types.Tool]:
         try:
+            # Each attempt is bounded by connect_timeout itself; this is the backstop.
             return await asyncio.wait_for(
-                asyncio.shield(connection.ready), connection.config.connect_timeout
+                asyncio.shield(connection.ready), connection.config.connect_timeout + 5
             )
         except TimeoutError as exc:
             raise ServiceUnavailable(
@@ -225,6 +247,7 @@ class McpServers:
 
     def _register(self, connection: _Connection, tools: list[mcp_types.Tool]) -> None:
         config = connection.config
+        self.failed.pop(config.name, None)
         for remote in tools:
             if config.tools is not None and not any(
                 fnmatchcase(remote.name, pattern) for pattern in config.tools
