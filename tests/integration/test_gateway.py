@@ -8,6 +8,7 @@ provider from a models file (``compat``).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -240,6 +241,7 @@ async def test_a_stream_failing_after_tokens_ends_with_an_error_event(
             seen += c.choices[0].delta.content or ""
     assert seen == "one two"
     assert caught.value.body["code"] == "provider_error"  # type: ignore[index]
+    assert "GENAI_" not in caught.value.message  # it was reached: no advice to configure it
     assert models.count(model=CLOUD) == 1  # no second answer spliced on
 
     async with spine.client.stream(
@@ -295,6 +297,30 @@ async def test_provider_failures_are_502(client: AsyncOpenAI, models: FakeModelS
         await client.chat.completions.create(model=CLOUD, messages=HELLO)
     assert caught.value.status_code == 502
     assert "sk-test-dummy" not in caught.value.message
+
+
+async def test_waits_the_client_is_told_are_the_providers_and_the_breakers(
+    client: AsyncOpenAI, models: FakeModelServer
+) -> None:
+    models.add(Rule(status=429, retry_after=7))  # every model the call may fall back to
+    with pytest.raises(openai.RateLimitError) as limited:
+        await client.chat.completions.create(model=CLOUD, messages=HELLO)
+    assert limited.value.response.headers["retry-after"] == "7"  # the provider's, passed on
+    models.reset()
+
+    models.add(Rule(status=500))
+    cooling: openai.APIStatusError | None = None
+    for _ in range(10):  # failures until every model's breaker is open
+        try:
+            await client.chat.completions.create(model=CLOUD, messages=HELLO)
+        except openai.APIStatusError as exc:
+            if exc.status_code == 503:
+                cooling = exc
+                break
+    assert cooling is not None and cooling.code == "models_unavailable"
+    said = float(cooling.message.rsplit("the next probe is in ", 1)[1].split(" s")[0])
+    # The breaker's wait, not a fixed 2 s the client would spend its retries on.
+    assert int(cooling.response.headers["retry-after"]) == max(math.ceil(said), 1)
 
 
 async def test_a_key_is_required(spine: RunningPlatform, models: FakeModelServer) -> None:

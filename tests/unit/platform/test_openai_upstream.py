@@ -418,3 +418,6 @@ def test_the_local_models_server_away_is_not_advice_to_configure_a_model() -> No
     assert "install" not in str(translated)
     elsewhere = _translate(aiohttp.ClientConnectionError("refused"), TARGET, settings)
     assert "GENAI_OLLAMA_URL" in str(elsewhere)
+    # Reached, then cut off: the server is configured and answered; no advice to configure it.
+    for reached in (aiohttp.ClientPayloadError("not completed"), aiohttp.ServerDisconnectedError()):
+        assert "GENAI_" not in str(_translate(reached, TARGET, settings))

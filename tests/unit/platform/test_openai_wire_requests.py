@@ -199,3 +199,20 @@ def test_any_malformed_message_is_a_400_naming_messages(
     error = refusal({"messages": [*before, bad, *after]})
     assert error.body["param"] == "messages"
     assert f"'messages.{len(before)}" in error.body["message"]
+
+
+@pytest.mark.parametrize(
+    ("response_format", "where"),
+    [
+        ({"type": "json_schema"}, "response_format.json_schema"),
+        ({"type": "json_schema", "json_schema": {}}, "response_format.json_schema.name"),
+        ({"type": "text", "extra": 1}, "response_format.extra"),
+    ],
+)
+def test_a_bad_response_format_names_the_path_in_it(
+    response_format: dict[str, Any], where: str
+) -> None:
+    # pydantic's path holds the union's tag: 'response_format.json_schema.json_schema' was said.
+    refused = refusal({"messages": [USER], "response_format": response_format})
+    assert refused.body["param"] == "response_format"
+    assert refused.body["message"].startswith(f"invalid '{where}': ")

@@ -91,10 +91,24 @@ class GatewayError(SpineError):
         if isinstance(exc, ServiceUnavailable):  # a backing service (database, NATS, ...)
             return cls(503, exc.message, type="service_unavailable", code="service_unavailable")
         if isinstance(exc, TransientFailure):
+            # The provider's wait (its own 429), or the breakers' (every model cooling down).
+            wait = _retry_after(exc)
             if cause == "RateLimitError":
-                return cls(429, exc.message, type="rate_limit_error", code="rate_limit_exceeded")
+                return cls(
+                    429,
+                    exc.message,
+                    type="rate_limit_error",
+                    code="rate_limit_exceeded",
+                    headers=wait,
+                )
             if not cause:  # every model is cooling down after failures
-                return cls(503, exc.message, type="service_unavailable", code="models_unavailable")
+                return cls(
+                    503,
+                    exc.message,
+                    type="service_unavailable",
+                    code="models_unavailable",
+                    headers=wait,
+                )
             return cls(502, exc.message, type="upstream_error", code="provider_error")
         if isinstance(exc, PermanentFailure):
             if cause in _REFUSED_BY_PROVIDER:
@@ -170,3 +184,11 @@ _NOT_DETAILS = frozenset({"type", "message", "field", "retryable", "attempts", "
 def error_body(error: GatewayError) -> dict[str, Any]:
     """Return the OpenAI error object for ``error``."""
     return {"error": dict(error.body)}
+
+
+def _retry_after(exc: SpineError) -> dict[str, str]:
+    """``Retry-After`` (whole seconds, at least 1) of an error that says how long to wait."""
+    wait = exc.details.get("retry_after")
+    if isinstance(wait, int | float) and not isinstance(wait, bool) and math.isfinite(wait):
+        return {"Retry-After": str(max(math.ceil(wait), 1))}
+    return {}

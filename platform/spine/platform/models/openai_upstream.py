@@ -37,6 +37,7 @@ import base64
 import contextlib
 import json
 import logging
+import math
 import os
 import re
 import time
@@ -114,10 +115,14 @@ _REQUEST_REFUSED = re.compile(r"\b\d+ validation errors?:")
 class UpstreamStatusError(Exception):
     """An upstream answered with an error: a status that is not 2xx, or an error event."""
 
-    def __init__(self, status: int | None, message: str) -> None:
+    def __init__(
+        self, status: int | None, message: str, *, retry_after: float | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.retry_after = retry_after
+        """Seconds the upstream asked to wait (its ``Retry-After``), when it said."""
 
     @property
     def cause(self) -> str:
@@ -364,8 +369,23 @@ async def _raise_for_status(response: aiohttp.ClientResponse) -> None:
         return
     text = (await response.read()).decode("utf-8", "replace").strip()
     raise UpstreamStatusError(
-        response.status, f"Error code: {response.status} - {text[:_ERROR_TEXT]}"
+        response.status,
+        f"Error code: {response.status} - {text[:_ERROR_TEXT]}",
+        retry_after=_retry_after(response.headers),
     )
+
+
+def _retry_after(headers: Any) -> float | None:
+    """The wait an upstream asks for: ``retry-after-ms`` (OpenAI's), else ``Retry-After`` in
+    seconds (an HTTP date is not read: providers send seconds)."""
+    for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        try:
+            wait = float(headers.get(name, "")) / scale
+        except ValueError:
+            continue
+        if math.isfinite(wait) and wait >= 0:
+            return wait
+    return None
 
 
 async def _event_data(content: aiohttp.StreamReader) -> AsyncIterator[str]:
@@ -468,10 +488,13 @@ def _translate(exc: Exception, target: ProviderTarget, settings: Settings) -> Ex
     message = without_secrets(str(exc), settings, target.kwargs.get("api_key"))
     if isinstance(exc, TimeoutError):  # asyncio's and aiohttp's timeouts alike
         return _transient(target, where, message or "timed out", "Timeout")
-    if isinstance(exc, aiohttp.ClientError):  # refused, reset, cut off mid-answer
-        # Configuring a model is the advice, unless the model is the embedded one: it is.
+    if isinstance(exc, aiohttp.ClientConnectionError) and not isinstance(exc, _REACHED):
+        # Not reached (refused, no such host): configuring a model is the advice, or for the
+        # embedded one, starting it.
         hint = LOCAL_SERVER_HINT if target.provider == "local" else HOW_TO_CONFIGURE
         return _transient(target, where, f"{message} ({hint})", "APIConnectionError")
+    if isinstance(exc, aiohttp.ClientError):  # reset or cut off mid-answer: it was reached
+        return _transient(target, where, message, "APIConnectionError")
     if not isinstance(exc, UpstreamStatusError):
         return PermanentFailure(
             f"{target.provider} answered what cannot be read: {message}",
@@ -487,7 +510,10 @@ def _translate(exc: Exception, target: ProviderTarget, settings: Settings) -> Ex
             cause="UnprocessableEntityError",
         )
     if status == 429:
-        return _transient(target, where, message, cause)
+        failure = _transient(target, where, message, cause)
+        if exc.retry_after is not None:  # the gateway passes the provider's wait on
+            failure.details["retry_after"] = exc.retry_after
+        return failure
     if status is not None and says_too_long(message):
         # LiteLLM names OpenAI's own overflow; Ollama's it leaves a plain 400 (or 500).
         ollama = target.provider == "ollama"
@@ -511,7 +537,12 @@ def _translate(exc: Exception, target: ProviderTarget, settings: Settings) -> Ex
     )
 
 
-def _transient(target: ProviderTarget, where: str, message: str, cause: str) -> Exception:
+# Connection errors of a server that was reached: it went away mid-call (an answer cut off
+# is a payload error, not a connection error).
+_REACHED = (aiohttp.ServerDisconnectedError, aiohttp.ClientConnectionResetError)
+
+
+def _transient(target: ProviderTarget, where: str, message: str, cause: str) -> TransientFailure:
     return TransientFailure(
         f"{target.provider} at {where} failed: {message}",
         provider=target.provider,

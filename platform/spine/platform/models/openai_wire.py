@@ -430,10 +430,16 @@ class ChatCompletionRequest(_Open):
         )
 
 
+_TAGGED_UNIONS = frozenset({"response_format"})
+"""Parameters that are a union told apart by ``type``."""
+
+
 def _invalid(exc: ValidationError) -> GatewayError:
     """Refuse a body with a 400 naming the top-level parameter; the message says where in it."""
     first = exc.errors()[0]
     loc = [str(part) for part in first["loc"]]
+    if len(loc) > 1 and loc[0] in _TAGGED_UNIONS:
+        del loc[1]  # pydantic puts the union's tag (its ``type``) in the path: not a field
     inner = (first.get("ctx") or {}).get("field")
     if isinstance(inner, str):  # a check of a whole object that names the field at fault
         loc += inner.split(".")

@@ -108,11 +108,12 @@ def exhausted(
     tried = ", ".join(f"{a.model} ({a.provider}: {a.error})" for a in path)
     shown = [f"{a.model}: {a.error}" for a in path]
     if last_error is None:
-        waits = [health.breaker(a.model, kind).retry_in() for a in path]
+        wait = min((health.breaker(a.model, kind).retry_in() for a in path), default=0.0)
         return TransientFailure(
             f"every model that could answer is cooling down after failures ({tried}); "
-            f"the next probe is in {min(waits, default=0.0):.1f} s",
+            f"the next probe is in {wait:.1f} s",
             fallback_path=shown,
+            retry_after=wait,  # the gateway's Retry-After
         )
     details = {**last_error.details, "fallback_path": shown}
     return type(last_error)(
