@@ -107,7 +107,9 @@ def read_records(
     models: Sequence[str] | None = None,
     use_category: bool = True,
 ) -> list[ReplayRecord]:
-    """Read a recording, keeping ``models``' outcomes (all of them when None).
+    """Read a recording, keeping ``models``' outcomes (when None, those of its first record,
+    which every other record must have too: a choice among models some prompts lack could not
+    be revealed).
 
     Raises:
         BadRequest: A line is not a record, or lacks an outcome of one of ``models``; the
@@ -126,7 +128,9 @@ def read_records(
             raise BadRequest(
                 f"line {number}: not a replay record: {_said(exc, where)}", field=where
             ) from exc
-        names = wanted or sorted(record.outcomes)
+        if wanted is None:
+            wanted = sorted(record.outcomes)
+        names = wanted
         missing = [m for m in names if m not in record.outcomes]
         if missing:
             raise BadRequest(f"line {number}: no outcome of {', '.join(missing)}", field="outcomes")

@@ -88,6 +88,10 @@ def test_bad_lines_are_refused_naming_the_line_and_field() -> None:
     )
     with pytest.raises(BadRequest, match="no outcome of b"):
         read_records([line(0, {"a": 1.0})], models=["a", "b"])
+    # Without --models, every record must have the first one's models (a KeyError later, once).
+    with pytest.raises(BadRequest, match="line 2: no outcome of b") as mixed:
+        read_records([line(0, {"a": 1.0, "b": 0.0}), line(1, {"a": 1.0, "c": 0.0})])
+    assert mixed.value.field == "outcomes"
 
 
 def test_reading_keeps_the_asked_models_and_can_drop_the_category() -> None:

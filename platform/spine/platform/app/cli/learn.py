@@ -24,7 +24,10 @@ def replay(
         Path, typer.Argument(metavar="FILE", help="JSON Lines, one prompt a line.")
     ],
     models: Annotated[
-        str | None, typer.Option(help="Models to route among (default: all the file has).")
+        str | None,
+        typer.Option(
+            help="Models to route among (default: the first record's; every record must have them)."
+        ),
     ] = None,
     knob: Annotated[float | None, typer.Option(help="One cost weight (0..1).")] = None,
     sweep: Annotated[
