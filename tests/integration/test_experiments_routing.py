@@ -67,3 +67,28 @@ async def test_a_call_a_model_arm_routes_is_a_routing_decision(spine: RunningPla
     assert decisions[0]["strategy"] not in (None, "explicit")
     explicit = await spine.client.get("/v1/routing/decisions", params={"strategy": "explicit"})
     assert [(d["experiment_id"], d["arm"]) for d in explicit.json()["data"]] == [(None, None)]
+
+
+async def test_an_arm_may_route_by_the_learned_strategy(spine: RunningPlatform) -> None:
+    # Testing the learned router against a fixed choice is the experiment to run; the arm was
+    # refused as naming an unknown strategy.
+    created = await spine.client.post(
+        "/v1/experiments",
+        json={
+            "name": "learned vs cheap",
+            "scope": {"kind": "gateway"},
+            "arms": [
+                {"name": "learned", "share": 1.0, "strategy": "learned"},
+                {"name": "cheap", "share": 0.0, "model": CHEAP},
+            ],
+        },
+    )
+    assert created.status_code == 201, created.text
+    answer = await spine.client.post(
+        "/v1/chat/completions",
+        json={"model": "auto", "messages": [{"role": "user", "content": "route me"}]},
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["x-spine-strategy"] == "learned"
+    decisions = (await spine.client.get("/v1/routing/decisions")).json()["data"]
+    assert [(d["arm"], d["strategy"]) for d in decisions] == [("learned", "learned")]

@@ -160,6 +160,18 @@ async def test_an_experiment_assigns_sticky_arms_and_reports_what_they_did(
         },
     )
     assert unknown.status_code == 400 and unknown.json()["error"]["field"] == "arms.1.model"
+    twins = await spine.client.post(
+        "/v1/experiments",
+        json={
+            "name": "x",
+            "scope": {"kind": "gateway"},
+            "arms": [
+                {"name": "a", "share": 0.5, "model": CHEAP},
+                {"name": "a", "share": 0.5, "model": LOCAL},
+            ],
+        },
+    )
+    assert twins.status_code == 422 and twins.json()["error"]["field"] == "arms"  # not "body"
     created = await spine.client.post(
         "/v1/experiments",
         json={

@@ -20,7 +20,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 import sqlalchemy as sa
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from spine.platform.db import Database
 from spine.platform.errors import BadRequest, Conflict, NotFound
@@ -115,12 +115,13 @@ class ExperimentInput(BaseModel):
     scope: Scope
     arms: list[Arm] = Field(min_length=2, max_length=10)
 
-    @model_validator(mode="after")
-    def _split_sums_to_one(self) -> ExperimentInput:
-        names = [arm.name for arm in self.arms]
+    @field_validator("arms")
+    @classmethod
+    def _arm_names_differ(cls, arms: list[Arm]) -> list[Arm]:
+        names = [arm.name for arm in arms]
         if len(set(names)) != len(names):
             raise ValueError("arm names must differ")
-        return self
+        return arms
 
     def check_split(self) -> None:
         """Refuse a split that does not sum to 1 (400 naming ``arms``)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import math
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -25,15 +25,16 @@ from spine.platform.keys import Principal
 from spine.platform.learning.experiments import Experiment, ExperimentInput, ExperimentReport
 from spine.platform.learning.feedback import Feedback, FeedbackInput
 from spine.platform.metering.usage import ModelCallRecord
-from spine.platform.router import STRATEGIES
 from spine.platform.schema import money_text
+from spine.platform.settings import RoutingStrategy
 
 __all__ = ["router"]
 
 router = APIRouter(prefix="/v1", tags=["learning"])
 
 ALL_TENANTS = "*"
-STRATEGY_NAMES: frozenset[str] = frozenset(STRATEGIES)
+# Every strategy a call may name, the learned one too (an arm may test it against the others).
+STRATEGY_NAMES: frozenset[str] = frozenset(get_args(RoutingStrategy))
 
 
 @router.post(
