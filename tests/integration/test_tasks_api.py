@@ -97,6 +97,19 @@ async def test_transient_errors_are_retried_with_backoff(
     assert models.count(containing="flaky") == 3
 
 
+async def test_a_retry_waits_as_long_as_the_providers_429_asked(
+    spine: RunningPlatform, models: FakeModelServer
+) -> None:
+    # The backoff alone (a fraction of a second in tests) retried into the same rate limit.
+    models.add(Rule(containing="limited", status=429, retry_after=1.5, times=1))
+    task = await submit(spine, "limited call", model="llama3.2")
+    done = await spine.wait_for(task["id"])
+    assert (done["state"], done["attempts"]) == ("succeeded", 2)
+    retries = [e for e in await sse_events(spine, task["id"]) if e.get("state") == "queued"]
+    assert retries[-1]["retry_in"] == 1.5
+    assert retries[-1]["error"]["cause"] == "RateLimitError"
+
+
 async def test_agents_share_the_router_and_fall_back_within_one_attempt(
     spine: RunningPlatform, models: FakeModelServer
 ) -> None:

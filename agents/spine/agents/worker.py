@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Callable, Coroutine
@@ -364,7 +365,7 @@ class TaskWorker:
             )
         else:
             self.stats.retried += 1
-            delay = self._settings.delay_before(attempt + 1)
+            delay = max(self._settings.delay_before(attempt + 1), _asked_wait(exc))
             events = await self._store.finish(
                 task.id, attempt=attempt, state="queued", error=error, retry_in=delay
             )
@@ -516,3 +517,18 @@ async def _unless_stopped(step: Coroutine[Any, Any, None], stop: asyncio.Event) 
     with contextlib.suppress(asyncio.CancelledError):
         await running
     return False
+
+
+_LONGEST_ASKED_WAIT = 300.0
+"""A provider's ``Retry-After`` is followed up to this many seconds (a bogus one is not)."""
+
+
+def _asked_wait(exc: SpineError) -> float:
+    """Seconds a provider's 429 asked to wait before trying again, else 0 (the breakers' own
+    wait is not followed: the backoff already spaces the retries, and a probe may succeed)."""
+    if exc.details.get("cause") != "RateLimitError":
+        return 0.0
+    wait = exc.details.get("retry_after")
+    if isinstance(wait, int | float) and not isinstance(wait, bool) and math.isfinite(wait):
+        return min(max(float(wait), 0.0), _LONGEST_ASKED_WAIT)
+    return 0.0
