@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from support.experiments import arm, experiment_body
 from support.fake_models import FakeModelServer
 from support.live_platform import RunningPlatform, running_platform
 
@@ -45,14 +46,9 @@ async def chat(spine: RunningPlatform, model: str, text: str) -> None:
 async def test_a_call_a_model_arm_routes_is_a_routing_decision(spine: RunningPlatform) -> None:
     created = await spine.client.post(
         "/v1/experiments",
-        json={
-            "name": "cheap either way",
-            "scope": {"kind": "gateway"},
-            "arms": [
-                {"name": "a", "share": 0.5, "model": CHEAP},
-                {"name": "b", "share": 0.5, "model": CHEAP},
-            ],
-        },
+        json=experiment_body(
+            "cheap either way", arm("a", 0.5, model=CHEAP), arm("b", 0.5, model=CHEAP)
+        ),
     )
     assert created.status_code == 201, created.text
     experiment = created.json()["id"]
@@ -74,14 +70,11 @@ async def test_an_arm_may_route_by_the_learned_strategy(spine: RunningPlatform) 
     # refused as naming an unknown strategy.
     created = await spine.client.post(
         "/v1/experiments",
-        json={
-            "name": "learned vs cheap",
-            "scope": {"kind": "gateway"},
-            "arms": [
-                {"name": "learned", "share": 1.0, "strategy": "learned"},
-                {"name": "cheap", "share": 0.0, "model": CHEAP},
-            ],
-        },
+        json=experiment_body(
+            "learned vs cheap",
+            arm("learned", 1.0, strategy="learned"),
+            arm("cheap", 0.0, model=CHEAP),
+        ),
     )
     assert created.status_code == 201, created.text
     answer = await spine.client.post(

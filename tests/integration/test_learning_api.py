@@ -16,6 +16,7 @@ from openai import AsyncOpenAI
 from spine.events.weights import WeightsChannel
 from spine.platform.learning.snapshots import SnapshotStore
 from spine.platform.learning.weights import Observation, RoutingWeights
+from support.experiments import arm, experiment_body
 from support.fake_models import FakeModelServer
 from support.live_platform import RunningPlatform, running_platform
 
@@ -136,52 +137,21 @@ async def test_decisions_list_routed_calls_of_the_tenant_in_pages(spine: Running
 async def test_an_experiment_assigns_sticky_arms_and_reports_what_they_did(
     spine: RunningPlatform,
 ) -> None:
-    bad = await spine.client.post(
-        "/v1/experiments",
-        json={
-            "name": "x",
-            "scope": {"kind": "gateway"},
-            "arms": [
-                {"name": "a", "share": 0.5, "model": CHEAP},
-                {"name": "b", "share": 0.4, "model": LOCAL},
-            ],
-        },
-    )
-    assert bad.status_code == 400 and bad.json()["error"]["field"] == "arms"
-    unknown = await spine.client.post(
-        "/v1/experiments",
-        json={
-            "name": "x",
-            "scope": {"kind": "gateway"},
-            "arms": [
-                {"name": "a", "share": 0.5, "model": CHEAP},
-                {"name": "b", "share": 0.5, "model": "no-such-model"},
-            ],
-        },
-    )
-    assert unknown.status_code == 400 and unknown.json()["error"]["field"] == "arms.1.model"
-    twins = await spine.client.post(
-        "/v1/experiments",
-        json={
-            "name": "x",
-            "scope": {"kind": "gateway"},
-            "arms": [
-                {"name": "a", "share": 0.5, "model": CHEAP},
-                {"name": "a", "share": 0.5, "model": LOCAL},
-            ],
-        },
-    )
-    assert twins.status_code == 422 and twins.json()["error"]["field"] == "arms"  # not "body"
+    refusals = [
+        ((arm("a", 0.5, model=CHEAP), arm("b", 0.4, model=LOCAL)), 400, "arms"),
+        ((arm("a", 0.5, model=CHEAP), arm("b", 0.5, model="no-such")), 400, "arms.1.model"),
+        ((arm("a", 0.5, model=CHEAP), arm("a", 0.5, model=LOCAL)), 422, "arms"),  # not "body"
+    ]
+    for arms_given, status, field in refusals:
+        refused = await spine.client.post("/v1/experiments", json=experiment_body("x", *arms_given))
+        assert (refused.status_code, refused.json()["error"]["field"]) == (status, field)
     created = await spine.client.post(
         "/v1/experiments",
-        json={
-            "name": "cheap vs local",
-            "scope": {"kind": "gateway"},
-            "arms": [
-                {"name": "cheap", "share": 0.5, "model": CHEAP},
-                {"name": "local", "share": 0.5, "model": LOCAL},
-            ],
-        },
+        json=experiment_body(
+            "cheap vs local",
+            arm("cheap", 0.5, model=CHEAP),
+            arm("local", 0.5, model=LOCAL),
+        ),
     )
     assert created.status_code == 201, created.text
     experiment = created.json()["id"]
@@ -189,14 +159,12 @@ async def test_an_experiment_assigns_sticky_arms_and_reports_what_they_did(
     for scope in ({"kind": "gateway"}, {"kind": "tenant"}):
         overlapping = await spine.client.post(
             "/v1/experiments",
-            json={
-                "name": "shadowed",
-                "scope": scope,
-                "arms": [
-                    {"name": "a", "share": 0.5, "model": CHEAP},
-                    {"name": "b", "share": 0.5, "model": LOCAL},
-                ],
-            },
+            json=experiment_body(
+                "shadowed",
+                arm("a", 0.5, model=CHEAP),
+                arm("b", 0.5, model=LOCAL),
+                scope=scope,
+            ),
         )
         assert overlapping.status_code == 409, overlapping.text
         assert overlapping.json()["error"]["field"] == "scope"
