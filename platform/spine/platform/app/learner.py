@@ -67,14 +67,16 @@ async def run_learner(settings: Settings, stop: asyncio.Event, *, replay: bool =
                         await _lead(settings, db, bus, stop, lost, replay=replay)
                         replay = False  # done once, by the first lead
                         continue
-            except ServiceUnavailable as exc:
+                    if not standing_by:  # the lock is another learner's
+                        logger.info(
+                            "another learner leads; this one stands by%s",
+                            " (the replay starts when it leads: stop the other learner)"
+                            if replay
+                            else "",
+                        )
+                        standing_by = True
+            except ServiceUnavailable as exc:  # the database, while taking the lead or leading
                 logger.warning("the learner cannot lead now: %s", exc)
-            if not standing_by:
-                logger.info(
-                    "another learner leads; this one stands by%s",
-                    " (the replay starts when it leads: stop the other learner)" if replay else "",
-                )
-                standing_by = True
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), STANDBY_SECONDS)
     finally:
