@@ -167,9 +167,7 @@ class Database:
             if self._driver_pool is None:
                 import asyncpg
 
-                _, options = self.engine.dialect.create_connect_args(self.url)
-                for only_sqlalchemy in _SQLALCHEMY_CONNECT_OPTIONS:
-                    options.pop(only_sqlalchemy, None)
+                options = self._asyncpg_options()
                 # No connection is opened here (min_size 0): each is opened at first need,
                 # kept while used, and closed after 5 idle minutes (asyncpg's default).
                 self._driver_pool = await asyncpg.create_pool(
@@ -182,6 +180,13 @@ class Database:
                     **options,
                 )
         return self._driver_pool
+
+    def _asyncpg_options(self) -> dict[str, Any]:
+        """What ``asyncpg.connect`` takes to reach this database (host, user, password, ...)."""
+        _, options = self.engine.dialect.create_connect_args(self.url)
+        for only_sqlalchemy in _SQLALCHEMY_CONNECT_OPTIONS:
+            options.pop(only_sqlalchemy, None)
+        return dict(options)
 
     @contextmanager
     def _translated(self) -> Iterator[None]:
@@ -248,9 +253,7 @@ class Database:
             return
         import asyncpg
 
-        _, options = self.engine.dialect.create_connect_args(self.url)
-        for only_sqlalchemy in _SQLALCHEMY_CONNECT_OPTIONS:
-            options.pop(only_sqlalchemy, None)
+        options = self._asyncpg_options()
         with _driver_translated():
             conn = await asyncpg.connect(
                 timeout=min(self._timeout, 10), command_timeout=self._timeout, **options
