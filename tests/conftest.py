@@ -65,6 +65,12 @@ def pg_url(services: BackingServices) -> str:
     return create_database(services.database_url)
 
 
+@pytest.fixture(scope="module")
+def module_pg_url(services: BackingServices) -> str:
+    """A fresh PostgreSQL database for the tests of one module (one platform serves them all)."""
+    return create_database(services.database_url)
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A fresh database of each kind, for state-layer tests that must pass on both."""

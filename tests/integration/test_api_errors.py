@@ -20,7 +20,6 @@ import httpx
 import pytest
 from sqlalchemy.engine import make_url
 
-from support.databases import create_database
 from support.fake_models import FakeModelServer, Rule
 from support.live_platform import RunningPlatform, running_platform
 from support.tcp_proxy import TcpProxy, proxy_to
@@ -64,16 +63,11 @@ async def eventually(predicate: Any, timeout: float = 10.0) -> None:
 
 
 @pytest.fixture(scope="module")
-def module_db(services: Any) -> str:
-    return create_database(services.database_url)
-
-
-@pytest.fixture(scope="module")
 async def spine(
-    services: Any, module_db: str, fake_models: FakeModelServer
+    services: Any, module_pg_url: str, fake_models: FakeModelServer
 ) -> AsyncIterator[RunningPlatform]:
     # No worker: nothing here needs one, and a worker would outlive into later tests' streams.
-    async with running_platform(services, module_db, fake_models, workers=0) as running:
+    async with running_platform(services, module_pg_url, fake_models, workers=0) as running:
         yield running
 
 

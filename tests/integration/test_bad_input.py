@@ -23,7 +23,6 @@ from sqlalchemy.engine import make_url
 
 from spine.platform.db import Database
 from spine.platform.errors import BadRequest, ServiceUnavailable
-from support.databases import create_database
 from support.fake_models import FakeModelServer
 from support.knowledge import knowledge
 from support.live_platform import RunningPlatform, running_platform
@@ -38,16 +37,11 @@ DEEP = 100_000
 
 
 @pytest.fixture(scope="module")
-def module_db(services: Any) -> str:
-    return create_database(services.database_url)
-
-
-@pytest.fixture(scope="module")
 async def spine(
-    services: Any, module_db: str, fake_models: FakeModelServer
+    services: Any, module_pg_url: str, fake_models: FakeModelServer
 ) -> AsyncIterator[RunningPlatform]:
     async with running_platform(
-        services, module_db, fake_models, workers=0, knowledge=knowledge()
+        services, module_pg_url, fake_models, workers=0, knowledge=knowledge()
     ) as running:
         yield running
 

@@ -48,19 +48,21 @@ ACME = [
 GLOBEX = [hired(1, "g1", 0, "Gus Globex"), hired(2, "g1", 0, "Gil Globex"), met(1, 2)]
 
 
-@pytest.fixture
+# One platform and one pair of graphs for the module: every test here only reads them (the
+# refused writes check that nothing changed), and the last two write tenants of their own.
+@pytest.fixture(scope="module")
 async def spine(
-    services: Any, pg_url: str, models: FakeModelServer
+    services: Any, module_pg_url: str, fake_models: FakeModelServer
 ) -> AsyncIterator[RunningPlatform]:
     await delete_event_streams(services.nats_url)
     async with running_platform(
-        services, pg_url, models, workers=0, knowledge=knowledge(query_max_rows=5)
+        services, module_pg_url, fake_models, workers=0, knowledge=knowledge(query_max_rows=5)
     ) as running:
         await clear_tenants(running.platform, "acme", "globex")
         yield running
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 async def globex(spine: RunningPlatform) -> AsyncIterator[httpx.AsyncClient]:
     secret = (await spine.platform.keys.create(tenant="globex", role="admin")).secret
     async with httpx.AsyncClient(
@@ -69,7 +71,7 @@ async def globex(spine: RunningPlatform) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 async def graphs(spine: RunningPlatform, globex: httpx.AsyncClient) -> None:
     for client, events in ((spine.client, ACME), (globex, GLOBEX)):
         answer = await client.post(
