@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -129,6 +131,29 @@ async def test_ingesting_the_same_1000_events_twice_gives_the_same_graph(
 
     rows = await spine.platform.knowledge.log.list_page(tenant=tenant, limit=200)
     assert {row.status for row in rows.data} == {"mapped"}
+
+
+async def test_stopping_the_consumers_gives_up_their_waiting_pulls_and_loses_no_event(
+    spine: RunningPlatform,
+) -> None:
+    tenant = tenant_name("stop")
+    stop = asyncio.Event()
+    running = asyncio.create_task(spine.platform.run_event_consumers(stop))
+    await asyncio.sleep(0.3)  # bound, and waiting in their pulls
+    began = time.monotonic()
+    stop.set()
+    await asyncio.wait_for(running, 10)
+    # The pulls wait 1 s for messages: a stop used to wait them out.
+    assert time.monotonic() - began < 0.5
+
+    # An event published while nobody consumes is ingested by the next consumers.
+    hire = {"person": {"id": 1}, "company": {"id": "c1"}, "role": "r"}
+    await publish(spine, [event("hired", hire, at=T0, tenant=tenant)])
+    async with event_consumers(spine.platform):
+        await eventually(lambda: drained(spine), bool, timeout=30)
+    store = spine.platform.knowledge.store
+    assert store is not None
+    assert {"Person:1", "Company:c1"} <= set((await snapshot(store, tenant))[0])
 
 
 async def test_a_later_fact_closes_the_earlier_one_whatever_order_events_come_in(

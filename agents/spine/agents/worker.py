@@ -17,7 +17,7 @@ import logging
 import math
 import time
 from collections import Counter
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +43,7 @@ from spine.platform.errors import (
 from spine.platform.limits import RunningTaskLimits
 from spine.platform.logs import current_task
 from spine.platform.metering import CallContext
+from spine.platform.periodic import unless_stopped
 from spine.platform.schema import utcnow
 from spine.platform.settings import WorkerSettings
 from spine.platform.tasks import StepJournal, Task, TaskError, TaskEvent, TaskStore
@@ -128,8 +129,10 @@ class TaskWorker:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume every lane until ``stop`` is set, then finish the tasks in hand."""
-        if not await _unless_stopped(self._models.warm_up(), stop):
+        warmed = await unless_stopped(self._models.warm_up(), stop)
+        if warmed is None:
             return  # stopped while warming up: nothing in hand, nothing to wait for
+        warmed.result()
         await self._layout.ensure_when_ready(self._bus)
         await self._subscribe_to_cancels()
         lanes = [
@@ -497,26 +500,6 @@ def _too_many(attempts: int) -> TaskError:
         message=f"the task was delivered {attempts} times without finishing",
         attempts=attempts,
     )
-
-
-async def _unless_stopped(step: Coroutine[Any, Any, None], stop: asyncio.Event) -> bool:
-    """Run ``step`` unless ``stop`` is set first (then cancel it); tell whether it finished."""
-    running = asyncio.ensure_future(step)
-    stopped = asyncio.ensure_future(stop.wait())
-    try:
-        await asyncio.wait({running, stopped}, return_when=asyncio.FIRST_COMPLETED)
-    except BaseException:
-        running.cancel()
-        raise
-    finally:
-        stopped.cancel()
-    if running.done():
-        running.result()
-        return True
-    running.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await running
-    return False
 
 
 _LONGEST_ASKED_WAIT = 300.0

@@ -25,6 +25,7 @@ from nats.js.errors import APIError, NoStreamResponseError
 from nats.js.errors import ServiceUnavailableError as JetStreamUnavailable
 
 from spine.platform.errors import ConfigurationError, ServiceUnavailable
+from spine.platform.periodic import unless_stopped
 
 __all__ = ["NatsBus", "server_list"]
 
@@ -255,10 +256,17 @@ async def bind_durable(
 async def fetched(
     subscription: JetStreamContext.PullSubscription, size: int, stop: asyncio.Event
 ) -> AsyncIterator[list[Msg]]:
-    """Yield batches of up to ``size`` messages until ``stop``; waits out a lost connection."""
+    """Yield batches of up to ``size`` messages until ``stop``; waits out a lost connection.
+
+    A pull still waiting when ``stop`` is set is given up at once, not waited out: a message
+    on its way to it is not acked, so JetStream delivers it again after ``ack_wait``.
+    """
     while not stop.is_set():
+        pulled = await unless_stopped(subscription.fetch(size, timeout=1.0), stop)
+        if pulled is None:
+            return
         try:
-            messages = await subscription.fetch(size, timeout=1.0)
+            messages = pulled.result()
         except NatsTimeout:
             continue
         except _LOST_LINK as exc:

@@ -1,4 +1,4 @@
-"""Background jobs that run every few seconds until told to stop (the sweepers)."""
+"""Background jobs that run until told to stop: the sweepers, and waits a stop cuts short."""
 
 from __future__ import annotations
 
@@ -6,12 +6,15 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from spine.platform.errors import ServiceUnavailable
 
-__all__ = ["run_every"]
+__all__ = ["run_every", "unless_stopped"]
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 async def run_every(
@@ -31,3 +34,28 @@ async def run_every(
             logger.exception("%s failed; trying again", name)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), interval)
+
+
+async def unless_stopped(step: Awaitable[T], stop: asyncio.Event) -> asyncio.Future[T] | None:
+    """Await ``step`` unless ``stop`` is set first, then cancel it: a long wait (a JetStream
+    pull, a warm-up) does not hold a shutdown.
+
+    Returns:
+        ``step``'s finished future (its result, or the exception it raised), or None when
+        ``stop`` came first.
+    """
+    running = asyncio.ensure_future(step)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({running, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        running.cancel()
+        raise
+    finally:
+        stopped.cancel()
+    if running.done():
+        return running
+    running.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await running
+    return None

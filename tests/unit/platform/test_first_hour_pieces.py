@@ -11,12 +11,12 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from spine.agents.worker import _unless_stopped
 from spine.graph.explore import _shown, _shown_time
 from spine.graph.identifiers import Allowlist, UnknownIdentifier
 from spine.platform.app.cli import app
 from spine.platform.app.cli._http import resolve_id
 from spine.platform.app.launcher import server_url
+from spine.platform.periodic import unless_stopped
 from spine.platform.tasks import TaskSubmission
 
 IDS = [
@@ -123,7 +123,9 @@ def test_graph_times_are_iso_8601() -> None:
     assert json.dumps(_shown({"event_time": 0})) == '{"event_time": "1970-01-01T00:00:00.000Z"}'
 
 
-async def test_a_worker_stopped_while_it_warms_up_stops_at_once() -> None:
+async def test_a_wait_a_stop_comes_before_is_cancelled_and_one_that_ends_gives_its_outcome() -> (
+    None
+):
     stop = asyncio.Event()
     cancelled = asyncio.Event()
 
@@ -134,10 +136,17 @@ async def test_a_worker_stopped_while_it_warms_up_stops_at_once() -> None:
             cancelled.set()
             raise
 
-    async def quick_warm_up() -> None:
+    async def answer() -> int:
         await asyncio.sleep(0)
+        return 7
+
+    async def failure() -> None:
+        raise ValueError("no")
 
     stop.set()
-    assert await _unless_stopped(slow_warm_up(), stop) is False
+    assert await unless_stopped(slow_warm_up(), stop) is None
     assert cancelled.is_set()
-    assert await _unless_stopped(quick_warm_up(), asyncio.Event()) is True
+    done = await unless_stopped(answer(), asyncio.Event())
+    assert done is not None and done.result() == 7
+    failed = await unless_stopped(failure(), asyncio.Event())
+    assert failed is not None and isinstance(failed.exception(), ValueError)
