@@ -61,14 +61,14 @@ def models(fake_models: FakeModelServer) -> Iterator[FakeModelServer]:
 
 @pytest.fixture
 def pg_url(services: BackingServices) -> str:
-    """A fresh PostgreSQL database for one test."""
-    return create_database(services.database_url)
+    """A fresh PostgreSQL database, at the newest schema, for one test."""
+    return create_database(services.database_url, migrated=True)
 
 
 @pytest.fixture(scope="module")
 def module_pg_url(services: BackingServices) -> str:
-    """A fresh PostgreSQL database for the tests of one module (one platform serves them all)."""
-    return create_database(services.database_url)
+    """A fresh PostgreSQL database, at the newest schema, for the tests of one module."""
+    return create_database(services.database_url, migrated=True)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
