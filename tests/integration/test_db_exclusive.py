@@ -1,7 +1,8 @@
 """``Database.exclusive``: one holder of a named lock across processes, the others told at once.
 
 PostgreSQL holds it as a session advisory lock on a connection of its own; SQLite as a file
-lock. A holder whose connection the server ended is told it lost the lock.
+lock. A holder whose connection the server ended is told it lost the lock; one that stopped
+pinging (frozen) may have its session ended by the next one.
 """
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import asyncpg
 import pytest
 
+from spine.platform import db as db_module
 from spine.platform.db import Database
-from support.databases import migrated_database
+from support.databases import asyncpg_dsn, migrated_database
 
 pytestmark = pytest.mark.integration
 
@@ -62,3 +65,31 @@ async def test_a_holder_whose_connection_the_server_ended_is_told(pg_url: str) -
     finally:
         await db.dispose()
         await admin.dispose()
+
+
+async def test_a_holder_silent_past_the_limit_loses_the_lock_to_the_next_and_a_live_one_keeps_it(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A frozen holder (SIGSTOP) keeps its socket, so the server keeps its lock: here a session
+    # that took the lock and then never spoke again.
+    monkeypatch.setattr(db_module, "_LOCK_CHECK_SECONDS", 0.1)
+    frozen = await asyncpg.connect(asyncpg_dsn(pg_url))
+    db, live = Database(pg_url), Database(pg_url)
+    try:
+        assert await frozen.fetchval("SELECT pg_try_advisory_lock(4242002, hashtext('learner'))")
+        async with db.exclusive("learner", take_over_after=30) as refused:
+            assert refused is None  # silent, but not for long enough
+        await asyncio.sleep(1.2)
+        async with db.exclusive("learner", take_over_after=1.0) as taken:
+            assert taken is not None
+            with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError, OSError)):
+                await frozen.fetchval("SELECT 1")  # its session was ended
+            # The new holder pings (every 0.1 s here): it stays the holder past the limit.
+            await asyncio.sleep(1.5)
+            async with live.exclusive("learner", take_over_after=1.0) as refused:
+                assert refused is None
+            assert not taken.is_set()
+    finally:
+        frozen.terminate()
+        await db.dispose()
+        await live.dispose()

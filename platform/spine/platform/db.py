@@ -228,7 +228,9 @@ class Database:
             raise ServiceUnavailable(f"the database did not answer within {waited:g} s") from exc
 
     @asynccontextmanager
-    async def exclusive(self, name: str) -> AsyncIterator[asyncio.Event | None]:
+    async def exclusive(
+        self, name: str, *, take_over_after: float | None = None
+    ) -> AsyncIterator[asyncio.Event | None]:
         """Hold the lock ``name`` for every process on this database while the block runs, or
         yield ``None`` at once when another process holds it.
 
@@ -236,6 +238,12 @@ class Database:
         stopped answering): the block should then stop what the lock guards. PostgreSQL: a
         session advisory lock on a connection of its own, which the server releases when the
         holder ends, SIGKILL included; SQLite: a file lock beside the database (the kernel's).
+
+        A holder asks its connection whether it answers every 2 s. With ``take_over_after``, a
+        holder whose connection has been silent that many seconds (a frozen process: SIGSTOP,
+        a hung event loop; its socket stays open, so the server keeps its lock) has its session
+        ended by the server, and the lock is taken (PostgreSQL only). When it wakes, its
+        connection is gone and it is told it lost the lock.
 
         Raises:
             ServiceUnavailable: The database cannot answer.
@@ -260,9 +268,9 @@ class Database:
             )
         try:
             with _driver_translated():
-                held = await conn.fetchval(
-                    "SELECT pg_try_advisory_lock($1, hashtext($2))", _LOCK_SPACE, name
-                )
+                held = await conn.fetchval(_TRY_LOCK, _LOCK_SPACE, name)
+                if not held and take_over_after is not None:
+                    held = await _take_from_a_silent_holder(conn, name, take_over_after)
             if not held:
                 yield None
                 return
@@ -353,6 +361,41 @@ _LOCK_SPACE = 4242002
 # How often a held lock's connection is asked whether it still answers, and for how long.
 _LOCK_CHECK_SECONDS = 2.0
 _LOCK_CHECK_TIMEOUT = 5.0
+
+
+_TRY_LOCK = "SELECT pg_try_advisory_lock($1, hashtext($2))"
+# The session holding one of :meth:`Database.exclusive`'s locks, when its connection has been
+# idle (no ping) for longer than $3 seconds. pg_locks shows a two-key advisory lock's keys as
+# classid and objid (objsubid 2); a session of the same role is visible with its state.
+_SILENT_HOLDER = """
+SELECT a.pid, extract(epoch FROM clock_timestamp() - a.state_change)::float8 AS silent
+FROM pg_locks AS l JOIN pg_stat_activity AS a ON a.pid = l.pid
+WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+  AND l.classid = $1::oid AND l.objid = hashtext($2)::oid
+  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+  AND a.state = 'idle' AND a.state_change < clock_timestamp() - make_interval(secs => $3)
+"""
+
+
+async def _take_from_a_silent_holder(conn: Any, name: str, silent_for: float) -> bool:
+    """End the session of a holder of ``name`` that stopped pinging, then take the lock."""
+    holder = await conn.fetchrow(_SILENT_HOLDER, _LOCK_SPACE, name, silent_for)
+    if holder is None:
+        return False
+    import asyncpg
+
+    try:
+        ended = await conn.fetchval("SELECT pg_terminate_backend($1, 5000)", holder["pid"])
+    except asyncpg.InsufficientPrivilegeError:  # another role's session: it stays
+        ended = False
+    logger.warning(
+        "the holder of the lock %r has not answered for %.0f s (a frozen process?): %s its "
+        "database session",
+        name,
+        holder["silent"],
+        "ended" if ended else "could not end",
+    )
+    return bool(ended) and bool(await conn.fetchval(_TRY_LOCK, _LOCK_SPACE, name))
 
 
 async def _watch_lock(conn: Any, lost: asyncio.Event) -> None:

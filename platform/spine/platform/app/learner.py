@@ -4,7 +4,8 @@ It needs the database (snapshots, applied events, call facts) and NATS (the OUTC
 weights announcements); it runs until SIGINT/SIGTERM and stores a last snapshot before it
 exits. One learner leads at a time (a lock on the database, :meth:`Database.exclusive`):
 another one started beside it stands by, consuming nothing, and takes over within
-:data:`STANDBY_SECONDS` of the leader's end. Two consuming at once would each keep half the
+:data:`STANDBY_SECONDS` of the leader's end, or once a frozen leader has been silent for
+:data:`SILENT_LEADER_SECONDS` (PostgreSQL). Two consuming at once would each keep half the
 evidence and store the same version numbers. ``--replay`` forgets every stored version and
 reads the stream again from its start.
 """
@@ -40,6 +41,9 @@ logger = logging.getLogger(__name__)
 
 STANDBY_SECONDS = 1.0
 """How often a standing-by learner tries to take the lead."""
+SILENT_LEADER_SECONDS = 20.0
+"""A leader whose lock has not been pinged this long (it pings every 2 s) is frozen: a standby
+ends its database session and leads (:meth:`Database.exclusive`)."""
 LEAD_LOCK = "learner"
 
 
@@ -60,7 +64,7 @@ async def run_learner(settings: Settings, stop: asyncio.Event, *, replay: bool =
         standing_by = False
         while not stop.is_set():
             try:
-                async with db.exclusive(LEAD_LOCK) as lost:
+                async with db.exclusive(LEAD_LOCK, take_over_after=SILENT_LEADER_SECONDS) as lost:
                     if lost is not None:
                         logger.info("this learner leads")
                         standing_by = False
