@@ -71,6 +71,7 @@ async def test_a_stdio_servers_tools_are_registered_called_and_closed() -> None:
             "echo__add",
             "echo__echo",
             "echo__fail",
+            "echo__grow",
             "echo__headers",
             "echo__idempotency_key",
             "echo__slow",
@@ -147,6 +148,31 @@ async def test_a_server_that_dies_is_connected_again_and_its_tools_work_again(
         await until(lambda: servers.connected == [])
         await until(lambda: servers.connected == ["echo"])
         assert (await registry.call("echo__echo", {"text": "c"}, CTX)).content == "c"
+    assert await gone_soon(before) == set()
+
+
+async def test_a_tool_the_server_adds_joins_and_a_restarted_servers_list_replaces_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The list was read once, at the first session: tools added later never joined, and a
+    # server restarted with other tools kept the old list until our restart.
+    monkeypatch.setattr(mcp_servers, "_PING_SECONDS", 0.2)
+    registry = ToolRegistry()
+    before = children()
+    async with McpServers([stdio_config()], registry) as servers:
+        grown = await registry.call("echo__grow", {"name": "late_tool"}, CTX)
+        assert grown.content == "grown", grown.error
+        await until(lambda: "echo__late_tool" in registry)
+        assert (await registry.call("echo__late_tool", {}, CTX)).content == "late_tool"
+        assert servers.tools_of("echo") == sorted([*registry.names()])
+
+        for pid in children() - before:  # a new process: the tools it starts with
+            psutil.Process(pid).kill()
+        await until(lambda: "echo__late_tool" not in registry)
+        await until(lambda: servers.connected == ["echo"])
+        assert "echo__echo" in registry
+        assert (await registry.call("echo__echo", {"text": "x"}, CTX)).content == "x"
+    assert len(registry) == 0
     assert await gone_soon(before) == set()
 
 

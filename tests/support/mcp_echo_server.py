@@ -51,6 +51,18 @@ def headers(ctx: Context) -> str:
     return str((ctx.headers or {}).get("x-test"))
 
 
+@server.tool()
+async def grow(name: str, ctx: Context) -> str:
+    """Add a tool ``name`` (it answers its name) and tell the client the tool list changed."""
+
+    def grown() -> str:
+        return name
+
+    server.add_tool(grown, name=name, description=f"Grown at run time: {name}.")
+    await ctx.session.send_tool_list_changed()
+    return "grown"
+
+
 if __name__ == "__main__":
     if len(sys.argv) > 2 and sys.argv[1] == "http":
         server.run("streamable-http", host="127.0.0.1", port=int(sys.argv[2]))

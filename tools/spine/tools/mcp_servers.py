@@ -2,7 +2,9 @@
 
 :class:`McpServers` is an async context manager: entering it connects to every configured
 server (concurrently), lists its tools and registers each as ``<server>__<tool>`` with the
-server's JSON schema; leaving it unregisters them and closes every session and process.
+server's JSON schema; leaving it unregisters them and closes every session and process. The
+list is read again when the server says it changed (``notifications/tools/list_changed``) and
+at each new session (a restarted server may have other tools).
 
 Each connection runs in a task of its own, which enters the SDK's transport and session and
 stays inside them until told to stop. The SDK is built on anyio task groups, which must be left
@@ -72,8 +74,11 @@ class _Connection:
     )
     broken: asyncio.Event = field(default_factory=asyncio.Event)
     """Set when a call found the session closed, and by :meth:`close` to wake the task."""
+    tools_changed: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set when the server says its tool list changed: the session's task reads it again."""
     on_tools: Callable[[_Connection, list[mcp_types.Tool]], None] | None = None
-    """Registers the tools at the first session (at start-up, or when a server comes late)."""
+    """Registers the tools of each session (replacing the last session's), and again when the
+    server's list changes."""
     session: ClientSession | None = None
     task: asyncio.Task[None] | None = None
     tool_names: list[str] = field(default_factory=list)
@@ -116,28 +121,34 @@ class _Connection:
             async with (
                 handshake,
                 _transport(self.config) as (read, write),
-                ClientSession(read, write) as session,
+                ClientSession(read, write, message_handler=self._on_message) as session,
             ):
                 await session.initialize()
+                self.tools_changed.clear()
                 tools = await _list_tools(session)
                 handshake.reschedule(None)
                 self.broken.clear()
                 self.session = session
                 if self.tool_names:
                     logger.info("MCP server %s connected again", self.config.name)
-                elif self.on_tools is not None:
+                if self.on_tools is not None:
                     self.on_tools(self, tools)
                 if not self.ready.done():
                     self.ready.set_result(tools)
                 # A server that died while idle is found by a ping (a stdio server's end is not
                 # reported to the session otherwise); a call that found it closed sets `broken`.
                 while not self.stop.is_set():
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self.broken.wait(), _PING_SECONDS)
+                    await _first_set(self.broken, self.tools_changed, timeout=_PING_SECONDS)
                     if self.stop.is_set():
                         return
                     if self.broken.is_set():
                         raise ServiceUnavailable("the connection closed")
+                    if self.tools_changed.is_set():
+                        self.tools_changed.clear()
+                        tools = await _list_tools(session)
+                        if self.on_tools is not None:
+                            self.on_tools(self, tools)
+                        continue
                     try:
                         await asyncio.wait_for(session.send_ping(), _PING_TIMEOUT)
                     except (MCPError, TimeoutError, *_CLOSED) as exc:
@@ -148,6 +159,11 @@ class _Connection:
                     f"no answer within {self.config.connect_timeout:g} s"
                 ) from exc
             raise
+
+    async def _on_message(self, message: mcp_types.ServerNotification | Exception) -> None:
+        # The SDK calls this inline in its reader: the list is read by the session's task.
+        if isinstance(message, mcp_types.ToolListChangedNotification):
+            self.tools_changed.set()
 
     async def close(self) -> None:
         self.stop.set()
@@ -246,8 +262,13 @@ class McpServers:
             ) from exc
 
     def _register(self, connection: _Connection, tools: list[mcp_types.Tool]) -> None:
+        """Make ``tools`` the connection's tools in the registry (at once: no await between)."""
         config = connection.config
         self.failed.pop(config.name, None)
+        before = set(connection.tool_names)
+        for name in connection.tool_names:
+            self._registry.unregister(name)
+        connection.tool_names = []
         for remote in tools:
             if config.tools is not None and not any(
                 fnmatchcase(remote.name, pattern) for pattern in config.tools
@@ -275,7 +296,14 @@ class McpServers:
                 )
             )
             connection.tool_names.append(name)
-        logger.info("MCP server %s: %d tools registered", config.name, len(connection.tool_names))
+        now = set(connection.tool_names)
+        if not before:
+            logger.info("MCP server %s: %d tools registered", config.name, len(now))
+        elif now != before:
+            logger.info(
+                "MCP server %s: its tools changed (%d now; added %s, removed %s)",
+                config.name, len(now), sorted(now - before) or "none", sorted(before - now) or "none",
+            )  # fmt: skip
 
 
 def _caller(connection: _Connection, remote_name: str) -> ToolHandler[dict[str, Any]]:
@@ -333,6 +361,16 @@ def _render(result: mcp_types.CallToolResult) -> str:
     if not parts and result.structured_content is not None:
         return json.dumps(result.structured_content, ensure_ascii=False, default=str)
     return "\n".join(parts)
+
+
+async def _first_set(*events: asyncio.Event, timeout: float) -> None:
+    """Wait until one of ``events`` is set, or ``timeout`` seconds."""
+    waits = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
 
 
 async def _list_tools(session: ClientSession) -> list[mcp_types.Tool]:
