@@ -14,6 +14,9 @@ from nats.aio.msg import Msg
 from openai import AsyncOpenAI
 
 from spine.events.weights import WeightsChannel
+from spine.platform.db import Database
+from spine.platform.errors import Conflict
+from spine.platform.learning.experiments import ExperimentBook, ExperimentInput
 from spine.platform.learning.snapshots import SnapshotStore
 from spine.platform.learning.weights import Observation, RoutingWeights
 from support.experiments import arm, experiment_body
@@ -223,3 +226,27 @@ async def test_the_weights_shown_count_the_events_they_were_learnt_from(
         await asyncio.sleep(0.05)
 
     assert (shown["version"], shown["events"]) == (3, 9), shown  # what `spine doctor` says
+
+
+async def test_overlapping_experiments_created_at_once_by_two_processes_give_one(
+    pg_url: str,
+) -> None:
+    # The check and the insert were apart: made in the same instant, both passed the check.
+    dbs = [Database(pg_url), Database(pg_url)]  # two processes as far as the database can tell
+    try:
+        stores = [ExperimentBook(db) for db in dbs]
+        body = experiment_body("twin", arm("a", 0.5, model=CHEAP), arm("b", 0.5, model=LOCAL))
+        outcomes = await asyncio.gather(
+            *(
+                stores[n % 2].create(ExperimentInput.model_validate(body), tenant="acme", key_id="")
+                for n in range(8)
+            ),
+            return_exceptions=True,
+        )
+        created = [o for o in outcomes if not isinstance(o, BaseException)]
+        refused = [o for o in outcomes if isinstance(o, Conflict)]
+        assert (len(created), len(refused)) == (1, 7), outcomes
+        assert {r.details["experiment_id"] for r in refused} == {created[0].id}
+    finally:
+        for db in dbs:
+            await db.dispose()

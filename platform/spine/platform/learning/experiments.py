@@ -48,6 +48,8 @@ _CALLS: sa.Table = ModelCallRow.__table__  # type: ignore[assignment]
 _FEEDBACK: sa.Table = FeedbackRow.__table__  # type: ignore[assignment]
 _TASKS: sa.Table = TaskRow.__table__  # type: ignore[assignment]
 _SPLIT_TOLERANCE = 1e-6
+# The first key of the advisory lock that queues one tenant's experiment creations.
+_CREATE_LOCK = 4242003
 _Z95 = 1.959963984540054
 
 
@@ -217,14 +219,6 @@ class ExperimentBook:
                 calls (a call gets one arm: the other would silently get no traffic).
         """
         given.check_split()
-        for other in await self.listing(tenant=tenant):
-            if other.status != "stopped" and other.scope.overlaps(given.scope):
-                raise Conflict(
-                    f"experiment {other.id} ({other.name!r}, {other.status}) already covers "
-                    "calls of this scope; stop it first",
-                    field="scope",
-                    experiment_id=other.id,
-                )
         row = {
             "id": str(uuid.uuid4()),
             "tenant": tenant,
@@ -238,6 +232,26 @@ class ExperimentBook:
             "stopped_at": None,
         }
         async with self._db.transaction() as conn:
+            if not self._db.is_sqlite:
+                # A tenant's creations queue here, so each reads the ones committed before it:
+                # two overlapping experiments made at once cannot both pass the check.
+                await conn.execute(
+                    sa.select(sa.func.pg_advisory_xact_lock(_CREATE_LOCK, sa.func.hashtext(tenant)))
+                )
+            query = (
+                sa.select(_EXPERIMENTS)
+                .where(_EXPERIMENTS.c.tenant == tenant, _EXPERIMENTS.c.status != "stopped")
+                .order_by(_EXPERIMENTS.c.created_at.desc())
+            )
+            for found in (await conn.execute(query)).mappings():
+                other = Experiment.model_validate(dict(found))
+                if other.scope.overlaps(given.scope):
+                    raise Conflict(
+                        f"experiment {other.id} ({other.name!r}, {other.status}) already covers "
+                        "calls of this scope; stop it first",
+                        field="scope",
+                        experiment_id=other.id,
+                    )
             await conn.execute(sa.insert(_EXPERIMENTS).values(row))
         self._read_at = -math.inf
         return Experiment.model_validate(row)
