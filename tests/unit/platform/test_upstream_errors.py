@@ -9,10 +9,13 @@ from litellm import exceptions as litellm_errors
 
 from spine.platform.errors import ContextWindowExceeded, TransientFailure
 from spine.platform.models import ProviderTarget
+from spine.platform.models.litellm_upstream import LiteLLMUpstream
 from spine.platform.models.litellm_upstream import _translate as litellm_translate
 from spine.platform.models.openai_upstream import UpstreamStatusError
 from spine.platform.models.openai_upstream import _translate as openai_translate
+from spine.platform.models.values import ChatRequest
 from spine.platform.settings import load_settings
+from support.fake_models import FakeModelServer, Rule
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 TARGET = ProviderTarget(provider="ollama", model="nomic-embed-text", kwargs={})
@@ -42,3 +45,21 @@ def test_the_openai_protocol_path_agrees_whatever_the_status(status: int) -> Non
     target = ProviderTarget(provider="openai-compatible", model="m", kwargs={})
     translated = openai_translate(error, target, load_settings(_env_file=None))
     assert isinstance(translated, ContextWindowExceeded)
+
+
+async def test_a_litellm_providers_429_keeps_the_wait_it_asked_for(
+    models: FakeModelServer,
+) -> None:
+    # Groq goes through LiteLLM (OpenAI's protocol at its own address): its 429's Retry-After
+    # was dropped, so the gateway said nothing and a task's retry came back within the limit.
+    models.add(Rule(status=429, retry_after=7))
+    target = ProviderTarget(
+        provider="groq",
+        model="llama3.2",
+        kwargs={"api_base": f"{models.url}/v1", "api_key": "gsk-test"},
+    )
+    upstream = LiteLLMUpstream(load_settings(_env_file=None))
+    with pytest.raises(TransientFailure) as failed:
+        await upstream.call(target, ChatRequest(messages=[{"role": "user", "content": "hi"}]))
+    assert failed.value.details["cause"] == "RateLimitError"
+    assert failed.value.details["retry_after"] == 7.0

@@ -31,7 +31,13 @@ from spine.platform.errors import (
     TransientFailure,
 )
 from spine.platform.models.providers import HOW_TO_CONFIGURE, ProviderTarget, without_secrets
-from spine.platform.models.shapes import delta_of, params_for, says_too_long, tool_calls_of
+from spine.platform.models.shapes import (
+    delta_of,
+    params_for,
+    retry_after_of,
+    says_too_long,
+    tool_calls_of,
+)
 from spine.platform.models.values import (
     ChatRequest,
     Completion,
@@ -261,6 +267,15 @@ def _get(row: Any, name: str) -> Any:
     return row.get(name) if isinstance(row, dict) else getattr(row, name, None)
 
 
+def _headers_of(exc: Exception) -> Any:
+    """The headers of the answer behind a LiteLLM exception (LiteLLM copies them onto the
+    exceptions it maps; else the answer it kept)."""
+    headers = getattr(exc, "litellm_response_headers", None)
+    if headers is None:
+        headers = getattr(getattr(exc, "response", None), "headers", None)
+    return headers
+
+
 def _translate(exc: Exception, target: ProviderTarget, settings: Settings) -> Exception:
     from litellm import exceptions as llm
 
@@ -284,11 +299,18 @@ def _translate(exc: Exception, target: ProviderTarget, settings: Settings) -> Ex
         )
     if isinstance(exc, transient):
         hint = f" ({HOW_TO_CONFIGURE})" if isinstance(exc, llm.APIConnectionError) else ""
-        return TransientFailure(
+        failure = TransientFailure(
             f"{target.provider} at {where} failed: {message}{hint}",
             provider=target.provider,
             cause=type(exc).__name__,
         )
+        if isinstance(exc, llm.RateLimitError):
+            # The provider's own wait (Anthropic's and Groq's 429s say it): the gateway passes
+            # it on, and a task's retry waits that long.
+            wait = retry_after_of(_headers_of(exc))
+            if wait is not None:
+                failure.details["retry_after"] = wait
+        return failure
     if isinstance(exc, llm.ContextWindowExceededError):
         return ContextWindowExceeded(
             f"{target.provider} model {target.model} cannot take the prompt: {message}",

@@ -37,7 +37,6 @@ import base64
 import contextlib
 import json
 import logging
-import math
 import os
 import re
 import time
@@ -65,6 +64,7 @@ from spine.platform.models.shapes import (
     delta_of,
     field_of,
     params_for,
+    retry_after_of,
     says_too_long,
     tool_calls_of,
 )
@@ -371,21 +371,8 @@ async def _raise_for_status(response: aiohttp.ClientResponse) -> None:
     raise UpstreamStatusError(
         response.status,
         f"Error code: {response.status} - {text[:_ERROR_TEXT]}",
-        retry_after=_retry_after(response.headers),
+        retry_after=retry_after_of(response.headers),
     )
-
-
-def _retry_after(headers: Any) -> float | None:
-    """The wait an upstream asks for: ``retry-after-ms`` (OpenAI's), else ``Retry-After`` in
-    seconds (an HTTP date is not read: providers send seconds)."""
-    for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
-        try:
-            wait = float(headers.get(name, "")) / scale
-        except ValueError:
-            continue
-        if math.isfinite(wait) and wait >= 0:
-            return wait
-    return None
 
 
 async def _event_data(content: aiohttp.StreamReader) -> AsyncIterator[str]:

@@ -7,12 +7,20 @@ server spells its own way.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from spine.platform.models.providers import ProviderTarget
 from spine.platform.models.values import CompletionDelta
 
-__all__ = ["delta_of", "field_of", "params_for", "says_too_long", "tool_calls_of"]
+__all__ = [
+    "delta_of",
+    "field_of",
+    "params_for",
+    "retry_after_of",
+    "says_too_long",
+    "tool_calls_of",
+]
 
 
 def params_for(target: ProviderTarget, params: dict[str, Any]) -> dict[str, Any]:
@@ -99,3 +107,18 @@ def delta_of(chunk: Any) -> CompletionDelta:
         found.tool_calls = tool_calls_of(field_of(delta, "tool_calls"), delta=True)
         found.finish_reason = field_of(choice, "finish_reason")
     return found
+
+
+def retry_after_of(headers: Any) -> float | None:
+    """The wait an upstream's answer asks for: ``retry-after-ms`` (OpenAI's), else
+    ``Retry-After`` in seconds (an HTTP date is not read: providers send seconds)."""
+    if headers is None:
+        return None
+    for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        try:
+            wait = float(headers.get(name, "")) / scale
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(wait) and wait >= 0:
+            return wait
+    return None
