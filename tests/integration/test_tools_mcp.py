@@ -126,29 +126,43 @@ async def test_a_hanging_mcp_tool_times_out_and_the_session_stays_usable() -> No
         assert again.content == "still here"
 
 
-async def test_a_server_that_dies_is_connected_again_and_its_tools_work_again(
+@contextlib.asynccontextmanager
+async def watched_echo(
     monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # It once stayed listed as connected and every call failed, not retryable, until a restart.
+) -> AsyncIterator[tuple[McpServers, ToolRegistry, set[int]]]:
+    """The echo server over stdio, its idle session pinged every 0.2 s: the servers, the
+    registry, and the child processes there were before it (its process is gone after)."""
     monkeypatch.setattr(mcp_servers, "_PING_SECONDS", 0.2)
     registry = ToolRegistry()
     before = children()
     async with McpServers([stdio_config()], registry) as servers:
+        yield servers, registry, before
+    assert await gone_soon(before) == set()
+
+
+def kill_servers(before: set[int]) -> None:
+    """SIGKILL the MCP server processes started since ``before``."""
+    for pid in children() - before:
+        psutil.Process(pid).kill()
+
+
+async def test_a_server_that_dies_is_connected_again_and_its_tools_work_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # It once stayed listed as connected and every call failed, not retryable, until a restart.
+    async with watched_echo(monkeypatch) as (servers, registry, before):
         assert (await registry.call("echo__echo", {"text": "a"}, CTX)).content == "a"
-        for pid in children() - before:  # died mid-use: the next call finds it closed
-            psutil.Process(pid).kill()
+        kill_servers(before)  # died mid-use: the next call finds it closed
         await gone_soon(before)
         lost = await registry.call("echo__echo", {"text": "b"}, CTX)
         assert lost.error is not None and lost.error.retryable, lost.error
         await until(lambda: servers.connected == ["echo"] and children() - before != set())
         assert (await registry.call("echo__add", {"a": 1, "b": 2}, CTX)).content == "3"
 
-        for pid in children() - before:  # died while idle: a ping finds it
-            psutil.Process(pid).kill()
+        kill_servers(before)  # died while idle: a ping finds it
         await until(lambda: servers.connected == [])
         await until(lambda: servers.connected == ["echo"])
         assert (await registry.call("echo__echo", {"text": "c"}, CTX)).content == "c"
-    assert await gone_soon(before) == set()
 
 
 async def test_a_tool_the_server_adds_joins_and_a_restarted_servers_list_replaces_it(
@@ -156,24 +170,19 @@ async def test_a_tool_the_server_adds_joins_and_a_restarted_servers_list_replace
 ) -> None:
     # The list was read once, at the first session: tools added later never joined, and a
     # server restarted with other tools kept the old list until our restart.
-    monkeypatch.setattr(mcp_servers, "_PING_SECONDS", 0.2)
-    registry = ToolRegistry()
-    before = children()
-    async with McpServers([stdio_config()], registry) as servers:
+    async with watched_echo(monkeypatch) as (servers, registry, before):
         grown = await registry.call("echo__grow", {"name": "late_tool"}, CTX)
         assert grown.content == "grown", grown.error
         await until(lambda: "echo__late_tool" in registry)
         assert (await registry.call("echo__late_tool", {}, CTX)).content == "late_tool"
         assert servers.tools_of("echo") == sorted([*registry.names()])
 
-        for pid in children() - before:  # a new process: the tools it starts with
-            psutil.Process(pid).kill()
+        kill_servers(before)  # a new process: the tools it starts with
         await until(lambda: "echo__late_tool" not in registry)
         await until(lambda: servers.connected == ["echo"])
         assert "echo__echo" in registry
         assert (await registry.call("echo__echo", {"text": "x"}, CTX)).content == "x"
     assert len(registry) == 0
-    assert await gone_soon(before) == set()
 
 
 async def until(condition: Callable[[], bool], within: float = 20.0) -> None:
