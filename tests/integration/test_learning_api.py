@@ -28,6 +28,13 @@ pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clean_jetstream"
 CHEAP, LOCAL = "cheap", "llama3.2"
 
 
+def cheap_vs_local(name: str, scope: dict[str, Any] | None = None) -> dict[str, Any]:
+    """An experiment splitting ``scope``'s calls evenly between the arms ``cheap`` and ``local``."""
+    return experiment_body(
+        name, arm("cheap", 0.5, model=CHEAP), arm("local", 0.5, model=LOCAL), scope=scope
+    )
+
+
 @pytest.fixture
 async def spine(
     services: Any, pg_url: str, models: FakeModelServer, tmp_path: Path
@@ -148,26 +155,13 @@ async def test_an_experiment_assigns_sticky_arms_and_reports_what_they_did(
     for arms_given, status, field in refusals:
         refused = await spine.client.post("/v1/experiments", json=experiment_body("x", *arms_given))
         assert (refused.status_code, refused.json()["error"]["field"]) == (status, field)
-    created = await spine.client.post(
-        "/v1/experiments",
-        json=experiment_body(
-            "cheap vs local",
-            arm("cheap", 0.5, model=CHEAP),
-            arm("local", 0.5, model=LOCAL),
-        ),
-    )
+    created = await spine.client.post("/v1/experiments", json=cheap_vs_local("cheap vs local"))
     assert created.status_code == 201, created.text
     experiment = created.json()["id"]
     # A call gets one arm: an experiment over calls another one covers would get none.
     for scope in ({"kind": "gateway"}, {"kind": "tenant"}):
         overlapping = await spine.client.post(
-            "/v1/experiments",
-            json=experiment_body(
-                "shadowed",
-                arm("a", 0.5, model=CHEAP),
-                arm("b", 0.5, model=LOCAL),
-                scope=scope,
-            ),
+            "/v1/experiments", json=cheap_vs_local("shadowed", scope=scope)
         )
         assert overlapping.status_code == 409, overlapping.text
         assert overlapping.json()["error"]["field"] == "scope"
@@ -235,7 +229,7 @@ async def test_overlapping_experiments_created_at_once_by_two_processes_give_one
     dbs = [Database(pg_url), Database(pg_url)]  # two processes as far as the database can tell
     try:
         stores = [ExperimentBook(db) for db in dbs]
-        body = experiment_body("twin", arm("a", 0.5, model=CHEAP), arm("b", 0.5, model=LOCAL))
+        body = cheap_vs_local("twin")
         outcomes = await asyncio.gather(
             *(
                 stores[n % 2].create(ExperimentInput.model_validate(body), tenant="acme", key_id="")
