@@ -43,10 +43,20 @@ class WeightsChannel:
         await kv.put(KEY, str(version).encode())
 
     async def follow(
-        self, load: Callable[[int], Awaitable[None]], stop: asyncio.Event, *, retry: float = 1.0
+        self,
+        load: Callable[[int], Awaitable[int | None]],
+        stop: asyncio.Event,
+        *,
+        retry: float = 1.0,
     ) -> None:
-        """Call ``load(version)`` for the current version and every later one until ``stop``."""
-        seen = -1
+        """Call ``load(version)`` for the current version and every later one until ``stop``.
+
+        ``load`` returns the version it holds after (None: nothing stored yet). A version
+        announced again is loaded again unless it is the one held: an announcement read before
+        its snapshot could be (a database restored, or one started afresh beside an old NATS)
+        must not hide that version when it is stored and announced.
+        """
+        held: int | None = None
         while not stop.is_set():
             try:
                 await self._bus.wait_connected()
@@ -59,14 +69,14 @@ class WeightsChannel:
                             if entry is None or entry.value is None:
                                 continue
                             version = int(entry.value.decode())
-                            if version != seen:
+                            if version != held:
                                 started = time.monotonic()
-                                await load(version)
-                                seen = version
+                                held = await load(version)
                                 logger.info(
-                                    "routing weights version %d loaded in %.0f ms",
-                                    version,
+                                    "routing weights version %s loaded in %.0f ms (announced %d)",
+                                    held,
                                     (time.monotonic() - started) * 1000,
+                                    version,
                                 )
                 finally:
                     with contextlib.suppress(Exception):

@@ -256,12 +256,14 @@ class Platform:
     async def follow_weights(self, stop: asyncio.Event) -> None:
         """Load each version of the routing weights the learner announces, until ``stop``."""
 
-        async def load(version: int) -> None:
-            latest = await self.snapshots.latest()
-            if latest is None or latest.version == self.router.learned.version:
-                return
-            weights = await asyncio.to_thread(RoutingWeights.from_dict, latest.state)
-            self.router.learned.use(weights, latest.version, events=latest.events)
+        async def load(version: int) -> int | None:
+            latest = await self.snapshots.latest()  # the newest, at least the one announced
+            if latest is None:
+                return None
+            if latest.version != self.router.learned.version:
+                weights = await asyncio.to_thread(RoutingWeights.from_dict, latest.state)
+                self.router.learned.use(weights, latest.version, events=latest.events)
+            return latest.version
 
         channel = WeightsChannel(self.bus, replicas=self.settings.streams.replicas)
         await channel.follow(load, stop)
