@@ -2,7 +2,8 @@
 
 PostgreSQL holds it as a session advisory lock on a connection of its own; SQLite as a file
 lock. A holder whose connection the server ended is told it lost the lock; one that stopped
-pinging (frozen) may have its session ended by the next one.
+pinging (frozen) may have its session ended by the next one; its writes fenced by the lock are
+refused from then on.
 """
 
 from __future__ import annotations
@@ -13,9 +14,14 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+import sqlalchemy as sa
 
 from spine.platform import db as db_module
 from spine.platform.db import Database
+from spine.platform.errors import ServiceUnavailable
+from spine.platform.learning.snapshots import Snapshot, SnapshotStore
+from spine.platform.learning.weights import RoutingWeights
+from spine.platform.schema import RoutingWeightsRow, utcnow
 from support.databases import asyncpg_dsn, migrated_database
 
 pytestmark = pytest.mark.integration
@@ -93,3 +99,47 @@ async def test_a_holder_silent_past_the_limit_loses_the_lock_to_the_next_and_a_l
         frozen.terminate()
         await db.dispose()
         await live.dispose()
+
+
+async def test_a_write_fenced_by_a_lock_is_refused_once_the_lock_passed_on(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A frozen leader (here: one whose lock is never pinged) loses its lock to the next while
+    # it cannot know. A write it began before is done before the next one leads; one it makes
+    # after, when it wakes, is refused rather than stored beside its successor's.
+    monkeypatch.setattr(db_module, "_LOCK_CHECK_SECONDS", 1000.0)
+    frozen, successor = Database(pg_url), Database(pg_url)
+    state = RoutingWeights().to_dict()
+
+    async def take_over() -> Snapshot | None:
+        async with successor.exclusive("learner", take_over_after=0.5) as held:
+            assert held is not None
+            return await SnapshotStore(successor, fence=held).latest()
+
+    try:
+        async with frozen.exclusive("learner") as held:
+            assert held is not None
+            store = SnapshotStore(frozen, fence=held)
+            await asyncio.sleep(0.7)  # silent past the successor's limit
+            async with frozen.transaction() as conn:  # a fenced write under way
+                await held.confirm(conn)
+                taking = asyncio.create_task(take_over())
+                await asyncio.sleep(1.0)
+                assert not taking.done()  # the successor waits for it
+                await conn.execute(
+                    sa.insert(RoutingWeightsRow).values(
+                        version=1, state=state, events=1, created_at=utcnow()
+                    )
+                )
+            seen = await asyncio.wait_for(taking, 10)
+            assert seen is not None and seen.version == 1  # it leads from that write on
+
+            with pytest.raises(ServiceUnavailable, match="passed to another process"):
+                await store.save(version=2, state=state, events=2, applied=["late"])
+            assert held.is_set()
+        latest = await SnapshotStore(successor).latest()
+        assert latest is not None and latest.version == 1
+        assert await SnapshotStore(successor).applied(["late"]) == set()
+    finally:
+        await frozen.dispose()
+        await successor.dispose()

@@ -42,7 +42,7 @@ from sqlalchemy.pool import NullPool
 
 from spine.platform.errors import BadRequest, ConfigurationError, ServiceUnavailable, SpineError
 
-__all__ = ["Database", "async_url"]
+__all__ = ["Database", "HeldLock", "async_url"]
 
 logger = logging.getLogger(__name__)
 
@@ -230,12 +230,13 @@ class Database:
     @asynccontextmanager
     async def exclusive(
         self, name: str, *, take_over_after: float | None = None
-    ) -> AsyncIterator[asyncio.Event | None]:
+    ) -> AsyncIterator[HeldLock | None]:
         """Hold the lock ``name`` for every process on this database while the block runs, or
         yield ``None`` at once when another process holds it.
 
-        The event yielded is set when the lock is lost while held (its connection died or
-        stopped answering): the block should then stop what the lock guards. PostgreSQL: a
+        The :class:`HeldLock` yielded is set when the lock is lost while held (its connection
+        died or stopped answering): the block should then stop what the lock guards, and its
+        writes can be fenced with :meth:`HeldLock.confirm`. PostgreSQL: a
         session advisory lock on a connection of its own, which the server releases when the
         holder ends, SIGKILL included; SQLite: a file lock beside the database (the kernel's).
 
@@ -255,7 +256,7 @@ class Database:
                 yield None
                 return
             try:
-                yield asyncio.Event()
+                yield HeldLock(name, holder=None)
             finally:
                 handle.close()
             return
@@ -274,7 +275,10 @@ class Database:
             if not held:
                 yield None
                 return
-            lost = asyncio.Event()
+            with _driver_translated():  # a fenced write the last holder began ends first
+                await conn.execute(_FENCE, _FENCE_SPACE, name)
+                await conn.execute(_UNFENCE, _FENCE_SPACE, name)
+            lost = HeldLock(name, holder=conn.get_server_pid())
             conn.add_termination_listener(lambda _conn: lost.set())
             watching = asyncio.create_task(_watch_lock(conn, lost), name=f"lock-{name}")
             try:
@@ -364,6 +368,64 @@ _LOCK_CHECK_TIMEOUT = 5.0
 
 
 _TRY_LOCK = "SELECT pg_try_advisory_lock($1, hashtext($2))"
+# Writes fenced by :meth:`HeldLock.confirm` share a lock of this space in their transaction;
+# a new holder takes it alone for a moment, so such a write is either done before it leads or
+# sees that the lock has passed on. A fenced transaction left idle (a frozen writer) is ended
+# by the server after 10 s.
+_FENCE_SPACE = 4242004
+_FENCE = "SELECT pg_advisory_lock($1, hashtext($2))"
+_UNFENCE = "SELECT pg_advisory_unlock($1, hashtext($2))"
+_FENCED_TIMEOUT = sa.text("SET LOCAL idle_in_transaction_session_timeout = '10s'")
+_STILL_HELD = sa.text(
+    "SELECT pg_advisory_xact_lock_shared(:fence, hashtext(:name)) AS fenced, EXISTS ("
+    " SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 2"
+    " AND classid = CAST(:space AS oid) AND objid = CAST(hashtext(:name) AS oid)"
+    " AND pid = :pid"
+    " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())) AS held"
+)
+
+
+class HeldLock(asyncio.Event):
+    """A lock :meth:`Database.exclusive` holds; set when it is lost.
+
+    A holder frozen past ``take_over_after`` loses the lock while it cannot know; when it
+    wakes, a write it makes in the moment before it notices would land beside the new
+    holder's. :meth:`confirm` in that write's transaction refuses it instead.
+    """
+
+    def __init__(self, name: str, *, holder: int | None) -> None:
+        super().__init__()
+        self.name = name
+        self._holder = holder  # the server process of the lock's session (None: SQLite)
+
+    async def confirm(self, conn: AsyncConnection) -> None:
+        """Make sure, inside ``conn``'s transaction, that the lock is still held here.
+
+        Raises:
+            ServiceUnavailable: The lock has passed on (this object is set too): the write
+                must not be made.
+        """
+        if self._holder is None:  # a file lock: it cannot be taken from a live process
+            return
+        await conn.execute(_FENCED_TIMEOUT)
+        row = (
+            await conn.execute(
+                _STILL_HELD,
+                {
+                    "fence": _FENCE_SPACE,
+                    "space": _LOCK_SPACE,
+                    "name": self.name,
+                    "pid": self._holder,
+                },
+            )
+        ).one()
+        if not row.held:
+            self.set()
+            raise ServiceUnavailable(
+                f"the lock {self.name!r} has passed to another process; this one stops writing"
+            )
+
+
 # The session holding one of :meth:`Database.exclusive`'s locks, when its connection has been
 # idle (no ping) for longer than $3 seconds. pg_locks shows a two-key advisory lock's keys as
 # classid and objid (objsubid 2); a session of the same role is visible with its state.

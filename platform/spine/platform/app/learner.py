@@ -28,7 +28,7 @@ from spine.events.streams import OUTCOMES_STREAM
 from spine.events.weights import WeightsChannel
 from spine.platform.app.observed import observe_learning_event
 from spine.platform.app.streams import stream_layout
-from spine.platform.db import Database
+from spine.platform.db import Database, HeldLock
 from spine.platform.errors import ConfigurationError, ServiceUnavailable
 from spine.platform.learning.snapshots import SnapshotStore
 from spine.platform.settings import Settings
@@ -94,13 +94,13 @@ async def _lead(
     db: Database,
     bus: NatsBus,
     stop: asyncio.Event,
-    lost: asyncio.Event,
+    lost: HeldLock,
     *,
     replay: bool,
 ) -> None:
     """Consume until ``stop``, or until the lead is ``lost`` (then another learner may lead:
     the events held here are left unacknowledged, for it)."""
-    store = SnapshotStore(db)
+    store = SnapshotStore(db, fence=lost)  # no write once the lead is lost
     if replay:
         await store.reset()
         with contextlib.suppress(NotFoundError):

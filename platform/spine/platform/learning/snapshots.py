@@ -16,7 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from spine.platform.db import Database
+from spine.platform.db import Database, HeldLock
 from spine.platform.learning.joins import CallFacts
 from spine.platform.schema import LearnedEventRow, ModelCallRow, RoutingWeightsRow, utcnow
 
@@ -41,8 +41,11 @@ class Snapshot:
 class SnapshotStore:
     """Reads and writes snapshots, applied event ids and call facts."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, fence: HeldLock | None = None) -> None:
+        """``fence``: the lock a leading learner holds; every write is refused once it is lost
+        (a frozen learner that wakes must not store a version beside its successor's)."""
         self._db = db
+        self._fence = fence
         insert = sqlite.insert if db.is_sqlite else postgresql.insert
         self._mark = insert(_APPLIED).on_conflict_do_nothing(index_elements=["id"])
 
@@ -65,6 +68,8 @@ class SnapshotStore:
     ) -> None:
         """Store a snapshot and the ids of the events it includes, in one transaction."""
         async with self._db.transaction() as conn:
+            if self._fence is not None:
+                await self._fence.confirm(conn)
             await conn.execute(
                 sa.insert(_WEIGHTS).values(
                     version=version, state=state, events=events, created_at=utcnow()
@@ -89,6 +94,8 @@ class SnapshotStore:
     async def reset(self) -> None:
         """Forget every snapshot and applied event (before a replay from the stream's start)."""
         async with self._db.transaction() as conn:
+            if self._fence is not None:
+                await self._fence.confirm(conn)
             await conn.execute(sa.delete(_WEIGHTS))
             await conn.execute(sa.delete(_APPLIED))
 
