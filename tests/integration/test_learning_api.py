@@ -157,6 +157,13 @@ async def test_an_experiment_assigns_sticky_arms_and_reports_what_they_did(
     for arms_given, status, field in refusals:
         refused = await spine.client.post("/v1/experiments", json=experiment_body("x", *arms_given))
         assert (refused.status_code, refused.json()["error"]["field"]) == (status, field)
+    no_agent = cheap_vs_local("x", scope={"kind": "agent", "agent": "no-such-agent"})
+    refused = await spine.client.post("/v1/experiments", json=no_agent)  # it would see no call
+    assert refused.status_code == 400, refused.text
+    assert (refused.json()["error"]["type"], refused.json()["error"]["field"]) == (
+        "unknown_agent",
+        "scope.agent",
+    )
     created = await spine.client.post("/v1/experiments", json=cheap_vs_local("cheap vs local"))
     assert created.status_code == 201, created.text
     experiment = created.json()["id"]

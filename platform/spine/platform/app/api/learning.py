@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from spine.platform.app.api.audit import audited
 from spine.platform.app.api.auth import Caller, platform_of
 from spine.platform.app.api.errors import documented
-from spine.platform.errors import BadRequest, Forbidden, NotFound
+from spine.platform.errors import BadRequest, Forbidden, NotFound, UnknownAgent
 from spine.platform.inputs import check_moment
 from spine.platform.keys import Principal
 from spine.platform.learning.experiments import Experiment, ExperimentInput, ExperimentReport
@@ -294,6 +294,12 @@ async def _create_experiment(
     platform = platform_of(request)
     router_ = await platform.warm_router()
     given.check_split()
+    if given.scope.agent is not None and given.scope.agent not in platform.catalog.names():
+        raise UnknownAgent(  # its experiment would never see a call
+            f"scope names an unknown agent {given.scope.agent!r}; known agents: "
+            f"{', '.join(platform.catalog.names())}",
+            field="scope.agent",
+        )
     for index, arm in enumerate(given.arms):
         if arm.strategy is not None and arm.strategy not in STRATEGY_NAMES:
             raise BadRequest(
