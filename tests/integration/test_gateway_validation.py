@@ -101,6 +101,10 @@ MALFORMED: list[tuple[dict[str, Any], str]] = [
     ({"messages": [HELLO], "max_tokens": True}, "max_tokens"),
     ({"messages": [HELLO], "logprobs": True, "top_logprobs": 50}, "top_logprobs"),
     ({"messages": [HELLO], "top_logprobs": 2}, "top_logprobs"),
+    ({"messages": [HELLO], "logit_bias": {"50256": 101}}, "logit_bias"),
+    ({"messages": [HELLO], "logit_bias": {"hello": 1}}, "logit_bias"),
+    ({"messages": [HELLO], "logit_bias": {"1": "1"}}, "logit_bias"),
+    ({"messages": [HELLO], "logit_bias": [1, 2]}, "logit_bias"),
 ]
 
 

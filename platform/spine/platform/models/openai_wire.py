@@ -49,7 +49,6 @@ AUTO = "auto"
 # such as the penalties and logprobs, are fields of ChatCompletionRequest).
 PASSED_THROUGH = frozenset(
     {
-        "logit_bias",
         "reasoning_effort",
         "modalities",
         "prediction",
@@ -70,6 +69,9 @@ class _Open(BaseModel):
 
 StrictFloat = Annotated[float, Field(strict=True)]
 """A JSON number: an integer or a float, never a boolean or a numeric string."""
+TokenId = Annotated[str, Field(pattern=r"^[0-9]{1,10}$")]
+"""A token's id in the model's tokenizer, as a JSON object key ("50256")."""
+TokenBias = Annotated[StrictInt, Field(ge=-100, le=100)]
 
 
 class TextPart(_Open):
@@ -296,6 +298,7 @@ class ChatCompletionRequest(_Open):
     tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
     response_format: ResponseFormat | None = None
     seed: StrictInt | None = None
+    logit_bias: dict[TokenId, TokenBias] | None = None
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
     user: StrictStr | None = None
