@@ -126,7 +126,8 @@ def read_records(
         except (json.JSONDecodeError, ValidationError) as exc:
             where = _first_field(exc)
             raise BadRequest(
-                f"line {number}: not a replay record: {_said(exc, where)}", field=where
+                f"line {number}: not a replay record: {_said(exc, where)}{_hint(number, line)}",
+                field=where,
             ) from exc
         if wanted is None:
             wanted = sorted(record.outcomes)
@@ -143,6 +144,17 @@ def read_records(
             )
         )
     return records
+
+
+def _hint(number: int, line: str) -> str:
+    """What to do with a table (RouteLLM ships its GSM8K recording as CSV)."""
+    if number > 1 or line.lstrip().startswith(("{", "[")) or "," not in line:
+        return ""
+    return (
+        " (this looks like a CSV header: the recording must be JSON Lines, one object per "
+        'line: {"id", "prompt", "outcomes": {"<model>": {"score": 0..1}}}; '
+        "`bench/learning.py --write-jsonl DIR` converts RouteLLM's GSM8K and MT-Bench files)"
+    )
 
 
 def _said(exc: Exception, where: str | None) -> str:

@@ -86,6 +86,9 @@ def test_bad_lines_are_refused_naming_the_line_and_field() -> None:
     assert refused.value.message == (
         "line 1: not a replay record: outcomes.a.score: Input should be less than or equal to 1"
     )
+    # RouteLLM ships GSM8K as CSV: the refusal says the format and where a converter is.
+    with pytest.raises(BadRequest, match=r"looks like a CSV header.*--write-jsonl"):
+        read_records(["prompt,gpt-4-1106-preview,mistralai/Mixtral-8x7B", "q,True,False"])
     with pytest.raises(BadRequest, match="no outcome of b"):
         read_records([line(0, {"a": 1.0})], models=["a", "b"])
     # Without --models, every record must have the first one's models (a KeyError later, once).
