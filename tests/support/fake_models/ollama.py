@@ -128,8 +128,16 @@ def tag(model: str) -> dict[str, Any]:
 
 
 def show(body: dict[str, Any]) -> dict[str, Any]:
-    """Answer ``/api/show``: an embedding model (``embed`` in its name) is a BERT, others Llama."""
-    family = "bert" if "embed" in str(body.get("model") or body.get("name")) else "llama"
+    """Answer ``/api/show``: an embedding model (``embed`` in its name) is a BERT, others Llama;
+    a model whose name says ``vision`` reads images (its capabilities say so, as Ollama's do)."""
+    model = str(body.get("model") or body.get("name"))
+    family = "bert" if "embed" in model else "llama"
+    if family == "bert":
+        capabilities = ["embedding"]
+    elif "vision" in model:
+        capabilities = ["completion", "tools", "vision"]
+    else:
+        capabilities = ["completion", "tools"]
     return {
         "modelfile": "",
         "parameters": "",
@@ -139,5 +147,5 @@ def show(body: dict[str, Any]) -> dict[str, Any]:
             "general.architecture": family,
             f"{family}.context_length": CONTEXT_LENGTH,
         },
-        "capabilities": ["completion", "tools"],
+        "capabilities": capabilities,
     }

@@ -30,6 +30,7 @@ Ollama server lists at ``/api/tags``. A models file looks like this (prices are 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from decimal import Decimal
@@ -267,36 +268,79 @@ async def discover_ollama(
 ) -> list[ModelSpec]:
     """Add the models an Ollama server lists at ``/api/tags``; return the ones added.
 
+    What each listed model can do (tools, images, embeddings) is read from ``/api/show``'s
+    ``capabilities`` (Ollama 0.6 and later), for the models added and for the Ollama models
+    already in the catalog whose capabilities no models file gave; where Ollama does not say,
+    an embedding model is told by its name and the others are assumed to do everything.
+
     Raises:
         ServiceUnavailable: The server did not answer, or not with a model list.
     """
-    url = f"{base_url.rstrip('/')}/api/tags"
-    try:
-        async with httpx.AsyncClient(timeout=timeout, transport=transport) as client:
-            response = await client.get(url)
+    base_url = base_url.rstrip("/")
+    async with httpx.AsyncClient(timeout=timeout, transport=transport) as client:
+        try:
+            response = await client.get(f"{base_url}/api/tags")
             response.raise_for_status()
             listed = [str(m["name"]) for m in response.json()["models"]]
-    except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
-        raise ServiceUnavailable(
-            f"Ollama at {base_url} did not list its models ({type(exc).__name__}: {exc})",
-            field="GENAI_OLLAMA_URL",
-        ) from exc
-    known = {(s.provider, s.model.removesuffix(":latest")) for s in catalog}
+        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+            raise ServiceUnavailable(
+                f"Ollama at {base_url} did not list its models ({type(exc).__name__}: {exc})",
+                field="GENAI_OLLAMA_URL",
+            ) from exc
+        said = await _capabilities_said(client, base_url, listed)
+    known: dict[str, list[ModelSpec]] = {}
+    for spec in catalog:
+        if spec.provider == "ollama":
+            known.setdefault(spec.model.removesuffix(":latest"), []).append(spec)
     added: list[ModelSpec] = []
     for upstream in listed:
         name = upstream.removesuffix(":latest")
-        if ("ollama", name) in known:
+        capabilities = said.get(upstream)
+        if name in known:  # described by the settings, or by a file that may say what it can do
+            for spec in known[name]:
+                if capabilities is not None and "capabilities" not in spec.model_fields_set:
+                    update = {"capabilities": capabilities}
+                    catalog.add(spec.model_copy(update=update), replace=True)
             continue
-        embeddings = "embed" in name or name.startswith(_OLLAMA_EMBEDDING_FAMILIES)
-        spec = ModelSpec.for_provider(
-            "ollama",
-            upstream,
-            name=name,
-            capabilities=Capabilities(
+        if capabilities is None:
+            embeddings = "embed" in name or name.startswith(_OLLAMA_EMBEDDING_FAMILIES)
+            capabilities = Capabilities(
                 tools=not embeddings, json_output=not embeddings, embeddings=embeddings
-            ),
-        )
+            )
+        spec = ModelSpec.for_provider("ollama", upstream, name=name, capabilities=capabilities)
         added.append(catalog.add(spec, qualify_on_clash=True))
-        known.add(("ollama", name))
+        known[name] = [spec]
     logger.info("Ollama at %s lists %d models, %d new", base_url, len(listed), len(added))
     return added
+
+
+_SHOWN_AT_ONCE = 8
+
+
+async def _capabilities_said(
+    client: httpx.AsyncClient, base_url: str, models: list[str]
+) -> dict[str, Capabilities]:
+    """What ``/api/show`` says each model can do; a model it says nothing of is left out."""
+    gate = asyncio.Semaphore(_SHOWN_AT_ONCE)
+
+    async def show(model: str) -> Capabilities | None:
+        async with gate:
+            try:
+                response = await client.post(f"{base_url}/api/show", json={"model": model})
+                response.raise_for_status()
+                said = response.json().get("capabilities")
+            except (httpx.HTTPError, ValueError, AttributeError) as exc:
+                logger.info("Ollama did not describe %s (%s)", model, type(exc).__name__)
+                return None
+        if not isinstance(said, list) or not said:  # an Ollama before 0.6
+            return None
+        chat = "completion" in said
+        return Capabilities(
+            tools=chat and "tools" in said,
+            json_output=chat,
+            vision=chat and "vision" in said,
+            embeddings="embedding" in said,
+        )
+
+    shown = await asyncio.gather(*(show(m) for m in models))
+    return {m: c for m, c in zip(models, shown, strict=True) if c is not None}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from decimal import Decimal
 from pathlib import Path
@@ -310,8 +311,18 @@ def test_requirements_are_read_from_the_call() -> None:
 # -- Ollama discovery --------------------------------------------------------------------------
 
 
-def tags(*names: str) -> httpx.MockTransport:
+def tags(*names: str, shown: dict[str, list[str]] | None = None) -> httpx.MockTransport:
+    """An Ollama listing ``names``; ``/api/show`` gives the capabilities in ``shown`` (a model
+    not in it: a 404), or says nothing of them when ``shown`` is None (an Ollama before 0.6)."""
+
     def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/api/show":
+            model = json.loads(request.content)["model"]
+            if shown is None:
+                return httpx.Response(200, json={"details": {"family": "llama"}})
+            if model not in shown:
+                return httpx.Response(404, json={"error": f"model '{model}' not found"})
+            return httpx.Response(200, json={"capabilities": shown[model]})
         assert request.url.path == "/api/tags"
         return httpx.Response(200, json={"models": [{"name": n} for n in names]})
 
@@ -338,6 +349,54 @@ async def test_discovery_adds_the_models_ollama_lists() -> None:
     assert "nomic-embed-text" not in [s.name for s in catalog.candidates(Requirements())]
     again = await discover_ollama(catalog, "http://127.0.0.1:11434", transport=tags("qwen2.5:0.5b"))
     assert again == []
+
+
+async def test_discovery_reads_what_each_model_can_do_from_ollama(tmp_path: Path) -> None:
+    models_file = tmp_path / "models.yaml"
+    models_file.write_text(
+        "models:\n"
+        "  - {name: told, provider: ollama, model: 'llava:7b', capabilities: {vision: false}}\n"
+        "  - {name: fast, provider: ollama, model: llama3.2}\n"
+    )
+    catalog = ModelCatalog.from_settings(
+        settings(ollama_url="http://127.0.0.1:11434", models_file=str(models_file))
+    )
+    shown = {
+        "llama3.2:latest": ["completion", "tools"],
+        "llava:7b": ["completion", "vision"],
+        "qwen2.5vl:3b": ["completion", "vision", "tools"],
+        "bge-m3:latest": ["embedding"],
+        "phi3:mini": [],  # says nothing: assumed to do everything
+    }
+    added = await discover_ollama(
+        catalog,
+        "http://127.0.0.1:11434",
+        transport=tags(*shown, "gone:1b", shown=shown),
+    )
+    can = {
+        s.name: (s.capabilities.tools, s.capabilities.vision, s.capabilities.embeddings)
+        for s in catalog
+    }
+    assert [s.name for s in added] == ["qwen2.5vl:3b", "bge-m3", "phi3:mini", "gone:1b"]
+    # The settings' model and a file entry that said nothing follow Ollama: no images.
+    assert can["llama3.2"] == can["fast"] == (True, False, False)
+    assert can["told"] == (True, False, False)  # the file's word stands
+    assert can["qwen2.5vl:3b"] == (True, True, False)
+    assert can["bge-m3"] == (False, False, True)
+    assert can["phi3:mini"] == can["gone:1b"] == (True, True, False)  # not described: assumed
+    images = Requirements(images=True)
+    assert "llama3.2" not in [s.name for s in catalog.candidates(images)]
+    assert "qwen2.5vl:3b" in [s.name for s in catalog.candidates(images)]
+
+
+async def test_an_ollama_that_describes_no_capabilities_keeps_the_guesses() -> None:
+    catalog = ModelCatalog.from_settings(settings(ollama_url="http://127.0.0.1:11434"))
+    await discover_ollama(
+        catalog, "http://127.0.0.1:11434", transport=tags("llama3.2:latest", "nomic-embed-text")
+    )
+    llama, embedder = catalog.get("llama3.2"), catalog.get("nomic-embed-text")
+    assert llama is not None and llama.capabilities.vision and llama.capabilities.tools
+    assert embedder is not None and embedder.capabilities.embeddings
 
 
 @pytest.mark.parametrize(
