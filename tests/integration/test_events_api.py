@@ -282,6 +282,32 @@ async def test_events_published_straight_to_nats_follow_the_subject_tenant(
     assert info.state.messages == 2  # the liar and the junk
 
 
+async def test_binary_mode_events_on_nats_are_read_from_their_ce_headers(
+    spine: RunningPlatform, services: Any
+) -> None:
+    # The CloudEvents NATS binding (NATS 2.2+) puts the attributes in ce-* headers, as the Go
+    # SDK publishes them; they were dead-lettered as "not JSON" before.
+    nc = await nats.connect(services.nats_url)
+    js = nc.jetstream()
+    good = to_binary(hired(31, company="c3"), JSONFormat())
+    await js.publish(f"spine.events.acme.{HIRED}", good.body, headers=dict(good.headers))
+    bad = {"ce-specversion": "1.0", "ce-type": HIRED, "ce-source": "/hr"}  # no ce-id
+    await js.publish(f"spine.events.acme.{HIRED}", b'{"person": {"id": 32}}', headers=bad)
+    await nc.close()
+
+    async with event_consumers(spine.platform):
+        rows = await eventually(
+            lambda: events_of(spine.client),
+            lambda rows: len(rows) == 2 and all(r["status"] != "pending" for r in rows),
+        )
+    statuses = sorted((r["status"], r["reason"] or "") for r in rows)
+    assert statuses[0] == ("dead_lettered", "id: is required"), statuses
+    assert statuses[1][0] == "mapped", statuses
+    person = await spine.client.get("/v1/graph/nodes/Person:31")
+    assert person.status_code == 200, person.text
+    assert person.json()["properties"]["name"] == "P31"
+
+
 async def test_tenants_see_only_their_own_events(spine: RunningPlatform) -> None:
     other = await spine.new_key("globex")
     await post(spine.client, to_structured(hired(21), JSONFormat()))

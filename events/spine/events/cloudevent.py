@@ -2,7 +2,8 @@
 
 Events reach the platform as CloudEvents over HTTP (structured ``application/cloudevents+json``,
 batch ``application/cloudevents-batch+json``, or binary mode with ``ce-*`` headers) or straight
-on NATS (structured JSON on ``spine.events.<tenant>.<type>``). Each is checked here into a
+on NATS (on ``spine.events.<tenant>.<type>``, structured JSON or binary mode with ``ce-*``
+headers). Each is checked here into a
 :class:`CloudEvent`; a malformed one raises :class:`InvalidEvent` naming the attribute.
 
 The envelope is parsed here rather than with the ``cloudevents`` SDK: the SDK checks the

@@ -48,8 +48,9 @@ def _described() -> NatsBroker:
     @broker.subscriber(
         "spine.events.{tenant}.{type}",
         title="events in",
-        description="CloudEvents 1.0 (structured JSON) that other systems publish for a tenant; "
-        "deduplicated by (tenant, source, id); mapped into the knowledge graph and matched "
+        description="CloudEvents 1.0 that other systems publish for a tenant, structured JSON "
+        "(as shown) or binary mode (each attribute in a ce-<name> header, the data as the "
+        "body); deduplicated by (tenant, source, id); mapped into the knowledge graph and matched "
         "against triggers. Publishers are limited to their tenant's subjects.",
     )
     async def events_in(event: CloudEvent) -> None:

@@ -41,6 +41,7 @@ from spine.events.cloudevent import (
     CloudEvent,
     InvalidEvent,
     dedupe_id,
+    parse_binary,
     parse_structured,
     same_json,
 )
@@ -364,7 +365,7 @@ def read_event(
             received=_unreadable(subject, data, stream_time=stream_time, sequence=sequence),
         )
     try:
-        event = parse_structured(data)
+        event = _parsed(data, headers or {})
     except InvalidEvent as exc:
         blamed = _unreadable(subject, data, stream_time=stream_time, sequence=sequence)
         raise RejectedEvent(exc.message, field=exc.field, received=blamed) from exc
@@ -390,6 +391,18 @@ def read_event(
     except InvalidEvent as exc:
         raise RejectedEvent(exc.message, field=exc.field, received=received) from exc
     return received
+
+
+def _parsed(data: bytes, headers: Mapping[str, str]) -> CloudEvent:
+    """The event of a message: structured JSON, or binary mode (the CloudEvents NATS binding
+    on NATS 2.2+: attributes in ``ce-*`` headers, the data in the body, as the Go SDK and
+    others publish it). A CloudEvents content type means structured whatever the headers say.
+    """
+    named = {k.lower(): v for k, v in headers.items()}
+    structured = named.get("content-type", "").lower().startswith("application/cloudevents")
+    if "ce-specversion" in named and not structured:
+        return parse_binary(headers, data)
+    return parse_structured(data)
 
 
 def _unreadable(
