@@ -40,6 +40,17 @@ async def two(
             await second.dispose()
 
 
+@pytest.fixture
+async def on_postgres(pg_url: str) -> AsyncIterator[tuple[Database, Database]]:
+    """Two processes on one PostgreSQL database, as far as the lock can tell."""
+    first, second = Database(pg_url), Database(pg_url)
+    try:
+        yield first, second
+    finally:
+        await first.dispose()
+        await second.dispose()
+
+
 async def test_one_holder_at_a_time_and_the_next_takes_it_when_it_is_released(
     two: tuple[Database, Database],
 ) -> None:
@@ -54,33 +65,31 @@ async def test_one_holder_at_a_time_and_the_next_takes_it_when_it_is_released(
         assert taken is not None
 
 
-async def test_a_holder_whose_connection_the_server_ended_is_told(pg_url: str) -> None:
-    db, admin = Database(pg_url), Database(pg_url)
-    try:
-        async with db.exclusive("learner") as held:
-            assert held is not None
-            async with admin.driver() as conn:
-                ended = await conn.fetchval(
-                    "SELECT count(pg_terminate_backend(pid)) FROM pg_locks "
-                    "WHERE locktype = 'advisory' AND granted AND classid = 4242002 AND objsubid = 2"
-                )
-            assert ended >= 1
-            await asyncio.wait_for(held.wait(), 10)
-        async with admin.exclusive("learner") as taken:  # the server released it
-            assert taken is not None
-    finally:
-        await db.dispose()
-        await admin.dispose()
+async def test_a_holder_whose_connection_the_server_ended_is_told(
+    on_postgres: tuple[Database, Database],
+) -> None:
+    db, admin = on_postgres
+    async with db.exclusive("learner") as held:
+        assert held is not None
+        async with admin.driver() as conn:
+            ended = await conn.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_locks "
+                "WHERE locktype = 'advisory' AND granted AND classid = 4242002 AND objsubid = 2"
+            )
+        assert ended >= 1
+        await asyncio.wait_for(held.wait(), 10)
+    async with admin.exclusive("learner") as taken:  # the server released it
+        assert taken is not None
 
 
 async def test_a_holder_silent_past_the_limit_loses_the_lock_to_the_next_and_a_live_one_keeps_it(
-    pg_url: str, monkeypatch: pytest.MonkeyPatch
+    pg_url: str, on_postgres: tuple[Database, Database], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A frozen holder (SIGSTOP) keeps its socket, so the server keeps its lock: here a session
     # that took the lock and then never spoke again.
     monkeypatch.setattr(db_module, "_LOCK_CHECK_SECONDS", 0.1)
     frozen = await asyncpg.connect(asyncpg_dsn(pg_url))
-    db, live = Database(pg_url), Database(pg_url)
+    db, live = on_postgres
     try:
         assert await frozen.fetchval("SELECT pg_try_advisory_lock(4242002, hashtext('learner'))")
         async with db.exclusive("learner", take_over_after=30) as refused:
@@ -97,18 +106,16 @@ async def test_a_holder_silent_past_the_limit_loses_the_lock_to_the_next_and_a_l
             assert not taken.is_set()
     finally:
         frozen.terminate()
-        await db.dispose()
-        await live.dispose()
 
 
 async def test_a_write_fenced_by_a_lock_is_refused_once_the_lock_passed_on(
-    pg_url: str, monkeypatch: pytest.MonkeyPatch
+    on_postgres: tuple[Database, Database], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A frozen leader (here: one whose lock is never pinged) loses its lock to the next while
     # it cannot know. A write it began before is done before the next one leads; one it makes
     # after, when it wakes, is refused rather than stored beside its successor's.
     monkeypatch.setattr(db_module, "_LOCK_CHECK_SECONDS", 1000.0)
-    frozen, successor = Database(pg_url), Database(pg_url)
+    frozen, successor = on_postgres
     state = RoutingWeights().to_dict()
 
     async def take_over() -> Snapshot | None:
@@ -116,30 +123,26 @@ async def test_a_write_fenced_by_a_lock_is_refused_once_the_lock_passed_on(
             assert held is not None
             return await SnapshotStore(successor, fence=held).latest()
 
-    try:
-        async with frozen.exclusive("learner") as held:
-            assert held is not None
-            store = SnapshotStore(frozen, fence=held)
-            await asyncio.sleep(0.7)  # silent past the successor's limit
-            async with frozen.transaction() as conn:  # a fenced write under way
-                await held.confirm(conn)
-                taking = asyncio.create_task(take_over())
-                await asyncio.sleep(1.0)
-                assert not taking.done()  # the successor waits for it
-                await conn.execute(
-                    sa.insert(RoutingWeightsRow).values(
-                        version=1, state=state, events=1, created_at=utcnow()
-                    )
+    async with frozen.exclusive("learner") as held:
+        assert held is not None
+        store = SnapshotStore(frozen, fence=held)
+        await asyncio.sleep(0.7)  # silent past the successor's limit
+        async with frozen.transaction() as conn:  # a fenced write under way
+            await held.confirm(conn)
+            taking = asyncio.create_task(take_over())
+            await asyncio.sleep(1.0)
+            assert not taking.done()  # the successor waits for it
+            await conn.execute(
+                sa.insert(RoutingWeightsRow).values(
+                    version=1, state=state, events=1, created_at=utcnow()
                 )
-            seen = await asyncio.wait_for(taking, 10)
-            assert seen is not None and seen.version == 1  # it leads from that write on
+            )
+        seen = await asyncio.wait_for(taking, 10)
+        assert seen is not None and seen.version == 1  # it leads from that write on
 
-            with pytest.raises(ServiceUnavailable, match="passed to another process"):
-                await store.save(version=2, state=state, events=2, applied=["late"])
-            assert held.is_set()
-        latest = await SnapshotStore(successor).latest()
-        assert latest is not None and latest.version == 1
-        assert await SnapshotStore(successor).applied(["late"]) == set()
-    finally:
-        await frozen.dispose()
-        await successor.dispose()
+        with pytest.raises(ServiceUnavailable, match="passed to another process"):
+            await store.save(version=2, state=state, events=2, applied=["late"])
+        assert held.is_set()
+    latest = await SnapshotStore(successor).latest()
+    assert latest is not None and latest.version == 1
+    assert await SnapshotStore(successor).applied(["late"]) == set()
