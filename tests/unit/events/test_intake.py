@@ -6,9 +6,12 @@ import json
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from spine.events.cloudevent import dedupe_id
 from spine.events.intake import RejectedEvent, read_event
+from spine.events.log import ReceivedEvent
 from spine.events.schemas import EventSchemas
 
 AT = datetime(2026, 3, 1, tzinfo=UTC)
@@ -93,3 +96,58 @@ def test_an_event_over_the_size_limit_is_rejected_with_a_row() -> None:
         SUBJECT, small, None, stream_time=AT, schemas=EventSchemas({}), max_bytes=2048
     )
     assert accepted.event.data == {"blob": "x"}
+
+
+# -- property: whatever a NATS publisher sends, the message is read or rejected, nothing else --
+
+_ATTRIBUTES = st.sampled_from(["specversion", "id", "source", "type", "time", "spinetenant", "x"])
+_HEADERS = st.dictionaries(
+    st.one_of(
+        _ATTRIBUTES.map(lambda name: f"ce-{name}"),
+        st.sampled_from(["Content-Type", "content-type", "Spine-Tenant", "CE-SpecVersion"]),
+        st.text(max_size=8),
+    ),
+    st.one_of(
+        st.sampled_from(["1.0", "application/json", "text/plain", "application/cloudevents+json"]),
+        st.text(max_size=12),
+    ),
+    max_size=8,
+)
+_BODIES = st.one_of(
+    st.binary(max_size=64),
+    st.builds(
+        lambda event: json.dumps(event).encode(),
+        st.dictionaries(_ATTRIBUTES, st.one_of(st.text(max_size=8), st.integers()), max_size=6),
+    ),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(headers=_HEADERS, data=_BODIES)
+def test_any_message_on_nats_is_read_or_rejected_naming_a_reason(
+    headers: dict[str, str], data: bytes
+) -> None:
+    outcome: ReceivedEvent | RejectedEvent
+    try:
+        outcome = read_event(
+            SUBJECT, data, headers, stream_time=AT, schemas=EventSchemas({}), max_bytes=2048
+        )
+    except RejectedEvent as exc:  # a row or a dead letter says why; no other error escapes
+        outcome = exc
+    if isinstance(outcome, RejectedEvent):
+        assert outcome.message
+    else:
+        assert outcome.tenant == "acme" and outcome.event.id
+
+
+def test_a_binary_mode_message_on_nats_is_read_from_its_headers() -> None:
+    headers = {f"ce-{k}": v for k, v in GOOD.items()} | {"Content-Type": "application/json"}
+    received = read_event(SUBJECT, b'{"a": 1}', headers, stream_time=AT, schemas=EventSchemas({}))
+    assert (received.event.id, received.event.data) == ("e-1", {"a": 1})
+    # A CloudEvents content type means the body is the whole event, whatever the headers say.
+    structured = headers | {"Content-Type": "application/cloudevents+json"}
+    body = json.dumps({**GOOD, "id": "e-2"}).encode()
+    assert (
+        read_event(SUBJECT, body, structured, stream_time=AT, schemas=EventSchemas({})).event.id
+        == "e-2"
+    )
