@@ -236,6 +236,8 @@ async def test_one_model_is_retrieved_as_the_list_shows_it(
         ("POST", "/v1/models", 405),
         ("GET", "/v1/chat/completions", 405),
         ("GET", "/v1/embeddings/nowhere", 404),
+        ("POST", "/v1/responses", 404),  # OpenAI APIs not served: the client is told so
+        ("POST", "/v1/completions", 404),
     ],
 )
 async def test_every_gateway_path_answers_errors_in_openais_shape(
@@ -247,6 +249,8 @@ async def test_every_gateway_path_answers_errors_in_openais_shape(
     assert path in error["message"] or status == 405
     if status == 405:
         assert method not in response.headers["allow"]
+    if path in ("/v1/responses", "/v1/completions"):
+        assert "serves OpenAI's chat completions" in error["message"]
 
 
 # -- property: whatever is wrong with the messages, a 400 and no model call ---------------------

@@ -60,7 +60,29 @@ _HTTP_TYPES = {
     503: "service_unavailable",
 }
 DEFAULT_RETRY_AFTER = 2
-OPENAI_PATHS = ("/v1/chat/", "/v1/embeddings", "/v1/models", "/v1/files", "/v1/batches")
+_OPENAI_UNSERVED = (
+    "/v1/responses",
+    "/v1/completions",
+    "/v1/moderations",
+    "/v1/images",
+    "/v1/audio",
+    "/v1/assistants",
+    "/v1/threads",
+    "/v1/vector_stores",
+    "/v1/fine_tuning",
+    "/v1/uploads",
+    "/v1/realtime",
+    "/v1/conversations",
+)
+"""OpenAI APIs the gateway does not serve: an official client calling one is told so."""
+OPENAI_PATHS = (
+    "/v1/chat/",
+    "/v1/embeddings",
+    "/v1/models",
+    "/v1/files",
+    "/v1/batches",
+    *_OPENAI_UNSERVED,
+)
 """Path prefixes of the routes that answer errors in OpenAI's shape."""
 # OpenAI's error type of a status its routes answer on their own (other statuses: the request).
 _OPENAI_TYPES = {404: "invalid_request_error", 500: "server_error"}
@@ -263,6 +285,11 @@ def install_error_handlers(app: FastAPI) -> None:
         message = str(exc.detail)
         if exc.status_code == 404 and request.url.path.startswith(OPENAI_PATHS):
             message = f"Invalid URL ({request.method} {request.url.path})"  # OpenAI's words
+            if request.url.path.startswith(_OPENAI_UNSERVED):
+                message += (
+                    ": this gateway serves OpenAI's chat completions, embeddings, models, "
+                    "files and batches, not this API"
+                )
         return error_response(
             exc.status_code,
             _HTTP_TYPES.get(exc.status_code, "http_error"),
