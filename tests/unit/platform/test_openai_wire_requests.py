@@ -216,3 +216,13 @@ def test_a_bad_response_format_names_the_path_in_it(
     refused = refusal({"messages": [USER], "response_format": response_format})
     assert refused.body["param"] == "response_format"
     assert refused.body["message"].startswith(f"invalid '{where}': ")
+
+
+def test_a_bad_logit_bias_names_the_token_or_the_key_at_fault() -> None:
+    too_strong = refusal({"messages": [USER], "logit_bias": {"50256": 101}})
+    assert too_strong.body["param"] == "logit_bias"
+    assert too_strong.body["message"].startswith("invalid 'logit_bias.50256': ")
+    # A key is not a field: pydantic's '[key]' in the path was shown as one.
+    not_a_token = refusal({"messages": [USER], "logit_bias": {"hello": 1}})
+    assert not_a_token.body["param"] == "logit_bias"
+    assert not_a_token.body["message"].startswith("invalid key 'hello' in 'logit_bias': ")

@@ -446,8 +446,11 @@ def _invalid(exc: ValidationError) -> GatewayError:
     inner = (first.get("ctx") or {}).get("field")
     if isinstance(inner, str):  # a check of a whole object that names the field at fault
         loc += inner.split(".")
-    where = ".".join(loc) or "body"
-    return GatewayError(400, f"invalid '{where}': {first['msg']}", param=loc[0] if loc else None)
+    if len(loc) > 2 and loc[-1] == "[key]":  # a mapping's key (logit_bias's token ids)
+        where = f"key {loc[-2]!r} in '{'.'.join(loc[:-2])}'"
+    else:
+        where = f"'{'.'.join(loc) or 'body'}'"
+    return GatewayError(400, f"invalid {where}: {first['msg']}", param=loc[0] if loc else None)
 
 
 # -- the answer --------------------------------------------------------------------------------
