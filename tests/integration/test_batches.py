@@ -232,6 +232,15 @@ async def test_a_bad_batch_request_is_a_4xx_naming_the_field(
             input_file_id="file-nope", endpoint=ENDPOINT, completion_window="24h"
         )
     assert missing.value.param == "input_file_id"
+    with pytest.raises(openai.BadRequestError) as long_key:  # OpenAI's keys: 64 characters
+        await client.batches.create(
+            input_file_id="file-x",
+            endpoint=ENDPOINT,
+            completion_window="24h",
+            metadata={"k" * 65: "v"},
+        )
+    assert long_key.value.param == "metadata"
+    assert f"invalid key '{'k' * 65}' in 'metadata'" in long_key.value.message
 
     response = await spine.client.post("/v1/batches", json={"endpoint": ENDPOINT})
     assert response.status_code == 400

@@ -26,7 +26,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from spine.platform.errors import BadRequest, PayloadTooLarge
+from spine.platform.errors import BadRequest, PayloadTooLarge, place, where_in
 from spine.platform.models.openai_errors import GatewayError
 from spine.platform.models.openai_wire import ChatCompletionRequest
 from spine.platform.settings import BatchSettings
@@ -99,8 +99,8 @@ class BatchCreate(BaseModel):
             return cls.model_validate(body)
         except ValidationError as exc:
             first = exc.errors()[0]
-            where = ".".join(str(part) for part in first["loc"]) or "body"
-            raise BadRequest(f"invalid '{where}': {first['msg']}", field=where) from None
+            field, key = where_in(first["loc"]) if first["loc"] else ("body", None)
+            raise BadRequest(f"invalid {place(field, key)}: {first['msg']}", field=field) from None
 
 
 def check_endpoint(endpoint: str) -> None:

@@ -29,6 +29,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from spine.platform.errors import place, where_in
 from spine.platform.inputs import MAX_JSON_DEPTH, InvalidInput, check_json, load_json
 from spine.platform.models import ChatRequest, Completion
 from spine.platform.models.openai_errors import GatewayError
@@ -446,10 +447,7 @@ def _invalid(exc: ValidationError) -> GatewayError:
     inner = (first.get("ctx") or {}).get("field")
     if isinstance(inner, str):  # a check of a whole object that names the field at fault
         loc += inner.split(".")
-    if len(loc) > 2 and loc[-1] == "[key]":  # a mapping's key (logit_bias's token ids)
-        where = f"key {loc[-2]!r} in '{'.'.join(loc[:-2])}'"
-    else:
-        where = f"'{'.'.join(loc) or 'body'}'"
+    where = place(*where_in(loc)) if loc else "'body'"
     return GatewayError(400, f"invalid {where}: {first['msg']}", param=loc[0] if loc else None)
 
 
