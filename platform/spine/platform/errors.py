@@ -40,7 +40,6 @@ SpineError                      retryable  http
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any, ClassVar
 
 __all__ = [
@@ -64,8 +63,6 @@ __all__ = [
     "Unauthorized",
     "UnknownAgent",
     "UnknownModel",
-    "place",
-    "where_in",
 ]
 
 
@@ -242,21 +239,3 @@ class TaskCancelled(RunFailure):
     """The task was cancelled while it ran."""
 
     error_type = "cancelled"
-
-
-def where_in(loc: Sequence[int | str]) -> tuple[str, str | None]:
-    """The field a validation error's location names, and the key at fault when the field is
-    a mapping whose key was refused (None: the field's value was).
-
-    pydantic ends a refused key's location with ``[key]`` (``metadata.<the key>.[key]``); a key
-    is not a field, so the field is ``metadata``.
-    """
-    parts = [str(part) for part in loc]
-    if len(parts) > 1 and parts[-1] == "[key]":
-        return ".".join(parts[:-2]), parts[-2]
-    return ".".join(parts), None
-
-
-def place(field: str, key: str | None) -> str:
-    """Say where a refused value is: ``'field'``, or ``key 'k' in 'field'``."""
-    return f"'{field}'" if key is None else f"key {key!r} in '{field}'"

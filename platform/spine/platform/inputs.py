@@ -18,7 +18,8 @@ The rules are written once, here, and applied in three ways: :func:`load_json` a
 every path and query parameter with them); :data:`StoredText`, :data:`StoredMoment` and
 :data:`StoredJson` for the fields of the request models, so the same rules hold for input that
 arrives other than over HTTP (NATS events, tasks started by triggers); and :func:`text_problem`,
-:func:`moment_problem` for a value read by hand (a header, a cursor).
+:func:`moment_problem` for a value read by hand (a header, a cursor). :func:`where_in` and
+:func:`place` name the field a refused value was in.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -51,7 +53,9 @@ __all__ = [
     "json_problem",
     "load_json",
     "moment_problem",
+    "place",
     "text_problem",
+    "where_in",
 ]
 
 MAX_JSON_DEPTH = 64
@@ -257,3 +261,21 @@ StoredMoment = Annotated[AwareDatetime, AfterValidator(_stored_moment)]
 """A datetime with a time zone, within years 1-9999 in UTC."""
 StoredJson = AfterValidator(_stored_json)
 """Put on any JSON-valued field (``Annotated[dict[str, Any], StoredJson]``): checks it whole."""
+
+
+def where_in(loc: Sequence[int | str]) -> tuple[str, str | None]:
+    """The field a validation error's location names, and the key at fault when the field is
+    a mapping whose key was refused (None: the field's value was).
+
+    pydantic ends a refused key's location with ``[key]`` (``metadata.<the key>.[key]``); a key
+    is not a field, so the field is ``metadata``.
+    """
+    parts = [str(part) for part in loc]
+    if len(parts) > 1 and parts[-1] == "[key]":
+        return ".".join(parts[:-2]), parts[-2]
+    return ".".join(parts), None
+
+
+def place(field: str, key: str | None) -> str:
+    """Say where a refused value is: ``'field'``, or ``key 'k' in 'field'``."""
+    return f"'{field}'" if key is None else f"key {key!r} in '{field}'"

@@ -26,7 +26,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from spine.platform.errors import BadRequest, PayloadTooLarge, place, where_in
+from spine.platform.errors import BadRequest, PayloadTooLarge
+from spine.platform.inputs import place, where_in
 from spine.platform.models.openai_errors import GatewayError
 from spine.platform.models.openai_wire import ChatCompletionRequest
 from spine.platform.settings import BatchSettings

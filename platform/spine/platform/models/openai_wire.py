@@ -29,8 +29,14 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from spine.platform.errors import place, where_in
-from spine.platform.inputs import MAX_JSON_DEPTH, InvalidInput, check_json, load_json
+from spine.platform.inputs import (
+    MAX_JSON_DEPTH,
+    InvalidInput,
+    check_json,
+    load_json,
+    place,
+    where_in,
+)
 from spine.platform.models import ChatRequest, Completion
 from spine.platform.models.openai_errors import GatewayError
 
