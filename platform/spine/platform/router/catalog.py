@@ -287,11 +287,12 @@ async def discover_ollama(
                 f"Ollama at {base_url} did not list its models ({type(exc).__name__}: {exc})",
                 field="GENAI_OLLAMA_URL",
             ) from exc
-        said = await _capabilities_said(client, base_url, listed)
-    known: dict[str, list[ModelSpec]] = {}
-    for spec in catalog:
-        if spec.provider == "ollama":
-            known.setdefault(spec.model.removesuffix(":latest"), []).append(spec)
+        known: dict[str, list[ModelSpec]] = {}
+        for spec in catalog:
+            if spec.provider == "ollama":
+                known.setdefault(spec.model.removesuffix(":latest"), []).append(spec)
+        asked = [m for m in listed if not _described(known.get(m.removesuffix(":latest")))]
+        said = await _capabilities_said(client, base_url, asked)
     added: list[ModelSpec] = []
     for upstream in listed:
         name = upstream.removesuffix(":latest")
@@ -315,6 +316,12 @@ async def discover_ollama(
 
 
 _SHOWN_AT_ONCE = 8
+
+
+def _described(specs: list[ModelSpec] | None) -> bool:
+    """Whether a models file said what each catalog entry of an Ollama model can do (then
+    Ollama is not asked)."""
+    return bool(specs) and all("capabilities" in s.model_fields_set for s in specs or [])
 
 
 async def _capabilities_said(

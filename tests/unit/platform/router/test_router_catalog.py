@@ -311,13 +311,18 @@ def test_requirements_are_read_from_the_call() -> None:
 # -- Ollama discovery --------------------------------------------------------------------------
 
 
-def tags(*names: str, shown: dict[str, list[str]] | None = None) -> httpx.MockTransport:
+def tags(
+    *names: str, shown: dict[str, list[str]] | None = None, asked: list[str] | None = None
+) -> httpx.MockTransport:
     """An Ollama listing ``names``; ``/api/show`` gives the capabilities in ``shown`` (a model
-    not in it: a 404), or says nothing of them when ``shown`` is None (an Ollama before 0.6)."""
+    not in it: a 404), or says nothing of them when ``shown`` is None (an Ollama before 0.6).
+    The models ``/api/show`` is asked about are appended to ``asked``."""
 
     def answer(request: httpx.Request) -> httpx.Response:
         if request.url.path == "/api/show":
             model = json.loads(request.content)["model"]
+            if asked is not None:
+                asked.append(model)
             if shown is None:
                 return httpx.Response(200, json={"details": {"family": "llama"}})
             if model not in shown:
@@ -368,11 +373,13 @@ async def test_discovery_reads_what_each_model_can_do_from_ollama(tmp_path: Path
         "bge-m3:latest": ["embedding"],
         "phi3:mini": [],  # says nothing: assumed to do everything
     }
+    asked: list[str] = []
     added = await discover_ollama(
         catalog,
         "http://127.0.0.1:11434",
-        transport=tags(*shown, "gone:1b", shown=shown),
+        transport=tags(*shown, "gone:1b", shown=shown, asked=asked),
     )
+    assert "llava:7b" not in asked and len(asked) == len(shown)  # the file said what it can do
     can = {
         s.name: (s.capabilities.tools, s.capabilities.vision, s.capabilities.embeddings)
         for s in catalog
