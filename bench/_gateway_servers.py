@@ -3,8 +3,9 @@
 :func:`start_servers` starts, each in its own process group (so the CPU each uses is its own):
 the embedded NATS (outcome events) and, unless SQLite is asked for, the embedded PostgreSQL;
 the fake model server twice, answering at once (``fast``) and after 60 ms (``slow``); our API
-as one uvicorn process (``spine api``); and the LiteLLM proxy as one process
-(``litellm --config ... --num_workers 1``). Both gateways know the two upstreams under the same
+as one uvicorn process (``spine api``); the LiteLLM proxy as one process
+(``litellm --config ... --num_workers 1``); and a bare pass-through to the fast upstream
+(``_passthrough.py``, the floor of any Python gateway hop here). Both gateways know the two upstreams under the same
 two model names. :meth:`Harness.close` stops everything.
 """
 
@@ -41,6 +42,7 @@ class Servers:
     api_key: str = ""
     proxy_url: str = ""
     proxy_key: str = ""
+    passthrough_url: str = ""  # the floor: a bare forwarder to the fast upstream
     database_url: str = ""
     config: dict[str, Any] = field(default_factory=dict)
 
@@ -75,6 +77,7 @@ def start_servers(
         say("starting our API (one uvicorn process) and the LiteLLM proxy (one worker) ...")
         spawn_api(servers, budget=budget)
         spawn_proxy(servers)
+        spawn_passthrough(servers)
         asyncio.run(wait_all_ready(servers, proxy_timeout))
     except BaseException:
         for child in list(harness.children):
@@ -173,11 +176,21 @@ def spawn_proxy(servers: Servers) -> None:
     harness.spawn("proxy", [*argv, "--num_workers", "1"], env=env)
 
 
+def spawn_passthrough(servers: Servers) -> None:
+    """Start the bare pass-through to the fast upstream (``_passthrough.py``: the floor)."""
+    port = free_port()
+    servers.passthrough_url = f"http://127.0.0.1:{port}"
+    script = Path(__file__).with_name("_passthrough.py")
+    argv = [sys.executable, str(script), servers.upstream[FAST], str(port)]
+    servers.harness.spawn("passthrough", argv)
+
+
 async def wait_all_ready(servers: Servers, proxy_timeout: float) -> None:
     """Wait for both fakes, our API's ``/readyz`` and the proxy's liveliness probe."""
     checks = [(f"{url}/api/version", 30.0) for url in servers.upstream.values()]
     checks += [
         (f"{servers.api_url}/readyz", 90.0),
+        (f"{servers.passthrough_url}/healthz", 30.0),
         (f"{servers.proxy_url}/health/liveliness", proxy_timeout),
     ]
     began = time.monotonic()

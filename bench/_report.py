@@ -84,7 +84,26 @@ def verdicts(results: dict[str, Any]) -> dict[str, Any]:
             "value": rate,
             "pass": rate >= TARGET_SUBMIT,
         }
+        floor = split["api_alone"].get("http_floor")
+        if floor is not None:
+            found["submit_rate"]["beside"] = submit_floor(floor, results["baseline"])
     return found
+
+
+def submit_floor(floor: dict[str, Any], baseline: dict[str, Any]) -> str:
+    """What one API process could submit with no platform code: the HTTP floor measured with
+    the same client, plus the bare client CPU of the commit and the JetStream publish."""
+    pieces = (
+        floor["api_cpu_ms_per_request"]
+        + baseline["postgres_insert_commit"]["client_cpu_ms_per_call"]
+        + baseline["jetstream_publish_fsync"]["client_cpu_ms_per_call"]
+    )
+    return (
+        f"GET /healthz from the same client: {floor['rate_per_s']:.0f}/s, API CPU "
+        f"{floor['api_cpu_ms_per_request']:.2f} ms/request; with a bare commit and publish "
+        f"({pieces:.2f} ms) one API process tops out at {1000 / pieces:.0f}/s with no "
+        "platform code at all"
+    )
 
 
 LINE = "-" * 78
@@ -107,6 +126,8 @@ def print_report(doc: dict[str, Any]) -> None:
     for name, v in doc["targets"].items():
         mark = "PASS" if v["pass"] else "MISS"
         print(f"{mark}  {name:<20} {v['value']:>8}   target {v['target']}")
+        if "beside" in v:
+            print(f"      {v['beside']}")
     print(LINE)
     for name, s in doc["db_call_costs"].items():
         if not isinstance(s, dict):

@@ -2,7 +2,8 @@
 
 :func:`run_throughput` reports completed tasks/s (first submit to the last ``finished_at`` in
 the database) and the submit rate; :func:`run_split` the two halves alone: submitting with the
-workers frozen, and the workers draining the queue.
+workers frozen, and the workers draining the queue, then the same client against
+``GET /healthz`` (:func:`http_floor`: what the API spends on a request that does nothing).
 """
 
 from __future__ import annotations
@@ -27,15 +28,30 @@ class Submitted:
 
 
 async def submit_many(api_url: str, key: str, count: int, clients: int) -> Submitted:
-    """POST ``count`` chat tasks from ``clients`` concurrent keep-alive connections.
+    """POST ``count`` chat tasks from ``clients`` concurrent keep-alive connections."""
+    body = json.dumps({"agent": "chat", "input": {"prompt": "ping"}})
+    return await send_many(api_url, key, count, clients, path="/v1/tasks", body=body, ok=202)
+
+
+async def send_many(
+    api_url: str,
+    key: str,
+    count: int,
+    clients: int,
+    *,
+    path: str,
+    body: str | None,
+    ok: int,
+) -> Submitted:
+    """Send ``count`` requests (POST with ``body``, GET without) from ``clients`` connections.
 
     The load generator is aiohttp, not httpx: on two cores every client CPU millisecond is
     taken from the platform, and aiohttp costs a fraction of httpx per request.
     """
     import aiohttp
 
-    body = json.dumps({"agent": "chat", "input": {"prompt": "ping"}})
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    method = "GET" if body is None else "POST"
     next_index = 0
     latencies: list[float] = []
     errors: Counter[str] = Counter()
@@ -45,9 +61,9 @@ async def submit_many(api_url: str, key: str, count: int, clients: int) -> Submi
         while next_index < count:
             next_index += 1
             began = time.perf_counter()
-            async with session.post(f"{api_url}/v1/tasks", data=body) as response:
+            async with session.request(method, f"{api_url}{path}", data=body) as response:
                 await response.read()
-                if response.status != 202:
+                if response.status != ok:
                     errors[f"{response.status} {(await response.text())[:200]}"] += 1
             latencies.append(time.perf_counter() - began)
 
@@ -60,7 +76,7 @@ async def submit_many(api_url: str, key: str, count: int, clients: int) -> Submi
         await asyncio.gather(*(client_loop(session) for _ in range(clients)))
         seconds = time.perf_counter() - t0
     if errors:
-        raise RuntimeError(f"submissions failed: {dict(errors)}")
+        raise RuntimeError(f"{method} {path} failed: {dict(errors)}")
     return Submitted(first, seconds, latencies)
 
 
@@ -137,6 +153,33 @@ async def run_throughput(
     return result
 
 
+FLOOR_REQUESTS = 1000
+
+
+async def http_floor(
+    harness: Harness, conn: Any, tenant: Tenant, count: int, clients: int
+) -> dict[str, Any]:
+    """The same load client against ``GET /healthz``: what a request that does nothing costs.
+
+    The API's CPU per request here is the part of a submit no platform code can remove (the
+    HTTP server, the framework, this client's connections).
+    """
+    meter = Meter(harness, conn)
+    await meter.start()
+    sent = await send_many(
+        harness.api_url, tenant.key, count, clients, path="/healthz", body=None, ok=200
+    )
+    used = await meter.stop(count)
+    return {
+        "path": "GET /healthz",
+        "requests": count,
+        "rate_per_s": round(count / sent.seconds, 1),
+        "api_cpu_ms_per_request": used["cpu_ms_per_task"].get("api", 0.0),
+        "bench_client_cpu_ms_per_request": used["cpu_ms_per_task"].get("bench-client", 0.0),
+        "latency": summary_ms(sent.latencies),
+    }
+
+
 async def run_split(
     harness: Harness,
     conn: Any,
@@ -162,12 +205,14 @@ async def run_split(
     workers_only = await drain_meter.stop(count)
     stats = await finished_stats(conn, tenant.name, count)
     drain_s = stats["last_finished"] - resumed
+    floor = await http_floor(harness, conn, tenant, max(count, FLOOR_REQUESTS), clients)
     return {
         "tasks": count,
         "api_alone": {
             "submit_rate_per_s": round(count / sent.seconds, 1),
             "submit_latency": summary_ms(sent.latencies),
             "resources": api_only,
+            "http_floor": floor,
         },
         "workers_alone": {
             "completed_per_s": round(count / drain_s, 1),

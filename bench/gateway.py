@@ -8,7 +8,9 @@ at the same two upstreams. Then, in one run on this machine:
 
 1. **Latency**: sequential non-streamed completions, interleaved call by call: the fake
    upstream directly (plain httpx), ``litellm.acompletion`` in this process, the proxy, and
-   our gateway (cache miss: every prompt differs). Added latency = p50 minus the direct p50.
+   our gateway (cache miss: every prompt differs), and a bare pass-through on the same HTTP
+   server and upstream client with no gateway logic (``_passthrough.py``: the floor of one
+   Python hop here). Added latency = p50 minus the direct p50.
 2. **Streaming**: time to the first content chunk, direct, through the proxy and through ours.
 3. **Cache hits**: the same request again through ours, beside each server's health probe.
 4. **Throughput** against the 60 ms upstream: open loop at fixed rates (a server's higher
@@ -62,11 +64,12 @@ from _report import ROOT, write_results
 sys.path.insert(0, str(ROOT / "tests"))
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-DIRECT, SDK, PROXY, OURS = (
+DIRECT, SDK, PROXY, OURS, FLOOR = (
     "direct upstream",
     "litellm.acompletion",
     "litellm proxy",
     "ours (cache miss)",
+    "bare pass-through (floor)",
 )
 QUICK_RESULTS = RESULTS.with_name("gateway-quick.json")  # ignored by git (bench/.gitignore)
 GROUPS = {PROXY: "proxy", "ours": "api"}  # the process group that serves each gateway
@@ -219,6 +222,14 @@ async def latency_phase(
         SDK: sdk,
         PROXY: post_call(client, ends[PROXY]),
         OURS: post_call(client, ends[OURS]),
+        FLOOR: post_call(
+            client,
+            Endpoint(
+                name=FLOOR,
+                url=f"{servers.passthrough_url}/v1/chat/completions",
+                model=UPSTREAM_MODEL,
+            ),
+        ),
     }
     say(f"latency: {args.warmup} warm-up + {args.calls} sequential calls per target ...")
     meter = Meter(harness, conn)
@@ -247,11 +258,13 @@ async def latency_phase(
             DIRECT: round(cpu.get("fake-fast", 0.0) / len(calls), 3),
             PROXY: cpu.get("proxy", 0.0),
             OURS: round(sum(cpu.get(g, 0.0) for g in OURS_GROUPS), 3),
+            FLOOR: cpu.get("passthrough", 0.0),
         },
         "server_cpu_ms_per_call_net_of_idle": {
             DIRECT: round(net.get("fake-fast", 0.0) / len(calls), 3),
             PROXY: round(net.get("proxy", 0.0), 3),
             OURS: round(sum(net.get(g, 0.0) for g in OURS_GROUPS), 3),
+            FLOOR: round(net.get("passthrough", 0.0), 3),
         },
         "resources": used,
     }
