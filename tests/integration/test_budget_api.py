@@ -299,7 +299,8 @@ async def test_thresholds_are_published_once_and_shown_with_the_budget(
             path = f"/v1/budgets/tenants/{tenant}/weekly"
             ok(await operator.put(path, json={"limit": str(cost * 20)}))
             for i in range(15):
-                assert (await chat(member, f"call {i:02d}")).status_code == 200
+                answer = await chat(member, f"call {i:02d}")
+                assert answer.status_code == 200, (i, answer.text)
         await asyncio.wait_for(arrived.wait(), 10)
         budget = ok(await operator.get(f"/v1/budgets/tenants/{tenant}"))
     finally:

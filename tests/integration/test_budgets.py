@@ -14,6 +14,7 @@ from spine.platform.db import Database
 from spine.platform.errors import BudgetExceeded, ConfigurationError
 from spine.platform.metering.budgets import (
     DEFAULT_ANSWER_TOKENS,
+    HOLD_LEASE_SECONDS,
     BudgetLedger,
     BudgetLimits,
     Reservation,
@@ -163,11 +164,80 @@ async def test_release_gives_the_reservation_back(db: Database, clock: FakeClock
     await ledger.release(held)
     state = await ledger.state("key:k1")
     assert (state.spent, state.reserved) == (ZERO, ZERO)
-    assert (await ledger.reserve(ACME, Decimal(1))).scopes == ("key:k1",)
-    # Released twice (a bug in a caller): the counter never goes below zero.
+    again = await ledger.reserve(ACME, Decimal(1))
+    assert again.scopes == ("key:k1",)
+    # Released twice (a bug in a caller): nothing is given back twice, so the reservation
+    # made since stays held.
     await ledger.release(held)
     await ledger.release(held)
+    assert (await ledger.state("key:k1")).reserved == 1
+    await ledger.release(again)
     assert (await ledger.state("key:k1")).reserved == 0
+
+
+# -- reservations of processes that died --------------------------------------------------------
+
+TWO_COUNTERS = {"daily": Decimal(1), "tenants": {"acme": Decimal(1)}}
+LEASE = timedelta(seconds=HOLD_LEASE_SECONDS + 1)
+
+
+async def test_the_reservations_of_a_process_that_died_are_given_back(
+    db: Database, clock: FakeClock
+) -> None:
+    dead = ledger_of(db, clock, **TWO_COUNTERS)
+    await dead.reserve(ACME, Decimal("0.8"))  # and its process is killed: never settled
+    alive = ledger_of(db, clock, **TWO_COUNTERS)
+    await alive.keep_holds()  # within the lease: a frozen process may still wake
+    with pytest.raises(BudgetExceeded):
+        await alive.reserve(ACME, Decimal("0.5"))
+
+    clock.now += LEASE
+    await alive.keep_holds()  # what the API and the workers run every 10 s
+    for scope in ("global", "tenant:acme"):
+        state = await alive.state(scope)
+        assert (state.spent, state.reserved) == (ZERO, ZERO), scope
+    await alive.reserve(ACME, Decimal("0.5"))
+
+
+async def test_a_refusal_first_gives_back_what_dead_processes_held(
+    db: Database, clock: FakeClock
+) -> None:
+    dead = ledger_of(db, clock, **TWO_COUNTERS)
+    await dead.reserve(ACME, Decimal("0.8"))
+    clock.now += LEASE
+    # A process with no background beat of its own (a script, one call) is not refused.
+    held = await ledger_of(db, clock, **TWO_COUNTERS).reserve(ACME, Decimal("0.5"))
+    assert (await dead.state("global")).reserved == Decimal("0.5")
+    assert held.amount == Decimal("0.5")
+
+
+async def test_a_process_that_wakes_after_its_holds_were_given_back_settles_only_its_spend(
+    db: Database, clock: FakeClock
+) -> None:
+    frozen = ledger_of(db, clock, **TWO_COUNTERS)
+    late = await frozen.reserve(ACME, Decimal("0.8"))
+    clock.now += LEASE
+    alive = ledger_of(db, clock, **TWO_COUNTERS)
+    mine = await alive.reserve(ACME, Decimal("0.5"))
+    # It wakes and settles the call it made: the spend counts, the hold is not given back
+    # twice (that would give back the other process's reservation).
+    await frozen.settle(late, Decimal("0.3"))
+    state = await alive.state("tenant:acme")
+    assert (state.spent, state.reserved) == (Decimal("0.3"), Decimal("0.5"))
+    await alive.settle(mine, Decimal("0.1"))
+    state = await alive.state("tenant:acme")
+    assert (state.spent, state.reserved) == (Decimal("0.4"), ZERO)
+
+
+async def test_a_process_that_stops_leaves_what_it_still_holds_to_be_given_back_at_once(
+    db: Database, clock: FakeClock
+) -> None:
+    stopping = ledger_of(db, clock, daily=Decimal(1))
+    await stopping.reserve(ACME, Decimal("0.8"))  # a stream still open when it stops
+    await stopping.close()
+    alive = ledger_of(db, clock, daily=Decimal(1))
+    await alive.keep_holds()  # no lease to wait for
+    assert (await alive.state("global")).reserved == ZERO
 
 
 # -- days -------------------------------------------------------------------------------------

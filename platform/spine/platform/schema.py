@@ -25,6 +25,8 @@ __all__ = [
     "BatchLineRow",
     "BatchRow",
     "BudgetAlertRow",
+    "BudgetHoldRow",
+    "BudgetHolderRow",
     "BudgetLimitRow",
     "BudgetSpendRow",
     "ChunkRow",
@@ -353,6 +355,34 @@ class BudgetSpendRow(Base):
     day: Mapped[date] = mapped_column(primary_key=True)
     spent: Mapped[Decimal] = mapped_column(default=Decimal(0))
     reserved: Mapped[Decimal] = mapped_column(default=Decimal(0))
+
+
+class BudgetHoldRow(Base):
+    """What one call holds reserved in one counter, and the process (``holder``) holding it.
+
+    Written with the reservation and deleted by its settlement or release; the holds of a
+    process that stopped beating are given back by the others (see
+    :mod:`spine.platform.metering.budgets`).
+    """
+
+    __tablename__ = "budget_holds"
+    __table_args__ = (sa.Index("ix_budget_holds_holder", "holder"),)
+
+    id: Mapped[str] = mapped_column(sa.String(36), primary_key=True)
+    scope: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    period: Mapped[str] = mapped_column(sa.String(8), primary_key=True)
+    day: Mapped[date] = mapped_column(primary_key=True)
+    holder: Mapped[str] = mapped_column(sa.String(36))
+    amount: Mapped[Decimal] = mapped_column()
+
+
+class BudgetHolderRow(Base):
+    """A process that holds reservations, and when it last said it was alive."""
+
+    __tablename__ = "budget_holders"
+
+    holder: Mapped[str] = mapped_column(sa.String(36), primary_key=True)
+    seen_at: Mapped[datetime] = mapped_column()
 
 
 class BudgetLimitRow(Base):

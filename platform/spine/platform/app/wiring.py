@@ -42,9 +42,10 @@ from spine.platform.learning.snapshots import SnapshotStore
 from spine.platform.learning.weights import RoutingWeights
 from spine.platform.limits import RunningTaskLimits
 from spine.platform.metering import MeteredModels
-from spine.platform.metering.budgets import BudgetLedger, BudgetLimits
+from spine.platform.metering.budgets import HOLD_BEAT_SECONDS, BudgetLedger, BudgetLimits
 from spine.platform.metering.cache import response_cache
 from spine.platform.metering.usage import UsageLedger
+from spine.platform.periodic import run_every
 from spine.platform.router import ModelRouter
 from spine.platform.settings import Settings
 from spine.platform.tasks import StepJournal, TaskStore
@@ -252,6 +253,16 @@ class Platform:
         )
         status.update(await graph)
         return {name: status[name] for name in ("nats", "database", *sorted(status))}
+
+    async def keep_budget_holds(self, stop: asyncio.Event) -> None:
+        """Beat as a holder of budget reservations and give back dead processes' holds,
+        until ``stop`` (see :meth:`BudgetLedger.keep_holds`)."""
+        await run_every(
+            self.metered.budgets.keep_holds,
+            interval=HOLD_BEAT_SECONDS,
+            stop=stop,
+            name="budget holds",
+        )
 
     async def follow_weights(self, stop: asyncio.Event) -> None:
         """Load each version of the routing weights the learner announces, until ``stop``."""

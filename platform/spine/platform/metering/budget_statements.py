@@ -21,18 +21,30 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from spine.platform.errors import BudgetExceeded
 from spine.platform.metering.budget_periods import Counter, resets_at
-from spine.platform.schema import ApiKeyRow, BudgetSpendRow, ModelCallRow, Money, money_text
+from spine.platform.schema import (
+    ApiKeyRow,
+    BudgetHolderRow,
+    BudgetHoldRow,
+    BudgetSpendRow,
+    ModelCallRow,
+    Money,
+    money_text,
+)
 
 __all__ = [
     "READ_SQL",
     "SETTLE_SQL",
     "SPEND",
     "Insert",
+    "beat",
     "ensure_rows",
+    "free",
+    "free_driver",
     "hold",
     "hold_driver",
     "move",
     "read_counter",
+    "reap",
     "refusal",
     "seed",
     "spent_driver",
@@ -45,6 +57,8 @@ logger = logging.getLogger("spine.platform.metering.budgets")  # the ledger's lo
 _ZERO = Decimal(0)
 
 SPEND: sa.Table = BudgetSpendRow.__table__  # type: ignore[assignment]
+HOLDS: sa.Table = BudgetHoldRow.__table__  # type: ignore[assignment]
+HOLDERS: sa.Table = BudgetHolderRow.__table__  # type: ignore[assignment]
 _CALLS: sa.Table = ModelCallRow.__table__  # type: ignore[assignment]
 _KEYS: sa.Table = ApiKeyRow.__table__  # type: ignore[assignment]
 
@@ -83,9 +97,18 @@ SEED = (
 )
 
 # The same hold, row insert and read for asyncpg, in PostgreSQL's own terms (budget_spend).
-HOLD_SQL = (
-    "UPDATE budget_spend SET reserved = reserved + $4 "
-    "WHERE scope = $1 AND period = $2 AND day = $3 AND spent + reserved + $4 <= $5"
+# A hold and its row in budget_holds ($6: the reservation's id, $7: its holder) are one
+# statement: both or neither.
+HOLD_SQL = """
+WITH held AS (
+  UPDATE budget_spend SET reserved = reserved + $4
+  WHERE scope = $1 AND period = $2 AND day = $3 AND spent + reserved + $4 <= $5
+  RETURNING scope, period, day
+)
+INSERT INTO budget_holds (id, scope, period, day, holder, amount)
+SELECT $6, scope, period, day, $7, $4 FROM held"""
+FREE_SQL = (
+    "DELETE FROM budget_holds WHERE id = ANY($1::varchar[]) RETURNING scope, period, day, amount"
 )
 ENSURE_SQL = (
     "INSERT INTO budget_spend (scope, period, day, spent, reserved) VALUES ($1, $2, $3, 0, 0) "
@@ -119,13 +142,28 @@ async def spent_driver(raw: Any, counters: list[Counter]) -> dict[Counter, Decim
     return {Counter(scope=r["scope"], period=r["period"], start=r["day"]): r["spent"] for r in rows}
 
 
-async def hold_driver(raw: Any, counter: Counter, amount: Decimal, limit: Decimal) -> bool:
+async def hold_driver(
+    raw: Any, counter: Counter, amount: Decimal, limit: Decimal, *, hold_id: str, holder: str
+) -> bool:
     """Hold ``amount`` in ``counter`` if its limit leaves room (asyncpg); as :func:`hold`."""
     key = (counter.scope, counter.period, counter.start)
-    if await raw.execute(HOLD_SQL, *key, amount, limit) != "UPDATE 0":
+    if await raw.execute(HOLD_SQL, *key, amount, limit, hold_id, holder) != "INSERT 0 0":
         return True
     await raw.execute(ENSURE_SQL, *key)
-    return bool(await raw.execute(HOLD_SQL, *key, amount, limit) != "UPDATE 0")
+    return bool(await raw.execute(HOLD_SQL, *key, amount, limit, hold_id, holder) != "INSERT 0 0")
+
+
+async def free_driver(raw: Any, hold_ids: list[str]) -> dict[Counter, Decimal]:
+    """Delete the holds of ``hold_ids`` (asyncpg); return what they held, per counter."""
+    return _per_counter(await raw.fetch(FREE_SQL, hold_ids))
+
+
+def _per_counter(rows: Iterable[Any]) -> dict[Counter, Decimal]:
+    freed: dict[Counter, Decimal] = {}
+    for row in rows:
+        counter = Counter(scope=row["scope"], period=row["period"], start=row["day"])
+        freed[counter] = freed.get(counter, _ZERO) + row["amount"]
+    return freed
 
 
 def refusal(
@@ -172,19 +210,65 @@ def refusal(
 
 
 async def hold(
-    conn: AsyncConnection, insert: Insert, counter: Counter, amount: Decimal, limit: Decimal
+    conn: AsyncConnection,
+    insert: Insert,
+    counter: Counter,
+    amount: Decimal,
+    limit: Decimal,
+    *,
+    hold_id: str,
+    holder: str,
 ) -> bool:
-    """Hold ``amount`` in ``counter`` if its limit leaves room; tell whether it did."""
+    """Hold ``amount`` in ``counter`` if its limit leaves room, with its row in
+    ``budget_holds`` (``hold_id``, ``holder``); tell whether it did."""
     values = {**bound(counter), "p_amount": amount, "p_limit": limit}
     held = await conn.execute(HOLD, values)
-    if held.rowcount:
-        return True
-    # No row yet (the counter's first call of its period) or no room left. Insert the row
-    # if missing, then try again: another call may have just inserted it, and the retry
-    # must see that row, not a refusal based on the first statement's snapshot.
-    await ensure_rows(conn, insert, (counter,))
-    held = await conn.execute(HOLD, values)
-    return bool(held.rowcount)
+    if not held.rowcount:
+        # No row yet (the counter's first call of its period) or no room left. Insert the
+        # row if missing, then try again: another call may have just inserted it, and the
+        # retry must see that row, not a refusal based on the first statement's snapshot.
+        await ensure_rows(conn, insert, (counter,))
+        held = await conn.execute(HOLD, values)
+        if not held.rowcount:
+            return False
+    row = {"scope": counter.scope, "period": counter.period, "day": counter.start}
+    await conn.execute(sa.insert(HOLDS).values(id=hold_id, holder=holder, amount=amount, **row))
+    return True
+
+
+async def free(conn: AsyncConnection, hold_ids: list[str]) -> dict[Counter, Decimal]:
+    """Delete the holds of ``hold_ids``; return what they held, per counter (a hold given
+    back already, by its settlement or by :func:`reap`, is not counted again)."""
+    if not hold_ids:
+        return {}
+    gone = (
+        sa.delete(HOLDS)
+        .where(HOLDS.c.id.in_(hold_ids))
+        .returning(HOLDS.c.scope, HOLDS.c.period, HOLDS.c.day, HOLDS.c.amount)
+    )
+    return _per_counter((await conn.execute(gone)).mappings())
+
+
+async def beat(conn: AsyncConnection, insert: Insert, holder: str, now: datetime) -> None:
+    """Say that ``holder`` is alive at ``now``."""
+    statement = insert(HOLDERS).values(holder=holder, seen_at=now)
+    await conn.execute(
+        statement.on_conflict_do_update(index_elements=[HOLDERS.c.holder], set_={"seen_at": now})
+    )
+
+
+async def reap(conn: AsyncConnection, cutoff: datetime) -> dict[Counter, Decimal]:
+    """Delete the holds whose holder was last seen before ``cutoff`` (or never), and those
+    holders; return what the holds held, per counter, for the caller to give back."""
+    alive = sa.select(HOLDERS.c.holder).where(HOLDERS.c.seen_at >= cutoff)
+    gone = (
+        sa.delete(HOLDS)
+        .where(HOLDS.c.holder.not_in(alive))
+        .returning(HOLDS.c.scope, HOLDS.c.period, HOLDS.c.day, HOLDS.c.amount)
+    )
+    freed = _per_counter((await conn.execute(gone)).mappings())
+    await conn.execute(sa.delete(HOLDERS).where(HOLDERS.c.seen_at < cutoff))
+    return freed
 
 
 async def ensure_rows(conn: AsyncConnection, insert: Insert, counters: Iterable[Counter]) -> None:

@@ -26,8 +26,15 @@ Until then the reservation stays held, which errs on the side of spending less; 
 refused while settlements are pending is tried again once they are written, so a refusal never
 rests on a settlement not applied yet. :meth:`~BudgetLedger.state` reads them back first.
 
-A reservation that is never settled nor released (its process died, or a settlement written
-behind was lost with it) stays reserved until its period ends.
+Each reservation also writes, in the same statement or transaction, one *hold* per counter
+(``budget_holds``: the reservation's id, the amount, the process holding it); its settlement or
+release deletes them and gives back what they held. Every process that reserves beats in
+``budget_holders`` (:meth:`BudgetLedger.keep_holds`, every ~10 s); the holds of a process
+silent for ``hold_lease`` (60 s: it was killed, or is frozen) are given back by the others, and
+before a refusal, so a crash never keeps a budget reserved until its period ends. Giving a hold
+back deletes it first, so nothing is given back twice. A call whose process died may still have
+been charged by its provider: that spend is not counted (its usage row, written behind, died
+with it too).
 
 Stored limits are read from the database at most every ``stored_seconds`` (2 s by default) by
 each ledger, and at once after this ledger changed one (:meth:`BudgetLedger.set_limit`). After
@@ -42,13 +49,15 @@ import contextlib
 import logging
 import math
 import time as monotonic_time
+import uuid
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from datetime import date, datetime
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from spine.platform.db import Database
 from spine.platform.errors import BudgetExceeded
@@ -69,14 +78,19 @@ from spine.platform.metering.budget_periods import (
     utc_day,
 )
 from spine.platform.metering.budget_statements import (
+    HOLDERS,
     READ_SQL,
     SETTLE_SQL,
     SPEND,
+    beat,
     ensure_rows,
+    free,
+    free_driver,
     hold,
     hold_driver,
     move,
     read_counter,
+    reap,
     refusal,
     seed,
     spent_driver,
@@ -89,6 +103,8 @@ from spine.platform.write_behind import WriteBehind
 __all__ = [
     "DEFAULT_ANSWER_TOKENS",
     "GLOBAL",
+    "HOLD_BEAT_SECONDS",
+    "HOLD_LEASE_SECONDS",
     "BudgetLedger",
     "BudgetLimits",
     "BudgetState",
@@ -104,6 +120,8 @@ logger = logging.getLogger(__name__)
 
 # What an answer may cost when the request sets no max_tokens and the model's window is unknown.
 DEFAULT_ANSWER_TOKENS = 4096
+HOLD_BEAT_SECONDS = 10.0  # how often a process says it is alive (keep_holds' interval)
+HOLD_LEASE_SECONDS = 60.0  # silent this long, its holds are given back
 _ZERO = Decimal(0)
 
 
@@ -156,7 +174,7 @@ class Reservation:
     """Spend held for one call in every limited counter, on the UTC day it was made.
 
     ``scopes`` names the limited budgets, ``counters`` their periods; ``tenant`` is the
-    calling tenant (named in the alerts the settlement may raise).
+    calling tenant (named in the alerts the settlement may raise); ``id`` names its holds.
     """
 
     scopes: tuple[str, ...]
@@ -164,6 +182,7 @@ class Reservation:
     day: date
     counters: tuple[Counter, ...] = ()
     tenant: str | None = None
+    id: str = field(default_factory=lambda: str(uuid.uuid4()))
 
 
 @dataclass(slots=True, kw_only=True, frozen=True)
@@ -201,6 +220,7 @@ class BudgetLedger:
         now: The clock that says which periods a call falls in.
         stored_seconds: How long the stored limits read are trusted (0: read on every call).
         on_alert: Handed each budget threshold this ledger announces (see :mod:`.budget_alerts`).
+        hold_lease: Seconds after its last beat when a process's holds are given back.
     """
 
     def __init__(
@@ -211,8 +231,15 @@ class BudgetLedger:
         now: Callable[[], datetime] = utcnow,
         stored_seconds: float = 2.0,
         on_alert: AlertHook | None = None,
+        hold_lease: float = HOLD_LEASE_SECONDS,
     ) -> None:
         self._db = db
+        # Names this process's holds; it beats at least every HOLD_BEAT_SECONDS while it
+        # reserves (and with keep_holds, while it runs).
+        self.holder = str(uuid.uuid4())
+        self._hold_lease = hold_lease
+        self._beaten_at = -math.inf
+        self._reaped_at = -math.inf
         self._defaults = limits.with_stored({})
         self._limits = limits
         self._now = now
@@ -326,28 +353,79 @@ class BudgetLedger:
         )
         if amount <= 0 or not counters:
             return reservation
+        await self._alive()
         try:
-            await self._hold_all(counters, amount, limits)
+            await self._hold_all(counters, amount, limits, reservation.id)
         except BudgetExceeded:
-            if not self._settlements.pending:
+            # Settlements written behind that still hold their reservations, and reservations
+            # of processes that died, are given back first, so a refusal stands on the actual
+            # spend. (Pending is read first: one may be written while the dead are looked for.)
+            pending = self._settlements.pending
+            freed = await self._give_back_dead_now()
+            if not pending and not freed:
                 raise
-            # Settlements written behind still hold their reservations: apply them and look
-            # again, so the refusal stands on the actual spend.
             await self._settlements.flush()
-            await self._hold_all(counters, amount, limits)
+            await self._hold_all(counters, amount, limits, reservation.id)
         return reservation
 
+    async def keep_holds(self) -> None:
+        """Say this process is alive, and give back the holds of processes that stopped.
+
+        Run every :data:`HOLD_BEAT_SECONDS` by every process that reserves (the API's and the
+        workers' background jobs), so a call in flight keeps its reservation however long it
+        takes, and one whose process was killed is given back within ``hold_lease``.
+        """
+        await self._beat()
+        await self.give_back_dead()
+
+    async def give_back_dead(self) -> dict[Counter, Decimal]:
+        """Give back what processes silent for ``hold_lease`` hold reserved; return it."""
+        cutoff = self._now() - timedelta(seconds=self._hold_lease)
+        async with self._db.transaction() as conn:
+            freed = await reap(conn, cutoff)
+            for counter, amount in sorted(freed.items()):  # in order, as reservations lock
+                await move(conn, (counter,), amount, spent=_ZERO)
+        if freed:
+            logger.warning(
+                "gave back reservations held by processes silent for %.0f s: %s",
+                self._hold_lease,
+                ", ".join(f"{c.scope} ({c.period}) {money_text(a)}" for c, a in freed.items()),
+            )
+        return freed
+
+    async def _give_back_dead_now(self) -> dict[Counter, Decimal]:
+        # At most once a second: refusals come in bursts when a budget is spent, and a dead
+        # process's holds are reapable only after the lease anyway.
+        if monotonic_time.monotonic() - self._reaped_at < 1.0:
+            return {}
+        self._reaped_at = monotonic_time.monotonic()
+        return await self.give_back_dead()
+
+    async def _alive(self) -> None:
+        # A beat before the first hold (its holder row must exist before any hold names it),
+        # then again whenever the last is older than the beat interval.
+        if monotonic_time.monotonic() - self._beaten_at >= HOLD_BEAT_SECONDS:
+            await self._beat()
+
+    async def _beat(self) -> None:
+        async with self._db.transaction() as conn:
+            await beat(conn, self._insert, self.holder, self._now())
+        self._beaten_at = monotonic_time.monotonic()
+
     async def _hold_all(
-        self, counters: tuple[Counter, ...], amount: Decimal, limits: BudgetLimits
+        self, counters: tuple[Counter, ...], amount: Decimal, limits: BudgetLimits, hold_id: str
     ) -> None:
         if not self._db.is_sqlite:
-            await self._hold_all_driver(counters, amount, limits)
+            await self._hold_all_driver(counters, amount, limits, hold_id)
             return
         async with self._db.transaction() as conn:
             for counter in counters:
                 limit = limits.limit(counter.scope, counter.period)
                 assert limit is not None
-                if not await hold(conn, self._insert, counter, amount, limit):
+                held = await hold(
+                    conn, self._insert, counter, amount, limit, hold_id=hold_id, holder=self.holder
+                )
+                if not held:
                     found = await read_counter(conn, counter)
                     raise refusal(counter, amount, limit, found)
 
@@ -363,7 +441,7 @@ class BudgetLedger:
         async with self._db.transaction() as conn:
             if reservation.amount == 0:
                 await ensure_rows(conn, self._insert, reservation.counters)
-            await move(conn, reservation.counters, reservation.amount, spent=actual)
+            await _give_back(conn, reservation, spent=actual)
         if actual > 0:
             await self._check_thresholds(
                 self._watched({c: reservation.tenant for c in reservation.counters})
@@ -388,15 +466,23 @@ class BudgetLedger:
         await self._settlements.flush()
 
     async def close(self) -> None:
-        """Apply the settlements queued and stop their background writer."""
+        """Apply the settlements queued and stop their background writer; then this process
+        holds nothing any more: what is still held is for the others to give back at once."""
         await self._settlements.close()
+        if self._beaten_at == -math.inf:
+            return
+        try:
+            async with self._db.transaction() as conn:
+                await conn.execute(sa.delete(HOLDERS).where(HOLDERS.c.holder == self.holder))
+        except Exception as exc:  # its holds are given back after the lease all the same
+            logger.warning("budget holder %s not removed: %r", self.holder, exc)
 
     async def release(self, reservation: Reservation) -> None:
         """Give a reservation back: the call failed or was never made."""
         if not reservation.counters or reservation.amount == 0:
             return
         async with self._db.transaction() as conn:
-            await move(conn, reservation.counters, reservation.amount, spent=_ZERO)
+            await _give_back(conn, reservation, spent=_ZERO)
 
     async def state(
         self, scope: str, *, day: date | None = None, period: Period = "daily"
@@ -459,7 +545,7 @@ class BudgetLedger:
         return await self.alerts.current(scope, {p: period_start(p, day) for p in PERIODS})
 
     async def _hold_all_driver(
-        self, counters: tuple[Counter, ...], amount: Decimal, limits: BudgetLimits
+        self, counters: tuple[Counter, ...], amount: Decimal, limits: BudgetLimits, hold_id: str
     ) -> None:
         # One counter: its statements commit on their own; several: one transaction.
         async with self._db.driver() as raw:
@@ -468,7 +554,10 @@ class BudgetLedger:
                 for counter in counters:
                     limit = limits.limit(counter.scope, counter.period)
                     assert limit is not None
-                    if not await hold_driver(raw, counter, amount, limit):
+                    held = await hold_driver(
+                        raw, counter, amount, limit, hold_id=hold_id, holder=self.holder
+                    )
+                    if not held:
                         row = await raw.fetchrow(
                             READ_SQL, counter.scope, counter.period, counter.start
                         )
@@ -523,30 +612,45 @@ class BudgetLedger:
 
     async def _settle_many(self, settlements: list[_Settlement]) -> None:
         # Summed per counter: one UPDATE per counter for the whole batch, in sorted order like
-        # the reservations, so the two cannot deadlock. A batch retried after a commit whose
-        # answer was lost counts its spend twice: it errs on the side of spending less.
-        totals: dict[Counter, tuple[Decimal, Decimal]] = {}
+        # the reservations, so the two cannot deadlock. What is given back is what the batch's
+        # holds held (a hold given back already, by a batch whose commit's answer was lost or
+        # as a dead process's, is not given back twice); a retried batch counts its spend
+        # twice: it errs on the side of spending less.
+        spend: dict[Counter, Decimal] = {}
         tenants: dict[Counter, str | None] = {}
         for settlement in settlements:
             reservation = settlement.reservation
             for counter in reservation.counters:
-                held, spent = totals.get(counter, (_ZERO, _ZERO))
-                totals[counter] = (held + reservation.amount, spent + settlement.actual)
+                spend[counter] = spend.get(counter, _ZERO) + settlement.actual
                 tenants[counter] = tenants.get(counter) or reservation.tenant
+        ids = [s.reservation.id for s in settlements]
         # Then the spend of the counters that may reach a threshold is read back.
-        watched = self._watched({c: tenants[c] for c, (_, spent) in totals.items() if spent})
+        watched = self._watched({c: tenants[c] for c, spent in spend.items() if spent})
         found: dict[Counter, Decimal] | None = None
         if not self._db.is_sqlite:
-            rows = [
-                (c.scope, c.period, c.start, held, spent)
-                for c, (held, spent) in sorted(totals.items())
-            ]
             async with self._db.driver() as raw:
-                await raw.executemany(SETTLE_SQL, rows)  # atomic, one round trip
+                async with raw.transaction():
+                    freed = await free_driver(raw, ids)
+                    rows = [
+                        (c.scope, c.period, c.start, freed.get(c, _ZERO), spent)
+                        for c, spent in sorted(spend.items())
+                    ]
+                    await raw.executemany(SETTLE_SQL, rows)
                 if watched:
                     found = await spent_driver(raw, list(watched))
         else:
             async with self._db.transaction() as conn:
-                for counter, (held, spent) in sorted(totals.items()):
-                    await move(conn, (counter,), held, spent=spent)
+                freed = await free(conn, ids)
+                for counter, spent in sorted(spend.items()):
+                    await move(conn, (counter,), freed.get(counter, _ZERO), spent=spent)
         await self._check_thresholds(watched, found)
+
+
+async def _give_back(conn: AsyncConnection, reservation: Reservation, *, spent: Decimal) -> None:
+    """Delete ``reservation``'s holds and count ``spent`` instead of what they held, in each
+    of its counters (a hold given back already, as a dead process's, is not given back twice)."""
+    freed = await free(conn, [reservation.id]) if reservation.amount > 0 else {}
+    for counter in reservation.counters:  # sorted, as reservations lock them
+        held = freed.get(counter, _ZERO)
+        if held or spent:
+            await move(conn, (counter,), held, spent=spent)

@@ -82,6 +82,7 @@ def create_app(settings: Settings) -> FastAPI:
             ),
             asyncio.create_task(platform.indexer.run_sweeper(stop), name="document-sweeper"),
             asyncio.create_task(platform.follow_weights(stop), name="weights"),
+            asyncio.create_task(platform.keep_budget_holds(stop), name="budget-holds"),
             asyncio.create_task(
                 run_every(
                     platform.knowledge.resend_pending_events,

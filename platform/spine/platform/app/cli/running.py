@@ -149,6 +149,7 @@ async def _run_worker(settings: Settings) -> None:
                 parts.create_task(platform.worker().run(stop))
                 parts.create_task(platform.run_event_consumers(stop))
                 parts.create_task(platform.follow_weights(stop))
+                parts.create_task(platform.keep_budget_holds(stop))
         finally:
             await platform.close()
     finally:
