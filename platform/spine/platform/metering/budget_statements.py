@@ -23,7 +23,6 @@ from spine.platform.errors import BudgetExceeded
 from spine.platform.metering.budget_periods import Counter, resets_at
 from spine.platform.schema import (
     ApiKeyRow,
-    BudgetHolderRow,
     BudgetHoldRow,
     BudgetSpendRow,
     ModelCallRow,
@@ -32,19 +31,19 @@ from spine.platform.schema import (
 )
 
 __all__ = [
+    "HOLDS",
     "READ_SQL",
     "SETTLE_SQL",
     "SPEND",
     "Insert",
-    "beat",
     "ensure_rows",
     "free",
     "free_driver",
     "hold",
     "hold_driver",
     "move",
+    "per_counter",
     "read_counter",
-    "reap",
     "refusal",
     "seed",
     "spent_driver",
@@ -58,7 +57,6 @@ _ZERO = Decimal(0)
 
 SPEND: sa.Table = BudgetSpendRow.__table__  # type: ignore[assignment]
 HOLDS: sa.Table = BudgetHoldRow.__table__  # type: ignore[assignment]
-HOLDERS: sa.Table = BudgetHolderRow.__table__  # type: ignore[assignment]
 _CALLS: sa.Table = ModelCallRow.__table__  # type: ignore[assignment]
 _KEYS: sa.Table = ApiKeyRow.__table__  # type: ignore[assignment]
 
@@ -155,10 +153,11 @@ async def hold_driver(
 
 async def free_driver(raw: Any, hold_ids: list[str]) -> dict[Counter, Decimal]:
     """Delete the holds of ``hold_ids`` (asyncpg); return what they held, per counter."""
-    return _per_counter(await raw.fetch(FREE_SQL, hold_ids))
+    return per_counter(await raw.fetch(FREE_SQL, hold_ids))
 
 
-def _per_counter(rows: Iterable[Any]) -> dict[Counter, Decimal]:
+def per_counter(rows: Iterable[Any]) -> dict[Counter, Decimal]:
+    """Sum the ``amount`` of hold rows per counter."""
     freed: dict[Counter, Decimal] = {}
     for row in rows:
         counter = Counter(scope=row["scope"], period=row["period"], start=row["day"])
@@ -246,29 +245,7 @@ async def free(conn: AsyncConnection, hold_ids: list[str]) -> dict[Counter, Deci
         .where(HOLDS.c.id.in_(hold_ids))
         .returning(HOLDS.c.scope, HOLDS.c.period, HOLDS.c.day, HOLDS.c.amount)
     )
-    return _per_counter((await conn.execute(gone)).mappings())
-
-
-async def beat(conn: AsyncConnection, insert: Insert, holder: str, now: datetime) -> None:
-    """Say that ``holder`` is alive at ``now``."""
-    statement = insert(HOLDERS).values(holder=holder, seen_at=now)
-    await conn.execute(
-        statement.on_conflict_do_update(index_elements=[HOLDERS.c.holder], set_={"seen_at": now})
-    )
-
-
-async def reap(conn: AsyncConnection, cutoff: datetime) -> dict[Counter, Decimal]:
-    """Delete the holds whose holder was last seen before ``cutoff`` (or never), and those
-    holders; return what the holds held, per counter, for the caller to give back."""
-    alive = sa.select(HOLDERS.c.holder).where(HOLDERS.c.seen_at >= cutoff)
-    gone = (
-        sa.delete(HOLDS)
-        .where(HOLDS.c.holder.not_in(alive))
-        .returning(HOLDS.c.scope, HOLDS.c.period, HOLDS.c.day, HOLDS.c.amount)
-    )
-    freed = _per_counter((await conn.execute(gone)).mappings())
-    await conn.execute(sa.delete(HOLDERS).where(HOLDERS.c.seen_at < cutoff))
-    return freed
+    return per_counter((await conn.execute(gone)).mappings())
 
 
 async def ensure_rows(conn: AsyncConnection, insert: Insert, counters: Iterable[Counter]) -> None:

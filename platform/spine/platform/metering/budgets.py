@@ -31,8 +31,8 @@ Each reservation also writes, in the same statement or transaction, one *hold* p
 release deletes them and gives back what they held. Every process that reserves beats in
 ``budget_holders`` (:meth:`BudgetLedger.keep_holds`, every ~10 s); the holds of a process
 silent for ``hold_lease`` (60 s: it was killed, or is frozen) are given back by the others, and
-before a refusal, so a crash never keeps a budget reserved until its period ends. Giving a hold
-back deletes it first, so nothing is given back twice. A call whose process died may still have
+before a refusal, so a crash never keeps a budget reserved until its period ends
+(:mod:`.budget_holds`). Giving a hold back deletes it first, so nothing is given back twice. A call whose process died may still have
 been charged by its provider: that spend is not counted (its usage row, written behind, died
 with it too).
 
@@ -52,7 +52,7 @@ import time as monotonic_time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from decimal import Decimal
 
 import sqlalchemy as sa
@@ -62,6 +62,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from spine.platform.db import Database
 from spine.platform.errors import BudgetExceeded
 from spine.platform.metering.budget_alerts import AlertHook, BudgetAlert, BudgetAlerts
+from spine.platform.metering.budget_holds import (
+    HOLD_BEAT_SECONDS,
+    HOLD_LEASE_SECONDS,
+    BudgetHolds,
+)
 from spine.platform.metering.budget_limits import (
     GLOBAL,
     BudgetBook,
@@ -78,11 +83,9 @@ from spine.platform.metering.budget_periods import (
     utc_day,
 )
 from spine.platform.metering.budget_statements import (
-    HOLDERS,
     READ_SQL,
     SETTLE_SQL,
     SPEND,
-    beat,
     ensure_rows,
     free,
     free_driver,
@@ -90,7 +93,6 @@ from spine.platform.metering.budget_statements import (
     hold_driver,
     move,
     read_counter,
-    reap,
     refusal,
     seed,
     spent_driver,
@@ -120,8 +122,6 @@ logger = logging.getLogger(__name__)
 
 # What an answer may cost when the request sets no max_tokens and the model's window is unknown.
 DEFAULT_ANSWER_TOKENS = 4096
-HOLD_BEAT_SECONDS = 10.0  # how often a process says it is alive (keep_holds' interval)
-HOLD_LEASE_SECONDS = 60.0  # silent this long, its holds are given back
 _ZERO = Decimal(0)
 
 
@@ -234,12 +234,6 @@ class BudgetLedger:
         hold_lease: float = HOLD_LEASE_SECONDS,
     ) -> None:
         self._db = db
-        # Names this process's holds; it beats at least every HOLD_BEAT_SECONDS while it
-        # reserves (and with keep_holds, while it runs).
-        self.holder = str(uuid.uuid4())
-        self._hold_lease = hold_lease
-        self._beaten_at = -math.inf
-        self._reaped_at = -math.inf
         self._defaults = limits.with_stored({})
         self._limits = limits
         self._now = now
@@ -248,6 +242,8 @@ class BudgetLedger:
         self._ever_loaded = False
         self._loading = asyncio.Lock()
         self._insert = sqlite.insert if db.is_sqlite else postgresql.insert
+        # This process as the holder of its reservations (see :mod:`.budget_holds`).
+        self.holds = BudgetHolds(db, insert=self._insert, now=now, lease=hold_lease)
         self.book = BudgetBook(db)
         self.alerts = BudgetAlerts(db, hook=on_alert)
         self._settlements: WriteBehind[_Settlement] = WriteBehind(
@@ -353,7 +349,7 @@ class BudgetLedger:
         )
         if amount <= 0 or not counters:
             return reservation
-        await self._alive()
+        await self.holds.alive()
         try:
             await self._hold_all(counters, amount, limits, reservation.id)
         except BudgetExceeded:
@@ -361,7 +357,7 @@ class BudgetLedger:
             # of processes that died, are given back first, so a refusal stands on the actual
             # spend. (Pending is read first: one may be written while the dead are looked for.)
             pending = self._settlements.pending
-            freed = await self._give_back_dead_now()
+            freed = await self.holds.give_back_dead_before_refusing()
             if not pending and not freed:
                 raise
             await self._settlements.flush()
@@ -369,48 +365,13 @@ class BudgetLedger:
         return reservation
 
     async def keep_holds(self) -> None:
-        """Say this process is alive, and give back the holds of processes that stopped.
+        """Beat as this process's holder and give back the holds of processes that stopped.
 
         Run every :data:`HOLD_BEAT_SECONDS` by every process that reserves (the API's and the
         workers' background jobs), so a call in flight keeps its reservation however long it
         takes, and one whose process was killed is given back within ``hold_lease``.
         """
-        await self._beat()
-        await self.give_back_dead()
-
-    async def give_back_dead(self) -> dict[Counter, Decimal]:
-        """Give back what processes silent for ``hold_lease`` hold reserved; return it."""
-        cutoff = self._now() - timedelta(seconds=self._hold_lease)
-        async with self._db.transaction() as conn:
-            freed = await reap(conn, cutoff)
-            for counter, amount in sorted(freed.items()):  # in order, as reservations lock
-                await move(conn, (counter,), amount, spent=_ZERO)
-        if freed:
-            logger.warning(
-                "gave back reservations held by processes silent for %.0f s: %s",
-                self._hold_lease,
-                ", ".join(f"{c.scope} ({c.period}) {money_text(a)}" for c, a in freed.items()),
-            )
-        return freed
-
-    async def _give_back_dead_now(self) -> dict[Counter, Decimal]:
-        # At most once a second: refusals come in bursts when a budget is spent, and a dead
-        # process's holds are reapable only after the lease anyway.
-        if monotonic_time.monotonic() - self._reaped_at < 1.0:
-            return {}
-        self._reaped_at = monotonic_time.monotonic()
-        return await self.give_back_dead()
-
-    async def _alive(self) -> None:
-        # A beat before the first hold (its holder row must exist before any hold names it),
-        # then again whenever the last is older than the beat interval.
-        if monotonic_time.monotonic() - self._beaten_at >= HOLD_BEAT_SECONDS:
-            await self._beat()
-
-    async def _beat(self) -> None:
-        async with self._db.transaction() as conn:
-            await beat(conn, self._insert, self.holder, self._now())
-        self._beaten_at = monotonic_time.monotonic()
+        await self.holds.keep()
 
     async def _hold_all(
         self, counters: tuple[Counter, ...], amount: Decimal, limits: BudgetLimits, hold_id: str
@@ -423,7 +384,13 @@ class BudgetLedger:
                 limit = limits.limit(counter.scope, counter.period)
                 assert limit is not None
                 held = await hold(
-                    conn, self._insert, counter, amount, limit, hold_id=hold_id, holder=self.holder
+                    conn,
+                    self._insert,
+                    counter,
+                    amount,
+                    limit,
+                    hold_id=hold_id,
+                    holder=self.holds.holder,
                 )
                 if not held:
                     found = await read_counter(conn, counter)
@@ -469,13 +436,7 @@ class BudgetLedger:
         """Apply the settlements queued and stop their background writer; then this process
         holds nothing any more: what is still held is for the others to give back at once."""
         await self._settlements.close()
-        if self._beaten_at == -math.inf:
-            return
-        try:
-            async with self._db.transaction() as conn:
-                await conn.execute(sa.delete(HOLDERS).where(HOLDERS.c.holder == self.holder))
-        except Exception as exc:  # its holds are given back after the lease all the same
-            logger.warning("budget holder %s not removed: %r", self.holder, exc)
+        await self.holds.leave()
 
     async def release(self, reservation: Reservation) -> None:
         """Give a reservation back: the call failed or was never made."""
@@ -555,7 +516,7 @@ class BudgetLedger:
                     limit = limits.limit(counter.scope, counter.period)
                     assert limit is not None
                     held = await hold_driver(
-                        raw, counter, amount, limit, hold_id=hold_id, holder=self.holder
+                        raw, counter, amount, limit, hold_id=hold_id, holder=self.holds.holder
                     )
                     if not held:
                         row = await raw.fetchrow(
