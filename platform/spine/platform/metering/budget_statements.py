@@ -38,7 +38,6 @@ __all__ = [
     "Insert",
     "ensure_rows",
     "free",
-    "free_driver",
     "hold",
     "hold_driver",
     "move",
@@ -105,9 +104,6 @@ WITH held AS (
 )
 INSERT INTO budget_holds (id, scope, period, day, holder, amount)
 SELECT $6, scope, period, day, $7, $4 FROM held"""
-FREE_SQL = (
-    "DELETE FROM budget_holds WHERE id = ANY($1::varchar[]) RETURNING scope, period, day, amount"
-)
 ENSURE_SQL = (
     "INSERT INTO budget_spend (scope, period, day, spent, reserved) VALUES ($1, $2, $3, 0, 0) "
     "ON CONFLICT DO NOTHING"
@@ -118,10 +114,20 @@ SPENT_SQL = (
     "JOIN unnest($1::text[], $2::text[], $3::date[]) AS k(scope, period, day) "
     "ON s.scope = k.scope AND s.period = k.period AND s.day = k.day"
 )
-SETTLE_SQL = (
-    "UPDATE budget_spend SET reserved = CASE WHEN reserved >= $4 THEN reserved - $4 ELSE 0 END, "
-    "spent = spent + $5 WHERE scope = $1 AND period = $2 AND day = $3"
+# One counter's part of a batch of settlements: the batch's holds in this counter ($4: the
+# reservations' ids) are deleted and what they held given back, and $5 is spent, in one
+# statement; run for each counter in sorted order (executemany: one round trip, atomic), so
+# the counters are locked in the order reservations lock them.
+SETTLE_SQL = """
+WITH gone AS (
+  DELETE FROM budget_holds
+  WHERE id = ANY($4::varchar[]) AND scope = $1 AND period = $2 AND day = $3
+  RETURNING amount
 )
+UPDATE budget_spend
+SET reserved = GREATEST(reserved - (SELECT coalesce(sum(amount), 0) FROM gone), 0),
+    spent = spent + $5
+WHERE scope = $1 AND period = $2 AND day = $3"""
 
 
 def bound(counter: Counter) -> dict[str, Any]:
@@ -149,11 +155,6 @@ async def hold_driver(
         return True
     await raw.execute(ENSURE_SQL, *key)
     return bool(await raw.execute(HOLD_SQL, *key, amount, limit, hold_id, holder) != "INSERT 0 0")
-
-
-async def free_driver(raw: Any, hold_ids: list[str]) -> dict[Counter, Decimal]:
-    """Delete the holds of ``hold_ids`` (asyncpg); return what they held, per counter."""
-    return per_counter(await raw.fetch(FREE_SQL, hold_ids))
 
 
 def per_counter(rows: Iterable[Any]) -> dict[Counter, Decimal]:

@@ -88,7 +88,6 @@ from spine.platform.metering.budget_statements import (
     SPEND,
     ensure_rows,
     free,
-    free_driver,
     hold,
     hold_driver,
     move,
@@ -589,14 +588,9 @@ class BudgetLedger:
         watched = self._watched({c: tenants[c] for c, spent in spend.items() if spent})
         found: dict[Counter, Decimal] | None = None
         if not self._db.is_sqlite:
+            rows = [(c.scope, c.period, c.start, ids, spent) for c, spent in sorted(spend.items())]
             async with self._db.driver() as raw:
-                async with raw.transaction():
-                    freed = await free_driver(raw, ids)
-                    rows = [
-                        (c.scope, c.period, c.start, freed.get(c, _ZERO), spent)
-                        for c, spent in sorted(spend.items())
-                    ]
-                    await raw.executemany(SETTLE_SQL, rows)
+                await raw.executemany(SETTLE_SQL, rows)  # atomic, one round trip
                 if watched:
                     found = await spent_driver(raw, list(watched))
         else:
