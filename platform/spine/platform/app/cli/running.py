@@ -85,8 +85,13 @@ def api() -> None:
     settings = settings_for_command()
     setup_tracing(settings.otel, role="api")  # before the app: its server spans need it
     try:
+        app = create_app(settings)
+        # What start-up allocated (the imports, the app) lives as long as the process: out of
+        # the collector's generations, a full collection no longer walks it (measured: ~0.2 M
+        # objects, 110 ms a full collection, which every request in flight waits through).
+        gc.freeze()
         # Deadlines for slow clients, a connection limit, keep-alive: see GENAI_API__*.
-        uvicorn.Server(server_config(create_app(settings), settings.api)).run()
+        uvicorn.Server(server_config(app, settings.api)).run()
     finally:
         shutdown_tracing()
     gc.freeze()  # exit promptly (see `worker`)
@@ -141,6 +146,7 @@ async def _run_worker(settings: Settings) -> None:
     await metrics.start()
     try:
         await platform.start()
+        gc.freeze()  # start-up's objects out of the collector's walk, as in `api`
         try:
             # Graph ingestion and triggers run beside the agent worker (they consume EVENTS).
             # A task group, not a bare gather: a part that fails stops the others and is
