@@ -12,6 +12,7 @@ from spine.platform.app import launcher
 from spine.platform.embedded.stack import Endpoints
 from spine.platform.errors import ServiceUnavailable
 from spine.platform.settings import Settings, load_settings
+from support.imports import loaded_by
 
 
 @pytest.fixture(autouse=True)
@@ -55,3 +56,10 @@ def test_every_python_child_gets_two_malloc_arenas_unless_told_otherwise(
     assert (
         launcher._child_env(_settings(tmp_path), Endpoints(), role="api")["MALLOC_ARENA_MAX"] == "4"
     )
+
+
+def test_the_spine_command_loads_no_database_layer() -> None:
+    # `spine up` stays resident beside the stack it supervises: SQLAlchemy and pgvector, which
+    # the processes it starts need, cost it ~20 MiB of its own.
+    cli = ["spine.platform.app.cli", "spine.platform.app.launcher"]
+    assert loaded_by(cli, {"sqlalchemy", "pgvector", "asyncpg"}) == []

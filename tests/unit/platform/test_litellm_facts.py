@@ -3,7 +3,6 @@ the other libraries only some processes need."""
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from decimal import Decimal
 
@@ -13,6 +12,7 @@ from spine.platform.models import litellm_facts
 from spine.platform.models.litellm_facts import answer
 from spine.platform.router.catalog import ModelCatalog
 from spine.platform.router.specs import ModelSpec
+from support.imports import loaded_by
 
 # An Ollama model no other test calls: a call registers its price in this process's LiteLLM.
 PAIRS = [("openai", "gpt-4o-mini"), ("ollama", "codellama"), ("anthropic", "no-such-model")]
@@ -60,15 +60,10 @@ async def test_the_catalog_fills_in_from_the_answers() -> None:
 
 
 def test_the_api_and_the_worker_import_no_litellm_openai_neo4j_or_alembic() -> None:
-    # A fresh interpreter: this one has imported them for other tests.
-    code = (
-        "import sys\n"
-        "import spine.platform.app.cli, spine.platform.app.api, spine.platform.app.wiring\n"
-        "import spine.agents.worker\n"
-        "print(sorted({m.split('.')[0] for m in sys.modules} & "
-        "{'litellm', 'openai', 'neo4j', 'alembic'}))\n"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
-    )
-    assert out.stdout.strip() == "[]", out.stderr
+    processes = [
+        "spine.platform.app.cli",
+        "spine.platform.app.api",
+        "spine.platform.app.wiring",
+        "spine.agents.worker",
+    ]
+    assert loaded_by(processes, {"litellm", "openai", "neo4j", "alembic"}) == []

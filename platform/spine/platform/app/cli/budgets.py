@@ -15,7 +15,6 @@ from rich.table import Table
 from spine.platform.app.cli._administering import Admin, administer, when
 from spine.platform.app.cli._shared import add_literal_row, console, literal
 from spine.platform.errors import ConfigurationError, NotFound
-from spine.platform.schema import money_text
 
 if TYPE_CHECKING:
     from spine.platform.metering.budget_periods import Period
@@ -39,6 +38,8 @@ def budgets_show(
     key: Annotated[str | None, KEY_BUDGET] = None,
 ) -> None:
     """Show a tenant's or a key's budgets in their current periods, and the thresholds reached."""
+    from spine.platform.schema import money_text  # with SQLAlchemy: not for every `spine` run
+
     scope = _budget_scope(tenant, key)
 
     async def go(admin: Admin) -> Any:
@@ -83,6 +84,8 @@ def budgets_set(
 ) -> None:
     """Store a budget's limit; it wins over the settings, and every process enforces it within
     GENAI_BUDGETS__STORED_SECONDS."""
+    from spine.platform.schema import money_text  # with SQLAlchemy: not for every `spine` run
+
     scope = _budget_scope(tenant, key)
     chosen = _period(period)
     limit = _limit(amount)
@@ -113,6 +116,8 @@ def budgets_remove(
     period: Annotated[str, PERIOD] = "daily",
 ) -> None:
     """Remove a stored limit: the settings' default (or none) applies again."""
+    from spine.platform.schema import money_text  # with SQLAlchemy: not for every `spine` run
+
     scope = _budget_scope(tenant, key)
     chosen = _period(period)
 
