@@ -45,7 +45,7 @@ from spine.platform.metering import MeteredModels
 from spine.platform.metering.budgets import HOLD_BEAT_SECONDS, BudgetLedger, BudgetLimits
 from spine.platform.metering.cache import response_cache
 from spine.platform.metering.usage import UsageLedger
-from spine.platform.periodic import run_every
+from spine.platform.periodic import run_every, unless_stopped
 from spine.platform.router import ModelRouter
 from spine.platform.settings import Settings
 from spine.platform.tasks import StepJournal, TaskStore
@@ -256,7 +256,15 @@ class Platform:
 
     async def keep_budget_holds(self, stop: asyncio.Event) -> None:
         """Beat as a holder of budget reservations and give back dead processes' holds,
-        until ``stop`` (see :meth:`BudgetLedger.keep_holds`)."""
+        until ``stop`` (see :meth:`BudgetLedger.keep_holds`).
+
+        It starts with this process's first hold: a process that never reserves (an idle
+        stack) keeps no connection busy for it; dead processes' holds are also given back
+        before any refusal.
+        """
+        holds = self.metered.budgets.holds
+        if await unless_stopped(holds.holding.wait(), stop) is None:
+            return
         await run_every(
             self.metered.budgets.keep_holds,
             interval=HOLD_BEAT_SECONDS,

@@ -13,6 +13,7 @@ races for it (its own settlement, or two processes looking for the dead).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time as monotonic_time
 import uuid
@@ -64,6 +65,8 @@ class BudgetHolds:
         self.holder = str(uuid.uuid4())
         self._beaten_at = float("-inf")
         self._looked_at = float("-inf")
+        self.holding = asyncio.Event()
+        """Set once this holder has beaten: it may hold reservations from then on."""
 
     async def keep(self) -> None:
         """Beat, then give back the holds of the holders that stopped (the periodic job)."""
@@ -87,6 +90,7 @@ class BudgetHolds:
                 )
             )
         self._beaten_at = monotonic_time.monotonic()
+        self.holding.set()
 
     async def give_back_dead(self) -> dict[Counter, Decimal]:
         """Give back what holders silent for the lease hold; return it, per counter."""
