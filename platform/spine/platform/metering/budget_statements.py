@@ -238,7 +238,8 @@ async def hold(
 
 async def free(conn: AsyncConnection, hold_ids: list[str]) -> dict[Counter, Decimal]:
     """Delete the holds of ``hold_ids``; return what they held, per counter (a hold given
-    back already, by its settlement or by :func:`reap`, is not counted again)."""
+    back already, by its settlement or as a dead process's, see :mod:`.budget_holds`, is not
+    counted again)."""
     if not hold_ids:
         return {}
     gone = (

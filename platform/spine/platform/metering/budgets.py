@@ -32,9 +32,9 @@ release deletes them and gives back what they held. Every process that reserves 
 ``budget_holders`` (:meth:`BudgetLedger.keep_holds`, every ~10 s); the holds of a process
 silent for ``hold_lease`` (60 s: it was killed, or is frozen) are given back by the others, and
 before a refusal, so a crash never keeps a budget reserved until its period ends
-(:mod:`.budget_holds`). Giving a hold back deletes it first, so nothing is given back twice. A call whose process died may still have
-been charged by its provider: that spend is not counted (its usage row, written behind, died
-with it too).
+(:mod:`.budget_holds`). Giving a hold back deletes it first, so nothing is given back twice.
+A call whose process died may still have been charged by its provider: that spend is not
+counted (its usage row, written behind, died with it too).
 
 Stored limits are read from the database at most every ``stored_seconds`` (2 s by default) by
 each ledger, and at once after this ledger changed one (:meth:`BudgetLedger.set_limit`). After
