@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,7 +17,7 @@ from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from spine.platform.db import MIGRATIONS, Database
+from spine.platform.db import MIGRATIONS, Database, newest_migration
 from spine.platform.errors import BadRequest, Conflict, IdempotencyConflict, NotFound
 from spine.platform.schema import Base, TaskEventRow, TaskRow
 from spine.platform.tasks import StepJournal, TaskError, TaskStore, TaskSubmission
@@ -65,6 +68,58 @@ async def test_migrations_apply_twice_and_match_the_declared_schema(db: Database
         for column in table.columns:
             assert tables[name][column.name]["nullable"] == column.nullable, (name, column.name)
     assert diff == [], diff
+
+
+def test_the_newest_migration_is_read_from_the_file_names_as_alembic_reads_it() -> None:
+    scripts = Config()
+    scripts.set_main_option("script_location", str(MIGRATIONS))
+    directory = ScriptDirectory.from_config(scripts)
+    assert newest_migration() == directory.get_current_head()
+    # The names hold the revisions, in order: a migration named otherwise would make every
+    # start migrate (or skip one) without this failing.
+    for script in directory.walk_revisions():
+        assert Path(script.path).name.startswith(f"{script.revision}_"), script.path
+
+
+async def test_a_start_on_an_up_to_date_schema_does_not_import_alembic(
+    db: Database, database_url: str
+) -> None:
+    code = (
+        "import asyncio, sys\n"
+        "from spine.platform.db import Database\n"
+        f"asyncio.run(Database({database_url!r}).migrate())\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'alembic', 'mako', 'pygments'}))\n"
+    )
+    ran = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    assert ran.stdout.strip() == "[]"  # ~11 MiB each API, worker and learner process kept
+
+
+async def test_a_schema_behind_is_brought_up_to_date(db: Database) -> None:
+    def step(conn: sa.Connection, target: str) -> str | None:
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        config.attributes["connection"] = conn
+        command.downgrade(config, target)
+        return MigrationContext.configure(conn).get_current_revision()
+
+    async with db.engine.begin() as conn:
+        assert await conn.run_sync(step, "-1") != newest_migration()
+    await db.dispose()
+    await db.migrate()
+
+    def state(conn: sa.Connection) -> tuple[str | None, list[Any]]:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+        return MigrationContext.configure(conn).get_current_revision(), diff
+
+    async with db.engine.connect() as conn:
+        assert await conn.run_sync(state) == (newest_migration(), [])
 
 
 async def test_the_chunks_vector_index_is_rebuilt_as_declared_both_ways(db: Database) -> None:
