@@ -19,9 +19,12 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+import nats
 import pytest
+from nats.aio.msg import Msg
 
 from spine.events.progress import ProgressFeed
+from spine.events.subjects import progress_subject
 from spine.platform.tasks import TaskEvent, TaskStore
 from support.databases import create_database
 from support.fake_models import FakeModelServer
@@ -147,6 +150,32 @@ async def test_a_live_stream_is_woken_by_nudges_not_by_reading_the_database(
     assert seen[-1].is_final
     # Each new event came with its nudge: none was read from the database.
     assert reads == [0, 1, 1]
+
+
+async def test_a_new_task_is_not_announced_its_later_events_are(
+    spine: RunningPlatform, services: Any
+) -> None:
+    # No one can follow a task before its submit returned the id: its first event is read
+    # from the database by whoever follows it later, and a nudge for it would reach no one.
+    nudges: list[tuple[str, int]] = []
+    nc = await nats.connect(services.nats_url)
+    try:
+
+        async def heard(msg: Msg) -> None:
+            nudges.append((msg.subject, TaskEvent.model_validate_json(msg.data).seq))
+
+        await nc.subscribe(progress_subject(">"), cb=heard)
+        await nc.flush()
+        task_id = await finished_task(spine)
+        subject = progress_subject(task_id)
+        for _ in range(250):
+            if len([n for n in nudges if n[0] == subject]) >= 2:
+                break
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.1)  # a nudge for event 1, had one been sent, would be in by now
+    finally:
+        await nc.close()
+    assert [seq for name, seq in nudges if name == subject] == [2, 3]
 
 
 async def test_a_task_ending_while_its_stream_subscribes_ends_the_stream_at_once(

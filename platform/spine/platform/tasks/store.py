@@ -4,7 +4,7 @@
 reading (here), the outbox (:mod:`.outbox`), a worker's attempts (:mod:`.attempts`) and pauses
 for approval (:mod:`.approvals`); the step journal is :mod:`.journal`. Every write that stores
 progress events announces them once committed, through the sink the store was given, so no
-caller has to remember to.
+caller has to remember to (all but a new task's first event, which no one can be following yet).
 """
 
 from __future__ import annotations
@@ -102,7 +102,8 @@ class TaskStore(Attempts, Approvals, Outbox, StorePart):
                 ) from None
             return task_of(existing), [], False
         written = [TaskEvent(**event)]
-        await self._announce(written)
+        # Not announced: no one can follow a task before this returns its id, and whoever
+        # follows it later reads its stored events first (one NATS message less per task).
         record_task_submitted(submission.agent, tenant=tenant)
         return task_of(values), written, True
 
