@@ -6,6 +6,7 @@ import asyncio
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,9 @@ from alembic.script import ScriptDirectory
 
 from spine.platform.db import MIGRATIONS, Database, newest_migration
 from spine.platform.errors import BadRequest, Conflict, IdempotencyConflict, NotFound
-from spine.platform.schema import Base, TaskEventRow, TaskRow
+from spine.platform.metering import ModelCallRecord
+from spine.platform.metering.usage import UsageLedger
+from spine.platform.schema import Base, ModelCallRow, TaskEventRow, TaskRow
 from spine.platform.tasks import StepJournal, TaskError, TaskStore, TaskSubmission
 from support.vectors import INDEX
 
@@ -418,6 +421,60 @@ async def test_finish_commits_the_attempts_last_events_before_its_state(store: T
     # A stale attempt's last events are not written either.
     assert await store.finish(task.id, attempt=1, state="failed", events=noted) == []
     assert len(await store.events(task.id, tenant=None)) == 5
+
+
+async def test_finish_writes_the_usage_rows_it_is_given_in_its_commit(db: Database) -> None:
+    store, ledger = TaskStore(db), UsageLedger(db)
+    task, _, _ = await store.submit(chat(), tenant="acme")
+    await store.claim(task.id, lease=30)
+    call = ModelCallRecord(
+        tenant="acme",
+        model="m",
+        provider="openai",
+        task_id=task.id,
+        input_tokens=3,
+        output_tokens=5,
+        cost=Decimal("0.00000123"),
+        latency_ms=1.5,
+        fallback_path=["local"],
+        decision={"scores": {"m": 0.5}},
+        created_at=datetime(2026, 12, 4, 23, 59, 59, 123456, tzinfo=UTC),
+    )
+    await store.finish(task.id, attempt=1, state="succeeded", result={}, usage=[call])
+
+    async with db.transaction() as conn:
+        rows = (await conn.execute(sa.select(ModelCallRow.__table__))).mappings().all()
+    assert [dict(row) for row in rows] == [
+        {
+            "id": call.id,
+            "tenant": "acme",
+            "key_id": None,
+            "task_id": task.id,
+            "model": "m",
+            "provider": "openai",
+            "input_tokens": 3,
+            "output_tokens": 5,
+            "cost": Decimal("0.00000123"),
+            "latency_ms": 1.5,
+            "cache_hit": False,
+            "fallback_path": ["local"],
+            "outcome": "ok",
+            "created_at": call.created_at,
+            "strategy": None,
+            "task_category": None,
+            "completion_id": None,
+            "decision": {"scores": {"m": 0.5}},
+            "experiment_id": None,
+            "arm": None,
+        }
+    ]
+    # A row written already (by the ledger's writer behind) is skipped; a stale attempt's
+    # calls were made all the same, so its rows are written though its end is not.
+    await ledger.record(call)
+    late = ModelCallRecord(tenant="acme", model="m", provider="openai", task_id=task.id)
+    assert await store.finish(task.id, attempt=1, state="failed", usage=[call, late]) == []
+    usage = await ledger.summary(tenant="acme")
+    assert [(u.calls, u.input_tokens, u.cost) for u in usage] == [(2, 3, Decimal("0.00000123"))]
 
 
 async def test_the_journal_is_fenced_by_the_attempt_and_first_write_wins(db: Database) -> None:

@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 from spine.events.outcomes import TaskSignalKind
 from spine.platform.errors import TaskCancelled, TransientFailure
-from spine.platform.metering import CallContext, MeteredStream
+from spine.platform.metering import CallContext, MeteredStream, ModelCallRecord
 from spine.platform.models import Completion
 from spine.platform.tasks import JournalEntry, StepJournal, StepKind, Task
 from spine.tools.registry import ToolRegistry
@@ -196,6 +196,15 @@ class ModelSource(Protocol):
 
     async def flush(self) -> None:
         """Write what the calls made so far recorded (usage rows are written behind)."""
+        ...
+
+    async def take_usage(self, task_id: str) -> list[ModelCallRecord]:
+        """Settle the calls made so far and take the task's usage rows not written yet, to
+        be written with its end."""
+        ...
+
+    def put_back_usage(self, calls: list[ModelCallRecord]) -> None:
+        """Queue again usage rows that :meth:`take_usage` gave out and were not written."""
         ...
 
 

@@ -386,12 +386,22 @@ class TaskWorker:
         error: TaskError | None = None,
         events: list[tuple[str, dict[str, Any]]] | None = None,
     ) -> None:
-        # The task's usage rows are written behind: they are in before its final state, so
-        # whoever sees the task finished also sees what it used.
-        await self._models.flush()
-        written = await self._store.finish(
-            task.id, attempt=attempt, state=state, result=result, error=error, events=events or ()
-        )
+        # The task's usage rows are written behind; those not written yet are written with
+        # its end, in one commit, so whoever sees the task finished also sees what it used.
+        usage = await self._models.take_usage(task.id)
+        try:
+            written = await self._store.finish(
+                task.id,
+                attempt=attempt,
+                state=state,
+                result=result,
+                error=error,
+                events=events or (),
+                usage=usage,
+            )
+        except BaseException:
+            self._models.put_back_usage(usage)  # left to the writer behind: lost by no one
+            raise
         if self._still_owned(task, attempt, written):
             if state in _ENDS:
                 self._signal(task, state, f"{task.id}:end")

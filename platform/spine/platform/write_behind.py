@@ -68,6 +68,38 @@ class WriteBehind(Generic[T]):
             return
         self._start()
 
+    def take(self, match: Callable[[T], bool]) -> list[T]:
+        """Take the items ``match`` selects, for the caller to write in a transaction of its
+        own; give them back with :meth:`put_back` if that write fails.
+
+        Queued items are taken out. Items a batch being written holds are copied, not taken:
+        the caller writes them too (the writes are idempotent), so they are committed once its
+        own commit is, whichever commit comes first.
+        """
+        queued: list[T] = []
+        while not self._queue.empty():
+            queued.append(self._queue.get_nowait())
+        taken: list[T] = [item for item in self._held if match(item)]
+        for item in queued:
+            if match(item):
+                taken.append(item)
+            else:
+                self._queue.put_nowait(item)  # back in its place: the queue held them all
+        return taken
+
+    def put_back(self, items: list[T]) -> None:
+        """Queue again what :meth:`take` gave out and the caller did not write; never waits
+        (past the queue's bound they go behind the batch in hand)."""
+        held = {id(item) for item in self._held}  # copies: still in hand, written with it
+        for item in items:
+            if id(item) in held:
+                continue
+            try:
+                self._queue.put_nowait(item)  # wakes the writer if it waits for items
+            except asyncio.QueueFull:
+                self._held.append(item)  # the queue is not empty: the writer is not waiting
+        self._start()
+
     async def flush(self) -> None:
         """Write what was submitted so far.
 

@@ -89,3 +89,61 @@ async def test_close_drains_the_queue_and_stops_the_writer() -> None:
     await behind.close()
     assert store.written == [0, 1, 2, 3]
     assert behind.pending == 0
+
+
+async def test_take_hands_out_the_matching_items_and_the_writer_skips_them() -> None:
+    store = Store()
+    behind = WriteBehind(store.write, what="items", interval=10.0)
+    for item in range(6):
+        await behind.submit(item)
+    assert behind.take(lambda item: item % 2 == 0) == [0, 2, 4]
+    assert behind.pending == 3
+    await behind.flush()
+    assert store.written == [1, 3, 5]  # in their order; the taker writes the others
+    await behind.close()
+
+
+async def test_take_copies_what_a_write_in_progress_holds() -> None:
+    gate = asyncio.Event()
+    written: list[list[int]] = []
+
+    async def slow_write(batch: list[int]) -> None:
+        await gate.wait()
+        written.append(list(batch))
+
+    behind = WriteBehind(slow_write, what="items", interval=10.0)
+    for item in range(3):
+        await behind.submit(item)
+    flushing = asyncio.create_task(behind.flush())
+    await asyncio.sleep(0.01)  # the batch [0, 1, 2] is in hand, its commit not done
+    await behind.submit(3)
+    # Taken from the batch in hand too (copied: its write goes on), so whoever writes them
+    # with its own commit cannot commit before they are stored.
+    assert behind.take(lambda item: item in (1, 3)) == [1, 3]
+    gate.set()
+    await flushing
+    await behind.close()
+    assert written == [[0, 1, 2]]
+
+
+async def test_put_back_queues_again_what_the_taker_could_not_write() -> None:
+    store = Store()
+    behind = WriteBehind(store.write, what="items", interval=0.01, max_queued=2)
+    await behind.submit(1)
+    await behind.submit(2)
+    taken = behind.take(lambda item: True)
+    assert taken == [1, 2] and behind.pending == 0
+    await asyncio.sleep(0.05)  # the writer waits for items now
+    behind.put_back(taken)
+    for _ in range(100):
+        if not behind.pending:
+            break
+        await asyncio.sleep(0.02)
+    assert store.written == [1, 2]  # the waiting writer was woken: no other submit came
+    # Past a full queue's bound: behind the items in hand, never waiting, never dropped.
+    await behind.submit(7)
+    await behind.submit(8)
+    behind.put_back([3])
+    assert behind.pending == 3
+    await behind.close()
+    assert sorted(store.written) == [1, 2, 3, 7, 8]

@@ -15,6 +15,7 @@ from spine.platform.metering.metered import (
     MeteredModels,
 )
 from spine.platform.metering.streams import MeteredStream
+from spine.platform.metering.usage import ModelCallRecord
 
 __all__ = [
     "ABANDONED",
@@ -26,5 +27,6 @@ __all__ = [
     "MeteredEmbedding",
     "MeteredModels",
     "MeteredStream",
+    "ModelCallRecord",
     "OutcomeHook",
 ]

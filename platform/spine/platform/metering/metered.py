@@ -290,6 +290,19 @@ class MeteredModels:
         await self.budgets.flush()
         await self.usage.flush()
 
+    async def take_usage(self, task_id: str) -> list[ModelCallRecord]:
+        """Write the budget settlements of the calls made so far, and take the usage rows of
+        ``task_id``'s calls not written yet, for the caller to write with the task's end
+        (:meth:`put_back_usage` what it could not)."""
+        if self._pending:  # streams that ended and are still settling
+            await asyncio.gather(*self._pending, return_exceptions=True)
+        await self.budgets.flush()
+        return self.usage.take(task_id)
+
+    def put_back_usage(self, calls: list[ModelCallRecord]) -> None:
+        """Queue again usage rows :meth:`take_usage` gave out and their taker did not write."""
+        self.usage.put_back(calls)
+
     async def close(self) -> None:
         """Wait for streams being settled, drain what is written behind, then close the cache."""
         if self._pending:

@@ -32,6 +32,7 @@ from typing import Any, Literal, get_args
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from spine.platform.cursors import decode_cursor, encode_cursor
 from spine.platform.db import Database
@@ -39,7 +40,16 @@ from spine.platform.errors import BadRequest
 from spine.platform.schema import ModelCallRow, Money, utcnow
 from spine.platform.write_behind import WriteBehind
 
-__all__ = ["OK", "Grouping", "ModelCallRecord", "UsageLedger", "UsageRow"]
+__all__ = [
+    "OK",
+    "Grouping",
+    "ModelCallRecord",
+    "UsageLedger",
+    "UsageRow",
+    "calls_json",
+    "insert_calls",
+    "insert_calls_from_json",
+]
 
 Grouping = Literal["day", "model", "tenant", "provider"]
 OK = "ok"
@@ -149,8 +159,6 @@ class UsageLedger:
     ) -> None:
         self._db = db
         self._day = _utc_day(db)
-        insert = sqlite.insert if db.is_sqlite else postgresql.insert
-        self._insert = insert(_CALLS).on_conflict_do_nothing(index_elements=[_CALLS.c.id])
         self._behind: WriteBehind[ModelCallRecord] = WriteBehind(
             self.record_many,
             what="usage rows",
@@ -175,9 +183,8 @@ class UsageLedger:
             async with self._db.driver() as raw:
                 await raw.executemany(_INSERT_SQL, records)  # atomic, one round trip
             return
-        rows = [_values(call) for call in calls]
         async with self._db.transaction() as conn:
-            await conn.execute(self._insert, rows)
+            await insert_calls(conn, calls)
 
     async def submit(self, call: ModelCallRecord) -> None:
         """Queue one model call for the background writer; returns at once unless the queue
@@ -188,6 +195,15 @@ class UsageLedger:
     def pending(self) -> int:
         """Rows submitted and not written yet."""
         return self._behind.pending
+
+    def take(self, task_id: str) -> list[ModelCallRecord]:
+        """Take the task's rows not written yet, for the caller to write with the task's end
+        (see :func:`calls_json`); :meth:`put_back` what it could not write."""
+        return self._behind.take(lambda call: call.task_id == task_id)
+
+    def put_back(self, calls: list[ModelCallRecord]) -> None:
+        """Queue again rows :meth:`take` gave out and their taker did not write."""
+        self._behind.put_back(calls)
 
     async def flush(self) -> None:
         """Write the rows submitted so far; never raises (see :meth:`WriteBehind.flush`)."""
@@ -317,6 +333,37 @@ def _utc_day(db: Database) -> sa.ColumnElement[Any]:
     else:
         day = sa.cast(sa.func.timezone("UTC", created), sa.Date)
     return sa.type_coerce(day, sa.Date())
+
+
+async def insert_calls(conn: AsyncConnection, calls: Sequence[ModelCallRecord]) -> None:
+    """Insert usage rows in ``conn``'s transaction; ids already stored are skipped."""
+    if not calls:
+        return
+    insert = sqlite.insert if conn.dialect.name == "sqlite" else postgresql.insert
+    statement = insert(_CALLS).on_conflict_do_nothing(index_elements=[_CALLS.c.id])
+    await conn.execute(statement, [_values(call) for call in calls])
+
+
+def insert_calls_from_json(parameter: str) -> str:
+    """An ``INSERT`` of the usage rows in the JSON array ``parameter`` (:func:`calls_json`) for
+    PostgreSQL, to be a data-modifying ``WITH`` of another statement: one commit for both."""
+    columns = ", ".join(_COLUMNS)
+    return (
+        f"INSERT INTO model_calls ({columns}) SELECT {columns} "  # noqa: S608 (names, no values)
+        f"FROM jsonb_populate_recordset(NULL::model_calls, {parameter}::jsonb) "
+        "ON CONFLICT (id) DO NOTHING"
+    )
+
+
+def calls_json(calls: Sequence[ModelCallRecord]) -> str:
+    """Render usage rows for :func:`insert_calls_from_json` (exact costs, as text)."""
+    return json.dumps([_values(call) for call in calls], default=_as_text)
+
+
+def _as_text(value: object) -> str:
+    if isinstance(value, Decimal | datetime):
+        return str(value)  # exact; PostgreSQL reads either form back
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def _values(call: ModelCallRecord) -> dict[str, Any]:

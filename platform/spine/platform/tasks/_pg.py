@@ -1,6 +1,7 @@
 """The task path's hot statements on PostgreSQL: one statement each, through asyncpg.
 
-Each task runs a handful of writes (submit, claim, a progress event, finish, journal steps).
+Each task runs a handful of writes (submit, claim, a progress event, finish with the usage rows
+of its calls, journal steps).
 Through SQLAlchemy each cost ~1 ms of CPU to build and execute and two statements plus BEGIN
 and COMMIT round trips; here each is one prepared statement that commits on its own: a data-
 modifying ``WITH`` updates the task row (numbering its events with ``event_seq``, which takes
@@ -18,6 +19,7 @@ import json
 from datetime import datetime
 from typing import Any
 
+from spine.platform.metering.usage import insert_calls_from_json
 from spine.platform.tasks.models import TaskEvent
 
 SUBMIT = """
@@ -56,7 +58,7 @@ WITH t AS (
 SELECT * FROM t"""
 """Start an attempt of a claimable task and write its ``running`` event; no row otherwise."""
 
-FINISH = """
+FINISH = f"""
 WITH t AS (
   UPDATE tasks
   SET state = $3::varchar, result = $4::jsonb,
@@ -71,9 +73,12 @@ WITH t AS (
     SELECT t.id, t.tenant, t.event_seq - jsonb_array_length($8::jsonb) + x.i,
            x.v->>'type', x.v->'data', $7::timestamptz
     FROM t, jsonb_array_elements($8::jsonb) WITH ORDINALITY AS x(v, i)
-  )
-SELECT tenant, event_seq FROM t"""
-"""End the attempt ``$2`` of a task (fenced) with its last events; no row if it lost the task."""
+  ),
+  u AS ({insert_calls_from_json("$9")})
+SELECT tenant, event_seq FROM t"""  # noqa: S608 (constants only: no value is formatted in)
+"""End the attempt ``$2`` of a task (fenced) with its last events; no row if it lost the task.
+The usage rows of its calls not written yet (``$9``) are inserted whatever the fence says:
+the calls were made."""
 
 APPEND = """
 WITH t AS (

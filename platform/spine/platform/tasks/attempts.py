@@ -20,6 +20,7 @@ from typing import Any, Literal
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from spine.platform.metering.usage import ModelCallRecord, calls_json, insert_calls
 from spine.platform.schema import UtcDateTime, utcnow
 from spine.platform.tasks import _pg
 from spine.platform.tasks._rows import (
@@ -152,11 +153,15 @@ class Attempts(StorePart):
         error: TaskError | None = None,
         retry_in: float | None = None,
         events: Sequence[tuple[str, dict[str, Any]]] = (),
+        usage: Sequence[ModelCallRecord] = (),
     ) -> list[TaskEvent]:
         """End an attempt; ``queued`` hands the task back for a retry.
 
         ``events`` are progress events the attempt left to be written with its end (its last
         model call, its final answer): they come before the state event, in one commit.
+        ``usage`` are usage rows of its calls not written yet: they are written in the same
+        commit (whether or not the attempt still owns the task), so whoever sees the task's
+        end sees what it used.
 
         Returns:
             The events written; empty when the attempt no longer owns the task.
@@ -171,11 +176,19 @@ class Attempts(StorePart):
             if stored_error is not None:
                 payload["error"] = stored_error
             return await self._finish_pg(
-                task_id, attempt, state, result, stored_error, [*events, ("state", payload)], now
+                task_id,
+                attempt,
+                state,
+                result,
+                stored_error,
+                [*events, ("state", payload)],
+                now,
+                usage,
             )
         owned = sa.and_(TASKS.c.attempts == attempt, TASKS.c.state == "running")
         written: list[TaskEvent] = []
         async with self._db.transaction() as conn:
+            await insert_calls(conn, usage)
             if events and await _owned(conn, task_id, attempt):
                 for type_, data in events:
                     noted = await change(
@@ -207,6 +220,7 @@ class Attempts(StorePart):
         error: dict[str, Any] | None,
         events: list[tuple[str, dict[str, Any]]],
         now: datetime,
+        usage: Sequence[ModelCallRecord],
     ) -> list[TaskEvent]:
         async with self._db.driver() as raw:
             row = await raw.fetchrow(
@@ -219,6 +233,7 @@ class Attempts(StorePart):
                 state in TERMINAL_STATES,
                 now,
                 _pg.events_param(events),
+                calls_json(usage),
             )
         written = [] if row is None else _pg.numbered(task_id, row[0], row[1], events, now)
         await self._announce(written)
