@@ -126,7 +126,10 @@ STAGES = {
     "1 POST sent -> queued stamped (HTTP, auth, validation, session)": ("sent", "queued"),
     "2 queued -> running stamped (commit, publish, fetch, claim lock)": ("queued", "running"),
     # The model_call event is written with the task's end (one commit): stage 3 runs to the end.
-    "3 running -> model_call stamped (model call, finish with its usage rows)": ("running", "model_call"),
+    "3 running -> model_call stamped (model call, finish with its usage rows)": (
+        "running",
+        "model_call",
+    ),
     "4 model_call -> succeeded stamped (the same commit: 0)": ("model_call", "succeeded"),
     "5 succeeded -> client has it (commit, nudge, SSE)": ("succeeded", "received"),
 }

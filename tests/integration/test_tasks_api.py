@@ -10,7 +10,10 @@ from typing import Any
 import httpx
 import nats
 import pytest
+import sqlalchemy as sa
 
+from spine.platform.metering.usage import UsageLedger
+from spine.platform.schema import ModelCallRow
 from support.fake_models import FakeModelServer, Rule
 from support.live_platform import RunningPlatform, run_platform, running_platform
 from support.settings import make_settings
@@ -108,6 +111,27 @@ async def test_a_retry_waits_as_long_as_the_providers_429_asked(
     retries = [e for e in await sse_events(spine, task["id"]) if e.get("state") == "queued"]
     assert retries[-1]["retry_in"] == 1.5
     assert retries[-1]["error"]["cause"] == "RateLimitError"
+
+
+async def test_a_task_is_seen_finished_only_with_the_usage_of_its_calls(
+    spine: RunningPlatform,
+) -> None:
+    for worker in spine.workers:  # the writer behind would wait a minute: the end must write
+        worker.metered.usage = UsageLedger(worker.db, flush_interval=60.0)
+    task = await submit(spine, "count this call")
+    done = await spine.wait_for(task["id"])
+    assert done["state"] == "succeeded"
+    async with spine.platform.db.transaction() as conn:
+        calls = (
+            await conn.execute(
+                sa.select(ModelCallRow.model, ModelCallRow.outcome).where(
+                    ModelCallRow.task_id == task["id"]
+                )
+            )
+        ).all()
+    assert [tuple(c) for c in calls] == [(done["result"]["model"], "ok")]
+    # Written by the task's end, not left to the writer behind to write a second time.
+    assert [worker.metered.usage.pending for worker in spine.workers] == [0]
 
 
 async def test_agents_share_the_router_and_fall_back_within_one_attempt(

@@ -72,14 +72,21 @@ class WriteBehind(Generic[T]):
         """Take the items ``match`` selects, for the caller to write in a transaction of its
         own; give them back with :meth:`put_back` if that write fails.
 
-        Queued items are taken out. Items a batch being written holds are copied, not taken:
-        the caller writes them too (the writes are idempotent), so they are committed once its
-        own commit is, whichever commit comes first.
+        Items waiting (queued, or gathered by the writer for its next batch) are taken out.
+        Items a write in progress holds are copied, not taken: the caller writes them too (the
+        writes are idempotent), so they are committed once its own commit is, whichever
+        commit comes first.
         """
+        taken: list[T] = []
+        if self._writing.locked():
+            taken.extend(item for item in self._held if match(item))
+        else:
+            kept = [item for item in self._held if not match(item)]
+            taken.extend(item for item in self._held if match(item))
+            self._held[:] = kept
         queued: list[T] = []
         while not self._queue.empty():
             queued.append(self._queue.get_nowait())
-        taken: list[T] = [item for item in self._held if match(item)]
         for item in queued:
             if match(item):
                 taken.append(item)

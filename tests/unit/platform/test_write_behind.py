@@ -103,6 +103,18 @@ async def test_take_hands_out_the_matching_items_and_the_writer_skips_them() -> 
     await behind.close()
 
 
+async def test_take_takes_what_the_writer_gathers_for_its_next_batch() -> None:
+    store = Store()
+    behind = WriteBehind(store.write, what="items", interval=0.05)
+    await behind.submit(1)
+    await asyncio.sleep(0.01)  # the writer holds 1 while it waits for more
+    await behind.submit(2)
+    assert behind.take(lambda item: item == 1) == [1]
+    await asyncio.sleep(0.1)
+    assert store.written == [2]  # 1 is the taker's to write, and written once
+    await behind.close()
+
+
 async def test_take_copies_what_a_write_in_progress_holds() -> None:
     gate = asyncio.Event()
     written: list[list[int]] = []
