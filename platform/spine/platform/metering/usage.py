@@ -13,7 +13,9 @@ backoff; the inserts ignore ids already stored, so a retry after a commit whose 
 writes nothing twice. When the queue is full, :meth:`~UsageLedger.submit` writes its row itself
 and the caller waits (backpressure: rows are never dropped). :meth:`~UsageLedger.summary` first
 flushes this process's pending rows, so a caller reads its own calls; :meth:`~UsageLedger.close`
-drains the queue.
+drains the queue. A worker ending a task takes that task's rows out of the queue and writes
+them in the statement that ends it (:meth:`~UsageLedger.take`, :func:`insert_calls_from_json`):
+one commit for both, and whoever sees the task finished sees what it used.
 
 The trade-off: the rows of the last ~20 ms are lost if the process is killed without closing
 (SIGKILL, a crash). Budgets do not depend on these rows: they are reserved synchronously
