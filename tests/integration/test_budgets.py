@@ -21,6 +21,8 @@ from spine.platform.metering.budgets import (
     budget_scopes,
     estimate_cost,
 )
+from spine.platform.metering.budget_periods import Counter
+from spine.platform.metering.budget_statements import READ_SQL, SETTLE_SQL, hold_driver
 from spine.platform.metering.usage import ModelCallRecord, UsageLedger
 from spine.platform.router import ModelSpec, Requirements
 from spine.platform.schema import BudgetSpendRow
@@ -502,3 +504,26 @@ async def test_a_refusal_waits_for_the_pending_settlements(db: Database, clock: 
     state = await ledger.state("tenant:acme")
     assert (state.spent, state.reserved) == (Decimal("0.1"), Decimal("0.5"))
     await ledger.close()
+
+
+async def test_a_reservation_does_not_wait_for_the_wal_flush_but_a_settlement_does(
+    db: Database,
+) -> None:
+    if db.is_sqlite:
+        pytest.skip("synchronous_commit is PostgreSQL's")
+    counter = Counter(scope="tenant:acme", period="daily", start=date(2026, 12, 5))
+    async with db.driver() as raw:
+        async with raw.transaction():
+            held = await hold_driver(
+                raw, counter, Decimal("0.1"), Decimal(1), hold_id="h1", holder="p1"
+            )
+            assert held
+            assert await raw.fetchval("SHOW synchronous_commit") == "off"
+        # Only that transaction's: the connection's next ones wait for the flush again.
+        assert await raw.fetchval("SHOW synchronous_commit") == "on"
+        key = (counter.scope, counter.period, counter.start)
+        async with raw.transaction():
+            await raw.execute(SETTLE_SQL, *key, ["h1"], Decimal("0.05"))
+            assert await raw.fetchval("SHOW synchronous_commit") == "on"
+        row = await raw.fetchrow(READ_SQL, *key)
+    assert (row["spent"], row["reserved"]) == (Decimal("0.05"), Decimal(0))

@@ -100,10 +100,18 @@ HOLD_SQL = """
 WITH held AS (
   UPDATE budget_spend SET reserved = reserved + $4
   WHERE scope = $1 AND period = $2 AND day = $3 AND spent + reserved + $4 <= $5
+    AND (SELECT set_config('synchronous_commit', 'off', true)) IS NOT NULL
   RETURNING scope, period, day
 )
 INSERT INTO budget_holds (id, scope, period, day, holder, amount)
 SELECT $6, scope, period, day, $7, $4 FROM held"""
+"""Reserve ``$4`` in a counter and write its hold, if the limit ``$5`` leaves room.
+
+Its commit does not wait for the WAL's flush (``synchronous_commit`` off for its transaction):
+the counter's row lock is released at once instead of after the flush, which every other
+reservation of the scope waits for. It is safe to lose in a crash of PostgreSQL: the counter's
+change and the hold go together, and a settlement that finds no hold gives nothing back (a
+settlement commits synchronously, flushing the WAL before it, so it never outlives its hold)."""
 ENSURE_SQL = (
     "INSERT INTO budget_spend (scope, period, day, spent, reserved) VALUES ($1, $2, $3, 0, 0) "
     "ON CONFLICT DO NOTHING"
