@@ -12,6 +12,8 @@ import sqlalchemy as sa
 
 from spine.platform.db import Database
 from spine.platform.errors import BudgetExceeded, ConfigurationError
+from spine.platform.metering.budget_periods import Counter
+from spine.platform.metering.budget_statements import READ_SQL, SETTLE_SQL, hold_driver
 from spine.platform.metering.budgets import (
     DEFAULT_ANSWER_TOKENS,
     HOLD_LEASE_SECONDS,
@@ -21,8 +23,6 @@ from spine.platform.metering.budgets import (
     budget_scopes,
     estimate_cost,
 )
-from spine.platform.metering.budget_periods import Counter
-from spine.platform.metering.budget_statements import READ_SQL, SETTLE_SQL, hold_driver
 from spine.platform.metering.usage import ModelCallRecord, UsageLedger
 from spine.platform.router import ModelSpec, Requirements
 from spine.platform.schema import BudgetSpendRow
