@@ -77,13 +77,9 @@ class WriteBehind(Generic[T]):
         writes are idempotent), so they are committed once its own commit is, whichever
         commit comes first.
         """
-        taken: list[T] = []
-        if self._writing.locked():
-            taken.extend(item for item in self._held if match(item))
-        else:
-            kept = [item for item in self._held if not match(item)]
-            taken.extend(item for item in self._held if match(item))
-            self._held[:] = kept
+        taken = [item for item in self._held if match(item)]
+        if not self._writing.locked():  # only gathered for the next batch: take them out
+            self._held[:] = [item for item in self._held if not match(item)]
         queued: list[T] = []
         while not self._queue.empty():
             queued.append(self._queue.get_nowait())
