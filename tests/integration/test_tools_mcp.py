@@ -55,9 +55,24 @@ async def gone_soon(before: set[int], within: float = 5.0) -> set[int]:
     a fixed sleep, and a leaked one is still there after the whole wait.
     """
     deadline = asyncio.get_running_loop().time() + within
-    while (extra := children() - before) and asyncio.get_running_loop().time() < deadline:
+    while (extra := _new_since(before)) and asyncio.get_running_loop().time() < deadline:
         await asyncio.sleep(0.05)
     return extra
+
+
+def _new_since(before: set[int]) -> set[int]:
+    """Descendants not there before, leaving out what older ones forked since: the test
+    databases' servers are children of this process too, and a PostgreSQL backend or
+    autovacuum worker starting meanwhile is not a server this test leaked."""
+    new = set()
+    for process in psutil.Process().children(recursive=True):
+        try:
+            ancestors = {parent.pid for parent in process.parents()}
+        except psutil.NoSuchProcess:
+            continue
+        if process.pid not in before and not ancestors & before:
+            new.add(process.pid)
+    return new
 
 
 async def test_a_stdio_servers_tools_are_registered_called_and_closed() -> None:
@@ -142,7 +157,7 @@ async def watched_echo(
 
 def kill_servers(before: set[int]) -> None:
     """SIGKILL the MCP server processes started since ``before``."""
-    for pid in children() - before:
+    for pid in _new_since(before):
         psutil.Process(pid).kill()
 
 

@@ -96,10 +96,13 @@ async def test_cluster_of_3_nats_2_apis_3_workers_loses_nothing_when_one_of_each
     prompts = [f"cluster {run} task {i:04d}" for i in range(TASKS)]
     faults: list[Fault] = []
     victim_held: set[str] = set()  # tasks running on the worker when it was killed
-    # One fake model server per worker: its calls tell when that worker is taking tasks.
+    # One fake model server per worker: its calls tell when that worker is taking tasks. The
+    # victim's answers take 50 ms, so a freeze finds tasks it called the model for still
+    # running: at 0 ms a task is running-and-called only for the ~1 ms between its model's
+    # answer and its finish statement, and 30 s of tries could miss every one of them.
     with (
         NatsCluster(tmp_path / "nats", size=3) as cluster,
-        FakeModelServer(models=[FAKE_MODEL]) as model_1,
+        FakeModelServer(models=[FAKE_MODEL], latency=0.05) as model_1,
         FakeModelServer(models=[FAKE_MODEL]) as model_2,
         FakeModelServer(models=[FAKE_MODEL]) as model_3,
     ):
