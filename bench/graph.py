@@ -132,9 +132,11 @@ async def ingest_phase(
     stop = asyncio.Event()
     started = time.perf_counter()
     running = asyncio.create_task(ingestor.run(stop))
+    # Done when every stored event is acked: the consumer's own pending count lags a publish.
+    last = (await bus.js.stream_info(EVENTS_STREAM)).state.last_seq
     while True:
         info = await bus.js.consumer_info(EVENTS_STREAM, INGEST_CONSUMER)
-        if info.num_pending == 0 and info.num_ack_pending == 0 and ingestor.stats.mapped:
+        if info.num_ack_pending == 0 and info.ack_floor.stream_seq >= last:
             break
         if running.done():
             running.result()

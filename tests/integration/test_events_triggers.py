@@ -12,7 +12,13 @@ import pytest
 from spine.events.streams import EVENTS_STREAM, TRIGGER_CONSUMER
 from spine.platform.app.wiring import Platform
 from support.fake_models import FakeModelServer
-from support.knowledge import delete_event_streams, event_consumers, eventually, knowledge
+from support.knowledge import (
+    consumed_all,
+    delete_event_streams,
+    event_consumers,
+    eventually,
+    knowledge,
+)
 from support.live_platform import RunningPlatform, running_platform
 
 pytestmark = pytest.mark.integration
@@ -88,8 +94,7 @@ async def test_a_trigger_fires_once_per_event_even_when_redelivered(
     )
     async with event_consumers(spine.platform):
         await eventually(
-            lambda: js.consumer_info(EVENTS_STREAM, TRIGGER_CONSUMER),
-            lambda info: info.num_pending == 0 and info.num_ack_pending == 0,
+            lambda: consumed_all(spine.platform, EVENTS_STREAM, TRIGGER_CONSUMER), bool
         )
     assert [t["id"] for t in await tasks(spine)] == [task["id"]]
 
@@ -124,7 +129,6 @@ async def test_a_trigger_fires_only_on_events_received_after_it_and_remap_fires_
     assert (entry["key"], entry["id"], entry["event_id"]) == (key, key, "old")
 
     # Now the mappings and the trigger are in force: a new event fires it, the old one never.
-    js = spine.platform.bus.js
     async with event_consumers(spine.platform):
         await spine.client.post("/v1/events", json=hired("new", "engineer"))
         made = await eventually(lambda: tasks(spine), lambda t: len(t) == 1)
@@ -140,8 +144,7 @@ async def test_a_trigger_fires_only_on_events_received_after_it_and_remap_fires_
             lambda r: r.json()["status"] == "mapped",
         )
         await eventually(
-            lambda: js.consumer_info(EVENTS_STREAM, TRIGGER_CONSUMER),
-            lambda info: info.num_pending == 0 and info.num_ack_pending == 0,
+            lambda: consumed_all(spine.platform, EVENTS_STREAM, TRIGGER_CONSUMER), bool
         )
     assert [t["id"] for t in await tasks(spine)] == [made[0]["id"]]
     assert (await spine.client.post("/v1/events/remap", json={})).json() == {"remapped": 0}

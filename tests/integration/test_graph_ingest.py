@@ -16,6 +16,7 @@ from spine.events.streams import EVENTS_STREAM, INGEST_CONSUMER
 from spine.graph.store import GraphError, GraphStore, Statement
 from support.fake_models import FakeModelServer
 from support.knowledge import (
+    consumed_all,
     delete_event_streams,
     event_consumers,
     eventually,
@@ -81,8 +82,7 @@ async def publish(spine: RunningPlatform, events: Sequence[dict[str, Any]]) -> N
 
 
 async def drained(spine: RunningPlatform) -> bool:
-    info = await spine.platform.bus.js.consumer_info(EVENTS_STREAM, INGEST_CONSUMER)
-    return bool(info.num_pending == 0 and info.num_ack_pending == 0)
+    return await consumed_all(spine.platform, EVENTS_STREAM, INGEST_CONSUMER)
 
 
 async def snapshot(store: GraphStore, tenant: str) -> tuple[dict[str, Any], list[Any]]:

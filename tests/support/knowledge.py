@@ -88,6 +88,20 @@ async def event_consumers(platform: Platform) -> AsyncIterator[None]:
         await asyncio.wait_for(task, 30)
 
 
+async def consumed_all(platform: Platform, stream: str, consumer: str) -> bool:
+    """Tell whether ``consumer`` has acked every message ``stream`` holds.
+
+    Not ``num_pending == 0``: nats-server counts a stored message into its consumers' pending
+    asynchronously, so right after a publish (on a busy machine, ~3 % of the time here) the
+    consumer can still say 0 pending and 0 awaiting an ack. The ack floor against the stream's
+    last sequence is exact (the consumers here take every subject of their stream).
+    """
+    js = platform.bus.js
+    last = (await js.stream_info(stream)).state.last_seq
+    info = await js.consumer_info(stream, consumer)
+    return bool(info.num_ack_pending == 0 and info.ack_floor.stream_seq >= last)
+
+
 async def eventually(
     probe: Callable[[], Awaitable[T]],
     check: Callable[[T], bool],
