@@ -11,7 +11,12 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from spine.platform.metering.cache import KEY_PREFIX, CacheKey, RedisResponseCache
+from spine.platform.metering.cache import (
+    KEY_PREFIX,
+    CacheKey,
+    NearResponseCache,
+    RedisResponseCache,
+)
 from spine.platform.models import Attempt, Completion
 from support.ports import free_port
 
@@ -23,7 +28,7 @@ PARAMS: dict[str, Any] = {"temperature": 0.0, "max_tokens": 16, "seed": 1}
 
 class FakeClock:
     def __init__(self) -> None:
-        self.t = 0.0
+        self.t = 1000.0
 
     def now(self) -> float:
         return self.t
@@ -154,3 +159,89 @@ async def test_redis_down_is_a_miss_and_a_warning(caplog: pytest.LogCaptureFixtu
         assert ["Redis write failed" in r.getMessage() for r in caplog.records] == [True]
     finally:
         await cache.close()
+
+
+class CountingRedis(RedisResponseCache):
+    """The real Redis cache, counting the reads that reach Redis."""
+
+    reads = 0
+
+    async def read(self, key: CacheKey) -> bytes | None:
+        self.reads += 1
+        return await super().read(key)
+
+
+@pytest.fixture
+async def near(services: Any) -> AsyncIterator[tuple[NearResponseCache, CountingRedis, FakeClock]]:
+    clock = FakeClock()
+    far = CountingRedis(Redis.from_url(services.redis_url), ttl=120)
+    cache = NearResponseCache(far, near_seconds=10, clock=clock)
+    yield cache, far, clock
+    await cache.close()
+
+
+async def test_the_near_tier_answers_a_repeat_without_asking_redis(
+    near: tuple[NearResponseCache, CountingRedis, FakeClock], redis: Redis
+) -> None:
+    cache, far, clock = near
+    acme = tenant()
+    assert await cache.put(key(acme), answer())
+    assert await redis.exists(far.redis_key(key(acme))) == 1  # stored in Redis too
+    for _ in range(3):
+        hit = await cache.get(key(acme))
+        assert hit is not None and hit.cache_hit and hit.text == "Paris."
+    assert far.reads == 0
+    # A copy lives near_seconds; then Redis is asked again, and its answer copied again.
+    clock.t += 10
+    assert await cache.get(key(acme)) is not None
+    assert await cache.get(key(acme)) is not None
+    assert far.reads == 1
+
+
+async def test_another_process_entry_is_read_from_redis_once_then_copied(
+    near: tuple[NearResponseCache, CountingRedis, FakeClock], cache: RedisResponseCache
+) -> None:
+    mine, far, _ = near
+    acme = tenant()
+    assert await mine.get(key(acme)) is None  # a miss is not remembered
+    assert await cache.put(key(acme), answer("from another process"))
+    first, second = await mine.get(key(acme)), await mine.get(key(acme))
+    assert first is not None and first.text == "from another process"
+    assert second == first
+    assert far.reads == 2
+    assert len(mine) == 1
+
+
+async def test_a_copy_never_outlives_a_shorter_ttl(
+    near: tuple[NearResponseCache, CountingRedis, FakeClock],
+) -> None:
+    cache, far, clock = near
+    acme = tenant()
+    assert await cache.put(key(acme), answer(), ttl=3)
+    clock.t += 3
+    assert await cache.get(key(acme)) is not None  # from Redis: its own TTL is real time
+    assert far.reads == 1
+
+
+async def test_nothing_is_copied_when_redis_refuses_the_write() -> None:
+    clock = FakeClock()
+    far = CountingRedis(Redis.from_url(f"redis://127.0.0.1:{free_port()}/0"), cooldown=5.0)
+    cache = NearResponseCache(far, near_seconds=10, clock=clock)
+    try:
+        assert await cache.put(key("acme"), answer()) is False
+        assert len(cache) == 0
+        assert await cache.get(key("acme")) is None
+    finally:
+        await cache.close()
+
+
+async def test_a_large_answer_is_not_copied(
+    near: tuple[NearResponseCache, CountingRedis, FakeClock],
+) -> None:
+    cache, far, _ = near
+    acme = tenant()
+    assert await cache.put(key(acme), answer("x" * 40_000))
+    hit = await cache.get(key(acme))
+    assert hit is not None and len(hit.text) == 40_000
+    assert far.reads == 1
+    assert len(cache) == 0

@@ -350,6 +350,14 @@ class CacheSettings(BaseModel):
     max_entries: int = Field(
         10_000, ge=1, description="Answers the in-process cache holds (least recently used go)."
     )
+    near_seconds: float = Field(
+        10.0,
+        ge=0,
+        le=3600,
+        description="With Redis: how long each process keeps a copy of an answer it stored or "
+        "read, to answer a repeat without asking Redis (a copy may outlive the Redis entry by "
+        "this much); 0 turns the copies off.",
+    )
     prefix: str = Field(
         "spine:cache:",
         min_length=1,

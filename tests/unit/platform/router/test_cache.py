@@ -14,6 +14,7 @@ from spine.platform.errors import ConfigurationError
 from spine.platform.metering.cache import (
     CacheKey,
     MemoryResponseCache,
+    NearResponseCache,
     RedisResponseCache,
     response_cache,
 )
@@ -267,8 +268,17 @@ class TestResponseCacheFactory:
         await cache.put(key(model="b"), answer())
         assert len(cache) == 1
 
-    async def test_redis_when_its_url_is_set(self) -> None:
+    async def test_redis_behind_a_near_tier_when_its_url_is_set(self) -> None:
         settings = load_settings(_env_file=None, redis_url="redis://127.0.0.1:1/0")
+        cache = response_cache(settings)
+        assert isinstance(cache, NearResponseCache)
+        assert isinstance(cache.far, RedisResponseCache)
+        await cache.close()
+
+    async def test_redis_alone_when_the_near_tier_is_off(self) -> None:
+        settings = load_settings(
+            _env_file=None, redis_url="redis://127.0.0.1:1/0", cache={"near_seconds": 0}
+        )
         cache = response_cache(settings)
         assert isinstance(cache, RedisResponseCache)
         await cache.close()
@@ -290,3 +300,4 @@ class TestResponseCacheFactory:
         assert settings.cache.ttl_seconds == 120
         assert settings.cache.enabled is False
         assert settings.cache.max_entries == 10_000
+        assert settings.cache.near_seconds == 10.0
