@@ -244,7 +244,9 @@ async def test_a_garbled_cursor_is_a_bad_request(store: TaskStore) -> None:
 # -- idempotency ------------------------------------------------------------------------------
 
 
-async def test_idempotency_key_returns_the_same_task_or_conflicts(store: TaskStore) -> None:
+async def test_idempotency_key_returns_the_same_task_or_conflicts(
+    store: TaskStore, db: Database
+) -> None:
     first, events, created = await store.submit(chat("once"), tenant="acme", idempotency_key="k")
     assert created is True
     assert len(events) == 1
@@ -264,6 +266,13 @@ async def test_idempotency_key_returns_the_same_task_or_conflicts(store: TaskSto
     b, _, _ = await store.submit(chat("once"), tenant="acme")
     assert a.id != b.id
     assert await event_seqs(store, first.id) == [(1, "state", "queued")]
+    # The request is hashed only when a key may be reused: keyless submits skip the work.
+    async with db.transaction() as conn:
+        hashes = dict(
+            (await conn.execute(sa.select(TaskRow.id, TaskRow.request_hash))).tuples().all()
+        )
+    assert hashes[first.id] == chat("once").fingerprint()
+    assert hashes[a.id] is None and hashes[b.id] is None
 
 
 async def test_concurrent_submits_with_one_idempotency_key_make_one_task(

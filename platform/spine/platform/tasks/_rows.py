@@ -141,7 +141,7 @@ def new_task_values(
     tenant: str,
     key_id: str | None,
     idempotency_key: str | None,
-    fingerprint: str,
+    fingerprint: str | None,
     now: datetime,
 ) -> dict[str, Any]:
     return {
