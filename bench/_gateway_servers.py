@@ -51,15 +51,27 @@ class Servers:
 
 
 def start_servers(
-    tmp: Path, *, database: str, slow_ms: float, budget: bool, proxy_timeout: float
+    tmp: Path,
+    *,
+    database: str,
+    slow_ms: float,
+    budget: bool,
+    proxy_timeout: float,
+    redis: bool = False,
 ) -> Servers:
-    """Start every process and wait until each answers; on failure stop what started."""
+    """Start every process and wait until each answers; on failure stop what started.
+
+    ``redis``: the response cache in Redis, as ``spine up`` has it (the embedded FalkorDB's
+    database 1, each process's near tier in front); without it, the in-process cache.
+    """
     from spine.platform.embedded.stack import EmbeddedStack
 
     harness = Harness(tmp=tmp)
     servers = Servers(harness=harness)
     try:
         wanted = ["nats"] if database == "sqlite" else ["nats", "postgres"]
+        if redis:
+            wanted.append("redis")
         say(f"starting embedded {' and '.join(wanted)} ...")
         harness.stack = EmbeddedStack(tmp / "servers", wanted)
         harness.endpoints = harness.stack.start()
@@ -75,7 +87,7 @@ def start_servers(
         asyncio.run(migrate(servers.database_url))
         servers.api_key = asyncio.run(create_tenant(servers.database_url, TENANT)).key
         say("starting our API (one uvicorn process) and the LiteLLM proxy (one worker) ...")
-        spawn_api(servers, budget=budget)
+        spawn_api(servers, budget=budget, redis_url=harness.endpoints.redis_url)
         spawn_proxy(servers)
         spawn_passthrough(servers)
         asyncio.run(wait_all_ready(servers, proxy_timeout))
@@ -87,7 +99,9 @@ def start_servers(
         raise
     servers.config = {
         "database": "sqlite" if database == "sqlite" else "embedded postgresql",
-        "response_cache": "in-process (GENAI_REDIS_URL unset)",
+        "response_cache": "Redis (embedded FalkorDB, database 1), near tier 10 s"
+        if redis
+        else "in-process (GENAI_REDIS_URL unset)",
         "budget": f"tenant {TENANT}: {TENANT_BUDGET} USD/day (reserved and settled per call)"
         if budget
         else "none (no budget rows touched)",
@@ -109,7 +123,7 @@ def spawn_fake(harness: Harness, name: str, latency_ms: float) -> str:
     return f"http://127.0.0.1:{port}"
 
 
-def spawn_api(servers: Servers, *, budget: bool) -> None:
+def spawn_api(servers: Servers, *, budget: bool, redis_url: str | None = None) -> None:
     """Start ``spine api`` with a models file naming the two upstreams."""
     harness = servers.harness
     models_file = harness.tmp / "models.yaml"
@@ -140,6 +154,8 @@ def spawn_api(servers: Servers, *, budget: bool) -> None:
     )
     if budget:
         env["GENAI_BUDGETS__TENANTS"] = f"{TENANT}={TENANT_BUDGET}"
+    if redis_url is not None:
+        env["GENAI_REDIS_URL"] = redis_url
     harness.env = env
     harness.spawn("api", [sys.executable, "-m", "spine.platform.app.cli", "api"])
 

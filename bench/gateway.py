@@ -377,6 +377,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--slow-ms", type=float, default=60.0, help="latency of the slow upstream")
     p.add_argument("--database", choices=["postgres", "sqlite"], default="postgres")
     p.add_argument("--no-budget", action="store_true", help="no budget: nothing reserved")
+    p.add_argument(
+        "--redis",
+        action="store_true",
+        help="the response cache in Redis, as spine up has it (default: in-process)",
+    )
     p.add_argument("--cost-calls", type=int, default=300)
     p.add_argument("--idle-seconds", type=float, default=4.0)
     p.add_argument("--no-profile", action="store_true")
@@ -404,8 +409,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.cost_calls, args.profile_seconds = 30, 2.0
         args.quiet_timeout, args.idle_seconds = 0.0, 1.0
     if args.output is None:
-        # A smoke run never overwrites the recorded figures.
+        # A smoke run never overwrites the recorded figures, nor does a run with Redis.
         args.output = QUICK_RESULTS if args.quick else RESULTS
+        if args.redis:
+            args.output = args.output.with_name(f"{args.output.stem}-redis.json")
     return args
 
 
@@ -426,6 +433,7 @@ def main(argv: list[str] | None = None) -> int:
         slow_ms=args.slow_ms,
         budget=not args.no_budget,
         proxy_timeout=args.proxy_timeout,
+        redis=args.redis,
     )
     try:
         results = asyncio.run(run_all(servers, args))
