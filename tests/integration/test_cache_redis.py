@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import pytest
@@ -162,13 +162,18 @@ async def test_redis_down_is_a_miss_and_a_warning(caplog: pytest.LogCaptureFixtu
 
 
 class CountingRedis(RedisResponseCache):
-    """The real Redis cache, counting the reads that reach Redis."""
+    """The real Redis cache, counting the reads and the writes (round trips) that reach it."""
 
     reads = 0
+    writes = 0
 
     async def read(self, key: CacheKey) -> bytes | None:
         self.reads += 1
         return await super().read(key)
+
+    async def write_many(self, entries: Sequence[tuple[CacheKey, bytes, int]]) -> bool:
+        self.writes += 1
+        return await super().write_many(entries)
 
 
 @pytest.fixture
@@ -186,6 +191,7 @@ async def test_the_near_tier_answers_a_repeat_without_asking_redis(
     cache, far, clock = near
     acme = tenant()
     assert await cache.put(key(acme), answer())
+    await cache.flush()
     assert await redis.exists(far.redis_key(key(acme))) == 1  # stored in Redis too
     for _ in range(3):
         hit = await cache.get(key(acme))
@@ -218,19 +224,51 @@ async def test_a_copy_never_outlives_a_shorter_ttl(
     cache, far, clock = near
     acme = tenant()
     assert await cache.put(key(acme), answer(), ttl=3)
+    await cache.flush()
     clock.t += 3
     assert await cache.get(key(acme)) is not None  # from Redis: its own TTL is real time
     assert far.reads == 1
 
 
-async def test_nothing_is_copied_when_redis_refuses_the_write() -> None:
+async def test_answers_are_written_to_redis_behind_the_calls_in_few_round_trips(
+    near: tuple[NearResponseCache, CountingRedis, FakeClock], cache: RedisResponseCache
+) -> None:
+    mine, far, _ = near
+    acme = tenant()
+    for n in range(50):
+        assert await mine.put(key(acme, seed=n), answer(f"answer {n}"))
+    assert far.writes == 0  # none waited for
+    await mine.flush()
+    assert 1 <= far.writes <= 2
+    for n in range(50):  # another process reads them all from Redis
+        hit = await cache.get(key(acme, seed=n))
+        assert hit is not None and hit.text == f"answer {n}"
+
+
+async def test_closing_writes_what_waits(services: Any, cache: RedisResponseCache) -> None:
+    mine = NearResponseCache(RedisResponseCache.from_url(services.redis_url), near_seconds=10)
+    acme = tenant()
+    await mine.put(key(acme), answer("written at close"))
+    await mine.close()
+    hit = await cache.get(key(acme))
+    assert hit is not None and hit.text == "written at close"
+
+
+async def test_with_redis_down_the_copy_answers_and_the_failed_write_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     clock = FakeClock()
     far = CountingRedis(Redis.from_url(f"redis://127.0.0.1:{free_port()}/0"), cooldown=5.0)
     cache = NearResponseCache(far, near_seconds=10, clock=clock)
     try:
-        assert await cache.put(key("acme"), answer()) is False
-        assert len(cache) == 0
-        assert await cache.get(key("acme")) is None
+        with caplog.at_level(logging.WARNING, logger="spine.platform.metering.cache"):
+            assert await cache.put(key("acme"), answer())
+            hit = await cache.get(key("acme"))
+            assert hit is not None and hit.text == "Paris."
+            await cache.flush()
+        assert ["Redis write failed" in r.getMessage() for r in caplog.records] == [True]
+        clock.t += 10
+        assert await cache.get(key("acme")) is None  # the copy expired; Redis is cooling down
     finally:
         await cache.close()
 
@@ -241,6 +279,7 @@ async def test_a_large_answer_is_not_copied(
     cache, far, _ = near
     acme = tenant()
     assert await cache.put(key(acme), answer("x" * 40_000))
+    await cache.flush()
     hit = await cache.get(key(acme))
     assert hit is not None and len(hit.text) == 40_000
     assert far.reads == 1

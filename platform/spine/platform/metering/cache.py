@@ -50,6 +50,7 @@ from spine.platform.router.health import (
     Permit,
 )
 from spine.platform.settings import Settings
+from spine.platform.write_behind import WriteBehind
 
 __all__ = [
     "KEY_PREFIX",
@@ -342,11 +343,23 @@ class RedisResponseCache:
 
     async def write(self, key: CacheKey, data: bytes, ttl: int) -> bool:
         """Store an encoded answer for ``ttl`` seconds; False when Redis failed."""
+        return await self.write_many([(key, data, ttl)])
+
+    async def write_many(self, entries: Sequence[tuple[CacheKey, bytes, int]]) -> bool:
+        """Store encoded answers, each for its ``ttl`` seconds, in one round trip; False when
+        Redis failed."""
         permit = self._breaker.acquire()
         if permit is None:
             return False
         try:
-            await self._client.set(self.redis_key(key), data, ex=ttl)
+            if len(entries) == 1:
+                key, data, ttl = entries[0]
+                await self._client.set(self.redis_key(key), data, ex=ttl)
+            else:
+                pipe = self._client.pipeline(transaction=False)
+                for key, data, ttl in entries:
+                    pipe.set(self.redis_key(key), data, ex=ttl)
+                await pipe.execute()
         except (RedisError, OSError) as exc:
             self._failed(permit, "write", exc)
             return False
@@ -384,6 +397,10 @@ class NearResponseCache:
     most, and never longer than the TTL it was stored with, so an answer may be served up to
     ``near_seconds`` after it expired in Redis, no longer. Only answers up to 32 KiB are copied,
     1,000 at most (least recently used go first).
+
+    A new answer is copied here at once and written to Redis behind the call (the writes of
+    20 ms in one pipeline), so the caller does not wait for Redis; another process asking in
+    those milliseconds misses. Past 1,000 waiting writes, :meth:`put` writes its own.
     """
 
     def __init__(
@@ -399,6 +416,9 @@ class NearResponseCache:
         self.far = far
         self._near = MemoryResponseCache(max_entries=max_entries, clock=clock)
         self._near_seconds = near_seconds
+        self._writes: WriteBehind[tuple[CacheKey, bytes, int]] = WriteBehind(
+            self._write_batch, what="cached answers", max_queued=_NEAR_MAX_ENTRIES
+        )
 
     def __len__(self) -> int:
         return len(self._near)
@@ -417,19 +437,30 @@ class NearResponseCache:
         return completion
 
     async def put(self, key: CacheKey, completion: Completion, ttl: int | None = None) -> bool:
-        """Store an answer in Redis for ``ttl`` seconds, and a copy here; False when refused or
-        Redis failed (then nothing is copied either)."""
+        """Keep a copy of an answer here and write it to Redis behind the call, for ``ttl``
+        seconds; False when it is refused (a failed Redis write is logged, not returned)."""
         ttl = self.far.ttl if ttl is None else _checked_ttl(ttl)
         data = _storable(key, completion)
-        if data is None or not await self.far.write(key, data, ttl):
+        if data is None:
             return False
         self._copy(key, data, min(ttl, self._near_seconds))
+        await self._writes.submit((key, data, ttl))
         return True
 
+    async def flush(self) -> None:
+        """Write to Redis what is waiting to be written."""
+        await self._writes.flush()
+
     async def close(self) -> None:
-        """Drop the copies and close Redis's connections."""
+        """Write what waits, drop the copies and close Redis's connections."""
+        await self._writes.close()
         await self._near.close()
         await self.far.close()
+
+    async def _write_batch(self, entries: list[tuple[CacheKey, bytes, int]]) -> None:
+        # Never raises: a failed write is a WARNING (once per outage) and is not retried;
+        # an answer missing from the cache costs one model call.
+        await self.far.write_many(entries)
 
     def _copy(self, key: CacheKey, data: bytes, seconds: float) -> None:
         if len(data) <= _NEAR_MAX_BYTES:
