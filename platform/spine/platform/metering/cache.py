@@ -73,6 +73,8 @@ _DEFAULT_TTL: Final = 3600
 # The near tier holds small answers only: its memory stays bounded by its entries.
 _NEAR_MAX_ENTRIES: Final = 1000
 _NEAR_MAX_BYTES: Final = 32 * 1024
+# Answers waiting for their Redis write (of any size): past this, a put writes its own.
+_MAX_WAITING_WRITES: Final = 256
 
 _COMPLETION: Final = TypeAdapter(Completion)
 
@@ -400,7 +402,7 @@ class NearResponseCache:
 
     A new answer is copied here at once and written to Redis behind the call (the writes of
     20 ms in one pipeline), so the caller does not wait for Redis; another process asking in
-    those milliseconds misses. Past 1,000 waiting writes, :meth:`put` writes its own.
+    those milliseconds misses. Past 256 waiting writes, :meth:`put` writes its own.
     """
 
     def __init__(
@@ -417,7 +419,7 @@ class NearResponseCache:
         self._near = MemoryResponseCache(max_entries=max_entries, clock=clock)
         self._near_seconds = near_seconds
         self._writes: WriteBehind[tuple[CacheKey, bytes, int]] = WriteBehind(
-            self._write_batch, what="cached answers", max_queued=_NEAR_MAX_ENTRIES
+            self._write_batch, what="cached answers", max_queued=_MAX_WAITING_WRITES
         )
 
     def __len__(self) -> int:
