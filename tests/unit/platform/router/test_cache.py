@@ -301,3 +301,13 @@ class TestResponseCacheFactory:
         assert settings.cache.enabled is False
         assert settings.cache.max_entries == 10_000
         assert settings.cache.near_seconds == 10.0
+
+    @pytest.mark.parametrize("value", ["-1", "soon", "3601"])
+    def test_a_bad_near_seconds_names_the_variable(
+        self, monkeypatch: pytest.MonkeyPatch, value: str
+    ) -> None:
+        monkeypatch.setenv("GENAI_CACHE__NEAR_SECONDS", value)
+        with pytest.raises(ConfigurationError) as caught:
+            load_settings(_env_file=None)
+        assert caught.value.field == "GENAI_CACHE__NEAR_SECONDS"
+        assert repr(value) in caught.value.message
