@@ -341,11 +341,7 @@ class RedisResponseCache:
         """Store an answer for ``ttl`` seconds; False when refused or Redis failed."""
         ttl = self._ttl if ttl is None else _checked_ttl(ttl)
         data = _storable(key, completion)
-        return data is not None and await self.write(key, data, ttl)
-
-    async def write(self, key: CacheKey, data: bytes, ttl: int) -> bool:
-        """Store an encoded answer for ``ttl`` seconds; False when Redis failed."""
-        return await self.write_many([(key, data, ttl)])
+        return data is not None and await self.write_many([(key, data, ttl)])
 
     async def write_many(self, entries: Sequence[tuple[CacheKey, bytes, int]]) -> bool:
         """Store encoded answers, each for its ``ttl`` seconds, in one round trip; False when
