@@ -41,10 +41,11 @@ class TaskResponse(Task):
     def of(cls, task: Task) -> TaskResponse:
         """Attach the links to a task."""
         base = f"/v1/tasks/{task.id}"
-        return cls(
-            **task.model_dump(),
-            links=TaskLinks(self=base, events=f"{base}/events", cancel=f"{base}/cancel"),
+        links = TaskLinks.model_construct(
+            self=base, events=f"{base}/events", cancel=f"{base}/cancel"
         )
+        # The task's values were validated when it was built: copied, not checked again.
+        return cls.model_construct(**dict(task), links=links)
 
 
 class TaskList(BaseModel):
@@ -58,18 +59,19 @@ class TaskList(BaseModel):
 async def submit_task(
     submission: TaskSubmission,
     request: Request,
-    response: Response,
     caller: Caller,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
-) -> TaskResponse:
+) -> Response:
     """Accept a task: it is committed, then queued for a worker."""
     task, created = await platform_of(request).dispatcher.submit(
         submission, principal=caller, idempotency_key=idempotency_key
     )
-    response.headers["Location"] = f"/v1/tasks/{task.id}"
+    headers = {"Location": f"/v1/tasks/{task.id}"}
     if not created:
-        response.headers["Idempotent-Replayed"] = "true"
-    return TaskResponse.of(task)
+        headers["Idempotent-Replayed"] = "true"
+    # Rendered here: handed the model, FastAPI would validate it once more (the hottest route).
+    body = TaskResponse.of(task).model_dump_json()
+    return Response(body, status_code=202, media_type="application/json", headers=headers)
 
 
 @router.get("/tasks", response_model=TaskList)
