@@ -387,3 +387,25 @@ async def paused_task(spine: RunningPlatform, admin: httpx.AsyncClient) -> str:
     )
     assert paused, "the task did not pause"
     return task_id
+
+
+async def test_the_last_usable_operator_key_is_not_revoked_over_http(
+    spine: RunningPlatform, operator: httpx.AsyncClient
+) -> None:
+    mine = id_of(operator)
+    keys = spine.platform.keys
+    for key in await keys.list_keys():
+        if key.role == "operator" and key.id != mine and key.usable(utcnow()):
+            await keys.revoke(key.id, keep_an_operator=False)
+    refused = await operator.post(f"/v1/keys/{mine}/revoke")
+    error = error_of(refused, 409)
+    assert (error["type"], error["field"]) == ("conflict", "key_id")
+    assert "last usable operator key" in error["message"]
+    assert (await operator.get(f"/v1/keys/{mine}")).json()["state"] == "active"
+    # With another operator key issued, this one may go.
+    tenant = fresh("ops")
+    assert (await operator.post("/v1/tenants", json={"name": tenant})).status_code == 201
+    other = (await operator.post("/v1/keys", json={"tenant": tenant, "role": "operator"})).json()
+    assert (await operator.post(f"/v1/keys/{mine}/revoke")).json()["state"] == "revoked"
+    async with client(spine, other["secret"]) as successor:
+        assert (await successor.get(f"/v1/keys/{mine}")).json()["state"] == "revoked"

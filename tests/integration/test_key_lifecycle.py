@@ -60,6 +60,46 @@ async def test_rotation_issues_a_successor_and_revokes_the_old_key(keys: KeyStor
         await keys.rotate("nosuchkey")
 
 
+async def test_the_last_usable_operator_key_is_revoked_only_when_asked(keys: KeyStore) -> None:
+    first = await keys.create(tenant="ops", role="operator")
+    with pytest.raises(Conflict, match="last usable operator key") as refused:
+        await keys.revoke(first.key.id)
+    assert refused.value.field == "key_id"
+    assert (await keys.verify(first.secret)).key_id == first.key.id  # nothing changed
+    # Keys of other roles, and operator keys that cannot be used, are no reason to refuse.
+    member = await keys.create(tenant="ops")
+    assert (await keys.revoke(member.key.id)).revoked_at is not None
+    await keys.create(tenant="ops", role="operator", expires_at=utcnow() - timedelta(seconds=1))
+    with pytest.raises(Conflict):
+        await keys.revoke(first.key.id)
+    second = await keys.create(tenant="ops", role="operator")
+    assert (await keys.revoke(first.key.id)).revoked_at is not None
+    with pytest.raises(Conflict):
+        await keys.revoke(second.key.id)
+    # Rotating the last one keeps an operator; the CLI (the way back) may revoke the last.
+    third = await keys.rotate(second.key.id)
+    assert (await keys.revoke(third.key.id, keep_an_operator=False)).revoked_at is not None
+    with pytest.raises(Unauthorized):
+        await keys.verify(third.secret)
+
+
+async def test_two_revocations_of_the_last_two_operator_keys_leave_one(
+    keys: KeyStore, db: Database
+) -> None:
+    if db.is_sqlite:
+        pytest.skip("SQLite takes one writer at a time: there is no race to lose")
+    for _ in range(5):
+        pair = [await keys.create(tenant="ops", role="operator") for _ in range(2)]
+        outcomes = await asyncio.gather(
+            *(keys.revoke(k.key.id) for k in pair), return_exceptions=True
+        )
+        assert sorted(type(o).__name__ for o in outcomes) == ["ApiKey", "Conflict"], outcomes
+        survivor = next(k for k, o in zip(pair, outcomes, strict=True) if isinstance(o, Conflict))
+        assert (await keys.verify(survivor.secret)).key_id == survivor.key.id
+        # None left: the next round's pair are the last two.
+        await keys.revoke(survivor.key.id, keep_an_operator=False)
+
+
 async def test_rotation_keeps_the_expiry_unless_given_and_refuses_a_successor_born_expired(
     keys: KeyStore,
 ) -> None:

@@ -226,15 +226,53 @@ class KeyStore:
             raise NotFound(f"no key {key_id!r}", field="key_id")
         return _view(row)
 
-    async def revoke(self, key_id: str) -> ApiKey:
-        """Revoke a key; it stops working within the cache time (at once in this process)."""
+    async def revoke(self, key_id: str, *, keep_an_operator: bool = True) -> ApiKey:
+        """Revoke a key; it stops working within the cache time (at once in this process).
+
+        Args:
+            keep_an_operator: Refuse to revoke the last usable operator key (the HTTP API: it
+                would leave no key that can administer the platform). The CLI, which works on
+                the database itself and can issue another key, passes False.
+
+        Raises:
+            NotFound: No key has this id.
+            Conflict: The key is the last usable operator key, and ``keep_an_operator``.
+        """
         async with self._db.session() as session, session.begin():
+            if keep_an_operator:
+                await self._keep_an_operator(session, key_id)
             row = await session.get(ApiKeyRow, key_id)
             if row is None:
                 raise NotFound(f"no key {key_id!r}", field="key_id")
             row.revoked_at = row.revoked_at or utcnow()
         self._cache.clear()
         return _view(row)
+
+    @staticmethod
+    async def _keep_an_operator(session: AsyncSession, key_id: str) -> None:
+        """Refuse (409) to revoke ``key_id`` if it is the last usable operator key.
+
+        The usable operator keys are locked in id order first, so two revocations of the last
+        two wait for each other (the second then sees the first's) instead of both passing.
+        """
+        now = utcnow()
+        usable = (
+            sa.select(ApiKeyRow.id)
+            .where(
+                ApiKeyRow.role == "operator",
+                ApiKeyRow.revoked_at.is_(None),
+                sa.or_(ApiKeyRow.expires_at.is_(None), ApiKeyRow.expires_at > now),
+            )
+            .order_by(ApiKeyRow.id)
+            .with_for_update()
+        )
+        operators = list((await session.execute(usable)).scalars())
+        if operators == [key_id]:
+            raise Conflict(
+                f"key {key_id!r} is the last usable operator key: issue another operator key "
+                "first (or revoke it with 'spine keys revoke' on the server)",
+                field="key_id",
+            )
 
     async def rotate(self, key_id: str, *, expires_at: datetime | None = None) -> IssuedKey:
         """Issue a new key of the same tenant, role and name, and revoke the old one.

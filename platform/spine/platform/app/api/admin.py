@@ -258,9 +258,12 @@ async def get_key(key_id: str, request: Request, caller: Caller) -> KeyView:
     return KeyView.of(await visible_key(request, caller, key_id))
 
 
-@router.post("/keys/{key_id}/revoke", response_model=KeyView, responses=documented(403))
+@router.post("/keys/{key_id}/revoke", response_model=KeyView, responses=documented(403, 409))
 async def revoke_key(key_id: str, request: Request, caller: Caller) -> KeyView:
-    """Revoke a key; every API process refuses it within the key cache time (5 s)."""
+    """Revoke a key; every API process refuses it within the key cache time (5 s).
+
+    The last usable operator key is not revoked here (409): issue another first.
+    """
     async with audited(request, caller, "key.revoke", target=key_id) as note:
         administer(caller)
         key = await visible_key(request, caller, key_id)

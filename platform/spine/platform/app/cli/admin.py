@@ -124,7 +124,7 @@ def keys_revoke(key_id: str) -> None:
     """Revoke a key; a running API refuses it within the key cache time (5 s)."""
 
     async def go(admin: Admin) -> ApiKey:
-        key = await admin.keys.revoke(key_id)
+        key = await admin.keys.revoke(key_id, keep_an_operator=False)  # the way back
         await admin.audit_key("key.revoke", key)
         return key
 
