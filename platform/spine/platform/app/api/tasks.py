@@ -55,6 +55,15 @@ class TaskList(BaseModel):
     next_cursor: str | None
 
 
+def rendered(
+    answer: BaseModel, *, status_code: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    """Answer with ``answer`` rendered here, once: handed the model, FastAPI would validate it
+    again before rendering it (these routes are the ones clients poll and submit to)."""
+    body = answer.model_dump_json()
+    return Response(body, status_code=status_code, media_type="application/json", headers=headers)
+
+
 @router.post("/tasks", status_code=202, response_model=TaskResponse, responses=documented(409))
 async def submit_task(
     submission: TaskSubmission,
@@ -69,9 +78,7 @@ async def submit_task(
     headers = {"Location": f"/v1/tasks/{task.id}"}
     if not created:
         headers["Idempotent-Replayed"] = "true"
-    # Rendered here: handed the model, FastAPI would validate it once more (the hottest route).
-    body = TaskResponse.of(task).model_dump_json()
-    return Response(body, status_code=202, media_type="application/json", headers=headers)
+    return rendered(TaskResponse.of(task), status_code=202, headers=headers)
 
 
 @router.get("/tasks", response_model=TaskList)
@@ -82,18 +89,20 @@ async def list_tasks(
     agent: str | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: str | None = None,
-) -> TaskList:
+) -> Response:
     """List the caller's tasks, newest first."""
     page = await platform_of(request).tasks.list_page(
         tenant=caller.tenant, state=state, agent=agent, limit=limit, cursor=cursor
     )
-    return TaskList(data=[TaskResponse.of(t) for t in page.tasks], next_cursor=page.next_cursor)
+    data = [TaskResponse.of(t) for t in page.tasks]
+    return rendered(TaskList.model_construct(data=data, next_cursor=page.next_cursor))
 
 
 @router.get("/tasks/{task_id}", response_model=TaskResponse)
-async def get_task(task_id: str, request: Request, caller: Caller) -> TaskResponse:
+async def get_task(task_id: str, request: Request, caller: Caller) -> Response:
     """Return one of the caller's tasks."""
-    return TaskResponse.of(await platform_of(request).tasks.get(task_id, tenant=caller.tenant))
+    task = await platform_of(request).tasks.get(task_id, tenant=caller.tenant)
+    return rendered(TaskResponse.of(task))
 
 
 @router.post(
@@ -102,10 +111,10 @@ async def get_task(task_id: str, request: Request, caller: Caller) -> TaskRespon
     response_model=TaskResponse,
     responses=documented(409),
 )
-async def cancel_task(task_id: str, request: Request, caller: Caller) -> TaskResponse:
+async def cancel_task(task_id: str, request: Request, caller: Caller) -> Response:
     """Cancel a queued task now, or a running one at its next step."""
     task = await platform_of(request).dispatcher.cancel(task_id, principal=caller)
-    return TaskResponse.of(task)
+    return rendered(TaskResponse.of(task), status_code=202)
 
 
 class Decision(BaseModel):
@@ -124,14 +133,14 @@ class Decision(BaseModel):
 )
 async def approve_task(
     task_id: str, request: Request, caller: Caller, body: Decision | None = None
-) -> TaskResponse:
+) -> Response:
     """Let a paused task make the call it proposed; it is queued to go on."""
     task = await platform_of(request).dispatcher.decide(
         task_id, principal=caller, approved=True, reason=body.reason if body else None
     )
     reason = body.reason if body else None
     await record(request, caller, "task.approve", target=task_id, details={"reason": reason})
-    return TaskResponse.of(task)
+    return rendered(TaskResponse.of(task), status_code=202)
 
 
 @router.post(
@@ -142,14 +151,14 @@ async def approve_task(
 )
 async def reject_task(
     task_id: str, request: Request, caller: Caller, body: Decision | None = None
-) -> TaskResponse:
+) -> Response:
     """Refuse a paused task's proposed call; the model is told, with the reason."""
     task = await platform_of(request).dispatcher.decide(
         task_id, principal=caller, approved=False, reason=body.reason if body else None
     )
     reason = body.reason if body else None
     await record(request, caller, "task.reject", target=task_id, details={"reason": reason})
-    return TaskResponse.of(task)
+    return rendered(TaskResponse.of(task), status_code=202)
 
 
 @router.get(
