@@ -41,11 +41,10 @@ class TaskResponse(Task):
     def of(cls, task: Task) -> TaskResponse:
         """Attach the links to a task."""
         base = f"/v1/tasks/{task.id}"
-        links = TaskLinks.model_construct(
-            self=base, events=f"{base}/events", cancel=f"{base}/cancel"
+        return cls(
+            **task.model_dump(),
+            links=TaskLinks(self=base, events=f"{base}/events", cancel=f"{base}/cancel"),
         )
-        # The task's values were validated when it was built: copied, not checked again.
-        return cls.model_construct(**dict(task), links=links)
 
 
 class TaskList(BaseModel):
@@ -55,30 +54,22 @@ class TaskList(BaseModel):
     next_cursor: str | None
 
 
-def rendered(
-    answer: BaseModel, *, status_code: int = 200, headers: dict[str, str] | None = None
-) -> Response:
-    """Answer with ``answer`` rendered here, once: handed the model, FastAPI would validate it
-    again before rendering it (these routes are the ones clients poll and submit to)."""
-    body = answer.model_dump_json()
-    return Response(body, status_code=status_code, media_type="application/json", headers=headers)
-
-
 @router.post("/tasks", status_code=202, response_model=TaskResponse, responses=documented(409))
 async def submit_task(
     submission: TaskSubmission,
     request: Request,
+    response: Response,
     caller: Caller,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
-) -> Response:
+) -> TaskResponse:
     """Accept a task: it is committed, then queued for a worker."""
     task, created = await platform_of(request).dispatcher.submit(
         submission, principal=caller, idempotency_key=idempotency_key
     )
-    headers = {"Location": f"/v1/tasks/{task.id}"}
+    response.headers["Location"] = f"/v1/tasks/{task.id}"
     if not created:
-        headers["Idempotent-Replayed"] = "true"
-    return rendered(TaskResponse.of(task), status_code=202, headers=headers)
+        response.headers["Idempotent-Replayed"] = "true"
+    return TaskResponse.of(task)
 
 
 @router.get("/tasks", response_model=TaskList)
@@ -89,20 +80,18 @@ async def list_tasks(
     agent: str | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: str | None = None,
-) -> Response:
+) -> TaskList:
     """List the caller's tasks, newest first."""
     page = await platform_of(request).tasks.list_page(
         tenant=caller.tenant, state=state, agent=agent, limit=limit, cursor=cursor
     )
-    data = [TaskResponse.of(t) for t in page.tasks]
-    return rendered(TaskList.model_construct(data=data, next_cursor=page.next_cursor))
+    return TaskList(data=[TaskResponse.of(t) for t in page.tasks], next_cursor=page.next_cursor)
 
 
 @router.get("/tasks/{task_id}", response_model=TaskResponse)
-async def get_task(task_id: str, request: Request, caller: Caller) -> Response:
+async def get_task(task_id: str, request: Request, caller: Caller) -> TaskResponse:
     """Return one of the caller's tasks."""
-    task = await platform_of(request).tasks.get(task_id, tenant=caller.tenant)
-    return rendered(TaskResponse.of(task))
+    return TaskResponse.of(await platform_of(request).tasks.get(task_id, tenant=caller.tenant))
 
 
 @router.post(
@@ -111,10 +100,10 @@ async def get_task(task_id: str, request: Request, caller: Caller) -> Response:
     response_model=TaskResponse,
     responses=documented(409),
 )
-async def cancel_task(task_id: str, request: Request, caller: Caller) -> Response:
+async def cancel_task(task_id: str, request: Request, caller: Caller) -> TaskResponse:
     """Cancel a queued task now, or a running one at its next step."""
     task = await platform_of(request).dispatcher.cancel(task_id, principal=caller)
-    return rendered(TaskResponse.of(task), status_code=202)
+    return TaskResponse.of(task)
 
 
 class Decision(BaseModel):
@@ -133,14 +122,14 @@ class Decision(BaseModel):
 )
 async def approve_task(
     task_id: str, request: Request, caller: Caller, body: Decision | None = None
-) -> Response:
+) -> TaskResponse:
     """Let a paused task make the call it proposed; it is queued to go on."""
     task = await platform_of(request).dispatcher.decide(
         task_id, principal=caller, approved=True, reason=body.reason if body else None
     )
     reason = body.reason if body else None
     await record(request, caller, "task.approve", target=task_id, details={"reason": reason})
-    return rendered(TaskResponse.of(task), status_code=202)
+    return TaskResponse.of(task)
 
 
 @router.post(
@@ -151,14 +140,14 @@ async def approve_task(
 )
 async def reject_task(
     task_id: str, request: Request, caller: Caller, body: Decision | None = None
-) -> Response:
+) -> TaskResponse:
     """Refuse a paused task's proposed call; the model is told, with the reason."""
     task = await platform_of(request).dispatcher.decide(
         task_id, principal=caller, approved=False, reason=body.reason if body else None
     )
     reason = body.reason if body else None
     await record(request, caller, "task.reject", target=task_id, details={"reason": reason})
-    return rendered(TaskResponse.of(task), status_code=202)
+    return TaskResponse.of(task)
 
 
 @router.get(
