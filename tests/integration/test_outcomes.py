@@ -189,6 +189,7 @@ async def test_a_call_succeeds_quickly_when_nats_is_down(
         models,
         models_file=write_models_file(tmp_path, models),
         nats_url=dead_nats,
+        streams={"outcomes_retry": 0.5},  # given up on within the test's wait
     )
     app = create_app(settings)
     server = uvicorn.Server(

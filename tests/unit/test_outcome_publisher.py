@@ -60,17 +60,47 @@ async def test_a_full_queue_drops_and_counts_instead_of_waiting(
     )
 
 
-async def test_nats_down_drops_every_event_and_warns_once(
+async def test_nats_down_past_the_retry_time_drops_every_event_and_warns_once(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    outcomes = publisher(SlowBus(down=True))
+    bus = SlowBus(down=True)
+    outcomes = publisher(bus, retry_for=0.3)
     with caplog.at_level(logging.WARNING):
         for _ in range(3):
             outcomes(record())
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.1)
+        assert (outcomes.dropped, outcomes.published) == (0, 0)  # still being tried
+        await asyncio.sleep(0.4)
     assert (outcomes.dropped, outcomes.published) == (3, 0)
     assert caplog.text.count("not published") == 1
+    bus.down = False
     await outcomes.close()
+    assert bus.published == []
+
+
+async def test_without_retries_nats_down_drops_at_once() -> None:
+    outcomes = publisher(SlowBus(down=True), retry_for=0)
+    for _ in range(3):
+        outcomes(record())
+    await asyncio.sleep(0.05)
+    assert (outcomes.dropped, outcomes.published) == (3, 0)
+    await outcomes.close()
+
+
+async def test_events_sent_while_nats_restarts_are_published_when_it_is_back() -> None:
+    bus = SlowBus(down=True, delay=0.0)
+    outcomes = publisher(bus, retry_for=5.0, in_flight=4)
+    events = [record(tenant=f"t{i}") for i in range(10)]
+    for event in events:
+        outcomes(event)
+    await asyncio.sleep(0.5)
+    assert (outcomes.published, outcomes.dropped) == (0, 0)
+    bus.down = False
+    await outcomes.close(drain_timeout=5.0)
+    assert (outcomes.published, outcomes.dropped) == (10, 0)
+    assert sorted(subject for subject, _, _ in bus.published) == sorted(
+        f"spine.outcomes.t{i}" for i in range(10)
+    )
 
 
 def test_a_tenant_name_becomes_one_subject_token() -> None:

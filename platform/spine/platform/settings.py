@@ -153,6 +153,13 @@ class StreamSettings(BaseModel):
         ge=1,
         description="Outcome events waiting to be published before new ones are dropped.",
     )
+    outcomes_retry: float = Field(
+        30.0,
+        ge=0,
+        le=3600,
+        description="Seconds an outcome event's publish is tried again (NATS restarting, no "
+        "acknowledgement) before the event is dropped; 0: dropped at the first failure.",
+    )
 
 
 class EmbeddedSettings(BaseModel):

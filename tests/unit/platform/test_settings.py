@@ -65,6 +65,9 @@ def test_nested_sections_and_dotenv(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         ("GENAI_FALLBACK_CHAIN", "ollama,nobody"),
         ("GENAI_API__PORT", "70000"),
         ("GENAI_TENANT_STRATEGIES", "acme"),
+        ("GENAI_STREAMS__OUTCOMES_RETRY", "-1"),
+        ("GENAI_STREAMS__OUTCOMES_RETRY", "soon"),
+        ("GENAI_STREAMS__OUTCOMES_RETRY", "3601"),
     ],
 )
 def test_invalid_value_names_the_variable(

@@ -117,7 +117,11 @@ class Platform:
         )
         router = ModelRouter(settings)
         knowledge = KnowledgeLayer.build(settings, db=db, bus=bus)
-        outcomes = OutcomePublisher(bus, max_queued=settings.streams.outcomes_queue)
+        outcomes = OutcomePublisher(
+            bus,
+            max_queued=settings.streams.outcomes_queue,
+            retry_for=settings.streams.outcomes_retry,
+        )
         experiments = ExperimentBook(db)
         metered = MeteredModels(
             router,
