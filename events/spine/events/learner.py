@@ -11,11 +11,7 @@ batches of events; the pipeline per batch is
    (:func:`~spine.platform.learning.joins.observations_of`);
 4. every ``checkpoint_seconds`` (or ``checkpoint_events``): store a new version of the weights
    with the ids of the events it includes (one transaction), announce the version
-   (:class:`~spine.events.weights.WeightsChannel`), and only then acknowledge the events. A
-   state that takes long to store (many models, each with a dense posterior: 0.9 MB of JSON
-   a model) is stored less often, so the learner spends at most :data:`STORE_SHARE` of its
-   time storing and every router reloads it as much less often: the versions are then spaced
-   by 20 times the last store's time, at most :data:`LONGEST_SPACING` seconds.
+   (:class:`~spine.events.weights.WeightsChannel`), and only then acknowledge the events.
 
 So a learner that dies loses nothing: the events after its last snapshot are redelivered and
 applied again onto it. Events are applied in stream order and the weights are deterministic, so
@@ -66,11 +62,6 @@ _broker_logger = logging.getLogger(f"{__name__}.broker")
 _broker_logger.addFilter(_SupervisorChatter())
 
 LEARNER_CONSUMER = "learner"
-STORE_SHARE = 0.05
-"""The most of its time the learner spends storing versions (when the state is large)."""
-LONGEST_SPACING = 30.0
-"""Seconds between versions at most, however long a store takes (events wait unacknowledged
-meanwhile: the consumer's ack wait is 120 s)."""
 _KINDS = frozenset({"model.outcome", "task.signal", "feedback"})
 
 
@@ -116,8 +107,6 @@ class Learner:
     _pending_set: set[str] = field(default_factory=set)
     _held: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     _last_checkpoint: float = field(default_factory=time.monotonic)
-    _spacing: float = 0.0
-    """Seconds from one version to the next: ``checkpoint_seconds``, or more for a large state."""
     _background: asyncio.Future[bool] | None = None
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _saving: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -191,7 +180,6 @@ class Learner:
                     self._last_checkpoint = time.monotonic()
                     return True
                 pending, held = list(self._pending), list(self._held)
-                started = time.monotonic()
                 state = await asyncio.to_thread(self.weights.to_dict) if pending else None
                 applied = self.applied
                 self._last_checkpoint = time.monotonic()
@@ -201,8 +189,6 @@ class Learner:
                         version=self.version + 1, state=state, events=applied, applied=pending
                     )
                     self.version += 1
-                    took = time.monotonic() - started
-                    self._spacing = min(took / STORE_SHARE, LONGEST_SPACING)
             except ServiceUnavailable as exc:
                 logger.warning("weights not stored (%s); the events stay unacknowledged", exc)
                 return False
@@ -223,15 +209,10 @@ class Learner:
                 logger.debug("ack failed: %r", exc)
         return True
 
-    @property
-    def spacing(self) -> float:
-        """Seconds from one version to the next (``checkpoint_seconds``, or more: see above)."""
-        return max(self.checkpoint_seconds, self._spacing)
-
     def _due(self) -> bool:
         return bool(self._pending) and (
             len(self._pending) >= self.checkpoint_events
-            or time.monotonic() - self._last_checkpoint >= self.spacing
+            or time.monotonic() - self._last_checkpoint >= self.checkpoint_seconds
         )
 
     async def run_checkpoints(
@@ -240,13 +221,11 @@ class Learner:
         """Checkpoint on time even when no new batch comes; a last one at ``stop``, none once
         the lead is ``lost`` (another learner may store versions by then)."""
         while not stop.is_set():
-            wait = self._last_checkpoint + self.spacing - time.monotonic()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), max(wait, 0.01))
+                await asyncio.wait_for(stop.wait(), self.checkpoint_seconds)
             if lost is not None and lost.is_set():
                 return
-            if stop.is_set() or self._due() or not self._pending:
-                await self.checkpoint()
+            await self.checkpoint()
 
     async def _recall(self, events: list[dict[str, Any]]) -> None:
         """Read back the facts of calls a feedback or task signal needs and memory lost.
