@@ -39,6 +39,7 @@ __all__ = [
     "LearnedEventRow",
     "ModelCallRow",
     "Money",
+    "RoutingWeightPartRow",
     "RoutingWeightsRow",
     "TaskEventRow",
     "TaskRow",
@@ -315,6 +316,17 @@ class RoutingWeightsRow(Base):
     state: Mapped[dict[str, Any]] = mapped_column(JsonType)
     events: Mapped[int] = mapped_column(default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class RoutingWeightPartRow(Base):
+    """A large value of weights versions, stored once by its digest (see learning.snapshots)."""
+
+    __tablename__ = "routing_weight_parts"
+
+    digest: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    data: Mapped[str] = mapped_column(sa.Text())
+    last_version: Mapped[int] = mapped_column(index=True)
+    """The newest version that refers to it: older than every kept version, it is deleted."""
 
 
 class LearnedEventRow(Base):

@@ -284,7 +284,9 @@ class Platform:
             if latest is None:
                 return None
             if latest.version != self.router.learned.version:
-                weights = await asyncio.to_thread(RoutingWeights.from_dict, latest.state)
+                weights = await asyncio.to_thread(
+                    RoutingWeights.from_dict, latest.state, previous=self.router.learned.weights
+                )
                 self.router.learned.use(weights, latest.version, events=latest.events)
             return latest.version
 

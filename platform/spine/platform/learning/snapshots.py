@@ -4,10 +4,19 @@ and the facts of calls it no longer remembers (read back from the usage ledger).
 A snapshot and the ids of the events it includes are written in one transaction, so after a
 crash the learner resumes from the last snapshot and re-applies exactly the events after it;
 an event already applied (a duplicate, or a replay) is skipped.
+
+A version's large values (strings of :data:`PART_CHARS` or more: a model's covariance, full
+chunks of its pending gains) are stored apart, once each, by their SHA-256, and the version
+holds ``{"$part": digest}`` in their place. The learner stores a version every second while
+events flow, and a dense model's covariance (~0.8 MB) changes only every 64 quality scores: at
+8 such models a version was 8 MB of WAL, and every router read all of it back. A reader keeps
+the parts of the last version it loaded and fetches only the new ones. A part lives while a
+kept version refers to it (``last_version``).
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,12 +26,22 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from spine.platform.db import Database, HeldLock
+from spine.platform.errors import ServiceUnavailable
 from spine.platform.learning.joins import CallFacts
-from spine.platform.schema import LearnedEventRow, ModelCallRow, RoutingWeightsRow, utcnow
+from spine.platform.schema import (
+    LearnedEventRow,
+    ModelCallRow,
+    RoutingWeightPartRow,
+    RoutingWeightsRow,
+    utcnow,
+)
 
-__all__ = ["ScratchSnapshots", "Snapshot", "SnapshotStore"]
+__all__ = ["PART_CHARS", "ScratchSnapshots", "Snapshot", "SnapshotStore"]
 
+PART_CHARS = 16_384
+"""A string this long or longer in a version is stored as a part."""
 _WEIGHTS: sa.Table = RoutingWeightsRow.__table__  # type: ignore[assignment]
+_PARTS: sa.Table = RoutingWeightPartRow.__table__  # type: ignore[assignment]
 _APPLIED: sa.Table = LearnedEventRow.__table__  # type: ignore[assignment]
 _CALLS: sa.Table = ModelCallRow.__table__  # type: ignore[assignment]
 _KEEP = 20  # versions kept for looking back; the newest is what routers load
@@ -48,37 +67,77 @@ class SnapshotStore:
         self._fence = fence
         insert = sqlite.insert if db.is_sqlite else postgresql.insert
         self._mark = insert(_APPLIED).on_conflict_do_nothing(index_elements=["id"])
+        self._parts: dict[str, str] = {}  # the parts of the last version read, by digest
 
     async def latest(self) -> Snapshot | None:
-        """The newest snapshot, None before the first."""
+        """The newest snapshot, None before the first.
+
+        Raises:
+            ServiceUnavailable: The newest version's parts are gone three times in a row (the
+                learner stored 20 versions between reading a version and its parts).
+        """
         query = sa.select(_WEIGHTS).order_by(_WEIGHTS.c.version.desc()).limit(1)
-        async with self._db.transaction() as conn:
-            row = (await conn.execute(query)).mappings().one_or_none()
-        if row is None:
-            return None
-        return Snapshot(
-            version=row["version"],
-            state=row["state"],
-            events=row["events"],
-            created_at=row["created_at"],
-        )
+        for _ in range(3):
+            async with self._db.transaction() as conn:
+                row = (await conn.execute(query)).mappings().one_or_none()
+                if row is None:
+                    return None
+                refs = _refs(row["state"])
+                wanted = [d for d in refs if d not in self._parts]
+                found: dict[str, str] = {}
+                if wanted:
+                    fetched = await conn.execute(
+                        sa.select(_PARTS.c.digest, _PARTS.c.data).where(_PARTS.c.digest.in_(wanted))
+                    )
+                    found = {str(digest): str(data) for digest, data in fetched}
+            parts = {d: self._parts[d] if d in self._parts else found.get(d) for d in refs}
+            if all(text is not None for text in parts.values()):
+                self._parts = {d: text for d, text in parts.items() if text is not None}
+                return Snapshot(
+                    version=row["version"],
+                    state=_joined(row["state"], self._parts),
+                    events=row["events"],
+                    created_at=row["created_at"],
+                )
+        raise ServiceUnavailable("the newest routing weights' parts keep disappearing")
 
     async def save(
         self, *, version: int, state: dict[str, Any], events: int, applied: Sequence[str]
     ) -> None:
-        """Store a snapshot and the ids of the events it includes, in one transaction."""
+        """Store a snapshot and the ids of the events it includes, in one transaction.
+
+        Only the parts not stored yet are written; the others are marked as used by
+        ``version``. Versions older than the newest :data:`_KEEP`, and parts no kept version
+        uses, are deleted.
+        """
+        parts: dict[str, str] = {}
+        skeleton = _split(state, parts)
         async with self._db.transaction() as conn:
             if self._fence is not None:
                 await self._fence.confirm(conn)
+            if parts:
+                kept = await conn.execute(
+                    sa.update(_PARTS)
+                    .where(_PARTS.c.digest.in_(list(parts)))
+                    .values(last_version=version)
+                    .returning(_PARTS.c.digest)
+                )
+                new = set(parts) - {str(r[0]) for r in kept}
+                if new:
+                    await conn.execute(
+                        sa.insert(_PARTS),
+                        [{"digest": d, "data": parts[d], "last_version": version} for d in new],
+                    )
             await conn.execute(
                 sa.insert(_WEIGHTS).values(
-                    version=version, state=state, events=events, created_at=utcnow()
+                    version=version, state=skeleton, events=events, created_at=utcnow()
                 )
             )
             for start in range(0, len(applied), 1000):
                 chunk = applied[start : start + 1000]
                 await conn.execute(self._mark, [{"id": i, "applied_at": utcnow()} for i in chunk])
             await conn.execute(sa.delete(_WEIGHTS).where(_WEIGHTS.c.version <= version - _KEEP))
+            await conn.execute(sa.delete(_PARTS).where(_PARTS.c.last_version <= version - _KEEP))
 
     async def applied(self, event_ids: Iterable[str]) -> set[str]:
         """Which of ``event_ids`` a stored snapshot already includes."""
@@ -97,6 +156,7 @@ class SnapshotStore:
             if self._fence is not None:
                 await self._fence.confirm(conn)
             await conn.execute(sa.delete(_WEIGHTS))
+            await conn.execute(sa.delete(_PARTS))
             await conn.execute(sa.delete(_APPLIED))
 
     async def call_facts(
@@ -114,6 +174,42 @@ class SnapshotStore:
         async with self._db.transaction() as conn:
             rows = (await conn.execute(query)).all()
         return [CallFacts.of(str(r.id), str(r.model), r.task_id, r.decision) for r in rows]
+
+
+def _split(value: Any, parts: dict[str, str]) -> Any:
+    """Return ``value`` with every string of :data:`PART_CHARS` or more replaced by a
+    reference to its digest, the strings added to ``parts``."""
+    if isinstance(value, dict):
+        return {key: _split(item, parts) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_split(item, parts) for item in value]
+    if isinstance(value, str) and len(value) >= PART_CHARS:
+        digest = hashlib.sha256(value.encode()).hexdigest()
+        parts[digest] = value
+        return {"$part": digest}
+    return value
+
+
+def _refs(value: Any) -> list[str]:
+    """Return the digests ``value`` refers to."""
+    if isinstance(value, dict):
+        if set(value) == {"$part"}:
+            return [str(value["$part"])]
+        return [d for item in value.values() for d in _refs(item)]
+    if isinstance(value, list):
+        return [d for item in value for d in _refs(item)]
+    return []
+
+
+def _joined(value: Any, parts: dict[str, str]) -> Any:
+    """Return ``value`` with its references replaced by the parts (the inverse of _split)."""
+    if isinstance(value, dict):
+        if set(value) == {"$part"}:
+            return parts[value["$part"]]
+        return {key: _joined(item, parts) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_joined(item, parts) for item in value]
+    return value
 
 
 class ScratchSnapshots:

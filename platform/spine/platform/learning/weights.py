@@ -26,8 +26,8 @@ from spine.platform.learning.features import FeatureSpace, SparseFeatures
 
 __all__ = ["SNAPSHOT_FORMAT", "ModelEstimates", "Observation", "RoutingWeights"]
 
-SNAPSHOT_FORMAT = 2
-_READABLE_FORMATS = frozenset({1, SNAPSHOT_FORMAT})
+SNAPSHOT_FORMAT = 3
+_READABLE_FORMATS = frozenset({1, 2, SNAPSHOT_FORMAT})
 
 
 class Observation(BaseModel):
@@ -151,8 +151,13 @@ class RoutingWeights:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> RoutingWeights:
+    def from_dict(
+        cls, data: dict[str, Any], *, previous: RoutingWeights | None = None
+    ) -> RoutingWeights:
         """Rebuild the state written by :meth:`to_dict`.
+
+        ``previous``: weights loaded before, whose covariances are reused where no fold
+        changed them since (a router loading each new version).
 
         Raises:
             BadRequest: The snapshot is of another format or does not hold together.
@@ -176,8 +181,14 @@ class RoutingWeights:
                 steps=int(data["steps"]),
             )
             for name, body in data["models"].items():
+                before = previous.models.get(name) if previous is not None else None
                 weights.models[name] = ModelEstimates(
-                    quality=QualityRegression.from_dict(body["quality"], space, priors),
+                    quality=QualityRegression.from_dict(
+                        body["quality"],
+                        space,
+                        priors,
+                        previous=before.quality if before is not None else None,
+                    ),
                     score=RunningStat.from_dict(body["score"], window=window),
                     latency_ms=RunningStat.from_dict(body["latency_ms"], window=window),
                     cost=RunningStat.from_dict(body["cost"], window=window),

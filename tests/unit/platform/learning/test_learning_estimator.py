@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import random
 
@@ -17,7 +18,7 @@ from spine.platform.learning import (
     RoutingWeights,
     SparseFeatures,
 )
-from spine.platform.learning.estimator import FOLD_EVERY
+from spine.platform.learning.estimator import FOLD_EVERY, GAIN_CHUNK
 
 SPACE = FeatureSpace()
 PRIORS = Priors(drift=1e-3)
@@ -136,8 +137,7 @@ def test_a_format_1_snapshot_whole_covariance_still_loads() -> None:
     data["format"] = 1
     rows, cols = np.triu_indices(SPACE.dims)
     for name, model in folded.items():
-        body = model.to_dict()
-        del body["gains"]
+        body = {key: model.to_dict()[key] for key in ("observations", "last_step", "mean")}
         body["cov_upper"] = base64_of(model.cov[rows, cols])
         data["models"][name] = {
             "quality": body,
@@ -150,6 +150,46 @@ def test_a_format_1_snapshot_whole_covariance_still_loads() -> None:
         quality = loaded.models[name].quality
         assert quality.pending == 0
         np.testing.assert_allclose(quality.cov, model.cov, rtol=0, atol=1e-15)
+
+
+def test_a_format_2_snapshot_one_upper_triangle_and_one_gains_string_still_loads() -> None:
+    folded, _ = fed(FOLD_EVERY + 21)
+    rows, cols = np.triu_indices(SPACE.dims)
+    for model in folded.values():
+        body = {key: model.to_dict()[key] for key in ("observations", "last_step", "mean")}
+        body["cov_upper"] = base64_of(model.base[rows, cols])
+        body["gains"] = base64_of(model.gains[: model.pending])
+        loaded = QualityRegression.from_dict(body, SPACE, PRIORS)
+        assert loaded.pending == model.pending > 0
+        assert np.array_equal(loaded.base, model.base)
+        assert np.array_equal(loaded.gains[: model.pending], model.gains[: model.pending])
+        assert loaded.to_dict() == model.to_dict()
+
+
+def test_a_snapshot_keeps_apart_what_only_a_fold_changes() -> None:
+    """The strict upper triangle is the same string until a fold; full gain chunks stay."""
+    weights = RoutingWeights(priors=PRIORS)
+    stream = [Observation(model="m", features=f, quality=0.5) for f in requests(FOLD_EVERY + 1)]
+    snapshots = []
+    for observation in stream:
+        weights.observe(observation)
+        snapshots.append(weights.to_dict()["models"]["m"]["quality"])
+    rows, cols = np.triu_indices(SPACE.dims, 1)
+    for before, after in itertools.pairwise(snapshots[: FOLD_EVERY - 1]):
+        assert after["cov_strict"] is before["cov_strict"]  # encoded once, not per snapshot
+        assert after["cov_diag"] != before["cov_diag"]  # drift and the update's own variance
+        assert after["gains"][: len(before["gains"]) - 1] == before["gains"][:-1]
+    assert [len(chunk) for chunk in snapshots[GAIN_CHUNK * 2]["gains"]] == [
+        len(base64_of(np.zeros((GAIN_CHUNK, SPACE.dims)))),
+        len(base64_of(np.zeros((GAIN_CHUNK, SPACE.dims)))),
+        len(base64_of(np.zeros((1, SPACE.dims)))),
+    ]
+    folded = weights.models["m"].quality
+    fold = FOLD_EVERY - 1  # the snapshot after the fold
+    assert snapshots[fold]["cov_strict"] != snapshots[fold - 1]["cov_strict"]
+    assert snapshots[fold]["gains"] == []
+    assert snapshots[-1]["cov_strict"] == base64_of(folded.base[rows, cols])
+    assert snapshots[-1]["gains"] == [base64_of(folded.gains[:1])]
 
 
 def base64_of(array: np.ndarray) -> str:
@@ -165,3 +205,29 @@ def test_pending_gains_that_do_not_fit_are_refused() -> None:
     body["gains"] = base64_of(np.zeros(FOLD_EVERY * SPACE.dims))
     with pytest.raises(ValueError, match="gains"):
         QualityRegression.from_dict(body, SPACE, PRIORS)
+
+
+def test_a_router_loading_each_version_reuses_a_covariance_no_fold_changed() -> None:
+    weights = RoutingWeights(priors=PRIORS)
+    stream = [Observation(model="m", features=f, quality=0.25) for f in requests(FOLD_EVERY + 5)]
+    for observation in stream[:10]:
+        weights.observe(observation)
+    first = RoutingWeights.from_dict(weights.to_dict())
+    for observation in stream[10:20]:
+        weights.observe(observation)
+    second_state = weights.to_dict()
+    second = RoutingWeights.from_dict(second_state, previous=first)
+    assert json.dumps(second.to_dict()) == json.dumps(second_state)
+    assert np.array_equal(second.models["m"].quality.base, weights.models["m"].quality.base)
+    # The covariance came from ``first``, not from decoding: mark it and load again.
+    marked = first.models["m"].quality
+    marked.base[0, 1] = marked.base[1, 0] = 7.0
+    assert (
+        RoutingWeights.from_dict(second_state, previous=first).models["m"].quality.base[0, 1] == 7.0
+    )
+    for observation in stream[20:]:  # across a fold: the old covariance must not be used
+        weights.observe(observation)
+    third_state = weights.to_dict()
+    third = RoutingWeights.from_dict(third_state, previous=first)
+    assert json.dumps(third.to_dict()) == json.dumps(third_state)
+    assert np.array_equal(third.models["m"].quality.base, weights.models["m"].quality.base)
