@@ -335,7 +335,7 @@ class LearnedEventRow(Base):
     __tablename__ = "learned_events"
 
     id: Mapped[str] = mapped_column(sa.String(100), primary_key=True)
-    applied_at: Mapped[datetime] = mapped_column(default=utcnow)
+    applied_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 
 class ExperimentRow(Base):

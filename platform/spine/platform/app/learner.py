@@ -100,7 +100,12 @@ async def _lead(
 ) -> None:
     """Consume until ``stop``, or until the lead is ``lost`` (then another learner may lead:
     the events held here are left unacknowledged, for it)."""
-    store = SnapshotStore(db, fence=lost)  # no write once the lead is lost
+    store = SnapshotStore(  # no write once the lead is lost
+        db,
+        fence=lost,
+        # An event's id outlives the event in OUTCOMES (an hour more, for clocks that differ).
+        keep_applied=settings.streams.outcomes_max_age + 3600,
+    )
     if replay:
         await store.reset()
         with contextlib.suppress(NotFoundError):

@@ -12,6 +12,10 @@ events flow, and a dense model's covariance (~0.8 MB) changes only every 64 qual
 8 such models a version was 8 MB of WAL, and every router read all of it back. A reader keeps
 the parts of the last version it loaded and fetches only the new ones. A part lives while a
 kept version refers to it (``last_version``).
+
+An applied event's id is remembered for ``keep_applied`` seconds (the learner passes how long
+OUTCOMES keeps an event, and an hour): after that the stream cannot deliver the event again, and
+the table would otherwise grow by one row per model call forever.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -45,6 +49,7 @@ _PARTS: sa.Table = RoutingWeightPartRow.__table__  # type: ignore[assignment]
 _APPLIED: sa.Table = LearnedEventRow.__table__  # type: ignore[assignment]
 _CALLS: sa.Table = ModelCallRow.__table__  # type: ignore[assignment]
 _KEEP = 20  # versions kept for looking back; the newest is what routers load
+_FORGET_BATCH = 10_000  # applied ids forgotten per version stored, at most
 
 
 @dataclass(slots=True, kw_only=True, frozen=True)
@@ -60,11 +65,15 @@ class Snapshot:
 class SnapshotStore:
     """Reads and writes snapshots, applied event ids and call facts."""
 
-    def __init__(self, db: Database, *, fence: HeldLock | None = None) -> None:
+    def __init__(
+        self, db: Database, *, fence: HeldLock | None = None, keep_applied: float | None = None
+    ) -> None:
         """``fence``: the lock a leading learner holds; every write is refused once it is lost
-        (a frozen learner that wakes must not store a version beside its successor's)."""
+        (a frozen learner that wakes must not store a version beside its successor's).
+        ``keep_applied``: seconds an applied event's id is remembered (None: always)."""
         self._db = db
         self._fence = fence
+        self._keep_applied = keep_applied
         insert = sqlite.insert if db.is_sqlite else postgresql.insert
         self._mark = insert(_APPLIED).on_conflict_do_nothing(index_elements=["id"])
         self._parts: dict[str, str] = {}  # the parts of the last version read, by digest
@@ -138,6 +147,11 @@ class SnapshotStore:
                 await conn.execute(self._mark, [{"id": i, "applied_at": utcnow()} for i in chunk])
             await conn.execute(sa.delete(_WEIGHTS).where(_WEIGHTS.c.version <= version - _KEEP))
             await conn.execute(sa.delete(_PARTS).where(_PARTS.c.last_version <= version - _KEEP))
+            if self._keep_applied is not None:
+                cutoff = utcnow() - timedelta(seconds=self._keep_applied)
+                old = sa.select(_APPLIED.c.id).where(_APPLIED.c.applied_at < cutoff)
+                old = old.limit(_FORGET_BATCH)
+                await conn.execute(sa.delete(_APPLIED).where(_APPLIED.c.id.in_(old)))
 
     async def applied(self, event_ids: Iterable[str]) -> set[str]:
         """Which of ``event_ids`` a stored snapshot already includes."""

@@ -1,12 +1,15 @@
-"""Versions of the routing weights store their large values once (on SQLite and PostgreSQL).
+"""The learning state stays bounded (on SQLite and PostgreSQL).
 
-A dense model's covariance changes only at a fold; a version stored between folds must not
-write it again, and every reader must still get the exact state back."""
+Versions of the routing weights store their large values once: a dense model's covariance
+changes only at a fold, a version stored between folds must not write it again, and every
+reader must still get the exact state back. Applied event ids are forgotten once OUTCOMES can
+no longer deliver their events."""
 
 from __future__ import annotations
 
 import json
 import random
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -16,12 +19,13 @@ from spine.platform.db import Database
 from spine.platform.learning import Observation, RoutingWeights
 from spine.platform.learning.estimator import FOLD_EVERY
 from spine.platform.learning.snapshots import PART_CHARS, SnapshotStore
-from spine.platform.schema import RoutingWeightPartRow, RoutingWeightsRow
+from spine.platform.schema import LearnedEventRow, RoutingWeightPartRow, RoutingWeightsRow, utcnow
 
 pytestmark = pytest.mark.integration
 
 PARTS: sa.Table = RoutingWeightPartRow.__table__  # type: ignore[assignment]
 VERSIONS: sa.Table = RoutingWeightsRow.__table__  # type: ignore[assignment]
+APPLIED: sa.Table = LearnedEventRow.__table__  # type: ignore[assignment]
 
 
 def scored(weights: RoutingWeights, rng: random.Random, model: str, count: int) -> None:
@@ -133,3 +137,31 @@ async def test_a_reset_forgets_the_parts(db: Database) -> None:
     await store.reset()
     assert await stored_parts(db) == {}
     assert await store.latest() is None
+
+
+@pytest.mark.parametrize("keep", [None, 3600.0])
+async def test_applied_event_ids_are_forgotten_after_the_time_given(
+    db: Database, keep: float | None
+) -> None:
+    now = utcnow()
+    async with db.transaction() as conn:
+        await conn.execute(
+            sa.insert(APPLIED),
+            [
+                {"id": "model.outcome:two-hours-ago", "applied_at": now - timedelta(hours=2)},
+                {"id": "model.outcome:ten-minutes-ago", "applied_at": now - timedelta(minutes=10)},
+            ],
+        )
+    store = SnapshotStore(db, keep_applied=keep)
+    await store.save(version=1, state=RoutingWeights().to_dict(), events=1, applied=["fresh"])
+    remembered = await store.applied(
+        ["model.outcome:two-hours-ago", "model.outcome:ten-minutes-ago", "fresh"]
+    )
+    if keep is None:
+        assert remembered == {
+            "model.outcome:two-hours-ago",
+            "model.outcome:ten-minutes-ago",
+            "fresh",
+        }
+    else:
+        assert remembered == {"model.outcome:ten-minutes-ago", "fresh"}
