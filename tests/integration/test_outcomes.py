@@ -27,7 +27,7 @@ from openai import AsyncOpenAI
 from openai.types.chat import ChatCompletionMessageParam
 
 from spine.events.outcomes import ModelOutcome
-from spine.events.streams import OUTCOMES_STREAM
+from spine.events.streams import OUTCOMES_STREAM, StreamLayout
 from spine.platform.app.api import create_app
 from spine.platform.app.wiring import Platform
 from spine.platform.keys import KeyStore
@@ -93,13 +93,31 @@ async def stored_outcomes(nats_url: str, expected: int, timeout: float = 10.0) -
         info = await js.stream_info(OUTCOMES_STREAM)
         assert info.state.messages == expected
         config = info.config
-        assert (config.retention, config.storage, config.max_age) == (
+        assert (config.retention, config.storage, config.max_age, config.max_bytes) == (
             RetentionPolicy.LIMITS,
             StorageType.FILE,
             7 * 24 * 3600,
+            1 << 30,
         )
         first = info.state.first_seq
         return [await js.get_msg(OUTCOMES_STREAM, first + i) for i in range(expected)]
+    finally:
+        await nc.close()
+
+
+async def test_outcomes_past_the_byte_bound_drop_the_oldest(services: Any) -> None:
+    """A busy gateway must not fill the disk JetStream shares with TASKS."""
+    nc = await nats.connect(services.nats_url)
+    try:
+        js = nc.jetstream()
+        await StreamLayout(outcomes_max_bytes=64 * 1024).ensure(js)
+        body = json.dumps({"type": "model.outcome", "pad": "x" * 600}).encode()
+        for i in range(400):  # ~280 KB in all
+            await js.publish(f"spine.outcomes.t{i % 3}", body, headers={"Nats-Msg-Id": f"o{i}"})
+        state = (await js.stream_info(OUTCOMES_STREAM)).state
+        assert state.bytes <= 64 * 1024
+        assert state.last_seq == 400  # every publish was taken; the oldest made room
+        assert state.first_seq > 1 and state.messages == 400 - state.first_seq + 1
     finally:
         await nc.close()
 

@@ -7,6 +7,7 @@ import logging
 from typing import Any
 
 import pytest
+from nats.js.api import DiscardPolicy
 
 from spine.events.outcomes import ModelOutcome, OutcomePublisher
 from spine.events.streams import StreamLayout
@@ -108,7 +109,7 @@ def test_a_tenant_name_becomes_one_subject_token() -> None:
     assert outcome_subject("a.b *>c") == "spine.outcomes.a_b___c"
 
 
-def test_the_outcomes_stream_keeps_events_for_a_limited_time() -> None:
+def test_the_outcomes_stream_keeps_events_for_a_limited_time_and_size() -> None:
     config = StreamLayout(replicas=3, outcomes_max_age=3600).outcomes_stream()
     assert (config.name, config.subjects, config.num_replicas, config.max_age) == (
         "OUTCOMES",
@@ -116,6 +117,8 @@ def test_the_outcomes_stream_keeps_events_for_a_limited_time() -> None:
         3,
         3600,
     )
+    assert (config.max_bytes, config.discard) == (1 << 30, DiscardPolicy.OLD)
+    assert StreamLayout(outcomes_max_bytes=0).outcomes_stream().max_bytes == -1
 
 
 async def test_queued_events_are_published_together_in_their_order() -> None:

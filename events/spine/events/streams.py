@@ -68,6 +68,8 @@ class StreamLayout:
     max_deliver: int = 6
     duplicate_window: float = 120.0
     outcomes_max_age: float = 7 * _DAY
+    outcomes_max_bytes: int = 1 << 30
+    """0: no limit."""
     events_max_age: float = 30 * _DAY
     events_duplicate_window: float = 3600.0
 
@@ -95,9 +97,12 @@ class StreamLayout:
         )
 
     def outcomes_stream(self) -> StreamConfig:
-        """Describe OUTCOMES: one event per routed model call, kept ``outcomes_max_age`` seconds.
+        """Describe OUTCOMES: one event per routed model call, kept ``outcomes_max_age`` seconds
+        and at most ``outcomes_max_bytes`` (the oldest dropped first).
 
-        For the learning consumer; the usage rows in the database are the durable record.
+        For the learning consumer; the usage rows in the database are the durable record. The
+        byte bound keeps a busy gateway from filling the disk JetStream shares with TASKS; a
+        learner that falls further behind than it loses the oldest events, not the newest.
         """
         return StreamConfig(
             name=OUTCOMES_STREAM,
@@ -106,6 +111,7 @@ class StreamLayout:
             storage=StorageType.FILE,
             num_replicas=self.replicas,
             max_age=self.outcomes_max_age,
+            max_bytes=self.outcomes_max_bytes or -1,
             duplicate_window=min(self.duplicate_window, self.outcomes_max_age),
             discard=DiscardPolicy.OLD,
         )

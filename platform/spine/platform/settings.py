@@ -148,6 +148,12 @@ class StreamSettings(BaseModel):
         ge=60,
         description="Seconds the OUTCOMES stream keeps a model-call outcome event.",
     )
+    outcomes_max_bytes: int = Field(
+        1 << 30,
+        ge=0,
+        description="Bytes the OUTCOMES stream keeps at most, its oldest events dropped first "
+        "(0: no limit). ~0.7 KB an event: a busy gateway filled gigabytes a day.",
+    )
     outcomes_queue: int = Field(
         10_000,
         ge=1,

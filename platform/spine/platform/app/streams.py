@@ -15,6 +15,7 @@ def stream_layout(settings: Settings) -> StreamLayout:
         replicas=settings.streams.replicas,
         duplicate_window=settings.streams.duplicate_window,
         outcomes_max_age=settings.streams.outcomes_max_age,
+        outcomes_max_bytes=settings.streams.outcomes_max_bytes,
         events_max_age=settings.knowledge.events_max_age,
         events_duplicate_window=settings.knowledge.events_duplicate_window,
         ack_wait=settings.worker.ack_wait,
