@@ -16,6 +16,7 @@ import pytest
 import sqlalchemy as sa
 
 from spine.platform.db import Database
+from spine.platform.errors import ServiceUnavailable
 from spine.platform.learning import Observation, RoutingWeights
 from spine.platform.learning.estimator import FOLD_EVERY
 from spine.platform.learning.snapshots import PART_CHARS, SnapshotStore
@@ -165,3 +166,13 @@ async def test_applied_event_ids_are_forgotten_after_the_time_given(
         }
     else:
         assert remembered == {"model.outcome:ten-minutes-ago", "fresh"}
+
+
+async def test_a_version_whose_parts_are_gone_is_refused_as_unavailable(db: Database) -> None:
+    weights = RoutingWeights()
+    scored(weights, random.Random(7), "a", FOLD_EVERY)
+    await SnapshotStore(db).save(version=1, state=weights.to_dict(), events=1, applied=[])
+    async with db.transaction() as conn:
+        await conn.execute(sa.delete(PARTS))
+    with pytest.raises(ServiceUnavailable, match="parts"):
+        await SnapshotStore(db).latest()
