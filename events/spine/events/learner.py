@@ -62,6 +62,14 @@ _broker_logger = logging.getLogger(f"{__name__}.broker")
 _broker_logger.addFilter(_SupervisorChatter())
 
 LEARNER_CONSUMER = "learner"
+# A fetch returns 50 ms after its first event; after a small batch the consumer waits 0.2 s
+# before fetching again. Fetches that waited 0.5 s took events one by one as they were
+# published (a wake-up each); these take what piled up at once. Learner CPU per event, events
+# published steadily (outcomes and ratings over 4 models): at 100/s 0.571 -> 0.418 ms, at 300/s
+# 0.473 -> 0.296, at 1,000/s 0.350 -> 0.224; nearly idle (2/s) it polls more, +8 ms a second.
+# An event is applied as soon as its batch comes: only the next one waits.
+_FETCH_WAIT = 0.05
+_LINGER = 0.2
 _KINDS = frozenset({"model.outcome", "task.signal", "feedback"})
 
 
@@ -272,7 +280,7 @@ def learner_broker(
         subject,
         stream=JStream(stream, declare=False),
         durable=durable,
-        pull_sub=PullSub(batch_size=batch, timeout=0.5, batch=True),
+        pull_sub=PullSub(batch_size=batch, timeout=_FETCH_WAIT, batch=True),
         # Acknowledged only once a stored snapshot holds them (see Learner.checkpoint): an
         # error must neither drop (+TERM) nor redeliver them at once.
         ack_policy=AckPolicy.MANUAL,
@@ -286,6 +294,8 @@ def learner_broker(
         events: NoCast[list[Any]], message: NatsBatchMessage = Context("message")
     ) -> None:
         await learner.take(events, ack=message.ack)
+        if len(events) < batch // 4:
+            await asyncio.sleep(_LINGER)  # let the next events pile up (see _LINGER)
 
     return broker
 
