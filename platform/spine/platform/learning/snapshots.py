@@ -20,6 +20,7 @@ the table would otherwise grow by one row per model call forever.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -120,7 +121,8 @@ class SnapshotStore:
         uses, are deleted.
         """
         parts: dict[str, str] = {}
-        skeleton = _split(state, parts)
+        # Hashing the large values (~6 MB at 8 dense models) releases the GIL: off the loop.
+        skeleton = await asyncio.to_thread(_split, state, parts)
         async with self._db.transaction() as conn:
             if self._fence is not None:
                 await self._fence.confirm(conn)
