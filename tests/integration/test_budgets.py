@@ -527,3 +527,15 @@ async def test_a_reservation_does_not_wait_for_the_wal_flush_but_a_settlement_do
             assert await raw.fetchval("SHOW synchronous_commit") == "on"
         row = await raw.fetchrow(READ_SQL, *key)
     assert (row["spent"], row["reserved"]) == (Decimal("0.05"), Decimal(0))
+
+
+async def test_a_lease_waits_for_the_wal_flush(db: Database) -> None:
+    if db.is_sqlite:
+        pytest.skip("synchronous_commit is PostgreSQL's")
+    counter = Counter(scope="tenant:acme", period="daily", start=date(2026, 12, 5))
+    async with db.driver() as raw, raw.transaction():
+        held = await hold_driver(
+            raw, counter, Decimal("0.1"), Decimal(1), hold_id="l1", holder="p1", durable=True
+        )
+        assert held
+        assert await raw.fetchval("SHOW synchronous_commit") == "on"

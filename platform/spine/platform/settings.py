@@ -396,6 +396,12 @@ class BudgetSettings(BaseModel):
         description="How long a process trusts the stored limits it read: a limit set or "
         "removed takes effect in every process within this time.",
     )
+    leases: bool = Field(
+        True,
+        description="Where a limit is large beside its calls (64 times the size of 16 "
+        "calls), each process holds a 64th of it ahead of them and reserves calls from it "
+        "without a database round trip; False holds every call on its own.",
+    )
 
     @field_validator("tenants", "keys", mode="before")
     @classmethod

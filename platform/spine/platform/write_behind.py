@@ -68,6 +68,19 @@ class WriteBehind(Generic[T]):
             return
         self._start()
 
+    def submit_after(self, item: T) -> None:
+        """Queue ``item`` behind everything submitted before it, and never wait, even past the
+        queue's bound (for the rare item whose place matters more than backpressure: a budget
+        lease given back after its calls' settlements)."""
+        if self._queue.full():
+            # In order: what waits in the queue goes before it, behind the batch in hand.
+            while not self._queue.empty():
+                self._held.append(self._queue.get_nowait())
+            self._held.append(item)
+        else:
+            self._queue.put_nowait(item)
+        self._start()
+
     def take(self, match: Callable[[T], bool]) -> list[T]:
         """Take the items ``match`` selects, for the caller to write in a transaction of its
         own; give them back with :meth:`put_back` if that write fails.

@@ -159,3 +159,20 @@ async def test_put_back_queues_again_what_the_taker_could_not_write() -> None:
     assert behind.pending == 3
     await behind.close()
     assert sorted(store.written) == [1, 2, 3, 7, 8]
+
+
+async def test_an_item_submitted_after_the_others_is_written_behind_them_even_past_the_bound() -> (
+    None
+):
+    store = Store()
+    store.failing = True  # nothing is written: the queue fills
+    behind = WriteBehind(store.write, what="items", interval=10.0, batch=2, max_queued=3)
+    for item in range(3):
+        await behind.submit(item)
+    behind.submit_after(3)  # the queue is full: it neither waits nor writes out of turn
+    behind.submit_after(4)
+    assert behind.pending == 5 and store.batches == []
+    store.failing = False
+    await behind.flush()
+    assert store.written == [0, 1, 2, 3, 4]
+    await behind.close()

@@ -130,6 +130,7 @@ class Platform:
                 BudgetLimits.from_settings(settings),
                 stored_seconds=settings.budgets.stored_seconds,
                 on_alert=BudgetAlertPublisher(bus),
+                leases=settings.budgets.leases,
             ),
             usage=UsageLedger(db),
             cache=response_cache(settings),

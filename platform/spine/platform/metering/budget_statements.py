@@ -96,15 +96,17 @@ SEED = (
 # The same hold, row insert and read for asyncpg, in PostgreSQL's own terms (budget_spend).
 # A hold and its row in budget_holds ($6: the reservation's id, $7: its holder) are one
 # statement: both or neither.
-HOLD_SQL = """
+_HOLD_SQL = """
 WITH held AS (
   UPDATE budget_spend SET reserved = reserved + $4
-  WHERE scope = $1 AND period = $2 AND day = $3 AND spent + reserved + $4 <= $5
-    AND (SELECT set_config('synchronous_commit', 'off', true)) IS NOT NULL
+  WHERE scope = $1 AND period = $2 AND day = $3 AND spent + reserved + $4 <= $5{lazy}
   RETURNING scope, period, day
 )
 INSERT INTO budget_holds (id, scope, period, day, holder, amount)
 SELECT $6, scope, period, day, $7, $4 FROM held"""
+HOLD_SQL = _HOLD_SQL.format(
+    lazy="\n    AND (SELECT set_config('synchronous_commit', 'off', true)) IS NOT NULL"
+)
 """Reserve ``$4`` in a counter and write its hold, if the limit ``$5`` leaves room.
 
 Its commit does not wait for the WAL's flush (``synchronous_commit`` off for its transaction):
@@ -112,6 +114,10 @@ the counter's row lock is released at once instead of after the flush, which eve
 reservation of the scope waits for. It is safe to lose in a crash of PostgreSQL: the counter's
 change and the hold go together, and a settlement that finds no hold gives nothing back (a
 settlement commits synchronously, flushing the WAL before it, so it never outlives its hold)."""
+DURABLE_HOLD_SQL = _HOLD_SQL.format(lazy="")
+"""The same hold, committed when the WAL is flushed: a lease's (:mod:`.budget_leases`). Its
+calls are reserved in memory, so a lease lost in a crash of PostgreSQL would let the others
+reserve what its calls spend; leases are taken once per many calls, so the wait is cheap."""
 ENSURE_SQL = (
     "INSERT INTO budget_spend (scope, period, day, spent, reserved) VALUES ($1, $2, $3, 0, 0) "
     "ON CONFLICT DO NOTHING"
@@ -155,14 +161,25 @@ async def spent_driver(raw: Any, counters: list[Counter]) -> dict[Counter, Decim
 
 
 async def hold_driver(
-    raw: Any, counter: Counter, amount: Decimal, limit: Decimal, *, hold_id: str, holder: str
+    raw: Any,
+    counter: Counter,
+    amount: Decimal,
+    limit: Decimal,
+    *,
+    hold_id: str,
+    holder: str,
+    durable: bool = False,
 ) -> bool:
-    """Hold ``amount`` in ``counter`` if its limit leaves room (asyncpg); as :func:`hold`."""
+    """Hold ``amount`` in ``counter`` if its limit leaves room (asyncpg); as :func:`hold`.
+
+    ``durable``: commit when the WAL is flushed (:data:`DURABLE_HOLD_SQL`).
+    """
     key = (counter.scope, counter.period, counter.start)
-    if await raw.execute(HOLD_SQL, *key, amount, limit, hold_id, holder) != "INSERT 0 0":
+    statement = DURABLE_HOLD_SQL if durable else HOLD_SQL
+    if await raw.execute(statement, *key, amount, limit, hold_id, holder) != "INSERT 0 0":
         return True
     await raw.execute(ENSURE_SQL, *key)
-    return bool(await raw.execute(HOLD_SQL, *key, amount, limit, hold_id, holder) != "INSERT 0 0")
+    return bool(await raw.execute(statement, *key, amount, limit, hold_id, holder) != "INSERT 0 0")
 
 
 def per_counter(rows: Iterable[Any]) -> dict[Counter, Decimal]:
