@@ -35,8 +35,9 @@ class FakeClock:
         return self.now
 
 
-def ledger_of(db: Database, clock: FakeClock, limit: str, **options: bool) -> BudgetLedger:
-    return BudgetLedger(db, BudgetLimits(tenants={"acme": Decimal(limit)}), now=clock, **options)
+def ledger_of(db: Database, clock: FakeClock, limit: str, *, leases: bool = True) -> BudgetLedger:
+    limits = BudgetLimits(tenants={"acme": Decimal(limit)})
+    return BudgetLedger(db, limits, now=clock, leases=leases)
 
 
 async def counter(db: Database, clock: FakeClock) -> tuple[Decimal, Decimal]:

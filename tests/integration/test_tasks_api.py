@@ -303,6 +303,21 @@ async def test_idempotency_key_returns_the_same_task_or_409(spine: RunningPlatfo
     assert other.json()["error"]["field"] == "Idempotency-Key"
 
 
+async def test_a_submit_answers_the_task_as_fastapi_renders_it(spine: RunningPlatform) -> None:
+    # A well-formed submit is answered directly (hot_routes); a read of it through FastAPI's
+    # route shows the same task in the same shape.
+    body = {"agent": "chat", "input": {"prompt": "naïve ☃"}, "metadata": {"k": "v", "x": 1e20}}
+    created = await spine.client.post("/v1/tasks", json=body)
+    assert created.status_code == 202, created.text
+    read = await spine.client.get(created.headers["Location"])
+    answered, rendered = created.json(), read.json()
+    assert list(answered) == list(rendered)
+    fixed = ("id", "tenant", "key_id", "agent", "input", "metadata", "priority", "created_at")
+    assert {k: answered[k] for k in fixed} == {k: rendered[k] for k in fixed}
+    assert answered["links"] == rendered["links"]
+    assert (answered["input"], answered["metadata"]) == (body["input"], body["metadata"])
+
+
 async def models_called(models: FakeModelServer, containing: str, timeout: float = 10) -> None:
     for _ in range(int(timeout / 0.05)):
         if models.count(containing=containing):

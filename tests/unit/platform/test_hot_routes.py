@@ -6,8 +6,10 @@ import httpx
 import pytest
 from fastapi import APIRouter, FastAPI, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ValidationError
 
 from spine.platform.app.api.hot_routes import serve_directly
+from spine.platform.app.api.tasks import submit_task_fast
 
 
 def app_with(router: APIRouter) -> FastAPI:
@@ -66,3 +68,102 @@ def test_a_hot_endpoint_that_needs_fastapis_arguments_is_refused() -> None:
 
     with pytest.raises(TypeError, match="/v1/embeddings"):
         serve_directly(app_with(router), router)
+
+
+class Thing(BaseModel):
+    name: str
+    fast: bool = False
+
+
+async def test_a_fast_handler_answers_what_it_can_and_fastapis_route_the_rest() -> None:
+    router = APIRouter(prefix="/v1")
+
+    @router.post("/things", status_code=201)
+    async def create(thing: Thing) -> Thing:
+        return thing
+
+    async def fast(request: Request) -> Response | None:
+        try:
+            thing = Thing.model_validate_json(await request.body())
+        except ValidationError:
+            return None
+        if not thing.fast:
+            return None
+        return JSONResponse(thing.model_dump(), status_code=201, headers={"X-Fast": "1"})
+
+    app = FastAPI()
+    app.include_router(router)
+    serve_directly(app, router, fast={("/v1/things", "POST"): fast})
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        quick = await client.post("/v1/things", json={"name": "a", "fast": True})
+        declined = await client.post("/v1/things", json={"name": "b"})
+        invalid = await client.post("/v1/things", json={"name": 5})
+    assert (quick.status_code, quick.json(), quick.headers.get("x-fast")) == (
+        201,
+        {"name": "a", "fast": True},
+        "1",
+    )
+    # FastAPI's route read the body the fast handler had read already.
+    assert (declined.status_code, declined.json(), declined.headers.get("x-fast")) == (
+        201,
+        {"name": "b", "fast": False},
+        None,
+    )
+    assert invalid.status_code == 422 and invalid.json()["detail"][0]["loc"] == ["body", "name"]
+
+
+def test_a_fast_handler_for_a_route_that_does_not_exist_is_refused() -> None:
+    async def fast(request: Request) -> Response | None:
+        return None
+
+    router = APIRouter(prefix="/v1")
+    with pytest.raises(TypeError, match="/v1/missing"):
+        serve_directly(app_with(router), router, fast={("/v1/missing", "POST"): fast})
+
+
+@pytest.mark.parametrize(
+    ("headers", "body"),
+    [
+        ({"content-type": "text/plain"}, b'{"agent": "chat", "input": {}}'),
+        ({}, b'{"agent": "chat", "input": {}}'),  # no content type: FastAPI does not decode it
+        ({"content-type": "application/json"}, b'{"agent": "chat"'),  # not JSON
+        ({"content-type": "application/json"}, b"\xff\xfe"),  # not UTF-8
+        ({"content-type": "application/json"}, b"[]"),
+        ({"content-type": "application/json"}, b'{"input": {}}'),  # no agent
+        ({"content-type": "application/json", "idempotency-key": "k" * 256}, b'{"agent": "c"}'),
+    ],
+)
+async def test_a_submission_fastapi_must_refuse_is_declined_before_anything_happens(
+    headers: dict[str, str], body: bytes
+) -> None:
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/tasks",
+        "headers": [(k.encode(), v.encode()) for k, v in headers.items()],
+    }
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    # No platform, no key: declining must come before authentication and the dispatcher.
+    assert await submit_task_fast(Request(scope, receive)) is None
+
+
+async def test_two_idempotency_keys_are_left_to_fastapi() -> None:
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/tasks",
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"idempotency-key", b"a"),
+            (b"idempotency-key", b"b"),
+        ],
+    }
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": b'{"agent": "chat"}', "more_body": False}
+
+    assert await submit_task_fast(Request(scope, receive)) is None

@@ -61,7 +61,8 @@ def test_a_call_carves_from_every_counter_or_from_none() -> None:
     assert book.carve(limits, Decimal("0.25")) is None
     assert book.lacking(limits, Decimal("0.25")) == [TENANT]
     (lease,) = book.held()
-    assert (lease.used, lease.in_flight) == (0, 0)  # nothing taken from the one that had room
+    # Nothing was taken from the one that had room.
+    assert (lease.used, lease.in_flight) == (Decimal(0), 0)
 
     book.open(Lease(counter=TENANT, amount=Decimal(1), limit=LIMIT))
     carved = book.carve(limits, Decimal("0.25"))

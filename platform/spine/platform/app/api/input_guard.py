@@ -28,7 +28,7 @@ from spine.platform.app.api.errors import error_response
 from spine.platform.app.api.path_templates import match_path
 from spine.platform.inputs import MAX_JSON_DEPTH, InvalidInput, load_json, text_problem
 
-__all__ = ["InputGuard"]
+__all__ = ["InputGuard", "replay"]
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
@@ -67,7 +67,7 @@ class InputGuard:
                 return
             except ValueError:
                 pass  # not JSON: the route answers that in its own words
-        await self.app(scope, _replay(body, last, receive), send)
+        await self.app(scope, replay(body, receive, last), send)
 
     async def _refuse(self, exc: InvalidInput, scope: Scope, receive: Receive, send: Send) -> None:
         field = exc.field or "body"
@@ -126,7 +126,8 @@ async def _read_body(receive: Receive) -> tuple[bytes, Message | None]:
             return b"".join(chunks), None
 
 
-def _replay(body: bytes, last: Message | None, receive: Receive) -> Receive:
+def replay(body: bytes, receive: Receive, last: Message | None = None) -> Receive:
+    """A channel that gives ``body`` (read already), then ``last`` if given, then ``receive``."""
     pending: list[Message] = [{"type": "http.request", "body": body, "more_body": False}]
     if last is not None:
         pending.append(last)

@@ -37,7 +37,7 @@ from spine.platform.app.api.errors import (
     install_error_handlers,
 )
 from spine.platform.app.api.gateway import router as gateway_router
-from spine.platform.app.api.hot_routes import serve_directly
+from spine.platform.app.api.hot_routes import FastHandler, serve_directly
 from spine.platform.app.api.input_guard import InputGuard
 from spine.platform.app.api.metrics import HttpMetrics
 from spine.platform.app.console.site import install as install_console
@@ -154,7 +154,9 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(audit.router)
     document_errors(app, openai_paths=OPENAI_PATHS)
     app.include_router(learning.router)
-    serve_directly(app, gateway_router, embeddings.router)  # after FastAPI's, ahead of them
+    # After FastAPI's routes, ahead of them.
+    fast: dict[tuple[str, str], FastHandler] = {("/v1/tasks", "POST"): tasks.submit_task_fast}
+    serve_directly(app, gateway_router, embeddings.router, tasks.router, fast=fast)
     if settings.api.console:  # the web console at /ui
         install_console(app)
 
