@@ -70,6 +70,7 @@ def test_nested_sections_and_dotenv(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         ("GENAI_STREAMS__OUTCOMES_RETRY", "3601"),
         ("GENAI_STREAMS__OUTCOMES_MAX_BYTES", "-1"),
         ("GENAI_STREAMS__OUTCOMES_MAX_BYTES", "1GB"),
+        ("GENAI_BUDGETS__LEASES", "maybe"),
     ],
 )
 def test_invalid_value_names_the_variable(
