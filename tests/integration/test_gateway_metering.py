@@ -481,3 +481,69 @@ async def test_a_stream_whose_client_left_before_its_first_byte_is_settled(
     assert [(r["model"], r["calls"], r["errors"]) for r in rows] == [(CHEAP, 1, 1)]
     state = await spine.platform.metered.budgets.state(GLOBAL)
     assert state.reserved == 0, "the abandoned stream's reservation was never released"
+
+
+@contextlib.contextmanager
+def usage_rows_held(spine: RunningPlatform, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Hold every usage row at the ledger's door until the event given is set."""
+    usage = spine.platform.metered.usage
+    gate = asyncio.Event()
+    submit = usage.submit
+
+    async def held(record: Any) -> None:
+        await gate.wait()
+        await submit(record)
+
+    monkeypatch.setattr(usage, "submit", held)
+    try:
+        yield gate
+    finally:
+        gate.set()
+
+
+async def test_an_answer_goes_back_before_its_books_and_usage_reads_them(
+    spine: RunningPlatform, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    metered = spine.platform.metered
+    with usage_rows_held(spine, monkeypatch) as gate:
+        async with client_of(spine) as client:
+            raw = await asyncio.wait_for(
+                client.chat.completions.with_raw_response.create(
+                    model=CHEAP, messages=ask("books after the answer")
+                ),
+                10,
+            )
+        cost = Decimal(raw.headers["x-spine-cost"])
+        assert cost == cost_of(raw.parse().usage) > 0, "the answer is priced before its books"
+        reading = asyncio.create_task(spine.client.get("/v1/usage"))
+        await asyncio.sleep(0.3)
+        assert not reading.done(), "usage was read before this process's books were written"
+        gate.set()
+        total = (await asyncio.wait_for(reading, 10)).json()["total"]
+    assert (total["calls"], Decimal(total["cost"])) == (1, cost)
+    state = await metered.budgets.state(GLOBAL)
+    assert (state.spent, state.reserved) == (cost, Decimal(0))
+    # Its features, which the learner scores it by, were extracted with its books.
+    [call], _ = await metered.usage.calls_page(tenant=None)
+    assert call.decision is not None and call.decision["features"]["indices"]
+
+
+async def test_callers_write_their_own_books_once_too_many_are_behind(
+    spine: RunningPlatform, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("spine.platform.metering.metered.BOOKS_BEHIND", 2)
+    with usage_rows_held(spine, monkeypatch) as gate:
+        async with client_of(spine) as client:
+            calls = [
+                asyncio.create_task(
+                    client.chat.completions.create(model=CHEAP, messages=ask(f"call {n}"))
+                )
+                for n in range(5)
+            ]
+            await asyncio.wait(calls, timeout=1.5)
+            answered = sum(call.done() for call in calls)
+            assert answered == 2, f"{answered} answers went back with more than 2 books behind"
+            gate.set()
+            await asyncio.wait_for(asyncio.gather(*calls), 10)
+    total = (await spine.client.get("/v1/usage")).json()["total"]
+    assert total["calls"] == 5

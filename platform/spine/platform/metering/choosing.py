@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import replace
+from typing import Any
 
 from spine.platform.learning.experiments import ExperimentBook
 from spine.platform.learning.features import FeatureSpace, prompt_text
@@ -81,9 +82,9 @@ class RouteChooser:
         context: CallContext,
         pressure: float = 0.0,
     ) -> RoutePlan:
-        """Plan a chat call; with learning on, describe the request for the learner."""
+        """Plan a chat call; the ``learned`` strategy gets the request's features."""
         features = None
-        if self._router.learned.settings.enabled:
+        if self._router.learned.settings.enabled and self._learns(request):
             features = self._space.extract(
                 prompt_text(request.messages),
                 category=context.task_category,
@@ -103,6 +104,27 @@ class RouteChooser:
             described["features"] = features.model_dump(mode="json")
             plan = RoutePlan(strategy=plan.strategy, models=plan.models, decision=described)
         return plan
+
+    def described(
+        self, plan: RoutePlan, request: ChatRequest, context: CallContext
+    ) -> dict[str, Any] | None:
+        """The plan's decision record, with the request's features when learning is on.
+
+        Features the plan did not need (any strategy but ``learned``) are extracted here, when
+        the call is recorded, off the call's path: the learner scores every routed call by them.
+        """
+        decision = plan.decision
+        if not self._router.learned.settings.enabled or (decision and "features" in decision):
+            return decision
+        features = self._space.extract(
+            prompt_text(request.messages), category=context.task_category, tenant=context.tenant
+        )
+        return {**(decision or {}), "features": features.model_dump(mode="json")}
+
+    def _learns(self, request: ChatRequest) -> bool:
+        # What ModelRouter.plan decides by: only a routed call of the learned strategy.
+        strategy = request.strategy or self._router.default_strategy
+        return request.model is None and strategy == "learned"
 
     async def in_experiment(
         self, request: ChatRequest, context: CallContext

@@ -21,6 +21,12 @@
 6. hands that row to the outcome hook, if one was given (:class:`OutcomeHook`: the API wires
    a publisher of outcome events to JetStream there; this module knows nothing of NATS).
 
+Steps 4 to 6 of an answered call run in a task of their own once its cost is known: the
+answer goes back to the caller without waiting for its books (and the request's features for
+the learner are extracted there, unless the ``learned`` strategy needed them to plan).
+:meth:`MeteredModels.flush`, :meth:`~MeteredModels.take_usage` and
+:meth:`~MeteredModels.close` wait for those tasks.
+
 Each call is one model-call span when tracing is on (:mod:`spine.platform.telemetry.tracing`):
 what answered, its provider and tokens; a stream's ends when the stream does.
 
@@ -71,6 +77,10 @@ logger = logging.getLogger(__name__)
 
 _Request = TypeVar("_Request", ChatRequest, EmbeddingRequest)
 _ZERO = Decimal(0)
+
+# Answers whose books (settlement, usage row, outcome, cache) may still be being written while
+# their callers go on; past this, a caller writes its own before its answer goes back.
+BOOKS_BEHIND = 256
 
 
 @dataclass(slots=True, kw_only=True)
@@ -157,17 +167,15 @@ class MeteredModels:
                 return MeteredCompletion(completion=hit, cost=_ZERO, cache="hit")
         requirements = _requirements(request)
         plan = await self._chooser.plan(request, requirements, context)
-        budgeted = await self._reserve(plan, requirements, context, strategy, started)
+        budgeted = await self._reserve(plan, requirements, context, strategy, started, request)
         try:
             answer = await self.router.complete(request, plan=budgeted.plan)
         except BaseException as exc:
-            await self._failed(exc, budgeted, context, strategy, request.model, started)
+            await self._failed(exc, budgeted, context, strategy, request, started)
             raise
         cost = await self._answered(
-            budgeted, context, strategy, answer, answer.output_tokens, started
+            budgeted, context, strategy, answer, started, chat=request, cache_key=key
         )
-        if key is not None and self.cache is not None:
-            await self.cache.put(key, answer)
         return MeteredCompletion(
             completion=answer, cost=cost, cache="miss" if key is not None else "bypass"
         )
@@ -217,11 +225,11 @@ class MeteredModels:
                     routing=strategy,
                 )
         plan = await self._chooser.plan(request, requirements, context)
-        budgeted = await self._reserve(plan, requirements, context, strategy, started)
+        budgeted = await self._reserve(plan, requirements, context, strategy, started, request)
         try:
             opened = await self.router.stream(request, plan=budgeted.plan)
         except BaseException as exc:
-            await self._failed(exc, budgeted, context, strategy, request.model, started)
+            await self._failed(exc, budgeted, context, strategy, request, started)
             raise
         return MeteredStream(
             inner=opened,
@@ -234,7 +242,7 @@ class MeteredModels:
             cache="miss" if key is not None else "bypass",
             key=key,
             routing=strategy,
-            decision=budgeted.plan.decision,
+            decision=self._chooser.described(budgeted.plan, request, context),
         )
 
     async def embed(self, request: EmbeddingRequest, context: CallContext) -> MeteredEmbedding:
@@ -265,13 +273,13 @@ class MeteredModels:
             request.texts, dimensions=request.dimensions, min_quality=request.min_quality
         )
         plan = self.router.plan_embedding(request)
-        budgeted = await self._reserve(plan, requirements, context, strategy, started)
+        budgeted = await self._reserve(plan, requirements, context, strategy, started, request)
         try:
             answer = await self.router.embed(request, plan=budgeted.plan)
         except BaseException as exc:
-            await self._failed(exc, budgeted, context, strategy, request.model, started)
+            await self._failed(exc, budgeted, context, strategy, request, started)
             raise
-        answer.cost = await self._answered(budgeted, context, strategy, answer, 0, started)
+        answer.cost = await self._answered(budgeted, context, strategy, answer, started)
         return MeteredEmbedding(embedding=answer, cost=answer.cost)
 
     def for_caller(self, context: CallContext) -> CallerModels:
@@ -285,7 +293,7 @@ class MeteredModels:
     async def flush(self) -> None:
         """Write the usage rows and budget settlements of the calls made so far (both are
         written behind)."""
-        if self._pending:  # streams that ended and are still settling
+        if self._pending:  # calls and streams whose books are still being written
             await asyncio.gather(*self._pending, return_exceptions=True)
         await self.budgets.flush()
         await self.usage.flush()
@@ -294,7 +302,7 @@ class MeteredModels:
         """Write the budget settlements of the calls made so far, and take the usage rows of
         ``task_id``'s calls not written yet, for the caller to write with the task's end
         (:meth:`put_back_usage` what it could not)."""
-        if self._pending:  # streams that ended and are still settling
+        if self._pending:  # calls and streams whose books are still being written
             await asyncio.gather(*self._pending, return_exceptions=True)
         await self.budgets.flush()
         return self.usage.take(task_id)
@@ -354,6 +362,7 @@ class MeteredModels:
         context: CallContext,
         strategy: str,
         started: float,
+        request: ChatRequest | EmbeddingRequest,
     ) -> _Budgeted:
         # The prompt's upper bound, not the estimate the context checks use: a reservation
         # below the actual cost lets concurrent calls overspend.
@@ -389,7 +398,7 @@ class MeteredModels:
                 first.name if first else "",
                 first.provider if first else "",
                 outcome=exc.error_type,
-                decision=plan.decision,
+                decision=self._decision(plan, request, context),
             )
             raise
         return _Budgeted(reservation=reservation, plan=plan)
@@ -400,11 +409,49 @@ class MeteredModels:
         context: CallContext,
         strategy: str,
         answer: Completion | Embedding,
-        output_tokens: int,
         started: float,
+        *,
+        chat: ChatRequest | None = None,
+        cache_key: CacheKey | None = None,
     ) -> Decimal:
-        """Settle the reservation at the answering model's prices and record the call."""
+        """Price the answer now; settle, record (and cache) it in a task of its own.
+
+        The caller's answer does not wait for its books, which are written behind anyway;
+        :meth:`flush`, :meth:`take_usage` and :meth:`close` wait for that task. When books
+        pile up (a full usage queue, a slow cache), the caller writes its own: backpressure.
+        """
+        output_tokens = answer.output_tokens if isinstance(answer, Completion) else 0
         cost = cost_of(self._spec(answer.model, budgeted.plan), answer.input_tokens, output_tokens)
+        books = self._book_answer(
+            budgeted,
+            context,
+            strategy,
+            answer,
+            started,
+            ended=time.perf_counter(),
+            cost=cost,
+            chat=chat,
+            cache_key=cache_key,
+        )
+        if len(self._pending) < BOOKS_BEHIND:
+            self._keep(asyncio.get_running_loop().create_task(books))
+        else:
+            await books
+        return cost
+
+    async def _book_answer(
+        self,
+        budgeted: _Budgeted,
+        context: CallContext,
+        strategy: str,
+        answer: Completion | Embedding,
+        started: float,
+        *,
+        ended: float,
+        cost: Decimal,
+        chat: ChatRequest | None,
+        cache_key: CacheKey | None,
+    ) -> None:
         await self._settle(budgeted.reservation, cost)
         await self._record(
             context,
@@ -412,13 +459,18 @@ class MeteredModels:
             started,
             answer.model,
             answer.provider,
+            ended=ended,
             input_tokens=answer.input_tokens,
-            output_tokens=output_tokens,
+            output_tokens=answer.output_tokens if isinstance(answer, Completion) else 0,
             cost=cost,
             fallback_path=_tried_before(answer.fallback_path),
-            decision=budgeted.plan.decision,
+            decision=self._decision(budgeted.plan, chat, context),
         )
-        return cost
+        if cache_key is not None and self.cache is not None and isinstance(answer, Completion):
+            try:
+                await self.cache.put(cache_key, answer)
+            except Exception as exc:  # a cache that cannot be written costs a later call
+                logger.warning("answer of a %s call not cached: %r", answer.model, exc)
 
     async def _failed(
         self,
@@ -426,7 +478,7 @@ class MeteredModels:
         budgeted: _Budgeted,
         context: CallContext,
         strategy: str,
-        model: str | None,
+        request: ChatRequest | EmbeddingRequest,
         started: float,
     ) -> None:
         """Release the reservation of a call that raised; record it unless it was a bug.
@@ -440,7 +492,7 @@ class MeteredModels:
         path = exc.details.get("fallback_path", []) if isinstance(exc, SpineError) else []
         tried = [str(step).rpartition(": ")[0] for step in path]
         plan = budgeted.plan.models
-        last = tried[-1] if tried else (plan[0].name if plan else (model or ""))
+        last = tried[-1] if tried else (plan[0].name if plan else (request.model or ""))
         spec = self._spec(last, budgeted.plan)
         await self._record(
             context,
@@ -450,8 +502,21 @@ class MeteredModels:
             spec.provider if spec is not None else "",
             fallback_path=tried[:-1],
             outcome=exc.error_type if isinstance(exc, SpineError) else ABANDONED,
-            decision=budgeted.plan.decision,
+            decision=self._decision(budgeted.plan, request, context),
         )
+
+    def _decision(
+        self, plan: RoutePlan, request: ChatRequest | EmbeddingRequest | None, context: CallContext
+    ) -> dict[str, Any] | None:
+        # A chat call's decision carries its features for the learner; an embedding's has none.
+        if isinstance(request, ChatRequest):
+            return self._chooser.described(plan, request, context)
+        return plan.decision
+
+    def _keep(self, task: asyncio.Task[None]) -> None:
+        # Books being written: flush() and close() wait for them.
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
 
     async def _settle(self, reservation: Reservation, cost: Decimal | None) -> None:
         # Settles (or, without a cost, releases) even when the caller is cancelled. A ledger
@@ -555,8 +620,7 @@ class MeteredModels:
         else:
             stream.cost = cost_of(stream.spec, *stream.tokens())
         task = asyncio.get_running_loop().create_task(self._finish_stream(stream, outcome))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+        self._keep(task)
         return task
 
     def _spec(self, name: str, plan: RoutePlan) -> ModelSpec | None:

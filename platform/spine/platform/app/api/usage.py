@@ -46,8 +46,9 @@ async def usage(
     every = tenant == ALL_TENANTS and caller.is_operator  # a tenant once named "*" is just one
     chosen = caller.tenant if tenant is None else (None if every else tenant)
     groups = [part.strip() for value in group_by or [] for part in value.split(",")]
-    ledger = platform_of(request).metered.usage
-    rows = await ledger.summary(
+    metered = platform_of(request).metered
+    await metered.flush()  # this process's calls are read back, their books written
+    rows = await metered.usage.summary(
         tenant=chosen,
         group_by=cast("list[Grouping]", [g for g in groups if g]),
         since=_moment(since, "since"),
