@@ -14,6 +14,7 @@ import contextlib
 import gc
 import itertools
 import json
+import random
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
@@ -106,8 +107,16 @@ def get_call(client: Any, url: str) -> Call:
     return call
 
 
+ORDER_SEED = 12  # the shuffled order of interleaved calls is the same in every run
+
+
 async def interleaved(calls: dict[str, Call], count: int, warmup: int) -> dict[str, dict[str, Any]]:
-    """Time ``count`` calls of each, round-robin (the order rotating), after ``warmup`` each.
+    """Time ``count`` calls of each, in rounds of one call each, after ``warmup`` each.
+
+    Each round's order is shuffled (seeded): a server still busy after its answer (the proxy's
+    logging after each call costs the next call ~0.7 ms here) slows whichever call comes next,
+    so every target must follow every other equally often. A rotating order put the same target
+    after the proxy in most rounds.
 
     Per target: wall-time percentiles, this process's CPU per call, and, for calls that return
     a mark (seconds to the first token), the marks' percentiles as ``first_token``.
@@ -119,9 +128,9 @@ async def interleaved(calls: dict[str, Call], count: int, warmup: int) -> dict[s
     walls: dict[str, list[float]] = {n: [] for n in names}
     marks: dict[str, list[float]] = {n: [] for n in names}
     cpu = dict.fromkeys(names, 0.0)
-    for index in range(count):
-        shift = index % len(names)
-        for name in names[shift:] + names[:shift]:
+    order = random.Random(ORDER_SEED)
+    for _ in range(count):
+        for name in order.sample(names, len(names)):
             cpu0 = time.process_time()
             began = time.perf_counter()
             mark = await calls[name]()

@@ -61,7 +61,7 @@ def build_document(
             "closed_loop_concurrency": args.concurrency,
             "closed_loop_seconds": args.closed_seconds,
             "closed_loop_warm_seconds": args.closed_warm,
-            "latency_client": "httpx, keep-alive, calls interleaved across targets",
+            "latency_client": "httpx, keep-alive, calls interleaved across targets in a shuffled order each round (seeded)",
             "load_client": "aiohttp, keep-alive; open-loop latency counted from the scheduled send",
             **results.pop("servers_config"),
         },
