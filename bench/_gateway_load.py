@@ -110,16 +110,13 @@ def get_call(client: Any, url: str) -> Call:
 ORDER_SEED = 12  # the shuffled order of interleaved calls is the same in every run
 
 
-async def interleaved(
-    calls: dict[str, Call], count: int, warmup: int, *, pause: float = 0.0
-) -> dict[str, dict[str, Any]]:
+async def interleaved(calls: dict[str, Call], count: int, warmup: int) -> dict[str, dict[str, Any]]:
     """Time ``count`` calls of each, in rounds of one call each, after ``warmup`` each.
 
-    A server still busy after its answer (the proxy logs each call after answering it: that
-    cost the next call ~0.7 ms here) slows whichever call comes next. So each round's order is
-    shuffled (seeded), every target following every other equally often (a rotating order put
-    the same target after the proxy in most rounds), and ``pause`` seconds pass after each
-    call, for that work to end before the next call starts.
+    Each round's order is shuffled (seeded): a server still busy after its answer (the proxy's
+    logging after each call costs the next call ~0.7 ms here) slows whichever call comes next,
+    so every target must follow every other equally often. A rotating order put the same target
+    after the proxy in most rounds.
 
     Per target: wall-time percentiles, this process's CPU per call, and, for calls that return
     a mark (seconds to the first token), the marks' percentiles as ``first_token``.
@@ -139,8 +136,6 @@ async def interleaved(
             mark = await calls[name]()
             walls[name].append(time.perf_counter() - began)
             cpu[name] += time.process_time() - cpu0
-            if pause:
-                await asyncio.sleep(pause)
             if mark is not None:
                 marks[name].append(mark)
     out: dict[str, dict[str, Any]] = {}

@@ -55,7 +55,6 @@ def build_document(
             "slow_upstream_ms": args.slow_ms,
             "sequential_calls": args.calls,
             "warmup_calls": args.warmup,
-            "pause_after_each_call_ms": args.pause_ms,
             "stream_calls": args.stream_calls,
             "rates_rps": args.rates,
             "rate_seconds": args.rate_seconds,

@@ -234,7 +234,7 @@ async def latency_phase(
     say(f"latency: {args.warmup} warm-up + {args.calls} sequential calls per target ...")
     meter = Meter(harness, conn)
     await meter.start()
-    figures = await interleaved(calls, args.calls, args.warmup, pause=args.pause_ms / 1000)
+    figures = await interleaved(calls, args.calls, args.warmup)
     per = args.calls + args.warmup
     used = await meter.stop(per)
     cpu = used["cpu_ms_per_task"]
@@ -276,9 +276,7 @@ async def streaming_phase(
     """Time to the first content chunk, direct, through the proxy and through ours."""
     ends = endpoints(servers, FAST)
     calls = {name: stream_call(client, ends[name]) for name in (DIRECT, PROXY, OURS)}
-    figures = await interleaved(
-        calls, args.stream_calls, max(args.warmup // 2, 5), pause=args.pause_ms / 1000
-    )
+    figures = await interleaved(calls, args.stream_calls, max(args.warmup // 2, 5))
     base = figures[DIRECT]["first_token"]["p50_ms"]
     return {
         "calls": figures,
@@ -308,7 +306,7 @@ async def cache_phase(client: Any, servers: Servers, args: argparse.Namespace) -
         "ours GET /healthz": get_call(client, f"{servers.api_url}/healthz"),
         "proxy GET /health/liveliness": get_call(client, f"{servers.proxy_url}/health/liveliness"),
     }
-    return await interleaved(calls, args.calls, args.warmup, pause=args.pause_ms / 1000)
+    return await interleaved(calls, args.calls, args.warmup)
 
 
 async def throughput_phase(servers: Servers, conn: Any, args: argparse.Namespace) -> dict[str, Any]:
@@ -364,12 +362,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="a short smoke run (under a minute)")
     p.add_argument("--calls", type=int, default=300, help="sequential calls per target")
     p.add_argument("--warmup", type=int, default=30)
-    p.add_argument(
-        "--pause-ms",
-        type=float,
-        default=5.0,
-        help="pause after each sequential call, for the servers' work after answering to end",
-    )
     p.add_argument("--stream-calls", type=int, default=150, help="0 skips streaming")
     p.add_argument(
         "--rates",
