@@ -16,7 +16,7 @@ import httpx
 import pytest
 import uvicorn
 
-from spine.platform.app.api.serving import server_config
+from spine.platform.app.api.serving import DeadlineHttp, server_config
 from spine.platform.settings import ApiSettings
 from support.ports import free_port
 
@@ -42,10 +42,10 @@ async def echo(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 
 @contextlib.asynccontextmanager
-async def serving(**api: Any) -> AsyncIterator[int]:
+async def serving(app: Any = echo, **api: Any) -> AsyncIterator[int]:
     fields = {"header_timeout": 1, "body_timeout": 1, "max_header_bytes": 2048, **api}
     settings = ApiSettings(port=free_port(), **fields)
-    server = uvicorn.Server(server_config(echo, settings, lifespan="off"))
+    server = uvicorn.Server(server_config(app, settings, lifespan="off"))
     task = asyncio.create_task(server.serve())
     while not server.started:
         if task.done():
@@ -157,3 +157,66 @@ async def test_pipelined_requests_are_answered_in_turn() -> None:
         answer = await read_until_closed(reader)
         assert answer.count(b"HTTP/1.1 200 ") == 2, answer
         writer.close()
+
+
+class CountedSends:
+    """A socket's transport that notes each write it is given (one write is one send)."""
+
+    def __init__(self, transport: asyncio.Transport, sent: list[bytes]) -> None:
+        self._transport = transport
+        self._sent = sent
+
+    def write(self, data: bytes) -> None:
+        self._sent.append(bytes(data))
+        self._transport.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+@pytest.fixture
+def sends(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """What the server's connections send, write by write."""
+    sent: list[bytes] = []
+    made = DeadlineHttp.connection_made
+
+    def counted(self: DeadlineHttp, transport: asyncio.Transport) -> None:
+        made(self, CountedSends(transport, sent))  # type: ignore[arg-type]
+
+    monkeypatch.setattr(DeadlineHttp, "connection_made", counted)
+    return sent
+
+
+async def test_an_answers_head_and_body_leave_in_one_send(sends: list[bytes]) -> None:
+    async with serving() as port, httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+        for size in (0, 10, 5000):
+            response = await client.post("/", content=b"y" * size)
+            assert response.text == str(size)
+    assert len(sends) == 3, sends
+    for sent, size in zip(sends, (0, 10, 5000), strict=True):
+        body = str(size).encode()  # chunked: the echo app gives no length
+        assert sent.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert sent.endswith(b"\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
+
+
+async def test_a_streamed_answer_sends_each_chunk_as_it_is_written(sends: list[bytes]) -> None:
+    more = asyncio.Event()
+
+    async def streamed(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"first", "more_body": True})
+        await more.wait()  # the first chunk must not wait for the second
+        await send({"type": "http.response.body", "body": b"second"})
+
+    async with serving(streamed) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"first\r\n"), BOUND)
+        assert head.startswith(b"HTTP/1.1 200 ")
+        more.set()
+        rest = await read_until_closed(reader)
+        writer.close()
+    assert rest == b"6\r\nsecond\r\n0\r\n\r\n"
+    assert len(sends) == 2  # the head went with the first chunk

@@ -11,20 +11,24 @@ is uvicorn's httptools protocol with three bounds added:
 2. they must fit ``max_header_bytes`` (431, closed);
 3. a body must arrive whole within ``body_timeout`` seconds of its headers (408 if the answer
    has not begun, then closed).
+
+It also writes a response's head and body in one send (:class:`CoalescedWrites`): uvicorn
+writes them one after the other, two sends on a socket with Nagle off, so two packets and two
+wake-ups of the client for every answer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from typing import Any, cast
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from spine.platform.settings import ApiSettings
 
-__all__ = ["DeadlineHttp", "server_config"]
+__all__ = ["CoalescedWrites", "DeadlineHttp", "server_config"]
 
 _REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 
@@ -76,8 +80,10 @@ class DeadlineHttp(HttpToolsProtocol):
     # -- the connection and the parser's callbacks ---------------------------------------------
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        """Start the clock for the first request's headers."""
+        """Start the clock for the first request's headers; coalesce what is written."""
         super().connection_made(transport)
+        # Flow control stays on the socket's own transport (uvicorn made it from that one).
+        self.transport = cast("asyncio.Transport", CoalescedWrites(transport, self.loop))
         self._arm(self.header_timeout, "the request headers did not arrive")
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -191,3 +197,51 @@ class DeadlineHttp(HttpToolsProtocol):
             cycle.disconnected = True
             cycle.message_event.set()
         self.transport.close()
+
+
+class CoalescedWrites:
+    """A connection's transport whose writes made in one turn of the event loop go out as one.
+
+    A write is held until the end of the loop's current turn, and sent then, or at once with
+    the next write if one comes first. A response's head and body, written back to back by
+    uvicorn, so leave in one send: one packet and one wake-up of the client, not two. A streamed
+    answer's chunk waits at most for the end of the turn it was written in. Writes keep their
+    order: every write on the connection (the protocol's own refusals too) goes through here.
+    Anything else is the transport's.
+    """
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held: bytes | None = None
+        self._flushing: asyncio.Handle | None = None
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Hold ``data`` till the end of this turn, or send it with what is held already."""
+        if self._held is None:
+            self._held = bytes(data)
+            self._flushing = self._loop.call_soon(self.flush)
+            return
+        self._transport.write(self._held + data)
+        self._forget()
+
+    def flush(self) -> None:
+        """Send what is held now."""
+        held = self._held
+        self._forget()
+        if held and not self._transport.is_closing():
+            self._transport.write(held)
+
+    def close(self) -> None:
+        """Send what is held, then close the connection."""
+        self.flush()
+        self._transport.close()
+
+    def _forget(self) -> None:
+        self._held = None
+        if self._flushing is not None:
+            self._flushing.cancel()
+            self._flushing = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
