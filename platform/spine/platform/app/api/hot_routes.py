@@ -28,7 +28,7 @@ from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Match, Route
 from starlette.types import Receive, Scope, Send
 
 from spine.platform.app.api.input_guard import replay
@@ -59,6 +59,17 @@ class _FastOrFastAPI:
         await response(scope, receive, send)
 
 
+class _Direct(Route):
+    """A Starlette route that names itself in the scope, as FastAPI's routes do: the metrics
+    label a request with the route's template from there, without matching the path again."""
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        match, child = super().matches(scope)
+        if match is not Match.NONE:
+            child["route"] = self
+        return match, child
+
+
 def serve_directly(
     app: FastAPI,
     *routers: APIRouter,
@@ -82,7 +93,7 @@ def serve_directly(
                 handler = fast.pop((route.path, method), None)
                 if handler is not None:
                     app_ = _FastOrFastAPI(handler, route)
-                    direct.append(Route(route.path, app_, methods=[method]))
+                    direct.append(_Direct(route.path, app_, methods=[method]))
             if route.path not in HOT_PATHS:
                 continue
             if list(inspect.signature(route.endpoint).parameters) != ["request"]:
@@ -90,7 +101,7 @@ def serve_directly(
                     f"{route.path} is served without FastAPI: its endpoint must take the "
                     "request alone"
                 )
-            direct.append(Route(route.path, route.endpoint, methods=sorted(route.methods or ())))
+            direct.append(_Direct(route.path, route.endpoint, methods=sorted(route.methods or ())))
     if fast:
         raise TypeError(f"no route for the fast handlers of {sorted(fast)}")
     app.router.routes[0:0] = direct
