@@ -422,55 +422,34 @@ class MeteredModels:
         """
         output_tokens = answer.output_tokens if isinstance(answer, Completion) else 0
         cost = cost_of(self._spec(answer.model, budgeted.plan), answer.input_tokens, output_tokens)
-        books = self._book_answer(
-            budgeted,
-            context,
-            strategy,
-            answer,
-            started,
-            ended=time.perf_counter(),
-            cost=cost,
-            chat=chat,
-            cache_key=cache_key,
-        )
-        if len(self._pending) < BOOKS_BEHIND:
-            self._keep(asyncio.get_running_loop().create_task(books))
-        else:
-            await books
-        return cost
+        ended = time.perf_counter()
 
-    async def _book_answer(
-        self,
-        budgeted: _Budgeted,
-        context: CallContext,
-        strategy: str,
-        answer: Completion | Embedding,
-        started: float,
-        *,
-        ended: float,
-        cost: Decimal,
-        chat: ChatRequest | None,
-        cache_key: CacheKey | None,
-    ) -> None:
-        await self._settle(budgeted.reservation, cost)
-        await self._record(
-            context,
-            strategy,
-            started,
-            answer.model,
-            answer.provider,
-            ended=ended,
-            input_tokens=answer.input_tokens,
-            output_tokens=answer.output_tokens if isinstance(answer, Completion) else 0,
-            cost=cost,
-            fallback_path=_tried_before(answer.fallback_path),
-            decision=self._decision(budgeted.plan, chat, context),
-        )
-        if cache_key is not None and self.cache is not None and isinstance(answer, Completion):
-            try:
-                await self.cache.put(cache_key, answer)
-            except Exception as exc:  # a cache that cannot be written costs a later call
-                logger.warning("answer of a %s call not cached: %r", answer.model, exc)
+        async def books() -> None:
+            await self._settle(budgeted.reservation, cost)
+            await self._record(
+                context,
+                strategy,
+                started,
+                answer.model,
+                answer.provider,
+                ended=ended,
+                input_tokens=answer.input_tokens,
+                output_tokens=output_tokens,
+                cost=cost,
+                fallback_path=_tried_before(answer.fallback_path),
+                decision=self._decision(budgeted.plan, chat, context),
+            )
+            if cache_key is not None and self.cache is not None and isinstance(answer, Completion):
+                try:
+                    await self.cache.put(cache_key, answer)
+                except Exception as exc:  # a cache that cannot be written costs a later call
+                    logger.warning("answer of a %s call not cached: %r", answer.model, exc)
+
+        if len(self._pending) < BOOKS_BEHIND:
+            self._keep(asyncio.get_running_loop().create_task(books()))
+        else:
+            await books()
+        return cost
 
     async def _failed(
         self,
