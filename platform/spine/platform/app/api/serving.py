@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Iterable
 from typing import Any, cast
 
 import uvicorn
@@ -224,6 +225,10 @@ class CoalescedWrites:
             return
         self._transport.write(self._held + data)
         self._forget()
+
+    def writelines(self, chunks: Iterable[bytes | bytearray | memoryview]) -> None:
+        """Write ``chunks`` as one write (in turn with the others)."""
+        self.write(b"".join(chunks))
 
     def flush(self) -> None:
         """Send what is held now."""
