@@ -226,3 +226,16 @@ def test_a_bad_logit_bias_names_the_token_or_the_key_at_fault() -> None:
     not_a_token = refusal({"messages": [USER], "logit_bias": {"hello": 1}})
     assert not_a_token.body["param"] == "logit_bias"
     assert not_a_token.body["message"].startswith("invalid key 'hello' in 'logit_bias': ")
+
+
+def test_a_body_checked_already_is_validated_without_reading_the_bytes_again() -> None:
+    checked = {"model": "auto", "messages": [USER]}
+    parsed = ChatCompletionRequest.parse(b"not even json", checked=checked)
+    assert parsed.model == "auto"
+    assert [m.content for m in parsed.messages] == ["hi"]
+    # Unchecked, the same bytes are decoded: and refused in OpenAI's words.
+    with pytest.raises(GatewayError, match="not valid JSON"):
+        ChatCompletionRequest.parse(b"not even json")
+    # Checked or not, the request's own rules still apply.
+    with pytest.raises(GatewayError, match="unrecognized request argument"):
+        ChatCompletionRequest.parse(b"", checked={**checked, "bogus": 1})

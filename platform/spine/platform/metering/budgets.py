@@ -55,7 +55,7 @@ import math
 import time as monotonic_time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
 
@@ -253,6 +253,9 @@ class BudgetLedger:
         self._loaded_at = -math.inf
         self._ever_loaded = False
         self._loading = asyncio.Lock()
+        # The limited counters of each set of scopes on a day, under the limits last read.
+        self._counted: dict[tuple[tuple[str, ...], date], tuple[Counter, ...]] = {}
+        self._counted_under: BudgetLimits | None = None
         self._insert = sqlite.insert if db.is_sqlite else postgresql.insert
         # This process as the holder of its reservations (see :mod:`.budget_holds`).
         self.holds = BudgetHolds(db, insert=self._insert, now=now, lease=hold_lease)
@@ -342,30 +345,23 @@ class BudgetLedger:
             BudgetExceeded: One budget cannot cover ``amount``; nothing is held anywhere.
         """
         day = self.today()
-        named = list(scopes)
+        named = tuple(scopes)
         tenant = next((s.partition(":")[2] for s in named if s.startswith("tenant:")), None)
         # Free calls never wait on the database, not even to read the stored limits.
         limits = await self.current_limits() if amount > 0 else self._limits
-        counters = tuple(
-            sorted(
-                Counter(scope=s, period=p, start=period_start(p, day))
-                for s in set(named)
-                for p in PERIODS
-                if limits.limit(s, p) is not None
-            )
-        )
+        counters = self._counters(named, day, limits)
+        held = amount > 0 and bool(counters)
+        carved = await self._carve(counters, amount, limits) if held else None
         reservation = Reservation(
             scopes=tuple(sorted({c.scope for c in counters})),
             amount=max(amount, _ZERO),
             day=day,
             counters=counters,
             tenant=tenant,
+            leases=carved or (),
         )
-        if amount <= 0 or not counters:
+        if not held or carved is not None:
             return reservation
-        carved = await self._carve(counters, amount, limits)
-        if carved is not None:
-            return replace(reservation, leases=carved)
         holds = [(counter, amount, reservation.id) for counter in counters]
         await self.holds.alive()
         try:
@@ -383,6 +379,27 @@ class BudgetLedger:
             await self._settlements.flush()
             await self._hold_all(holds, limits)
         return reservation
+
+    def _counters(
+        self, scopes: tuple[str, ...], day: date, limits: BudgetLimits
+    ) -> tuple[Counter, ...]:
+        """The limited counters of ``scopes`` on ``day``, in lock order. A caller's are the same
+        call after call, so they are kept until the limits are read again (or 4,096 sets)."""
+        if limits is not self._counted_under or len(self._counted) >= 4096:
+            self._counted.clear()
+            self._counted_under = limits
+        found = self._counted.get((scopes, day))
+        if found is None:
+            found = tuple(
+                sorted(
+                    Counter(scope=s, period=p, start=period_start(p, day))
+                    for s in set(scopes)
+                    for p in PERIODS
+                    if limits.limit(s, p) is not None
+                )
+            )
+            self._counted[(scopes, day)] = found
+        return found
 
     async def _carve(
         self, counters: tuple[Counter, ...], amount: Decimal, limits: BudgetLimits

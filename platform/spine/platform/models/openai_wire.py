@@ -352,27 +352,39 @@ class ChatCompletionRequest(_Open):
         return self
 
     @classmethod
-    def parse(cls, raw: bytes, *, max_depth: int = MAX_JSON_DEPTH) -> ChatCompletionRequest:
-        """Read and validate a body; problems are 400s naming the parameter."""
+    def parse(
+        cls, raw: bytes, *, max_depth: int = MAX_JSON_DEPTH, checked: Any = None
+    ) -> ChatCompletionRequest:
+        """Read and validate a body; problems are 400s naming the parameter.
+
+        ``checked`` is the body decoded and found storable already (by the API's input guard),
+        if it was: then ``raw`` is neither decoded nor checked again.
+        """
+        if checked is not None:
+            return cls.from_body(checked, max_depth=max_depth, checked=True)
         try:
             body = load_json(raw, max_depth=max_depth, field="")
         except InvalidInput as exc:
             raise GatewayError.unstorable(exc) from None
         except ValueError as exc:
             raise GatewayError(400, f"the body is not valid JSON ({exc})") from None
-        return cls.from_body(body, max_depth=max_depth)
+        return cls.from_body(body, max_depth=max_depth, checked=True)
 
     @classmethod
-    def from_body(cls, body: object, *, max_depth: int = MAX_JSON_DEPTH) -> ChatCompletionRequest:
+    def from_body(
+        cls, body: object, *, max_depth: int = MAX_JSON_DEPTH, checked: bool = False
+    ) -> ChatCompletionRequest:
         """Validate a decoded body; problems are 400s naming the parameter.
 
         Values the platform cannot store or send on (see :mod:`spine.platform.inputs`) are
-        refused too: the messages reach the response cache, the journal and the provider.
+        refused too, unless the body was ``checked`` for them already: the messages reach the
+        response cache, the journal and the provider.
         """
         if not isinstance(body, dict):
             raise GatewayError(400, "the body must be a JSON object")
         try:
-            check_json(body, max_depth=max_depth)
+            if not checked:
+                check_json(body, max_depth=max_depth)
         except InvalidInput as exc:
             raise GatewayError.unstorable(exc) from None
         try:

@@ -192,21 +192,13 @@ class ModelRouter:
         if requirements.embeddings and model is None and not self.catalog.embedding_models():
             raise ProviderNotConfigured(NO_EMBEDDING_MODEL)
         chosen = strategy or self._settings.routing_strategy
-        preference = [default_provider(self._settings), *self._settings.fallback_chain]
-        ctx = RoutingContext(
-            health=self.health,
-            requirements=requirements,
-            preference=preference,
-            defaults=frozenset(
-                str(getattr(self._settings.models, provider, "")) for provider in preference
-            ),
-            weights=self.learned.weights,
-            min_observations=self._settings.learning.min_observations,
-        )
+        if model is not None:
+            return admitted(self._named_plan(model, chosen, requirements), admit)
+        ctx = self._routing_context(requirements)
         candidates = self.catalog.candidates(requirements)
         decision: dict[str, Any] | None = None
         ordered: list[ModelSpec] = []
-        if chosen == "learned" and model is None and features is not None:
+        if chosen == "learned" and features is not None:
             learned = self.learned.decide(
                 candidates,
                 requirements,
@@ -219,32 +211,14 @@ class ModelRouter:
             if learned is not None:
                 ordered, decision = learned
         if not ordered:  # not learned, or cold: the configured order
-            cold = self._settings.learning.cold_start_strategy
-            ordered = order_candidates(cold if chosen == "learned" else chosen, candidates, ctx)
-            if chosen == "learned" and model is None and decision is None:  # say why
+            ordered = order_candidates(self._ordering(chosen), candidates, ctx)
+            if chosen == "learned" and decision is None:  # say why
                 decision = {
                     "strategy": "learned",
                     "cold_start": True,  # no weights yet: the configured order
-                    "ordered_by": cold,
+                    "ordered_by": self._ordering(chosen),
                     "weights_version": self.learned.version,
                 }
-        if model is not None:
-            first = self._explicit(model)
-            if requirements.embeddings:
-                first = self._explicit_embedding_model(first, requirements)
-            lacking = first.unsupported(requirements)
-            if lacking is not None:
-                raise BadRequest(
-                    f"model {first.name!r} {lacking}; leave it out or choose another model",
-                    field=param_named(lacking, requirements),
-                )
-            chain = [
-                spec
-                for provider in dict.fromkeys(self._settings.fallback_chain)
-                for spec in ordered
-                if spec.provider == provider and spec.name != first.name
-            ]
-            return admitted(RoutePlan(strategy=chosen, models=[first, *chain]), admit)
         if not ordered:
             reasons = "; ".join(
                 f"{name}: {why}" for name, why in self.catalog.refusals(requirements).items()
@@ -264,6 +238,53 @@ class ModelRouter:
                 **({"code": code} if code else {}),
             )
         return admitted(RoutePlan(strategy=chosen, models=ordered, decision=decision), admit)
+
+    def _named_plan(self, model: str, strategy: str, requirements: Requirements) -> RoutePlan:
+        """The named model, then the fallback chain's models that meet the call, each provider's
+        in the strategy's order. Only the chain's models are ordered: with no chain, a named
+        model's call orders nothing (the strategy's name is checked all the same)."""
+        chain = dict.fromkeys(self._settings.fallback_chain)
+        candidates = (
+            [spec for spec in self.catalog.candidates(requirements) if spec.provider in chain]
+            if chain
+            else []
+        )
+        ordered = order_candidates(
+            self._ordering(strategy), candidates, self._routing_context(requirements)
+        )
+        first = self._explicit(model)
+        if requirements.embeddings:
+            first = self._explicit_embedding_model(first, requirements)
+        lacking = first.unsupported(requirements)
+        if lacking is not None:
+            raise BadRequest(
+                f"model {first.name!r} {lacking}; leave it out or choose another model",
+                field=param_named(lacking, requirements),
+            )
+        fallbacks = [
+            spec
+            for provider in chain
+            for spec in ordered
+            if spec.provider == provider and spec.name != first.name
+        ]
+        return RoutePlan(strategy=strategy, models=[first, *fallbacks])
+
+    def _ordering(self, strategy: str) -> str:
+        # ``learned`` orders by its weights; without them, by the configured cold-start order.
+        return self._settings.learning.cold_start_strategy if strategy == "learned" else strategy
+
+    def _routing_context(self, requirements: Requirements) -> RoutingContext:
+        preference = [default_provider(self._settings), *self._settings.fallback_chain]
+        return RoutingContext(
+            health=self.health,
+            requirements=requirements,
+            preference=preference,
+            defaults=frozenset(
+                str(getattr(self._settings.models, provider, "")) for provider in preference
+            ),
+            weights=self.learned.weights,
+            min_observations=self._settings.learning.min_observations,
+        )
 
     async def complete(
         self,

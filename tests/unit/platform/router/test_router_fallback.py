@@ -181,6 +181,35 @@ def test_an_explicit_model_wins_and_falls_back_along_the_chain(
     assert plan(make_router(caller, clock, fallback_chain=""), model="mini") == ["mini"]
 
 
+def test_an_explicit_models_fallbacks_keep_the_strategys_order_within_a_provider(
+    caller: ScriptedCaller, clock: FakeClock
+) -> None:
+    specs = (
+        spec("local", "ollama", quality=0.5, input_price=0, output_price=0),
+        spec("mini", "openai", quality=0.7, input_price="0.000001", output_price="0.000002"),
+        spec("claude", "anthropic", quality=0.9, input_price="0.000003", output_price="0.00001"),
+        spec("haiku", "anthropic", quality=0.6, input_price="0.000001", output_price="0.000004"),
+    )
+    router = make_router(caller, clock, *specs, fallback_chain="anthropic,ollama")
+    assert plan(router, model="mini", strategy="quality") == ["mini", "claude", "haiku", "local"]
+    assert plan(router, model="mini", strategy="cost_optimized") == [
+        "mini",
+        "haiku",
+        "claude",
+        "local",
+    ]
+
+
+@pytest.mark.parametrize("chain", ["", "anthropic"])
+def test_an_explicit_model_under_an_unknown_strategy_is_refused_with_or_without_a_chain(
+    caller: ScriptedCaller, clock: FakeClock, chain: str
+) -> None:
+    router = make_router(caller, clock, fallback_chain=chain)
+    with pytest.raises(BadRequest, match="unknown routing strategy 'fastest'") as caught:
+        router.plan(Requirements(), model="mini", strategy="fastest")
+    assert caught.value.field == "strategy"
+
+
 def test_provider_slash_model_reaches_an_unlisted_model_of_a_configured_provider(
     caller: ScriptedCaller, clock: FakeClock
 ) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import base64
 import struct
-from typing import Literal
+from typing import Any, Literal
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from spine.platform.app.api._openai import AUTO, GatewayError, fallback_header, openai_error
 from spine.platform.app.api.auth import authenticate, platform_of
 from spine.platform.app.api.errors import documented
+from spine.platform.app.api.input_guard import checked_json
 from spine.platform.errors import SpineError
 from spine.platform.inputs import InvalidInput, load_json
 from spine.platform.metering import EXPLICIT, CallContext
@@ -52,10 +53,15 @@ class EmbeddingsBody(BaseModel):
     spine_strategy: str | None = None
 
     @classmethod
-    def parse(cls, raw: bytes) -> EmbeddingsBody:
-        """Read and validate a body; problems are 400s naming the parameter."""
+    def parse(cls, raw: bytes, *, checked: Any = None) -> EmbeddingsBody:
+        """Read and validate a body; problems are 400s naming the parameter.
+
+        ``checked`` is the body decoded and found storable already, if it was.
+        """
+        body = checked
         try:
-            body = load_json(raw, field="")
+            if body is None:
+                body = load_json(raw, field="")
         except InvalidInput as exc:
             raise GatewayError.unstorable(exc) from None
         except ValueError as exc:
@@ -119,7 +125,7 @@ async def create_embeddings(request: Request) -> Response:
     """Embed the inputs with a routed model, in OpenAI's shape."""
     try:
         caller = await authenticate(request)
-        asked = EmbeddingsBody.parse(await request.body())
+        asked = EmbeddingsBody.parse(await request.body(), checked=checked_json(request.scope))
         models = await platform_of(request).metered_models()
         call = EmbeddingRequest(
             texts=asked.texts(),

@@ -48,6 +48,7 @@ from spine.platform.app.api._openai import (
 )
 from spine.platform.app.api.auth import authenticate, platform_of, rate_limits_of
 from spine.platform.app.api.errors import documented, loggable
+from spine.platform.app.api.input_guard import checked_json
 from spine.platform.errors import RateLimited, SpineError
 from spine.platform.limits import Admission, RateLimits
 from spine.platform.metering import CallContext, MeteredStream
@@ -78,7 +79,9 @@ async def chat_completions(request: Request) -> Response:
     """Answer a chat completion, streamed or not, through the model router."""
     try:
         caller = await authenticate(request)
-        chat = ChatCompletionRequest.parse(await request.body())
+        chat = ChatCompletionRequest.parse(
+            await request.body(), checked=checked_json(request.scope)
+        )
         limits = rate_limits_of(request)
         admission = await limits.admit(caller)
         models = await platform_of(request).metered_models()

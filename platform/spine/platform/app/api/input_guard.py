@@ -9,7 +9,8 @@
    in any key or string, no infinite number nor integer beyond 64 bits — the refusal names the
    field by its path (``metadata.k``, ``messages.0.content``). A body that is not JSON at all is
    passed on: the route says so in its own words. The body is then handed to the route as it
-   came.
+   came, and the value decoded and checked beside it (:func:`checked_json`): the hot routes
+   take it from there rather than decoding and checking the body a second time.
 
 Refusals are 400 ``invalid_request`` in the one error shape (as the platform refuses a value
 elsewhere; a value of the wrong type or shape stays FastAPI's 422); on the OpenAI-compatible
@@ -19,6 +20,7 @@ routes they are 400 ``invalid_request_error`` in OpenAI's shape, as their other 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 from urllib.parse import parse_qsl
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -28,9 +30,11 @@ from spine.platform.app.api.errors import error_response
 from spine.platform.app.api.path_templates import match_path
 from spine.platform.inputs import MAX_JSON_DEPTH, InvalidInput, load_json, text_problem
 
-__all__ = ["InputGuard", "replay"]
+__all__ = ["InputGuard", "checked_json", "replay"]
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_CHECKED = "spine.checked_json"
+"""Scope key of ``(max_depth, value)``: the JSON body as the guard decoded and checked it."""
 
 
 class InputGuard:
@@ -61,7 +65,10 @@ class InputGuard:
         body, last = await _read_body(receive)
         if body.strip():
             try:
-                load_json(body, max_depth=self.max_depth, field="")
+                scope[_CHECKED] = (
+                    self.max_depth,
+                    load_json(body, max_depth=self.max_depth, field=""),
+                )
             except InvalidInput as exc:
                 await self._refuse(exc, scope, receive, send)
                 return
@@ -77,6 +84,15 @@ class InputGuard:
         else:
             response = error_response(exc.status_code, exc.error_type, exc.message, field=field)
         await response(scope, receive, send)
+
+
+def checked_json(scope: Scope, *, max_depth: int = MAX_JSON_DEPTH) -> Any | None:
+    """The request's JSON body as the guard decoded it and found it storable, nested at most
+    ``max_depth`` levels; None when it did not (not JSON, or checked to a deeper bound)."""
+    checked = scope.get(_CHECKED)
+    if checked is None or checked[0] > max_depth:
+        return None
+    return checked[1]
 
 
 def _parameter_refusal(scope: Scope) -> InvalidInput | None:

@@ -14,6 +14,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from spine.platform.app.api.audit import record
 from spine.platform.app.api.auth import Caller, authenticate, platform_of
 from spine.platform.app.api.errors import documented
+from spine.platform.app.api.input_guard import checked_json
 from spine.platform.errors import BadRequest
 from spine.platform.keys import Principal
 from spine.platform.tasks import Task, TaskState, TaskSubmission
@@ -85,8 +86,11 @@ async def submit_task_fast(request: Request) -> Response | None:
         return None
     if keys and len(keys[0]) > _MAX_KEY:
         return None
+    body = checked_json(request.scope)  # decoded by the input guard, unless it was not JSON
     try:
-        submission = TaskSubmission.model_validate(json.loads(await request.body()))
+        if body is None:
+            body = json.loads(await request.body())
+        submission = TaskSubmission.model_validate(body)
     except (ValueError, ValidationError):  # not JSON (nor UTF-8), or not a submission
         return None
     caller = await authenticate(request)
