@@ -48,7 +48,9 @@ async def test_a_checked_body_reaches_the_route_decoded_beside_its_bytes() -> No
         (b"", "application/json"),
     ],
 )
-async def test_what_the_guard_did_not_decode_is_not_handed_on(raw: bytes, content_type: str) -> None:
+async def test_what_the_guard_did_not_decode_is_not_handed_on(
+    raw: bytes, content_type: str
+) -> None:
     app, seen = guarded(MAX_JSON_DEPTH, MAX_JSON_DEPTH)
     assert (await post(app, raw, content_type)).status_code == 200
     assert seen == [(None, raw)]
