@@ -528,6 +528,37 @@ async def test_an_answer_goes_back_before_its_books_and_usage_reads_them(
     assert call.decision is not None and call.decision["features"]["indices"]
 
 
+async def test_the_same_request_sent_again_at_once_hits_the_cache_while_books_wait(
+    spine: RunningPlatform, models: FakeModelServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The cache is written ahead of the books: a slow settlement or usage ledger never lets a
+    # caller's immediate repeat pay for a second model call, and a hit's row is written behind
+    # its answer too.
+    budgets = spine.platform.metered.budgets
+    settle_later = budgets.settle_later
+
+    with usage_rows_held(spine, monkeypatch) as gate:
+
+        async def held(reservation: Any, cost: Any) -> None:
+            await gate.wait()
+            await settle_later(reservation, cost)
+
+        monkeypatch.setattr(budgets, "settle_later", held)
+        async with client_of(spine) as client:
+            for expected in ("miss", "hit"):
+                raw = await asyncio.wait_for(
+                    client.chat.completions.with_raw_response.create(
+                        model=CHEAP, messages=ask("again at once"), temperature=0
+                    ),
+                    10,
+                )
+                assert raw.headers["x-spine-cache"] == expected
+        gate.set()
+        usage = (await spine.client.get("/v1/usage")).json()["total"]
+    assert models.count() == 1
+    assert (usage["calls"], usage["cache_hits"]) == (2, 1)
+
+
 async def test_callers_write_their_own_books_once_too_many_are_behind(
     spine: RunningPlatform, monkeypatch: pytest.MonkeyPatch
 ) -> None:

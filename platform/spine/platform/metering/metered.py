@@ -21,9 +21,11 @@
 6. hands that row to the outcome hook, if one was given (:class:`OutcomeHook`: the API wires
    a publisher of outcome events to JetStream there; this module knows nothing of NATS).
 
-Steps 4 to 6 of an answered call run in a task of their own once its cost is known: the
-answer goes back to the caller without waiting for its books (and the request's features for
-the learner are extracted there, unless the ``learned`` strategy needed them to plan).
+Steps 4 to 6 of an answered call run in a task of their own once its cost is known, and so do
+a cache hit's: the answer goes back to the caller without waiting for its books (and the
+request's features for the learner are extracted there, unless the ``learned`` strategy needed
+them to plan). A miss's answer is written to the cache first in that task, ahead of anything
+that may wait, so the caller's same request, sent again at once, finds it.
 :meth:`MeteredModels.flush`, :meth:`~MeteredModels.take_usage` and
 :meth:`~MeteredModels.close` wait for those tasks.
 
@@ -40,7 +42,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -161,8 +163,17 @@ class MeteredModels:
         if key is not None and self.cache is not None:
             hit = await self.cache.get(key)
             if hit is not None:
-                await self._record(
-                    context, strategy, started, hit.model, hit.provider, cache_hit=True
+                ended = time.perf_counter()
+                await self._books(
+                    self._record(
+                        context,
+                        strategy,
+                        started,
+                        hit.model,
+                        hit.provider,
+                        ended=ended,
+                        cache_hit=True,
+                    )
                 )
                 return MeteredCompletion(completion=hit, cost=_ZERO, cache="hit")
         requirements = _requirements(request)
@@ -425,6 +436,14 @@ class MeteredModels:
         ended = time.perf_counter()
 
         async def books() -> None:
+            # The cache first: a caller's same request, sent once this answer reaches it, meets
+            # the answer in the cache (its books task runs before that request's, and an
+            # in-process cache is written without waiting), not behind the settlement's waits.
+            if cache_key is not None and self.cache is not None and isinstance(answer, Completion):
+                try:
+                    await self.cache.put(cache_key, answer)
+                except Exception as exc:  # a cache that cannot be written costs a later call
+                    logger.warning("answer of a %s call not cached: %r", answer.model, exc)
             await self._settle(budgeted.reservation, cost)
             await self._record(
                 context,
@@ -439,16 +458,8 @@ class MeteredModels:
                 fallback_path=_tried_before(answer.fallback_path),
                 decision=self._decision(budgeted.plan, chat, context),
             )
-            if cache_key is not None and self.cache is not None and isinstance(answer, Completion):
-                try:
-                    await self.cache.put(cache_key, answer)
-                except Exception as exc:  # a cache that cannot be written costs a later call
-                    logger.warning("answer of a %s call not cached: %r", answer.model, exc)
 
-        if len(self._pending) < BOOKS_BEHIND:
-            self._keep(asyncio.get_running_loop().create_task(books()))
-        else:
-            await books()
+        await self._books(books())
         return cost
 
     async def _failed(
@@ -491,6 +502,14 @@ class MeteredModels:
         if isinstance(request, ChatRequest):
             return self._chooser.described(plan, request, context)
         return plan.decision
+
+    async def _books(self, books: Coroutine[Any, Any, None]) -> None:
+        """Write an answer's books in a task of its own (:meth:`flush` and :meth:`close` wait
+        for it), or here once :data:`BOOKS_BEHIND` are being written already: backpressure."""
+        if len(self._pending) >= BOOKS_BEHIND:
+            await books
+            return
+        self._keep(asyncio.get_running_loop().create_task(books))
 
     def _keep(self, task: asyncio.Task[None]) -> None:
         # Books being written: flush() and close() wait for them.
