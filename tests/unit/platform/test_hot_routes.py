@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import math
+
 import httpx
 import pytest
 from fastapi import APIRouter, FastAPI, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
-from spine.platform.app.api.hot_routes import serve_directly
+from spine.platform.app.api.hot_routes import FastJSONResponse, serve_directly
 from spine.platform.app.api.tasks import submit_task_fast
 
 
@@ -169,3 +174,40 @@ async def test_two_idempotency_keys_are_left_to_fastapi() -> None:
         return {"type": "http.request", "body": b'{"agent": "chat"}', "more_body": False}
 
     assert await submit_task_fast(Request(scope, receive)) is None
+
+
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(st.characters(exclude_categories=["Cs"])),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(st.text(st.characters(exclude_categories=["Cs"])), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(JSON_VALUES)
+def test_a_fast_json_answer_reads_back_as_the_value_json_response_writes(value: object) -> None:
+    fast = FastJSONResponse(value).body
+    assert json.loads(fast) == json.loads(JSONResponse(value).body) == value
+
+
+def test_a_fast_json_answer_is_byte_for_byte_a_json_responses_and_writes_no_nan() -> None:
+    body = {
+        "id": "chatcmpl-1",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": 'né 🙂 "q"\n'}}],
+        "usage": {"prompt_tokens": 3, "total_tokens": 5},
+        "system_fingerprint": None,
+    }
+    assert FastJSONResponse(body).body == JSONResponse(body).body
+    # json.dumps refuses a non-finite number (the answer would be a 500); JSON has no NaN.
+    with pytest.raises(ValueError, match="Out of range float values"):
+        JSONResponse({"logprob": math.nan})
+    assert FastJSONResponse({"logprob": math.nan, "top": math.inf}).body == (
+        b'{"logprob":null,"top":null}'
+    )

@@ -19,12 +19,12 @@ import struct
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from spine.platform.app.api._openai import AUTO, GatewayError, fallback_header, openai_error
 from spine.platform.app.api.auth import authenticate, platform_of
 from spine.platform.app.api.errors import documented
+from spine.platform.app.api.hot_routes import FastJSONResponse
 from spine.platform.app.api.input_guard import checked_json
 from spine.platform.errors import SpineError
 from spine.platform.inputs import InvalidInput, load_json
@@ -158,7 +158,7 @@ async def create_embeddings(request: Request) -> Response:
         "X-Spine-Cost": money_text(metered.cost),
         "X-Spine-Cache": "bypass",
     }
-    return JSONResponse(body, headers=headers)
+    return FastJSONResponse(body, headers=headers)
 
 
 def _encoded(vector: list[float], asked: EmbeddingsBody) -> list[float] | str:

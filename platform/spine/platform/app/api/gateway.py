@@ -48,6 +48,7 @@ from spine.platform.app.api._openai import (
 )
 from spine.platform.app.api.auth import authenticate, platform_of, rate_limits_of
 from spine.platform.app.api.errors import documented, loggable
+from spine.platform.app.api.hot_routes import FastJSONResponse
 from spine.platform.app.api.input_guard import checked_json
 from spine.platform.errors import RateLimited, SpineError
 from spine.platform.limits import Admission, RateLimits
@@ -117,7 +118,7 @@ async def chat_completions(request: Request) -> Response:
     headers["X-Spine-Cost"] = money_text(metered.cost)
     headers["X-Spine-Cache"] = metered.cache
     headers.update(admission.headers())
-    return JSONResponse(
+    return FastJSONResponse(
         completion_body(answer, completion_id=completion_id, created=created), headers=headers
     )
 

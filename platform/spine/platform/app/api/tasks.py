@@ -7,13 +7,13 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from spine.platform.app.api.audit import record
 from spine.platform.app.api.auth import Caller, authenticate, platform_of
 from spine.platform.app.api.errors import documented
+from spine.platform.app.api.hot_routes import FastJSONResponse
 from spine.platform.app.api.input_guard import checked_json
 from spine.platform.errors import BadRequest
 from spine.platform.keys import Principal
@@ -95,7 +95,7 @@ async def submit_task_fast(request: Request) -> Response | None:
         return None
     caller = await authenticate(request)
     accepted, headers = await _accept(request, submission, caller, keys[0] if keys else None)
-    return JSONResponse(accepted.model_dump(mode="json"), status_code=202, headers=headers)
+    return FastJSONResponse(accepted.model_dump(mode="json"), status_code=202, headers=headers)
 
 
 async def _accept(
