@@ -63,7 +63,7 @@ from spine.platform.router.catalog import ModelCatalog, discover_ollama
 from spine.platform.router.health import ModelHealth, Permit
 from spine.platform.router.learned import LearnedRouting
 from spine.platform.router.specs import ModelSpec, Requirements
-from spine.platform.router.strategies import RoutingContext, order_candidates
+from spine.platform.router.strategies import RoutingContext, order_candidates, strategy_named
 from spine.platform.router.streaming import CompletionStream, StreamOutcome, first_output
 from spine.platform.router.upstream import Upstream
 from spine.platform.settings import Settings
@@ -244,14 +244,14 @@ class ModelRouter:
         in the strategy's order. Only the chain's models are ordered: with no chain, a named
         model's call orders nothing (the strategy's name is checked all the same)."""
         chain = dict.fromkeys(self._settings.fallback_chain)
-        candidates = (
-            [spec for spec in self.catalog.candidates(requirements) if spec.provider in chain]
-            if chain
-            else []
-        )
-        ordered = order_candidates(
-            self._ordering(strategy), candidates, self._routing_context(requirements)
-        )
+        ordering = strategy_named(self._ordering(strategy))
+        ordered = []
+        if chain:
+            candidates = self.catalog.candidates(requirements)
+            ordered = ordering(
+                [spec for spec in candidates if spec.provider in chain],
+                self._routing_context(requirements),
+            )
         first = self._explicit(model)
         if requirements.embeddings:
             first = self._explicit_embedding_model(first, requirements)

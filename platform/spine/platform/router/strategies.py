@@ -42,6 +42,7 @@ __all__ = [
     "order_candidates",
     "quality",
     "speed",
+    "strategy_named",
 ]
 
 
@@ -154,11 +155,21 @@ def order_candidates(
     Raises:
         BadRequest: No strategy has that name.
     """
+    return strategy_named(strategy)(candidates, ctx)
+
+
+def strategy_named(strategy: str) -> Strategy:
+    """Return the strategy of :data:`STRATEGIES` named ``strategy`` (``learned`` is not one:
+    it orders by the learned weights, see :mod:`.learned`).
+
+    Raises:
+        BadRequest: No strategy has that name.
+    """
     chosen = STRATEGIES.get(strategy)
-    if chosen is None or strategy == "learned":
+    if chosen is None:
         raise BadRequest(
             f"unknown routing strategy {strategy!r}; use one of "
             f"{', '.join(get_args(RoutingStrategy))}",
             field="strategy",
         )
-    return chosen(candidates, ctx)
+    return chosen
