@@ -27,6 +27,7 @@ AGENTS = {
     "math": "tools: [calculator]\nmax_steps: 4\n",
     "gated": "tools: [launch, calculator]\nmax_steps: 4\napproval_timeout: {timeout}\n",
     "sleepy": "tools: [nap]\nmax_steps: 2\n",
+    "reader": "tools: [read]\nmax_steps: 3\n",
     "strict": (
         "tools: []\nmax_steps: 3\n"
         "output_schema: {type: object, required: [answer], properties: {answer: {type: integer}}}\n"
@@ -77,7 +78,8 @@ def write_agents(folder: Path, *, approval_timeout: float) -> Path:
 
 
 def agent_tools(launches: list[str]) -> list[Tool[LaunchArguments]]:
-    """A tool that needs approval (it records each launch) and one that outlasts any test."""
+    """A tool that needs approval (it records each launch), one that outlasts any test, and one
+    whose result holds what cannot be stored (it records each read)."""
 
     async def launch(args: LaunchArguments, ctx: ToolContext) -> str:
         launches.append(args.target)
@@ -103,7 +105,18 @@ def agent_tools(launches: list[str]) -> list[Tool[LaunchArguments]]:
         handler=nap,
         timeout=3600,
     )
-    return [gated, napping]
+
+    async def read(args: LaunchArguments, ctx: ToolContext) -> str:
+        launches.append(f"read {args.target}")
+        return f"{args.target}: a\x00b\ud800c"  # a page as some servers send it
+
+    reading = Tool(
+        name="read",
+        description="Read a page.",
+        arguments=ModelArguments(LaunchArguments),
+        handler=read,
+    )
+    return [gated, napping, reading]
 
 
 @contextlib.asynccontextmanager
@@ -389,3 +402,23 @@ async def test_cancel_during_a_tool_call_stops_the_task_promptly(
     done = await spine.wait_for(task_id, timeout=10)
     assert done["state"] == "cancelled"
     assert asyncio.get_running_loop().time() - started < 5
+
+
+async def test_a_tool_result_and_an_answer_that_cannot_be_stored_are_mended_not_retried(
+    spine: RunningPlatform, models: FakeModelServer, launches: list[str]
+) -> None:
+    models.add(
+        Rule(
+            when=first_call,
+            containing="read it",
+            tool_calls=[ToolCall(name="read", arguments={"target": "page"}, id="r1")],
+        )
+    )
+    models.add(Rule(when=after_tool, reply=lambda r: f"{r.messages[-1]['content']} \x00\udfff"))
+    task_id = await submit(spine, "reader", "read it")
+    done = await spine.wait_for(task_id)
+    assert done["state"] == "succeeded", done["error"]
+    assert done["result"]["text"] == "page: a\ufffdb\ufffdc \ufffd\ufffd"
+    assert done["attempts"] == 1
+    assert launches == ["read page"]  # the tool ran once: no attempt failed at the journal
+    assert models.count(containing="read it") == 2

@@ -366,3 +366,22 @@ async def test_a_parameter_the_chosen_model_cannot_take_is_a_400_naming_it(
         model="auto", messages=HELLO, logit_bias={"1": 1}
     )
     assert raw.headers["x-spine-provider"] != "ollama"
+
+
+async def test_an_answer_that_cannot_be_encoded_is_mended_whole_or_streamed(
+    client: AsyncOpenAI, models: FakeModelServer
+) -> None:
+    # Sent escaped (the fake server writes ASCII JSON): valid JSON, not valid UTF-8 text.
+    models.add(Rule(containing="odd", reply="a\x00b \ud800c 😀"))
+    mended = "a\ufffdb \ufffdc 😀"
+    odd: list[ChatCompletionMessageParam] = [{"role": "user", "content": "odd one"}]
+    answer = await client.chat.completions.create(model=LOCAL, messages=odd)
+    assert answer.choices[0].message.content == mended
+    streamed = await client.chat.completions.create(
+        model=LOCAL, messages=[{"role": "user", "content": "odd two"}], stream=True
+    )
+    parts = [c.choices[0].delta.content or "" async for c in streamed if c.choices]
+    assert "".join(parts) == mended
+    again = await client.chat.completions.with_raw_response.create(model=LOCAL, messages=odd)
+    assert again.headers["x-spine-cache"] == "hit"  # it was cached, as any answer is
+    assert again.parse().choices[0].message.content == mended

@@ -66,6 +66,20 @@ async def test_a_task_runs_and_its_result_and_progress_are_visible(
     assert models.count(containing="capital of France") == 1
 
 
+async def test_an_answer_that_cannot_be_stored_is_mended_and_kept_once(
+    spine: RunningPlatform, models: FakeModelServer
+) -> None:
+    # Sent escaped (the fake server writes ASCII JSON): PostgreSQL refuses the NUL, UTF-8 the
+    # lone surrogate. Stored as it came, every attempt would fail at the result's commit.
+    models.add(Rule(containing="odd answer", reply="a\x00b \udfffc"))
+    task = await submit(spine, "an odd answer")
+    done = await spine.wait_for(task["id"])
+    assert done["state"] == "succeeded", done["error"]
+    assert done["result"]["text"] == "a\ufffdb \ufffdc"
+    assert done["attempts"] == 1
+    assert models.count(containing="odd answer") == 1
+
+
 async def test_sse_resumes_after_last_event_id(spine: RunningPlatform) -> None:
     task = await submit(spine, "resume me")
     await spine.wait_for(task["id"])

@@ -20,6 +20,9 @@ every path and query parameter with them); :data:`StoredText`, :data:`StoredMome
 arrives other than over HTTP (NATS events, tasks started by triggers); and :func:`text_problem`,
 :func:`moment_problem` for a value read by hand (a header, a cursor). :func:`where_in` and
 :func:`place` name the field a refused value was in.
+
+Text the platform did not take from a caller but must keep and pass on, a model's answer, is
+mended rather than refused (:func:`storable_text`): the caller did nothing wrong.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ __all__ = [
     "INT64_MIN",
     "JSON_DEPTH_CEILING",
     "MAX_JSON_DEPTH",
+    "REPLACEMENT",
     "InvalidInput",
     "JsonProblem",
     "StoredJson",
@@ -54,6 +58,7 @@ __all__ = [
     "load_json",
     "moment_problem",
     "place",
+    "storable_text",
     "text_problem",
     "where_in",
 ]
@@ -66,6 +71,9 @@ INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+REPLACEMENT = "\ufffd"
+"""What :func:`storable_text` puts for each character that cannot be stored (U+FFFD)."""
 _MAX_PATH_PARTS = 8
 
 
@@ -88,6 +96,18 @@ class JsonProblem:
     def message(self, prefix: str = "") -> str:
         """Return ``<field>: <reason>``."""
         return f"{self.field(prefix)}: {self.reason}"
+
+
+def storable_text(value: str) -> str:
+    """Return ``value`` with each NUL character and lone surrogate replaced by U+FFFD.
+
+    For text from elsewhere than the caller (a model may answer ``"\\u0000"`` or half an
+    emoji, escaped): refusing it would fail a call that did nothing wrong, and storing it
+    fails at the database, the cache, or the answer's encoding.
+    """
+    if "\x00" not in value and (value.isascii() or not _SURROGATE.search(value)):
+        return value
+    return _UNSTORABLE.sub(REPLACEMENT, value)
 
 
 def text_problem(value: str) -> str | None:

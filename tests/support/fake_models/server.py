@@ -335,7 +335,9 @@ class FakeModelServer:
         if not await self._pause(generation, http):
             return self._stopped(request)
         if rule.disconnect_after is None:
-            return JSONResponse(rendered.content)
+            # ASCII-escaped, as json.dumps writes it: a reply may then hold what UTF-8 cannot
+            # (a lone surrogate, escaped), as a real server's answer may.
+            return Response(json.dumps(rendered.content).encode(), media_type="application/json")
         data = json.dumps(rendered.content).encode()
         partial = Rendered(rendered.content, [], [data[: len(data) // 2]], [])
         return StreamingResponse(self._frames(partial, 0.0, 1), media_type="application/json")

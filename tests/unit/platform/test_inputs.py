@@ -7,6 +7,8 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Annotated, Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
 from spine.platform.inputs import (
@@ -20,6 +22,7 @@ from spine.platform.inputs import (
     json_problem,
     load_json,
     moment_problem,
+    storable_text,
     text_problem,
 )
 
@@ -30,6 +33,31 @@ EAST = timezone(timedelta(hours=23, minutes=59))
 @pytest.mark.parametrize("value", ["", "plain", "ünïcödé", "😀 paired", "\u2028", "\x01\x1f"])
 def test_storable_strings_pass(value: str) -> None:
     assert text_problem(value) is None
+
+
+@pytest.mark.parametrize(
+    ("value", "mended"),
+    [
+        ("a\x00b", "a\ufffdb"),
+        ("\ud800", "\ufffd"),
+        ("x\udfffy\x00\ud83d", "x\ufffdy\ufffd\ufffd"),
+        ("😀 paired ünï", "😀 paired ünï"),
+        ("plain", "plain"),
+    ],
+)
+def test_text_from_elsewhere_is_mended_where_it_cannot_be_stored(value: str, mended: str) -> None:
+    assert storable_text(value) == mended
+
+
+@given(st.text(alphabet=st.characters(codec=None, exclude_categories=())))
+def test_mended_text_is_storable_and_keeps_every_other_character(value: str) -> None:
+    mended = storable_text(value)
+    assert text_problem(mended) is None
+    mended.encode("utf-8")  # what the answer, the cache and the database need
+    assert len(mended) == len(value)
+    assert all(m == v for m, v in zip(mended, value, strict=True) if m != "\ufffd")
+    if text_problem(value) is None:
+        assert mended is value
 
 
 @pytest.mark.parametrize(

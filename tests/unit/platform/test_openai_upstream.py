@@ -421,3 +421,58 @@ def test_the_local_models_server_away_is_not_advice_to_configure_a_model() -> No
     # Reached, then cut off: the server is configured and answered; no advice to configure it.
     for reached in (aiohttp.ClientPayloadError("not completed"), aiohttp.ServerDisconnectedError()):
         assert "GENAI_" not in str(_translate(reached, TARGET, settings))
+
+
+# Escaped, as json.dumps writes them: a NUL and a lone surrogate are valid JSON, not storable.
+ODD = "a\x00b \ud800c 😀"
+MENDED = "a\ufffdb \ufffdc 😀"
+
+
+async def test_what_an_answer_holds_that_cannot_be_stored_is_mended(
+    serve: Callable[[Handler], Awaitable[ProviderTarget]], upstream: OpenAIUpstream
+) -> None:
+    call = {"id": "c\x00", "type": "function", "function": {"name": "f\ud800", "arguments": ODD}}
+    answer = {
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": "stop",
+                "message": {"role": "assistant", "content": ODD, "tool_calls": [call]},
+            }
+        ]
+    }
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(body=json.dumps(answer).encode(), content_type="application/json")
+
+    completion = await upstream.call(await serve(handler), REQUEST)
+    assert completion.text == MENDED
+    assert completion.tool_calls == [
+        {"id": "c\ufffd", "type": "function", "function": {"name": "f\ufffd", "arguments": MENDED}}
+    ]
+
+    streamed = [_chunk({"content": ODD}), _chunk({"tool_calls": [{"index": 0, **call}]}), "[DONE]"]
+    deltas = [d async for d in upstream.stream(await serve(_sse_handler(*streamed)), REQUEST)]
+    assert "".join(d.text for d in deltas) == MENDED
+    assert deltas[1].tool_calls[0]["function"] == {"name": "f\ufffd", "arguments": MENDED}
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("encoding", ["base64", "floats"])
+async def test_a_vector_holding_a_number_that_is_not_finite_fails_the_call(
+    serve: Callable[[Handler], Awaitable[ProviderTarget]],
+    upstream: OpenAIUpstream,
+    bad: float,
+    encoding: str,
+) -> None:
+    vector = [0.5, bad]
+
+    async def handler(request: web.Request) -> web.Response:
+        packed = base64.b64encode(struct.pack("<2f", *vector)).decode()
+        row = {"index": 0, "embedding": packed if encoding == "base64" else vector}
+        # json.dumps writes NaN and Infinity, as some servers do; json.loads reads them.
+        body = json.dumps({"data": [row], "usage": {"prompt_tokens": 1}})
+        return web.Response(body=body.encode(), content_type="application/json")
+
+    with pytest.raises(PermanentFailure, match="not finite"):
+        await upstream.embed(await serve(handler), EmbeddingRequest(texts=["a"]))

@@ -10,6 +10,7 @@ import pytest
 from pydantic import BaseModel, Field
 
 from spine.platform.errors import ServiceUnavailable
+from spine.platform.inputs import text_problem
 from spine.tools import (
     ArgumentRetryBudget,
     InMemoryToolRecorder,
@@ -387,3 +388,40 @@ async def test_json_schema_arguments_validate_like_the_schema_says() -> None:
 
     with pytest.raises(ValueError, match="not a valid JSON schema"):
         JsonSchemaArguments({"type": "object", "properties": {"x": {"type": "nonsense"}}})
+
+
+@pytest.mark.parametrize("escape", ["\\u0000", "\\ud800"])
+async def test_arguments_that_cannot_be_stored_are_refused_and_recorded_as_sent(
+    escape: str,
+) -> None:
+    recorder = InMemoryToolRecorder()
+    registry = ToolRegistry([add_tool(), tool_running(add, name="echo")], recorder=recorder)
+    sent = f'{{"a": 1, "note": "x{escape}"}}'  # valid JSON; the decoded text is not storable
+    result = await registry.call("add", sent, CTX)
+    assert result.error is not None and result.error.type == "invalid_arguments"
+    assert result.error.problems[0]["field"] == "(arguments)"
+    assert "note:" in result.error.message
+    [record] = recorder.records
+    assert record.arguments == sent  # the model's text, which is storable as it is
+
+
+async def test_a_result_or_an_error_that_cannot_be_stored_is_mended() -> None:
+    async def odd(args: Nothing, ctx: ToolContext) -> str:
+        return "a\x00b\ud800c"
+
+    async def failing(args: Nothing, ctx: ToolContext) -> str:
+        raise ToolFailure("bad \x00 byte \udfff")
+
+    recorder = InMemoryToolRecorder()
+    registry = ToolRegistry(
+        [tool_running(odd), tool_running(failing, name="failing")], recorder=recorder
+    )
+    result = await registry.call("subject", None, CTX)
+    assert (result.ok, result.content) == (True, "a\ufffdb\ufffdc")
+    failed = await registry.call("failing", None, CTX)
+    assert failed.error is not None
+    assert failed.error.message == "bad \ufffd byte \ufffd"
+    assert "\x00" not in failed.content
+    for record in recorder.records:  # what the journal keeps
+        assert text_problem(record.result_summary) is None
+        assert text_problem(record.error_message or "") is None

@@ -2,7 +2,10 @@
 
 A call goes: look the tool up → check the policy → parse and validate the arguments → check
 approval → run under the tool's timeout → render and cap the result → record (the call's row,
-``spine_tool_calls_total``, and a span when tracing is on). Each way it can go wrong ends in a
+``spine_tool_calls_total``, and a span when tracing is on). Arguments the platform could not
+keep (a NUL or a lone surrogate, spelled as a JSON escape) are refused like invalid ones; a
+result or error message holding them is mended (U+FFFD): either would otherwise fail the
+journal's write and, with it, every attempt of the task. Each way it can go wrong ends in a
 :class:`~spine.tools.result.ToolResult` with an error the model can read, never an exception;
 only cancellation (and a failing recorder) propagate.
 """
@@ -23,6 +26,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from spine.platform.errors import SpineError
+from spine.platform.inputs import json_problem, storable_text
 from spine.platform.telemetry import record_tool_call, tool_call
 from spine.tools.policy import ToolPolicy
 from spine.tools.result import (
@@ -165,7 +169,7 @@ class ToolRegistry:
         )
         active = recorder or self.recorder
         if active is not None:
-            raw = parsed if raw_problem is None else arguments
+            raw = parsed if raw_problem is None else _as_given(arguments)
             await active.record(_record(result, ctx, raw, started_at))
         return result
 
@@ -183,7 +187,7 @@ class ToolRegistry:
                 call_id,
                 tool.name,
                 "invalid_arguments",
-                f"the arguments are not a JSON object: {raw_problem}",
+                f"the arguments are not a JSON object the tool can take: {raw_problem}",
                 problems=[{"field": "(arguments)", "message": raw_problem}],
             )
         try:
@@ -225,7 +229,7 @@ class ToolRegistry:
             logger.warning("tool %s raised", tool.name, exc_info=True)
             return _failed(call_id, tool.name, "tool_error", _describe(exc))
         content, truncated = truncate(
-            _render(output), tool.max_result_chars or self.max_result_chars
+            storable_text(_render(output)), tool.max_result_chars or self.max_result_chars
         )
         return ToolResult(
             call_id=call_id,
@@ -269,7 +273,16 @@ def _parse(arguments: str | Mapping[str, Any] | None) -> tuple[Mapping[str, Any]
         value = arguments
     if not isinstance(value, Mapping):
         return {}, f"expected an object, got {type(value).__name__}"
+    problem = json_problem(value)
+    if problem is not None:
+        return {}, problem.message()
     return value, None
+
+
+def _as_given(arguments: str | Mapping[str, Any] | None) -> str | None:
+    # Refused arguments are recorded as the model wrote them: text, mended if need be (an
+    # object holding what cannot be kept is not recorded at all).
+    return storable_text(arguments) if isinstance(arguments, str) else None
 
 
 def _render(output: ToolOutput) -> str:
@@ -294,7 +307,10 @@ def _failed(
     retryable: bool = False,
     problems: list[dict[str, str]] | None = None,
 ) -> ToolResult:
-    error = ToolError(type=kind, message=message, retryable=retryable, problems=problems or [])
+    mended = [{k: storable_text(v) for k, v in p.items()} for p in problems or []]
+    error = ToolError(
+        type=kind, message=storable_text(message), retryable=retryable, problems=mended
+    )
     return ToolResult.failure(call_id=call_id, tool=tool, error=error)
 
 

@@ -32,7 +32,9 @@ from spine.platform.errors import (
 )
 from spine.platform.models.providers import HOW_TO_CONFIGURE, ProviderTarget, without_secrets
 from spine.platform.models.shapes import (
+    checked_vectors,
     delta_of,
+    model_text,
     params_for,
     retry_after_of,
     says_too_long,
@@ -150,13 +152,13 @@ class LiteLLMUpstream:
         choice = response.choices[0]
         logger.info("model call %s answered in %.0f ms", chat_route(target), latency_ms)
         return Completion(
-            text=choice.message.content or "",
+            text=model_text(choice.message.content) or "",
             model=target.model,
             provider=target.provider,
             input_tokens=getattr(usage, "prompt_tokens", 0) or 0,
             output_tokens=getattr(usage, "completion_tokens", 0) or 0,
             latency_ms=latency_ms,
-            finish_reason=getattr(choice, "finish_reason", None),
+            finish_reason=model_text(getattr(choice, "finish_reason", None)),
             tool_calls=tool_calls_of(getattr(choice.message, "tool_calls", None)),
         )
 
@@ -222,12 +224,7 @@ class LiteLLMUpstream:
         latency_ms = (time.perf_counter() - started) * 1000
         rows = sorted(response.data, key=lambda row: int(_get(row, "index") or 0))
         vectors = [[float(x) for x in _get(row, "embedding")] for row in rows]
-        if len(vectors) != len(texts):
-            raise PermanentFailure(
-                f"{target.provider} model {target.model} returned {len(vectors)} vectors "
-                f"for {len(texts)} texts",
-                provider=target.provider,
-            )
+        checked_vectors(vectors, texts, target)
         usage = getattr(response, "usage", None)
         logger.info(
             "embedding call %s (%d texts) answered in %.0f ms", route, len(texts), latency_ms

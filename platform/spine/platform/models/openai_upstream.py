@@ -61,8 +61,10 @@ from spine.platform.models.providers import (
     without_secrets,
 )
 from spine.platform.models.shapes import (
+    checked_vectors,
     delta_of,
     field_of,
+    model_text,
     params_for,
     retry_after_of,
     says_too_long,
@@ -194,13 +196,13 @@ class OpenAIUpstream:
             "model call %s/%s answered in %.0f ms", target.provider, target.model, latency_ms
         )
         return Completion(
-            text=field_of(message, "content") or "",
+            text=model_text(field_of(message, "content")) or "",
             model=target.model,
             provider=target.provider,
             input_tokens=field_of(usage, "prompt_tokens") or 0,
             output_tokens=field_of(usage, "completion_tokens") or 0,
             latency_ms=latency_ms,
-            finish_reason=field_of(choice, "finish_reason"),
+            finish_reason=model_text(field_of(choice, "finish_reason")),
             tool_calls=tool_calls_of(field_of(message, "tool_calls")),
         )
 
@@ -264,12 +266,7 @@ class OpenAIUpstream:
         except Exception as exc:
             raise _translate(exc, target, self._settings) from exc
         latency_ms = (time.perf_counter() - started) * 1000
-        if len(vectors) != len(texts):
-            raise PermanentFailure(
-                f"{target.provider} model {target.model} returned {len(vectors)} vectors "
-                f"for {len(texts)} texts",
-                provider=target.provider,
-            )
+        checked_vectors(vectors, texts, target)
         logger.info(
             "embedding call %s/%s (%d texts) answered in %.0f ms",
             target.provider,

@@ -2,7 +2,9 @@
 
 Both answer in OpenAI's shape (LiteLLM as objects, the OpenAI-protocol adapter as the decoded
 JSON); these turn either into the platform's own values and adapt the parameters a provider's
-server spells its own way.
+server spells its own way. The text they read (content, tool calls, the finish reason) is made
+storable on the way in (:func:`model_text`): an answer holding ``"\\u0000"`` or a lone
+surrogate is mended, not a failed call.
 """
 
 from __future__ import annotations
@@ -10,12 +12,16 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from spine.platform.errors import PermanentFailure
+from spine.platform.inputs import storable_text
 from spine.platform.models.providers import ProviderTarget
 from spine.platform.models.values import CompletionDelta
 
 __all__ = [
+    "checked_vectors",
     "delta_of",
     "field_of",
+    "model_text",
     "params_for",
     "retry_after_of",
     "says_too_long",
@@ -61,25 +67,33 @@ def field_of(value: Any, name: str) -> Any:
     return getattr(value, name, None)
 
 
+def model_text(value: Any) -> Any:
+    """A string of a model's answer with what cannot be stored replaced (U+FFFD); anything
+    else as it is. PostgreSQL refuses NUL, and UTF-8 (the answer's encoding, the cache's)
+    lone surrogates, which JSON can spell and some servers send."""
+    return storable_text(value) if isinstance(value, str) else value
+
+
 def tool_calls_of(calls: Any, *, delta: bool = False) -> list[dict[str, Any]]:
     """Render tool calls (or tool call deltas) of OpenAI's shape as plain dicts."""
     rendered: list[dict[str, Any]] = []
     for position, call in enumerate(calls or []):
         function = field_of(call, "function")
-        name = field_of(function, "name")
-        arguments = field_of(function, "arguments")
+        name = model_text(field_of(function, "name"))
+        arguments = model_text(field_of(function, "arguments"))
+        ident = model_text(field_of(call, "id"))
         if not delta:
             rendered.append(
                 {
-                    "id": field_of(call, "id") or f"call_{position}",
+                    "id": ident or f"call_{position}",
                     "type": "function",
                     "function": {"name": name or "", "arguments": arguments or ""},
                 }
             )
             continue
         part: dict[str, Any] = {"index": field_of(call, "index") or position}
-        if field_of(call, "id"):
-            part["id"] = field_of(call, "id")
+        if ident:
+            part["id"] = ident
             part["type"] = "function"
         fn: dict[str, Any] = {}
         if name:
@@ -103,9 +117,9 @@ def delta_of(chunk: Any) -> CompletionDelta:
     if choices:
         choice = choices[0]
         delta = field_of(choice, "delta")
-        found.text = field_of(delta, "content") or ""
+        found.text = model_text(field_of(delta, "content")) or ""
         found.tool_calls = tool_calls_of(field_of(delta, "tool_calls"), delta=True)
-        found.finish_reason = field_of(choice, "finish_reason")
+        found.finish_reason = model_text(field_of(choice, "finish_reason"))
     return found
 
 
@@ -122,3 +136,30 @@ def retry_after_of(headers: Any) -> float | None:
         if math.isfinite(wait) and wait >= 0:
             return wait
     return None
+
+
+def checked_vectors(
+    vectors: list[list[float]], texts: list[str], target: ProviderTarget
+) -> list[list[float]]:
+    """Return ``vectors``, one per text, once they are known to hold finite numbers only.
+
+    A NaN or an infinity (JSON readers take ``NaN``, and base64 float32 can spell both) would
+    fail the vector store's write and read as null in an answer.
+
+    Raises:
+        PermanentFailure: There are not as many vectors as texts, or a number is not finite.
+    """
+    if len(vectors) != len(texts):
+        raise PermanentFailure(
+            f"{target.provider} model {target.model} returned {len(vectors)} vectors "
+            f"for {len(texts)} texts",
+            provider=target.provider,
+        )
+    for position, vector in enumerate(vectors):
+        if not math.isfinite(sum(vector)):  # finite float32s cannot sum past a double's range
+            raise PermanentFailure(
+                f"{target.provider} model {target.model} returned a vector holding a number "
+                f"that is not finite (for text {position})",
+                provider=target.provider,
+            )
+    return vectors
