@@ -182,6 +182,33 @@ async def test_the_openai_client_flow_completes_the_good_lines_and_reports_the_b
         )
 
 
+async def test_lines_holding_what_cannot_be_stored_are_their_own_errors_not_a_500(
+    client: AsyncOpenAI, models: FakeModelServer
+) -> None:
+    # json.dumps escapes them: valid JSON a client may well write, text PostgreSQL refuses.
+    models.add(Rule(containing="odd answer", reply="x\x00y\ud800z"))
+    content = jsonl(
+        request_line("nul\x00", "first"),
+        request_line("half", "emoji \ud83d"),
+        request_line("fine", "an odd answer"),
+    )
+    uploaded = await client.files.create(file=("odd.jsonl", content), purpose="batch")
+    batch = await client.batches.create(
+        input_file_id=uploaded.id, endpoint=ENDPOINT, completion_window="24h"
+    )
+    done = await finished(client, batch.id)
+    assert done.request_counts is not None
+    assert (done.request_counts.completed, done.request_counts.failed) == (1, 2)
+    assert done.error_file_id is not None and done.output_file_id is not None
+    errors = records((await client.files.content(done.error_file_id)).text)
+    by_line = {e["error"]["line"]: (e["custom_id"], e["error"]["param"]) for e in errors}
+    assert by_line == {1: (None, "custom_id"), 2: ("half", "body.messages.0.content")}
+    [output] = records((await client.files.content(done.output_file_id)).text)
+    assert output["custom_id"] == "fine"
+    answer = output["response"]["body"]["choices"][0]["message"]["content"]
+    assert answer == "x\ufffdy\ufffdz"
+
+
 async def test_jsonl_posted_directly_runs_as_a_batch(
     spine: RunningPlatform, models: FakeModelServer
 ) -> None:
@@ -620,6 +647,21 @@ async def test_files_are_listed_described_and_deleted(
         await client.files.retrieve(first.id)
     bad = await spine.client.get("/v1/files", params={"limit": "0"})
     assert (bad.status_code, bad.json()["error"]["param"]) == (400, "limit")
+
+
+async def test_a_file_name_that_cannot_be_stored_is_mended(spine: RunningPlatform) -> None:
+    # A NUL in the multipart header's file name (which clients percent-encode; this one does
+    # not): the name is a label, so it is kept mended rather than refused.
+    raw = (
+        b'--B\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
+        b'--B\r\nContent-Disposition: form-data; name="file"; filename="a\x00b.jsonl"\r\n'
+        b"Content-Type: application/jsonl\r\n\r\n{}\r\n--B--\r\n"
+    )
+    headers = {"content-type": "multipart/form-data; boundary=B"}
+    answer = await spine.client.post("/v1/files", content=raw, headers=headers)
+    assert answer.status_code == 200, answer.text
+    stored = await spine.client.get(f"/v1/files/{answer.json()['id']}")
+    assert stored.json()["filename"] == "a\ufffdb.jsonl"
 
 
 async def test_a_batch_nobody_reads_is_finalized_in_the_background(

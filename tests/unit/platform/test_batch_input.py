@@ -112,6 +112,20 @@ def test_the_model_is_named_only_when_every_line_agrees() -> None:
             "s",
             "cannot stream",
         ),
+        # Valid JSON (escaped) that cannot be stored: the line's error, its custom_id kept
+        # when it can be.
+        (json.dumps(line("n\x00")), "invalid_request", "custom_id", None, "NUL"),
+        (json.dumps(line("\udfff")), "invalid_request", "custom_id", None, "surrogate"),
+        (
+            json.dumps(
+                line("c", body={**BODY, "messages": [{"role": "user", "content": "\ud800"}]})
+            ),
+            "invalid_request",
+            "body.messages.0.content",
+            "c",
+            "surrogate",
+        ),
+        ("[" * 100_000 + "]" * 100_000, "invalid_request", "body", None, "nested"),
     ],
 )
 def test_a_bad_line_is_named_with_its_number_field_and_reason(

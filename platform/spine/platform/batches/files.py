@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from spine.platform.batches.input import BatchLimits
 from spine.platform.db import Database
 from spine.platform.errors import BadRequest, NotFound, PayloadTooLarge
+from spine.platform.inputs import storable_text
 from spine.platform.schema import FileRow, utcnow
 
 __all__ = [
@@ -120,7 +121,8 @@ class FileStore:
             "id": file_id or new_file_id(),
             "tenant": tenant,
             "purpose": purpose,
-            "filename": filename[:255] or "upload.jsonl",
+            # A name is the client's label, not data: what cannot be stored is mended.
+            "filename": storable_text(filename)[:255] or "upload.jsonl",
             "bytes": len(content),
             "content": content,
             "created_at": utcnow(),

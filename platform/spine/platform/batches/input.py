@@ -27,7 +27,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from spine.platform.errors import BadRequest, PayloadTooLarge
-from spine.platform.inputs import place, where_in
+from spine.platform.inputs import InvalidInput, load_json, place, text_problem, where_in
 from spine.platform.models.openai_errors import GatewayError
 from spine.platform.models.openai_wire import ChatCompletionRequest
 from spine.platform.settings import BatchSettings
@@ -221,7 +221,12 @@ def _read_line(
     except UnicodeDecodeError as exc:
         return error("invalid_encoding", f"not UTF-8 ({exc.reason} at byte {exc.start})")
     try:
-        line = json.loads(text)
+        # Bounded in depth, and checked as every request body is: a line holding what cannot
+        # be stored (an escaped NUL in its custom_id) is that line's error, not the batch's 500.
+        line = load_json(text, field="")
+    except InvalidInput as exc:
+        custom_id = _custom_id_of(text)
+        return error("invalid_request", exc.message, exc.field)
     except ValueError as exc:
         return error("invalid_json", f"not valid JSON ({exc})")
     if not isinstance(line, dict):
@@ -263,3 +268,15 @@ def _read_line(
     if request.stream:
         return error("invalid_body", "a batch request cannot stream", "body.stream")
     return BatchRequest(line=number, custom_id=custom_id, body=body)
+
+
+def _custom_id_of(text: str) -> str | None:
+    """The custom_id of a line refused for another of its values, when it can be kept."""
+    try:
+        line = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    given = line.get("custom_id") if isinstance(line, dict) else None
+    if not isinstance(given, str) or not given or len(given) > MAX_CUSTOM_ID:
+        return None
+    return given if text_problem(given) is None else None
