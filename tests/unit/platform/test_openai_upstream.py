@@ -476,3 +476,14 @@ async def test_a_vector_holding_a_number_that_is_not_finite_fails_the_call(
 
     with pytest.raises(PermanentFailure, match="not finite"):
         await upstream.embed(await serve(handler), EmbeddingRequest(texts=["a"]))
+
+
+async def test_an_error_body_that_cannot_be_stored_is_mended_in_the_message(
+    serve: Callable[[Handler], Awaitable[ProviderTarget]], upstream: OpenAIUpstream
+) -> None:
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(status=400, body=b"bad \x00 request \xff here")
+
+    with pytest.raises(PermanentFailure) as refused:
+        await upstream.call(await serve(handler), REQUEST)
+    assert "bad \ufffd request \ufffd here" in refused.value.message

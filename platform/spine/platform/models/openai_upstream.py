@@ -54,6 +54,7 @@ from spine.platform.errors import (
     ProviderNotConfigured,
     TransientFailure,
 )
+from spine.platform.inputs import storable_text
 from spine.platform.models.providers import (
     HOW_TO_CONFIGURE,
     LOCAL_SERVER_HINT,
@@ -364,7 +365,8 @@ def _proxy_for(url: str) -> str | None:
 async def _raise_for_status(response: aiohttp.ClientResponse) -> None:
     if response.status < 300:
         return
-    text = (await response.read()).decode("utf-8", "replace").strip()
+    # The body is the server's to choose (an HTML page, binary): kept readable and storable.
+    text = storable_text((await response.read()).decode("utf-8", "replace").strip())
     raise UpstreamStatusError(
         response.status,
         f"Error code: {response.status} - {text[:_ERROR_TEXT]}",
