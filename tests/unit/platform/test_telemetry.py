@@ -20,6 +20,7 @@ from spine.platform.telemetry import (
     looks_like_id,
     observe_breakers,
     process_server,
+    record_http_request,
     record_model_call,
     record_task_ended,
     record_task_started,
@@ -67,6 +68,22 @@ def test_recording_bounds_label_values() -> None:
     before = sample("spine_tool_calls_total", tool=OTHER, outcome="ok")
     record_tool_call(TASK_ID, None, 0.01)
     assert sample("spine_tool_calls_total", tool=OTHER, outcome="ok") == before + 1
+
+
+def test_http_requests_are_counted_each_time_under_bounded_labels() -> None:
+    route = "/v1/things/{thing_id}"
+    ok = {"method": "POST", "route": route, "status": "200"}
+    before = sample("spine_http_requests_total", **ok)
+    timed = sample("spine_http_request_seconds_count", method="POST", route=route)
+    for _ in range(3):  # the first looks its series up; the others reuse them
+        record_http_request("POST", route, 200, 0.01)
+    assert sample("spine_http_requests_total", **ok) == before + 3
+    assert sample("spine_http_request_seconds_count", method="POST", route=route) == timed + 3
+    odd = {"method": "other", "route": OTHER, "status": "404"}
+    before = sample("spine_http_requests_total", **odd)
+    for _ in range(2):  # a method no one uses, on a path that is an id: bounded both times
+        record_http_request("BREW", f"/{TASK_ID}", 404, 0.01)
+    assert sample("spine_http_requests_total", **odd) == before + 2
 
 
 def test_a_model_call_counts_its_latency_tokens_cost_and_cache_hit() -> None:
