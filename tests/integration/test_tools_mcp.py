@@ -12,7 +12,9 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import mcp.types as mcp_types
 import psutil
+import pydantic_core
 import pytest
 
 from spine.platform.errors import ServiceUnavailable
@@ -24,7 +26,7 @@ from spine.tools import (
     ToolSettings,
     mcp_servers,
 )
-from spine.tools.mcp_servers import McpServers, mcp_tool_name
+from spine.tools.mcp_servers import McpServers, _Connection, mcp_tool_name
 
 pytestmark = pytest.mark.integration
 
@@ -330,6 +332,28 @@ async def test_a_streamable_http_servers_tools_work_with_configured_headers(
         sent = await registry.call("remote__headers", {}, CTX)
         assert sent.content == "sent-by-spine"
     assert len(registry) == 0
+
+
+async def test_a_description_cut_inside_an_emoji_is_mended_not_an_unlistable_tool() -> None:
+    # A JavaScript server cuts strings in UTF-16 units: half an emoji, escaped, is valid JSON.
+    # (The Python SDK's server cannot send one, so the list is handed to the registration.)
+    registry = ToolRegistry([])
+    schema = {
+        "type": "object",
+        "properties": {"q": {"type": "string", "description": "what to find \ud83d"}},
+    }
+    listed = [
+        mcp_types.Tool(name="find", description="Finds things \ud83d", inputSchema=schema),
+        mcp_types.Tool(name="plain", description="Plain \x00 text 😀", inputSchema={}),
+    ]
+    McpServers([], registry)._register(_Connection(config=stdio_config(name="js")), listed)
+    tools = registry.openai_tools(tenant="acme")
+    pydantic_core.to_json(tools)  # the listing and every model call encode it as UTF-8
+    by_name = {tool["function"]["name"]: tool["function"] for tool in tools}
+    found = by_name["js__find"]
+    assert found["description"] == "Finds things \ufffd"
+    assert found["parameters"]["properties"]["q"]["description"] == "what to find \ufffd"
+    assert by_name["js__plain"]["description"] == "Plain \ufffd text 😀"
 
 
 def test_names_are_prefixed_and_kept_within_openai_limits() -> None:
