@@ -422,3 +422,16 @@ async def test_a_tool_result_and_an_answer_that_cannot_be_stored_are_mended_not_
     assert done["attempts"] == 1
     assert launches == ["read page"]  # the tool ran once: no attempt failed at the journal
     assert models.count(containing="read it") == 2
+
+
+async def test_a_structured_answer_decoded_into_what_cannot_be_stored_is_mended(
+    spine: RunningPlatform, models: FakeModelServer
+) -> None:
+    # The model's text is storable (the escapes are ASCII); the JSON decoded from it is not.
+    text = '{"answer": 7, "note": "a\\u0000b\\ud800c"}'
+    models.add(Rule(containing="json odd", reply=text))
+    done = await spine.wait_for(await submit(spine, "strict", "json odd"))
+    assert done["state"] == "succeeded", done["error"]
+    assert done["result"]["output"] == {"answer": 7, "note": "a\ufffdb\ufffdc"}
+    assert done["result"]["text"] == text
+    assert done["attempts"] == 1

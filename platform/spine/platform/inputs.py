@@ -58,6 +58,7 @@ __all__ = [
     "load_json",
     "moment_problem",
     "place",
+    "storable_json",
     "storable_text",
     "text_problem",
     "where_in",
@@ -117,6 +118,34 @@ def storable_text(value: str) -> str:
     if "\x00" not in value and (value.isascii() or not _has_surrogate(value)):
         return value
     return _UNSTORABLE.sub(REPLACEMENT, value)
+
+
+def storable_json(value: Any) -> Any:
+    """Return decoded JSON with every string in it (keys too) made :func:`storable_text`; the
+    value itself when nothing needs it, which is the check every call pays.
+
+    For JSON the platform did not take from a caller but must keep: an agent's structured
+    answer decoded from the model's text (``"\\u0000"`` in that text is a NUL once decoded), an
+    error's details. Only text is mended; nesting beyond :data:`MAX_JSON_DEPTH` is left as it is.
+    """
+    if _storable(value, JSON_DEPTH_CEILING):
+        return value
+    return _mended(value, MAX_JSON_DEPTH)
+
+
+def _mended(value: Any, depth: int) -> Any:
+    if isinstance(value, str):
+        return storable_text(value)
+    if depth <= 0:
+        return value
+    if isinstance(value, dict):
+        return {
+            storable_text(k) if isinstance(k, str) else k: _mended(v, depth - 1)
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [_mended(item, depth - 1) for item in value]
+    return value
 
 
 def text_problem(value: str) -> str | None:

@@ -22,6 +22,7 @@ from spine.platform.inputs import (
     json_problem,
     load_json,
     moment_problem,
+    storable_json,
     storable_text,
     text_problem,
 )
@@ -57,6 +58,38 @@ def test_mended_text_is_storable_and_keeps_every_other_character(value: str) -> 
     assert len(mended) == len(value)
     assert all(m == v for m, v in zip(mended, value, strict=True) if m != "\ufffd")
     if text_problem(value) is None:
+        assert mended is value
+
+
+def test_json_from_elsewhere_has_every_string_mended_keys_too() -> None:
+    value = {"a\x00": ["ok", {"deep": "x\ud800"}], "n": 1, "f": 0.5, "b": None, "t": True}
+    assert storable_json(value) == {
+        "a\ufffd": ["ok", {"deep": "x\ufffd"}],
+        "n": 1,
+        "f": 0.5,
+        "b": None,
+        "t": True,
+    }
+    clean = {"a": ["ok", {"deep": "😀"}]}
+    assert storable_json(clean) is clean  # nothing to mend: the value itself, not a copy
+    assert storable_json(None) is None
+
+
+_ANY_TEXT = st.text(alphabet=st.characters(codec=None, exclude_categories=()), max_size=8)
+
+
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | _ANY_TEXT,
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_ANY_TEXT, inner, max_size=3),
+        max_leaves=12,
+    )
+)
+def test_mended_json_is_storable(value: Any) -> None:
+    mended = storable_json(value)
+    assert json_problem(mended) is None
+    json.dumps(mended, ensure_ascii=False).encode("utf-8")
+    if json_problem(value) is None:
         assert mended is value
 
 

@@ -20,6 +20,7 @@ from typing import Any, Literal
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from spine.platform.inputs import storable_json
 from spine.platform.metering.usage import ModelCallRecord, calls_json, insert_calls
 from spine.platform.schema import UtcDateTime, utcnow
 from spine.platform.tasks import _pg
@@ -170,6 +171,10 @@ class Attempts(StorePart):
         if retry_in is not None:
             extra["retry_in"] = retry_in
         stored_error = error.stored() if error is not None else None
+        # An agent's answer may hold text it decoded from a model's (an escaped NUL): kept
+        # mended, or the commit that ends the task fails on every attempt.
+        result = storable_json(result)
+        events = [(type_, storable_json(data)) for type_, data in events]
         now = utcnow()
         if self._pg:
             payload: dict[str, Any] = {"state": state, **extra}

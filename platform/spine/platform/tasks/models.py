@@ -6,12 +6,12 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from spine.platform.errors import SpineError
-from spine.platform.inputs import StoredJson, StoredMoment
+from spine.platform.inputs import StoredJson, StoredMoment, storable_json
 
 __all__ = [
     "TERMINAL_STATES",
@@ -97,8 +97,9 @@ class TaskError(BaseModel):
         return cls.model_validate({**exc.to_dict(), "retryable": exc.retryable})
 
     def stored(self) -> dict[str, Any]:
-        """Return the JSON the task row keeps."""
-        return self.model_dump(mode="json")
+        """Return the JSON the task row keeps (what cannot be stored mended: a message may
+        quote a provider's or a tool's text)."""
+        return cast("dict[str, Any]", storable_json(self.model_dump(mode="json")))
 
 
 class Task(BaseModel):
