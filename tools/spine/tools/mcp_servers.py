@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from types import TracebackType
-from typing import Any, Self, cast
+from typing import Any, Self
 
 import anyio
 import httpx2
@@ -33,7 +33,7 @@ from mcp import ClientSession, MCPError, StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 
 from spine.platform.errors import ServiceUnavailable
-from spine.platform.inputs import storable_text
+from spine.platform.inputs import storable_json, storable_text
 from spine.tools.mcp_config import McpServerConfig
 from spine.tools.registry import ToolRegistry
 from spine.tools.tool import JsonSchemaArguments, Tool, ToolContext, ToolFailure, ToolHandler
@@ -55,18 +55,6 @@ _RECONNECT_MAX = 30.0
 _PING_SECONDS = 5.0
 _PING_TIMEOUT = 10.0
 _CLOSED = (anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream)
-
-
-def _mended(schema: dict[str, Any]) -> dict[str, Any]:
-    """The schema with any lone surrogate in its text replaced (U+FFFD).
-
-    A server written in JavaScript cuts a string to a length in UTF-16 units, so a description
-    may end in half an emoji; JSON carries it, but every answer listing the tool would fail to
-    encode. (Dumped unescaped, the surrogate is a character :func:`storable_text` finds.)
-    """
-    dumped = json.dumps(schema, ensure_ascii=False)
-    mended = storable_text(dumped)
-    return schema if mended is dumped else cast("dict[str, Any]", json.loads(mended))
 
 
 def mcp_tool_name(server: str, tool: str) -> str:
@@ -291,8 +279,10 @@ class McpServers:
             if name in self._registry:
                 logger.warning("MCP tool %s of %s: name %s taken", remote.name, config.name, name)
                 continue
+            # A server written in JavaScript cuts strings in UTF-16 units: a description may
+            # end in half an emoji, which every answer listing the tool would fail to encode.
             try:
-                arguments = JsonSchemaArguments(_mended(remote.input_schema))
+                arguments = JsonSchemaArguments(storable_json(remote.input_schema))
             except ValueError as exc:
                 logger.warning("MCP tool %s of %s skipped: %s", remote.name, config.name, exc)
                 continue
