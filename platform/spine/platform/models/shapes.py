@@ -156,7 +156,9 @@ def checked_vectors(
             provider=target.provider,
         )
     for position, vector in enumerate(vectors):
-        if not math.isfinite(sum(vector)):  # finite float32s cannot sum past a double's range
+        # A NaN or an infinity makes the sum so; numbers a vector store can keep (float32)
+        # cannot add up past a double's range.
+        if not math.isfinite(sum(vector)):
             raise PermanentFailure(
                 f"{target.provider} model {target.model} returned a vector holding a number "
                 f"that is not finite (for text {position})",
