@@ -28,7 +28,7 @@ from spine.platform.keys import Principal
 from spine.platform.schema import FileRow
 from spine.platform.tasks import NewTask, Task, TaskStore, TaskSubmission
 from support.databases import create_database
-from support.fake_models import FakeModelServer, Rule
+from support.fake_models import FakeModelServer, Rule, ToolCall
 from support.live_platform import RunningPlatform, running_platform
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clean_jetstream")]
@@ -207,6 +207,29 @@ async def test_lines_holding_what_cannot_be_stored_are_their_own_errors_not_a_50
     assert output["custom_id"] == "fine"
     answer = output["response"]["body"]["choices"][0]["message"]["content"]
     assert answer == "x\ufffdy\ufffdz"
+
+
+async def test_a_line_in_the_deprecated_functions_api_is_answered_in_its_form(
+    client: AsyncOpenAI, models: FakeModelServer
+) -> None:
+    models.add(Rule(containing="weather", tool_calls=[ToolCall(name="get_weather", arguments={})]))
+    functions = [{"name": "get_weather", "parameters": {"type": "object"}}]
+    content = jsonl(
+        request_line("legacy", "weather?", functions=functions, function_call="auto"),
+        request_line("tools", "weather?", tools=[{"type": "function", "function": functions[0]}]),
+    )
+    done = await finished(client, (await submit_file(client, content)).id)
+    assert done.output_file_id is not None
+    output = records((await client.files.content(done.output_file_id)).text)
+    choices = {r["custom_id"]: r["response"]["body"]["choices"][0] for r in output}
+    assert choices["legacy"]["finish_reason"] == "function_call"
+    assert choices["legacy"]["message"]["function_call"] == {
+        "name": "get_weather",
+        "arguments": "{}",
+    }
+    assert "tool_calls" not in choices["legacy"]["message"]
+    assert choices["tools"]["finish_reason"] == "tool_calls"
+    assert choices["tools"]["message"]["tool_calls"][0]["function"]["name"] == "get_weather"
 
 
 async def test_jsonl_posted_directly_runs_as_a_batch(

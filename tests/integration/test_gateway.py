@@ -206,6 +206,76 @@ async def test_streamed_tool_calls_assemble(
     assert (name, json.loads(arguments), finish) == ("get_weather", {"city": "Oslo"}, "tool_calls")
 
 
+@pytest.mark.parametrize("model", [LOCAL, CLOUD])
+async def test_the_deprecated_functions_api_is_answered_in_its_own_form(
+    client: AsyncOpenAI, models: FakeModelServer, model: str
+) -> None:
+    models.add(
+        Rule(
+            containing="weather",
+            when=lambda request: request.last_role != "tool",
+            tool_calls=[ToolCall(name="get_weather", arguments={"city": "Paris"})],
+        ),
+        Rule(when=lambda request: request.last_role == "tool", reply="It is 17 C in Paris."),
+    )
+    function = WEATHER_TOOL["function"]
+    messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": "weather in Paris?"}]
+    answer = await client.chat.completions.create(
+        model=model, messages=messages, functions=[function], function_call="auto"
+    )
+    choice = answer.choices[0]
+    assert choice.finish_reason == "function_call"
+    assert choice.message.tool_calls is None
+    assert choice.message.function_call is not None
+    assert choice.message.function_call.name == "get_weather"
+    assert json.loads(choice.message.function_call.arguments) == {"city": "Paris"}
+    sent = models.last_call.request
+    assert sent.tools == [{"type": "function", "function": function}]
+    assert sent.body.get("tool_choice") in ("auto", None)  # LiteLLM may leave "auto" out
+    assert "functions" not in sent.body
+
+    # The call's result goes back as the deprecated API writes it; the model sees a tool turn.
+    call = choice.message.function_call
+    messages += [
+        {
+            "role": "assistant",
+            "content": None,
+            "function_call": {"name": call.name, "arguments": call.arguments},
+        },
+        {"role": "function", "name": "get_weather", "content": "17 C"},
+    ]
+    followed = await client.chat.completions.create(
+        model=model, messages=messages, functions=[function]
+    )
+    assert followed.choices[0].message.content == "It is 17 C in Paris."
+    assert followed.choices[0].finish_reason == "stop"
+    sent = models.last_call.request
+    assert sent.last_role == "tool"
+    assert sent.messages[-1]["content"] == "17 C"
+
+    stream = await client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": "weather in Oslo, streamed?"}],
+        functions=[function],
+        function_call={"name": "get_weather"},
+        stream=True,
+    )
+    name, arguments, finish = "", "", None
+    async for c in stream:
+        assert not c.choices[0].delta.tool_calls
+        piece = c.choices[0].delta.function_call
+        name += (piece and piece.name) or ""
+        arguments += (piece and piece.arguments) or ""
+        finish = c.choices[0].finish_reason or finish
+    assert (name, json.loads(arguments), finish) == (
+        "get_weather",
+        {"city": "Paris"},
+        "function_call",
+    )
+    forced = models.last_call.request.body.get("tool_choice")
+    assert forced == {"type": "function", "function": {"name": "get_weather"}}
+
+
 async def test_falls_back_across_providers_on_a_500(
     client: AsyncOpenAI, models: FakeModelServer
 ) -> None:

@@ -75,4 +75,9 @@ class CompletionAgent:
         )
         # The task's id names the answer: a rerun of the task gives the same id.
         completion_id = f"chatcmpl-{ctx.task.id.replace('-', '')}"
-        return completion_body(answer, completion_id=completion_id, created=int(time.time()))
+        return completion_body(
+            answer,
+            completion_id=completion_id,
+            created=int(time.time()),
+            functions=request.uses_functions,
+        )

@@ -108,7 +108,6 @@ def test_a_parameter_of_the_wrong_type_or_range_is_refused_naming_it(
             {"role": "assistant", "tool_calls": [CALL]},
             {"role": "tool", "tool_call_id": "call_1", "content": "17 C"},
         ],
-        [USER, {"role": "assistant", "content": None, "function_call": {"name": "f"}}],
         [{"role": "user", "content": [{"type": "text", "text": "hi"}, IMAGE]}],
         [{"role": "tool", "tool_call_id": "c", "content": [{"type": "text", "text": "17 C"}]}],
         [{"role": "assistant", "content": [{"type": "refusal", "refusal": "no"}]}],

@@ -46,6 +46,7 @@ __all__ = [
     "PASSED_THROUGH",
     "ChatCompletionRequest",
     "completion_body",
+    "function_call_of",
     "new_completion_id",
     "usage_body",
 ]
@@ -163,6 +164,7 @@ class Message(_Open):
     name: StrictStr | None = None
     tool_calls: list[ToolCallMessage] | None = None
     tool_call_id: StrictStr | None = None
+    function_call: FunctionCall | None = None  # the deprecated form of one tool call
 
     @field_validator("content", mode="before")
     @classmethod
@@ -198,11 +200,7 @@ class Message(_Open):
                         f"(it may hold {', '.join(sorted(allowed))})",
                     )
         if role == "assistant":
-            if (
-                content is None
-                and not self.tool_calls
-                and "function_call" not in (self.model_extra or {})
-            ):
+            if content is None and not self.tool_calls and self.function_call is None:
                 raise _message_error(
                     "content", "an 'assistant' message needs content or tool_calls"
                 )
@@ -227,6 +225,14 @@ class FunctionDefinition(_Open):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
     description: str | None = None
     parameters: dict[str, Any] | None = None
+
+
+class FunctionChoice(BaseModel):
+    """The one function a deprecated ``function_call`` forces."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: StrictStr
 
 
 class Tool(BaseModel):
@@ -303,6 +309,8 @@ class ChatCompletionRequest(_Open):
     stop: StrictStr | list[StrictStr] | None = None
     tools: list[Tool] | None = None
     tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
+    functions: list[FunctionDefinition] | None = Field(None, min_length=1, max_length=128)
+    function_call: Literal["none", "auto"] | FunctionChoice | None = None
     response_format: ResponseFormat | None = None
     seed: StrictInt | None = None
     logit_bias: dict[TokenId, TokenBias] | None = None
@@ -321,6 +329,18 @@ class ChatCompletionRequest(_Open):
         if isinstance(value, list) and len(value) > 4:
             raise ValueError("at most 4 stop sequences")
         return value
+
+    @field_validator("function_call", mode="before")
+    @classmethod
+    def _function_choice(cls, value: object) -> object:
+        # Checked here, not by the union: its errors would name each branch.
+        if value is None or value == "none" or value == "auto":
+            return value
+        if isinstance(value, dict) and set(value) == {"name"} and isinstance(value["name"], str):
+            return FunctionChoice(name=value["name"])
+        raise PydanticCustomError(
+            "function_choice", 'expected "none", "auto" or {"name": "<function name>"}'
+        )
 
     @field_validator("n")
     @classmethod
@@ -349,6 +369,31 @@ class ChatCompletionRequest(_Open):
                     "{field} is only allowed when tools are specified",
                     {"field": name},
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _functions_alone(self) -> ChatCompletionRequest:
+        # The deprecated pair is served as tools: mixed with tools, the answer's form is unclear.
+        if self.functions and self.tools:
+            raise PydanticCustomError(
+                "functions_with_tools",
+                "give tools or functions (deprecated), not both",
+                {"field": "functions"},
+            )
+        if self.function_call is not None and not self.functions:
+            raise PydanticCustomError(
+                "function_call_without_functions",
+                "function_call is only allowed when functions are specified",
+                {"field": "function_call"},
+            )
+        choice = self.function_call
+        names = {f.name for f in self.functions or ()}
+        if isinstance(choice, FunctionChoice) and choice.name not in names:
+            raise PydanticCustomError(
+                "unknown_function",
+                "function_call names '{name}', which is not among the functions",
+                {"field": "function_call.name", "name": choice.name},
+            )
         return self
 
     @classmethod
@@ -415,9 +460,18 @@ class ChatCompletionRequest(_Open):
         """Whether a streamed answer ends with a usage chunk."""
         return self.stream_options is not None and self.stream_options.include_usage
 
+    @property
+    def uses_functions(self) -> bool:
+        """Whether the caller speaks the deprecated ``functions`` API: the answer's call is then
+        a ``function_call``, not ``tool_calls``."""
+        return bool(self.functions)
+
     def messages_out(self) -> list[dict[str, Any]]:
-        """The messages as the model should see them."""
-        return [m.model_dump(exclude_none=True) for m in self.messages]
+        """The messages as the model should see them (deprecated function calls as tool calls)."""
+        messages = [m.model_dump(exclude_none=True) for m in self.messages]
+        if any(m.function_call is not None or m.role == "function" for m in self.messages):
+            return _as_tool_messages(messages)
+        return messages
 
     def params(self) -> dict[str, Any]:
         """The generation parameters for the router (None and ignored fields left out)."""
@@ -439,6 +493,13 @@ class ChatCompletionRequest(_Open):
         if "max_completion_tokens" in params:
             params.setdefault("max_tokens", params.pop("max_completion_tokens"))
             params.pop("max_completion_tokens", None)
+        if "functions" in params:
+            params["tools"] = [{"type": "function", "function": f} for f in params.pop("functions")]
+        choice = params.pop("function_call", None)
+        if isinstance(choice, dict):
+            params["tool_choice"] = {"type": "function", "function": {"name": choice["name"]}}
+        elif choice is not None:
+            params["tool_choice"] = choice
         return params
 
     def to_request(self, *, strategy: str | None = None) -> ChatRequest:
@@ -450,6 +511,37 @@ class ChatCompletionRequest(_Open):
             params=self.params(),
             cost_weight=self.spine_cost_weight,
         )
+
+
+def _as_tool_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rewrite the deprecated function calls and results as tool calls and tool messages.
+
+    An assistant's ``function_call`` answered by the ``function`` message right after it
+    becomes its one tool call, with an id made from its place (the same conversation gives the
+    same ids: cache keys stay stable), and that message the ``tool`` message answering it. A
+    call or a result without its pair is passed on as sent: as a tool call it would break the
+    rule that every tool call is answered at once.
+    """
+    out: list[dict[str, Any]] = []
+    waiting: str | None = None  # the id of the call the message just before made
+    for index, message in enumerate(messages):
+        call = message.get("function_call")
+        if message["role"] == "function" and waiting is not None:
+            content = message.get("content") or ""
+            message = {"role": "tool", "tool_call_id": waiting, "content": content}
+            waiting = None
+        elif (
+            message["role"] == "assistant"
+            and call is not None
+            and index + 1 < len(messages)
+            and messages[index + 1]["role"] == "function"
+        ):
+            waiting = f"call_function_{index}"
+            tool_call = {"id": waiting, "type": "function", "function": call}
+            message = {k: v for k, v in message.items() if k != "function_call"}
+            message["tool_calls"] = [*message.get("tool_calls", ()), tool_call]
+        out.append(message)
+    return out
 
 
 _TAGGED_UNIONS = frozenset({"response_format"})
@@ -477,6 +569,12 @@ def new_completion_id() -> tuple[str, int]:
     return f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
 
+def function_call_of(tool_call: dict[str, Any]) -> dict[str, Any]:
+    """A tool call (or a streamed piece of one) in the deprecated ``function_call`` form."""
+    function = tool_call.get("function") or {}
+    return {k: function[k] for k in ("name", "arguments") if function.get(k) is not None}
+
+
 def usage_body(input_tokens: int, output_tokens: int) -> dict[str, int]:
     """Return OpenAI's usage object."""
     return {
@@ -486,16 +584,23 @@ def usage_body(input_tokens: int, output_tokens: int) -> dict[str, int]:
     }
 
 
-def completion_body(answer: Completion, *, completion_id: str, created: int) -> dict[str, Any]:
-    """Render a routed answer as a ``chat.completion`` object."""
+def completion_body(
+    answer: Completion, *, completion_id: str, created: int, functions: bool = False
+) -> dict[str, Any]:
+    """Render a routed answer as a ``chat.completion`` object; with ``functions`` (the caller
+    sent the deprecated ``functions``) its call is a ``function_call``."""
     message: dict[str, Any] = {
         "role": "assistant",
         "content": answer.text if answer.text or not answer.tool_calls else None,
         "refusal": None,
     }
-    if answer.tool_calls:
-        message["tool_calls"] = answer.tool_calls
     finish = answer.finish_reason or ("tool_calls" if answer.tool_calls else "stop")
+    if answer.tool_calls and functions:
+        # One call: the deprecated form has no room for more (the first is the one asked for).
+        message["function_call"] = function_call_of(answer.tool_calls[0])
+        finish = "function_call" if finish == "tool_calls" else finish
+    elif answer.tool_calls:
+        message["tool_calls"] = answer.tool_calls
     return {
         "id": completion_id,
         "object": "chat.completion",

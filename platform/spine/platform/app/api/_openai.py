@@ -28,6 +28,7 @@ from spine.platform.models.openai_wire import (
     AUTO,
     ChatCompletionRequest,
     completion_body,
+    function_call_of,
     new_completion_id,
     usage_body,
 )
@@ -64,9 +65,14 @@ def chunk(
     created: int,
     model: str,
     include_usage: bool,
+    functions: bool = False,
     usage: dict[str, int] | None = None,
 ) -> bytes:
-    """Render one ``chat.completion.chunk`` as an SSE frame; ``delta=None`` is the usage chunk."""
+    """Render one ``chat.completion.chunk`` as an SSE frame; ``delta=None`` is the usage chunk.
+
+    With ``functions`` (the caller sent the deprecated ``functions``), the first tool call's
+    pieces are ``function_call`` pieces and a ``tool_calls`` finish is ``function_call``.
+    """
     payload: dict[str, Any] = {
         "id": completion_id,
         "object": "chat.completion.chunk",
@@ -81,9 +87,15 @@ def chunk(
             body: dict[str, Any] = {}
             if delta.text:
                 body["content"] = delta.text
-            if delta.tool_calls:
-                body["tool_calls"] = delta.tool_calls
             finish = delta.finish_reason
+            if delta.tool_calls and functions:
+                first = [c for c in delta.tool_calls if c.get("index", 0) == 0]
+                if first:
+                    body["function_call"] = function_call_of(first[0])
+            elif delta.tool_calls:
+                body["tool_calls"] = delta.tool_calls
+            if functions and finish == "tool_calls":
+                finish = "function_call"
         else:
             body = delta
         payload["choices"] = [

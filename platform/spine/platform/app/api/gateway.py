@@ -3,7 +3,9 @@
 A call is checked before any model sees it (:class:`ChatCompletionRequest`): the body's types
 are strict (``"stream": "yes"`` and ``"max_tokens": true`` are refused), the parameters are
 in OpenAI's ranges, and each message follows its role's rules, so a client's malformed
-request is a 400 naming the parameter and never a provider failure that moves a breaker.
+request is a 400 naming the parameter and never a provider failure that moves a breaker. The
+deprecated ``functions``/``function_call`` are served as tools and answered as a
+``function_call`` (see :meth:`ChatCompletionRequest.messages_out` and :func:`completion_body`).
 
 Every call goes through the process's one :class:`~spine.platform.router.ModelRouter`: an
 explicit ``model`` wins, ``model: "auto"`` lets the strategy choose (``spine_strategy`` in the
@@ -119,7 +121,10 @@ async def chat_completions(request: Request) -> Response:
     headers["X-Spine-Cache"] = metered.cache
     headers.update(admission.headers())
     return FastJSONResponse(
-        completion_body(answer, completion_id=completion_id, created=created), headers=headers
+        completion_body(
+            answer, completion_id=completion_id, created=created, functions=chat.uses_functions
+        ),
+        headers=headers,
     )
 
 
@@ -188,6 +193,7 @@ def _streamed(
         "created": created,
         "model": opened.model,
         "include_usage": chat.include_usage,
+        "functions": chat.uses_functions,
     }
 
     async def frames() -> AsyncIterator[bytes]:
