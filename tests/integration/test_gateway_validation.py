@@ -236,7 +236,7 @@ async def test_one_model_is_retrieved_as_the_list_shows_it(
         ("POST", "/v1/models", 405),
         ("GET", "/v1/chat/completions", 405),
         ("GET", "/v1/embeddings/nowhere", 404),
-        ("POST", "/v1/responses", 404),  # OpenAI APIs not served: the client is told so
+        ("POST", "/v1/moderations", 404),  # OpenAI APIs not served: the client is told so
         ("POST", "/v1/completions", 404),
     ],
 )
@@ -249,7 +249,7 @@ async def test_every_gateway_path_answers_errors_in_openais_shape(
     assert path in error["message"] or status == 405
     if status == 405:
         assert method not in response.headers["allow"]
-    if path in ("/v1/responses", "/v1/completions"):
+    if path in ("/v1/moderations", "/v1/completions"):
         assert "serves OpenAI's chat completions" in error["message"]
 
 

@@ -27,7 +27,6 @@ __all__ = [
     "BatchStatus",
     "RequestCounts",
     "batch_of",
-    "batch_usage",
     "line_request_id",
     "render_line",
 ]
@@ -153,16 +152,6 @@ def render_line(
             }
     text = json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
     return text.encode(), answer
-
-
-def batch_usage(input_tokens: int, output_tokens: int) -> dict[str, Any]:
-    return {
-        "input_tokens": input_tokens,
-        "input_tokens_details": {"cached_tokens": 0},
-        "output_tokens": output_tokens,
-        "output_tokens_details": {"reasoning_tokens": 0},
-        "total_tokens": input_tokens + output_tokens,
-    }
 
 
 def _epoch(moment: datetime | None) -> int | None:

@@ -46,10 +46,11 @@ from spine.platform.batches.input import (
     parse_batch_input,
 )
 from spine.platform.batches.lines import line_rows
-from spine.platform.batches.output import Batch, batch_of, batch_usage, render_line
+from spine.platform.batches.output import Batch, batch_of, render_line
 from spine.platform.db import Database
 from spine.platform.errors import BadRequest, Conflict, NotFound
 from spine.platform.keys import Principal
+from spine.platform.models.responses_wire import token_usage
 from spine.platform.schema import BatchLineRow, BatchRow, TaskRow, utcnow
 from spine.platform.tasks import TERMINAL_STATES, Task, TaskStore
 
@@ -391,7 +392,7 @@ class Batches:
             f"{status}_at": now,
             "output_file_id": new_file_id() if output else None,
             "error_file_id": new_file_id() if errors else None,
-            "usage": batch_usage(input_tokens, output_tokens) if completed else None,
+            "usage": token_usage(input_tokens, output_tokens) if completed else None,
         }
         try:
             async with self._db.transaction() as conn:

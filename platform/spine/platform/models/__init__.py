@@ -4,7 +4,8 @@
 (converters of OpenAI-shaped answers) ← ``litellm_upstream`` and ``openai_upstream`` (the two
 adapters) ← ``upstream`` (one call to one target, through the right adapter). Beside them:
 ``openai_wire`` and ``openai_errors`` (the OpenAI wire format the gateway speaks, and errors in
-its shape) and ``local_embeddings`` (the in-process embedding model). The router (:mod:`spine.platform.router`) decides which targets a
+its shape), ``responses_wire`` (OpenAI's Responses API, read as a chat call) and
+``local_embeddings`` (the in-process embedding model). The router (:mod:`spine.platform.router`) decides which targets a
 call tries; metering (:mod:`spine.platform.metering`) prices and records it.
 """
 

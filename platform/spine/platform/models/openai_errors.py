@@ -26,9 +26,9 @@ from spine.platform.errors import (
     Unauthorized,
     UnknownModel,
 )
-from spine.platform.inputs import InvalidInput
+from spine.platform.inputs import MAX_JSON_DEPTH, InvalidInput, load_json
 
-__all__ = ["GatewayError", "error_body"]
+__all__ = ["GatewayError", "error_body", "json_body"]
 
 # Our strategy names the field "strategy"; on the wire it is "spine_strategy".
 _PARAM_NAMES = {"strategy": "spine_strategy"}
@@ -192,3 +192,24 @@ def _retry_after(exc: SpineError) -> dict[str, str]:
     if isinstance(wait, int | float) and not isinstance(wait, bool) and math.isfinite(wait):
         return {"Retry-After": str(max(math.ceil(wait), 1))}
     return {}
+
+
+def json_body(
+    raw: bytes, *, checked: Any = None, max_depth: int = MAX_JSON_DEPTH
+) -> dict[str, Any]:
+    """A request's JSON object, or a 400 in OpenAI's shape saying what is wrong with it.
+
+    ``checked`` is the body decoded and found storable already (by the API's input guard), if
+    it was: then ``raw`` is neither decoded nor checked again.
+    """
+    body = checked
+    if body is None:
+        try:
+            body = load_json(raw, max_depth=max_depth, field="")
+        except InvalidInput as exc:
+            raise GatewayError.unstorable(exc) from None
+        except ValueError as exc:
+            raise GatewayError(400, f"the body is not valid JSON ({exc})") from None
+    if not isinstance(body, dict):
+        raise GatewayError(400, "the body must be a JSON object")
+    return body

@@ -33,12 +33,11 @@ from spine.platform.inputs import (
     MAX_JSON_DEPTH,
     InvalidInput,
     check_json,
-    load_json,
     place,
     where_in,
 )
 from spine.platform.models import ChatRequest, Completion
-from spine.platform.models.openai_errors import GatewayError
+from spine.platform.models.openai_errors import GatewayError, json_body
 
 __all__ = [
     "AUTO",
@@ -405,14 +404,7 @@ class ChatCompletionRequest(_Open):
         ``checked`` is the body decoded and found storable already (by the API's input guard),
         if it was: then ``raw`` is neither decoded nor checked again.
         """
-        if checked is not None:
-            return cls.from_body(checked, max_depth=max_depth, checked=True)
-        try:
-            body = load_json(raw, max_depth=max_depth, field="")
-        except InvalidInput as exc:
-            raise GatewayError.unstorable(exc) from None
-        except ValueError as exc:
-            raise GatewayError(400, f"the body is not valid JSON ({exc})") from None
+        body = json_body(raw, checked=checked, max_depth=max_depth)
         return cls.from_body(body, max_depth=max_depth, checked=True)
 
     @classmethod

@@ -27,9 +27,9 @@ from spine.platform.app.api.errors import documented
 from spine.platform.app.api.hot_routes import FastJSONResponse
 from spine.platform.app.api.input_guard import checked_json
 from spine.platform.errors import SpineError
-from spine.platform.inputs import InvalidInput, load_json
 from spine.platform.metering import EXPLICIT, CallContext
 from spine.platform.models import EmbeddingRequest
+from spine.platform.models.openai_errors import json_body
 from spine.platform.schema import money_text
 
 __all__ = ["EmbeddingsBody", "router"]
@@ -58,16 +58,7 @@ class EmbeddingsBody(BaseModel):
 
         ``checked`` is the body decoded and found storable already, if it was.
         """
-        body = checked
-        try:
-            if body is None:
-                body = load_json(raw, field="")
-        except InvalidInput as exc:
-            raise GatewayError.unstorable(exc) from None
-        except ValueError as exc:
-            raise GatewayError(400, f"the body is not valid JSON ({exc})") from None
-        if not isinstance(body, dict):
-            raise GatewayError(400, "the body must be a JSON object")
+        body = json_body(raw, checked=checked)
         try:
             request = cls.model_validate(body)
         except ValidationError as exc:

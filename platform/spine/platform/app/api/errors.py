@@ -61,7 +61,6 @@ _HTTP_TYPES = {
 }
 DEFAULT_RETRY_AFTER = 2
 _OPENAI_UNSERVED = (
-    "/v1/responses",
     "/v1/completions",
     "/v1/moderations",
     "/v1/images",
@@ -77,6 +76,7 @@ _OPENAI_UNSERVED = (
 """OpenAI APIs the gateway does not serve: an official client calling one is told so."""
 OPENAI_PATHS = (
     "/v1/chat/",
+    "/v1/responses",
     "/v1/embeddings",
     "/v1/models",
     "/v1/files",
@@ -287,8 +287,8 @@ def install_error_handlers(app: FastAPI) -> None:
             message = f"Invalid URL ({request.method} {request.url.path})"  # OpenAI's words
             if request.url.path.startswith(_OPENAI_UNSERVED):
                 message += (
-                    ": this gateway serves OpenAI's chat completions, embeddings, models, "
-                    "files and batches, not this API"
+                    ": this gateway serves OpenAI's chat completions, responses, embeddings, "
+                    "models, files and batches, not this API"
                 )
         return error_response(
             exc.status_code,

@@ -34,8 +34,9 @@ stream with ``data: {"error": {...}}`` and ``data: [DONE]``. Errors are in OpenA
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -53,9 +54,10 @@ from spine.platform.app.api.errors import documented, loggable
 from spine.platform.app.api.hot_routes import FastJSONResponse
 from spine.platform.app.api.input_guard import checked_json
 from spine.platform.errors import RateLimited, SpineError
+from spine.platform.keys import Principal
 from spine.platform.limits import Admission, RateLimits
-from spine.platform.metering import CallContext, MeteredStream
-from spine.platform.models import Attempt, CompletionDelta
+from spine.platform.metering import CallContext, MeteredCompletion, MeteredModels, MeteredStream
+from spine.platform.models import Attempt, ChatRequest, CompletionDelta
 from spine.platform.models.openai_errors import GatewayError, error_body
 from spine.platform.models.openai_wire import (
     ChatCompletionRequest,
@@ -66,7 +68,7 @@ from spine.platform.models.openai_wire import (
 from spine.platform.router import ModelRouter, ModelSpec
 from spine.platform.schema import money_text
 
-__all__ = ["router"]
+__all__ = ["ChatChunks", "GatewayCall", "StreamWriter", "gateway_error", "router"]
 
 logger = logging.getLogger(__name__)
 
@@ -85,47 +87,22 @@ async def chat_completions(request: Request) -> Response:
         chat = ChatCompletionRequest.parse(
             await request.body(), checked=checked_json(request.scope)
         )
-        limits = rate_limits_of(request)
-        admission = await limits.admit(caller)
-        models = await platform_of(request).metered_models()
-        call = chat.to_request(strategy=request.headers.get(STRATEGY_HEADER))
         completion_id, created = new_completion_id()
-        context = CallContext(
-            tenant=caller.tenant,
-            key_id=caller.key_id,
-            use_cache=not _bypasses_cache(request),
-            completion_id=completion_id,
-        )
+        call = await GatewayCall.admit(request, caller, chat, completion_id)
         if chat.stream:
-            opened = await models.stream(call, context)
-            if await request.is_disconnected():
-                # The client left while the model was still thinking. Stop here: a quick
-                # stream could otherwise be written to the closed socket in full and be
-                # counted as answered before the server noticed.
-                await opened.aclose()
-                return Response(status_code=499)
-            settle = _Settle(limits, admission)
-            return _streamed(
-                opened, chat, completion_id=completion_id, created=created, settle=settle
+            return await call.streamed(
+                request, lambda opened: ChatChunks(chat, completion_id, created, opened.model)
             )
-        metered = await models.complete(call, context)
+        metered = await call.complete()
     except RateLimited as exc:
-        return _error(rate_limited(exc))
+        return gateway_error(rate_limited(exc))
     except SpineError as exc:
-        return _error(GatewayError.of(exc))
+        return gateway_error(GatewayError.of(exc))
     answer = metered.completion
-    if not answer.cache_hit:  # an answer from the cache used no tokens
-        await limits.settle(admission, answer.input_tokens + answer.output_tokens)
-    headers = _headers(answer.model, answer.provider, answer.strategy, answer.fallback_path, chat)
-    headers["X-Spine-Cost"] = money_text(metered.cost)
-    headers["X-Spine-Cache"] = metered.cache
-    headers.update(admission.headers())
-    return FastJSONResponse(
-        completion_body(
-            answer, completion_id=completion_id, created=created, functions=chat.uses_functions
-        ),
-        headers=headers,
+    body = completion_body(
+        answer, completion_id=completion_id, created=created, functions=chat.uses_functions
     )
+    return FastJSONResponse(body, headers=call.headers(metered))
 
 
 @router.get("/models", response_model=None)
@@ -135,7 +112,7 @@ async def list_models(request: Request) -> Response:
         await authenticate(request)
         models: ModelRouter = await platform_of(request).warm_router()
     except SpineError as exc:
-        return _error(GatewayError.of(exc))
+        return gateway_error(GatewayError.of(exc))
     data = [_model_object(spec) for spec in sorted(models.catalog, key=lambda s: s.name)]
     return JSONResponse({"object": "list", "data": data})
 
@@ -147,10 +124,10 @@ async def retrieve_model(request: Request, model: str) -> Response:
         await authenticate(request)
         models: ModelRouter = await platform_of(request).warm_router()
     except SpineError as exc:
-        return _error(GatewayError.of(exc))
+        return gateway_error(GatewayError.of(exc))
     spec = models.catalog.get(model)
     if spec is None:
-        return _error(
+        return gateway_error(
             GatewayError(
                 404,
                 f"The model '{model}' does not exist; GET /v1/models lists the models",
@@ -180,82 +157,164 @@ def _model_object(spec: ModelSpec) -> dict[str, Any]:
     }
 
 
-def _streamed(
-    opened: MeteredStream,
-    chat: ChatCompletionRequest,
-    *,
-    completion_id: str,
-    created: int,
-    settle: _Settle,
-) -> Response:
-    frame: dict[str, Any] = {
-        "completion_id": completion_id,
-        "created": created,
-        "model": opened.model,
-        "include_usage": chat.include_usage,
-        "functions": chat.uses_functions,
-    }
+class StreamWriter(Protocol):
+    """Writes a streamed answer in one API's wire format."""
 
-    async def frames() -> AsyncIterator[bytes]:
-        deltas = opened.__aiter__()
-        finished = False
-        try:
-            yield chunk({"role": "assistant", "content": ""}, **frame)
-            async for delta in deltas:
-                if delta.has_output or delta.finish_reason:
-                    finished = finished or delta.finish_reason is not None
-                    yield chunk(delta, **frame)
-        except SpineError as exc:
-            # Tokens were sent: no fallback now, only a clean end the client can read.
-            yield sse(error_body(GatewayError.of(exc)))
-            yield DONE
-            return
-        finally:
-            # Also when the client went away: stop reading the model and free its breaker.
-            await deltas.aclose()
-            if opened.cache != "hit":
-                await settle(opened.input_tokens + opened.output_tokens)
-        if not finished:
-            yield chunk(CompletionDelta(finish_reason="stop"), **frame)
-        if chat.include_usage:
-            usage = usage_body(opened.input_tokens, opened.output_tokens)
-            yield chunk(None, **frame, usage=usage)
-        yield DONE
+    def opening(self) -> bytes:
+        """What is sent before the model's first delta."""
 
-    headers = _headers(opened.model, opened.provider, opened.strategy, opened.fallback_path, chat)
-    headers["Cache-Control"] = "no-cache"
-    # The cost of a stream is known at its end: in the usage ledger, not in a header.
-    headers["X-Spine-Cache"] = opened.cache
-    if opened.cache == "hit":
-        headers["X-Spine-Cost"] = "0"
-    headers.update(settle.admission.headers())
-    return StreamingResponse(frames(), media_type="text/event-stream", headers=headers)
+    def delta(self, delta: CompletionDelta) -> bytes:
+        """What one delta of the answer is sent as (maybe nothing)."""
+
+    def ended(self, input_tokens: int, output_tokens: int) -> bytes:
+        """What ends an answer that ended normally."""
+
+    def failed(self, error: GatewayError) -> bytes:
+        """What ends an answer that failed after it began (no falling back then)."""
 
 
-class _Settle:
-    """Counts a stream's tokens once it ends, against the windows that admitted it."""
+@dataclass(slots=True)
+class GatewayCall:
+    """One admitted call of an OpenAI-compatible route: routed, metered and rate limited."""
 
-    def __init__(self, limits: RateLimits, admission: Admission) -> None:
-        self.limits = limits
-        self.admission = admission
+    chat: ChatCompletionRequest
+    limits: RateLimits
+    admission: Admission
+    models: MeteredModels
+    call: ChatRequest
+    context: CallContext
 
-    async def __call__(self, tokens: int) -> None:
-        await self.limits.settle(self.admission, tokens)
+    @classmethod
+    async def admit(
+        cls, request: Request, caller: Principal, chat: ChatCompletionRequest, answer_id: str
+    ) -> GatewayCall:
+        """Count the call against the caller's rate limits, and prepare it.
+
+        Raises:
+            RateLimited: A limit of the caller's key or tenant is reached.
+        """
+        limits = rate_limits_of(request)
+        admission = await limits.admit(caller)
+        models = await platform_of(request).metered_models()
+        context = CallContext(
+            tenant=caller.tenant,
+            key_id=caller.key_id,
+            use_cache=not _bypasses_cache(request),
+            completion_id=answer_id,
+        )
+        call = chat.to_request(strategy=request.headers.get(STRATEGY_HEADER))
+        return cls(chat, limits, admission, models, call, context)
+
+    async def complete(self) -> MeteredCompletion:
+        """The whole answer; its tokens counted against the limits (a cache hit used none)."""
+        metered = await self.models.complete(self.call, self.context)
+        answer = metered.completion
+        if not answer.cache_hit:
+            await self.limits.settle(self.admission, answer.input_tokens + answer.output_tokens)
+        return metered
+
+    def headers(self, metered: MeteredCompletion) -> dict[str, str]:
+        """The headers of a whole answer: who answered and why, its cost, cache and limits."""
+        answer = metered.completion
+        headers = self._who(answer.model, answer.provider, answer.strategy, answer.fallback_path)
+        headers["X-Spine-Cost"] = money_text(metered.cost)
+        headers["X-Spine-Cache"] = metered.cache
+        headers.update(self.admission.headers())
+        return headers
+
+    async def streamed(
+        self, request: Request, writer_of: Callable[[MeteredStream], StreamWriter]
+    ) -> Response:
+        """Open the stream and answer with it, written by ``writer_of(stream)``.
+
+        Raises:
+            SpineError: The call failed before its first token (after falling back).
+        """
+        opened = await self.models.stream(self.call, self.context)
+        if await request.is_disconnected():
+            # The client left while the model was still thinking. Stop here: a quick stream
+            # could otherwise be written to the closed socket in full and be counted as
+            # answered before the server noticed.
+            await opened.aclose()
+            return Response(status_code=499)
+        writer = writer_of(opened)
+        limits, admission = self.limits, self.admission
+
+        async def frames() -> AsyncIterator[bytes]:
+            deltas = opened.__aiter__()
+            try:
+                yield writer.opening()
+                async for delta in deltas:
+                    frame = writer.delta(delta)
+                    if frame:
+                        yield frame
+            except SpineError as exc:
+                # Tokens were sent: no fallback now, only a clean end the client can read.
+                yield writer.failed(GatewayError.of(exc))
+                return
+            finally:
+                # Also when the client went away: stop reading the model and free its breaker.
+                await deltas.aclose()
+                if opened.cache != "hit":
+                    await limits.settle(admission, opened.input_tokens + opened.output_tokens)
+            yield writer.ended(opened.input_tokens, opened.output_tokens)
+
+        headers = self._who(opened.model, opened.provider, opened.strategy, opened.fallback_path)
+        headers["Cache-Control"] = "no-cache"
+        # The cost of a stream is known at its end: in the usage ledger, not in a header.
+        headers["X-Spine-Cache"] = opened.cache
+        if opened.cache == "hit":
+            headers["X-Spine-Cost"] = "0"
+        headers.update(admission.headers())
+        return StreamingResponse(frames(), media_type="text/event-stream", headers=headers)
+
+    def _who(
+        self, model: str, provider: str, strategy: str | None, path: list[Attempt]
+    ) -> dict[str, str]:
+        return {
+            "X-Spine-Model": model,
+            "X-Spine-Provider": provider,
+            "X-Spine-Strategy": EXPLICIT if self.chat.routed_model else (strategy or ""),
+            "X-Spine-Fallback": fallback_header(path),
+        }
 
 
-def _headers(
-    model: str,
-    provider: str,
-    strategy: str | None,
-    path: list[Attempt],
-    chat: ChatCompletionRequest,
-) -> dict[str, str]:
-    return {
-        "X-Spine-Model": model,
-        "X-Spine-Provider": provider,
-        "X-Spine-Strategy": EXPLICIT if chat.routed_model else (strategy or ""),
-        "X-Spine-Fallback": fallback_header(path),
-    }
+class ChatChunks:
+    """A chat answer streamed as ``chat.completion.chunk`` frames ending with ``[DONE]``."""
+
+    def __init__(
+        self, chat: ChatCompletionRequest, completion_id: str, created: int, model: str
+    ) -> None:
+        self.chat = chat
+        self.frame: dict[str, Any] = {
+            "completion_id": completion_id,
+            "created": created,
+            "model": model,
+            "include_usage": chat.include_usage,
+            "functions": chat.uses_functions,
+        }
+        self.finished = False
+
+    def opening(self) -> bytes:
+        return chunk({"role": "assistant", "content": ""}, **self.frame)
+
+    def delta(self, delta: CompletionDelta) -> bytes:
+        if not (delta.has_output or delta.finish_reason):
+            return b""
+        self.finished = self.finished or delta.finish_reason is not None
+        return chunk(delta, **self.frame)
+
+    def ended(self, input_tokens: int, output_tokens: int) -> bytes:
+        frames = b""
+        if not self.finished:
+            frames += chunk(CompletionDelta(finish_reason="stop"), **self.frame)
+        if self.chat.include_usage:
+            usage = usage_body(input_tokens, output_tokens)
+            frames += chunk(None, **self.frame, usage=usage)
+        return frames + DONE
+
+    def failed(self, error: GatewayError) -> bytes:
+        return sse(error_body(error)) + DONE
 
 
 def _bypasses_cache(request: Request) -> bool:
@@ -265,7 +324,8 @@ def _bypasses_cache(request: Request) -> bool:
     return request.headers.get(CACHE_HEADER, "").strip().lower() == "bypass"
 
 
-def _error(error: GatewayError) -> JSONResponse:
+def gateway_error(error: GatewayError) -> JSONResponse:
+    """Answer an error in OpenAI's shape (a 5xx is logged)."""
     if error.status >= 500:
         logger.warning("gateway answered %d: %s", error.status, loggable(error))
     return JSONResponse(error_body(error), status_code=error.status, headers=error_headers(error))

@@ -24,6 +24,7 @@ from spine.platform.app.api import (
     key_limits,
     learning,
     metrics,
+    responses,
     tasks,
     tools,
     usage,
@@ -139,6 +140,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.include_router(metrics.router)
     app.include_router(tasks.router)
     app.include_router(gateway_router)
+    app.include_router(responses.router)
     app.include_router(embeddings.router)
     app.include_router(documents.router)
     app.include_router(usage.router)
