@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import hypothesis
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from spine.platform.models import Completion, CompletionDelta
@@ -193,3 +194,72 @@ def test_streamed_events_open_each_item_before_its_pieces_and_close_it_before_th
     }
     assert {call["name"] for call in calls.values()} == {f"f{index}" for index in arguments}
     assert final["usage"]["total_tokens"] == 7
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 5) | st.floats(-3, 3) | st.text(max_size=6),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=12,
+)
+# Values shaped like the API's, so that most of them reach the checks past the first.
+texts = st.text(max_size=4)
+parts = st.fixed_dictionaries(
+    {"type": st.sampled_from(["input_text", "output_text", "input_image", "refusal", "x"])},
+    optional={"text": texts | json_values, "image_url": texts, "refusal": texts},
+)
+items = st.one_of(
+    st.fixed_dictionaries(
+        {
+            "role": st.sampled_from(["user", "assistant", "system", "developer", "tool"]),
+            "content": texts | st.lists(parts, max_size=2) | json_values,
+        },
+        optional={"type": st.just("message")},
+    ),
+    st.fixed_dictionaries(
+        {"type": st.just("function_call"), "call_id": texts, "name": texts, "arguments": texts},
+        optional={"id": texts | json_values, "status": json_values},
+    ),
+    st.fixed_dictionaries(
+        {"type": st.just("function_call_output"), "call_id": texts},
+        optional={"output": texts | st.lists(parts, max_size=2) | json_values},
+    ),
+    st.fixed_dictionaries({"type": st.sampled_from(["reasoning", "item_reference", "x"])}),
+    json_values,
+)
+formats = st.fixed_dictionaries(
+    {"type": st.sampled_from(["text", "json_object", "json_schema", "x"])},
+    optional={"name": st.sampled_from(["W", "bad name"]), "schema": json_values},
+)
+bodies = st.fixed_dictionaries(
+    {"model": st.just("auto"), "input": texts | st.lists(items, min_size=1, max_size=4)},
+    optional={
+        "instructions": texts,
+        "tools": st.lists(st.just(TOOL) | json_values, max_size=2),
+        "tool_choice": st.sampled_from(["auto", "none", "required"])
+        | st.just({"type": "function", "name": "get_weather"})
+        | json_values,
+        "text": st.fixed_dictionaries({"format": formats}),
+        "max_output_tokens": st.integers(-1, 100),
+        "metadata": st.dictionaries(st.text(max_size=4), texts | json_values, max_size=2),
+        "reasoning": st.fixed_dictionaries({"effort": st.sampled_from(["low", "x"])}),
+        "input_extra": json_values,
+    },
+)
+
+
+@settings(max_examples=300)
+@given(bodies)
+def test_any_body_is_a_chat_call_or_a_400_never_another_error(body: dict[str, Any]) -> None:
+    try:
+        chat = ResponsesRequest.from_body(body).to_chat()
+    except GatewayError as exc:
+        refusal = exc
+    else:
+        assert chat.messages_out()
+        hypothesis.event("accepted")
+        return
+    assert refusal.status == 400
+    assert refusal.body["message"]
+    hypothesis.event(f"refused: {refusal.body['param']}")
