@@ -94,14 +94,7 @@ async def test_a_response_is_a_routed_chat_call(
 async def test_a_conversation_of_items_and_a_function_call_round_trip(
     client: AsyncOpenAI, models: FakeModelServer
 ) -> None:
-    models.add(
-        Rule(
-            containing="weather",
-            when=lambda request: request.last_role != "tool",
-            tool_calls=[ToolCall(name="get_weather", arguments={"city": "Paris"})],
-        ),
-        Rule(when=lambda request: request.last_role == "tool", reply="It is 17 C in Paris."),
-    )
+    calls_then_answers(models, "It is 17 C in Paris.")
     conversation: list[Any] = [
         {"role": "user", "content": [{"type": "input_text", "text": "hi"}]},
         {"role": "assistant", "content": "Hello! Ask me anything."},
@@ -205,6 +198,24 @@ async def test_a_streamed_function_call_and_a_forced_tool(
     assert forced == {"type": "function", "function": {"name": "get_weather"}}
 
 
+def calls_then_answers(models: FakeModelServer, answer: str) -> None:
+    """Script the model: asked about the weather, it calls get_weather for Paris; shown the
+    call's result, it gives ``answer``."""
+    models.add(
+        Rule(
+            containing="weather",
+            when=lambda request: request.last_role != "tool",
+            tool_calls=[ToolCall(name="get_weather", arguments={"city": "Paris"})],
+        ),
+        Rule(when=lambda request: request.last_role == "tool", reply=answer),
+    )
+
+
+def text_of(item: Any) -> str:
+    """The text of a listed input message (its content is a list of parts)."""
+    return str(item.content[0].text)
+
+
 class Weather(BaseModel):
     city: str
     degrees: int
@@ -237,7 +248,8 @@ async def test_an_answer_cut_at_max_output_tokens_is_incomplete(
 @pytest.mark.parametrize(
     ("extra", "param"),
     [
-        ({"previous_response_id": "resp_abc"}, "previous_response_id"),
+        ({"conversation": "conv_abc"}, "conversation"),
+        ({"previous_response_id": 7}, "previous_response_id"),
         ({"background": True}, "background"),
         ({"tools": [{"type": "web_search"}]}, "tools"),
         ({"input": [{"type": "item_reference", "id": "x"}]}, "input"),
@@ -268,19 +280,96 @@ async def test_a_bad_request_is_a_400_naming_the_parameter(
     assert models.count() == 0
 
 
-async def test_no_response_is_stored_and_none_is_found(
-    spine: RunningPlatform, client: AsyncOpenAI
+async def test_a_kept_response_is_continued_read_listed_and_deleted_by_its_tenant_only(
+    spine: RunningPlatform, client: AsyncOpenAI, models: FakeModelServer
 ) -> None:
+    first = await client.responses.create(
+        model=CLOUD, instructions="Be brief.", input="my name is Ada"
+    )
+    assert first.to_dict()["store"] is True
+    # Continued at once: the model sees the kept conversation, then the new input; the
+    # earlier instructions do not carry over (OpenAI's rule), the new ones come first.
+    second = await client.responses.create(
+        model=CLOUD,
+        instructions="Answer in French.",
+        input=[{"role": "user", "content": "what is my name?"}],
+        previous_response_id=first.id,
+    )
+    assert second.previous_response_id == first.id
+    assert models.last_call.request.messages == [
+        {"role": "system", "content": "Answer in French."},
+        {"role": "user", "content": "my name is Ada"},
+        {"role": "assistant", "content": "echo: my name is Ada"},
+        {"role": "user", "content": "what is my name?"},
+    ]
+
+    kept = await client.responses.retrieve(first.id)
+    assert kept.model_dump() == first.model_dump()
+    items = await client.responses.input_items.list(second.id)
+    assert [item.type for item in items.data] == ["message"]
+    assert items.data[0].id.startswith("item_")
+    three = await client.responses.create(
+        model=CLOUD,
+        input=[{"role": "user", "content": word} for word in ("one", "two", "three")],
+    )
+    newest = await client.responses.input_items.list(three.id)
+    assert [text_of(item) for item in newest.data] == ["three", "two", "one"]
+    page = await client.responses.input_items.list(three.id, order="asc", limit=2)
+    assert (len(page.data), page.has_more) == (2, True)
+    rest = await client.responses.input_items.list(three.id, order="asc", after=page.data[-1].id)
+    assert [text_of(item) for item in rest.data] == ["three"]
+    bad = await spine.client.get(f"/v1/responses/{three.id}/input_items", params={"limit": 0})
+    assert (bad.status_code, bad.json()["error"]["param"]) == (400, "limit")
+
+    other_key = await spine.new_key("globex")
+    async with AsyncOpenAI(base_url=f"{spine.url}/v1", api_key=other_key, max_retries=0) as other:
+        for attempt in (
+            other.responses.retrieve(first.id),
+            other.responses.delete(first.id),
+            other.responses.input_items.list(first.id),
+            other.responses.create(model=CLOUD, input="hi", previous_response_id=first.id),
+        ):
+            with pytest.raises(openai.NotFoundError):
+                await attempt
+
+    await client.responses.delete(first.id)
     with pytest.raises(openai.NotFoundError) as caught:
-        await client.responses.retrieve("resp_0123")
-    assert "stores no responses" in caught.value.message
-    deleted = await spine.client.delete("/v1/responses/resp_0123")
-    assert deleted.status_code == 404
-    assert deleted.json()["error"]["code"] == "response_not_found"
+        await client.responses.retrieve(first.id)
+    assert caught.value.body["code"] == "response_not_found"  # type: ignore[index]
+    with pytest.raises(openai.NotFoundError) as caught:
+        await client.responses.create(model=CLOUD, input="hi", previous_response_id=first.id)
+    assert caught.value.body["param"] == "previous_response_id"  # type: ignore[index]
+    # Not kept when asked not to be.
+    unkept = await client.responses.create(model=CLOUD, input="forget me", store=False)
+    assert unkept.to_dict()["store"] is False
+    with pytest.raises(openai.NotFoundError):
+        await client.responses.retrieve(unkept.id)
     async with httpx.AsyncClient(base_url=spine.url) as anonymous:
-        refused = await anonymous.post("/v1/responses", json={"model": CLOUD, "input": "hi"})
+        refused = await anonymous.get(f"/v1/responses/{second.id}")
     assert refused.status_code == 401
-    assert "message" in refused.json()["error"]
+
+
+async def test_a_function_call_is_answered_by_continuing_its_streamed_response(
+    client: AsyncOpenAI, models: FakeModelServer
+) -> None:
+    calls_then_answers(models, "17 C in Paris.")
+    async with client.responses.stream(
+        model=CLOUD, input="weather in Paris?", tools=[WEATHER]
+    ) as stream:
+        first = await stream.get_final_response()
+    call = first.output[0]
+    assert call.type == "function_call"
+    # Kept before response.completed was sent: continued at once, with the call's output.
+    answer = await client.responses.create(
+        model=CLOUD,
+        previous_response_id=first.id,
+        input=[{"type": "function_call_output", "call_id": call.call_id, "output": "17 C"}],
+        tools=[WEATHER],
+    )
+    assert answer.output_text == "17 C in Paris."
+    sent = models.last_call.request.messages
+    assert sent[-2]["tool_calls"][0]["id"] == call.call_id
+    assert sent[-1] == {"role": "tool", "tool_call_id": call.call_id, "content": "17 C"}
 
 
 async def test_a_stream_failing_after_its_first_tokens_ends_with_response_failed(

@@ -440,6 +440,25 @@ class FileRow(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class ResponseRow(Base):
+    """A Responses API answer kept (``store``) for ``previous_response_id`` and reading back.
+
+    ``body`` is the ``response`` object as answered, ``conversation`` the chat messages up to
+    and including its answer (its ``instructions`` left out: they do not carry over), and
+    ``input_items`` the input as given, each with an id.
+    """
+
+    __tablename__ = "responses"
+    __table_args__ = (sa.Index("ix_responses_created", "created_at"),)
+
+    id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    tenant: Mapped[str] = mapped_column(sa.String(128))
+    body: Mapped[str] = mapped_column(sa.Text())
+    conversation: Mapped[str] = mapped_column(sa.Text())
+    input_items: Mapped[str] = mapped_column(sa.Text())
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class BatchRow(Base):
     """A batch of OpenAI requests; its lines run as tasks (see :mod:`spine.platform.batches.store`).
 

@@ -56,6 +56,11 @@ class ApiSettings(BaseModel):
     max_body_bytes: int = Field(1024 * 1024, ge=1024)
     key_cache_seconds: float = Field(5.0, ge=0, description="How long a verified key is trusted.")
     sweep_interval: float = Field(2.0, gt=0, description="Seconds between outbox sweeps.")
+    response_retention_days: float = Field(
+        30.0,
+        gt=0,
+        description="Days a Responses API answer kept with 'store' is kept (OpenAI keeps 30).",
+    )
     republish_after: float = Field(
         300.0, gt=0, description="Re-publish a task still queued this long after its publish."
     )

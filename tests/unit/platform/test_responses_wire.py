@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -10,9 +11,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from spine.platform.errors import ServiceUnavailable
 from spine.platform.models import Completion, CompletionDelta
 from spine.platform.models.openai_errors import GatewayError
-from spine.platform.models.responses_wire import ResponseEvents, ResponsesRequest, response_body
+from spine.platform.models.responses_wire import (
+    ResponseEvents,
+    ResponsesRequest,
+    answer_message,
+    response_body,
+)
 
 TOOL = {"type": "function", "name": "get_weather", "parameters": {"type": "object"}}
 
@@ -89,8 +96,9 @@ IMAGE = {"type": "input_image", "image_url": "https://example.test/cat.png", "de
 @pytest.mark.parametrize(
     ("body", "param", "said"),
     [
-        ({"previous_response_id": "resp_1"}, "previous_response_id", "keeps no responses"),
-        ({"conversation": "conv_1"}, "conversation", "keeps no responses"),
+        ({"conversation": "conv_1"}, "conversation", "'previous_response_id'"),
+        ({"background": True}, "background", "not supported"),
+        ({"previous_response_id": ""}, "previous_response_id", "at least 1"),
         ({"tools": [{"type": "file_search"}]}, "tools", "'tools.0.type'"),
         ({"input": [{"type": "item_reference", "id": "x"}]}, "input", "'input.0'"),
         ({"input": [{"role": "user"}]}, "input", "'input.0.content'"),
@@ -165,7 +173,7 @@ def test_streamed_events_open_each_item_before_its_pieces_and_close_it_before_th
                 function["name"] = f"f{index}"
             arguments[index] = arguments.get(index, "") + piece
             frames += events.delta(CompletionDelta(tool_calls=[call]))
-    frames += events.ended(3, 4)
+    frames += asyncio.run(events.ended(3, 4))
     sent = [
         json.loads(line[6:]) for line in frames.decode().splitlines() if line.startswith("data: ")
     ]
@@ -263,3 +271,33 @@ def test_any_body_is_a_chat_call_or_a_400_never_another_error(body: dict[str, An
     assert refusal.status == 400
     assert refusal.body["message"]
     hypothesis.event(f"refused: {refusal.body['param']}")
+
+
+def test_a_kept_conversation_ends_with_the_answer_as_the_assistants_message() -> None:
+    calls = [{"id": "call_a", "type": "function", "function": {"name": "f", "arguments": "{}"}}]
+    answer = Completion(text="Let me look.", model="m", provider="p", tool_calls=calls)
+    output = response_body(answer, asked(tools=[TOOL]), response_id="resp_3", created=1)["output"]
+    assert answer_message(output) == {
+        "role": "assistant",
+        "content": "Let me look.",
+        "tool_calls": calls,
+    }
+    only_calls = response_body(
+        Completion(text="", model="m", provider="p", tool_calls=calls),
+        asked(tools=[TOOL]),
+        response_id="resp_4",
+        created=1,
+    )["output"]
+    assert answer_message(only_calls)["content"] is None
+
+
+def test_a_stream_that_cannot_be_kept_ends_failed_not_completed() -> None:
+    async def unkept(body: dict[str, Any]) -> None:
+        raise ServiceUnavailable("database unavailable")
+
+    events = ResponseEvents(asked(), response_id="resp_5", created=1, model="m", keep=unkept)
+    frames = events.opening() + events.delta(CompletionDelta(text="hi"))
+    frames += asyncio.run(events.ended(1, 1))
+    kinds = [line[7:] for line in frames.decode().splitlines() if line.startswith("event: ")]
+    assert kinds[-2:] == ["response.output_item.done", "response.failed"]
+    assert "response.completed" not in kinds

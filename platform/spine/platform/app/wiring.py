@@ -46,6 +46,7 @@ from spine.platform.metering.budgets import HOLD_BEAT_SECONDS, BudgetLedger, Bud
 from spine.platform.metering.cache import response_cache
 from spine.platform.metering.usage import UsageLedger
 from spine.platform.periodic import run_every, unless_stopped
+from spine.platform.responses import ResponseStore
 from spine.platform.router import ModelRouter
 from spine.platform.settings import Settings
 from spine.platform.tasks import StepJournal, TaskStore
@@ -82,6 +83,7 @@ class Platform:
     tools: ToolRegistry
     files: FileStore
     batches: Batches
+    responses: ResponseStore
     knowledge: KnowledgeLayer
     feedback: FeedbackStore
     snapshots: SnapshotStore
@@ -176,6 +178,7 @@ class Platform:
             indexer=indexer,
             outcomes=outcomes,
             files=files,
+            responses=ResponseStore(db),
             batches=batches,
             journal=StepJournal(db, announce=ProgressNudges(bus)),
             tools=tools,

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -42,6 +43,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from spine.platform.errors import SpineError
 from spine.platform.inputs import (
     InvalidInput,
     check_json,
@@ -57,8 +59,10 @@ from spine.platform.models.openai_wire import (
 from spine.platform.models.values import Completion, CompletionDelta
 
 __all__ = [
+    "Keep",
     "ResponseEvents",
     "ResponsesRequest",
+    "answer_message",
     "new_response_id",
     "response_body",
     "token_usage",
@@ -239,7 +243,7 @@ class Reasoning(_Open):
 # OpenAI's bookkeeping: accepted, not sent on (the chat request's own, and the Responses API's).
 _ACCEPTED = IGNORED | {"include", "stream_options", "truncation", "max_tool_calls"}
 # What needs a stored response or conversation; refused when given.
-_STATEFUL = ("previous_response_id", "conversation", "background", "prompt")
+_STATEFUL = ("conversation", "background", "prompt")
 
 
 class ResponsesRequest(_Open):
@@ -259,6 +263,7 @@ class ResponsesRequest(_Open):
     reasoning: Reasoning | None = None
     metadata: dict[str, Annotated[str, Field(max_length=512)]] | None = Field(None, max_length=16)
     store: StrictBool | None = None
+    previous_response_id: StrictStr | None = Field(None, min_length=1, max_length=64)
     user: StrictStr | None = None
     spine_strategy: StrictStr | None = None
     spine_cost_weight: StrictFloat | None = Field(None, ge=0, le=1)
@@ -328,8 +333,8 @@ class ResponsesRequest(_Open):
             if body.get(name) not in (None, False):
                 raise GatewayError(
                     400,
-                    f"'{name}' is not supported: this gateway keeps no responses or "
-                    "conversations; send the whole conversation in 'input'",
+                    f"'{name}' is not supported: continue a conversation with "
+                    "'previous_response_id', or send all of it in 'input'",
                     param=name,
                     code="unsupported_parameter",
                 )
@@ -368,9 +373,21 @@ class ResponsesRequest(_Open):
                 400, "a json_schema format needs a 'name' and a 'schema'", param="text"
             )
 
-    def to_chat(self) -> ChatCompletionRequest:
-        """The chat-completions request this asks for, checked by that API's rules too."""
-        body: dict[str, Any] = {"model": self.model, "messages": self._messages()}
+    @property
+    def stores(self) -> bool:
+        """Whether the answer is kept (``store``, on unless set to false, as at OpenAI)."""
+        return self.store is not False
+
+    def to_chat(self, conversation: list[dict[str, Any]] | None = None) -> ChatCompletionRequest:
+        """The chat-completions request this asks for, checked by that API's rules too.
+
+        ``conversation`` is the chat messages to send after the instructions (the kept
+        conversation of ``previous_response_id`` and this input); by default, this input's.
+        """
+        messages = self.input_messages() if conversation is None else conversation
+        if self.instructions:
+            messages = [{"role": "system", "content": self.instructions}, *messages]
+        body: dict[str, Any] = {"model": self.model, "messages": messages}
         if self.tools:
             body["tools"] = [
                 {
@@ -412,10 +429,9 @@ class ResponsesRequest(_Open):
             param = _CHAT_PARAMS.get(str(exc.body.get("param")), exc.body.get("param"))
             raise GatewayError(400, str(exc).replace("'messages", "'input"), param=param) from None
 
-    def _messages(self) -> list[dict[str, Any]]:
+    def input_messages(self) -> list[dict[str, Any]]:
+        """The input as chat messages (the instructions are not among them)."""
         messages: list[dict[str, Any]] = []
-        if self.instructions:
-            messages.append({"role": "system", "content": self.instructions})
         for item in self.input:
             if isinstance(item, MessageItem):
                 messages.append({"role": item.role, "content": _chat_content(item.content)})
@@ -438,6 +454,19 @@ class ResponsesRequest(_Open):
                 messages.append({"role": "tool", "tool_call_id": item.call_id, "content": content})
         return messages
 
+    def input_items(self, response_id: str) -> list[dict[str, Any]]:
+        """The input items as OpenAI lists them: each with an id (its own, else one made from its
+        place), a message's text content as an ``input_text`` part."""
+        key = response_id.removeprefix("resp_")
+        items = []
+        for index, item in enumerate(self.input):
+            given = item.model_dump(mode="json", exclude_none=True, by_alias=True)
+            if isinstance(item, MessageItem) and isinstance(item.content, str):
+                kind = "output_text" if item.role == "assistant" else "input_text"
+                given["content"] = [{"type": kind, "text": item.content}]
+            items.append({"id": given.pop("id", None) or f"item_{key}_{index}", **given})
+        return items
+
     def echo(self) -> dict[str, Any]:
         """The request's settings as a response object repeats them."""
         tool_choice: Any = self.tool_choice or "auto"
@@ -451,12 +480,12 @@ class ResponsesRequest(_Open):
             "parallel_tool_calls": True
             if self.parallel_tool_calls is None
             else self.parallel_tool_calls,
-            "previous_response_id": None,
+            "previous_response_id": self.previous_response_id,
             "reasoning": {
                 "effort": self.reasoning.effort if self.reasoning else None,
                 "summary": None,
             },
-            "store": False,
+            "store": self.stores,
             "temperature": 1.0 if self.temperature is None else self.temperature,
             "text": {
                 "format": fmt.model_dump(by_alias=True, exclude_none=True)
@@ -617,6 +646,33 @@ def response_body(
     )
 
 
+def answer_message(output: list[dict[str, Any]]) -> dict[str, Any]:
+    """A response's output items as the assistant's chat message (a kept conversation's last)."""
+    text = "".join(
+        part.get("text", "")
+        for item in output
+        if item["type"] == "message"
+        for part in item["content"]
+    )
+    calls = [
+        {
+            "id": item["call_id"],
+            "type": "function",
+            "function": {"name": item["name"], "arguments": item["arguments"]},
+        }
+        for item in output
+        if item["type"] == "function_call"
+    ]
+    message: dict[str, Any] = {"role": "assistant", "content": text if text or not calls else None}
+    if calls:
+        message["tool_calls"] = calls
+    return message
+
+
+Keep = Callable[[dict[str, Any]], Awaitable[None]]
+"""Keeps a finished response (``store``) before the client is told it is finished."""
+
+
 class ResponseEvents:
     """Writes a streamed answer as the Responses API's server-sent events, in OpenAI's order.
 
@@ -625,9 +681,16 @@ class ResponseEvents:
     """
 
     def __init__(
-        self, request: ResponsesRequest, *, response_id: str, created: int, model: str
+        self,
+        request: ResponsesRequest,
+        *,
+        response_id: str,
+        created: int,
+        model: str,
+        keep: Keep | None = None,
     ) -> None:
         self.request = request
+        self.keep = keep
         self.response_id = response_id
         self.created = created
         self.model = model
@@ -713,8 +776,9 @@ class ResponseEvents:
             )
         return frames
 
-    def ended(self, input_tokens: int, output_tokens: int) -> bytes:
-        """Every open item done, then ``response.completed`` (or ``.incomplete``)."""
+    async def ended(self, input_tokens: int, output_tokens: int) -> bytes:
+        """Every open item done, then ``response.completed`` (or ``.incomplete``), once the
+        response is kept (a response that could not be kept ends ``response.failed``)."""
         # An empty answer is an empty message.
         frames = self._open_message() if self._message is None and not self._calls else b""
         for index, item in enumerate(self._output):
@@ -749,6 +813,11 @@ class ResponseEvents:
                 )
             frames += self._event("response.output_item.done", output_index=index, item=item)
         final = self._snapshot("completed", usage=token_usage(input_tokens, output_tokens))
+        if self.keep is not None:
+            try:
+                await self.keep(final)
+            except SpineError as exc:
+                return frames + self.failed(GatewayError.of(exc))
         return frames + self._event(f"response.{final['status']}", response=final)
 
     def failed(self, error: GatewayError) -> bytes:

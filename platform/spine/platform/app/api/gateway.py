@@ -166,7 +166,7 @@ class StreamWriter(Protocol):
     def delta(self, delta: CompletionDelta) -> bytes:
         """What one delta of the answer is sent as (maybe nothing)."""
 
-    def ended(self, input_tokens: int, output_tokens: int) -> bytes:
+    async def ended(self, input_tokens: int, output_tokens: int) -> bytes:
         """What ends an answer that ended normally."""
 
     def failed(self, error: GatewayError) -> bytes:
@@ -257,7 +257,7 @@ class GatewayCall:
                 await deltas.aclose()
                 if opened.cache != "hit":
                     await limits.settle(admission, opened.input_tokens + opened.output_tokens)
-            yield writer.ended(opened.input_tokens, opened.output_tokens)
+            yield await writer.ended(opened.input_tokens, opened.output_tokens)
 
         headers = self._who(opened.model, opened.provider, opened.strategy, opened.fallback_path)
         headers["Cache-Control"] = "no-cache"
@@ -304,7 +304,7 @@ class ChatChunks:
         self.finished = self.finished or delta.finish_reason is not None
         return chunk(delta, **self.frame)
 
-    def ended(self, input_tokens: int, output_tokens: int) -> bytes:
+    async def ended(self, input_tokens: int, output_tokens: int) -> bytes:
         frames = b""
         if not self.finished:
             frames += chunk(CompletionDelta(finish_reason="stop"), **self.frame)

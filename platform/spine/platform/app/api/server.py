@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator
 
@@ -55,6 +56,9 @@ __all__ = ["create_app"]
 
 logger = logging.getLogger(__name__)
 
+RESPONSES_SWEEP_EVERY = 3600.0
+"""Seconds between two sweeps of the Responses API's kept answers past their retention."""
+
 
 def create_app(settings: Settings) -> FastAPI:
     """Build the API app; services connect when the app starts."""
@@ -93,6 +97,18 @@ def create_app(settings: Settings) -> FastAPI:
                     name="pending events sweep",
                 ),
                 name="events-sweeper",
+            ),
+            asyncio.create_task(
+                run_every(
+                    functools.partial(
+                        platform.responses.forget_older_than,
+                        settings.api.response_retention_days,
+                    ),
+                    interval=RESPONSES_SWEEP_EVERY,
+                    stop=stop,
+                    name="kept responses sweep",
+                ),
+                name="responses-sweeper",
             ),
             asyncio.create_task(
                 run_every(
