@@ -15,10 +15,12 @@ events (:class:`ResponseEvents`): ``response.created``, the output items with th
 argument deltas, then ``response.completed`` (``response.incomplete`` when the answer was cut
 at ``max_output_tokens``, ``response.failed`` when the model failed after its first token).
 
-Stateless: no response is stored. ``store`` is accepted (the answer says ``false``), and what
-needs a stored response or conversation (``previous_response_id``, ``conversation``,
-``background``) is refused naming the parameter: send the conversation in ``input``. Tools are
-function tools only; OpenAI's hosted tools (web search, file search, ...) are refused by name.
+A kept response (``store``) is the route's and :mod:`spine.platform.responses`' business: here,
+``previous_response_id``'s conversation is the chat messages :meth:`ResponsesRequest.to_chat` is
+given, and :func:`answer_message` is the answer as the next turn's history. What needs OpenAI's
+stored conversations, background runs or stored prompts (``conversation``, ``background``,
+``prompt``) is refused naming the parameter. Tools are function tools only; OpenAI's hosted
+tools (web search, file search, ...) are refused by name.
 """
 
 from __future__ import annotations
@@ -242,7 +244,7 @@ class Reasoning(_Open):
 
 # OpenAI's bookkeeping: accepted, not sent on (the chat request's own, and the Responses API's).
 _ACCEPTED = IGNORED | {"include", "stream_options", "truncation", "max_tool_calls"}
-# What needs a stored response or conversation; refused when given.
+# OpenAI's stored conversations, background runs and stored prompts: refused when given.
 _STATEFUL = ("conversation", "background", "prompt")
 
 
