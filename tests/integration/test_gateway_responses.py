@@ -318,8 +318,13 @@ async def test_a_kept_response_is_continued_read_listed_and_deleted_by_its_tenan
     assert (len(page.data), page.has_more) == (2, True)
     rest = await client.responses.input_items.list(three.id, order="asc", after=page.data[-1].id)
     assert [text_of(item) for item in rest.data] == ["three"]
-    bad = await spine.client.get(f"/v1/responses/{three.id}/input_items", params={"limit": 0})
-    assert (bad.status_code, bad.json()["error"]["param"]) == (400, "limit")
+    for query, param in (
+        ({"limit": 0}, "limit"),
+        ({"order": "up"}, "order"),
+        ({"after": "x"}, "after"),
+    ):
+        bad = await spine.client.get(f"/v1/responses/{three.id}/input_items", params=query)
+        assert (bad.status_code, bad.json()["error"]["param"]) == (400, param)
 
     other_key = await spine.new_key("globex")
     async with AsyncOpenAI(base_url=f"{spine.url}/v1", api_key=other_key, max_retries=0) as other:
