@@ -301,3 +301,19 @@ def test_a_stream_that_cannot_be_kept_ends_failed_not_completed() -> None:
     kinds = [line[7:] for line in frames.decode().splitlines() if line.startswith("event: ")]
     assert kinds[-2:] == ["response.output_item.done", "response.failed"]
     assert "response.completed" not in kinds
+
+
+def test_openais_bookkeeping_is_accepted_and_not_sent_on() -> None:
+    bookkeeping = {
+        "include": ["reasoning.encrypted_content"],
+        "truncation": "auto",
+        "top_logprobs": 2,
+        "prompt_cache_key": "k",
+        "prompt_cache_retention": "24h",
+        "service_tier": "auto",
+        "safety_identifier": "u1",
+        "max_tool_calls": 3,
+        "store": False,
+    }
+    params = asked(**bookkeeping).to_chat().params()
+    assert not set(bookkeeping) & set(params)

@@ -242,8 +242,17 @@ class Reasoning(_Open):
     effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = None
 
 
-# OpenAI's bookkeeping: accepted, not sent on (the chat request's own, and the Responses API's).
-_ACCEPTED = IGNORED | {"include", "stream_options", "truncation", "max_tool_calls"}
+# Accepted, not sent on: OpenAI's bookkeeping (the chat request's own, and the Responses API's),
+# and what asks for output no provider gives back through the router (included reasoning
+# contents, log probabilities: the answer's are empty lists).
+_ACCEPTED = IGNORED | {
+    "include",
+    "stream_options",
+    "truncation",
+    "max_tool_calls",
+    "prompt_cache_retention",
+    "top_logprobs",
+}
 # OpenAI's stored conversations, background runs and stored prompts: refused when given.
 _STATEFUL = ("conversation", "background", "prompt")
 
