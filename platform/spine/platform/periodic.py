@@ -18,13 +18,22 @@ T = TypeVar("T")
 
 
 async def run_every(
-    job: Callable[[], Awaitable[object]], *, interval: float, stop: asyncio.Event, name: str
+    job: Callable[[], Awaitable[object]],
+    *,
+    interval: float,
+    stop: asyncio.Event,
+    name: str,
+    first_after: float = 0.0,
 ) -> None:
-    """Run ``job`` every ``interval`` seconds until ``stop`` is set.
+    """Run ``job`` every ``interval`` seconds until ``stop`` is set, the first time after
+    ``first_after`` seconds (a rare job kept out of the start-up's burst of work).
 
     A backing service that is down skips a round with a warning; any other failure is logged
     with its traceback and the job runs again next round: a sweeper never dies of an error.
     """
+    if first_after > 0:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), first_after)
     while not stop.is_set():
         try:
             await job()

@@ -58,6 +58,8 @@ logger = logging.getLogger(__name__)
 
 RESPONSES_SWEEP_EVERY = 3600.0
 """Seconds between two sweeps of the Responses API's kept answers past their retention."""
+RESPONSES_FIRST_SWEEP = 60.0
+"""Seconds after start-up before the first such sweep."""
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -107,6 +109,8 @@ def create_app(settings: Settings) -> FastAPI:
                     interval=RESPONSES_SWEEP_EVERY,
                     stop=stop,
                     name="kept responses sweep",
+                    # Not in the start-up's burst: it would hold a database connection more.
+                    first_after=RESPONSES_FIRST_SWEEP,
                 ),
                 name="responses-sweeper",
             ),
