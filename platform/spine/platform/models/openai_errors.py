@@ -121,6 +121,16 @@ class GatewayError(SpineError):
         )
 
     @classmethod
+    def unknown_parameters(cls, names: list[str]) -> GatewayError:
+        """Refuse parameters no route takes, as OpenAI words it, naming the first of them."""
+        return cls(
+            400,
+            f"unrecognized request argument(s): {', '.join(names)}",
+            param=names[0],
+            code="unknown_parameter",
+        )
+
+    @classmethod
     def unstorable(cls, exc: InvalidInput) -> GatewayError:
         """Refuse a value that cannot be stored: 400 naming the top-level parameter."""
         param = (exc.field or "").split(".", 1)[0] or None

@@ -430,12 +430,7 @@ class ChatCompletionRequest(_Open):
             raise _invalid(exc) from None
         unknown = request.unknown_parameters()
         if unknown:
-            raise GatewayError(
-                400,
-                f"unrecognized request argument(s): {', '.join(unknown)}",
-                param=unknown[0],
-                code="unknown_parameter",
-            )
+            raise GatewayError.unknown_parameters(unknown)
         return request
 
     def unknown_parameters(self) -> list[str]:

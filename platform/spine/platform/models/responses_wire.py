@@ -355,12 +355,7 @@ class ResponsesRequest(_Open):
             raise _refused(exc) from None
         unknown = sorted(set(request.model_extra or {}) - _ACCEPTED - set(_STATEFUL))
         if unknown:
-            raise GatewayError(
-                400,
-                f"unrecognized request argument(s): {', '.join(unknown)}",
-                param=unknown[0],
-                code="unknown_parameter",
-            )
+            raise GatewayError.unknown_parameters(unknown)
         request._check_tools()
         return request
 

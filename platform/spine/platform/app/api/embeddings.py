@@ -71,12 +71,7 @@ class EmbeddingsBody(BaseModel):
             ) from None
         unknown = sorted(request.model_extra or {})
         if unknown:
-            raise GatewayError(
-                400,
-                f"unrecognized request argument(s): {', '.join(unknown)}",
-                param=unknown[0],
-                code="unknown_parameter",
-            )
+            raise GatewayError.unknown_parameters(unknown)
         request.texts()  # refuse a bad input before anything is reserved or called
         return request
 
