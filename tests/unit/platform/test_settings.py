@@ -71,6 +71,8 @@ def test_nested_sections_and_dotenv(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         ("GENAI_STREAMS__OUTCOMES_MAX_BYTES", "-1"),
         ("GENAI_STREAMS__OUTCOMES_MAX_BYTES", "1GB"),
         ("GENAI_BUDGETS__LEASES", "maybe"),
+        ("GENAI_API__RESPONSE_RETENTION_DAYS", "0"),
+        ("GENAI_API__RESPONSE_RETENTION_DAYS", "a month"),
     ],
 )
 def test_invalid_value_names_the_variable(
