@@ -65,12 +65,6 @@ async def spine(
         yield running
 
 
-@pytest.fixture
-async def client(spine: RunningPlatform) -> AsyncIterator[AsyncOpenAI]:
-    async with AsyncOpenAI(base_url=f"{spine.url}/v1", api_key=spine.key, max_retries=0) as c:
-        yield c
-
-
 async def finished(client: AsyncOpenAI, batch_id: str, timeout: float = 30.0) -> Batch:
     """Retrieve a batch until it reaches a final status."""
     deadline = asyncio.get_running_loop().time() + timeout

@@ -59,12 +59,6 @@ async def spine(
         yield running
 
 
-@pytest.fixture
-async def client(spine: RunningPlatform) -> AsyncIterator[AsyncOpenAI]:
-    async with AsyncOpenAI(base_url=f"{spine.url}/v1", api_key=spine.key, max_retries=0) as c:
-        yield c
-
-
 def ollama_fails(request: Any) -> bool:
     # Ollama's calls come to the OpenAI routes with Ollama's key.
     return bool(request.api_key == "ollama")

@@ -45,12 +45,6 @@ async def spine(
         yield running
 
 
-@pytest.fixture
-async def client(spine: RunningPlatform) -> AsyncIterator[AsyncOpenAI]:
-    async with AsyncOpenAI(base_url=f"{spine.url}/v1", api_key=spine.key, max_retries=0) as c:
-        yield c
-
-
 @pytest.mark.parametrize("model", [LOCAL, CLOUD])
 async def test_a_response_is_a_routed_chat_call(
     spine: RunningPlatform, client: AsyncOpenAI, models: FakeModelServer, model: str

@@ -66,12 +66,6 @@ async def spine(
         yield running
 
 
-@pytest.fixture
-async def client(spine: RunningPlatform) -> AsyncIterator[AsyncOpenAI]:
-    async with AsyncOpenAI(base_url=f"{spine.url}/v1", api_key=spine.key, max_retries=0) as c:
-        yield c
-
-
 async def chat(spine: RunningPlatform, **body: Any) -> httpx.Response:
     return await spine.client.post("/v1/chat/completions", json={"model": LOCAL, **body})
 
